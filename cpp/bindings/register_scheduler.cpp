@@ -1,0 +1,221 @@
+// The scheduler core. Conversions only: validation and behaviour live in the core.
+// Every call into the core releases the GIL: the core touches no Python object and
+// guards its own state with a mutex, so other Python threads may run meanwhile.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "capsched/scheduler.hpp"
+#include "pybind.hpp"
+
+namespace capsched::bindings {
+
+namespace {
+
+using U64Array = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>;
+using I64Array = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>;
+using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+template <class T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+    py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+    if (!v.empty()) std::copy(v.begin(), v.end(), a.mutable_data());
+    return a;
+}
+
+py::dict device_dict(const Device& d) {
+    py::dict out;
+    out["capacity"] = d.capacity;
+    out["max_inflight_batches"] = d.max_inflight_batches;
+    out["inflight_batches"] = d.inflight_batches;
+    out["inflight_requests"] = d.inflight_requests;
+    out["dispatched_requests"] = d.dispatched_requests;
+    out["dispatched_batches"] = d.dispatched_batches;
+    out["completed_requests"] = d.completed_requests;
+    return out;
+}
+
+}  // namespace
+
+void register_scheduler(py::module_& m) {
+    m.attr("MAX_TOKENS") = kMaxTokens;
+    m.attr("MAX_DEPENDENCIES") = kMaxDependencies;
+    m.attr("MAX_BATCH_SIZE") = kMaxBatchSize;
+    m.attr("MAX_DEVICES") = kMaxDevices;
+    m.attr("MAX_DEADLINE_LEVELS") = kMaxDeadlineLevels;
+    m.attr("CAPACITY_SCALE") = kCapacityScale;
+
+    py::class_<SchedulerConfig>(m, "CoreConfig", "Core configuration (see capsched.Config).")
+        .def(py::init<>())
+        .def_property(
+            "policy", [](const SchedulerConfig& c) { return std::string(policy_name(c.order.policy)); },
+            [](SchedulerConfig& c, const std::string& name) { c.order.policy = parse_policy(name); })
+        .def_property(
+            "weight_urgency", [](const SchedulerConfig& c) { return c.order.w_urgency; },
+            [](SchedulerConfig& c, double v) { c.order.w_urgency = v; })
+        .def_property(
+            "weight_resource", [](const SchedulerConfig& c) { return c.order.w_resource; },
+            [](SchedulerConfig& c, double v) { c.order.w_resource = v; })
+        .def_property(
+            "weight_deadline", [](const SchedulerConfig& c) { return c.order.w_deadline; },
+            [](SchedulerConfig& c, double v) { c.order.w_deadline = v; })
+        .def_property(
+            "resource_scale_tokens", [](const SchedulerConfig& c) { return c.order.resource_scale_tokens; },
+            [](SchedulerConfig& c, double v) { c.order.resource_scale_tokens = v; })
+        .def_property(
+            "deadline_levels", [](const SchedulerConfig& c) { return c.order.deadline_levels; },
+            [](SchedulerConfig& c, std::uint32_t v) { c.order.deadline_levels = v; })
+        .def_property(
+            "aging_priority", [](const SchedulerConfig& c) { return c.order.aging_priority; },
+            [](SchedulerConfig& c, double v) { c.order.aging_priority = v; })
+        .def_property(
+            "aging_weighted", [](const SchedulerConfig& c) { return c.order.aging_weighted; },
+            [](SchedulerConfig& c, double v) { c.order.aging_weighted = v; })
+        .def_property(
+            "aging_srtf", [](const SchedulerConfig& c) { return c.order.aging_srtf; },
+            [](SchedulerConfig& c, double v) { c.order.aging_srtf = v; })
+        .def_property(
+            "aging_edf", [](const SchedulerConfig& c) { return c.order.aging_edf; },
+            [](SchedulerConfig& c, double v) { c.order.aging_edf = v; })
+        .def_property(
+            "no_deadline_horizon", [](const SchedulerConfig& c) { return c.order.no_deadline_horizon; },
+            [](SchedulerConfig& c, double v) { c.order.no_deadline_horizon = v; })
+        .def_readwrite("max_batch_size", &SchedulerConfig::max_batch_size)
+        .def_readwrite("max_retries", &SchedulerConfig::max_retries)
+        .def_readwrite("dynamic_batching", &SchedulerConfig::dynamic_batching);
+
+    py::class_<Scheduler>(m, "Core", "The C++ scheduler (see capsched.Scheduler).")
+        .def(py::init([](const SchedulerConfig& cfg, const std::vector<double>& capacities,
+                         const std::vector<std::uint32_t>& max_inflight) {
+                 if (capacities.size() != max_inflight.size())
+                     throw py::value_error("capacities and max_inflight differ in length");
+                 std::vector<DeviceSpec> specs(capacities.size());
+                 for (std::size_t i = 0; i < specs.size(); ++i) specs[i] = DeviceSpec{capacities[i], max_inflight[i]};
+                 return new Scheduler(cfg, specs);
+             }),
+             py::arg("config"), py::arg("capacities"), py::arg("max_inflight"))
+        .def("reserve", &Scheduler::reserve, py::arg("n"), py::call_guard<py::gil_scoped_release>())
+        .def(
+            "submit",
+            [](Scheduler& s, std::int64_t prompt_tokens, std::int64_t max_new_tokens, double priority,
+               double timeout, double deadline, std::uint32_t tenant, bool batchable, double uclamp_min,
+               double uclamp_max, const U64Array& depends_on, double now) {
+                RequestSpec spec;
+                spec.prompt_tokens = prompt_tokens;
+                spec.max_new_tokens = max_new_tokens;
+                spec.priority = priority;
+                spec.timeout = timeout;
+                spec.deadline = deadline;
+                spec.tenant = tenant;
+                spec.batchable = batchable;
+                spec.uclamp_min = uclamp_min;
+                spec.uclamp_max = uclamp_max;
+                spec.depends_on = depends_on.data();
+                spec.n_depends_on = static_cast<std::size_t>(depends_on.size());
+                py::gil_scoped_release release;  // the array stays alive: held by the caller's frame
+                return s.submit(spec, now);
+            },
+            py::arg("prompt_tokens"), py::arg("max_new_tokens"), py::arg("priority"), py::arg("timeout"),
+            py::arg("deadline"), py::arg("tenant"), py::arg("batchable"), py::arg("uclamp_min"),
+            py::arg("uclamp_max"), py::arg("depends_on"), py::arg("now"))
+        .def(
+            "submit_simple",
+            [](Scheduler& s, std::int64_t prompt_tokens, std::int64_t max_new_tokens, double priority,
+               double timeout, double now) {
+                RequestSpec spec;
+                spec.prompt_tokens = prompt_tokens;
+                spec.max_new_tokens = max_new_tokens;
+                spec.priority = priority;
+                spec.timeout = timeout;
+                py::gil_scoped_release release;
+                return s.submit(spec, now);
+            },
+            py::arg("prompt_tokens"), py::arg("max_new_tokens"), py::arg("priority"), py::arg("timeout"),
+            py::arg("now"))
+        .def(
+            "submit_many",
+            [](Scheduler& s, const I64Array& prompt_tokens, const I64Array& max_new_tokens,
+               const F64Array& priority, const F64Array& timeout, const F64Array& deadline, double now) {
+                const auto n = prompt_tokens.size();
+                if (max_new_tokens.size() != n || priority.size() != n || timeout.size() != n ||
+                    deadline.size() != n)
+                    throw py::value_error("submit_many: arrays differ in length");
+                py::array_t<std::uint64_t> ids(n);
+                std::uint64_t* out = ids.mutable_data();
+                const std::int64_t* p = prompt_tokens.data();
+                const std::int64_t* q = max_new_tokens.data();
+                const double* pr = priority.data();
+                const double* to = timeout.data();
+                const double* dl = deadline.data();
+                {
+                    py::gil_scoped_release release;  // arrays are kept alive by this frame
+                    s.submit_many(static_cast<std::size_t>(n), p, q, pr, to, dl, now, out);
+                }
+                return ids;
+            },
+            py::arg("prompt_tokens"), py::arg("max_new_tokens"), py::arg("priority"), py::arg("timeout"),
+            py::arg("deadline"), py::arg("now"))
+        .def(
+            "step",
+            [](Scheduler& s, double now) {
+                StepOutput out;
+                {
+                    py::gil_scoped_release release;
+                    s.step(now, out);
+                }
+                return py::make_tuple(to_array(out.batch_device), to_array(out.batch_offsets),
+                                      to_array(out.request_ids), to_array(out.expired), to_array(out.failed),
+                                      py::cast(out.failed_reasons));
+            },
+            py::arg("now"))
+        .def("complete", &Scheduler::complete, py::arg("id"), py::arg("now"),
+             py::call_guard<py::gil_scoped_release>())
+        .def(
+            "complete_many",
+            [](Scheduler& s, const U64Array& ids, double now) {
+                const std::uint64_t* p = ids.data();
+                const auto n = static_cast<std::size_t>(ids.size());
+                py::gil_scoped_release release;  // the array is kept alive by this frame
+                s.complete_many(p, n, now);
+            },
+            py::arg("ids"), py::arg("now"))
+        .def(
+            "fail",
+            [](Scheduler& s, std::uint64_t id, double now, bool retryable, const std::string& error) {
+                py::gil_scoped_release release;
+                return s.fail(id, now, retryable, error);
+            },
+            py::arg("id"), py::arg("now"), py::arg("retryable"), py::arg("error"))
+        .def("cancel", &Scheduler::cancel, py::arg("id"), py::call_guard<py::gil_scoped_release>())
+        .def(
+            "status", [](const Scheduler& s, std::uint64_t id) { return static_cast<int>(s.status(id)); },
+            py::arg("id"), py::call_guard<py::gil_scoped_release>())
+        .def("check_invariants", &Scheduler::check_invariants, py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("num_devices", &Scheduler::num_devices)
+        .def("stats", [](const Scheduler& s) {
+            Stats st;
+            {
+                py::gil_scoped_release release;
+                st = s.stats();
+            }
+            py::dict out;
+            out["accepted"] = st.counters.accepted;
+            out["completed"] = st.counters.completed;
+            out["failed"] = st.counters.failed;
+            out["expired"] = st.counters.expired;
+            out["cancelled"] = st.counters.cancelled;
+            out["retried"] = st.counters.retried;
+            out["dispatched"] = st.counters.dispatched;
+            out["batches"] = st.counters.batches;
+            out["waiting"] = st.waiting;
+            out["queued"] = st.queued;
+            out["in_flight"] = st.in_flight;
+            out["now"] = st.now;
+            py::list devices;
+            for (const Device& d : st.devices) devices.append(device_dict(d));
+            out["devices"] = devices;
+            return out;
+        });
+}
+
+}  // namespace capsched::bindings

@@ -1,0 +1,62 @@
+// Configuration of the core. Every tunable says its default, unit and why.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace capsched {
+
+enum class Policy : std::uint8_t { Fcfs = 0, Priority = 1, Edf = 2, Srtf = 3, Weighted = 4 };
+
+// Parses "fcfs" | "priority" | "edf" | "srtf" | "weighted"; throws ConfigError otherwise.
+Policy parse_policy(const std::string& name);
+const char* policy_name(Policy p) noexcept;
+
+// Ordering parameters; docs/policies.md gives the exact key of each policy.
+struct PolicyConfig {
+    Policy policy = Policy::Weighted;
+    // Seed weights of the weighted score (default 0.5 / 0.3 / 0.2, unitless, >= 0).
+    double w_urgency = 0.5;
+    double w_resource = 0.3;
+    double w_deadline = 0.2;
+    // Token count at which a request counts as using "all" resources in the resource term
+    // (default 4096 tokens, > 0): smaller requests score higher, as the seed's
+    // 1/(usage + 0.1) intends.
+    double resource_scale_tokens = 4096.0;
+    // Steps of the quantised deadline-proximity term (default 16, 1..1024): each request's
+    // key changes at most this many times; the term is within 1/Q of the exact proximity.
+    std::uint32_t deadline_levels = 16;
+    // Aging rates (>= 0). Units: priority per second (default 0.01: 100 s of waiting is
+    // worth a full priority unit), score per second for weighted (default 0.01), tokens
+    // per second for srtf (default 64), seconds per second for edf (default 0: EDF does
+    // not starve).
+    double aging_priority = 0.01;
+    double aging_weighted = 0.01;
+    double aging_srtf = 64.0;
+    double aging_edf = 0.0;
+    // EDF treats a request without a deadline as due this long after arrival
+    // (default 60 s, > 0), so it cannot be starved by deadline traffic.
+    double no_deadline_horizon = 60.0;
+};
+
+struct SchedulerConfig {
+    PolicyConfig order;
+    // Requests per batch (default 32, 1..65536).
+    std::uint32_t max_batch_size = 32;
+    // Extra tries after a retryable failure (default 3, 0..1000).
+    std::uint32_t max_retries = 3;
+    // Recorded for the adaptive-batching work; the fixed limit above applies meanwhile.
+    bool dynamic_batching = true;
+};
+
+// Limits that keep one request or call from exhausting memory.
+inline constexpr std::int64_t kMaxTokens = 10'000'000;        // per request, prompt or output
+inline constexpr std::size_t kMaxDependencies = 1024;           // per request
+inline constexpr std::uint32_t kMaxBatchSize = 65536;
+inline constexpr std::size_t kMaxDevices = 65536;
+inline constexpr std::uint32_t kMaxDeadlineLevels = 1024;
+
+// Throws ConfigError naming the first bad field.
+void validate(const SchedulerConfig& cfg);
+
+}  // namespace capsched

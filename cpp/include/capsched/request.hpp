@@ -1,0 +1,69 @@
+// A request as the core stores it, and the spec a caller submits.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "capsched/heap.hpp"
+
+namespace capsched {
+
+inline constexpr double kNoTime = std::numeric_limits<double>::quiet_NaN();
+inline constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// What a caller submits. Times are seconds on the caller's clock.
+struct RequestSpec {
+    std::int64_t prompt_tokens = 0;     // >= 0
+    std::int64_t max_new_tokens = 256;  // >= 1
+    double priority = 0.5;              // 0..1
+    double timeout = kNoTime;           // > 0, relative to now; NaN = none
+    double deadline = kNoTime;          // absolute, > now; NaN = none (not both)
+    std::uint32_t tenant = 0;
+    bool batchable = true;
+    double uclamp_min = 0.0;  // 0..1, <= uclamp_max; used by capacity-aware placement
+    double uclamp_max = 1.0;
+    const std::uint64_t* depends_on = nullptr;
+    std::size_t n_depends_on = 0;
+};
+
+enum class State : std::uint8_t { Free = 0, Waiting = 1, Queued = 2, InFlight = 3 };
+
+// How a request ended; stored in 2 bits per id ever issued.
+enum class Outcome : std::uint8_t { Completed = 0, Failed = 1, Expired = 2, Cancelled = 3 };
+
+// Public state of an id: the live states, then the outcomes.
+enum class RequestStatus : std::uint8_t {
+    Waiting = 0,
+    Queued = 1,
+    InFlight = 2,
+    Completed = 3,
+    Failed = 4,
+    Expired = 5,
+    Cancelled = 6,
+};
+
+inline constexpr std::uint32_t kNoIndex = std::numeric_limits<std::uint32_t>::max();
+
+struct Request {
+    std::uint64_t id = 0;
+    double arrival = 0.0;   // first submit (kept across retries), s
+    double deadline = kInf; // absolute, s; +inf when none
+    double score_base = 0.0;  // weighted: w_u*p + w_r*R; other policies: their static key
+    double priority = 0.0;
+    std::uint32_t prompt_tokens = 0;
+    std::uint32_t max_new_tokens = 0;
+    float uclamp_min = 0.0f;
+    float uclamp_max = 1.0f;
+    std::uint32_t tenant = 0;
+    std::uint32_t batch = kNoIndex;        // batch slot while in flight
+    std::uint32_t deps_remaining = 0;      // live dependencies not yet completed
+    std::uint32_t dependents = kNoIndex;   // head of this request's dependents list
+    std::uint16_t retries = 0;
+    std::uint16_t level = 0;  // weighted: current deadline level L (0..Q)
+    State state = State::Free;
+    bool batchable = true;
+    bool mark = false;        // scratch flag for duplicate detection in bulk calls
+};
+
+}  // namespace capsched

@@ -1,0 +1,178 @@
+// The scheduler: owns requests (a slab addressed by handle), the ready queue, the deadline
+// heap, the deadline-level timer heap, dependency edges and devices, behind one mutex.
+//
+// Time is an argument: every time-dependent call takes `now` (seconds, any epoch, finite).
+// The core never reads a clock. Time never runs backwards inside the scheduler: a `now`
+// earlier than the latest one seen is treated as the latest (threads that read a clock and
+// then race for the mutex may arrive out of order).
+//
+// Lifecycle: submit -> Waiting (on dependencies) -> Queued -> InFlight -> ended as
+// Completed | Failed | Expired | Cancelled; a retryable failure goes back to Queued.
+// Conservation: accepted == completed + failed + expired + cancelled + waiting + queued +
+// in_flight, at every instant (check_invariants() verifies it with everything else).
+//
+// Exceptions: every public call validates its whole input before it changes anything
+// (strong guarantee); see errors.hpp.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "capsched/config.hpp"
+#include "capsched/device.hpp"
+#include "capsched/heap.hpp"
+#include "capsched/id_map.hpp"
+#include "capsched/request.hpp"
+
+namespace capsched {
+
+// What a step decided. Reuse one StepOutput across steps to avoid reallocating.
+struct StepOutput {
+    // Batch b runs on device batch_device[b] and holds
+    // request_ids[batch_offsets[b] .. batch_offsets[b+1]).
+    std::vector<std::uint32_t> batch_device;
+    std::vector<std::uint64_t> batch_offsets;  // size batches + 1 (or 0 when cleared)
+    std::vector<std::uint64_t> request_ids;
+    std::vector<std::uint64_t> expired;
+    // Requests that ended as failed outside the server's own fail() call (a dependency
+    // failed, expired or was cancelled), with the reason.
+    std::vector<std::uint64_t> failed;
+    std::vector<std::string> failed_reasons;
+
+    void clear() noexcept;
+    std::size_t num_batches() const noexcept { return batch_device.size(); }
+};
+
+struct Counters {
+    std::uint64_t accepted = 0;
+    std::uint64_t completed = 0;
+    std::uint64_t failed = 0;
+    std::uint64_t expired = 0;
+    std::uint64_t cancelled = 0;
+    std::uint64_t retried = 0;
+    std::uint64_t dispatched = 0;  // dispatches, retries included
+    std::uint64_t batches = 0;
+};
+
+struct Stats {
+    Counters counters;
+    std::uint64_t waiting = 0;
+    std::uint64_t queued = 0;
+    std::uint64_t in_flight = 0;
+    double now = 0.0;  // latest time seen
+    std::vector<Device> devices;
+};
+
+class Scheduler {
+  public:
+    Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& devices);
+    Scheduler(const Scheduler&) = delete;
+    Scheduler& operator=(const Scheduler&) = delete;
+
+    // Pre-sizes storage for n live requests, so that the hot path does not allocate.
+    void reserve(std::size_t n);
+
+    // Accepts one request; returns its id (1, 2, 3, ... in submission order).
+    std::uint64_t submit(const RequestSpec& spec, double now);
+
+    // Accepts n requests, all or none: every element is validated before any is accepted.
+    // Arrays hold n values each; timeout/deadline NaN means none. ids receives n ids.
+    void submit_many(std::size_t n, const std::int64_t* prompt_tokens,
+                     const std::int64_t* max_new_tokens, const double* priority,
+                     const double* timeout, const double* deadline, double now,
+                     std::uint64_t* ids);
+
+    // Expires, applies deadline-level changes, dispatches; see docs/policies.md.
+    void step(double now, StepOutput& out);
+
+    // The request must be in flight. Ends it as completed and releases its dependents.
+    void complete(std::uint64_t id, double now);
+    // All or none: every id must be in flight and listed once.
+    void complete_many(const std::uint64_t* ids, std::size_t n, double now);
+
+    // The request must be in flight. Returns true if it was re-queued for another try
+    // (retryable, tries left, deadline not passed); otherwise it ends as failed.
+    bool fail(std::uint64_t id, double now, bool retryable, std::string_view error);
+
+    // Ends a waiting, queued or in-flight request as cancelled; returns false if it had
+    // already ended. Throws UnknownRequest for an id never issued.
+    bool cancel(std::uint64_t id);
+
+    RequestStatus status(std::uint64_t id) const;
+    Stats stats() const;
+    std::size_t num_devices() const noexcept { return devices_.size(); }
+    const SchedulerConfig& config() const noexcept { return cfg_; }
+
+    // O(n) consistency check of every structure and of conservation. For tests.
+    bool check_invariants() const;
+
+  private:
+    struct Edge {
+        std::uint64_t dependent_id;
+        Handle dependent;
+        std::uint32_t next;
+    };
+    struct Batch {
+        std::uint32_t device;
+        std::uint32_t remaining;
+    };
+
+    double advance_clock(double now);
+    void validate_spec(const RequestSpec& s, double now) const;
+    void validate_dependencies(const RequestSpec& s);
+    std::uint64_t accept(const RequestSpec& s, double now);
+    Handle alloc_request();
+    void make_ready(Handle h, double now);
+    void set_level(Handle h, double now);
+    HeapKey ready_key(const Request& r) const noexcept;
+    double level_time(const Request& r, std::uint32_t k) const noexcept;
+    Handle find_live(std::uint64_t id, const char* what) const;
+    Handle find_in_flight(std::uint64_t id, const char* what) const;
+    void leave_batch(Request& r);
+    // Removes a live request from every structure, counts its outcome and frees its slot;
+    // returns the head of its dependents list.
+    std::uint32_t detach(Handle h, Outcome how);
+    // detach(), then releases (completed) or fails (otherwise) its dependents.
+    void end(Handle h, Outcome how, std::string_view detail);
+    void complete_locked(Handle h);
+    void set_outcome(std::uint64_t id, Outcome how);
+    Outcome outcome(std::uint64_t id) const noexcept;
+
+    SchedulerConfig cfg_;
+    std::vector<Device> devices_;
+    std::vector<std::uint32_t> device_order_;  // strongest first
+
+    mutable std::mutex mu_;
+    double now_ = -kInf;
+    std::uint64_t next_id_ = 1;
+
+    std::vector<Request> slab_;
+    std::vector<Handle> free_handles_;
+    IdMap ids_;
+    IndexedHeap<> ready_;      // queued requests by policy key
+    IndexedHeap<> deadlines_;  // waiting + queued requests with a deadline
+    IndexedHeap<> levels_;     // weighted: next deadline-level change of queued requests
+    std::vector<Edge> edges_;
+    std::uint32_t free_edge_ = kNoIndex;
+    std::vector<Batch> batches_;
+    std::vector<std::uint32_t> free_batches_;
+    std::vector<std::uint64_t> outcomes_;  // 2 bits per id ever issued, for ended ids
+
+    Counters counters_;
+    std::uint64_t waiting_ = 0;
+    std::uint64_t queued_ = 0;
+    std::uint64_t in_flight_ = 0;
+
+    // Failures that happened outside step() (dependency cascades), reported by the next
+    // step; and a scratch stack for cascades.
+    std::vector<std::uint64_t> pending_failed_;
+    std::vector<std::string> pending_reasons_;
+    std::vector<std::pair<std::uint32_t, std::uint64_t>> cascade_stack_;  // (edge list, cause id)
+};
+
+}  // namespace capsched

@@ -1,0 +1,67 @@
+#include "capsched/config.hpp"
+
+#include <cmath>
+#include <string>
+
+#include "capsched/errors.hpp"
+
+namespace capsched {
+
+Policy parse_policy(const std::string& name) {
+    if (name == "fcfs") return Policy::Fcfs;
+    if (name == "priority") return Policy::Priority;
+    if (name == "edf") return Policy::Edf;
+    if (name == "srtf") return Policy::Srtf;
+    if (name == "weighted") return Policy::Weighted;
+    throw ConfigError("unknown policy '" + name +
+                      "': expected one of 'fcfs', 'priority', 'edf', 'srtf', 'weighted'");
+}
+
+const char* policy_name(Policy p) noexcept {
+    switch (p) {
+        case Policy::Fcfs: return "fcfs";
+        case Policy::Priority: return "priority";
+        case Policy::Edf: return "edf";
+        case Policy::Srtf: return "srtf";
+        case Policy::Weighted: return "weighted";
+    }
+    return "?";
+}
+
+namespace {
+void require_nonneg(double v, const char* name) {
+    if (!std::isfinite(v) || v < 0.0)
+        throw ConfigError(std::string(name) + " must be a finite number >= 0, got " +
+                          format_number(v));
+}
+void require_pos(double v, const char* name) {
+    if (!std::isfinite(v) || v <= 0.0)
+        throw ConfigError(std::string(name) + " must be a finite number > 0, got " +
+                          format_number(v));
+}
+}  // namespace
+
+void validate(const SchedulerConfig& cfg) {
+    const PolicyConfig& o = cfg.order;
+    if (static_cast<unsigned>(o.policy) > static_cast<unsigned>(Policy::Weighted))
+        throw ConfigError("unknown policy value " + std::to_string(static_cast<unsigned>(o.policy)));
+    require_nonneg(o.w_urgency, "weight_urgency");
+    require_nonneg(o.w_resource, "weight_resource");
+    require_nonneg(o.w_deadline, "weight_deadline");
+    require_pos(o.resource_scale_tokens, "resource_scale_tokens");
+    if (o.deadline_levels < 1 || o.deadline_levels > kMaxDeadlineLevels)
+        throw ConfigError("deadline_levels must be in 1.." + std::to_string(kMaxDeadlineLevels) +
+                          ", got " + std::to_string(o.deadline_levels));
+    require_nonneg(o.aging_priority, "aging_priority");
+    require_nonneg(o.aging_weighted, "aging_weighted");
+    require_nonneg(o.aging_srtf, "aging_srtf");
+    require_nonneg(o.aging_edf, "aging_edf");
+    require_pos(o.no_deadline_horizon, "no_deadline_horizon");
+    if (cfg.max_batch_size < 1 || cfg.max_batch_size > kMaxBatchSize)
+        throw ConfigError("max_batch_size must be in 1.." + std::to_string(kMaxBatchSize) +
+                          ", got " + std::to_string(cfg.max_batch_size));
+    if (cfg.max_retries > 1000)
+        throw ConfigError("max_retries must be in 0..1000, got " + std::to_string(cfg.max_retries));
+}
+
+}  // namespace capsched

@@ -1,0 +1,69 @@
+"""capsched: a capacity-aware scheduler for LLM inference requests.
+
+A server submits requests, calls :meth:`Scheduler.step` to learn which batch runs on
+which device, runs the batches itself, and reports each request's completion or failure.
+
+>>> from capsched import OpenAutoGLMScheduler, InferenceRequest
+>>> scheduler = OpenAutoGLMScheduler(devices=["cuda:0", "cuda:1"], max_batch_size=32)
+>>> rid = scheduler.submit(InferenceRequest(prompt="生成一段技术文档", priority=0.8, timeout=5.0))
+>>> [b.request_ids for b in scheduler.step().batches] == [[rid]]
+True
+"""
+
+from __future__ import annotations
+
+from . import errors
+from .errors import (
+    CapschedError,
+    ConfigError,
+    DependencyError,
+    DuplicateRequestError,
+    InvalidArgumentError,
+    InvalidRequestError,
+    RequestStateError,
+    RequestTypeError,
+    UnknownRequestError,
+)
+
+try:
+    from . import _core
+except ImportError as exc:  # pragma: no cover - only without a built extension
+    raise ImportError(
+        "capsched's compiled core (capsched._core) is missing: the package was not built. "
+        "Install it with 'pip install .' from the source tree (needs a C++17 compiler and "
+        f"CMake), or install a wheel. Original error: {exc}"
+    ) from exc
+
+from .config import POLICIES, Config
+from .devices import Device, parse_devices
+from .request import MAX_DEPENDENCIES, MAX_TOKENS, InferenceRequest
+from .scheduler import Batch, OpenAutoGLMScheduler, Scheduler, StepResult
+from .tokens import estimate_tokens
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch",
+    "CapschedError",
+    "Config",
+    "ConfigError",
+    "DependencyError",
+    "Device",
+    "DuplicateRequestError",
+    "InferenceRequest",
+    "InvalidArgumentError",
+    "InvalidRequestError",
+    "MAX_DEPENDENCIES",
+    "MAX_TOKENS",
+    "OpenAutoGLMScheduler",
+    "POLICIES",
+    "RequestStateError",
+    "RequestTypeError",
+    "Scheduler",
+    "StepResult",
+    "UnknownRequestError",
+    "errors",
+    "estimate_tokens",
+    "parse_devices",
+    "__version__",
+]

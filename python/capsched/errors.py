@@ -1,0 +1,58 @@
+"""Exceptions raised by capsched.
+
+Every public entry point validates its whole input before it changes anything, so when
+one of these is raised the scheduler is exactly as it was before the call.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CapschedError",
+    "InvalidArgumentError",
+    "InvalidRequestError",
+    "ConfigError",
+    "UnknownRequestError",
+    "RequestStateError",
+    "DependencyError",
+    "DuplicateRequestError",
+    "RequestTypeError",
+]
+
+
+class CapschedError(Exception):
+    """Base class of every error capsched raises on purpose."""
+
+
+class InvalidArgumentError(CapschedError, ValueError):
+    """An argument is out of range or NaN (for example a ``now`` that is not finite)."""
+
+
+class InvalidRequestError(InvalidArgumentError):
+    """A request field is out of range, NaN, of the wrong kind, or inconsistent."""
+
+
+class ConfigError(CapschedError, ValueError):
+    """The scheduler's configuration or device list cannot be used."""
+
+
+class UnknownRequestError(CapschedError, KeyError):
+    """An id that this scheduler never issued."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class RequestStateError(CapschedError, RuntimeError):
+    """A known request is in the wrong state for the call (e.g. completing one not in flight)."""
+
+
+class DependencyError(CapschedError, ValueError):
+    """``depends_on`` names an unknown request, or one that ended without completing."""
+
+
+class DuplicateRequestError(CapschedError, ValueError):
+    """The same InferenceRequest object was submitted twice."""
+
+
+class RequestTypeError(InvalidRequestError, TypeError):
+    """A request field has the wrong type (for example a priority given as a string)."""

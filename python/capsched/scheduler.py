@@ -1,0 +1,471 @@
+"""The scheduler facade: validation, names and clocks around the C++ core."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from . import _core
+from .config import POLICIES, Config
+from .devices import Device, parse_devices
+from .errors import (
+    ConfigError,
+    DependencyError,
+    DuplicateRequestError,
+    InvalidArgumentError,
+    InvalidRequestError,
+    RequestTypeError,
+    UnknownRequestError,
+)
+from .request import InferenceRequest
+from .tokens import estimate_tokens
+
+__all__ = ["Scheduler", "OpenAutoGLMScheduler", "StepResult", "Batch"]
+
+_NAN = float("nan")
+_NO_DEPS = np.zeros(0, dtype=np.uint64)
+_STATUS = ("waiting", "queued", "in_flight", "completed", "failed", "expired", "cancelled")
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Requests that a step sends to one device to run together.
+
+    Attributes:
+        device: the device's name.
+        device_index: its position in the scheduler's device list.
+        request_ids: ids in dispatch order (the policy's order).
+    """
+
+    device: str
+    device_index: int
+    request_ids: list[int]
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What one :meth:`Scheduler.step` decided.
+
+    Attributes:
+        batches: batches to run, in dispatch order; flattening them gives the policy's
+            order at ``now``.
+        expired: ids of queued or waiting requests that passed their deadline.
+        failed: ``(id, reason)`` of requests that failed outside the server's own
+            :meth:`Scheduler.fail` calls since the previous step (a dependency failed,
+            expired or was cancelled).
+        now: the time the step ran at (seconds on the scheduler's clock).
+    """
+
+    batches: list[Batch]
+    expired: list[int]
+    failed: list[tuple[int, str]]
+    now: float
+
+    @property
+    def dispatched(self) -> list[int]:
+        """All dispatched ids, batch after batch."""
+        return [i for b in self.batches for i in b.request_ids]
+
+    def __bool__(self) -> bool:
+        return bool(self.batches or self.expired or self.failed)
+
+
+class Scheduler:
+    """A capacity-aware scheduler for LLM inference requests.
+
+    A server submits requests, calls :meth:`step` to learn which batch runs on which
+    device, runs them, and reports each request's end with :meth:`complete` or
+    :meth:`fail`. Every accepted request ends exactly once: completed, failed, expired
+    or cancelled (``stats()['conservation_ok']`` checks the books).
+
+    Args:
+        devices: non-empty list of device names (equal capacity), :class:`Device`
+            objects, or dicts with Device's fields.
+        policy: ``"fcfs"``, ``"priority"``, ``"edf"``, ``"srtf"`` or ``"weighted"``
+            (default; the seed's score). ``docs/policies.md`` gives each exact order.
+        max_batch_size: requests per batch (1..65536, default 32).
+        enable_dynamic_batching: whether the batch size may adapt to observed latency.
+            This version records the flag (``stats()['dynamic_batching']``) and uses the
+            fixed ``max_batch_size``; adaptive sizing is the batching work's.
+        config: a :class:`Config` (or a dict of its fields) with the policy's tunables.
+        clock: callable returning seconds; used whenever a ``now`` argument is omitted
+            (default ``time.monotonic``). Pass virtual time as ``now=`` to simulate.
+
+    Thread safety: any number of threads may call any method; the core serialises them
+    behind one mutex and releases the GIL while it works.
+
+    Errors: bad input raises a subclass of :class:`capsched.errors.CapschedError` naming
+    the bad value, and the scheduler is left unchanged.
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[Union[str, Device, Mapping[str, Any]]],
+        *,
+        policy: str = "weighted",
+        max_batch_size: int = 32,
+        enable_dynamic_batching: bool = True,
+        config: Optional[Union[Config, Mapping[str, Any]]] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(policy, str) or policy not in POLICIES:
+            raise ConfigError(f"unknown policy {policy!r}: expected one of {', '.join(map(repr, POLICIES))}")
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, numbers.Integral):
+            raise ConfigError(f"max_batch_size must be an integer, got {max_batch_size!r}")
+        if not 1 <= int(max_batch_size) <= _core.MAX_BATCH_SIZE:
+            raise ConfigError(f"max_batch_size must be in 1..{_core.MAX_BATCH_SIZE}, got {max_batch_size!r}")
+        if not isinstance(enable_dynamic_batching, bool):
+            raise ConfigError(f"enable_dynamic_batching must be a bool, got {enable_dynamic_batching!r}")
+        if config is None:
+            config = Config()
+        elif isinstance(config, Mapping):
+            config = Config.from_dict(config)
+        elif not isinstance(config, Config):
+            raise ConfigError(f"config must be a capsched.Config or a dict, got {type(config).__name__}")
+        if not callable(clock):
+            raise ConfigError(f"clock must be callable (returning seconds), got {clock!r}")
+        self._devices = parse_devices(devices)
+        self._policy = policy
+        self._config = config
+        self._max_batch_size = int(max_batch_size)
+        self._dynamic_batching = enable_dynamic_batching
+        self._clock = clock
+        self._count_tokens = config.tokenizer or estimate_tokens
+        self._names = [d.name for d in self._devices]
+        self._tenants: dict[Optional[str], int] = {None: 0}
+        self._lock = threading.Lock()  # guards the submitted-object check and the tenant table
+
+        cc = _core.CoreConfig()
+        cc.policy = policy
+        for f in dataclasses.fields(Config):
+            if f.name != "tokenizer":
+                setattr(cc, f.name, getattr(config, f.name))
+        cc.max_batch_size = self._max_batch_size
+        cc.dynamic_batching = enable_dynamic_batching
+        self._core = _core.Core(
+            cc,
+            [float(d.capacity) for d in self._devices],
+            [int(d.max_inflight_batches) for d in self._devices],
+        )
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def devices(self) -> tuple[Device, ...]:
+        """The devices, in the order given."""
+        return self._devices
+
+    @property
+    def policy(self) -> str:
+        return self._policy
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._max_batch_size
+
+    def __repr__(self) -> str:
+        return (
+            f"Scheduler(devices={self._names!r}, policy={self._policy!r}, "
+            f"max_batch_size={self._max_batch_size})"
+        )
+
+    # ------------------------------------------------------------------ submission
+
+    def submit(self, request: InferenceRequest, *, now: Optional[float] = None) -> int:
+        """Accept one request; returns its id (1, 2, 3, ... in submission order).
+
+        ``now`` defaults to ``clock()``; a timeout counts from it.
+
+        Raises:
+            DuplicateRequestError: this object was submitted before.
+            InvalidRequestError: a field is out of range (the message names it).
+            DependencyError: ``depends_on`` names an unknown request or one that ended
+                without completing, or lists one twice.
+        """
+        if not isinstance(request, InferenceRequest):
+            raise RequestTypeError(f"submit() takes an InferenceRequest, got {type(request).__name__}")
+        t = self._time(now)
+        tokens = request.prompt_tokens
+        if tokens is None:
+            tokens = self._estimate(request.prompt)
+        deps = _NO_DEPS if not request.depends_on else _dependency_ids(request.depends_on)
+        with self._lock:
+            if request.id is not None:
+                raise DuplicateRequestError(
+                    f"this InferenceRequest was already submitted (id {request.id}); create a new one"
+                )
+            request.id = 0  # reserved: a concurrent submit of the same object now fails
+            tenant = self._tenants.get(request.tenant)
+            if tenant is None:
+                tenant = self._tenants[request.tenant] = len(self._tenants)
+        try:
+            rid = self._core.submit(
+                tokens,
+                request.max_new_tokens,
+                request.priority,
+                _NAN if request.timeout is None else request.timeout,
+                _NAN if request.deadline is None else request.deadline,
+                tenant,
+                request.batchable,
+                request.uclamp_min,
+                request.uclamp_max,
+                deps,
+                t,
+            )
+        except TypeError as exc:  # fields mutated to the wrong type after construction
+            request.id = None
+            raise RequestTypeError(f"request has a field of the wrong type: {exc}") from exc
+        except BaseException:
+            request.id = None
+            raise
+        request.id = rid
+        return rid
+
+    def submit_many(
+        self,
+        prompt_tokens: Any,
+        *,
+        max_new_tokens: Any = 256,
+        priority: Any = 0.5,
+        timeout: Any = None,
+        deadline: Any = None,
+        now: Optional[float] = None,
+    ) -> np.ndarray:
+        """Accept many requests at once: the fast path.
+
+        Each argument is an array-like of one value per request, or a scalar for all;
+        NaN (or None as a scalar) in ``timeout``/``deadline`` means none. Validation
+        covers every element before any is accepted: all are accepted or none.
+
+        Returns:
+            ``numpy.ndarray`` of ``uint64`` ids, in the order given.
+        """
+        t = self._time(now)
+        p = _int_array("prompt_tokens", prompt_tokens, None)
+        n = p.shape[0]
+        q = _int_array("max_new_tokens", max_new_tokens, n)
+        pr = _float_array("priority", priority, n)
+        to = _float_array("timeout", _NAN if timeout is None else timeout, n)
+        dl = _float_array("deadline", _NAN if deadline is None else deadline, n)
+        return self._core.submit_many(p, q, pr, to, dl, t)
+
+    # ------------------------------------------------------------------ the loop
+
+    def step(self, now: Optional[float] = None) -> StepResult:
+        """Expire, order and dispatch; see ``docs/policies.md`` for the exact rules.
+
+        Returns the batches to run (one per free device at most, strongest device
+        first), the ids that expired, and dependency failures since the last step.
+        """
+        t = self._time(now)
+        devs, offsets, ids, expired, failed, reasons = self._core.step(t)
+        id_list = ids.tolist()
+        off = offsets.tolist()
+        names = self._names
+        batches = [
+            Batch(names[d], d, id_list[off[i] : off[i + 1]]) for i, d in enumerate(devs.tolist())
+        ]
+        return StepResult(batches, expired.tolist(), list(zip(failed.tolist(), reasons)), t)
+
+    def complete(self, request_id: int, now: Optional[float] = None) -> None:
+        """Report that an in-flight request finished successfully.
+
+        Raises:
+            UnknownRequestError: the id was never issued.
+            RequestStateError: the request is not in flight (queued, or already ended).
+        """
+        self._core.complete(_request_id(request_id), self._time(now))
+
+    def complete_many(self, request_ids: Iterable[int], now: Optional[float] = None) -> None:
+        """Report many completions in one call (coalesced, as interrupt coalescing does).
+
+        All or none: if any id is not in flight, or one is listed twice, nothing is
+        completed and the error names the first bad element.
+        """
+        ids = _id_array(request_ids)
+        self._core.complete_many(ids, self._time(now))
+
+    def fail(
+        self,
+        request_id: int,
+        now: Optional[float] = None,
+        *,
+        retryable: bool = False,
+        error: str = "",
+    ) -> bool:
+        """Report that an in-flight request failed.
+
+        With ``retryable=True`` the request goes back to the queue (keeping its place by
+        arrival time) while it has tries left (``Config.max_retries``) and its deadline
+        has not passed. Otherwise it ends as failed, and requests that depend on it fail
+        with a reason naming it and ``error``.
+
+        Returns:
+            True if it was re-queued, False if it ended as failed.
+        """
+        if not isinstance(retryable, bool):
+            raise InvalidArgumentError(f"retryable must be a bool, got {retryable!r}")
+        if not isinstance(error, str):
+            raise InvalidArgumentError(f"error must be a str, got {type(error).__name__}")
+        return self._core.fail(_request_id(request_id), self._time(now), retryable, error)
+
+    def cancel(self, request_id: int) -> bool:
+        """Cancel a waiting, queued or in-flight request.
+
+        Returns False if the request had already ended (nothing changes). Requests that
+        depend on it fail. A cancelled in-flight request frees its place in the batch;
+        the server should stop running it.
+
+        Raises:
+            UnknownRequestError: the id was never issued.
+        """
+        return self._core.cancel(_request_id(request_id))
+
+    # ------------------------------------------------------------------ queries
+
+    def status(self, request_id: int) -> str:
+        """``'waiting'``, ``'queued'``, ``'in_flight'``, ``'completed'``, ``'failed'``,
+        ``'expired'`` or ``'cancelled'``."""
+        return _STATUS[self._core.status(_request_id(request_id))]
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges.
+
+        Keys: ``accepted``, ``completed``, ``failed``, ``expired``, ``cancelled``,
+        ``retried``, ``dispatched`` (dispatches, retries included), ``batches``,
+        ``waiting``, ``queued``, ``in_flight``, ``now`` (latest time seen, None before
+        any), ``policy``, ``max_batch_size``, ``dynamic_batching``, ``conservation_ok``
+        (accepted == ended + live), and ``devices``: one dict per device with ``name``,
+        ``capacity`` (normalised, strongest = 1024), ``max_inflight_batches``,
+        ``inflight_batches``, ``inflight_requests``, ``dispatched_requests``,
+        ``dispatched_batches``, ``completed_requests``.
+        """
+        s = self._core.stats()
+        for name, d in zip(self._names, s["devices"]):
+            d["name"] = name
+        if not math.isfinite(s["now"]):
+            s["now"] = None
+        s["policy"] = self._policy
+        s["max_batch_size"] = self._max_batch_size
+        s["dynamic_batching"] = self._dynamic_batching
+        ended = s["completed"] + s["failed"] + s["expired"] + s["cancelled"]
+        s["conservation_ok"] = s["accepted"] == ended + s["waiting"] + s["queued"] + s["in_flight"]
+        return s
+
+    def check_invariants(self) -> bool:
+        """Full O(n) consistency check of the core's structures (for tests)."""
+        return bool(self._core.check_invariants())
+
+    def reserve(self, n: int) -> None:
+        """Pre-size storage for ``n`` live requests so that submitting does not allocate."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise InvalidArgumentError(f"reserve() takes a count >= 0, got {n!r}")
+        self._core.reserve(int(n))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _time(self, now: Optional[float]) -> float:
+        if now is None:
+            now = self._clock()
+        if isinstance(now, bool) or not isinstance(now, numbers.Real):
+            raise InvalidArgumentError(f"now must be a number of seconds, got {now!r}")
+        return float(now)
+
+    def _estimate(self, prompt: Optional[str]) -> int:
+        if prompt is None:
+            raise InvalidRequestError("give a prompt or prompt_tokens")
+        n = self._count_tokens(prompt)
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise InvalidRequestError(f"the tokenizer returned {n!r} for a prompt; expected an int >= 0")
+        return int(n)
+
+
+#: The seed's name for :class:`Scheduler` (same class).
+OpenAutoGLMScheduler = Scheduler
+
+
+def _request_id(x: object) -> int:
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise RequestTypeError(f"request ids are ints, got {x!r}")
+    v = int(x)
+    if not 1 <= v < 2**64:
+        raise UnknownRequestError(f"unknown request {v}: ids start at 1")
+    return v
+
+
+def _id_array(ids: Iterable[int]) -> np.ndarray:
+    if isinstance(ids, np.ndarray):
+        if ids.dtype.kind not in "iu":
+            raise RequestTypeError(f"request ids must be integers, got an array of {ids.dtype}")
+        if ids.dtype.kind == "i" and ids.size and ids.min() < 1:
+            raise UnknownRequestError(f"unknown request {int(ids.min())}: ids start at 1")
+        return np.ascontiguousarray(ids, dtype=np.uint64).ravel()
+    return np.fromiter((_request_id(i) for i in ids), dtype=np.uint64)
+
+
+def _dependency_ids(deps: tuple) -> np.ndarray:
+    out = []
+    for d in deps:
+        if isinstance(d, InferenceRequest):
+            if not d.id:
+                raise DependencyError(f"depends_on names an InferenceRequest that was not submitted: {d!r}")
+            out.append(d.id)
+        else:
+            out.append(int(d))
+    return np.array(out, dtype=np.uint64)
+
+
+def _int_array(name: str, value: Any, n: Optional[int]) -> np.ndarray:
+    a = np.asarray(value)
+    if a.dtype.kind == "f":
+        finite = np.isfinite(a)
+        if not finite.all() or (a != np.floor(a)).any():
+            bad = a[~finite | (a != np.floor(np.where(finite, a, 0)))].flat[0]
+            raise InvalidRequestError(f"{name} must hold whole numbers, got {bad!r}")
+    elif a.dtype.kind not in "iub":
+        raise RequestTypeError(f"{name} must be integers, got an array of {a.dtype}")
+    if a.dtype.kind == "b":
+        raise RequestTypeError(f"{name} must be integers, got booleans")
+    return _shape(name, a.astype(np.int64, copy=False) if a.dtype.kind != "u" else _from_unsigned(name, a), n)
+
+
+def _from_unsigned(name: str, a: np.ndarray) -> np.ndarray:
+    if a.size and a.max() > np.iinfo(np.int64).max:
+        raise InvalidRequestError(f"{name} holds {int(a.max())}, beyond any token limit")
+    return a.astype(np.int64)
+
+
+def _float_array(name: str, value: Any, n: int) -> np.ndarray:
+    a = np.asarray(value)
+    if a.dtype == object:
+        a = np.asarray([_NAN if v is None else v for v in np.ravel(a)])
+    if a.dtype.kind not in "fiu":
+        raise RequestTypeError(f"{name} must be numbers, got an array of {a.dtype}")
+    return _shape(name, a.astype(np.float64, copy=False), n)
+
+
+def _shape(name: str, a: np.ndarray, n: Optional[int]) -> np.ndarray:
+    if a.ndim == 0:
+        if n is None:
+            a = a.reshape(1)
+        else:
+            return np.full(n, a, dtype=a.dtype)
+    if a.ndim != 1:
+        raise InvalidRequestError(f"{name} must be a scalar or a 1-d array, got shape {a.shape}")
+    if n is not None and a.shape[0] != n:
+        raise InvalidRequestError(f"{name} has {a.shape[0]} values but prompt_tokens has {n}")
+    return np.ascontiguousarray(a)
