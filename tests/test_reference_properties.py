@@ -51,6 +51,9 @@ except ImportError:  # pragma: no cover - the package is not built yet
 needs_capsched = pytest.mark.skipif(not HAVE_CAPSCHED, reason="capsched is not built")
 
 SCALE = float(os.environ.get("CAPSCHED_PROPERTY_SCALE", "1.0"))
+# Set to 1 to model the other reading of step 1 (expire one at a time, failing each one's
+# dependents at once); see ReferenceScheduler.cascade_during_expiry.
+CASCADE_DURING_EXPIRY = os.environ.get("CAPSCHED_REF_CASCADE_DURING_EXPIRY", "0") == "1"
 
 
 def examples(n: int) -> int:
@@ -103,7 +106,7 @@ batchables = st.sampled_from([True, True, True, False])
 picks = st.integers(min_value=0, max_value=1000)
 
 op_submit = st.tuples(st.just("submit"), dts, prompt_tokens, max_new_tokens, priorities,
-                      timings, st.one_of(st.just([]), st.just([]), dep_refs), batchables)
+                      timings, st.one_of(st.just([]), dep_refs), batchables)
 op_submit_many = st.tuples(
     st.just("submit_many"), dts,
     st.lists(st.tuples(prompt_tokens, max_new_tokens, priorities,
@@ -169,7 +172,7 @@ scenarios = st.fixed_dictionaries({
     "config": configs(),
     "max_retries": st.sampled_from([0, 1, 3]),
     "t0": st.sampled_from([0.0, 0.0, 1000.0, -50.0, 1e6 + 0.3]),
-    "ops": st.lists(operations, min_size=1, max_size=60),
+    "ops": st.lists(operations, min_size=8, max_size=80),
 })
 
 
@@ -196,7 +199,8 @@ class Harness:
         self.cfg_kwargs = dict(sc["config"])
         self.cfg_kwargs["max_retries"] = sc["max_retries"]
         self.ref = ReferenceScheduler(caps, inflight, sc["policy"], sc["max_batch_size"],
-                                      self.cfg_kwargs, sc["max_retries"])
+                                      self.cfg_kwargs, sc["max_retries"],
+                                      cascade_during_expiry=CASCADE_DURING_EXPIRY)
         self.real = None
         if real:
             devices = [capsched.Device(f"dev{i}", c, m)
@@ -255,7 +259,9 @@ class Harness:
         deps: List[int] = []
         for kind, k in deps_spec:
             if kind == "id" and self.issued:
-                dep = self.issued[k % len(self.issued)]
+                # Mostly recent ids (more likely still live), sometimes any.
+                n = len(self.issued)
+                dep = self.issued[-1 - k % min(n, 4)] if k % 3 else self.issued[k % n]
             elif kind == "unknown":
                 dep = self.ref.next_id + k
             else:
@@ -481,6 +487,7 @@ def run_scenario(sc: Dict[str, Any], real: bool) -> Harness:
     h.record(f"scenario: policy={sc['policy']} fleet={sc['fleet']} "
              f"max_batch_size={sc['max_batch_size']} config={h.cfg_kwargs} t0={sc['t0']}")
     h.check()
+    h.event(f"ops: {min(len(sc['ops']) // 20 * 20, 60)}+")
     for op in sc["ops"]:
         h.apply(op)
         h.check()

@@ -119,20 +119,6 @@ void register_scheduler(py::module_& m) {
             py::arg("deadline"), py::arg("tenant"), py::arg("batchable"), py::arg("uclamp_min"),
             py::arg("uclamp_max"), py::arg("depends_on"), py::arg("now"))
         .def(
-            "submit_simple",
-            [](Scheduler& s, std::int64_t prompt_tokens, std::int64_t max_new_tokens, double priority,
-               double timeout, double now) {
-                RequestSpec spec;
-                spec.prompt_tokens = prompt_tokens;
-                spec.max_new_tokens = max_new_tokens;
-                spec.priority = priority;
-                spec.timeout = timeout;
-                py::gil_scoped_release release;
-                return s.submit(spec, now);
-            },
-            py::arg("prompt_tokens"), py::arg("max_new_tokens"), py::arg("priority"), py::arg("timeout"),
-            py::arg("now"))
-        .def(
             "submit_many",
             [](Scheduler& s, const I64Array& prompt_tokens, const I64Array& max_new_tokens,
                const F64Array& priority, const F64Array& timeout, const F64Array& deadline, double now) {
@@ -165,7 +151,7 @@ void register_scheduler(py::module_& m) {
                 }
                 return py::make_tuple(to_array(out.batch_device), to_array(out.batch_offsets),
                                       to_array(out.request_ids), to_array(out.expired), to_array(out.failed),
-                                      py::cast(out.failed_reasons));
+                                      py::cast(out.failed_reasons), out.now);
             },
             py::arg("now"))
         .def("complete", &Scheduler::complete, py::arg("id"), py::arg("now"),

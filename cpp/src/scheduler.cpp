@@ -78,7 +78,7 @@ void Scheduler::reserve(std::size_t n) {
     std::lock_guard<std::mutex> lock(mu_);
     slab_.reserve(n);
     free_handles_.reserve(n);
-    ids_.reserve(n);
+    ids_.reserve(n, id_of());
     ready_.reserve(n);
     deadlines_.reserve(n);
     if (cfg_.order.policy == Policy::Weighted) levels_.reserve(n);
@@ -139,7 +139,7 @@ void Scheduler::validate_dependencies(const RequestSpec& s) {
             problem = "depends_on names request " + id_text(dep) + ", which this scheduler never issued";
             break;
         }
-        const Handle h = ids_.find(dep);
+        const Handle h = ids_.find(dep, id_of());
         if (h == kNoHandle) {
             const Outcome how = outcome(dep);
             if (how != Outcome::Completed) {
@@ -156,7 +156,7 @@ void Scheduler::validate_dependencies(const RequestSpec& s) {
         slab_[h].mark = true;
     }
     for (std::size_t i = 0; i < checked; ++i) {
-        const Handle h = ids_.find(s.depends_on[i]);
+        const Handle h = ids_.find(s.depends_on[i], id_of());
         if (h != kNoHandle) slab_[h].mark = false;
     }
     if (!problem.empty()) throw DependencyError(problem);
@@ -219,11 +219,10 @@ std::uint64_t Scheduler::accept(const RequestSpec& s, double now) {
     const Handle h = alloc_request();
     const std::uint64_t id = next_id_++;
     if ((id - 1) / 32 >= outcomes_.size()) outcomes_.push_back(0);
-    ids_.insert(id, h);
-
     Request& r = slab_[h];
     r = Request{};
     r.id = id;
+    ids_.insert(h, id_of());
     r.arrival = now;
     r.deadline = !std::isnan(s.timeout) ? now + s.timeout : !std::isnan(s.deadline) ? s.deadline : kInf;
     r.priority = s.priority;
@@ -254,7 +253,7 @@ std::uint64_t Scheduler::accept(const RequestSpec& s, double now) {
     }
 
     for (std::size_t i = 0; i < s.n_depends_on; ++i) {
-        const Handle dh = ids_.find(s.depends_on[i]);
+        const Handle dh = ids_.find(s.depends_on[i], id_of());
         if (dh == kNoHandle) continue;  // completed already (validated)
         std::uint32_t e;
         if (free_edge_ != kNoIndex) {
@@ -325,13 +324,20 @@ void Scheduler::step(double now, StepOutput& out) {
     const double t = advance_clock(now);
     now_ = t;
     out.clear();
+    out.now = t;
 
-    // 1. Expire waiting and queued requests whose deadline has come.
+    // 1. Expire waiting and queued requests whose deadline has come, in (deadline, id)
+    //    order; then fail the dependents of those that expired. Expiring all first means a
+    //    dependent that is itself past its deadline is reported as expired, not failed.
+    expired_heads_.clear();
     while (!deadlines_.empty() && deadlines_.top().key.key <= t) {
         const Handle h = deadlines_.pop();
-        out.expired.push_back(slab_[h].id);
-        end(h, Outcome::Expired, "");
+        const std::uint64_t id = slab_[h].id;
+        out.expired.push_back(id);
+        const std::uint32_t dependents = detach(h, Outcome::Expired);
+        if (dependents != kNoIndex) expired_heads_.push_back({dependents, id});
     }
+    for (const auto& [dependents, id] : expired_heads_) fail_dependents(dependents, id, Outcome::Expired, "");
 
     // 2. Deadline-level changes that are due (weighted policy only).
     while (!levels_.empty() && levels_.top().key.key <= t) {
@@ -441,7 +447,7 @@ std::uint32_t Scheduler::detach(Handle h, Outcome how) {
         case Outcome::Cancelled: ++counters_.cancelled; break;
     }
     set_outcome(r.id, how);
-    ids_.erase(r.id);
+    ids_.erase(r.id, id_of());
     const std::uint32_t dependents = r.dependents;
     r.state = State::Free;
     r.dependents = kNoIndex;
@@ -451,25 +457,37 @@ std::uint32_t Scheduler::detach(Handle h, Outcome how) {
 
 void Scheduler::end(Handle h, Outcome how, std::string_view detail) {
     const std::uint64_t id = slab_[h].id;
-    std::uint32_t e = detach(h, how);
-    if (how == Outcome::Completed) {
-        // Release dependents whose last dependency this was.
-        while (e != kNoIndex) {
-            const Edge edge = edges_[e];
-            edges_[e].next = free_edge_;
-            free_edge_ = e;
-            e = edge.next;
-            Request& d = slab_[edge.dependent];
-            if (d.id != edge.dependent_id || d.state != State::Waiting) continue;
-            if (--d.deps_remaining == 0) {
-                --waiting_;
-                make_ready(edge.dependent, now_);
-            }
+    const std::uint32_t dependents = detach(h, how);
+    if (how == Outcome::Completed)
+        release_dependents(dependents);
+    else
+        fail_dependents(dependents, id, how, detail);
+}
+
+void Scheduler::free_edge(std::uint32_t e) noexcept {
+    edges_[e].next = free_edge_;
+    free_edge_ = e;
+}
+
+void Scheduler::release_dependents(std::uint32_t e) {
+    // Make ready every dependent whose last dependency this was.
+    while (e != kNoIndex) {
+        const Edge edge = edges_[e];
+        free_edge(e);
+        e = edge.next;
+        Request& d = slab_[edge.dependent];
+        if (d.id != edge.dependent_id || d.state != State::Waiting) continue;
+        if (--d.deps_remaining == 0) {
+            --waiting_;
+            make_ready(edge.dependent, now_);
         }
-        return;
     }
+}
+
+void Scheduler::fail_dependents(std::uint32_t e, std::uint64_t id, Outcome how, std::string_view detail) {
     // Fail every waiting dependent, transitively. Direct dependents name this request and
     // its outcome; indirect ones name their own dependency and the root cause.
+    if (e == kNoIndex) return;
     std::string root = "request " + id_text(id) + " " + outcome_name(how);
     std::string direct = "dependency " + id_text(id) + " " + outcome_name(how);
     if (!detail.empty()) {
@@ -483,8 +501,7 @@ void Scheduler::end(Handle h, Outcome how, std::string_view detail) {
         cascade_stack_.pop_back();
         while (edge_index != kNoIndex) {
             const Edge edge = edges_[edge_index];
-            edges_[edge_index].next = free_edge_;
-            free_edge_ = edge_index;
+            free_edge(edge_index);
             edge_index = edge.next;
             Request& d = slab_[edge.dependent];
             if (d.id != edge.dependent_id || d.state != State::Waiting) continue;
@@ -499,7 +516,7 @@ void Scheduler::end(Handle h, Outcome how, std::string_view detail) {
 }
 
 Handle Scheduler::find_live(std::uint64_t id, const char* what) const {
-    const Handle h = ids_.find(id);
+    const Handle h = ids_.find(id, id_of());
     if (h != kNoHandle) return h;
     if (id == 0 || id >= next_id_)
         throw UnknownRequest(std::string("cannot ") + what + " request " + id_text(id) +
@@ -554,14 +571,14 @@ void Scheduler::complete_many(const std::uint64_t* ids, std::size_t n, double no
             break;
         }
     }
-    for (std::size_t i = 0; i < checked; ++i) slab_[ids_.find(ids[i])].mark = false;
+    for (std::size_t i = 0; i < checked; ++i) slab_[ids_.find(ids[i], id_of())].mark = false;
     if (!problem.empty()) {
         problem = "complete_many: element " + std::to_string(checked) + ": " + problem + " (nothing was completed)";
         if (unknown) throw UnknownRequest(problem);
         throw RequestStateError(problem);
     }
     now_ = t;
-    for (std::size_t i = 0; i < n; ++i) complete_locked(ids_.find(ids[i]));
+    for (std::size_t i = 0; i < n; ++i) complete_locked(ids_.find(ids[i], id_of()));
 }
 
 bool Scheduler::fail(std::uint64_t id, double now, bool retryable, std::string_view error) {
@@ -585,7 +602,7 @@ bool Scheduler::fail(std::uint64_t id, double now, bool retryable, std::string_v
 
 bool Scheduler::cancel(std::uint64_t id) {
     std::lock_guard<std::mutex> lock(mu_);
-    const Handle h = ids_.find(id);
+    const Handle h = ids_.find(id, id_of());
     if (h == kNoHandle) {
         if (id == 0 || id >= next_id_)
             throw UnknownRequest("cannot cancel request " + id_text(id) + ": this scheduler never issued that id");
@@ -599,7 +616,7 @@ bool Scheduler::cancel(std::uint64_t id) {
 
 RequestStatus Scheduler::status(std::uint64_t id) const {
     std::lock_guard<std::mutex> lock(mu_);
-    const Handle h = ids_.find(id);
+    const Handle h = ids_.find(id, id_of());
     if (h != kNoHandle) {
         switch (slab_[h].state) {
             case State::Waiting: return RequestStatus::Waiting;
@@ -637,7 +654,7 @@ bool Scheduler::check_invariants() const {
             if (ready_.contains(h) || deadlines_.contains(h) || levels_.contains(h)) return false;
             continue;
         }
-        if (ids_.find(r.id) != h) return false;
+        if (ids_.find(r.id, id_of()) != h) return false;
         const bool timed = std::isfinite(r.deadline);
         switch (r.state) {
             case State::Waiting:

@@ -63,7 +63,9 @@ class StepResult:
         failed: ``(id, reason)`` of requests that failed outside the server's own
             :meth:`Scheduler.fail` calls since the previous step (a dependency failed,
             expired or was cancelled).
-        now: the time the step ran at (seconds on the scheduler's clock).
+        now: the time the step ran at (seconds on the scheduler's clock): its ``now``,
+            or the latest time the scheduler had seen if that was later (time never runs
+            backwards inside the scheduler).
     """
 
     batches: list[Batch]
@@ -271,8 +273,7 @@ class Scheduler:
         Returns the batches to run (one per free device at most, strongest device
         first), the ids that expired, and dependency failures since the last step.
         """
-        t = self._time(now)
-        devs, offsets, ids, expired, failed, reasons = self._core.step(t)
+        devs, offsets, ids, expired, failed, reasons, t = self._core.step(self._time(now))
         id_list = ids.tolist()
         off = offsets.tolist()
         names = self._names

@@ -1,11 +1,13 @@
-// Flat open-addressing map from request id (u64, never 0) to slab handle (u32).
+// Open-addressing map from request id (u64, never 0) to slab handle (u32).
 //
-// Ids are issued sequentially, so the identity hash modulo a power of two spreads the
-// live window over distinct slots and linear probing rarely probes twice. Deletion uses
-// backward shifting (no tombstones), so lookups stay short however long the map lives.
-// Load factor <= 3/4; the table doubles when it would pass that, and never shrinks
-// (memory follows the peak number of live requests, not the number ever submitted).
-// Allocation: only when growing; reserve() up front keeps the hot path free of it.
+// The table holds only handles (4 bytes a slot); a slot's id is read from the slab through
+// the `id_of` callable the caller passes, so memory is 4 / load bytes per live request
+// (8 to 16 at the load factor kept here, 1/4 .. 1/2).
+// Ids are sequential, so the identity hash would put the whole live window in one probe
+// run and make deletion scan it; Fibonacci hashing (multiply by 2^64 / golden ratio, keep
+// the top bits) spreads consecutive ids evenly, keeping runs short. Deletion shifts later
+// members of the run back (no tombstones), so lookups stay short however long it lives.
+// Allocation: only when the table doubles; reserve() up front keeps the hot path free of it.
 #pragma once
 
 #include <cstddef>
@@ -18,78 +20,83 @@ namespace capsched {
 
 class IdMap {
   public:
-    IdMap() { slots_.resize(16); }
+    IdMap() { slots_.assign(16, kNoHandle); }
 
     std::size_t size() const noexcept { return size_; }
+    std::size_t memory_bytes() const noexcept { return slots_.capacity() * sizeof(Handle); }
 
-    void reserve(std::size_t n) {
+    template <class IdOf>
+    void reserve(std::size_t n, IdOf id_of) {
         std::size_t cap = slots_.size();
-        while (n * 4 > cap * 3) cap *= 2;
-        if (cap != slots_.size()) rehash(cap);
+        while (n * 2 > cap) cap *= 2;
+        if (cap != slots_.size()) rehash(cap, id_of);
     }
 
-    Handle find(std::uint64_t id) const noexcept {
+    template <class IdOf>
+    Handle find(std::uint64_t id, IdOf id_of) const noexcept {
         const std::size_t mask = slots_.size() - 1;
-        for (std::size_t i = id & mask;; i = (i + 1) & mask) {
-            if (slots_[i].id == id) return slots_[i].handle;
-            if (slots_[i].id == 0) return kNoHandle;
+        for (std::size_t i = home(id); ; i = (i + 1) & mask) {
+            const Handle h = slots_[i];
+            if (h == kNoHandle || id_of(h) == id) return h;
         }
     }
 
-    // Precondition: id != 0 and not present.
-    void insert(std::uint64_t id, Handle h) {
-        if ((size_ + 1) * 4 > slots_.size() * 3) rehash(slots_.size() * 2);
-        put(id, h);
+    // Precondition: id_of(h) is the id, and it is not present.
+    template <class IdOf>
+    void insert(Handle h, IdOf id_of) {
+        if ((size_ + 1) * 2 > slots_.size()) rehash(slots_.size() * 2, id_of);
+        put(h, id_of(h));
         ++size_;
     }
 
-    bool erase(std::uint64_t id) noexcept {
+    template <class IdOf>
+    bool erase(std::uint64_t id, IdOf id_of) noexcept {
         const std::size_t mask = slots_.size() - 1;
-        std::size_t i = id & mask;
+        std::size_t i = home(id);
         for (;; i = (i + 1) & mask) {
-            if (slots_[i].id == id) break;
-            if (slots_[i].id == 0) return false;
+            if (slots_[i] == kNoHandle) return false;
+            if (id_of(slots_[i]) == id) break;
         }
-        // Backward-shift: pull later members of the probe run into the hole.
+        // Backward shift: pull later members of the run into the hole unless their home
+        // lies cyclically in (hole, j].
         std::size_t hole = i;
-        for (std::size_t j = (i + 1) & mask; slots_[j].id != 0; j = (j + 1) & mask) {
-            const std::size_t home = slots_[j].id & mask;
-            // Move j into the hole unless its home lies cyclically in (hole, j].
-            const bool home_after_hole = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
-            if (!home_after_hole) {
+        for (std::size_t j = (i + 1) & mask; slots_[j] != kNoHandle; j = (j + 1) & mask) {
+            const std::size_t h = home(id_of(slots_[j]));
+            const bool stays = hole <= j ? (hole < h && h <= j) : (hole < h || h <= j);
+            if (!stays) {
                 slots_[hole] = slots_[j];
                 hole = j;
             }
         }
-        slots_[hole] = Slot{};
+        slots_[hole] = kNoHandle;
         --size_;
         return true;
     }
 
-    std::size_t capacity() const noexcept { return slots_.size(); }
-    std::size_t memory_bytes() const noexcept { return slots_.capacity() * sizeof(Slot); }
-
   private:
-    struct Slot {
-        std::uint64_t id = 0;
-        Handle handle = kNoHandle;
-    };
+    std::size_t home(std::uint64_t id) const noexcept {
+        return static_cast<std::size_t>((id * 0x9E3779B97F4A7C15ull) >> shift_);
+    }
 
-    void put(std::uint64_t id, Handle h) noexcept {
+    void put(Handle h, std::uint64_t id) noexcept {
         const std::size_t mask = slots_.size() - 1;
-        std::size_t i = id & mask;
-        while (slots_[i].id != 0) i = (i + 1) & mask;
-        slots_[i] = Slot{id, h};
+        std::size_t i = home(id);
+        while (slots_[i] != kNoHandle) i = (i + 1) & mask;
+        slots_[i] = h;
     }
 
-    void rehash(std::size_t cap) {
-        std::vector<Slot> old(cap);
+    template <class IdOf>
+    void rehash(std::size_t cap, IdOf id_of) {
+        std::vector<Handle> old(cap, kNoHandle);
         old.swap(slots_);
-        for (const Slot& s : old)
-            if (s.id != 0) put(s.id, s.handle);
+        shift_ = 64;
+        for (std::size_t c = cap; c > 1; c >>= 1) --shift_;
+        for (const Handle h : old)
+            if (h != kNoHandle) put(h, id_of(h));
     }
 
-    std::vector<Slot> slots_;
+    std::vector<Handle> slots_;
+    unsigned shift_ = 60;  // 64 - log2(slots_.size())
     std::size_t size_ = 0;
 };
 

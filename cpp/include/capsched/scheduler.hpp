@@ -43,6 +43,8 @@ struct StepOutput {
     // failed, expired or was cancelled), with the reason.
     std::vector<std::uint64_t> failed;
     std::vector<std::string> failed_reasons;
+    // The time the step ran at: its `now`, or the latest time seen if that was later.
+    double now = 0.0;
 
     void clear() noexcept;
     std::size_t num_batches() const noexcept { return batch_device.size(); }
@@ -139,9 +141,17 @@ class Scheduler {
     std::uint32_t detach(Handle h, Outcome how);
     // detach(), then releases (completed) or fails (otherwise) its dependents.
     void end(Handle h, Outcome how, std::string_view detail);
+    void release_dependents(std::uint32_t edges);
+    void fail_dependents(std::uint32_t edges, std::uint64_t cause, Outcome how, std::string_view detail);
+    void free_edge(std::uint32_t e) noexcept;
     void complete_locked(Handle h);
     void set_outcome(std::uint64_t id, Outcome how);
     Outcome outcome(std::uint64_t id) const noexcept;
+
+    // Reads a live handle's id for the id map.
+    auto id_of() const noexcept {
+        return [this](Handle h) { return slab_[h].id; };
+    }
 
     SchedulerConfig cfg_;
     std::vector<Device> devices_;
@@ -173,6 +183,7 @@ class Scheduler {
     std::vector<std::uint64_t> pending_failed_;
     std::vector<std::string> pending_reasons_;
     std::vector<std::pair<std::uint32_t, std::uint64_t>> cascade_stack_;  // (edge list, cause id)
+    std::vector<std::pair<std::uint32_t, std::uint64_t>> expired_heads_;  // (edge list, expired id)
 };
 
 }  // namespace capsched

@@ -1,0 +1,90 @@
+# Type stubs for the compiled core. tests/test_stubs.py checks that they list the same
+# names as the module.
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+MAX_TOKENS: int
+MAX_DEPENDENCIES: int
+MAX_BATCH_SIZE: int
+MAX_DEVICES: int
+MAX_DEADLINE_LEVELS: int
+CAPACITY_SCALE: float
+
+class IndexedHeap:
+    def __init__(self) -> None: ...
+    def __len__(self) -> int: ...
+    def reserve(self, n: int) -> None: ...
+    def contains(self, handle: int) -> bool: ...
+    def push(self, handle: int, key: float, seq: int = 0) -> None: ...
+    def pop(self) -> int: ...
+    def top(self) -> tuple[int, float, int]: ...
+    def update(self, handle: int, key: float, seq: int = 0) -> None: ...
+    def erase(self, handle: int) -> bool: ...
+    def clear(self) -> None: ...
+    def check_invariants(self) -> bool: ...
+
+class CoreConfig:
+    policy: str
+    weight_urgency: float
+    weight_resource: float
+    weight_deadline: float
+    resource_scale_tokens: float
+    deadline_levels: int
+    aging_priority: float
+    aging_weighted: float
+    aging_srtf: float
+    aging_edf: float
+    no_deadline_horizon: float
+    max_batch_size: int
+    max_retries: int
+    dynamic_batching: bool
+    def __init__(self) -> None: ...
+
+class Core:
+    def __init__(self, config: CoreConfig, capacities: list[float], max_inflight: list[int]) -> None: ...
+    def reserve(self, n: int) -> None: ...
+    def submit(
+        self,
+        prompt_tokens: int,
+        max_new_tokens: int,
+        priority: float,
+        timeout: float,
+        deadline: float,
+        tenant: int,
+        batchable: bool,
+        uclamp_min: float,
+        uclamp_max: float,
+        depends_on: npt.NDArray[np.uint64],
+        now: float,
+    ) -> int: ...
+    def submit_many(
+        self,
+        prompt_tokens: npt.NDArray[np.int64],
+        max_new_tokens: npt.NDArray[np.int64],
+        priority: npt.NDArray[np.float64],
+        timeout: npt.NDArray[np.float64],
+        deadline: npt.NDArray[np.float64],
+        now: float,
+    ) -> npt.NDArray[np.uint64]: ...
+    def step(
+        self, now: float
+    ) -> tuple[
+        npt.NDArray[np.uint32],
+        npt.NDArray[np.uint64],
+        npt.NDArray[np.uint64],
+        npt.NDArray[np.uint64],
+        npt.NDArray[np.uint64],
+        list[str],
+        float,
+    ]: ...
+    def complete(self, id: int, now: float) -> None: ...
+    def complete_many(self, ids: npt.NDArray[np.uint64], now: float) -> None: ...
+    def fail(self, id: int, now: float, retryable: bool, error: str) -> bool: ...
+    def cancel(self, id: int) -> bool: ...
+    def status(self, id: int) -> int: ...
+    def check_invariants(self) -> bool: ...
+    @property
+    def num_devices(self) -> int: ...
+    def stats(self) -> dict[str, Any]: ...
