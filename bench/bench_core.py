@@ -48,9 +48,9 @@ ROUNDS = {
     ("core_bulk", 1_000): 200,
     ("core_bulk", 100_000): 10,
     ("core_python", 1_000): 30,
-    ("core_python", 100_000): 3,
+    ("core_python", 100_000): 5,
     ("heapq", 1_000): 30,
-    ("heapq", 100_000): 3,
+    ("heapq", 100_000): 5,
 }
 
 

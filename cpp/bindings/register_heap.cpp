@@ -1,21 +1,45 @@
 // The indexed heap on its own, for tests and benchmarks.
+#include <cmath>
+
 #include "capsched/heap.hpp"
 #include "pybind.hpp"
 
 namespace capsched::bindings {
+
+namespace {
+// Handles index the heap's position table, so they must be small dense integers; keys
+// must be ordered (NaN is not).
+constexpr Handle kMaxPythonHandle = 1u << 24;
+
+void check_entry(Handle handle, double key) {
+    if (handle >= kMaxPythonHandle)
+        throw py::value_error("handle " + std::to_string(handle) + " is too large: handles are slot numbers below " +
+                              std::to_string(kMaxPythonHandle));
+    if (std::isnan(key)) throw py::value_error("key must not be NaN");
+}
+}  // namespace
 
 void register_heap(py::module_& m) {
     using Heap = IndexedHeap<HeapKey, 4>;
     py::class_<Heap>(m, "IndexedHeap", "Indexed 4-ary min-heap of integer handles keyed by (key, seq).")
         .def(py::init<>())
         .def("__len__", &Heap::size)
-        .def("reserve", &Heap::reserve, py::arg("n"))
+        .def(
+            "reserve",
+            [](Heap& h, std::size_t n) {
+                if (n > kMaxPythonHandle)
+                    throw py::value_error("reserve(" + std::to_string(n) + ") exceeds the handle range " +
+                                          std::to_string(kMaxPythonHandle));
+                h.reserve(n);
+            },
+            py::arg("n"))
         .def("contains", &Heap::contains, py::arg("handle"))
         .def(
             "push",
             [](Heap& h, Handle handle, double key, std::uint64_t seq) {
-                if (handle == kNoHandle || h.contains(handle))
-                    throw py::value_error("handle " + std::to_string(handle) + " is already in the heap or invalid");
+                check_entry(handle, key);
+                if (h.contains(handle))
+                    throw py::value_error("handle " + std::to_string(handle) + " is already in the heap");
                 h.push(handle, HeapKey{key, seq});
             },
             py::arg("handle"), py::arg("key"), py::arg("seq") = 0)
@@ -34,6 +58,7 @@ void register_heap(py::module_& m) {
             "update",
             [](Heap& h, Handle handle, double key, std::uint64_t seq) {
                 if (!h.contains(handle)) throw py::key_error("handle " + std::to_string(handle) + " is not in the heap");
+                check_entry(handle, key);
                 h.update(handle, HeapKey{key, seq});
             },
             py::arg("handle"), py::arg("key"), py::arg("seq") = 0)

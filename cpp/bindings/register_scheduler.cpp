@@ -2,6 +2,7 @@
 // Every call into the core releases the GIL: the core touches no Python object and
 // guards its own state with a mutex, so other Python threads may run meanwhile.
 #include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -99,7 +100,7 @@ void register_scheduler(py::module_& m) {
             "submit",
             [](Scheduler& s, std::int64_t prompt_tokens, std::int64_t max_new_tokens, double priority,
                double timeout, double deadline, std::uint32_t tenant, bool batchable, double uclamp_min,
-               double uclamp_max, const U64Array& depends_on, double now) {
+               double uclamp_max, const std::optional<U64Array>& depends_on, double now) {
                 RequestSpec spec;
                 spec.prompt_tokens = prompt_tokens;
                 spec.max_new_tokens = max_new_tokens;
@@ -110,8 +111,10 @@ void register_scheduler(py::module_& m) {
                 spec.batchable = batchable;
                 spec.uclamp_min = uclamp_min;
                 spec.uclamp_max = uclamp_max;
-                spec.depends_on = depends_on.data();
-                spec.n_depends_on = static_cast<std::size_t>(depends_on.size());
+                if (depends_on) {
+                    spec.depends_on = depends_on->data();
+                    spec.n_depends_on = static_cast<std::size_t>(depends_on->size());
+                }
                 py::gil_scoped_release release;  // the array stays alive: held by the caller's frame
                 return s.submit(spec, now);
             },

@@ -56,7 +56,7 @@ class Core:
         batchable: bool,
         uclamp_min: float,
         uclamp_max: float,
-        depends_on: npt.NDArray[np.uint64],
+        depends_on: npt.NDArray[np.uint64] | None,
         now: float,
     ) -> int: ...
     def submit_many(

@@ -76,7 +76,7 @@ class InferenceRequest:
         uclamp_min: float = 0.0,
         uclamp_max: float = 1.0,
     ) -> None:
-        if prompt is not None and not isinstance(prompt, str):
+        if prompt is not None and type(prompt) is not str and not isinstance(prompt, str):
             raise RequestTypeError(f"prompt must be a str or None, got {type(prompt).__name__}")
         if prompt is None and prompt_tokens is None:
             raise InvalidRequestError("give a prompt or prompt_tokens")
@@ -92,16 +92,16 @@ class InferenceRequest:
             )
         self.timeout = None if timeout is None else _positive("timeout", timeout)
         self.deadline = None if deadline is None else _finite("deadline", deadline)
-        if tenant is not None and not isinstance(tenant, str):
+        if tenant is not None and type(tenant) is not str and not isinstance(tenant, str):
             raise RequestTypeError(f"tenant must be a str or None, got {type(tenant).__name__}")
         self.tenant = tenant
-        if not isinstance(batchable, bool):
+        if batchable is not True and batchable is not False:
             raise RequestTypeError(f"batchable must be a bool, got {type(batchable).__name__}")
         self.batchable = batchable
         self.depends_on = _dependencies(depends_on)
         self.uclamp_min = _real("uclamp_min", uclamp_min, 0.0, 1.0)
         self.uclamp_max = _real("uclamp_max", uclamp_max, 0.0, 1.0)
-        if self.uclamp_min > self.uclamp_max:
+        if self.uclamp_min > self.uclamp_max:  # both already in [0, 1]
             raise InvalidRequestError(
                 f"uclamp_min {uclamp_min!r} exceeds uclamp_max {uclamp_max!r}"
             )
@@ -117,6 +117,8 @@ class InferenceRequest:
 
 
 def _int(name: str, value: object, lo: int, hi: int) -> int:
+    if type(value) is int and lo <= value <= hi:  # fast path for the common case
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise RequestTypeError(f"{name} must be an integer, got {value!r}")
     v = int(value)
@@ -132,6 +134,8 @@ def _number(name: str, value: object) -> float:
 
 
 def _real(name: str, value: object, lo: float, hi: float) -> float:
+    if type(value) is float and lo <= value <= hi:  # fast path (NaN fails the comparison)
+        return value
     v = _number(name, value)
     if not lo <= v <= hi:  # also rejects NaN
         raise InvalidRequestError(f"{name} must be in [{lo:g}, {hi:g}], got {value!r}")
@@ -139,6 +143,8 @@ def _real(name: str, value: object, lo: float, hi: float) -> float:
 
 
 def _positive(name: str, value: object) -> float:
+    if type(value) is float and 0.0 < value < math.inf:  # fast path
+        return value
     v = _number(name, value)
     if not (math.isfinite(v) and v > 0.0):
         raise InvalidRequestError(f"{name} must be a finite number of seconds > 0, got {value!r}")
@@ -153,6 +159,8 @@ def _finite(name: str, value: object) -> float:
 
 
 def _dependencies(deps: object) -> tuple:
+    if deps == ():
+        return ()
     if isinstance(deps, (str, bytes)) or not isinstance(deps, Iterable):
         raise RequestTypeError(f"depends_on must be an iterable of request ids, got {deps!r}")
     out = tuple(deps)

@@ -30,7 +30,6 @@ from .tokens import estimate_tokens
 __all__ = ["Scheduler", "OpenAutoGLMScheduler", "StepResult", "Batch"]
 
 _NAN = float("nan")
-_NO_DEPS = np.zeros(0, dtype=np.uint64)
 _STATUS = ("waiting", "queued", "in_flight", "completed", "failed", "expired", "cancelled")
 
 
@@ -198,17 +197,19 @@ class Scheduler:
             DependencyError: ``depends_on`` names an unknown request or one that ended
                 without completing, or lists one twice.
         """
-        if not isinstance(request, InferenceRequest):
+        if type(request) is not InferenceRequest and not isinstance(request, InferenceRequest):
             raise RequestTypeError(f"submit() takes an InferenceRequest, got {type(request).__name__}")
         t = self._time(now)
         tokens = request.prompt_tokens
         if tokens is None:
             tokens = self._estimate(request.prompt)
-        deps = _NO_DEPS if not request.depends_on else _dependency_ids(request.depends_on)
+        deps = _dependency_ids(request.depends_on) if request.depends_on else None
         with self._lock:
             if request.id is not None:
                 raise DuplicateRequestError(
-                    f"this InferenceRequest was already submitted (id {request.id}); create a new one"
+                    "this InferenceRequest was already submitted"
+                    + (f" (id {request.id})" if request.id else " (by another thread, just now)")
+                    + "; create a new one"
                 )
             request.id = 0  # reserved: a concurrent submit of the same object now fails
             tenant = self._tenants.get(request.tenant)
@@ -382,6 +383,8 @@ class Scheduler:
     def _time(self, now: Optional[float]) -> float:
         if now is None:
             now = self._clock()
+        if type(now) is float:  # fast path
+            return now
         if isinstance(now, bool) or not isinstance(now, numbers.Real):
             raise InvalidArgumentError(f"now must be a number of seconds, got {now!r}")
         return float(now)
@@ -400,6 +403,8 @@ OpenAutoGLMScheduler = Scheduler
 
 
 def _request_id(x: object) -> int:
+    if type(x) is int and 0 < x < 18446744073709551616:  # fast path
+        return x
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         raise RequestTypeError(f"request ids are ints, got {x!r}")
     v = int(x)

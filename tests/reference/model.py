@@ -173,17 +173,12 @@ class ReferenceScheduler:
         max_batch_size: int,
         config: Any = None,
         max_retries: Optional[int] = None,
-        cascade_during_expiry: bool = False,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}")
         if len(device_capacities) != len(max_inflight) or not device_capacities:
             raise ValueError("need one max_inflight per device, and at least one device")
         self.policy = policy
-        # False (documented): a step first expires every due request, then fails the
-        # dependents of the expired. True: expire in (deadline, id) order and fail each
-        # one's dependents at once (a due dependent then ends failed, not expired).
-        self.cascade_during_expiry = bool(cascade_during_expiry)
         self.max_batch_size = int(max_batch_size)
         cfg = _config_dict(config)
         if max_retries is not None:
@@ -333,28 +328,16 @@ class ReferenceScheduler:
         due = [r for r in self.requests.values()
                if r.state in ("waiting", "queued") and r.deadline <= now]
         due.sort(key=lambda r: (r.deadline, r.id))
+        # docs/policies.md: "every queued or dependency-waiting request with d <= now ends
+        # as expired" -- all of them, a due dependent of a due request included ...
+        for r in due:
+            r.state = "expired"
+            self.counters["expired"] += 1
+        expired = [r.id for r in due]
+        # ... then the (still waiting) dependents of the expired fail.
         expiry_failed: List[Tuple[int, str]] = []
-        if not self.cascade_during_expiry:
-            # docs/policies.md: "every queued or dependency-waiting request with d <= now
-            # ends as expired" -- all of them, a due dependent included ...
-            for r in due:
-                r.state = "expired"
-                self.counters["expired"] += 1
-            expired = [r.id for r in due]
-            # ... then the (still waiting) dependents of the expired fail.
-            for r in due:
-                expiry_failed.extend(self._cascade(r))
-        else:
-            # Alternative reading: expire one at a time, failing its dependents at once,
-            # so a due dependent of an earlier-due request ends failed, not expired.
-            expired = []
-            for r in due:
-                if r.state not in ("waiting", "queued"):
-                    continue
-                r.state = "expired"
-                self.counters["expired"] += 1
-                expired.append(r.id)
-                expiry_failed.extend(self._cascade(r))
+        for r in due:
+            expiry_failed.extend(self._cascade(r))
         # (2) key every ready request at now.
         order = self.ready_order(now)
         # (3) deal them out, strongest device first.
