@@ -5,12 +5,14 @@ steps and completes every dispatched request until all N have completed, on 8 eq
 devices with max_batch_size 32 (256 requests per step). Time advances by a fixed amount
 per step so that the run spans 19 s of virtual time: half of the requests have a timeout
 of 20..60 s, so none expires but many change deadline level on the way (the weighted
-policy's timer heap does real work). The three contenders:
+policy's timer heap does real work). The four contenders:
 
 * ``core_bulk``: the core's bulk path, ``submit_many`` (numpy arrays) / ``step`` /
   ``complete_many`` (the step's ids as a uint64 array);
 * ``core_python``: the per-request Python path, ``submit(InferenceRequest(...))`` /
   ``step`` / ``complete(id)`` per id (building each InferenceRequest is timed too);
+* ``core_python_prebuilt``: the same with the request objects built beforehand (the
+  per-request round trip a server pays when it already holds request objects);
 * ``heapq``: ``heapq_weighted.HeapqWeightedScheduler``, the same weighted policy in pure
   Python, called per request like ``core_python`` (inputs as plain Python lists).
 
@@ -49,6 +51,8 @@ ROUNDS = {
     ("core_bulk", 100_000): 10,
     ("core_python", 1_000): 30,
     ("core_python", 100_000): 5,
+    ("core_python_prebuilt", 1_000): 30,
+    ("core_python_prebuilt", 100_000): 5,
     ("heapq", 1_000): 30,
     ("heapq", 100_000): 5,
 }
@@ -86,7 +90,7 @@ def make_heapq() -> HeapqWeightedScheduler:
     return HeapqWeightedScheduler([1.0] * N_DEVICES, max_batch_size=BATCH)
 
 
-# ---------------------------------------------------------------------- the three loops
+# ---------------------------------------------------------------------- the loops
 
 
 def roundtrip_core_bulk(s: Scheduler, w: Dict[str, np.ndarray]) -> int:
@@ -112,18 +116,7 @@ def roundtrip_core_python(s: Scheduler, reqs: List[tuple]) -> int:
     submit = s.submit
     for p, q, pr, to in reqs:
         submit(InferenceRequest(prompt_tokens=p, max_new_tokens=q, priority=pr, timeout=to), now=0.0)
-    complete = s.complete
-    done = steps = 0
-    while done < n:
-        t = steps * dt
-        for b in s.step(t).batches:
-            for rid in b.request_ids:
-                complete(rid, t)
-            done += len(b.request_ids)
-        steps += 1
-        if steps > 2 * n_steps(n):
-            raise AssertionError("the loop does not finish")
-    return steps
+    return _drain_per_request(s.step, s.complete, n, dt)
 
 
 def roundtrip_heapq(h: HeapqWeightedScheduler, reqs: List[tuple]) -> int:
@@ -142,6 +135,35 @@ def roundtrip_heapq(h: HeapqWeightedScheduler, reqs: List[tuple]) -> int:
             for rid in ids:
                 complete(rid, t)
             done += len(ids)
+        steps += 1
+        if steps > 2 * n_steps(n):
+            raise AssertionError("the loop does not finish")
+    return steps
+
+
+def prebuilt_requests(w: Dict[str, np.ndarray]) -> List[InferenceRequest]:
+    return [InferenceRequest(prompt_tokens=p, max_new_tokens=q, priority=pr, timeout=to)
+            for p, q, pr, to in as_lists(w)]
+
+
+def roundtrip_core_prebuilt(s: Scheduler, reqs: List[InferenceRequest]) -> int:
+    """As roundtrip_core_python, with the request objects built beforehand (untimed)."""
+    n = len(reqs)
+    dt = SIM_SECONDS / n_steps(n)
+    submit = s.submit
+    for r in reqs:
+        submit(r, now=0.0)
+    return _drain_per_request(s.step, s.complete, n, dt)
+
+
+def _drain_per_request(step, complete, n: int, dt: float) -> int:
+    done = steps = 0
+    while done < n:
+        t = steps * dt
+        for b in step(t).batches:
+            for rid in b.request_ids:
+                complete(rid, t)
+            done += len(b.request_ids)
         steps += 1
         if steps > 2 * n_steps(n):
             raise AssertionError("the loop does not finish")
@@ -172,66 +194,38 @@ def _record(benchmark, n: int) -> None:
         benchmark.extra_info["median_us_per_request"] = stats.stats.median / n * 1e6
 
 
+# (make a scheduler, prepare its input untimed, run the timed loop, check the result)
+CONTENDERS = {
+    "core_bulk": (make_core, lambda n: workload(n), roundtrip_core_bulk, check_core),
+    "core_python": (make_core, lambda n: as_lists(workload(n)), roundtrip_core_python, check_core),
+    "core_python_prebuilt": (make_core, lambda n: prebuilt_requests(workload(n)), roundtrip_core_prebuilt,
+                             check_core),
+    "heapq": (make_heapq, lambda n: as_lists(workload(n)), roundtrip_heapq, check_heapq),
+}
+
+
 @pytest.mark.benchmark(group="roundtrip")
 @pytest.mark.parametrize("n", SIZES)
-def test_roundtrip_core_bulk(benchmark, n: int) -> None:
-    w = workload(n)
-    made: List[Scheduler] = []
+@pytest.mark.parametrize("contender", list(CONTENDERS))
+def test_roundtrip(benchmark, contender: str, n: int) -> None:
+    make, prepare, run, check = CONTENDERS[contender]
+    prepared = prepare(n) if contender != "core_python_prebuilt" else None
+    made: list = []
     results: List[int] = []
 
     def setup():
-        made.append(make_core())
-        return (made[-1], w), {}
+        made.append(make())
+        # Request objects can be submitted once: build a fresh set per round, untimed.
+        data = prepare(n) if prepared is None else prepared
+        return (made[-1], data), {}
 
-    def target(s, w):
-        results.append(roundtrip_core_bulk(s, w))
+    def target(s, data):
+        results.append(run(s, data))
 
-    benchmark.pedantic(target, setup=setup, rounds=ROUNDS[("core_bulk", n)], iterations=1)
+    benchmark.pedantic(target, setup=setup, rounds=ROUNDS[(contender, n)], iterations=1)
     assert made and len(made) == len(results)
     for s, steps in zip(made, results):
-        check_core(s, n, steps)
-    _record(benchmark, n)
-
-
-@pytest.mark.benchmark(group="roundtrip")
-@pytest.mark.parametrize("n", SIZES)
-def test_roundtrip_core_python(benchmark, n: int) -> None:
-    reqs = as_lists(workload(n))
-    made: List[Scheduler] = []
-    results: List[int] = []
-
-    def setup():
-        made.append(make_core())
-        return (made[-1], reqs), {}
-
-    def target(s, reqs):
-        results.append(roundtrip_core_python(s, reqs))
-
-    benchmark.pedantic(target, setup=setup, rounds=ROUNDS[("core_python", n)], iterations=1)
-    assert made and len(made) == len(results)
-    for s, steps in zip(made, results):
-        check_core(s, n, steps)
-    _record(benchmark, n)
-
-
-@pytest.mark.benchmark(group="roundtrip")
-@pytest.mark.parametrize("n", SIZES)
-def test_roundtrip_heapq(benchmark, n: int) -> None:
-    reqs = as_lists(workload(n))
-    made: List[HeapqWeightedScheduler] = []
-    results: List[int] = []
-
-    def setup():
-        made.append(make_heapq())
-        return (made[-1], reqs), {}
-
-    def target(h, reqs):
-        results.append(roundtrip_heapq(h, reqs))
-
-    benchmark.pedantic(target, setup=setup, rounds=ROUNDS[("heapq", n)], iterations=1)
-    assert made and len(made) == len(results)
-    for h, steps in zip(made, results):
-        check_heapq(h, n, steps)
+        check(s, n, steps)
     _record(benchmark, n)
 
 

@@ -21,7 +21,7 @@ def main(path: str) -> None:
     for b in data["benchmarks"]:
         if b["group"] != "roundtrip":
             continue
-        name = b["name"].split("[")[0].replace("test_roundtrip_", "")
+        name = b["params"]["contender"]
         n = int(b["params"]["n"])
         rows[(name, n)] = (b["stats"]["median"], b["stats"]["rounds"])
     print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
@@ -31,7 +31,7 @@ def main(path: str) -> None:
     print("|---:|---|---:|---:|---:|---:|")
     for n in sorted({n for _, n in rows}):
         base = rows.get(("heapq", n), (None,))[0]
-        for name in ("core_bulk", "core_python", "heapq"):
+        for name in ("core_bulk", "core_python", "core_python_prebuilt", "heapq"):
             if (name, n) not in rows:
                 continue
             med, rounds = rows[(name, n)]

@@ -539,6 +539,43 @@ def test_ties_break_by_id(policy, n, prio, tokens, timing, fleet, mbs, t0, dt):
 
 
 @needs_capsched
+@prop_settings(80)
+@given(
+    q=st.sampled_from([1, 2, 3, 16, 16, 16, 300, 1024]),
+    aging=st.sampled_from([0.0, 0.0, 0.01]),
+    w_d=st.sampled_from([0.2, 1.0]),
+    t0=st.sampled_from([0.0, 1e6 + 0.3]),
+    reqs=st.lists(
+        st.tuples(st.sampled_from([0.0, 0.0, 0.5, 1.0]),           # arrival offset
+                  st.one_of(st.none(),
+                            st.sampled_from([0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 17.0, 30.0]),
+                            st.floats(min_value=0.05, max_value=40.0)),  # timeout
+                  st.sampled_from([0.5, 0.5, 0.75])),                 # priority
+        min_size=2, max_size=25),
+    ticks=st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 1.0, 3.0]), min_size=1,
+                   max_size=40),
+)
+def test_weighted_deadline_levels_order(q, aging, w_d, t0, reqs, ticks):
+    """Weighted with tied static scores: the order is decided by the deadline level
+    L(now) (and aging), so each one-request step checks the level of every ready request
+    at that now -- ticks land exactly on the level-change instants c_k = d + 1 - Q/k."""
+    # Arrivals on a small grid, as time advances between submits; T = 64 tokens for all.
+    ops = []
+    last = 0.0
+    for off, timeout, p in sorted(reqs, key=lambda x: x[0]):
+        ops.append(("submit", off - last, 0, 63, p,
+                    None if timeout is None else ("timeout", timeout), [], True))
+        last = off
+    for dt in ticks:
+        ops.append(("step", dt))
+        ops.append(("complete", 0.0, 0))
+    sc = dict(policy="weighted", fleet=([1.0], [1]), max_batch_size=1,
+              config={"deadline_levels": q, "aging_weighted": aging, "weight_deadline": w_d},
+              max_retries=3, t0=t0, ops=ops)
+    run_scenario(sc, real=True)
+
+
+@needs_capsched
 def test_refused_dependency_submit_changes_nothing():
     """A worked example of the dependency rules (the property test covers them broadly)."""
     ops = [
