@@ -27,13 +27,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
+    # Described by model: capacity from the spec table (peak dense bf16 TFLOP/s), with a
+    # KV-cache budget each (tokens) for a 7-8B model.
     fleet = [
-        Device("h100", capacity=2.0, max_inflight_batches=2),  # twice the L4's capacity
-        Device("l4", capacity=1.0, max_inflight_batches=1),
+        Device("h100", model="H100-SXM", max_inflight_batches=2, kv_tokens=400_000),
+        Device("l4", model="L4", max_inflight_batches=1, kv_tokens=60_000),
     ]
     sched = Scheduler(fleet, policy=args.policy, max_batch_size=16)
     rng = random.Random(args.seed)
-    speed = {"h100": 2.0, "l4": 1.0}  # stand-in speeds, see docstring
+    # Stand-in speeds, see docstring: proportional to capacity, the L4 at 1.
+    speed = {d.name: d.effective_capacity / fleet[1].effective_capacity for d in fleet}
 
     # Arrivals: a Poisson stream of 400 req/s, mixed priorities and timeouts.
     t, arrivals = 0.0, []
@@ -88,7 +91,8 @@ def main() -> None:
 
     s = sched.stats()
     print(f"capsched example: {args.requests} requests, policy {args.policy}, fleet "
-          + ", ".join(f"{d.name} (capacity {d.capacity:g}, {d.max_inflight_batches} batch(es) at once)" for d in fleet))
+          + ", ".join(f"{d.name} ({d.model}, {d.effective_capacity:g} TFLOP/s, {d.max_inflight_batches} batch(es) "
+                      f"at once, {d.kv_tokens:,} KV tokens)" for d in fleet))
     print(f"{'device':<8}{'requests':>10}{'batches':>9}{'mean wait ms':>14}   requests by priority 0.2/0.5/0.8")
     for d in s["devices"]:
         name = d["name"]
@@ -99,6 +103,9 @@ def main() -> None:
               f"{by_prio[0.2]}/{by_prio[0.5]}/{by_prio[0.8]}")
     print(f"completed {s['completed']}, expired {s['expired']}, failed {s['failed']}, "
           f"accepted {s['accepted']}; books balance: {s['conservation_ok']}")
+    print(f"placements: {s['placed_fitting']} fitted, {s['placed_fallback']} fell back to the largest spare "
+          f"capacity; normalised capacities: "
+          + ", ".join(f"{d['name']} {d['capacity_orig']:.0f}" for d in s["devices"]))
     print("first batches (device: request ids):")
     for dev, ids in first_batches:
         print(f"  {dev}: {ids}")

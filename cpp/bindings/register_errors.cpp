@@ -14,6 +14,7 @@ void register_errors(py::module_& m) {
     static PyObject* unknown_request = errors.attr("UnknownRequestError").ptr();
     static PyObject* state_error = errors.attr("RequestStateError").ptr();
     static PyObject* dependency_error = errors.attr("DependencyError").ptr();
+    static PyObject* admission_error = errors.attr("AdmissionError").ptr();
     static PyObject* base_error = errors.attr("CapschedError").ptr();
     py::register_exception_translator([](std::exception_ptr p) {
         try {
@@ -30,6 +31,8 @@ void register_errors(py::module_& m) {
             PyErr_SetString(state_error, e.what());
         } catch (const DependencyError& e) {
             PyErr_SetString(dependency_error, e.what());
+        } catch (const AdmissionError& e) {
+            PyErr_SetString(admission_error, e.what());
         } catch (const Error& e) {
             PyErr_SetString(base_error, e.what());
         }

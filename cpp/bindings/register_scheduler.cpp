@@ -27,6 +27,14 @@ py::array_t<T> to_array(const std::vector<T>& v) {
 py::dict device_dict(const Device& d) {
     py::dict out;
     out["capacity"] = d.capacity;
+    out["capacity_orig"] = d.capacity_orig;
+    out["clock_scale"] = d.clock_scale;
+    out["pressure"] = d.pressure;
+    out["util_avg"] = d.util.util_avg();
+    out["placed_util"] = d.placed_util;
+    out["dl_bw"] = d.dl_bw;
+    out["kv_budget"] = d.kv_budget;
+    out["kv_used"] = d.kv_used;
     out["max_inflight_batches"] = d.max_inflight_batches;
     out["inflight_batches"] = d.inflight_batches;
     out["inflight_requests"] = d.inflight_requests;
@@ -45,6 +53,8 @@ void register_scheduler(py::module_& m) {
     m.attr("MAX_DEVICES") = kMaxDevices;
     m.attr("MAX_DEADLINE_LEVELS") = kMaxDeadlineLevels;
     m.attr("CAPACITY_SCALE") = kCapacityScale;
+    m.attr("MAX_CLASSES") = kMaxClasses;
+    m.attr("UNLIMITED_TOKENS") = kUnlimitedTokens;
 
     py::class_<SchedulerConfig>(m, "CoreConfig", "Core configuration (see capsched.Config).")
         .def(py::init<>())
@@ -81,26 +91,51 @@ void register_scheduler(py::module_& m) {
         .def_property(
             "no_deadline_horizon", [](const SchedulerConfig& c) { return c.order.no_deadline_horizon; },
             [](SchedulerConfig& c, double v) { c.order.no_deadline_horizon = v; })
+        .def_property(
+            "fit_margin", [](const SchedulerConfig& c) { return c.placement.fit_margin; },
+            [](SchedulerConfig& c, double v) { c.placement.fit_margin = v; })
+        .def_property(
+            "score_compute", [](const SchedulerConfig& c) { return c.placement.w_compute; },
+            [](SchedulerConfig& c, double v) { c.placement.w_compute = v; })
+        .def_property(
+            "score_memory", [](const SchedulerConfig& c) { return c.placement.w_memory; },
+            [](SchedulerConfig& c, double v) { c.placement.w_memory = v; })
+        .def_property(
+            "energy_aware", [](const SchedulerConfig& c) { return c.placement.energy_aware; },
+            [](SchedulerConfig& c, bool v) { c.placement.energy_aware = v; })
+        .def_property(
+            "pelt_period", [](const SchedulerConfig& c) { return c.placement.pelt_period; },
+            [](SchedulerConfig& c, double v) { c.placement.pelt_period = v; })
+        .def_property(
+            "default_work_per_token", [](const SchedulerConfig& c) { return c.placement.default_work_per_token; },
+            [](SchedulerConfig& c, double v) { c.placement.default_work_per_token = v; })
+        .def_property(
+            "dl_bandwidth_limit", [](const SchedulerConfig& c) { return c.placement.dl_bandwidth_limit; },
+            [](SchedulerConfig& c, double v) { c.placement.dl_bandwidth_limit = v; })
         .def_readwrite("max_batch_size", &SchedulerConfig::max_batch_size)
         .def_readwrite("max_retries", &SchedulerConfig::max_retries)
         .def_readwrite("dynamic_batching", &SchedulerConfig::dynamic_batching);
 
+    py::class_<DeviceSpec>(m, "DeviceSpec", "A device as the core takes it (see capsched.Device).")
+        .def(py::init<>())
+        .def_readwrite("capacity", &DeviceSpec::capacity)
+        .def_readwrite("max_inflight_batches", &DeviceSpec::max_inflight_batches)
+        .def_readwrite("max_clock", &DeviceSpec::max_clock)
+        .def_readwrite("cur_clock", &DeviceSpec::cur_clock)
+        .def_readwrite("kv_tokens", &DeviceSpec::kv_tokens)
+        .def_readwrite("energy_per_token", &DeviceSpec::energy_per_token)
+        .def_readwrite("tenants", &DeviceSpec::tenants);
+
     py::class_<Scheduler>(m, "Core", "The C++ scheduler (see capsched.Scheduler).")
-        .def(py::init([](const SchedulerConfig& cfg, const std::vector<double>& capacities,
-                         const std::vector<std::uint32_t>& max_inflight) {
-                 if (capacities.size() != max_inflight.size())
-                     throw py::value_error("capacities and max_inflight differ in length");
-                 std::vector<DeviceSpec> specs(capacities.size());
-                 for (std::size_t i = 0; i < specs.size(); ++i) specs[i] = DeviceSpec{capacities[i], max_inflight[i]};
-                 return new Scheduler(cfg, specs);
-             }),
-             py::arg("config"), py::arg("capacities"), py::arg("max_inflight"))
+        .def(py::init<const SchedulerConfig&, const std::vector<DeviceSpec>&>(), py::arg("config"),
+             py::arg("devices"))
         .def("reserve", &Scheduler::reserve, py::arg("n"), py::call_guard<py::gil_scoped_release>())
         .def(
             "submit",
             [](Scheduler& s, std::int64_t prompt_tokens, std::int64_t max_new_tokens, double priority,
-               double timeout, double deadline, std::uint32_t tenant, bool batchable, double uclamp_min,
-               double uclamp_max, const std::optional<U64Array>& depends_on, double now) {
+               double timeout, double deadline, std::uint32_t tenant, std::uint32_t request_class,
+               std::uint8_t sched_class, bool batchable,
+               double uclamp_min, double uclamp_max, const std::optional<U64Array>& depends_on, double now) {
                 RequestSpec spec;
                 spec.prompt_tokens = prompt_tokens;
                 spec.max_new_tokens = max_new_tokens;
@@ -108,6 +143,8 @@ void register_scheduler(py::module_& m) {
                 spec.timeout = timeout;
                 spec.deadline = deadline;
                 spec.tenant = tenant;
+                spec.request_class = request_class;
+                spec.sched_class = static_cast<SchedClass>(sched_class);
                 spec.batchable = batchable;
                 spec.uclamp_min = uclamp_min;
                 spec.uclamp_max = uclamp_max;
@@ -119,7 +156,9 @@ void register_scheduler(py::module_& m) {
                 return s.submit(spec, now);
             },
             py::arg("prompt_tokens"), py::arg("max_new_tokens"), py::arg("priority"), py::arg("timeout"),
-            py::arg("deadline"), py::arg("tenant"), py::arg("batchable"), py::arg("uclamp_min"),
+            py::arg("deadline"), py::arg("tenant"), py::arg("request_class"), py::arg("sched_class"),
+            py::arg("batchable"),
+            py::arg("uclamp_min"),
             py::arg("uclamp_max"), py::arg("depends_on"), py::arg("now"))
         .def(
             "submit_many",
@@ -154,7 +193,8 @@ void register_scheduler(py::module_& m) {
                 }
                 return py::make_tuple(to_array(out.batch_device), to_array(out.batch_offsets),
                                       to_array(out.request_ids), to_array(out.expired), to_array(out.failed),
-                                      py::cast(out.failed_reasons), out.now);
+                                      py::cast(out.failed_reasons), out.now, to_array(out.migrated),
+                                      to_array(out.migrated_from));
             },
             py::arg("now"))
         .def("complete", &Scheduler::complete, py::arg("id"), py::arg("now"),
@@ -175,6 +215,21 @@ void register_scheduler(py::module_& m) {
                 return s.fail(id, now, retryable, error);
             },
             py::arg("id"), py::arg("now"), py::arg("retryable"), py::arg("error"))
+        .def("set_clock", &Scheduler::set_clock, py::arg("device"), py::arg("cur"), py::arg("max"), py::arg("now"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("set_pressure", &Scheduler::set_pressure, py::arg("device"), py::arg("pressure"), py::arg("now"),
+             py::call_guard<py::gil_scoped_release>())
+        .def(
+            "class_estimate",
+            [](const Scheduler& s, std::uint32_t request_class) {
+                UtilEst e;
+                {
+                    py::gil_scoped_release release;
+                    e = s.class_estimate(request_class);
+                }
+                return py::make_tuple(e.seen(), e.ewma(), e.last(), e.estimate());
+            },
+            py::arg("request_class"))
         .def("cancel", &Scheduler::cancel, py::arg("id"), py::call_guard<py::gil_scoped_release>())
         .def(
             "status", [](const Scheduler& s, std::uint64_t id) { return static_cast<int>(s.status(id)); },
@@ -196,6 +251,10 @@ void register_scheduler(py::module_& m) {
             out["retried"] = st.counters.retried;
             out["dispatched"] = st.counters.dispatched;
             out["batches"] = st.counters.batches;
+            out["placed_fitting"] = st.counters.placed_fitting;
+            out["placed_fallback"] = st.counters.placed_fallback;
+            out["misfits"] = st.counters.misfits;
+            out["migrated"] = st.counters.migrated;
             out["waiting"] = st.waiting;
             out["queued"] = st.queued;
             out["in_flight"] = st.in_flight;

@@ -57,6 +57,15 @@ void validate(const SchedulerConfig& cfg) {
     require_nonneg(o.aging_srtf, "aging_srtf");
     require_nonneg(o.aging_edf, "aging_edf");
     require_pos(o.no_deadline_horizon, "no_deadline_horizon");
+    const PlacementConfig& pl = cfg.placement;
+    if (!std::isfinite(pl.fit_margin) || pl.fit_margin < 1.0)
+        throw ConfigError("fit_margin must be a finite number >= 1, got " + format_number(pl.fit_margin));
+    require_nonneg(pl.w_compute, "score_compute");
+    require_nonneg(pl.w_memory, "score_memory");
+    require_pos(pl.pelt_period, "pelt_period");
+    require_pos(pl.default_work_per_token, "default_work_per_token");
+    if (!(pl.dl_bandwidth_limit > 0.0 && pl.dl_bandwidth_limit <= 1.0))
+        throw ConfigError("dl_bandwidth_limit must be in (0, 1], got " + format_number(pl.dl_bandwidth_limit));
     if (cfg.max_batch_size < 1 || cfg.max_batch_size > kMaxBatchSize)
         throw ConfigError("max_batch_size must be in 1.." + std::to_string(kMaxBatchSize) +
                           ", got " + std::to_string(cfg.max_batch_size));

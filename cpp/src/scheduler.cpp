@@ -36,6 +36,8 @@ std::string id_text(std::uint64_t id) { return std::to_string(id); }
 }  // namespace
 
 void StepOutput::clear() noexcept {
+    migrated.clear();
+    migrated_from.clear();
     batch_device.clear();
     batch_offsets.clear();
     request_ids.clear();
@@ -44,34 +46,60 @@ void StepOutput::clear() noexcept {
     failed_reasons.clear();
 }
 
-Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& devices) : cfg_(cfg) {
+Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& devices)
+    : cfg_(cfg), pelt_(cfg.placement.pelt_period) {
     validate(cfg_);
     if (devices.empty()) throw ConfigError("the device list is empty: give at least one device");
     if (devices.size() > kMaxDevices)
         throw ConfigError("too many devices: " + std::to_string(devices.size()) + " (limit " +
                           std::to_string(kMaxDevices) + ")");
     double max_cap = 0.0;
+    std::uint32_t max_tenant = 0;
     for (std::size_t i = 0; i < devices.size(); ++i) {
         const DeviceSpec& d = devices[i];
+        const std::string where = "device " + std::to_string(i) + ": ";
         if (!std::isfinite(d.capacity) || d.capacity <= 0.0)
-            throw ConfigError("device " + std::to_string(i) +
-                              ": capacity must be a finite number > 0, got " + format_number(d.capacity));
+            throw ConfigError(where + "capacity must be a finite number > 0, got " + format_number(d.capacity));
         if (d.max_inflight_batches < 1)
-            throw ConfigError("device " + std::to_string(i) + ": max_inflight_batches must be >= 1, got " +
+            throw ConfigError(where + "max_inflight_batches must be >= 1, got " +
                               std::to_string(d.max_inflight_batches));
+        if (!std::isfinite(d.max_clock) || d.max_clock <= 0.0)
+            throw ConfigError(where + "max clock must be a finite number > 0, got " + format_number(d.max_clock));
+        if (!(d.cur_clock > 0.0 && d.cur_clock <= d.max_clock))
+            throw ConfigError(where + "current clock must be in (0, max clock " + format_number(d.max_clock) +
+                              "], got " + format_number(d.cur_clock));
+        if (d.kv_tokens < kUnlimitedTokens)
+            throw ConfigError(where + "kv_tokens must be >= 0 (or -1 for unlimited), got " +
+                              std::to_string(d.kv_tokens));
+        if (!std::isfinite(d.energy_per_token) || d.energy_per_token < 0.0)
+            throw ConfigError(where + "energy per token must be a finite number >= 0, got " +
+                              format_number(d.energy_per_token));
+        for (std::uint32_t t : d.tenants) max_tenant = std::max(max_tenant, t + 1);
         max_cap = std::max(max_cap, d.capacity);
     }
+    tenant_pinned_.assign(max_tenant, false);
     devices_.resize(devices.size());
     for (std::size_t i = 0; i < devices.size(); ++i) {
-        devices_[i].capacity = devices[i].capacity == max_cap ? kCapacityScale
-                                                              : devices[i].capacity / max_cap * kCapacityScale;
-        devices_[i].max_inflight_batches = devices[i].max_inflight_batches;
+        const DeviceSpec& spec = devices[i];
+        Device& d = devices_[i];
+        d.capacity_orig = spec.capacity == max_cap ? kCapacityScale : spec.capacity / max_cap * kCapacityScale;
+        d.max_clock = spec.max_clock;
+        d.clock_scale = spec.cur_clock / spec.max_clock;
+        d.kv_budget = spec.kv_tokens;
+        d.energy_per_token = spec.energy_per_token;
+        d.tenants = spec.tenants;
+        for (std::uint32_t t : d.tenants) tenant_pinned_[t] = true;
+        any_pins_ = any_pins_ || !d.tenants.empty();
+        d.max_inflight_batches = spec.max_inflight_batches;
+        refresh_capacity(d);
     }
     device_order_.resize(devices_.size());
     std::iota(device_order_.begin(), device_order_.end(), 0u);
     std::stable_sort(device_order_.begin(), device_order_.end(), [this](std::uint32_t a, std::uint32_t b) {
-        return devices_[a].capacity > devices_[b].capacity;
+        return devices_[a].capacity_orig > devices_[b].capacity_orig;
     });
+    step_batch_.assign(devices_.size(), kNoIndex);
+    step_solo_.assign(devices_.size(), 0);
 }
 
 void Scheduler::reserve(std::size_t n) {
@@ -124,6 +152,13 @@ void Scheduler::validate_spec(const RequestSpec& s, double now) const {
     if (s.uclamp_min > s.uclamp_max)
         throw InvalidRequest("uclamp_min " + format_number(s.uclamp_min) + " exceeds uclamp_max " +
                              format_number(s.uclamp_max));
+    if (static_cast<unsigned>(s.sched_class) > static_cast<unsigned>(SchedClass::Deadline))
+        throw InvalidRequest("unknown scheduling class " + std::to_string(static_cast<unsigned>(s.sched_class)));
+    if (s.sched_class == SchedClass::Deadline && !has_timeout && !has_deadline)
+        throw InvalidRequest("a deadline-class request needs a timeout or a deadline");
+    if (s.request_class >= kMaxClasses)
+        throw InvalidRequest("request class " + std::to_string(s.request_class) + " is beyond the limit of " +
+                             std::to_string(kMaxClasses) + " classes");
     if (s.n_depends_on > kMaxDependencies)
         throw InvalidRequest("depends_on lists " + std::to_string(s.n_depends_on) +
                              " requests (limit " + std::to_string(kMaxDependencies) + ")");
@@ -159,6 +194,13 @@ void Scheduler::validate_dependencies(const RequestSpec& s) {
         const Handle h = ids_.find(s.depends_on[i], id_of());
         if (h != kNoHandle) slab_[h].mark = false;
     }
+    if (problem.empty() && s.n_depends_on > 1) {
+        // Completed dependencies carry no mark; sort a copy to catch one listed twice.
+        dep_scratch_.assign(s.depends_on, s.depends_on + s.n_depends_on);
+        std::sort(dep_scratch_.begin(), dep_scratch_.end());
+        const auto dup = std::adjacent_find(dep_scratch_.begin(), dep_scratch_.end());
+        if (dup != dep_scratch_.end()) problem = "depends_on lists request " + id_text(*dup) + " twice";
+    }
     if (!problem.empty()) throw DependencyError(problem);
 }
 
@@ -181,6 +223,10 @@ std::uint64_t Scheduler::submit(const RequestSpec& spec, double now) {
     const double t = advance_clock(now);
     validate_spec(spec, t);
     validate_dependencies(spec);
+    if (spec.sched_class == SchedClass::Deadline) {
+        const double d = !std::isnan(spec.timeout) ? t + spec.timeout : spec.deadline;
+        (void)admit(spec, d, t);  // throws AdmissionError if no device can take it
+    }
     now_ = t;
     return accept(spec, t);
 }
@@ -228,9 +274,19 @@ std::uint64_t Scheduler::accept(const RequestSpec& s, double now) {
     r.priority = s.priority;
     r.prompt_tokens = static_cast<std::uint32_t>(s.prompt_tokens);
     r.max_new_tokens = static_cast<std::uint32_t>(s.max_new_tokens);
-    r.uclamp_min = static_cast<float>(s.uclamp_min);
-    r.uclamp_max = static_cast<float>(s.uclamp_max);
+    r.uclamp_min = s.uclamp_min;
+    r.uclamp_max = s.uclamp_max;
     r.tenant = s.tenant;
+    r.request_class = s.request_class;
+    r.sched_class = s.sched_class;
+    if (s.sched_class == SchedClass::Deadline) {
+        r.dl_device = admit(s, r.deadline, now);
+        r.dl_bw = util_of(s.request_class,
+                          static_cast<double>(s.prompt_tokens) + static_cast<double>(s.max_new_tokens), r.deadline,
+                          s.uclamp_min, s.uclamp_max, now);
+        devices_[r.dl_device].dl_bw += r.dl_bw;
+    }
+    if (s.request_class >= classes_.size()) classes_.resize(s.request_class + std::size_t{1});
     r.batchable = s.batchable;
 
     // The part of the policy key that does not depend on `now` (docs/policies.md).
@@ -300,6 +356,9 @@ void Scheduler::set_level(Handle h, double now) {
 }
 
 HeapKey Scheduler::ready_key(const Request& r) const noexcept {
+    if (r.sched_class == SchedClass::Deadline) return HeapKey{r.deadline, r.id};
+    if (r.sched_class == SchedClass::Strict)
+        return HeapKey{-r.priority + cfg_.order.aging_priority * r.arrival, r.id};
     if (cfg_.order.policy != Policy::Weighted) return HeapKey{r.score_base, r.id};
     const PolicyConfig& o = cfg_.order;
     const double proximity = static_cast<double>(r.level) / static_cast<double>(o.deadline_levels);
@@ -310,6 +369,10 @@ void Scheduler::make_ready(Handle h, double now) {
     Request& r = slab_[h];
     r.state = State::Queued;
     ++queued_;
+    if (r.sched_class != SchedClass::Normal) {
+        queue_of(r).push(h, ready_key(r));
+        return;
+    }
     if (cfg_.order.policy == Policy::Weighted) set_level(h, now);
     ready_.push(h, ready_key(r));
     if (cfg_.order.policy == Policy::Weighted && std::isfinite(r.deadline) &&
@@ -348,52 +411,391 @@ void Scheduler::step(double now, StepOutput& out) {
         if (r.level < cfg_.order.deadline_levels) levels_.push(h, HeapKey{level_time(r, r.level + 1u), r.id});
     }
 
-    // 3. One batch per free device, strongest first, in policy order.
-    out.batch_offsets.push_back(0);
-    for (const std::uint32_t dev : device_order_) {
-        if (ready_.empty()) break;
-        Device& d = devices_[dev];
-        if (d.inflight_batches >= d.max_inflight_batches) continue;
-        std::uint32_t b;
-        if (!free_batches_.empty()) {
-            b = free_batches_.back();
-            free_batches_.pop_back();
-        } else {
-            b = static_cast<std::uint32_t>(batches_.size());
-            batches_.emplace_back();
-        }
-        std::uint32_t count = 0;
-        while (count < cfg_.max_batch_size && !ready_.empty()) {
-            const Handle h = ready_.top().handle;
-            Request& r = slab_[h];
-            if (!r.batchable && count > 0) break;  // it goes alone, in the next batch
-            ready_.pop();
-            levels_.erase(h);
-            deadlines_.erase(h);
-            r.state = State::InFlight;
-            r.batch = b;
-            out.request_ids.push_back(r.id);
-            ++count;
-            if (!r.batchable) break;
-        }
-        batches_[b] = Batch{dev, count};
-        queued_ -= count;
-        in_flight_ += count;
-        ++d.inflight_batches;
-        d.inflight_requests += count;
-        d.dispatched_requests += count;
-        ++d.dispatched_batches;
-        counters_.dispatched += count;
-        ++counters_.batches;
-        out.batch_device.push_back(dev);
-        out.batch_offsets.push_back(out.request_ids.size());
-    }
+    // 3. Placement and batch assembly, in policy order.
+    for (Device& d : devices_) touch(d, t);
+    step_batches_.clear();
+    step_members_.clear();
+    migrate_misfits(t, out);
+    place_deadline(t);
+    if (symmetric())
+        place_symmetric(t, out);
+    else
+        place_by_fitness(t, out);
+    emit_step(out);
 
     // 4. Failures that happened since the last step (dependency cascades).
     out.failed.swap(pending_failed_);
     out.failed_reasons.swap(pending_reasons_);
     pending_failed_.clear();
     pending_reasons_.clear();
+}
+
+// ---------------------------------------------------------------- devices and placement
+
+void Scheduler::refresh_capacity(Device& d) noexcept {
+    d.capacity = d.capacity_orig * d.clock_scale * (1.0 - d.pressure);
+}
+
+void Scheduler::touch(Device& d, double now) noexcept {
+    // Occupancy in batch slots: a batch of 1 leaves most of an accelerator idle.
+    const double slots = static_cast<double>(cfg_.max_batch_size) * static_cast<double>(d.max_inflight_batches);
+    const double occupancy = std::min(1.0, static_cast<double>(d.inflight_requests) / slots);
+    d.util.update(now, occupancy * d.clock_scale * d.capacity_orig, pelt_);
+}
+
+double Scheduler::util_of(std::uint32_t request_class, double tokens, double due, double uclamp_min,
+                          double uclamp_max, double now) const noexcept {
+    const bool seen = request_class < classes_.size() && classes_[request_class].seen();
+    const double per_token = seen ? classes_[request_class].estimate() : cfg_.placement.default_work_per_token;
+    const double work = per_token * tokens;
+    const double left = due - now;
+    double u = left > 0.0 ? kCapacityScale * work / left : kInf;
+    const double lo = uclamp_min * kCapacityScale;
+    const double hi = uclamp_max * kCapacityScale;
+    if (u < lo) u = lo;
+    if (u > hi) u = hi;
+    return u;
+}
+
+double Scheduler::request_util(const Request& r, double now) const noexcept {
+    const double due = std::isinf(r.deadline) ? r.arrival + cfg_.order.no_deadline_horizon : r.deadline;
+    return util_of(r.request_class, static_cast<double>(r.prompt_tokens) + static_cast<double>(r.max_new_tokens),
+                   due, r.uclamp_min, r.uclamp_max, now);
+}
+
+std::uint32_t Scheduler::admit(const RequestSpec& s, double deadline, double now) const {
+    // Linux DL admission, per device: the sum of admitted bandwidths stays within
+    // dl_bandwidth_limit x usable capacity. Worst fit: the device with the most room left.
+    const double u = util_of(s.request_class, static_cast<double>(s.prompt_tokens) + static_cast<double>(s.max_new_tokens),
+                             deadline, s.uclamp_min, s.uclamp_max, now);
+    std::uint32_t best = kNoIndex;
+    double best_room = -kInf;
+    for (const std::uint32_t dev : device_order_) {
+        const Device& d = devices_[dev];
+        if (!eligible(d, s.tenant)) continue;
+        const double room = cfg_.placement.dl_bandwidth_limit * d.capacity - d.dl_bw - u;
+        if (room >= 0.0 && room > best_room) {
+            best = dev;
+            best_room = room;
+        }
+    }
+    if (best != kNoIndex) return best;
+    std::string free;
+    std::size_t listed = 0;
+    for (const std::uint32_t dev : device_order_) {
+        const Device& d = devices_[dev];
+        if (!eligible(d, s.tenant)) continue;
+        if (listed++ == 8) {
+            free += ", ...";
+            break;
+        }
+        free += (listed > 1 ? ", " : "") + std::string("device ") + std::to_string(dev) + ": " +
+                format_number(cfg_.placement.dl_bandwidth_limit * d.capacity - d.dl_bw);
+    }
+    throw AdmissionError("cannot admit the deadline request: it needs a bandwidth of " + format_number(u) +
+                         " (of 1024) and no device has that much deadline bandwidth free (" +
+                         (free.empty() ? std::string("no device is open to its tenant") : free) + ")");
+}
+
+IndexedHeap<>& Scheduler::queue_of(const Request& r) noexcept {
+    return r.sched_class == SchedClass::Deadline ? dl_ready_ : r.sched_class == SchedClass::Strict ? rt_ready_ : ready_;
+}
+
+const IndexedHeap<>& Scheduler::queue_of(const Request& r) const noexcept {
+    return r.sched_class == SchedClass::Deadline ? dl_ready_ : r.sched_class == SchedClass::Strict ? rt_ready_ : ready_;
+}
+
+void Scheduler::erase_ready(Handle h) noexcept {
+    queue_of(slab_[h]).erase(h);
+    levels_.erase(h);
+}
+
+Handle Scheduler::next_ready() const noexcept {
+    if (!rt_ready_.empty()) return rt_ready_.top().handle;
+    if (!ready_.empty()) return ready_.top().handle;
+    return kNoHandle;
+}
+
+bool Scheduler::symmetric() const noexcept {
+    // Linux's SMP-island rule: when every target has the same capacity (and here: no
+    // memory budget, no pinned tenant, no energy preference), fitness cannot tell them
+    // apart, so placement skips it.
+    if (any_pins_ || cfg_.placement.energy_aware) return false;
+    const double c = devices_.front().capacity;
+    for (const Device& d : devices_)
+        if (d.capacity != c || d.kv_budget != kUnlimitedTokens) return false;
+    return true;
+}
+
+bool Scheduler::eligible(const Device& d, std::uint32_t tenant) const noexcept {
+    const bool pinned = tenant < tenant_pinned_.size() && tenant_pinned_[tenant];
+    if (!pinned) return d.tenants.empty();
+    return std::find(d.tenants.begin(), d.tenants.end(), tenant) != d.tenants.end();
+}
+
+std::uint32_t Scheduler::open_batch(std::uint32_t device) {
+    std::uint32_t b;
+    if (!free_batches_.empty()) {
+        b = free_batches_.back();
+        free_batches_.pop_back();
+    } else {
+        b = static_cast<std::uint32_t>(batches_.size());
+        batches_.emplace_back();
+    }
+    batches_[b] = Batch{device, 0, 0};
+    Device& d = devices_[device];
+    ++d.inflight_batches;
+    ++d.dispatched_batches;
+    ++counters_.batches;
+    step_batch_[device] = static_cast<std::uint32_t>(step_batches_.size());
+    step_batches_.push_back(b);
+    return b;
+}
+
+void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now) {
+    if (slab_[h].state == State::Queued) {  // (a migrant is already in flight)
+        erase_ready(h);
+        deadlines_.erase(h);
+        --queued_;
+        ++in_flight_;
+    }
+    Request& r = slab_[h];
+    Batch& batch = batches_[b];
+    Device& d = devices_[batch.device];
+    r.state = State::InFlight;
+    r.batch = b;
+    r.dev_prev = kNoHandle;
+    r.dev_next = d.inflight_head;
+    if (d.inflight_head != kNoHandle) slab_[d.inflight_head].dev_prev = h;
+    d.inflight_head = h;
+    r.util = util;
+    r.dispatched_at = now;
+    ++batch.remaining;
+    ++batch.size;
+    ++d.inflight_requests;
+    ++d.dispatched_requests;
+    d.placed_util += util;
+    d.kv_used += static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
+    ++counters_.dispatched;
+    step_members_.push_back({step_batch_[batch.device], r.id});
+}
+
+void Scheduler::place_symmetric(double now, StepOutput& out) {
+    // One batch per free device, strongest first (device order on ties), filled in policy
+    // order; a non-batchable request closes the batch it would join and goes alone in the
+    // next. (A batch a migrant opened in this step is filled on.)
+    (void)out;
+    for (const std::uint32_t dev : device_order_) {
+        if (next_ready() == kNoHandle) break;
+        Device& d = devices_[dev];
+        std::uint32_t b;
+        if (step_batch_[dev] != kNoIndex) {
+            if (step_solo_[dev]) continue;
+            b = step_batches_[step_batch_[dev]];
+        } else {
+            if (d.inflight_batches >= d.max_inflight_batches) continue;
+            b = open_batch(dev);
+        }
+        std::uint32_t count = batches_[b].size;
+        for (Handle h = next_ready(); h != kNoHandle && count < cfg_.max_batch_size; h = next_ready()) {
+            const Request& r = slab_[h];
+            if (!r.batchable && count > 0) break;  // it goes alone, in the next batch
+            const bool alone = !r.batchable;
+            dispatch(h, b, request_util(r, now), now);
+            ++counters_.placed_fitting;  // every device fits equally here
+            ++count;
+            if (alone) break;
+        }
+    }
+}
+
+void Scheduler::emit_step(StepOutput& out) {
+    // Batches in the order they were opened; members grouped stably by batch, so they
+    // keep the order they were placed in (migrants first, then policy order).
+    out.batch_offsets.push_back(0);
+    std::size_t off = 0;
+    for (const std::uint32_t b : step_batches_) {
+        const std::uint32_t dev = batches_[b].device;
+        out.batch_device.push_back(dev);
+        step_batch_[dev] = kNoIndex;
+        step_solo_[dev] = 0;
+        off += batches_[b].size;
+        out.batch_offsets.push_back(off);
+    }
+    out.request_ids.resize(off);
+    cursor_.assign(out.batch_offsets.begin(), out.batch_offsets.end() - 1);
+    for (const auto& m : step_members_) out.request_ids[cursor_[m.first]++] = m.second;
+}
+
+bool Scheduler::has_room(std::uint32_t dev, const Request& r) const noexcept {
+    // A candidate: open to r's tenant, room for r in this step, KV memory for r.
+    const Device& d = devices_[dev];
+    if (!eligible(d, r.tenant)) return false;
+    const std::uint32_t sb = step_batch_[dev];
+    if (sb == kNoIndex) {
+        if (d.inflight_batches >= d.max_inflight_batches) return false;
+    } else if (!r.batchable || step_solo_[dev] || batches_[step_batches_[sb]].size >= cfg_.max_batch_size) {
+        return false;
+    }
+    const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
+    return d.kv_budget == kUnlimitedTokens || d.kv_used + tokens <= d.kv_budget;
+}
+
+std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
+                                       bool* fitted) const {
+    const PlacementConfig& pc = cfg_.placement;
+    const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
+    std::uint32_t best = kNoIndex, fallback = kNoIndex;
+    double best_score = -kInf, best_energy = kInf, fallback_spare = -kInf;
+    for (const std::uint32_t dev : device_order_) {
+        const Device& d = devices_[dev];
+        if (bigger_than != nullptr && !(d.capacity > bigger_than->capacity)) continue;
+        if (d.capacity < min_capacity || !has_room(dev, r)) continue;
+        const double spare = d.capacity - std::max(d.util.util_avg(), d.placed_util);
+        if (u * pc.fit_margin < spare) {
+            const double compute = (spare - u) / kCapacityScale;
+            const double memory = d.kv_budget == kUnlimitedTokens
+                                      ? 1.0
+                                      : static_cast<double>(d.kv_budget - d.kv_used - tokens) /
+                                            static_cast<double>(d.kv_budget > 0 ? d.kv_budget : 1);
+            const double score = pc.w_compute * compute + pc.w_memory * memory;
+            const bool better = pc.energy_aware ? (d.energy_per_token < best_energy ||
+                                                   (d.energy_per_token == best_energy && score > best_score))
+                                                : score > best_score;
+            if (better) {
+                best = dev;
+                best_score = score;
+                best_energy = d.energy_per_token;
+            }
+        } else if (spare > fallback_spare) {
+            fallback = dev;
+            fallback_spare = spare;
+        }
+    }
+    *fitted = best != kNoIndex;
+    return best != kNoIndex ? best : fallback;
+}
+
+void Scheduler::place_deadline(double now) {
+    // Deadline-class requests, earliest deadline first, each on the device that admitted
+    // it. One whose device has no room waits, and so do those behind it.
+    while (!dl_ready_.empty()) {
+        const Handle h = dl_ready_.top().handle;
+        const Request& r = slab_[h];
+        if (!has_room(r.dl_device, r)) break;
+        const std::uint32_t sb = step_batch_[r.dl_device];
+        const std::uint32_t b = sb == kNoIndex ? open_batch(r.dl_device) : step_batches_[sb];
+        if (!r.batchable) step_solo_[r.dl_device] = 1;
+        ++counters_.placed_fitting;
+        dispatch(h, b, r.dl_bw, now);
+    }
+}
+
+void Scheduler::migrate_misfits(double now, StepOutput& out) {
+    // Linux's misfit rule: an in-flight request whose utilization no longer fits its
+    // device's (reduced) capacity moves to a bigger device that it fits and that has room,
+    // if there is one. Only devices whose capacity dropped since the last step are checked.
+    for (std::uint32_t dev = 0; dev < devices_.size(); ++dev) {
+        Device& d = devices_[dev];
+        if (!d.misfit_check) continue;
+        d.misfit_check = false;
+        Handle h = d.inflight_head;
+        while (h != kNoHandle) {
+            Request& r = slab_[h];
+            const Handle next = r.dev_next;
+            if (!(r.util * cfg_.placement.fit_margin < d.capacity)) {
+                ++counters_.misfits;
+                bool fitted = false;
+                const std::uint32_t to = choose_device(r, r.util, &d, 0.0, &fitted);
+                if (to != kNoIndex && fitted) {
+                    leave_batch(r);
+                    const std::uint32_t sb = step_batch_[to];
+                    const std::uint32_t b = sb == kNoIndex ? open_batch(to) : step_batches_[sb];
+                    if (!r.batchable) step_solo_[to] = 1;
+                    dispatch(h, b, r.util, now);
+                    ++counters_.migrated;
+                    out.migrated.push_back(r.id);
+                    out.migrated_from.push_back(dev);
+                }
+            }
+            h = next;
+        }
+    }
+}
+
+void Scheduler::place_by_fitness(double now, StepOutput& out) {
+    // docs/placement.md: each request, in policy order, goes to the best-scoring device
+    // that has room for it, is open to its tenant, has KV memory for it and fits it
+    // (util * margin < spare); if none fits, to the one with the most spare capacity among
+    // those with room and memory (counted as a fallback). If no device has room and
+    // memory for the head of the queue, the step stops: nothing overtakes it.
+    (void)out;
+    for (Handle h = next_ready(); h != kNoHandle; h = next_ready()) {
+        const Request& r = slab_[h];
+        const double u = request_util(r, now);
+        bool fitted = false;
+        std::uint32_t dev;
+        if (r.sched_class == SchedClass::Strict) {
+            // RT-like: a device with capacity >= uclamp_min; if none has room, strict
+            // priority alone decides (any device).
+            dev = choose_device(r, u, nullptr, r.uclamp_min * kCapacityScale, &fitted);
+            if (dev == kNoIndex) dev = choose_device(r, u, nullptr, 0.0, &fitted);
+        } else {
+            dev = choose_device(r, u, nullptr, 0.0, &fitted);
+        }
+        if (dev == kNoIndex) break;  // the head cannot be placed now: keep the order
+        ++(fitted ? counters_.placed_fitting : counters_.placed_fallback);
+        const std::uint32_t sb = step_batch_[dev];
+        const std::uint32_t b = sb == kNoIndex ? open_batch(dev) : step_batches_[sb];
+        if (!r.batchable) step_solo_[dev] = 1;
+        dispatch(h, b, u, now);
+    }
+}
+
+void Scheduler::check_device(std::uint32_t device) const {
+    if (device >= devices_.size())
+        throw InvalidArgument("unknown device index " + std::to_string(device) + " (the scheduler has " +
+                              std::to_string(devices_.size()) + " devices)");
+}
+
+void Scheduler::set_clock(std::uint32_t device, double cur, double max, double now) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const double t = advance_clock(now);
+    check_device(device);
+    Device& d = devices_[device];
+    const double m = std::isnan(max) ? d.max_clock : max;
+    if (!std::isfinite(m) || m <= 0.0)
+        throw InvalidArgument("max clock must be a finite number > 0, got " + format_number(max));
+    if (!(cur > 0.0 && cur <= m))
+        throw InvalidArgument("current clock must be in (0, max clock " + format_number(m) + "], got " +
+                              format_number(cur));
+    now_ = t;
+    touch(d, t);  // the time so far counts at the old clock
+    d.max_clock = m;
+    d.clock_scale = cur / m;
+    const double before = d.capacity;
+    refresh_capacity(d);
+    if (d.capacity < before) d.misfit_check = true;
+}
+
+void Scheduler::set_pressure(std::uint32_t device, double pressure, double now) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const double t = advance_clock(now);
+    check_device(device);
+    if (!(pressure >= 0.0 && pressure < 1.0))
+        throw InvalidArgument("pressure must be in [0, 1), got " + format_number(pressure));
+    now_ = t;
+    Device& d = devices_[device];
+    touch(d, t);
+    d.pressure = pressure;
+    const double before = d.capacity;
+    refresh_capacity(d);
+    if (d.capacity < before) d.misfit_check = true;
+}
+
+UtilEst Scheduler::class_estimate(std::uint32_t request_class) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return request_class < classes_.size() ? classes_[request_class] : UtilEst{};
 }
 
 // ---------------------------------------------------------------- endings
@@ -413,6 +815,16 @@ Outcome Scheduler::outcome(std::uint64_t id) const noexcept {
 void Scheduler::leave_batch(Request& r) {
     Batch& b = batches_[r.batch];
     Device& d = devices_[b.device];
+    touch(d, now_);
+    d.placed_util -= r.util;
+    if (d.placed_util < 1e-9) d.placed_util = 0.0;  // rounding left over when it empties
+    d.kv_used -= static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
+    if (r.dev_prev != kNoHandle)
+        slab_[r.dev_prev].dev_next = r.dev_next;
+    else
+        d.inflight_head = r.dev_next;
+    if (r.dev_next != kNoHandle) slab_[r.dev_next].dev_prev = r.dev_prev;
+    r.dev_prev = r.dev_next = kNoHandle;
     --d.inflight_requests;
     if (--b.remaining == 0) {
         --d.inflight_batches;
@@ -430,8 +842,7 @@ std::uint32_t Scheduler::detach(Handle h, Outcome how) {
             break;
         case State::Queued:
             --queued_;
-            ready_.erase(h);
-            levels_.erase(h);
+            erase_ready(h);
             deadlines_.erase(h);
             break;
         case State::InFlight:
@@ -445,6 +856,11 @@ std::uint32_t Scheduler::detach(Handle h, Outcome how) {
         case Outcome::Failed: ++counters_.failed; break;
         case Outcome::Expired: ++counters_.expired; break;
         case Outcome::Cancelled: ++counters_.cancelled; break;
+    }
+    if (r.sched_class == SchedClass::Deadline) {
+        Device& d = devices_[r.dl_device];
+        d.dl_bw -= r.dl_bw;
+        if (d.dl_bw < 1e-9) d.dl_bw = 0.0;  // rounding left over when it empties
     }
     set_outcome(r.id, how);
     ids_.erase(r.id, id_of());
@@ -534,7 +950,16 @@ Handle Scheduler::find_in_flight(std::uint64_t id, const char* what) const {
 }
 
 void Scheduler::complete_locked(Handle h) {
-    ++devices_[batches_[slab_[h].batch].device].completed_requests;
+    const Request& r = slab_[h];
+    const Batch& b = batches_[r.batch];
+    Device& d = devices_[b.device];
+    ++d.completed_requests;
+    // util_est sample: the request's share of the batch's device time, made frequency- and
+    // capacity-invariant, per token.
+    const double service = now_ - r.dispatched_at;
+    const double work = service * d.clock_scale * (d.capacity_orig / kCapacityScale) / static_cast<double>(b.size);
+    const double tokens = static_cast<double>(r.prompt_tokens) + static_cast<double>(r.max_new_tokens);
+    classes_[r.request_class].sample(work / tokens);
     end(h, Outcome::Completed, "");
 }
 
@@ -644,14 +1069,19 @@ Stats Scheduler::stats() const {
 
 bool Scheduler::check_invariants() const {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!ready_.check_invariants() || !deadlines_.check_invariants() || !levels_.check_invariants()) return false;
+    if (!ready_.check_invariants() || !rt_ready_.check_invariants() || !dl_ready_.check_invariants() ||
+        !deadlines_.check_invariants() || !levels_.check_invariants())
+        return false;
+    const auto queued_anywhere = [this](Handle h) {
+        return ready_.contains(h) || rt_ready_.contains(h) || dl_ready_.contains(h);
+    };
     std::uint64_t waiting = 0, queued = 0, in_flight = 0, free_slots = 0;
     std::vector<std::uint64_t> device_requests(devices_.size(), 0);
     for (Handle h = 0; h < slab_.size(); ++h) {
         const Request& r = slab_[h];
         if (r.state == State::Free) {
             ++free_slots;
-            if (ready_.contains(h) || deadlines_.contains(h) || levels_.contains(h)) return false;
+            if (queued_anywhere(h) || deadlines_.contains(h) || levels_.contains(h)) return false;
             continue;
         }
         if (ids_.find(r.id, id_of()) != h) return false;
@@ -659,17 +1089,19 @@ bool Scheduler::check_invariants() const {
         switch (r.state) {
             case State::Waiting:
                 ++waiting;
-                if (r.deps_remaining == 0 || ready_.contains(h) || levels_.contains(h)) return false;
+                if (r.deps_remaining == 0 || queued_anywhere(h) || levels_.contains(h)) return false;
                 if (deadlines_.contains(h) != timed) return false;
                 break;
             case State::Queued:
                 ++queued;
-                if (!ready_.contains(h) || deadlines_.contains(h) != timed) return false;
-                if (ready_.key_of(h).key != ready_key(r).key) return false;
+                if (!queue_of(r).contains(h) || deadlines_.contains(h) != timed)
+                    return false;
+                if (queue_of(r).key_of(h).key != ready_key(r).key) return false;
+                if (levels_.contains(h) && r.sched_class != SchedClass::Normal) return false;
                 break;
             case State::InFlight:
                 ++in_flight;
-                if (ready_.contains(h) || deadlines_.contains(h) || levels_.contains(h)) return false;
+                if (queued_anywhere(h) || deadlines_.contains(h) || levels_.contains(h)) return false;
                 if (r.batch >= batches_.size()) return false;
                 ++device_requests[batches_[r.batch].device];
                 break;
@@ -680,6 +1112,22 @@ bool Scheduler::check_invariants() const {
     if (free_slots != free_handles_.size()) return false;
     if (ids_.size() != waiting + queued + in_flight) return false;
     for (std::size_t i = 0; i < devices_.size(); ++i) {
+        const Device& d = devices_[i];
+        // The intrusive in-flight list, placed utilization and KV accounting agree.
+        std::uint64_t listed = 0;
+        std::int64_t kv = 0;
+        double util = 0.0;
+        Handle prev = kNoHandle;
+        for (Handle h = d.inflight_head; h != kNoHandle; h = slab_[h].dev_next) {
+            const Request& r = slab_[h];
+            if (r.state != State::InFlight || batches_[r.batch].device != i || r.dev_prev != prev) return false;
+            if (++listed > in_flight_) return false;  // a cycle
+            kv += static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
+            util += r.util;
+            prev = h;
+        }
+        if (listed != d.inflight_requests || kv != d.kv_used) return false;
+        if (std::fabs(util - d.placed_util) > 1e-6 * (1.0 + util)) return false;
         if (devices_[i].inflight_requests != device_requests[i]) return false;
         if (devices_[i].inflight_batches > devices_[i].max_inflight_batches) return false;
     }

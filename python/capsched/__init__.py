@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from . import errors
 from .errors import (
+    AdmissionError,
     CapschedError,
     ConfigError,
     DependencyError,
@@ -34,15 +35,19 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
         f"CMake), or install a wheel. Original error: {exc}"
     ) from exc
 
-from .config import POLICIES, Config
-from .devices import Device, parse_devices
+from .config import POLICIES, Config, SchedulerConfig
+from .devices import Device, Slice, discover, parse_devices
 from .request import MAX_DEPENDENCIES, MAX_TOKENS, InferenceRequest
 from .scheduler import Batch, OpenAutoGLMScheduler, Scheduler, StepResult
+from .specs import AcceleratorSpec
+from .specs import lookup as lookup_accelerator
 from .tokens import estimate_tokens
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AcceleratorSpec",
+    "AdmissionError",
     "Batch",
     "CapschedError",
     "Config",
@@ -60,10 +65,14 @@ __all__ = [
     "RequestStateError",
     "RequestTypeError",
     "Scheduler",
+    "Slice",
+    "SchedulerConfig",
     "StepResult",
     "UnknownRequestError",
+    "discover",
     "errors",
     "estimate_tokens",
+    "lookup_accelerator",
     "parse_devices",
     "__version__",
 ]

@@ -11,6 +11,8 @@ MAX_BATCH_SIZE: int
 MAX_DEVICES: int
 MAX_DEADLINE_LEVELS: int
 CAPACITY_SCALE: float
+MAX_CLASSES: int
+UNLIMITED_TOKENS: int
 
 class IndexedHeap:
     def __init__(self) -> None: ...
@@ -37,13 +39,30 @@ class CoreConfig:
     aging_srtf: float
     aging_edf: float
     no_deadline_horizon: float
+    fit_margin: float
+    score_compute: float
+    score_memory: float
+    energy_aware: bool
+    pelt_period: float
+    default_work_per_token: float
+    dl_bandwidth_limit: float
     max_batch_size: int
     max_retries: int
     dynamic_batching: bool
     def __init__(self) -> None: ...
 
+class DeviceSpec:
+    capacity: float
+    max_inflight_batches: int
+    max_clock: float
+    cur_clock: float
+    kv_tokens: int
+    energy_per_token: float
+    tenants: list[int]
+    def __init__(self) -> None: ...
+
 class Core:
-    def __init__(self, config: CoreConfig, capacities: list[float], max_inflight: list[int]) -> None: ...
+    def __init__(self, config: CoreConfig, devices: list[DeviceSpec]) -> None: ...
     def reserve(self, n: int) -> None: ...
     def submit(
         self,
@@ -53,6 +72,8 @@ class Core:
         timeout: float,
         deadline: float,
         tenant: int,
+        request_class: int,
+        sched_class: int,
         batchable: bool,
         uclamp_min: float,
         uclamp_max: float,
@@ -78,10 +99,15 @@ class Core:
         npt.NDArray[np.uint64],
         list[str],
         float,
+        npt.NDArray[np.uint64],
+        npt.NDArray[np.uint32],
     ]: ...
     def complete(self, id: int, now: float) -> None: ...
     def complete_many(self, ids: npt.NDArray[np.uint64], now: float) -> None: ...
     def fail(self, id: int, now: float, retryable: bool, error: str) -> bool: ...
+    def set_clock(self, device: int, cur: float, max: float, now: float) -> None: ...
+    def set_pressure(self, device: int, pressure: float, now: float) -> None: ...
+    def class_estimate(self, request_class: int) -> tuple[bool, float, float, float]: ...
     def cancel(self, id: int) -> bool: ...
     def status(self, id: int) -> int: ...
     def check_invariants(self) -> bool: ...

@@ -5,16 +5,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from .errors import ConfigError
 
-__all__ = ["Config", "POLICIES"]
+__all__ = ["Config", "POLICIES", "SchedulerConfig", "ENV_PREFIX", "MAX_BATCH_SIZE"]
 
 POLICIES = ("fcfs", "priority", "edf", "srtf", "weighted")
+#: Largest ``max_batch_size`` (the core's ``MAX_BATCH_SIZE``).
+MAX_BATCH_SIZE = 65536
+#: Prefix of the environment variables :meth:`SchedulerConfig.from_env` reads.
+ENV_PREFIX = "CAPSCHED_"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +48,20 @@ class Config:
         no_deadline_horizon: EDF treats a request without a deadline as due this long after
             arrival (default 60 s, > 0).
         max_retries: extra tries after a retryable failure (default 3, 0..1000).
+        fit_margin: Linux's fits_capacity margin: a request fits a device when
+            ``util x fit_margin < spare capacity`` (default 1.25 = 1280/1024, >= 1).
+        score_compute, score_memory: weights of compute and KV-memory headroom in the
+            device score (defaults 0.6 / 0.4, the seed's scoreNode; >= 0).
+        energy_aware: among devices a request fits, prefer the lowest energy per unit of
+            work (``power_w / capacity``), then the score (default False; Linux EAS).
+        pelt_period: PELT period in seconds (default 1/32 s: a utilization signal's
+            half-life is 32 periods = 1 s; > 0).
+        default_work_per_token: invariant work per token (seconds on the strongest device
+            at full clock) assumed for a request class before one of its requests has
+            completed (default 1e-4 s; > 0).
+        dl_bandwidth_limit: share of a device's usable capacity that admitted
+            deadline-class requests may reserve (default 0.95, as Linux's RT/DL runtime
+            share; (0, 1]).
         tokenizer: callable ``str -> int`` counting a prompt's tokens; ``None`` uses
             :func:`capsched.estimate_tokens`.
     """
@@ -57,6 +77,13 @@ class Config:
     aging_edf: float = 0.0
     no_deadline_horizon: float = 60.0
     max_retries: int = 3
+    fit_margin: float = 1.25
+    score_compute: float = 0.6
+    score_memory: float = 0.4
+    energy_aware: bool = False
+    pelt_period: float = 1.0 / 32.0
+    default_work_per_token: float = 1e-4
+    dl_bandwidth_limit: float = 0.95
     tokenizer: Optional[Callable[[str], int]] = None
 
     def __post_init__(self) -> None:
@@ -68,9 +95,17 @@ class Config:
             "aging_weighted",
             "aging_srtf",
             "aging_edf",
+            "score_compute",
+            "score_memory",
         ):
             _check_real(name, getattr(self, name), minimum=0.0, inclusive=True)
-        for name in ("resource_scale_tokens", "no_deadline_horizon"):
+        _check_real("fit_margin", self.fit_margin, minimum=1.0, inclusive=True)
+        if not isinstance(self.energy_aware, bool):
+            raise ConfigError(f"energy_aware must be a bool, got {self.energy_aware!r}")
+        _check_real("dl_bandwidth_limit", self.dl_bandwidth_limit, minimum=0.0, inclusive=False)
+        if float(self.dl_bandwidth_limit) > 1.0:
+            raise ConfigError(f"dl_bandwidth_limit must be in (0, 1], got {self.dl_bandwidth_limit!r}")
+        for name in ("resource_scale_tokens", "no_deadline_horizon", "pelt_period", "default_work_per_token"):
             _check_real(name, getattr(self, name), minimum=0.0, inclusive=False)
         _check_int("deadline_levels", self.deadline_levels, 1, 1024)
         _check_int("max_retries", self.max_retries, 0, 1000)
@@ -124,3 +159,224 @@ def _check_int(name: str, value: object, lo: int, hi: int) -> None:
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     if not lo <= int(value) <= hi:
         raise ConfigError(f"{name} must be in {lo}..{hi}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerConfig(Config):
+    """Everything a :class:`capsched.Scheduler` takes, in one validated object.
+
+    It is a :class:`Config` (all of Config's tunables, with the same defaults and
+    checks) plus the scheduler's own arguments. Load it from a dict
+    (:meth:`from_dict`), a TOML file (:meth:`from_toml`) or ``CAPSCHED_*`` environment
+    variables (:meth:`from_env`); every bad value raises :class:`ConfigError` naming the
+    key (or variable) and the value. Build the scheduler with
+    ``Scheduler(**cfg.scheduler_kwargs())`` or :meth:`build_scheduler`.
+
+    Attributes:
+        devices: the devices: a tuple of :class:`capsched.Device` (names and dicts of
+            Device's fields are converted on construction, and checked as
+            :func:`capsched.devices.parse_devices` checks them), ``()`` (the default:
+            none configured; give them to the scheduler yourself), or ``"auto"`` (what
+            discovery finds, resolved when the scheduler is built).
+        policy: one of :data:`POLICIES` (default ``"weighted"``).
+        max_batch_size: requests per batch, 1..65536 (default 32).
+        enable_dynamic_batching: whether batch sizes may adapt (default True).
+    """
+
+    devices: Union[tuple[Any, ...], str] = ()
+    policy: str = "weighted"
+    max_batch_size: int = 32
+    enable_dynamic_batching: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "devices", _check_devices(self.devices))
+        if not isinstance(self.policy, str) or self.policy not in POLICIES:
+            raise ConfigError(
+                f"policy: unknown policy {self.policy!r}: expected one of {', '.join(map(repr, POLICIES))}"
+            )
+        _check_int("max_batch_size", self.max_batch_size, 1, MAX_BATCH_SIZE)
+        if not isinstance(self.enable_dynamic_batching, bool):
+            raise ConfigError(f"enable_dynamic_batching must be a bool, got {self.enable_dynamic_batching!r}")
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SchedulerConfig":
+        """Build one from a mapping of field names (all but ``tokenizer``).
+
+        ``devices`` may be a list of names, dicts of Device's fields and Device objects,
+        or ``"auto"``. Unknown keys raise ConfigError naming them and listing the known.
+        """
+        return super().from_dict(data)  # type: ignore[return-value]
+
+    @classmethod
+    def from_toml(cls, path: "str | Path") -> "SchedulerConfig":
+        """Read the ``[scheduler]`` table of a TOML file (or the whole file if it has no
+        such table). Devices are an array of tables or of names (or ``"auto"``)::
+
+            [scheduler]
+            policy = "edf"
+            max_batch_size = 16
+
+            [[scheduler.devices]]
+            name = "gpu0"
+            model = "H100-SXM"
+
+            [[scheduler.devices]]
+            name = "gpu1"
+            capacity = 300.0
+            kv_tokens = 200000
+
+        Errors name the file as well as the key.
+        """
+        try:
+            return super().from_toml(path)  # type: ignore[return-value]
+        except ConfigError as exc:
+            text = str(exc)
+            if str(path) in text:  # unreadable or not TOML: already names the file
+                raise
+            raise ConfigError(f"config file {str(path)!r}: {text}") from exc
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] = os.environ,
+        base: "Optional[Union[Config, Mapping[str, Any]]]" = None,
+    ) -> "SchedulerConfig":
+        """Read ``CAPSCHED_<FIELD>`` variables (the field's name in upper case, e.g.
+        ``CAPSCHED_MAX_BATCH_SIZE=16``) over ``base`` (a Config or SchedulerConfig, or a
+        dict for :meth:`from_dict`; default: the defaults).
+
+        Values are parsed strictly: integers as decimal digits (``"16"``, not ``"16.0"``),
+        numbers as decimal floats (``"0.5"``, ``"1e-3"``; not ``"nan"``), booleans as
+        ``1/0``, ``true/false``, ``yes/no`` or ``on/off`` (any case), the policy as its
+        name, and ``CAPSCHED_DEVICES`` as a comma-separated list of device names (equal
+        capacity) or ``auto``. ``tokenizer`` cannot come from the environment (nor
+        can any other field whose type is not int, float, bool or str).
+
+        Raises:
+            ConfigError: a bad value (the message names the variable and the value), or
+                a ``CAPSCHED_*`` variable that names no field (the message lists the
+                known ones).
+        """
+        if base is None:
+            cfg = cls()
+        elif isinstance(base, cls):
+            cfg = base
+        elif isinstance(base, Config):
+            cfg = cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Config)})
+        elif isinstance(base, Mapping):
+            cfg = cls.from_dict(base)
+        else:
+            raise ConfigError(f"base must be a Config, a SchedulerConfig or a dict, got {type(base).__name__}")
+        if not isinstance(environ, Mapping):
+            raise ConfigError(f"environ must be a mapping of variable names to values, got {type(environ).__name__}")
+        known = {ENV_PREFIX + n.upper(): n for n in _FIELD_KINDS}
+        ours = sorted(k for k in environ if isinstance(k, str) and k.startswith(ENV_PREFIX))
+        unknown = [k for k in ours if k not in known]
+        if unknown:
+            raise ConfigError(
+                f"unknown environment variable(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        for var in ours:
+            raw = environ[var]
+            name = known[var]
+            try:
+                value = _parse_env(name, raw, _FIELD_KINDS[name])
+                cfg = dataclasses.replace(cfg, **{name: value})
+            except ConfigError as exc:
+                raise ConfigError(f"{var}={raw!r}: {exc}") from None
+        return cfg
+
+    # ------------------------------------------------------------------ using
+
+    def base_config(self) -> Config:
+        """The :class:`Config` part (the policy tunables and tokenizer) alone."""
+        return Config(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Config)})
+
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`capsched.Scheduler`: ``devices``, ``policy``,
+        ``max_batch_size``, ``enable_dynamic_batching`` and ``config``.
+
+        Raises:
+            ConfigError: no devices are configured (``devices=()``).
+        """
+        if self.devices == ():
+            raise ConfigError("this SchedulerConfig has no devices: set devices (a list of names, or 'auto')")
+        return {
+            "devices": self.devices if isinstance(self.devices, str) else list(self.devices),
+            "policy": self.policy,
+            "max_batch_size": self.max_batch_size,
+            "enable_dynamic_batching": self.enable_dynamic_batching,
+            "config": self.base_config(),
+        }
+
+    def build_scheduler(self, **kwargs: Any) -> Any:
+        """``Scheduler(**self.scheduler_kwargs(), **kwargs)``; ``kwargs`` may add
+        ``clock=`` or replace any of the others."""
+        from .scheduler import Scheduler
+
+        return Scheduler(**{**self.scheduler_kwargs(), **kwargs})
+
+
+def _check_devices(devices: object) -> Union[tuple[Any, ...], str]:
+    from .devices import parse_devices
+
+    if isinstance(devices, str):
+        if devices == "auto":
+            return devices
+        raise ConfigError(f"devices must be a list of devices or 'auto', got the string {devices!r}")
+    if isinstance(devices, (list, tuple)) and not devices:
+        return ()
+    try:
+        return parse_devices(devices)
+    except ConfigError as exc:
+        raise ConfigError(f"devices: {exc}") from None
+
+
+def _env_kind(f: "dataclasses.Field[Any]") -> Optional[str]:
+    """How a field's environment variable is parsed, from its annotation (None: it
+    cannot come from the environment)."""
+    if f.name == "devices":
+        return "devices"
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    return {"int": "int", "float": "float", "bool": "bool", "str": "str"}.get(t)
+
+
+# What each field's environment variable holds (fields of other types are left out).
+_FIELD_KINDS = {
+    f.name: k for f in dataclasses.fields(SchedulerConfig) if (k := _env_kind(f)) is not None
+}
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _parse_env(name: str, raw: str, kind: str) -> Any:
+    text = raw.strip()
+    if kind == "int":
+        if not _INT.fullmatch(text):
+            raise ConfigError(f"{name} must be an integer (decimal digits)")
+        return int(text)
+    if kind == "float":
+        if not _FLOAT.fullmatch(text):
+            raise ConfigError(f"{name} must be a decimal number such as 0.5 or 1e-3")
+        return float(text)
+    if kind == "bool":
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ConfigError(f"{name} must be a boolean: one of {', '.join(_TRUE + _FALSE)}")
+    if kind == "devices":
+        if text == "auto":
+            return "auto"
+        names = [t.strip() for t in text.split(",")]
+        if not text or any(not n for n in names):
+            raise ConfigError("devices must be a comma-separated list of device names (no empty names) or 'auto'")
+        return tuple(names)
+    return text

@@ -14,6 +14,7 @@ __all__ = [
     "UnknownRequestError",
     "RequestStateError",
     "DependencyError",
+    "AdmissionError",
     "DuplicateRequestError",
     "RequestTypeError",
 ]
@@ -48,6 +49,10 @@ class RequestStateError(CapschedError, RuntimeError):
 
 class DependencyError(CapschedError, ValueError):
     """``depends_on`` names an unknown request, or one that ended without completing."""
+
+
+class AdmissionError(CapschedError, ValueError):
+    """A deadline-class request needs more bandwidth than any device has free."""
 
 
 class DuplicateRequestError(CapschedError, ValueError):

@@ -9,7 +9,10 @@ from typing import Optional, Union
 
 from .errors import InvalidRequestError, RequestTypeError
 
-__all__ = ["InferenceRequest", "MAX_TOKENS", "MAX_DEPENDENCIES"]
+__all__ = ["InferenceRequest", "MAX_TOKENS", "MAX_DEPENDENCIES", "SCHED_CLASSES"]
+
+#: Scheduling classes, served in this order within a step (docs/placement.md).
+SCHED_CLASSES = ("deadline", "strict", "normal")
 
 #: Largest prompt or output length one request may declare (tokens). Larger values are
 #: rejected rather than allowed to exhaust the scheduler's arithmetic or a device's memory.
@@ -38,7 +41,17 @@ class InferenceRequest:
             complete before this one becomes ready; if one of them fails, expires or is
             cancelled, this one fails with that reason.
         uclamp_min, uclamp_max: utilization clamps in [0, 1] (Linux uclamp) for
-            capacity-aware placement.
+            capacity-aware placement: the request's utilization (its work over the time it
+            has left, as a share of the strongest device) is clamped into this range.
+        request_class: requests of the same class (for example one per model or prompt
+            template) share a util_est history: how much work per token the class took
+            when it last finished. ``None`` is the default class.
+        sched_class: ``"normal"`` (the scheduler's policy), ``"strict"`` (RT-like: served
+            before normal requests by priority, placed on a device whose capacity is at
+            least ``uclamp_min`` when one has room, else on any) or ``"deadline"`` (DL-like:
+            needs a timeout or deadline; served first, earliest deadline first, on the
+            device that admitted its bandwidth at submit; if none can, submit raises
+            :class:`~capsched.errors.AdmissionError`).
 
     Invalid values raise :class:`~capsched.errors.InvalidRequestError` (wrong types:
     :class:`~capsched.errors.RequestTypeError`, also a ``TypeError``) naming the field.
@@ -58,6 +71,8 @@ class InferenceRequest:
         "depends_on",
         "uclamp_min",
         "uclamp_max",
+        "request_class",
+        "sched_class",
         "id",
     )
 
@@ -75,6 +90,8 @@ class InferenceRequest:
         depends_on: Iterable[Union[int, "InferenceRequest"]] = (),
         uclamp_min: float = 0.0,
         uclamp_max: float = 1.0,
+        request_class: Optional[str] = None,
+        sched_class: str = "normal",
     ) -> None:
         if prompt is not None and type(prompt) is not str and not isinstance(prompt, str):
             raise RequestTypeError(f"prompt must be a str or None, got {type(prompt).__name__}")
@@ -105,6 +122,14 @@ class InferenceRequest:
             raise InvalidRequestError(
                 f"uclamp_min {uclamp_min!r} exceeds uclamp_max {uclamp_max!r}"
             )
+        if request_class is not None and type(request_class) is not str and not isinstance(request_class, str):
+            raise RequestTypeError(f"request_class must be a str or None, got {type(request_class).__name__}")
+        self.request_class = request_class
+        if sched_class not in SCHED_CLASSES:
+            raise InvalidRequestError(f"sched_class must be one of {SCHED_CLASSES}, got {sched_class!r}")
+        if sched_class == "deadline" and timeout is None and deadline is None:
+            raise InvalidRequestError("a deadline-class request needs a timeout or a deadline")
+        self.sched_class = sched_class
         self.id: Optional[int] = None
 
     def __repr__(self) -> str:

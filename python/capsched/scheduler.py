@@ -30,6 +30,7 @@ from .tokens import estimate_tokens
 __all__ = ["Scheduler", "OpenAutoGLMScheduler", "StepResult", "Batch"]
 
 _NAN = float("nan")
+_SCHED_CLASS = {"normal": 0, "strict": 1, "deadline": 2}
 _STATUS = ("waiting", "queued", "in_flight", "completed", "failed", "expired", "cancelled")
 
 
@@ -65,12 +66,16 @@ class StepResult:
         now: the time the step ran at (seconds on the scheduler's clock): its ``now``,
             or the latest time the scheduler had seen if that was later (time never runs
             backwards inside the scheduler).
+        migrated: ``(id, old_device)`` of in-flight requests that no longer fitted their
+            device (its clock or capacity dropped) and were moved to a bigger one: stop
+            each on its old device; it is listed in its new device's batch above.
     """
 
     batches: list[Batch]
     expired: list[int]
     failed: list[tuple[int, str]]
     now: float
+    migrated: list[tuple[int, str]] = dataclasses.field(default_factory=list)
 
     @property
     def dispatched(self) -> list[int]:
@@ -78,7 +83,7 @@ class StepResult:
         return [i for b in self.batches for i in b.request_ids]
 
     def __bool__(self) -> bool:
-        return bool(self.batches or self.expired or self.failed)
+        return bool(self.batches or self.expired or self.failed or self.migrated)
 
 
 class Scheduler:
@@ -144,6 +149,15 @@ class Scheduler:
         self._count_tokens = config.tokenizer or estimate_tokens
         self._names = [d.name for d in self._devices]
         self._tenants: dict[Optional[str], int] = {None: 0}
+        self._classes: dict[Optional[str], int] = {None: 0}
+        # Names set_clock/set_pressure accept: each device, and each parent of slices
+        # (reaching all of its slices).
+        self._index: dict[str, list[int]] = {}
+        for i, d in enumerate(self._devices):
+            if d.parent is not None and d.parent not in self._names:
+                self._index.setdefault(d.parent, []).append(i)
+        self._index.update({name: [i] for i, name in enumerate(self._names)})
+        self._clocked = [False] * len(self._devices)  # set_clock has given it a max clock
         self._lock = threading.Lock()  # guards the submitted-object check and the tenant table
 
         cc = _core.CoreConfig()
@@ -153,11 +167,30 @@ class Scheduler:
                 setattr(cc, f.name, getattr(config, f.name))
         cc.max_batch_size = self._max_batch_size
         cc.dynamic_batching = enable_dynamic_batching
-        self._core = _core.Core(
-            cc,
-            [float(d.capacity) for d in self._devices],
-            [int(d.max_inflight_batches) for d in self._devices],
-        )
+        self._core = _core.Core(cc, [self._device_spec(d) for d in self._devices])
+
+    def _device_spec(self, d: Device) -> Any:
+        spec = _core.DeviceSpec()
+        spec.capacity = d.effective_capacity
+        spec.max_inflight_batches = int(d.max_inflight_batches)
+        max_clock, cur_clock = d.max_clock_mhz, d.clock_mhz
+        if max_clock is not None:
+            spec.max_clock = float(max_clock)
+            spec.cur_clock = float(max_clock if cur_clock is None else cur_clock)
+        kv = d.kv_tokens
+        spec.kv_tokens = _core.UNLIMITED_TOKENS if kv is None else int(kv)
+        power = d.power_w
+        # Energy per unit of work: watts over relative capacity (J per token up to a
+        # constant that is the same for every device, which is all a comparison needs).
+        spec.energy_per_token = 0.0 if power is None else float(power) / spec.capacity
+        spec.tenants = [self._tenant_id(t) for t in d.tenants]
+        return spec
+
+    def _tenant_id(self, tenant: Optional[str]) -> int:
+        t = self._tenants.get(tenant)
+        if t is None:
+            t = self._tenants[tenant] = len(self._tenants)
+        return t
 
     # ------------------------------------------------------------------ properties
 
@@ -196,6 +229,8 @@ class Scheduler:
             InvalidRequestError: a field is out of range (the message names it).
             DependencyError: ``depends_on`` names an unknown request or one that ended
                 without completing, or lists one twice.
+            AdmissionError: a deadline-class request needs more bandwidth than any device
+                has free.
         """
         if type(request) is not InferenceRequest and not isinstance(request, InferenceRequest):
             raise RequestTypeError(f"submit() takes an InferenceRequest, got {type(request).__name__}")
@@ -215,6 +250,9 @@ class Scheduler:
             tenant = self._tenants.get(request.tenant)
             if tenant is None:
                 tenant = self._tenants[request.tenant] = len(self._tenants)
+            rclass = self._classes.get(request.request_class)
+            if rclass is None:
+                rclass = self._classes[request.request_class] = len(self._classes)
         try:
             rid = self._core.submit(
                 tokens,
@@ -223,6 +261,8 @@ class Scheduler:
                 _NAN if request.timeout is None else request.timeout,
                 _NAN if request.deadline is None else request.deadline,
                 tenant,
+                rclass,
+                _SCHED_CLASS.get(request.sched_class, 255),
                 request.batchable,
                 request.uclamp_min,
                 request.uclamp_max,
@@ -274,14 +314,15 @@ class Scheduler:
         Returns the batches to run (one per free device at most, strongest device
         first), the ids that expired, and dependency failures since the last step.
         """
-        devs, offsets, ids, expired, failed, reasons, t = self._core.step(self._time(now))
+        devs, offsets, ids, expired, failed, reasons, t, moved, moved_from = self._core.step(self._time(now))
         id_list = ids.tolist()
         off = offsets.tolist()
         names = self._names
         batches = [
             Batch(names[d], d, id_list[off[i] : off[i + 1]]) for i, d in enumerate(devs.tolist())
         ]
-        return StepResult(batches, expired.tolist(), list(zip(failed.tolist(), reasons)), t)
+        migrated = [(i, names[d]) for i, d in zip(moved.tolist(), moved_from.tolist())] if len(moved) else []
+        return StepResult(batches, expired.tolist(), list(zip(failed.tolist(), reasons)), t, migrated)
 
     def complete(self, request_id: int, now: Optional[float] = None) -> None:
         """Report that an in-flight request finished successfully.
@@ -337,6 +378,57 @@ class Scheduler:
         """
         return self._core.cancel(_request_id(request_id))
 
+    # ------------------------------------------------------------------ devices
+
+    def set_clock(
+        self, device: str, clock_mhz: float, max_clock_mhz: Optional[float] = None, *, now: Optional[float] = None
+    ) -> None:
+        """Tell the scheduler a device's clock (frequency invariance, thermal pressure).
+
+        ``clock_mhz`` is the clock the device can run at now (0 < clock <= max), for
+        example NVML's SM clock while it is busy, or the throttled ceiling; the device's
+        usable capacity scales with ``clock / max``, and utilization it accumulates from
+        ``now`` on is scaled the same way. ``max_clock_mhz`` defaults to the one known.
+        """
+        indices = self._device_indices(device)
+        if max_clock_mhz is None and self._devices[indices[0]].max_clock_mhz is None and not self._clocked[indices[0]]:
+            raise InvalidArgumentError(
+                f"device {device!r} has no known max clock: pass max_clock_mhz (or describe the device "
+                "with max_clock_mhz or a model)"
+            )
+        mx = _NAN if max_clock_mhz is None else _real_arg("max_clock_mhz", max_clock_mhz)
+        cur, t = _real_arg("clock_mhz", clock_mhz), self._time(now)
+        for idx in indices:  # the core validates; a bad value fails on the first, unchanged
+            self._core.set_clock(idx, cur, mx, t)
+            self._clocked[idx] = True
+
+    def set_pressure(self, device: str, pressure: float, *, now: Optional[float] = None) -> None:
+        """Share of a device's capacity taken by work this scheduler does not place
+        (foreign processes on the GPU), in [0, 1). Usable capacity =
+        original capacity x clock scale x (1 - pressure), as Linux subtracts RT, IRQ and
+        thermal pressure."""
+        p, t = _real_arg("pressure", pressure), self._time(now)
+        for idx in self._device_indices(device):
+            self._core.set_pressure(idx, p, t)
+
+    def class_estimate(self, request_class: Optional[str] = None) -> Optional[dict[str, float]]:
+        """util_est of a request class: ``{'ewma', 'last', 'estimate'}`` in invariant
+        seconds of work per token (seconds on the strongest device at full clock), or
+        None if no request of the class has completed yet."""
+        idx = self._classes.get(request_class)
+        if idx is None:
+            return None
+        seen, ewma, last, estimate = self._core.class_estimate(idx)
+        return {"ewma": ewma, "last": last, "estimate": estimate} if seen else None
+
+    def _device_indices(self, device: object) -> list[int]:
+        if isinstance(device, str):
+            indices = self._index.get(device)
+            if indices is None:
+                raise InvalidArgumentError(f"unknown device {device!r}; devices: {self._names}")
+            return indices
+        raise InvalidArgumentError(f"device must be a device name (str), got {device!r}")
+
     # ------------------------------------------------------------------ queries
 
     def status(self, request_id: int) -> str:
@@ -354,7 +446,13 @@ class Scheduler:
         (accepted == ended + live), and ``devices``: one dict per device with ``name``,
         ``capacity`` (normalised, strongest = 1024), ``max_inflight_batches``,
         ``inflight_batches``, ``inflight_requests``, ``dispatched_requests``,
-        ``dispatched_batches``, ``completed_requests``.
+        ``dispatched_batches``, ``completed_requests``, ``capacity_orig`` (before
+        clock and pressure), ``clock_scale``, ``pressure``, ``util_avg`` (PELT),
+        ``placed_util`` (sum of in-flight requests' utilization), ``kv_budget`` (-1 =
+        unlimited) and ``kv_used``. ``placed_fitting`` and ``placed_fallback`` count
+        placements on a device the request fitted and fallbacks to the largest spare
+        capacity when none did; ``misfits`` counts in-flight requests found not to fit
+        their device after its capacity dropped, ``migrated`` those moved to a bigger one.
         """
         s = self._core.stats()
         for name, d in zip(self._names, s["devices"]):
@@ -400,6 +498,12 @@ class Scheduler:
 
 #: The seed's name for :class:`Scheduler` (same class).
 OpenAutoGLMScheduler = Scheduler
+
+
+def _real_arg(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"{name} must be a number, got {value!r}")
+    return float(value)
 
 
 def _request_id(x: object) -> int:

@@ -1,11 +1,13 @@
 """A brute-force, obviously-correct reference model of ``capsched.Scheduler``.
 
 Nothing here is clever: every step re-scores every ready request from scratch at the
-step's ``now`` with the keys of docs/policies.md, sorts them by ``(key, id)`` and deals
-them out to the devices. The property tests (tests/test_reference_properties.py) drive
-the real scheduler and this model with the same operations and compare the results.
+step's ``now`` with the keys of docs/policies.md, sorts them by ``(key, id)`` and places
+them one by one with the rules of docs/placement.md, scanning every device for every
+request. The property tests (tests/test_reference_properties.py) drive the real scheduler
+and this model with the same operations and compare the results.
 
-Conventions (docs/policies.md, docs/api-contract.md, cpp/include/capsched/scheduler.hpp):
+Conventions (docs/policies.md, docs/placement.md, docs/api-contract.md,
+cpp/include/capsched/scheduler.hpp):
 
 * ids are issued 1, 2, 3, ... in submission order; a call that raises issues no id;
 * time never runs backwards: every ``now`` is clamped to the latest one seen, and a call
@@ -15,12 +17,20 @@ Conventions (docs/policies.md, docs/api-contract.md, cpp/include/capsched/schedu
   cancelled, the waiting dependents end ``failed``, recursively;
 * ``step(now)``: (1) every waiting/queued request with ``deadline <= now`` expires,
   reported in ascending ``(deadline, id)`` order, and then the dependents of the expired
-  requests fail; (2) every ready request is keyed at ``now`` and sorted by ``(key, id)``;
-  (3) devices, strongest first (normalised capacity descending, then index), each with a
-  free batch slot take up to ``max_batch_size`` requests into one batch, a non-batchable
-  request always forming a batch on its own; (4) ``failed`` lists the dependency failures
-  since the previous step (in the order they happened), then those of this step's
-  expiries.
+  requests fail; (2) every ready request is keyed at ``now``; (3) placement
+  (docs/placement.md): every device's PELT signal is brought up to ``now``; misfits of
+  devices whose capacity dropped move to a bigger device; deadline-class requests
+  (earliest deadline first) go to their admitting device; then strict-class requests
+  (priority with aging) and normal requests (the policy's order) are placed, either by
+  the symmetric fast path (all usable capacities equal, no KV budget, no pinned tenant,
+  energy_aware off: devices strongest first each take one batch) or one by one on the
+  device that fits them best; (4) ``failed`` lists the dependency failures since the
+  previous step (in the order they happened), then those of this step's expiries.
+
+Floating point: every quantity that decides placement (capacities, PELT, utilizations,
+spare capacity, scores) is computed with the same operations in the same order as the
+core (cpp/src/scheduler.cpp, cpp/include/capsched/pelt.hpp), so decisions agree exactly;
+Python floats are IEEE doubles and the core is built with -ffp-contract=off.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 POLICIES = ("fcfs", "priority", "edf", "srtf", "weighted")
+SCHED_CLASSES = ("deadline", "strict", "normal")
 
 CAPACITY_SCALE = 1024.0
 INF = math.inf
@@ -50,7 +61,17 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "aging_edf": 0.0,
     "no_deadline_horizon": 60.0,
     "max_retries": 3,
+    # Placement (docs/placement.md; cpp/include/capsched/config.hpp PlacementConfig).
+    "fit_margin": 1.25,
+    "score_compute": 0.6,
+    "score_memory": 0.4,
+    "energy_aware": False,
+    "pelt_period": 1.0 / 32.0,
+    "default_work_per_token": 1e-4,
+    "dl_bandwidth_limit": 0.95,
 }
+PLACEMENT_KEYS = ("fit_margin", "score_compute", "score_memory", "energy_aware", "pelt_period",
+                  "default_work_per_token", "dl_bandwidth_limit")
 
 
 # --- errors the reference raises (the tests map them onto capsched.errors) -----------
@@ -58,6 +79,10 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
 
 class RefError(Exception):
     """Base of the reference's errors."""
+
+
+class RefInvalidArgument(RefError):
+    """Maps to capsched.errors.InvalidArgumentError (set_clock / set_pressure values)."""
 
 
 class RefInvalidRequest(RefError):
@@ -76,7 +101,103 @@ class RefDependencyError(RefError):
     """Maps to capsched.errors.DependencyError."""
 
 
+class RefAdmissionError(RefError):
+    """Maps to capsched.errors.AdmissionError (deadline class: no device has bandwidth)."""
+
+
+# --- PELT and util_est (docs/placement.md) --------------------------------------------
+
+#: Decay per period: y^32 = 1/2.
+PELT_Y = 0.5 ** (1.0 / 32.0)
+#: LOAD_AVG_MAX = 1024 / (1 - y): the sum of an entity that always ran at scale 1.
+LOAD_AVG_MAX = 1024.0 / (1.0 - 0.5 ** (1.0 / 32.0))
+
+
+class RefPelt:
+    """Linux's per-entity load tracking, written plainly from docs/placement.md.
+
+    A period is ``period`` seconds = 1024 units. ``update(now, scale)`` counts the time
+    since the previous update as running at ``scale``; the first call only records the
+    start time. Advancing by ``delta`` units that cross ``p >= 1`` period boundaries::
+
+        sum = sum x y^p + (d1 x y^p + (LOAD_AVG_MAX x (1 - y^p) - 1024) + d3) x scale
+        d1  = 1024 - period_contrib
+        d3  = (period_contrib + delta) - 1024 p ;  period_contrib = d3
+
+    within one period ``sum += delta x scale``, ``period_contrib += delta``; then
+    ``util_avg = sum / (LOAD_AVG_MAX - 1024 + period_contrib)``.
+    """
+
+    def __init__(self, period: float) -> None:
+        self.period = float(period)
+        self.started = False
+        self.last = 0.0
+        self.util_sum = 0.0
+        self.period_contrib = 0.0
+        self.util_avg = 0.0
+
+    def update(self, now: float, scale: float) -> None:
+        if not self.started:
+            self.started = True
+            self.last = now
+            return
+        if not now > self.last:
+            return
+        delta = (now - self.last) / self.period * 1024.0
+        self.last = now
+        total = self.period_contrib + delta
+        p = float(math.floor(total / 1024.0))
+        if p > 0.0:
+            yp = PELT_Y ** p
+            d1 = 1024.0 - self.period_contrib
+            d3 = total - p * 1024.0
+            d2 = LOAD_AVG_MAX * (1.0 - yp) - 1024.0
+            self.util_sum = self.util_sum * yp + (d1 * yp + d2 + d3) * scale
+            self.period_contrib = d3
+        else:
+            self.util_sum = self.util_sum + delta * scale
+            self.period_contrib = total
+        self.util_avg = self.util_sum / (LOAD_AVG_MAX - 1024.0 + self.period_contrib)
+
+
+class RefUtilEst:
+    """util_est of a request class: EWMA with weight 1/4; estimate = max(ewma, last)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.ewma = 0.0
+        self.last = 0.0
+
+    def sample(self, v: float) -> None:
+        self.ewma = self.ewma + (v - self.ewma) / 4.0 if self.seen else v
+        self.last = v
+        self.seen = True
+
+    @property
+    def estimate(self) -> float:
+        return self.ewma if self.ewma > self.last else self.last
+
+    def as_dict(self) -> Optional[Dict[str, float]]:
+        if not self.seen:
+            return None
+        return {"ewma": self.ewma, "last": self.last, "estimate": self.estimate}
+
+
 # --- data ----------------------------------------------------------------------------
+
+
+@dataclass
+class RefDeviceSpec:
+    """A device as given to the scheduler (the fields of capsched.Device it uses)."""
+
+    capacity: float = 1.0
+    max_inflight_batches: int = 1
+    kv_tokens: Optional[int] = None      # None = unlimited
+    max_clock_mhz: Optional[float] = None
+    clock_mhz: Optional[float] = None    # None = at max clock
+    power_w: Optional[float] = None
+    tenants: Tuple[str, ...] = ()
+    name: str = ""
 
 
 @dataclass
@@ -93,28 +214,58 @@ class RefRequest:
     dependents: List[int] = field(default_factory=list)  # in submission order
     retries: int = 0
     batch: Optional[int] = None
+    tenant: Optional[str] = None
+    request_class: Optional[str] = None
+    sched_class: str = "normal"
+    uclamp_min: float = 0.0
+    uclamp_max: float = 1.0
+    util: float = 0.0                 # utilization it was placed with
+    dl_bw: float = 0.0                # deadline class: reserved bandwidth
+    dl_device: Optional[int] = None   # deadline class: the admitting device
+    dispatched_at: float = 0.0        # time of its latest dispatch
+    seq: int = 0                      # global dispatch sequence number (latest dispatch)
 
     @property
     def tokens(self) -> float:
         return float(self.prompt_tokens + self.max_new_tokens)
 
+    @property
+    def kv_tokens(self) -> int:
+        return self.prompt_tokens + self.max_new_tokens
+
 
 @dataclass
 class RefDevice:
     index: int
-    capacity: float  # normalised: the strongest device has CAPACITY_SCALE
+    capacity_orig: float  # normalised: the strongest device has CAPACITY_SCALE
     max_inflight_batches: int
+    pelt: RefPelt
+    clock_scale: float = 1.0
+    max_clock: float = 1.0
+    pressure: float = 0.0
+    capacity: float = CAPACITY_SCALE  # usable: capacity_orig x clock_scale x (1 - pressure)
+    kv_budget: Optional[int] = None   # None = unlimited
+    kv_used: int = 0
+    placed_util: float = 0.0
+    dl_bw: float = 0.0
+    energy: float = 0.0               # power_w / capacity as given (0 = unknown)
+    tenants: Tuple[str, ...] = ()
+    misfit_check: bool = False
     inflight_batches: int = 0
     inflight_requests: int = 0
     dispatched_requests: int = 0
     dispatched_batches: int = 0
     completed_requests: int = 0
 
+    def refresh_capacity(self) -> None:
+        self.capacity = self.capacity_orig * self.clock_scale * (1.0 - self.pressure)
+
 
 @dataclass
 class RefBatch:
     device: int
     members: set
+    size: int = 0  # members ever placed in it (those that left early included)
 
 
 def _config_dict(config: Any) -> Dict[str, Any]:
@@ -167,17 +318,27 @@ def weighted_level(deadline: float, now: float, q_levels: int) -> int:
 class ReferenceScheduler:
     def __init__(
         self,
-        device_capacities: Sequence[float],
-        max_inflight: Sequence[int],
+        device_capacities: Optional[Sequence[float]],
+        max_inflight: Optional[Sequence[int]],
         policy: str,
         max_batch_size: int,
         config: Any = None,
         max_retries: Optional[int] = None,
+        devices: Optional[Sequence[RefDeviceSpec]] = None,
     ) -> None:
+        """Devices are either ``device_capacities`` + ``max_inflight`` (plain devices at
+        full clock, unlimited memory, shared), or ``devices``: RefDeviceSpec objects."""
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}")
-        if len(device_capacities) != len(max_inflight) or not device_capacities:
-            raise ValueError("need one max_inflight per device, and at least one device")
+        if devices is None:
+            if device_capacities is None or max_inflight is None or \
+                    len(device_capacities) != len(max_inflight) or not device_capacities:
+                raise ValueError("need one max_inflight per device, and at least one device")
+            devices = [RefDeviceSpec(capacity=float(c), max_inflight_batches=int(m))
+                       for c, m in zip(device_capacities, max_inflight)]
+        devices = list(devices)
+        if not devices:
+            raise ValueError("need at least one device")
         self.policy = policy
         self.max_batch_size = int(max_batch_size)
         cfg = _config_dict(config)
@@ -185,26 +346,54 @@ class ReferenceScheduler:
             cfg["max_retries"] = int(max_retries)
         self.cfg = cfg
         self.max_retries = int(cfg["max_retries"])
-        top = max(float(c) for c in device_capacities)
-        self.devices = [
-            RefDevice(i, float(c) / top * CAPACITY_SCALE, int(m))
-            for i, (c, m) in enumerate(zip(device_capacities, max_inflight))
-        ]
-        # Strongest first: normalised capacity descending, then device order.
+        self.specs = devices
+        top = max(float(s.capacity) for s in devices)
+        self.devices: List[RefDevice] = []
+        for i, s in enumerate(devices):
+            c = float(s.capacity)
+            d = RefDevice(
+                index=i,
+                # docs/placement.md: normalised so that the strongest device is 1024.
+                capacity_orig=CAPACITY_SCALE if c == top else c / top * CAPACITY_SCALE,
+                max_inflight_batches=int(s.max_inflight_batches),
+                pelt=RefPelt(cfg["pelt_period"]),
+                kv_budget=None if s.kv_tokens is None else int(s.kv_tokens),
+                energy=0.0 if s.power_w is None else float(s.power_w) / c,
+                tenants=tuple(s.tenants or ()),
+            )
+            if s.max_clock_mhz is not None:
+                d.max_clock = float(s.max_clock_mhz)
+                cur = d.max_clock if s.clock_mhz is None else float(s.clock_mhz)
+                d.clock_scale = cur / d.max_clock
+            d.refresh_capacity()
+            self.devices.append(d)
+        # A tenant listed by some device goes only to the devices that list it.
+        self.pinned = {t for d in self.devices for t in d.tenants}
+        # Device order: capacity_orig descending, then the order given.
         self.device_order = sorted(range(len(self.devices)),
-                                   key=lambda i: (-self.devices[i].capacity, i))
+                                   key=lambda i: (-self.devices[i].capacity_orig, i))
         self.now = -INF
         self.next_id = 1
+        self.next_seq = 0
         self.requests: Dict[int, RefRequest] = {}
         self.batches: Dict[int, RefBatch] = {}
         self.next_batch = 0
+        self.classes: Dict[Optional[str], RefUtilEst] = {}
         self.counters = dict(accepted=0, completed=0, failed=0, expired=0, cancelled=0,
-                             retried=0, dispatched=0, batches=0)
+                             retried=0, dispatched=0, batches=0, placed_fitting=0,
+                             placed_fallback=0, misfits=0, migrated=0)
         # Dependency failures since the last step: a list of events, each a list of
         # (id, reason) in the order the cascade ended them.
         self.pending_failed: List[List[Tuple[int, str]]] = []
         # Groups of the last step's `failed` list (for tests that compare groups as sets).
         self.last_failed_groups: List[List[Tuple[int, str]]] = []
+        # The last step's migrations: (id, old device index), in the order they happened.
+        self.last_migrated: List[Tuple[int, int]] = []
+        # Per-step placement scratch.
+        self._step_batch: Dict[int, int] = {}   # device -> batch opened in this step
+        self._step_solo: set = set()            # devices whose step batch is a lone request
+        self._step_batches: List[Tuple[int, int]] = []  # (batch, device) opened, in order
+        self._step_members: List[Tuple[int, int]] = []  # (batch, id) in placement order
 
     # --- time & keys ---------------------------------------------------------------
 
@@ -215,7 +404,8 @@ class ReferenceScheduler:
         return now if now > self.now else self.now
 
     def key(self, r: RefRequest, now: float) -> float:
-        """The policy key of a ready request at `now` (lower first), per docs/policies.md."""
+        """The policy key of a ready normal-class request at `now` (lower first), per
+        docs/policies.md."""
         c = self.cfg
         a = r.arrival
         if self.policy == "fcfs":
@@ -236,29 +426,190 @@ class ReferenceScheduler:
         return -(score_base + c["weight_deadline"] * (level / float(q_levels))) + \
             c["aging_weighted"] * a
 
+    def strict_key(self, r: RefRequest) -> float:
+        """Strict (RT-like) class: priority with aging_priority, whatever the policy."""
+        return -r.priority + self.cfg["aging_priority"] * r.arrival
+
     def ready_order(self, now: float) -> List[int]:
-        """Every queued request sorted by (key at now, id)."""
-        ready = [r for r in self.requests.values() if r.state == "queued"]
+        """Every queued normal-class request sorted by (key at now, id)."""
+        ready = [r for r in self.requests.values()
+                 if r.state == "queued" and r.sched_class == "normal"]
         ready.sort(key=lambda r: (self.key(r, now), r.id))
         return [r.id for r in ready]
 
-    # --- helpers -------------------------------------------------------------------
+    def placement_order(self, now: float) -> List[int]:
+        """Strict-class requests by (strict key, id), then normal ones in policy order."""
+        strict = [r for r in self.requests.values()
+                  if r.state == "queued" and r.sched_class == "strict"]
+        strict.sort(key=lambda r: (self.strict_key(r), r.id))
+        return [r.id for r in strict] + self.ready_order(now)
 
-    def _get(self, rid: int) -> RefRequest:
-        r = self.requests.get(rid)
-        if r is None:
-            raise RefUnknownRequest(f"unknown request id {rid}")
-        return r
+    def deadline_order(self) -> List[int]:
+        """Queued deadline-class requests, earliest deadline first, ties by id."""
+        dl = [r for r in self.requests.values()
+              if r.state == "queued" and r.sched_class == "deadline"]
+        dl.sort(key=lambda r: (r.deadline, r.id))
+        return [r.id for r in dl]
+
+    # --- utilization -----------------------------------------------------------------
+
+    def util_of(self, request_class: Optional[str], tokens: float, due: float,
+                uclamp_min: float, uclamp_max: float, now: float) -> float:
+        """docs/placement.md: W = estimate x tokens; u = 1024 W / (due - now), +inf when
+        due <= now; clamped to [1024 uclamp_min, 1024 uclamp_max]."""
+        est = self.classes.get(request_class)
+        per_token = est.estimate if est is not None and est.seen \
+            else float(self.cfg["default_work_per_token"])
+        work = per_token * tokens
+        left = due - now
+        u = CAPACITY_SCALE * work / left if left > 0.0 else INF
+        lo = uclamp_min * CAPACITY_SCALE
+        hi = uclamp_max * CAPACITY_SCALE
+        if u < lo:
+            u = lo
+        if u > hi:
+            u = hi
+        return u
+
+    def request_util(self, r: RefRequest, now: float) -> float:
+        due = r.arrival + self.cfg["no_deadline_horizon"] if math.isinf(r.deadline) \
+            else r.deadline
+        return self.util_of(r.request_class, r.tokens, due, r.uclamp_min, r.uclamp_max, now)
+
+    # --- devices ---------------------------------------------------------------------
+
+    def _touch(self, d: RefDevice, now: float) -> None:
+        """Bring d's PELT signal up to `now` at its current occupancy and clock."""
+        slots = float(self.max_batch_size) * float(d.max_inflight_batches)
+        occupancy = min(1.0, float(d.inflight_requests) / slots)
+        d.pelt.update(now, occupancy * d.clock_scale * d.capacity_orig)
+
+    def eligible(self, d: RefDevice, tenant: Optional[str]) -> bool:
+        """Open to the tenant: a pinned tenant only on devices listing it; any other
+        tenant only on devices that list no tenant."""
+        if tenant not in self.pinned:
+            return not d.tenants
+        return tenant in d.tenants
+
+    def symmetric(self) -> bool:
+        """The core's fast path: equal usable capacities, no KV budget, no tenant list,
+        energy_aware off."""
+        if self.pinned or self.cfg["energy_aware"]:
+            return False
+        c = self.devices[0].capacity
+        return all(d.capacity == c and d.kv_budget is None for d in self.devices)
+
+    def spare(self, d: RefDevice) -> float:
+        return d.capacity - max(d.pelt.util_avg, d.placed_util)
+
+    def has_room(self, di: int, r: RefRequest) -> bool:
+        """A candidate: open to r's tenant, room for r in this step, KV memory for r."""
+        d = self.devices[di]
+        if not self.eligible(d, r.tenant):
+            return False
+        if di not in self._step_batch:
+            if d.inflight_batches >= d.max_inflight_batches:
+                return False
+        elif (not r.batchable or di in self._step_solo
+              or self.batches[self._step_batch[di]].size >= self.max_batch_size):
+            return False
+        return d.kv_budget is None or d.kv_used + r.kv_tokens <= d.kv_budget
+
+    def choose_device(self, r: RefRequest, u: float, bigger_than: Optional[float] = None,
+                      min_capacity: float = 0.0) -> Tuple[Optional[int], bool]:
+        """(device, fitted): the best fitting candidate (score; energy first when
+        energy_aware), else the candidate with the largest spare; ties in device order.
+        ``bigger_than``: only devices with a strictly larger usable capacity (misfits)."""
+        c = self.cfg
+        best: Optional[int] = None
+        fallback: Optional[int] = None
+        best_score, best_energy, fallback_spare = -INF, INF, -INF
+        for di in self.device_order:
+            d = self.devices[di]
+            if bigger_than is not None and not d.capacity > bigger_than:
+                continue
+            if d.capacity < min_capacity or not self.has_room(di, r):
+                continue
+            spare = self.spare(d)
+            if u * c["fit_margin"] < spare:
+                compute = (spare - u) / CAPACITY_SCALE
+                if d.kv_budget is None:
+                    memory = 1.0
+                else:
+                    memory = float(d.kv_budget - d.kv_used - r.kv_tokens) / \
+                        float(d.kv_budget if d.kv_budget > 0 else 1)
+                score = c["score_compute"] * compute + c["score_memory"] * memory
+                if c["energy_aware"]:
+                    better = d.energy < best_energy or (d.energy == best_energy
+                                                        and score > best_score)
+                else:
+                    better = score > best_score
+                if better:
+                    best, best_score, best_energy = di, score, d.energy
+            elif spare > fallback_spare:
+                fallback, fallback_spare = di, spare
+        if best is not None:
+            return best, True
+        return fallback, False
+
+    def _open_batch(self, di: int) -> int:
+        bid = self.next_batch
+        self.next_batch += 1
+        self.batches[bid] = RefBatch(device=di, members=set(), size=0)
+        d = self.devices[di]
+        d.inflight_batches += 1
+        d.dispatched_batches += 1
+        self.counters["batches"] += 1
+        self._step_batch[di] = bid
+        self._step_batches.append((bid, di))
+        return bid
+
+    def _batch_for(self, di: int) -> int:
+        bid = self._step_batch.get(di)
+        return self._open_batch(di) if bid is None else bid
+
+    def _dispatch(self, r: RefRequest, bid: int, util: float, now: float) -> None:
+        b = self.batches[bid]
+        d = self.devices[b.device]
+        r.state = "in_flight"
+        r.batch = bid
+        r.util = util
+        r.dispatched_at = now
+        r.seq = self.next_seq
+        self.next_seq += 1
+        b.members.add(r.id)
+        b.size += 1
+        d.inflight_requests += 1
+        d.dispatched_requests += 1
+        d.placed_util += util
+        d.kv_used += r.kv_tokens
+        self.counters["dispatched"] += 1
+        self._step_members.append((bid, r.id))
 
     def _leave_batch(self, r: RefRequest) -> None:
         b = self.batches[r.batch]
-        b.members.discard(r.id)
         dev = self.devices[b.device]
+        self._touch(dev, self.now)  # the time so far counts at the old occupancy
+        dev.placed_util -= r.util
+        if dev.placed_util < 1e-9:
+            dev.placed_util = 0.0  # rounding left over when it empties
+        dev.kv_used -= r.kv_tokens
+        b.members.discard(r.id)
         dev.inflight_requests -= 1
         if not b.members:
             dev.inflight_batches -= 1
             del self.batches[r.batch]
         r.batch = None
+
+    def _end(self, r: RefRequest, state: str) -> None:
+        """Count an ending and release a deadline-class reservation."""
+        r.state = state
+        self.counters[state] += 1
+        if r.sched_class == "deadline" and r.dl_device is not None:
+            d = self.devices[r.dl_device]
+            d.dl_bw -= r.dl_bw
+            if d.dl_bw < 1e-9:
+                d.dl_bw = 0.0
 
     def _cascade(self, root: RefRequest) -> List[Tuple[int, str]]:
         """End the waiting dependents of `root` (which ended not-completed) as failed,
@@ -270,19 +621,42 @@ class ReferenceScheduler:
                 d = self.requests[did]
                 if d.state != "waiting":
                     continue  # already ended (a waiting request cannot be anything else)
-                d.state = "failed"
-                self.counters["failed"] += 1
+                self._end(d, "failed")
                 out.append((d.id, f"dependency {x.id} {x.state}"))
                 visit(d)
 
         visit(root)
         return out
 
+    def _get(self, rid: int) -> RefRequest:
+        r = self.requests.get(rid)
+        if r is None:
+            raise RefUnknownRequest(f"unknown request id {rid}")
+        return r
+
+    def admit(self, u: float, tenant: Optional[str]) -> int:
+        """Deadline-class admission: worst fit over the devices open to the tenant,
+        room = dl_bandwidth_limit x capacity - dl_bw - u >= 0; ties in device order."""
+        best, best_room = None, -INF
+        for di in self.device_order:
+            d = self.devices[di]
+            if not self.eligible(d, tenant):
+                continue
+            room = self.cfg["dl_bandwidth_limit"] * d.capacity - d.dl_bw - u
+            if room >= 0.0 and room > best_room:
+                best, best_room = di, room
+        if best is None:
+            raise RefAdmissionError(f"cannot admit: it needs a bandwidth of {u}")
+        return best
+
     # --- public API ----------------------------------------------------------------
 
     def submit(self, prompt_tokens: int, max_new_tokens: int, priority: float,
                timeout: Optional[float], deadline: Optional[float], now: float,
-               depends_on: Iterable[int] = (), batchable: bool = True) -> int:
+               depends_on: Iterable[int] = (), batchable: bool = True, *,
+               tenant: Optional[str] = None, request_class: Optional[str] = None,
+               sched_class: str = "normal", uclamp_min: float = 0.0,
+               uclamp_max: float = 1.0) -> int:
         now = self._clamp(now)
         deps = list(depends_on)
         # Validate everything before changing anything.
@@ -298,6 +672,12 @@ class ReferenceScheduler:
             d = float(deadline)
         else:
             d = INF
+        if not (0.0 <= uclamp_min <= uclamp_max <= 1.0):
+            raise RefInvalidRequest("bad uclamp")
+        if sched_class not in SCHED_CLASSES:
+            raise RefInvalidRequest(f"unknown scheduling class {sched_class!r}")
+        if sched_class == "deadline" and math.isinf(d):
+            raise RefInvalidRequest("a deadline-class request needs a timeout or a deadline")
         if len(set(deps)) != len(deps):
             raise RefDependencyError("depends_on lists an id twice")
         for dep in deps:
@@ -306,6 +686,11 @@ class ReferenceScheduler:
                 raise RefDependencyError(f"depends_on names unknown request {dep}")
             if r.state in ("failed", "expired", "cancelled"):
                 raise RefDependencyError(f"dependency {dep} ended as {r.state}")
+        tokens = float(prompt_tokens) + float(max_new_tokens)
+        dl_device, dl_bw = None, 0.0
+        if sched_class == "deadline":
+            dl_bw = self.util_of(request_class, tokens, d, uclamp_min, uclamp_max, now)
+            dl_device = self.admit(dl_bw, tenant)  # raises RefAdmissionError
         live = {dep for dep in deps if self.requests[dep].state in LIVE_STATES}
         rid = self.next_id
         self.next_id += 1
@@ -313,7 +698,11 @@ class ReferenceScheduler:
         r = RefRequest(id=rid, arrival=now, deadline=d, priority=float(priority),
                        prompt_tokens=int(prompt_tokens), max_new_tokens=int(max_new_tokens),
                        batchable=bool(batchable), state="waiting" if live else "queued",
-                       deps=live)
+                       deps=live, tenant=tenant, request_class=request_class,
+                       sched_class=sched_class, uclamp_min=float(uclamp_min),
+                       uclamp_max=float(uclamp_max), dl_device=dl_device, dl_bw=dl_bw)
+        if dl_device is not None:
+            self.devices[dl_device].dl_bw += dl_bw
         for dep in sorted(live):
             self.requests[dep].dependents.append(rid)
         self.requests[rid] = r
@@ -321,7 +710,8 @@ class ReferenceScheduler:
         return rid
 
     def step(self, now: float):
-        """Returns (batches: [(device_index, [ids])], expired: [ids], failed: [(id, reason)])."""
+        """Returns (batches: [(device_index, [ids])], expired: [ids], failed: [(id, reason)]);
+        the step's migrations are in ``last_migrated``."""
         now = self._clamp(now)
         self.now = now
         # (1) expire every waiting/queued request due at now, in (deadline, id) order ...
@@ -331,49 +721,32 @@ class ReferenceScheduler:
         # docs/policies.md: "every queued or dependency-waiting request with d <= now ends
         # as expired" -- all of them, a due dependent of a due request included ...
         for r in due:
-            r.state = "expired"
-            self.counters["expired"] += 1
+            self._end(r, "expired")
         expired = [r.id for r in due]
         # ... then the (still waiting) dependents of the expired fail.
         expiry_failed: List[Tuple[int, str]] = []
         for r in due:
             expiry_failed.extend(self._cascade(r))
+        # (3) placement: PELT up to date, misfits, deadline class, then the rest.
+        for d in self.devices:
+            self._touch(d, now)
+        self._step_batch = {}
+        self._step_solo = set()
+        self._step_batches = []
+        self._step_members = []
+        self.last_migrated = self._migrate_misfits(now)
+        self._place_deadline(now)
         # (2) key every ready request at now.
-        order = self.ready_order(now)
-        # (3) deal them out, strongest device first.
-        batches: List[Tuple[int, List[int]]] = []
-        pos = 0
-        for di in self.device_order:
-            if pos >= len(order):
-                break
-            dev = self.devices[di]
-            if dev.inflight_batches >= dev.max_inflight_batches:
-                continue
-            batch: List[int] = []
-            while pos < len(order) and len(batch) < self.max_batch_size:
-                r = self.requests[order[pos]]
-                if not r.batchable:
-                    if not batch:
-                        batch.append(r.id)
-                        pos += 1
-                    break
-                batch.append(r.id)
-                pos += 1
-            assert batch
-            bid = self.next_batch
-            self.next_batch += 1
-            self.batches[bid] = RefBatch(device=di, members=set(batch))
-            for rid in batch:
-                r = self.requests[rid]
-                r.state = "in_flight"
-                r.batch = bid
-            dev.inflight_batches += 1
-            dev.inflight_requests += len(batch)
-            dev.dispatched_requests += len(batch)
-            dev.dispatched_batches += 1
-            self.counters["dispatched"] += len(batch)
-            self.counters["batches"] += 1
-            batches.append((di, batch))
+        order = self.placement_order(now)
+        if self.symmetric():
+            self._place_symmetric(order, now)
+        else:
+            self._place_by_fitness(order, now)
+        # The batches in the order they were opened, members in placement order.
+        batches: List[Tuple[int, List[int]]] = [
+            (dev, [rid for b, rid in self._step_members if b == bid])
+            for bid, dev in self._step_batches
+        ]
         # (4) failures since the last step, then this step's.
         groups = self.pending_failed
         if expiry_failed:
@@ -383,17 +756,116 @@ class ReferenceScheduler:
         failed = [x for g in groups for x in g]
         return batches, expired, failed
 
+    def _migrate_misfits(self, now: float) -> List[Tuple[int, int]]:
+        """docs/placement.md, Misfit: devices whose capacity dropped, in index order, each
+        device's in-flight requests from the most recently dispatched; a request with
+        not (u x fit_margin < capacity) moves to the best device with a strictly larger
+        usable capacity that is a candidate and that it fits, if any."""
+        moved: List[Tuple[int, int]] = []
+        margin = self.cfg["fit_margin"]
+        for di, d in enumerate(self.devices):
+            if not d.misfit_check:
+                continue
+            d.misfit_check = False
+            on_it = [r for r in self.requests.values()
+                     if r.state == "in_flight" and self.batches[r.batch].device == di]
+            on_it.sort(key=lambda r: -r.seq)
+            for r in on_it:
+                if r.util * margin < d.capacity:
+                    continue
+                self.counters["misfits"] += 1
+                to, fitted = self.choose_device(r, r.util, bigger_than=d.capacity)
+                if to is None or not fitted:
+                    continue
+                self._leave_batch(r)
+                bid = self._batch_for(to)
+                if not r.batchable:
+                    self._step_solo.add(to)
+                self._dispatch(r, bid, r.util, now)
+                self.counters["migrated"] += 1
+                moved.append((r.id, di))
+        return moved
+
+    def _place_deadline(self, now: float) -> None:
+        """Deadline class: EDF (ties by id), each on its admitting device with its
+        reserved bandwidth; one that cannot go there waits, and so do those behind it."""
+        for rid in self.deadline_order():
+            r = self.requests[rid]
+            if not self.has_room(r.dl_device, r):
+                break
+            bid = self._batch_for(r.dl_device)
+            if not r.batchable:
+                self._step_solo.add(r.dl_device)
+            self.counters["placed_fitting"] += 1
+            self._dispatch(r, bid, r.dl_bw, now)
+
+    def _place_symmetric(self, order: List[int], now: float) -> None:
+        """Each device with a free slot (strongest first, then device order) takes one
+        batch of up to max_batch_size requests in order; a non-batchable request closes
+        the batch it would join and goes alone in the next. A batch opened earlier in
+        the step (migrants, deadline class) is filled on."""
+        pos = 0
+        for di in self.device_order:
+            if pos >= len(order):
+                break
+            dev = self.devices[di]
+            if di in self._step_batch:
+                if di in self._step_solo:
+                    continue
+                bid = self._step_batch[di]
+            else:
+                if dev.inflight_batches >= dev.max_inflight_batches:
+                    continue
+                bid = self._open_batch(di)
+            count = self.batches[bid].size
+            while pos < len(order) and count < self.max_batch_size:
+                r = self.requests[order[pos]]
+                if not r.batchable and count > 0:
+                    break  # it goes alone, in the next batch
+                self._dispatch(r, bid, self.request_util(r, now), now)
+                self.counters["placed_fitting"] += 1
+                pos += 1
+                count += 1
+                if not r.batchable:
+                    break
+
+    def _place_by_fitness(self, order: List[int], now: float) -> None:
+        """Each request in order goes to choose_device's pick; strict ones first among
+        devices with capacity >= 1024 x uclamp_min (any device if none is a candidate).
+        A head with no candidate stops the step."""
+        for rid in order:
+            r = self.requests[rid]
+            u = self.request_util(r, now)
+            if r.sched_class == "strict":
+                di, fitted = self.choose_device(r, u, None, r.uclamp_min * CAPACITY_SCALE)
+                if di is None:
+                    di, fitted = self.choose_device(r, u, None, 0.0)
+            else:
+                di, fitted = self.choose_device(r, u, None, 0.0)
+            if di is None:
+                break  # the head cannot be placed now: nothing overtakes it
+            self.counters["placed_fitting" if fitted else "placed_fallback"] += 1
+            bid = self._batch_for(di)
+            if not r.batchable:
+                self._step_solo.add(di)
+            self._dispatch(r, bid, u, now)
+
     def complete(self, rid: int, now: float) -> None:
         r = self._get(rid)
         if r.state != "in_flight":
             raise RefRequestState(f"request {rid} is {r.state}, not in flight")
         now = self._clamp(now)
         self.now = now
-        dev = self.devices[self.batches[r.batch].device]
-        self._leave_batch(r)
+        b = self.batches[r.batch]
+        dev = self.devices[b.device]
         dev.completed_requests += 1
-        r.state = "completed"
-        self.counters["completed"] += 1
+        # util_est sample: its share of the batch's device time, frequency- and
+        # capacity-invariant, per token.
+        service = now - r.dispatched_at
+        work = service * dev.clock_scale * (dev.capacity_orig / CAPACITY_SCALE) / float(b.size)
+        self.classes.setdefault(r.request_class, RefUtilEst()).sample(work / r.tokens)
+        self._leave_batch(r)
+        self._end(r, "completed")
         for did in r.dependents:
             d = self.requests[did]
             if d.state != "waiting":
@@ -414,8 +886,7 @@ class ReferenceScheduler:
             self.counters["retried"] += 1
             r.state = "queued"
             return True
-        r.state = "failed"
-        self.counters["failed"] += 1
+        self._end(r, "failed")
         ev = self._cascade(r)
         if ev:
             self.pending_failed.append(ev)
@@ -427,15 +898,52 @@ class ReferenceScheduler:
             return False
         if r.state == "in_flight":
             self._leave_batch(r)
-        r.state = "cancelled"
-        self.counters["cancelled"] += 1
+        self._end(r, "cancelled")
         ev = self._cascade(r)
         if ev:
             self.pending_failed.append(ev)
         return True
 
+    def set_clock(self, device: int, clock: float, max_clock: Optional[float], now: float) -> None:
+        """Usable capacity scales with clock / max clock; PELT counts the time so far at
+        the old clock; a capacity drop marks the device for the misfit check."""
+        now = self._clamp(now)
+        d = self.devices[device]
+        m = d.max_clock if max_clock is None else float(max_clock)
+        if not (math.isfinite(m) and m > 0.0):
+            raise RefInvalidArgument(f"max clock must be a finite number > 0, got {m!r}")
+        clock = float(clock)
+        if not (clock > 0.0 and clock <= m):
+            raise RefInvalidArgument(f"current clock must be in (0, {m}], got {clock!r}")
+        self.now = now
+        self._touch(d, now)
+        d.max_clock = m
+        d.clock_scale = clock / m
+        before = d.capacity
+        d.refresh_capacity()
+        if d.capacity < before:
+            d.misfit_check = True
+
+    def set_pressure(self, device: int, pressure: float, now: float) -> None:
+        now = self._clamp(now)
+        d = self.devices[device]
+        pressure = float(pressure)
+        if not (pressure >= 0.0 and pressure < 1.0):
+            raise RefInvalidArgument(f"pressure must be in [0, 1), got {pressure!r}")
+        self.now = now
+        self._touch(d, now)
+        d.pressure = pressure
+        before = d.capacity
+        d.refresh_capacity()
+        if d.capacity < before:
+            d.misfit_check = True
+
     def status(self, rid: int) -> str:
         return self._get(rid).state
+
+    def class_estimate(self, request_class: Optional[str] = None) -> Optional[Dict[str, float]]:
+        est = self.classes.get(request_class)
+        return None if est is None else est.as_dict()
 
     # --- observation ---------------------------------------------------------------
 
@@ -452,7 +960,11 @@ class ReferenceScheduler:
                    now=self.now, policy=self.policy)
         out["conservation_ok"] = self.conservation_ok()
         out["devices"] = [
-            dict(capacity=d.capacity, max_inflight_batches=d.max_inflight_batches,
+            dict(capacity=d.capacity, capacity_orig=d.capacity_orig,
+                 clock_scale=d.clock_scale, pressure=d.pressure,
+                 util_avg=d.pelt.util_avg, placed_util=d.placed_util, dl_bw=d.dl_bw,
+                 kv_budget=-1 if d.kv_budget is None else d.kv_budget, kv_used=d.kv_used,
+                 max_inflight_batches=d.max_inflight_batches,
                  inflight_batches=d.inflight_batches, inflight_requests=d.inflight_requests,
                  dispatched_requests=d.dispatched_requests,
                  dispatched_batches=d.dispatched_batches,
@@ -489,8 +1001,23 @@ class ReferenceScheduler:
                 return False
             if dev.inflight_requests != sum(len(b.members) for b in bs):
                 return False
+            members = [self.requests[m] for b in bs for m in b.members]
+            if dev.kv_used != sum(r.kv_tokens for r in members):
+                return False
+            if dev.kv_budget is not None and dev.kv_used > dev.kv_budget:
+                return False
+            util = sum(r.util for r in members)
+            if abs(util - dev.placed_util) > 1e-6 * (1.0 + util):
+                return False
+            dl = sum(r.dl_bw for r in self.requests.values()
+                     if r.sched_class == "deadline" and r.dl_device == di
+                     and r.state in LIVE_STATES)
+            if abs(dl - dev.dl_bw) > 1e-6 * (1.0 + dl):
+                return False
+            if not dev.capacity == dev.capacity_orig * dev.clock_scale * (1.0 - dev.pressure):
+                return False
         for bid, b in self.batches.items():
-            if not b.members:
+            if not b.members or b.size < len(b.members):
                 return False
             for m in b.members:
                 if self.requests[m].batch != bid or self.requests[m].state != "in_flight":

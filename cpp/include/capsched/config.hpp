@@ -39,8 +39,30 @@ struct PolicyConfig {
     double no_deadline_horizon = 60.0;
 };
 
+// Capacity-aware placement; docs/placement.md gives the exact rule.
+struct PlacementConfig {
+    // Linux fits_capacity margin: util * 1280 < capacity * 1024 (default 1.25, >= 1).
+    double fit_margin = 1.25;
+    // Device score = w_compute * compute headroom + w_memory * memory headroom (seed
+    // scoreNode: 0.6 / 0.4; >= 0).
+    double w_compute = 0.6;
+    double w_memory = 0.4;
+    // Among fitting devices prefer the lowest energy per token (Linux EAS), then score.
+    bool energy_aware = false;
+    // PELT period (default 1/32 s, so a signal's half-life is 1 s; > 0).
+    double pelt_period = 1.0 / 32.0;
+    // Invariant work per token before a class has been seen to finish: seconds on the
+    // strongest device at full clock per token of prompt + max_new (default 1e-4 s:
+    // a 7-8B model on an H100, batch 32, about 1,000 prompt and 200 output tokens).
+    double default_work_per_token = 1e-4;
+    // Share of a device's usable capacity that admitted deadline-class requests may
+    // reserve (default 0.95, as Linux's sched_rt_runtime_us / sched_rt_period_us; (0, 1]).
+    double dl_bandwidth_limit = 0.95;
+};
+
 struct SchedulerConfig {
     PolicyConfig order;
+    PlacementConfig placement;
     // Requests per batch (default 32, 1..65536).
     std::uint32_t max_batch_size = 32;
     // Extra tries after a retryable failure (default 3, 0..1000).
@@ -55,6 +77,7 @@ inline constexpr std::size_t kMaxDependencies = 1024;           // per request
 inline constexpr std::uint32_t kMaxBatchSize = 65536;
 inline constexpr std::size_t kMaxDevices = 65536;
 inline constexpr std::uint32_t kMaxDeadlineLevels = 1024;
+inline constexpr std::uint32_t kMaxClasses = 1u << 20;
 
 // Throws ConfigError naming the first bad field.
 void validate(const SchedulerConfig& cfg);

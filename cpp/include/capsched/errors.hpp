@@ -33,6 +33,10 @@ struct UnknownRequest : Error {
 struct RequestStateError : Error {
     using Error::Error;
 };
+// A deadline-class request whose bandwidth no device can admit.
+struct AdmissionError : Error {
+    using Error::Error;
+};
 // depends_on names an unknown request or one that ended without completing.
 struct DependencyError : Error {
     using Error::Error;

@@ -12,6 +12,11 @@ namespace capsched {
 inline constexpr double kNoTime = std::numeric_limits<double>::quiet_NaN();
 inline constexpr double kInf = std::numeric_limits<double>::infinity();
 
+// Linux-like scheduling classes, served in this order: deadline (EDF, admitted against
+// per-device bandwidth), strict (RT-like: priority, placed on a device with capacity >=
+// uclamp_min when one has room), normal (the configured policy).
+enum class SchedClass : std::uint8_t { Normal = 0, Strict = 1, Deadline = 2 };
+
 // What a caller submits. Times are seconds on the caller's clock.
 struct RequestSpec {
     std::int64_t prompt_tokens = 0;     // >= 0
@@ -20,6 +25,8 @@ struct RequestSpec {
     double timeout = kNoTime;           // > 0, relative to now; NaN = none
     double deadline = kNoTime;          // absolute, > now; NaN = none (not both)
     std::uint32_t tenant = 0;
+    std::uint32_t request_class = 0;  // util_est class (0..kMaxClasses-1)
+    SchedClass sched_class = SchedClass::Normal;
     bool batchable = true;
     double uclamp_min = 0.0;  // 0..1, <= uclamp_max; used by capacity-aware placement
     double uclamp_max = 1.0;
@@ -53,15 +60,23 @@ struct Request {
     double priority = 0.0;
     std::uint32_t prompt_tokens = 0;
     std::uint32_t max_new_tokens = 0;
-    float uclamp_min = 0.0f;
-    float uclamp_max = 1.0f;
+    double uclamp_min = 0.0;
+    double uclamp_max = 1.0;
     std::uint32_t tenant = 0;
+    std::uint32_t request_class = 0;
+    double util = 0.0;                     // utilization it was placed with (0..1024)
+    double dl_bw = 0.0;                    // deadline class: admitted bandwidth (0..1024)
+    std::uint32_t dl_device = kNoIndex;    // deadline class: the device that admitted it
+    double dispatched_at = 0.0;            // time of its latest dispatch, s
     std::uint32_t batch = kNoIndex;        // batch slot while in flight
+    Handle dev_prev = kNoHandle;           // neighbours in its device's in-flight list
+    Handle dev_next = kNoHandle;
     std::uint32_t deps_remaining = 0;      // live dependencies not yet completed
     std::uint32_t dependents = kNoIndex;   // head of this request's dependents list
     std::uint16_t retries = 0;
     std::uint16_t level = 0;  // weighted: current deadline level L (0..Q)
     State state = State::Free;
+    SchedClass sched_class = SchedClass::Normal;
     bool batchable = true;
     bool mark = false;        // scratch flag for duplicate detection in bulk calls
 };

@@ -27,6 +27,7 @@
 #include "capsched/device.hpp"
 #include "capsched/heap.hpp"
 #include "capsched/id_map.hpp"
+#include "capsched/pelt.hpp"
 #include "capsched/request.hpp"
 
 namespace capsched {
@@ -39,6 +40,10 @@ struct StepOutput {
     std::vector<std::uint64_t> batch_offsets;  // size batches + 1 (or 0 when cleared)
     std::vector<std::uint64_t> request_ids;
     std::vector<std::uint64_t> expired;
+    // Misfits moved to a bigger device in this step: the server stops each on its old
+    // device; it is also listed in the new device's batch above.
+    std::vector<std::uint64_t> migrated;
+    std::vector<std::uint32_t> migrated_from;
     // Requests that ended as failed outside the server's own fail() call (a dependency
     // failed, expired or was cancelled), with the reason.
     std::vector<std::uint64_t> failed;
@@ -59,6 +64,10 @@ struct Counters {
     std::uint64_t retried = 0;
     std::uint64_t dispatched = 0;  // dispatches, retries included
     std::uint64_t batches = 0;
+    std::uint64_t placed_fitting = 0;   // placements on a device the request fits
+    std::uint64_t placed_fallback = 0;  // nothing fitted: the largest spare capacity took it
+    std::uint64_t misfits = 0;          // in-flight requests found not to fit their device
+    std::uint64_t migrated = 0;         // of those, moved to a bigger device
 };
 
 struct Stats {
@@ -105,6 +114,15 @@ class Scheduler {
     // already ended. Throws UnknownRequest for an id never issued.
     bool cancel(std::uint64_t id);
 
+    // Device clock (frequency invariance and thermal pressure): cur in (0, max]; max NaN
+    // keeps the current maximum. Applies from `now` on.
+    void set_clock(std::uint32_t device, double cur, double max, double now);
+    // Share of the device taken by work the scheduler does not place (foreign processes),
+    // in [0, 1). Usable capacity = capacity_orig * clock_scale * (1 - pressure).
+    void set_pressure(std::uint32_t device, double pressure, double now);
+    // util_est of a request class: (seen, ewma, last) of invariant work per token, s.
+    UtilEst class_estimate(std::uint32_t request_class) const;
+
     RequestStatus status(std::uint64_t id) const;
     Stats stats() const;
     std::size_t num_devices() const noexcept { return devices_.size(); }
@@ -122,6 +140,7 @@ class Scheduler {
     struct Batch {
         std::uint32_t device;
         std::uint32_t remaining;
+        std::uint32_t size;  // members at dispatch
     };
 
     double advance_clock(double now);
@@ -145,6 +164,29 @@ class Scheduler {
     void fail_dependents(std::uint32_t edges, std::uint64_t cause, Outcome how, std::string_view detail);
     void free_edge(std::uint32_t e) noexcept;
     void complete_locked(Handle h);
+    void check_device(std::uint32_t device) const;
+    void touch(Device& d, double now) noexcept;
+    void refresh_capacity(Device& d) noexcept;
+    double request_util(const Request& r, double now) const noexcept;
+    double util_of(std::uint32_t request_class, double tokens, double due, double uclamp_min, double uclamp_max,
+                   double now) const noexcept;
+    std::uint32_t admit(const RequestSpec& s, double deadline, double now) const;
+    IndexedHeap<>& queue_of(const Request& r) noexcept;
+    const IndexedHeap<>& queue_of(const Request& r) const noexcept;
+    void erase_ready(Handle h) noexcept;
+    bool has_room(std::uint32_t dev, const Request& r) const noexcept;
+    void place_deadline(double now);
+    Handle next_ready() const noexcept;
+    bool symmetric() const noexcept;
+    bool eligible(const Device& d, std::uint32_t tenant) const noexcept;
+    std::uint32_t open_batch(std::uint32_t device);
+    void dispatch(Handle h, std::uint32_t batch, double util, double now);
+    void place_symmetric(double now, StepOutput& out);
+    void migrate_misfits(double now, StepOutput& out);
+    void emit_step(StepOutput& out);
+    std::uint32_t choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
+                                bool* fitted) const;
+    void place_by_fitness(double now, StepOutput& out);
     void set_outcome(std::uint64_t id, Outcome how);
     Outcome outcome(std::uint64_t id) const noexcept;
 
@@ -156,6 +198,18 @@ class Scheduler {
     SchedulerConfig cfg_;
     std::vector<Device> devices_;
     std::vector<std::uint32_t> device_order_;  // strongest first
+    std::vector<bool> tenant_pinned_;           // by tenant id: pinned to some device
+    bool any_pins_ = false;
+    PeltParams pelt_;
+    std::vector<UtilEst> classes_;
+    // Per step scratch: the batch each device opened in this step (kNoIndex if none),
+    // whether it is a lone non-batchable one, and (step batch, id) of each placement.
+    std::vector<std::uint32_t> step_batch_;
+    std::vector<std::uint8_t> step_solo_;
+    std::vector<std::uint32_t> step_batches_;  // batch slots opened this step, in order
+    std::vector<std::pair<std::uint32_t, std::uint64_t>> step_members_;
+    std::vector<std::size_t> cursor_;
+    std::vector<std::uint64_t> dep_scratch_;
 
     mutable std::mutex mu_;
     double now_ = -kInf;
@@ -164,7 +218,9 @@ class Scheduler {
     std::vector<Request> slab_;
     std::vector<Handle> free_handles_;
     IdMap ids_;
-    IndexedHeap<> ready_;      // queued requests by policy key
+    IndexedHeap<> ready_;      // queued normal-class requests by policy key
+    IndexedHeap<> rt_ready_;   // queued strict-class requests: (-priority + aging x arrival, id)
+    IndexedHeap<> dl_ready_;   // queued deadline-class requests: (deadline, id)
     IndexedHeap<> deadlines_;  // waiting + queued requests with a deadline
     IndexedHeap<> levels_;     // weighted: next deadline-level change of queued requests
     std::vector<Edge> edges_;

@@ -1,0 +1,306 @@
+"""Capacity-aware placement through the public API (docs/placement.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from capsched import Config, Device, InferenceRequest, Scheduler
+from capsched.errors import InvalidArgumentError
+
+# With the default 1e-4 s of invariant work per token, a request of 1,000 + 1,000
+# tokens needs W = 0.2 s of the strongest device; with a 0.5 s timeout its utilization
+# is u = 1024 x 0.2 / 0.5 = 409.6, and it fits a device when 1.25 u = 512 < spare.
+
+
+def heavy(**kw) -> InferenceRequest:
+    return InferenceRequest(prompt_tokens=1000, max_new_tokens=1000, timeout=0.5, **kw)
+
+
+def test_a_request_goes_where_it_fits() -> None:
+    # small: capacity 256 < 512, so only big fits, although small is listed first.
+    s = Scheduler([Device("small", 1.0), Device("big", 4.0)], max_batch_size=4)
+    rid = s.submit(heavy(), now=0.0)
+    r = s.step(now=0.0)
+    assert [(b.device, b.request_ids) for b in r.batches] == [("big", [rid])]
+    st = s.stats()
+    assert (st["placed_fitting"], st["placed_fallback"]) == (1, 0)
+    big = st["devices"][1]
+    assert big["placed_util"] == pytest.approx(409.6)
+    s.complete(rid, now=0.1)
+    assert s.stats()["devices"][1]["placed_util"] == 0.0
+
+
+def test_nothing_fits_so_the_largest_spare_capacity_takes_it_and_it_is_counted() -> None:
+    s = Scheduler([Device("small", 1.0), Device("big", 4.0)], max_batch_size=4)
+    # 0.05 s left: u = 4096, clamped to 1024 (uclamp_max 1.0); 1.25 x 1024 fits nothing.
+    rid = s.submit(InferenceRequest(prompt_tokens=1000, max_new_tokens=1000, timeout=0.05), now=0.0)
+    r = s.step(now=0.0)
+    assert r.batches[0].device == "big" and r.batches[0].request_ids == [rid]
+    st = s.stats()
+    assert (st["placed_fitting"], st["placed_fallback"]) == (0, 1)
+    assert st["devices"][1]["placed_util"] == 1024.0
+
+
+def test_uclamp_bounds_the_utilization() -> None:
+    s = Scheduler([Device("small", 1.0), Device("big", 4.0)], max_batch_size=4)
+    # A tiny request that asks for at least 60 % of the strongest device: only big fits.
+    rid = s.submit(InferenceRequest(prompt_tokens=1, max_new_tokens=1, uclamp_min=0.6), now=0.0)
+    assert s.step(now=0.0).batches[0].device == "big"
+    assert s.stats()["devices"][1]["placed_util"] == pytest.approx(0.6 * 1024)
+    # A heavy one capped at 20 % fits the small device too (1.25 x 204.8 = 256 is not < 256:
+    # it does not), so cap it at 19 %.
+    s2 = Scheduler([Device("small", 1.0)], max_batch_size=4)
+    s2.submit(InferenceRequest(prompt_tokens=1000, max_new_tokens=1000, timeout=0.5, uclamp_max=0.19), now=0.0)
+    s2.step(now=0.0)
+    assert s2.stats()["placed_fitting"] == 1
+    del rid
+
+
+def test_requests_spread_by_headroom_score() -> None:
+    # Two equal big devices and one small: heavy requests go to whichever has the most
+    # spare capacity, so they alternate between the big ones.
+    s = Scheduler([Device("a", 4.0), Device("b", 4.0), Device("c", 1.0, max_inflight_batches=1)], max_batch_size=8)
+    ids = [s.submit(heavy(), now=0.0) for _ in range(4)]
+    r = s.step(now=0.0)
+    assert [(b.device, b.request_ids) for b in r.batches] == [("a", [ids[0], ids[2]]), ("b", [ids[1], ids[3]])]
+
+
+def test_a_clock_drop_moves_new_work_to_another_device() -> None:
+    s = Scheduler([Device("a", 4.0), Device("b", 3.0)], max_batch_size=4)
+    first = s.submit(heavy(), now=0.0)
+    assert s.step(now=0.0).batches[0].device == "a"
+    s.complete(first, now=0.1)
+    # a throttled to half its clock: capacity 512, and 1.25 x 409.6 = 512 no longer fits.
+    s.set_clock("a", 700.0, 1400.0, now=0.1)
+    st = s.stats()["devices"][0]
+    assert st["clock_scale"] == 0.5 and st["capacity"] == 512.0 and st["capacity_orig"] == 1024.0
+    second = s.submit(heavy(), now=0.1)
+    r = s.step(now=0.1)
+    assert [(b.device, b.request_ids) for b in r.batches] == [("b", [second])]
+
+
+def test_pressure_reduces_usable_capacity() -> None:
+    s = Scheduler([Device("a", 4.0), Device("b", 3.0)], max_batch_size=4)
+    s.set_pressure("a", 0.5, now=0.0)
+    assert s.stats()["devices"][0]["capacity"] == 512.0
+    rid = s.submit(heavy(), now=0.0)
+    assert s.step(now=0.0).batches[0].device == "b"
+    del rid
+
+
+@pytest.mark.parametrize(
+    "call, fragment",
+    [
+        (lambda s: s.set_clock("nope", 1.0), "unknown device"),
+        (lambda s: s.set_clock(0, 1.0), "device name"),
+        (lambda s: s.set_clock("a", 1.0), "no known max clock"),
+        (lambda s: s.set_clock("a", 0.0, 1.0), "current clock"),
+        (lambda s: s.set_clock("a", 2.0, 1.0), "current clock"),
+        (lambda s: s.set_clock("a", float("nan"), 1.0), "current clock"),
+        (lambda s: s.set_clock("a", 1.0, -1.0), "max clock"),
+        (lambda s: s.set_pressure("a", 1.0), "pressure"),
+        (lambda s: s.set_pressure("a", -0.1), "pressure"),
+        (lambda s: s.set_pressure("a", "high"), "pressure"),
+    ],
+)
+def test_bad_clock_and_pressure_change_nothing(call, fragment: str) -> None:
+    s = Scheduler([Device("a", 4.0), Device("b", 1.0)])
+    before = s.stats()["devices"]
+    with pytest.raises(InvalidArgumentError, match=fragment):
+        call(s)
+    assert s.stats()["devices"] == before
+
+
+def test_util_est_learns_work_per_token_from_completions() -> None:
+    s = Scheduler([Device("a", 4.0), Device("b", 1.0)], max_batch_size=4)
+    assert s.class_estimate("chat") is None
+    rid = s.submit(InferenceRequest(prompt_tokens=600, max_new_tokens=400, request_class="chat"), now=0.0)
+    s.step(now=0.0)  # alone in its batch, on a (capacity 1024, full clock)
+    s.complete(rid, now=2.0)  # 2 s of the strongest device for 1,000 tokens
+    est = s.class_estimate("chat")
+    assert est == {"ewma": pytest.approx(2e-3), "last": pytest.approx(2e-3), "estimate": pytest.approx(2e-3)}
+    # A faster second run lowers the EWMA by a quarter of the gap; the estimate keeps the
+    # larger of EWMA and last.
+    rid = s.submit(InferenceRequest(prompt_tokens=600, max_new_tokens=400, request_class="chat"), now=2.0)
+    s.step(now=2.0)
+    s.complete(rid, now=3.0)
+    est = s.class_estimate("chat")
+    assert est["last"] == pytest.approx(1e-3)
+    assert est["ewma"] == pytest.approx(2e-3 + (1e-3 - 2e-3) / 4)
+    assert est["estimate"] == pytest.approx(est["ewma"])
+    # The learned estimate drives placement: 1,000 tokens x 1.75e-3 s = 1.75 s of work
+    # with 4 s left: u = 448, which fits a (1024) and not b (256).
+    rid = s.submit(InferenceRequest(prompt_tokens=600, max_new_tokens=400, request_class="chat", timeout=4.0), now=3.0)
+    r = s.step(now=3.0)
+    assert r.batches[0].device == "a"
+    assert s.stats()["devices"][0]["placed_util"] == pytest.approx(1024 * 1.75 / 4.0)
+    # Another class is unaffected.
+    assert s.class_estimate("code") is None
+
+
+def test_config_rejects_bad_placement_settings() -> None:
+    from capsched.errors import ConfigError
+
+    for key, value in [("fit_margin", 0.5), ("score_compute", -1.0), ("pelt_period", 0.0),
+                       ("default_work_per_token", -1e-4)]:
+        with pytest.raises(ConfigError, match=key):
+            Scheduler(["a"], config={key: value})
+
+
+def test_energy_aware_prefers_lower_energy_per_work() -> None:
+    # Both fit; b draws 100 W for capacity 3, a 700 W for capacity 4: b spends less
+    # energy per unit of work, so energy-aware placement picks it; plain scoring picks a.
+    fleet = [Device("a", 4.0, power_w=700.0), Device("b", 3.0, power_w=100.0)]
+    plain = Scheduler(fleet, max_batch_size=4)
+    plain.submit(heavy(), now=0.0)
+    assert plain.step(now=0.0).batches[0].device == "a"
+    green = Scheduler(fleet, max_batch_size=4, config=Config(energy_aware=True))
+    green.submit(heavy(), now=0.0)
+    assert green.step(now=0.0).batches[0].device == "b"
+
+
+def test_kv_memory_budget_is_respected_and_the_head_is_not_overtaken() -> None:
+    s = Scheduler([Device("a", 4.0, kv_tokens=3000), Device("b", 1.0, kv_tokens=1500)], policy="fcfs", max_batch_size=8)
+    first = s.submit(InferenceRequest(prompt_tokens=1000, max_new_tokens=1000), now=0.0)   # 2000 tokens
+    big = s.submit(InferenceRequest(prompt_tokens=1500, max_new_tokens=500), now=0.0)      # 2000: fits nowhere now
+    small = s.submit(InferenceRequest(prompt_tokens=100, max_new_tokens=100), now=0.0)     # would fit b
+    r = s.step(now=0.0)
+    assert [(b.device, b.request_ids) for b in r.batches] == [("a", [first])]
+    assert s.status(big) == "queued" and s.status(small) == "queued"  # small does not overtake
+    assert s.stats()["devices"][0]["kv_used"] == 2000
+    s.complete(first, now=1.0)
+    r = s.step(now=1.0)
+    assert r.dispatched == [big, small]
+
+
+def test_misfit_moves_to_a_bigger_device_after_a_clock_drop() -> None:
+    s = Scheduler([Device("a", 4.0), Device("b", 3.0), Device("c", 1.0)], max_batch_size=4)
+    rid = s.submit(heavy(), now=0.0)
+    assert s.step(now=0.0).batches[0].device == "a"
+    # a throttles to half clock: capacity 512; 1.25 x 409.6 = 512 no longer fits.
+    s.set_clock("a", 500.0, 1000.0, now=0.01)
+    other = s.submit(InferenceRequest(prompt_tokens=10, max_new_tokens=10), now=0.01)
+    r = s.step(now=0.01)
+    assert r.migrated == [(rid, "a")]
+    # The migrant comes first in its new device's batch; new work is placed after it.
+    assert r.batches[0].device == "b" and r.batches[0].request_ids[0] == rid
+    assert other in r.dispatched
+    st = s.stats()
+    assert (st["misfits"], st["migrated"]) == (1, 1)
+    on_a = [i for b in r.batches if b.device == "a" for i in b.request_ids]
+    assert rid not in on_a and st["devices"][0]["inflight_requests"] == len(on_a)
+    assert st["devices"][1]["placed_util"] >= 409.6
+    assert s.status(rid) == "in_flight"
+    s.complete(rid, now=0.2)
+    assert s.stats()["devices"][1]["completed_requests"] == 1
+    assert s.check_invariants()
+
+
+def test_misfit_without_a_bigger_device_stays_and_is_counted() -> None:
+    s = Scheduler([Device("a", 4.0), Device("c", 1.0)], max_batch_size=4)
+    rid = s.submit(heavy(), now=0.0)
+    s.step(now=0.0)
+    s.set_pressure("a", 0.6, now=0.01)  # capacity 409.6: does not fit, and c is smaller
+    r = s.step(now=0.01)
+    assert r.migrated == [] and s.status(rid) == "in_flight"
+    st = s.stats()
+    assert (st["misfits"], st["migrated"]) == (1, 0)
+    # Checked once per capacity drop, not at every step.
+    s.step(now=0.02)
+    assert s.stats()["misfits"] == 1
+
+
+def test_strict_requests_come_first_and_want_capacity_above_uclamp_min() -> None:
+    s = Scheduler([Device("small", 1.0), Device("big", 4.0)], max_batch_size=4)
+    normal = s.submit(InferenceRequest(prompt_tokens=10, priority=1.0), now=0.0)
+    strict = s.submit(InferenceRequest(prompt_tokens=10, priority=0.1, sched_class="strict", uclamp_min=0.5), now=0.0)
+    r = s.step(now=0.0)
+    assert r.dispatched[0] == strict
+    assert [b.device for b in r.batches if strict in b.request_ids] == ["big"]
+    assert normal in r.dispatched
+
+
+def test_strict_falls_back_to_priority_alone_when_no_big_device_has_room() -> None:
+    s = Scheduler([Device("small", 1.0), Device("big", 4.0)], max_batch_size=1)
+    s.submit(InferenceRequest(prompt_tokens=10, sched_class="strict"), now=0.0)
+    s.step(now=0.0)  # big is now busy (one batch in flight)
+    rid = s.submit(InferenceRequest(prompt_tokens=10, sched_class="strict", uclamp_min=0.9), now=0.0)
+    r = s.step(now=0.0)
+    assert [(b.device, b.request_ids) for b in r.batches] == [("small", [rid])]
+
+
+def test_deadline_requests_are_admitted_by_bandwidth_and_refused_beyond_it() -> None:
+    from capsched.errors import AdmissionError
+
+    s = Scheduler([Device("a", 4.0), Device("b", 1.0)], max_batch_size=8)
+    # Each needs u = 409.6; a admits 0.95 x 1024 = 972.8 in all, b 243.2.
+    first = s.submit(heavy(sched_class="deadline"), now=0.0)
+    second = s.submit(heavy(sched_class="deadline"), now=0.0)
+    assert s.stats()["devices"][0]["dl_bw"] == pytest.approx(819.2)
+    before = s.stats()
+    with pytest.raises(AdmissionError, match="409.6"):
+        s.submit(heavy(sched_class="deadline"), now=0.0)
+    after = s.stats()
+    assert after == before
+    r = s.step(now=0.0)
+    assert [(b.device, b.request_ids) for b in r.batches] == [("a", [first, second])]
+    s.complete(first, now=0.1)
+    assert s.stats()["devices"][0]["dl_bw"] == pytest.approx(409.6)
+    s.submit(heavy(sched_class="deadline"), now=0.1)  # room again
+
+
+def test_deadline_class_orders_by_deadline_before_everything() -> None:
+    s = Scheduler([Device("a", 4.0), Device("b", 1.0)], max_batch_size=8)
+    normal = s.submit(InferenceRequest(prompt_tokens=10, priority=1.0), now=0.0)
+    strict = s.submit(InferenceRequest(prompt_tokens=10, sched_class="strict"), now=0.0)
+    late = s.submit(InferenceRequest(prompt_tokens=10, sched_class="deadline", timeout=9.0), now=0.0)
+    soon = s.submit(InferenceRequest(prompt_tokens=10, sched_class="deadline", timeout=3.0), now=0.0)
+    r = s.step(now=0.0)
+    order = [i for b in r.batches for i in b.request_ids]
+    assert order[:2] == [soon, late] and set(order[2:]) == {strict, normal}
+
+
+def test_deadline_class_needs_a_deadline() -> None:
+    from capsched.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="deadline-class"):
+        InferenceRequest(prompt_tokens=10, sched_class="deadline")
+    with pytest.raises(InvalidRequestError, match="sched_class"):
+        InferenceRequest(prompt_tokens=10, sched_class="realtime")
+
+
+def test_slices_pin_tenants_and_share_the_parent_clock() -> None:
+    from capsched import Slice
+
+    gpu = Device("gpu0", 4.0, kv_tokens=80_000)
+    a, b, shared = gpu.split(
+        Slice("a", compute=3 / 7, memory=0.5, tenants=("alice",)),
+        Slice("b", compute=2 / 7, memory=0.25, tenants=("bob",)),
+        Slice("rest", compute=2 / 7, memory=0.25),
+    )
+    assert (a.name, a.parent, a.kv_tokens, a.tenants) == ("gpu0/a", "gpu0", 40_000, ("alice",))
+    assert a.effective_capacity == pytest.approx(4.0 * 3 / 7)
+    s = Scheduler([a, b, shared, Device("other", 1.0)], max_batch_size=8)
+    ids = {who: [s.submit(InferenceRequest(prompt_tokens=10, tenant=who), now=0.0) for _ in range(3)]
+           for who in ("alice", "bob", None)}
+    r = s.step(now=0.0)
+    where = {i: b.device for b in r.batches for i in b.request_ids}
+    assert {where[i] for i in ids["alice"]} == {"gpu0/a"}
+    assert {where[i] for i in ids["bob"]} == {"gpu0/b"}
+    assert {where[i] for i in ids[None]} <= {"gpu0/rest", "other"}  # never on a pinned slice
+    # set_clock on the parent reaches every slice, not the other device.
+    s.set_clock("gpu0", 900.0, 1800.0, now=0.1)
+    scales = [d["clock_scale"] for d in s.stats()["devices"]]
+    assert scales == [0.5, 0.5, 0.5, 1.0]
+
+
+def test_bad_slices_are_refused() -> None:
+    from capsched import Slice
+    from capsched.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="compute share"):
+        Slice("x", compute=0.0, memory=0.5)
+    with pytest.raises(ConfigError, match="add up"):
+        Device("g", 1.0).split(Slice("x", 0.6, 0.5), Slice("y", 0.6, 0.5))
+    with pytest.raises(ConfigError, match="tenants"):
+        Device("g", 1.0, tenants="alice")
