@@ -418,9 +418,9 @@ void Scheduler::step(double now, StepOutput& out) {
     migrate_misfits(t, out);
     place_deadline(t);
     if (symmetric())
-        place_symmetric(t, out);
+        place_symmetric(t);
     else
-        place_by_fitness(t, out);
+        place_by_fitness(t);
     emit_step(out);
 
     // 4. Failures that happened since the last step (dependency cascades).
@@ -580,11 +580,10 @@ void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now) {
     step_members_.push_back({step_batch_[batch.device], r.id});
 }
 
-void Scheduler::place_symmetric(double now, StepOutput& out) {
+void Scheduler::place_symmetric(double now) {
     // One batch per free device, strongest first (device order on ties), filled in policy
     // order; a non-batchable request closes the batch it would join and goes alone in the
     // next. (A batch a migrant opened in this step is filled on.)
-    (void)out;
     for (const std::uint32_t dev : device_order_) {
         if (next_ready() == kNoHandle) break;
         Device& d = devices_[dev];
@@ -723,13 +722,12 @@ void Scheduler::migrate_misfits(double now, StepOutput& out) {
     }
 }
 
-void Scheduler::place_by_fitness(double now, StepOutput& out) {
+void Scheduler::place_by_fitness(double now) {
     // docs/placement.md: each request, in policy order, goes to the best-scoring device
     // that has room for it, is open to its tenant, has KV memory for it and fits it
     // (util * margin < spare); if none fits, to the one with the most spare capacity among
     // those with room and memory (counted as a fallback). If no device has room and
     // memory for the head of the queue, the step stops: nothing overtakes it.
-    (void)out;
     for (Handle h = next_ready(); h != kNoHandle; h = next_ready()) {
         const Request& r = slab_[h];
         const double u = request_util(r, now);

@@ -175,7 +175,7 @@ class RefUtilEst:
 
     @property
     def estimate(self) -> float:
-        return self.ewma if self.ewma > self.last else self.last
+        return self.ewma
 
     def as_dict(self) -> Optional[Dict[str, float]]:
         if not self.seen:
@@ -251,6 +251,7 @@ class RefDevice:
     energy: float = 0.0               # power_w / capacity as given (0 = unknown)
     tenants: Tuple[str, ...] = ()
     misfit_check: bool = False
+    clock_known: bool = False          # a max clock was given (device spec or set_clock)
     inflight_batches: int = 0
     inflight_requests: int = 0
     dispatched_requests: int = 0
@@ -363,6 +364,7 @@ class ReferenceScheduler:
             )
             if s.max_clock_mhz is not None:
                 d.max_clock = float(s.max_clock_mhz)
+                d.clock_known = True
                 cur = d.max_clock if s.clock_mhz is None else float(s.clock_mhz)
                 d.clock_scale = cur / d.max_clock
             d.refresh_capacity()
@@ -909,6 +911,10 @@ class ReferenceScheduler:
         the old clock; a capacity drop marks the device for the misfit check."""
         now = self._clamp(now)
         d = self.devices[device]
+        if max_clock is None and not d.clock_known:
+            # The facade (capsched.Scheduler.set_clock): "max_clock_mhz defaults to the
+            # one known"; a device never given a max clock has none to default to.
+            raise RefInvalidArgument(f"device {device} has no known max clock")
         m = d.max_clock if max_clock is None else float(max_clock)
         if not (math.isfinite(m) and m > 0.0):
             raise RefInvalidArgument(f"max clock must be a finite number > 0, got {m!r}")
@@ -917,6 +923,7 @@ class ReferenceScheduler:
             raise RefInvalidArgument(f"current clock must be in (0, {m}], got {clock!r}")
         self.now = now
         self._touch(d, now)
+        d.clock_known = True
         d.max_clock = m
         d.clock_scale = clock / m
         before = d.capacity

@@ -181,12 +181,12 @@ class Scheduler {
     bool eligible(const Device& d, std::uint32_t tenant) const noexcept;
     std::uint32_t open_batch(std::uint32_t device);
     void dispatch(Handle h, std::uint32_t batch, double util, double now);
-    void place_symmetric(double now, StepOutput& out);
+    void place_symmetric(double now);
     void migrate_misfits(double now, StepOutput& out);
     void emit_step(StepOutput& out);
     std::uint32_t choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
                                 bool* fitted) const;
-    void place_by_fitness(double now, StepOutput& out);
+    void place_by_fitness(double now);
     void set_outcome(std::uint64_t id, Outcome how);
     Outcome outcome(std::uint64_t id) const noexcept;
 
