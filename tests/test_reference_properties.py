@@ -758,14 +758,14 @@ def run_scenario(sc: Dict[str, Any], real: bool) -> Harness:
 
 
 @needs_capsched
-@prop_settings(300)
+@prop_settings(250)
 @given(sc=scenarios)
 def test_real_scheduler_matches_reference(sc):
     run_scenario(sc, real=True)
 
 
 @needs_capsched
-@prop_settings(150)
+@prop_settings(110)
 @given(sc=placement_scenarios)
 def test_real_scheduler_matches_reference_placement(sc):
     """The same, on heterogeneous fleets with placement-heavy operation sequences
