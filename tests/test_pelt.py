@@ -17,7 +17,6 @@ start time: in these tests that is the first ``step`` (or a ``set_clock`` before
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from typing import Any, Dict, List, Optional

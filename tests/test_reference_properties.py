@@ -27,7 +27,7 @@ import dataclasses
 import math
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import pytest
 from hypothesis import HealthCheck, event, given, note, settings
@@ -37,7 +37,6 @@ from hypothesis import strategies as st
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference.model import (  # noqa: E402
     CONFIG_DEFAULTS,
-    PLACEMENT_KEYS,
     POLICIES,
     RefAdmissionError,
     RefDependencyError,
@@ -758,14 +757,14 @@ def run_scenario(sc: Dict[str, Any], real: bool) -> Harness:
 
 
 @needs_capsched
-@prop_settings(250)
+@prop_settings(200)
 @given(sc=scenarios)
 def test_real_scheduler_matches_reference(sc):
     run_scenario(sc, real=True)
 
 
 @needs_capsched
-@prop_settings(110)
+@prop_settings(90)
 @given(sc=placement_scenarios)
 def test_real_scheduler_matches_reference_placement(sc):
     """The same, on heterogeneous fleets with placement-heavy operation sequences

@@ -6,7 +6,7 @@ them one by one with the rules of docs/placement.md, scanning every device for e
 request. The property tests (tests/test_reference_properties.py) drive the real scheduler
 and this model with the same operations and compare the results.
 
-Conventions (docs/policies.md, docs/placement.md, docs/api-contract.md,
+Conventions (docs/policies.md, docs/placement.md, README.md,
 cpp/include/capsched/scheduler.hpp):
 
 * ids are issued 1, 2, 3, ... in submission order; a call that raises issues no id;
