@@ -304,3 +304,92 @@ def test_bad_slices_are_refused() -> None:
         Device("g", 1.0).split(Slice("x", 0.6, 0.5), Slice("y", 0.6, 0.5))
     with pytest.raises(ConfigError, match="tenants"):
         Device("g", 1.0, tenants="alice")
+
+
+def test_symmetric_fast_path_is_per_partition() -> None:
+    # Two equal shared cards and a pinned slice of another size: the shared group is
+    # symmetric (the first card's batch fills before the second opens one) although the
+    # fleet as a whole is not; the slice is its own (one-device) group.
+    s = Scheduler([Device("a", 2.0), Device("b", 2.0), Device("s", 1.0, tenants=("t",))],
+                  max_batch_size=3)
+    shared = [s.submit(InferenceRequest(prompt_tokens=10), now=0.0) for _ in range(4)]
+    pinned = s.submit(InferenceRequest(prompt_tokens=10, tenant="t"), now=0.0)
+    r = s.step(now=0.0)
+    assert [(b.device, b.request_ids) for b in r.batches] == [
+        ("a", shared[:3]), ("b", shared[3:]), ("s", [pinned])]
+    assert s.stats()["placed_fitting"] == 5
+    # By fitness instead (a clock drop makes a and b unequal), work spreads by headroom.
+    s2 = Scheduler([Device("a", 2.0, max_clock_mhz=1000.0), Device("b", 2.0)], max_batch_size=3)
+    s2.set_clock("a", 900.0, now=0.0)
+    ids = [s2.submit(heavy(), now=0.0) for _ in range(2)]
+    r2 = s2.step(now=0.0)
+    assert {b.device for b in r2.batches} == {"a", "b"}
+    del ids
+
+
+def test_a_full_slice_does_not_hold_back_other_tenants() -> None:
+    # alice's slice takes one batch of 1; her second request waits, but bob's request,
+    # behind it in FCFS order, is placed on his own slice in the same step.
+    s = Scheduler([Device("a", 1.0, tenants=("alice",)), Device("b", 1.0, tenants=("bob",))],
+                  policy="fcfs", max_batch_size=1)
+    a1 = s.submit(InferenceRequest(prompt_tokens=10, tenant="alice"), now=0.0)
+    a2 = s.submit(InferenceRequest(prompt_tokens=10, tenant="alice"), now=0.0)
+    b1 = s.submit(InferenceRequest(prompt_tokens=10, tenant="bob"), now=0.0)
+    r = s.step(now=0.0)
+    assert [(b.device, b.request_ids) for b in r.batches] == [("a", [a1]), ("b", [b1])]
+    assert s.status(a2) == "queued"
+    s.complete(a1, now=1.0)
+    assert [(b.device, b.request_ids) for b in s.step(now=1.0).batches] == [("a", [a2])]
+    assert s.check_invariants()
+
+
+def test_queued_deadline_readmission_moves_the_latest_deadline_first() -> None:
+    s = Scheduler([Device("a", 4.0, max_clock_mhz=1000.0), Device("b", 4.0)], max_batch_size=1)
+    busy = [s.submit(InferenceRequest(prompt_tokens=10), now=0.0) for _ in range(2)]
+    s.step(now=0.0)  # both devices busy
+    # u = 1024 x 0.2 / 1.0 = 204.8 each: admitted a, b, a, b (worst fit).
+    dls = [s.submit(InferenceRequest(prompt_tokens=1000, max_new_tokens=1000, timeout=1.0,
+                                     sched_class="deadline"), now=0.0) for i in range(4)]
+    assert [d["dl_bw"] for d in s.stats()["devices"]] == pytest.approx([409.6, 409.6])
+    s.set_clock("a", 400.0, now=0.0)  # a: 0.95 x 409.6 = 389.12 < 409.6
+    s.step(now=0.0)
+    st = s.stats()
+    assert (st["misfits"], st["readmitted"]) == (1, 1)
+    assert [d["dl_bw"] for d in st["devices"]] == pytest.approx([204.8, 614.4])
+    # Equal deadlines: the one that moved is a's highest id (dls[2]). When both free up,
+    # EDF (ties by id) runs dls[0] on a and dls[1] on b; dls[2] waits for b.
+    s.complete(busy[0], now=0.1)
+    s.complete(busy[1], now=0.1)
+    r = s.step(now=0.1)
+    assert sorted((b.device, b.request_ids[0]) for b in r.batches) == [("a", dls[0]), ("b", dls[1])]
+    assert s.check_invariants()
+
+
+def test_class_utilization_is_a_pelt_signal_that_adds_up_to_the_devices() -> None:
+    period = 1.0 / 32.0
+    s = Scheduler([Device("a", 1.0)], max_batch_size=2)
+    assert s.class_util("chat") == 0.0
+    c1 = s.submit(InferenceRequest(prompt_tokens=10, request_class="chat"), now=0.0)
+    c2 = s.submit(InferenceRequest(prompt_tokens=10, request_class="code"), now=0.0)
+    s.step(now=0.0)
+    # Each holds one of 2 slots: a share of 512. After exactly 32 periods from idle, a
+    # signal reaches half of its steady value: 256 each, the device 512.
+    s.step(now=32 * period)
+    assert s.class_util("chat") == pytest.approx(256.0, rel=1e-12)
+    assert s.class_util("code") == pytest.approx(256.0, rel=1e-12)
+    assert s.stats()["devices"][0]["util_avg"] == pytest.approx(512.0, rel=1e-12)
+    # chat ends; 32 periods later its signal has halved and code's has grown.
+    s.complete(c1, now=32 * period)
+    s.step(now=64 * period)
+    assert s.class_util("chat") == pytest.approx(128.0, rel=1e-12)
+    total = s.class_util("chat") + s.class_util("code")
+    assert total == pytest.approx(s.stats()["devices"][0]["util_avg"], rel=1e-12)
+    # Frequency invariance: at half clock a request's share halves.
+    s2 = Scheduler([Device("a", 1.0, max_clock_mhz=1000.0, clock_mhz=500.0)], max_batch_size=1)
+    s2.submit(InferenceRequest(prompt_tokens=10), now=0.0)
+    s2.step(now=0.0)
+    s2.step(now=1000.0)  # long enough to converge
+    assert s2.class_util() == pytest.approx(512.0, rel=1e-9)
+    with pytest.raises(InvalidArgumentError, match="request_class"):
+        s.class_util(3)  # type: ignore[arg-type]
+    del c2

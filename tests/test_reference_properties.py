@@ -325,7 +325,7 @@ ERROR_MAP = {
 
 COUNTER_KEYS = ("accepted", "completed", "failed", "expired", "cancelled", "retried",
                 "dispatched", "batches", "waiting", "queued", "in_flight",
-                "placed_fitting", "placed_fallback", "misfits", "migrated")
+                "placed_fitting", "placed_fallback", "misfits", "migrated", "readmitted")
 DEVICE_KEYS = ("max_inflight_batches", "inflight_batches", "inflight_requests",
                "dispatched_requests", "dispatched_batches", "completed_requests",
                "kv_budget", "kv_used")
@@ -503,7 +503,7 @@ class Harness:
 
     def step(self, dt) -> None:
         t = self.advance(dt)
-        symmetric = self.ref.symmetric()
+        symmetric = self.ref.symmetric(None)
         before = dict(self.ref.counters)
         batches, expired, failed = self.ref.step(t)
         groups = self.ref.last_failed_groups
@@ -520,6 +520,8 @@ class Harness:
             self.event("misfit found")
         if migrated:
             self.event("misfit migrated")
+        if self.ref.counters["readmitted"] > before["readmitted"]:
+            self.event("queued deadline request re-admitted")
         if expired:
             self.event("step expired some")
         if failed:
@@ -736,6 +738,8 @@ class Harness:
                 for k in ("ewma", "last", "estimate"):
                     assert close(got[k], want[k]), (
                         f"class_estimate({cls!r})[{k!r}] is {got[k]!r}, reference {want[k]!r}")
+            got_u, want_u = real.class_util(cls), ref.class_util(cls)
+            assert close(got_u, want_u), f"class_util({cls!r}) is {got_u!r}, reference {want_u!r}"
 
 
 def run_scenario(sc: Dict[str, Any], real: bool) -> Harness:

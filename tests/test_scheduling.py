@@ -195,7 +195,17 @@ def test_non_batchable_requests_run_alone() -> None:
     solo = s.submit(req(batchable=False), now=0.0)
     y = s.submit(req(), now=0.0)
     r = s.step(now=0.0)
-    assert [b.request_ids for b in r.batches] == [[x], [solo], [y]]
+    # The solo request takes the next device alone; y still joins x's batch on a.
+    assert [(b.device, b.request_ids) for b in r.batches] == [("a", [x, y]), ("b", [solo])]
+    # With one device the solo request waits for the next free slot, alone, and
+    # nothing behind it overtakes it.
+    s1 = Scheduler(["a"], policy="fcfs", max_batch_size=8)
+    x, solo, y = (s1.submit(req(batchable=bool(i != 1)), now=0.0) for i in range(3))
+    assert [b.request_ids for b in s1.step(now=0.0).batches] == [[x]]
+    s1.complete(x, now=1.0)
+    assert [b.request_ids for b in s1.step(now=1.0).batches] == [[solo]]
+    s1.complete(solo, now=2.0)
+    assert [b.request_ids for b in s1.step(now=2.0).batches] == [[y]]
 
 
 def test_time_never_runs_backwards() -> None:

@@ -230,6 +230,8 @@ void register_scheduler(py::module_& m) {
                 return py::make_tuple(e.seen(), e.ewma(), e.last(), e.estimate());
             },
             py::arg("request_class"))
+        .def("class_util", &Scheduler::class_util, py::arg("request_class"),
+             py::call_guard<py::gil_scoped_release>())
         .def("cancel", &Scheduler::cancel, py::arg("id"), py::call_guard<py::gil_scoped_release>())
         .def(
             "status", [](const Scheduler& s, std::uint64_t id) { return static_cast<int>(s.status(id)); },
@@ -255,6 +257,7 @@ void register_scheduler(py::module_& m) {
             out["placed_fallback"] = st.counters.placed_fallback;
             out["misfits"] = st.counters.misfits;
             out["migrated"] = st.counters.migrated;
+            out["readmitted"] = st.counters.readmitted;
             out["waiting"] = st.waiting;
             out["queued"] = st.queued;
             out["in_flight"] = st.in_flight;

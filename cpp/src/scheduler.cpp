@@ -77,7 +77,7 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
         for (std::uint32_t t : d.tenants) max_tenant = std::max(max_tenant, t + 1);
         max_cap = std::max(max_cap, d.capacity);
     }
-    tenant_pinned_.assign(max_tenant, false);
+    tenant_group_.assign(max_tenant, 0);
     devices_.resize(devices.size());
     for (std::size_t i = 0; i < devices.size(); ++i) {
         const DeviceSpec& spec = devices[i];
@@ -88,8 +88,6 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
         d.kv_budget = spec.kv_tokens;
         d.energy_per_token = spec.energy_per_token;
         d.tenants = spec.tenants;
-        for (std::uint32_t t : d.tenants) tenant_pinned_[t] = true;
-        any_pins_ = any_pins_ || !d.tenants.empty();
         d.max_inflight_batches = spec.max_inflight_batches;
         refresh_capacity(d);
     }
@@ -100,6 +98,24 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
     });
     step_batch_.assign(devices_.size(), kNoIndex);
     step_solo_.assign(devices_.size(), 0);
+    // Placement groups: 0 = the shared devices, then one per pinned tenant (by tenant id).
+    group_devices_.emplace_back();
+    for (std::uint32_t t = 0; t < max_tenant; ++t) {
+        std::vector<std::uint32_t> members;
+        for (const std::uint32_t dev : device_order_) {
+            const auto& ts = devices_[dev].tenants;
+            if (std::find(ts.begin(), ts.end(), t) != ts.end()) members.push_back(dev);
+        }
+        if (members.empty()) continue;
+        tenant_group_[t] = static_cast<std::uint32_t>(group_devices_.size());
+        group_devices_.push_back(std::move(members));
+    }
+    for (const std::uint32_t dev : device_order_)
+        if (devices_[dev].tenants.empty()) group_devices_[0].push_back(dev);
+    group_symmetric_.assign(group_devices_.size(), 0);
+    group_cursor_.assign(group_devices_.size(), 0);
+    group_queued_.assign(group_devices_.size(), 0);
+    group_blocked_.assign(group_devices_.size(), 0);
 }
 
 void Scheduler::reserve(std::size_t n) {
@@ -369,6 +385,7 @@ void Scheduler::make_ready(Handle h, double now) {
     Request& r = slab_[h];
     r.state = State::Queued;
     ++queued_;
+    if (r.sched_class != SchedClass::Deadline) ++group_queued_[group_of(r.tenant)];
     if (r.sched_class != SchedClass::Normal) {
         queue_of(r).push(h, ready_key(r));
         return;
@@ -415,12 +432,10 @@ void Scheduler::step(double now, StepOutput& out) {
     for (Device& d : devices_) touch(d, t);
     step_batches_.clear();
     step_members_.clear();
+    refresh_groups();
     migrate_misfits(t, out);
     place_deadline(t);
-    if (symmetric())
-        place_symmetric(t);
-    else
-        place_by_fitness(t);
+    place_by_fitness(t);
     emit_step(out);
 
     // 4. Failures that happened since the last step (dependency cascades).
@@ -445,8 +460,8 @@ void Scheduler::touch(Device& d, double now) noexcept {
 
 double Scheduler::util_of(std::uint32_t request_class, double tokens, double due, double uclamp_min,
                           double uclamp_max, double now) const noexcept {
-    const bool seen = request_class < classes_.size() && classes_[request_class].seen();
-    const double per_token = seen ? classes_[request_class].estimate() : cfg_.placement.default_work_per_token;
+    const bool seen = request_class < classes_.size() && classes_[request_class].est.seen();
+    const double per_token = seen ? classes_[request_class].est.estimate() : cfg_.placement.default_work_per_token;
     const double work = per_token * tokens;
     const double left = due - now;
     double u = left > 0.0 ? kCapacityScale * work / left : kInf;
@@ -506,7 +521,9 @@ const IndexedHeap<>& Scheduler::queue_of(const Request& r) const noexcept {
 }
 
 void Scheduler::erase_ready(Handle h) noexcept {
-    queue_of(slab_[h]).erase(h);
+    const Request& r = slab_[h];
+    if (r.sched_class != SchedClass::Deadline) --group_queued_[group_of(r.tenant)];
+    queue_of(r).erase(h);
     levels_.erase(h);
 }
 
@@ -516,20 +533,51 @@ Handle Scheduler::next_ready() const noexcept {
     return kNoHandle;
 }
 
-bool Scheduler::symmetric() const noexcept {
-    // Linux's SMP-island rule: when every target has the same capacity (and here: no
-    // memory budget, no pinned tenant, no energy preference), fitness cannot tell them
-    // apart, so placement skips it.
-    if (any_pins_ || cfg_.placement.energy_aware) return false;
-    const double c = devices_.front().capacity;
-    for (const Device& d : devices_)
-        if (d.capacity != c || d.kv_budget != kUnlimitedTokens) return false;
-    return true;
+void Scheduler::refresh_groups() noexcept {
+    // Linux's SMP-island rule, per placement group: when every device a request may use
+    // has the same usable capacity (and here: the same KV budget and energy per token),
+    // fitness cannot tell them apart, so placement skips it.
+    for (std::size_t g = 0; g < group_devices_.size(); ++g) {
+        const auto& members = group_devices_[g];
+        bool same = !members.empty();
+        for (std::size_t i = 1; same && i < members.size(); ++i) {
+            const Device& a = devices_[members[0]];
+            const Device& d = devices_[members[i]];
+            same = d.capacity == a.capacity && d.kv_budget == a.kv_budget &&
+                   d.energy_per_token == a.energy_per_token;
+        }
+        group_symmetric_[g] = same ? 1 : 0;
+        group_cursor_[g] = 0;
+    }
+}
+
+std::uint32_t Scheduler::choose_symmetric(std::uint32_t group, const Request& r) noexcept {
+    // The first device of the group (strongest first, then index) with room for r: a
+    // device's batch of this step is filled before the next device opens one. The
+    // cursor skips devices that can take no further batchable request in this step.
+    const auto& members = group_devices_[group];
+    std::uint32_t& cursor = group_cursor_[group];
+    for (std::uint32_t i = cursor; i < members.size(); ++i) {
+        const std::uint32_t dev = members[i];
+        const Device& d = devices_[dev];
+        const std::uint32_t sb = step_batch_[dev];
+        const bool closed = sb == kNoIndex ? d.inflight_batches >= d.max_inflight_batches
+                                           : step_solo_[dev] || batches_[step_batches_[sb]].size >= cfg_.max_batch_size;
+        if (closed && i == cursor) {
+            ++cursor;
+            continue;
+        }
+        if (has_room(dev, r)) return dev;
+    }
+    return kNoIndex;
+}
+
+std::uint32_t Scheduler::group_of(std::uint32_t tenant) const noexcept {
+    return tenant < tenant_group_.size() ? tenant_group_[tenant] : 0;
 }
 
 bool Scheduler::eligible(const Device& d, std::uint32_t tenant) const noexcept {
-    const bool pinned = tenant < tenant_pinned_.size() && tenant_pinned_[tenant];
-    if (!pinned) return d.tenants.empty();
+    if (group_of(tenant) == 0) return d.tenants.empty();
     return std::find(d.tenants.begin(), d.tenants.end(), tenant) != d.tenants.end();
 }
 
@@ -576,36 +624,9 @@ void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now) {
     ++d.dispatched_requests;
     d.placed_util += util;
     d.kv_used += static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
+    class_enter(r, d, now);
     ++counters_.dispatched;
     step_members_.push_back({step_batch_[batch.device], r.id});
-}
-
-void Scheduler::place_symmetric(double now) {
-    // One batch per free device, strongest first (device order on ties), filled in policy
-    // order; a non-batchable request closes the batch it would join and goes alone in the
-    // next. (A batch a migrant opened in this step is filled on.)
-    for (const std::uint32_t dev : device_order_) {
-        if (next_ready() == kNoHandle) break;
-        Device& d = devices_[dev];
-        std::uint32_t b;
-        if (step_batch_[dev] != kNoIndex) {
-            if (step_solo_[dev]) continue;
-            b = step_batches_[step_batch_[dev]];
-        } else {
-            if (d.inflight_batches >= d.max_inflight_batches) continue;
-            b = open_batch(dev);
-        }
-        std::uint32_t count = batches_[b].size;
-        for (Handle h = next_ready(); h != kNoHandle && count < cfg_.max_batch_size; h = next_ready()) {
-            const Request& r = slab_[h];
-            if (!r.batchable && count > 0) break;  // it goes alone, in the next batch
-            const bool alone = !r.batchable;
-            dispatch(h, b, request_util(r, now), now);
-            ++counters_.placed_fitting;  // every device fits equally here
-            ++count;
-            if (alone) break;
-        }
-    }
 }
 
 void Scheduler::emit_step(StepOutput& out) {
@@ -690,14 +711,56 @@ void Scheduler::place_deadline(double now) {
     }
 }
 
+void Scheduler::readmit_deadline(std::uint32_t dev) {
+    // Queued work bound to a device is the deadline class's admitted bandwidth. When the
+    // device's capacity drops below what it admitted, its queued deadline requests, latest
+    // deadline first, move to the device open to their tenant with the most deadline
+    // bandwidth left that can take them (device order on ties), until it is within limit.
+    Device& d = devices_[dev];
+    const double limit_share = cfg_.placement.dl_bandwidth_limit;
+    if (d.dl_bw <= limit_share * d.capacity) return;
+    handle_scratch_.clear();
+    for (const auto& e : dl_ready_.entries())
+        if (slab_[e.handle].dl_device == dev) handle_scratch_.push_back(e.handle);
+    std::sort(handle_scratch_.begin(), handle_scratch_.end(), [this](Handle a, Handle b) {
+        const Request& x = slab_[a];
+        const Request& y = slab_[b];
+        return x.deadline != y.deadline ? x.deadline > y.deadline : x.id > y.id;
+    });
+    for (const Handle h : handle_scratch_) {
+        if (d.dl_bw <= limit_share * d.capacity) break;
+        Request& r = slab_[h];
+        ++counters_.misfits;
+        std::uint32_t best = kNoIndex;
+        double best_room = -kInf;
+        for (const std::uint32_t to : device_order_) {
+            const Device& e = devices_[to];
+            if (to == dev || !eligible(e, r.tenant)) continue;
+            const double room = limit_share * e.capacity - e.dl_bw - r.dl_bw;
+            if (room >= 0.0 && room > best_room) {
+                best = to;
+                best_room = room;
+            }
+        }
+        if (best == kNoIndex) continue;
+        d.dl_bw -= r.dl_bw;
+        if (d.dl_bw < 1e-9) d.dl_bw = 0.0;
+        devices_[best].dl_bw += r.dl_bw;
+        r.dl_device = best;
+        ++counters_.readmitted;
+    }
+}
+
 void Scheduler::migrate_misfits(double now, StepOutput& out) {
     // Linux's misfit rule: an in-flight request whose utilization no longer fits its
     // device's (reduced) capacity moves to a bigger device that it fits and that has room,
-    // if there is one. Only devices whose capacity dropped since the last step are checked.
+    // if there is one. Only devices whose capacity dropped since the last step are checked;
+    // their queued deadline-class requests are re-admitted first (readmit_deadline).
     for (std::uint32_t dev = 0; dev < devices_.size(); ++dev) {
         Device& d = devices_[dev];
         if (!d.misfit_check) continue;
         d.misfit_check = false;
+        readmit_deadline(dev);
         Handle h = d.inflight_head;
         while (h != kNoHandle) {
             Request& r = slab_[h];
@@ -708,6 +771,12 @@ void Scheduler::migrate_misfits(double now, StepOutput& out) {
                 const std::uint32_t to = choose_device(r, r.util, &d, 0.0, &fitted);
                 if (to != kNoIndex && fitted) {
                     leave_batch(r);
+                    if (r.sched_class == SchedClass::Deadline) {  // its bandwidth moves with it
+                        d.dl_bw -= r.dl_bw;
+                        if (d.dl_bw < 1e-9) d.dl_bw = 0.0;
+                        devices_[to].dl_bw += r.dl_bw;
+                        r.dl_device = to;
+                    }
                     const std::uint32_t sb = step_batch_[to];
                     const std::uint32_t b = sb == kNoIndex ? open_batch(to) : step_batches_[sb];
                     if (!r.batchable) step_solo_[to] = 1;
@@ -726,14 +795,37 @@ void Scheduler::place_by_fitness(double now) {
     // docs/placement.md: each request, in policy order, goes to the best-scoring device
     // that has room for it, is open to its tenant, has KV memory for it and fits it
     // (util * margin < spare); if none fits, to the one with the most spare capacity among
-    // those with room and memory (counted as a fallback). If no device has room and
-    // memory for the head of the queue, the step stops: nothing overtakes it.
-    for (Handle h = next_ready(); h != kNoHandle; h = next_ready()) {
+    // those with room and memory (counted as a fallback). In a symmetric group the first
+    // device with room takes it. If no device of its group has room and memory for a
+    // request, its group is done for this step: nothing of that group overtakes it, and
+    // other groups (other tenants' slices) go on.
+    std::uint64_t open = 0;  // queued requests of groups not yet blocked in this step
+    for (std::size_t g = 0; g < group_devices_.size(); ++g) {
+        group_blocked_[g] = 0;
+        open += group_queued_[g];
+    }
+    skipped_.clear();
+    for (Handle h = next_ready(); h != kNoHandle && open > 0; h = next_ready()) {
         const Request& r = slab_[h];
+        const std::uint32_t group = group_of(r.tenant);
+        if (group_blocked_[group]) {
+            IndexedHeap<>& q = queue_of(r);
+            skipped_.push_back({h, q.top().key});
+            q.pop();
+            continue;
+        }
         const double u = request_util(r, now);
         bool fitted = false;
         std::uint32_t dev;
-        if (r.sched_class == SchedClass::Strict) {
+        if (group_symmetric_[group]) {
+            // Symmetric group: every device fits equally; the first with room takes it.
+            // (Whether it fitted there is still counted.)
+            dev = choose_symmetric(group, r);
+            if (dev != kNoIndex) {
+                const Device& d = devices_[dev];
+                fitted = u * cfg_.placement.fit_margin < d.capacity - std::max(d.util.util_avg(), d.placed_util);
+            }
+        } else if (r.sched_class == SchedClass::Strict) {
             // RT-like: a device with capacity >= uclamp_min; if none has room, strict
             // priority alone decides (any device).
             dev = choose_device(r, u, nullptr, r.uclamp_min * kCapacityScale, &fitted);
@@ -741,13 +833,19 @@ void Scheduler::place_by_fitness(double now) {
         } else {
             dev = choose_device(r, u, nullptr, 0.0, &fitted);
         }
-        if (dev == kNoIndex) break;  // the head cannot be placed now: keep the order
+        if (dev == kNoIndex) {  // its group is full: keep the order within the group
+            group_blocked_[group] = 1;
+            open -= group_queued_[group];
+            continue;  // (h is still at the top: the next round skips it)
+        }
         ++(fitted ? counters_.placed_fitting : counters_.placed_fallback);
         const std::uint32_t sb = step_batch_[dev];
         const std::uint32_t b = sb == kNoIndex ? open_batch(dev) : step_batches_[sb];
         if (!r.batchable) step_solo_[dev] = 1;
         dispatch(h, b, u, now);
+        --open;
     }
+    for (const auto& [h, key] : skipped_) queue_of(slab_[h]).push(h, key);
 }
 
 void Scheduler::check_device(std::uint32_t device) const {
@@ -769,8 +867,10 @@ void Scheduler::set_clock(std::uint32_t device, double cur, double max, double n
                               format_number(cur));
     now_ = t;
     touch(d, t);  // the time so far counts at the old clock
+    for (Handle h = d.inflight_head; h != kNoHandle; h = slab_[h].dev_next) class_leave(slab_[h], d, t);
     d.max_clock = m;
     d.clock_scale = cur / m;
+    for (Handle h = d.inflight_head; h != kNoHandle; h = slab_[h].dev_next) class_enter(slab_[h], d, t);
     const double before = d.capacity;
     refresh_capacity(d);
     if (d.capacity < before) d.misfit_check = true;
@@ -793,7 +893,34 @@ void Scheduler::set_pressure(std::uint32_t device, double pressure, double now) 
 
 UtilEst Scheduler::class_estimate(std::uint32_t request_class) const {
     std::lock_guard<std::mutex> lock(mu_);
-    return request_class < classes_.size() ? classes_[request_class] : UtilEst{};
+    return request_class < classes_.size() ? classes_[request_class].est : UtilEst{};
+}
+
+double Scheduler::class_util(std::uint32_t request_class) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (request_class >= classes_.size()) return 0.0;
+    PeltSignal s = classes_[request_class].util;  // decayed to now_ on a copy
+    s.update(now_, classes_[request_class].running, pelt_);
+    return s.util_avg();
+}
+
+double Scheduler::class_share(const Device& d) const noexcept {
+    // One in-flight request's share of its device's invariant occupancy signal (touch()).
+    const double slots = static_cast<double>(cfg_.max_batch_size) * static_cast<double>(d.max_inflight_batches);
+    return d.clock_scale * d.capacity_orig / slots;
+}
+
+void Scheduler::class_enter(const Request& r, const Device& d, double now) noexcept {
+    ClassState& c = classes_[r.request_class];
+    c.util.update(now, c.running, pelt_);
+    c.running += class_share(d);
+}
+
+void Scheduler::class_leave(const Request& r, const Device& d, double now) noexcept {
+    ClassState& c = classes_[r.request_class];
+    c.util.update(now, c.running, pelt_);
+    c.running -= class_share(d);
+    if (c.running < 1e-9) c.running = 0.0;  // rounding left over when it empties
 }
 
 // ---------------------------------------------------------------- endings
@@ -814,6 +941,7 @@ void Scheduler::leave_batch(Request& r) {
     Batch& b = batches_[r.batch];
     Device& d = devices_[b.device];
     touch(d, now_);
+    class_leave(r, d, now_);
     d.placed_util -= r.util;
     if (d.placed_util < 1e-9) d.placed_util = 0.0;  // rounding left over when it empties
     d.kv_used -= static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
@@ -957,7 +1085,7 @@ void Scheduler::complete_locked(Handle h) {
     const double service = now_ - r.dispatched_at;
     const double work = service * d.clock_scale * (d.capacity_orig / kCapacityScale) / static_cast<double>(b.size);
     const double tokens = static_cast<double>(r.prompt_tokens) + static_cast<double>(r.max_new_tokens);
-    classes_[r.request_class].sample(work / tokens);
+    classes_[r.request_class].est.sample(work / tokens);
     end(h, Outcome::Completed, "");
 }
 

@@ -421,6 +421,18 @@ class Scheduler:
         seen, ewma, last, estimate = self._core.class_estimate(idx)
         return {"ewma": ewma, "last": last, "estimate": estimate} if seen else None
 
+    def class_util(self, request_class: Optional[str] = None) -> float:
+        """PELT utilization of a request class at the latest time seen: the device
+        capacity its in-flight requests have occupied (1024 = the strongest device kept
+        full), summed over devices and decayed like a device's ``util_avg`` (half-life
+        32 PELT periods). Each in-flight request counts ``capacity_orig x clock_scale /
+        (max_batch_size x max_inflight_batches)`` of its device, so the classes' signals
+        add up to the devices'. 0.0 for a class never seen."""
+        if request_class is not None and not isinstance(request_class, str):
+            raise InvalidArgumentError(f"request_class must be a str or None, got {request_class!r}")
+        idx = self._classes.get(request_class)
+        return 0.0 if idx is None else float(self._core.class_util(idx))
+
     def _device_indices(self, device: object) -> list[int]:
         if isinstance(device, str):
             indices = self._index.get(device)
@@ -452,7 +464,10 @@ class Scheduler:
         unlimited) and ``kv_used``. ``placed_fitting`` and ``placed_fallback`` count
         placements on a device the request fitted and fallbacks to the largest spare
         capacity when none did; ``misfits`` counts in-flight requests found not to fit
-        their device after its capacity dropped, ``migrated`` those moved to a bigger one.
+        their device after its capacity dropped (and queued deadline-class requests its
+        reduced capacity can no longer hold), ``migrated`` the in-flight ones moved to a
+        bigger device, ``readmitted`` the queued deadline-class ones whose reserved
+        bandwidth moved to another device.
         """
         s = self._core.stats()
         for name, d in zip(self._names, s["devices"]):

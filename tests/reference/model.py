@@ -21,11 +21,12 @@ cpp/include/capsched/scheduler.hpp):
   (docs/placement.md): every device's PELT signal is brought up to ``now``; misfits of
   devices whose capacity dropped move to a bigger device; deadline-class requests
   (earliest deadline first) go to their admitting device; then strict-class requests
-  (priority with aging) and normal requests (the policy's order) are placed, either by
-  the symmetric fast path (all usable capacities equal, no KV budget, no pinned tenant,
-  energy_aware off: devices strongest first each take one batch) or one by one on the
-  device that fits them best; (4) ``failed`` lists the dependency failures since the
-  previous step (in the order they happened), then those of this step's expiries.
+  (priority with aging) and normal requests (the policy's order) are placed one by one:
+  in a symmetric placement group (every device the request may use has the same usable
+  capacity, KV budget and energy per token) on the first device with room, otherwise on
+  the device that fits it best; a request with no device stops its group for the step;
+  (4) ``failed`` lists the dependency failures since the previous step (in the order
+  they happened), then those of this step's expiries.
 
 Floating point: every quantity that decides placement (capacities, PELT, utilizations,
 spare capacity, scores) is computed with the same operations in the same order as the
@@ -381,9 +382,11 @@ class ReferenceScheduler:
         self.batches: Dict[int, RefBatch] = {}
         self.next_batch = 0
         self.classes: Dict[Optional[str], RefUtilEst] = {}
+        # Per request class: [PELT signal, running contribution] (docs/placement.md).
+        self.class_pelt: Dict[Optional[str], List[Any]] = {}
         self.counters = dict(accepted=0, completed=0, failed=0, expired=0, cancelled=0,
                              retried=0, dispatched=0, batches=0, placed_fitting=0,
-                             placed_fallback=0, misfits=0, migrated=0)
+                             placed_fallback=0, misfits=0, migrated=0, readmitted=0)
         # Dependency failures since the last step: a list of events, each a list of
         # (id, reason) in the order the cascade ended them.
         self.pending_failed: List[List[Tuple[int, str]]] = []
@@ -493,13 +496,50 @@ class ReferenceScheduler:
             return not d.tenants
         return tenant in d.tenants
 
-    def symmetric(self) -> bool:
-        """The core's fast path: equal usable capacities, no KV budget, no tenant list,
-        energy_aware off."""
-        if self.pinned or self.cfg["energy_aware"]:
+    def group_devices(self, tenant: Optional[str]) -> List[int]:
+        """The devices open to the tenant (its placement group), strongest first."""
+        return [di for di in self.device_order if self.eligible(self.devices[di], tenant)]
+
+    def group_key(self, tenant: Optional[str]) -> Optional[str]:
+        """Group 0 (None) = the shared devices; a pinned tenant has its own group."""
+        return tenant if tenant in self.pinned else None
+
+    def symmetric(self, tenant: Optional[str]) -> bool:
+        """Linux's SMP-island rule per group: every device of the tenant's group has the
+        same usable capacity, KV budget and energy per token."""
+        members = [self.devices[di] for di in self.group_devices(tenant)]
+        if not members:
             return False
-        c = self.devices[0].capacity
-        return all(d.capacity == c and d.kv_budget is None for d in self.devices)
+        a = members[0]
+        return all(d.capacity == a.capacity and d.kv_budget == a.kv_budget
+                   and d.energy == a.energy for d in members)
+
+    def class_share(self, d: RefDevice) -> float:
+        """One in-flight request's share of its device's invariant occupancy signal."""
+        slots = float(self.max_batch_size) * float(d.max_inflight_batches)
+        return d.clock_scale * d.capacity_orig / slots
+
+    def _class_enter(self, r: RefRequest, d: RefDevice, now: float) -> None:
+        c = self.class_pelt.setdefault(r.request_class, [RefPelt(self.cfg["pelt_period"]), 0.0])
+        c[0].update(now, c[1])
+        c[1] = c[1] + self.class_share(d)
+
+    def _class_leave(self, r: RefRequest, d: RefDevice, now: float) -> None:
+        c = self.class_pelt[r.request_class]
+        c[0].update(now, c[1])
+        c[1] = c[1] - self.class_share(d)
+        if c[1] < 1e-9:
+            c[1] = 0.0
+
+    def class_util(self, request_class: Optional[str] = None) -> float:
+        """The class's PELT signal decayed to the latest time seen (on a copy)."""
+        c = self.class_pelt.get(request_class)
+        if c is None:
+            return 0.0
+        sig = RefPelt(c[0].period)
+        sig.__dict__.update(c[0].__dict__)
+        sig.update(self.now, c[1])
+        return sig.util_avg
 
     def spare(self, d: RefDevice) -> float:
         return d.capacity - max(d.pelt.util_avg, d.placed_util)
@@ -585,6 +625,7 @@ class ReferenceScheduler:
         d.dispatched_requests += 1
         d.placed_util += util
         d.kv_used += r.kv_tokens
+        self._class_enter(r, d, now)
         self.counters["dispatched"] += 1
         self._step_members.append((bid, r.id))
 
@@ -592,6 +633,7 @@ class ReferenceScheduler:
         b = self.batches[r.batch]
         dev = self.devices[b.device]
         self._touch(dev, self.now)  # the time so far counts at the old occupancy
+        self._class_leave(r, dev, self.now)
         dev.placed_util -= r.util
         if dev.placed_util < 1e-9:
             dev.placed_util = 0.0  # rounding left over when it empties
@@ -740,10 +782,7 @@ class ReferenceScheduler:
         self._place_deadline(now)
         # (2) key every ready request at now.
         order = self.placement_order(now)
-        if self.symmetric():
-            self._place_symmetric(order, now)
-        else:
-            self._place_by_fitness(order, now)
+        self._place_by_fitness(order, now)
         # The batches in the order they were opened, members in placement order.
         batches: List[Tuple[int, List[int]]] = [
             (dev, [rid for b, rid in self._step_members if b == bid])
@@ -769,6 +808,7 @@ class ReferenceScheduler:
             if not d.misfit_check:
                 continue
             d.misfit_check = False
+            self._readmit_deadline(di)
             on_it = [r for r in self.requests.values()
                      if r.state == "in_flight" and self.batches[r.batch].device == di]
             on_it.sort(key=lambda r: -r.seq)
@@ -780,6 +820,12 @@ class ReferenceScheduler:
                 if to is None or not fitted:
                     continue
                 self._leave_batch(r)
+                if r.sched_class == "deadline":  # its reserved bandwidth moves with it
+                    d.dl_bw -= r.dl_bw
+                    if d.dl_bw < 1e-9:
+                        d.dl_bw = 0.0
+                    self.devices[to].dl_bw += r.dl_bw
+                    r.dl_device = to
                 bid = self._batch_for(to)
                 if not r.batchable:
                     self._step_solo.add(to)
@@ -787,6 +833,39 @@ class ReferenceScheduler:
                 self.counters["migrated"] += 1
                 moved.append((r.id, di))
         return moved
+
+    def _readmit_deadline(self, di: int) -> None:
+        """docs/placement.md, Misfit: while a device's admitted deadline bandwidth exceeds
+        dl_bandwidth_limit x its (reduced) capacity, its queued deadline-class requests,
+        latest deadline first (ties: highest id first), move to the device open to their
+        tenant with the most bandwidth left that can take them (device order on ties)."""
+        d = self.devices[di]
+        lim = self.cfg["dl_bandwidth_limit"]
+        if d.dl_bw <= lim * d.capacity:
+            return
+        queued = [r for r in self.requests.values() if r.state == "queued"
+                  and r.sched_class == "deadline" and r.dl_device == di]
+        queued.sort(key=lambda r: (-r.deadline, -r.id))
+        for r in queued:
+            if d.dl_bw <= lim * d.capacity:
+                break
+            self.counters["misfits"] += 1
+            best, best_room = None, -INF
+            for to in self.device_order:
+                e = self.devices[to]
+                if to == di or not self.eligible(e, r.tenant):
+                    continue
+                room = lim * e.capacity - e.dl_bw - r.dl_bw
+                if room >= 0.0 and room > best_room:
+                    best, best_room = to, room
+            if best is None:
+                continue
+            d.dl_bw -= r.dl_bw
+            if d.dl_bw < 1e-9:
+                d.dl_bw = 0.0
+            self.devices[best].dl_bw += r.dl_bw
+            r.dl_device = best
+            self.counters["readmitted"] += 1
 
     def _place_deadline(self, now: float) -> None:
         """Deadline class: EDF (ties by id), each on its admitting device with its
@@ -801,51 +880,34 @@ class ReferenceScheduler:
             self.counters["placed_fitting"] += 1
             self._dispatch(r, bid, r.dl_bw, now)
 
-    def _place_symmetric(self, order: List[int], now: float) -> None:
-        """Each device with a free slot (strongest first, then device order) takes one
-        batch of up to max_batch_size requests in order; a non-batchable request closes
-        the batch it would join and goes alone in the next. A batch opened earlier in
-        the step (migrants, deadline class) is filled on."""
-        pos = 0
-        for di in self.device_order:
-            if pos >= len(order):
-                break
-            dev = self.devices[di]
-            if di in self._step_batch:
-                if di in self._step_solo:
-                    continue
-                bid = self._step_batch[di]
-            else:
-                if dev.inflight_batches >= dev.max_inflight_batches:
-                    continue
-                bid = self._open_batch(di)
-            count = self.batches[bid].size
-            while pos < len(order) and count < self.max_batch_size:
-                r = self.requests[order[pos]]
-                if not r.batchable and count > 0:
-                    break  # it goes alone, in the next batch
-                self._dispatch(r, bid, self.request_util(r, now), now)
-                self.counters["placed_fitting"] += 1
-                pos += 1
-                count += 1
-                if not r.batchable:
-                    break
-
     def _place_by_fitness(self, order: List[int], now: float) -> None:
-        """Each request in order goes to choose_device's pick; strict ones first among
-        devices with capacity >= 1024 x uclamp_min (any device if none is a candidate).
-        A head with no candidate stops the step."""
+        """Each request in order: in a symmetric group, the first device of its group
+        (strongest first) with room; otherwise choose_device's pick, strict ones first
+        among devices with capacity >= 1024 x uclamp_min (any device if none is a
+        candidate). A request with no device closes its group for the step: nothing of
+        that group overtakes it, other groups go on."""
+        symmetric = {g: self.symmetric(g) for g in {self.group_key(self.requests[i].tenant)
+                                                     for i in order}}
+        blocked: set = set()
+        margin = self.cfg["fit_margin"]
         for rid in order:
             r = self.requests[rid]
+            g = self.group_key(r.tenant)
+            if g in blocked:
+                continue
             u = self.request_util(r, now)
-            if r.sched_class == "strict":
+            if symmetric[g]:
+                di = next((x for x in self.group_devices(r.tenant) if self.has_room(x, r)), None)
+                fitted = di is not None and u * margin < self.spare(self.devices[di])
+            elif r.sched_class == "strict":
                 di, fitted = self.choose_device(r, u, None, r.uclamp_min * CAPACITY_SCALE)
                 if di is None:
                     di, fitted = self.choose_device(r, u, None, 0.0)
             else:
                 di, fitted = self.choose_device(r, u, None, 0.0)
             if di is None:
-                break  # the head cannot be placed now: nothing overtakes it
+                blocked.add(g)  # its group is full: nothing of it overtakes r
+                continue
             self.counters["placed_fitting" if fitted else "placed_fallback"] += 1
             bid = self._batch_for(di)
             if not r.batchable:
@@ -923,9 +985,17 @@ class ReferenceScheduler:
             raise RefInvalidArgument(f"current clock must be in (0, {m}], got {clock!r}")
         self.now = now
         self._touch(d, now)
+        # The in-flight requests' class contributions change with the clock (the core
+        # walks its in-flight list: the most recently dispatched first).
+        on_it = sorted((r for r in self.requests.values() if r.state == "in_flight"
+                        and self.batches[r.batch].device == device), key=lambda r: -r.seq)
+        for r in on_it:
+            self._class_leave(r, d, now)
         d.clock_known = True
         d.max_clock = m
         d.clock_scale = clock / m
+        for r in on_it:
+            self._class_enter(r, d, now)
         before = d.capacity
         d.refresh_capacity()
         if d.capacity < before:

@@ -68,6 +68,17 @@ struct Counters {
     std::uint64_t placed_fallback = 0;  // nothing fitted: the largest spare capacity took it
     std::uint64_t misfits = 0;          // in-flight requests found not to fit their device
     std::uint64_t migrated = 0;         // of those, moved to a bigger device
+    // Queued deadline-class requests moved to another device's bandwidth because their
+    // admitting device's capacity dropped below what it had admitted.
+    std::uint64_t readmitted = 0;
+};
+
+// What the scheduler knows of a request class: util_est of its work per token (from
+// completions) and a PELT signal of the device capacity its in-flight requests occupy.
+struct ClassState {
+    UtilEst est;
+    PeltSignal util;       // frequency- and capacity-invariant, 0..sum of capacities
+    double running = 0.0;  // current contribution: sum over its in-flight requests
 };
 
 struct Stats {
@@ -122,6 +133,10 @@ class Scheduler {
     void set_pressure(std::uint32_t device, double pressure, double now);
     // util_est of a request class: (seen, ewma, last) of invariant work per token, s.
     UtilEst class_estimate(std::uint32_t request_class) const;
+    // PELT utilization of a request class at the latest time seen: the device capacity
+    // (in 1024 units, summed over devices) its in-flight requests have occupied, decayed
+    // like a device's signal. The classes' signals add up to the devices' signals.
+    double class_util(std::uint32_t request_class) const;
 
     RequestStatus status(std::uint64_t id) const;
     Stats stats() const;
@@ -177,11 +192,16 @@ class Scheduler {
     bool has_room(std::uint32_t dev, const Request& r) const noexcept;
     void place_deadline(double now);
     Handle next_ready() const noexcept;
-    bool symmetric() const noexcept;
+    void refresh_groups() noexcept;
+    std::uint32_t group_of(std::uint32_t tenant) const noexcept;
+    std::uint32_t choose_symmetric(std::uint32_t group, const Request& r) noexcept;
+    double class_share(const Device& d) const noexcept;
+    void class_enter(const Request& r, const Device& d, double now) noexcept;
+    void class_leave(const Request& r, const Device& d, double now) noexcept;
+    void readmit_deadline(std::uint32_t dev);
     bool eligible(const Device& d, std::uint32_t tenant) const noexcept;
     std::uint32_t open_batch(std::uint32_t device);
     void dispatch(Handle h, std::uint32_t batch, double util, double now);
-    void place_symmetric(double now);
     void migrate_misfits(double now, StepOutput& out);
     void emit_step(StepOutput& out);
     std::uint32_t choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
@@ -198,10 +218,19 @@ class Scheduler {
     SchedulerConfig cfg_;
     std::vector<Device> devices_;
     std::vector<std::uint32_t> device_order_;  // strongest first
-    std::vector<bool> tenant_pinned_;           // by tenant id: pinned to some device
-    bool any_pins_ = false;
     PeltParams pelt_;
-    std::vector<UtilEst> classes_;
+    std::vector<ClassState> classes_;
+    // Placement groups: group 0 holds the shared devices (no tenant list); each pinned
+    // tenant has a group of the devices that list it. Strongest first. A group whose
+    // devices cannot be told apart (same usable capacity, KV budget and energy) is
+    // placed by the symmetric fast path; recomputed at each step.
+    std::vector<std::uint32_t> tenant_group_;   // by tenant id; 0 = shared
+    std::vector<std::vector<std::uint32_t>> group_devices_;
+    std::vector<std::uint8_t> group_symmetric_;
+    std::vector<std::uint32_t> group_cursor_;   // per step: first device that may have room
+    std::vector<std::uint64_t> group_queued_;   // queued normal + strict requests per group
+    std::vector<std::uint8_t> group_blocked_;   // per step: its head found no device
+    std::vector<std::pair<Handle, HeapKey>> skipped_;  // per step: passed over, put back
     // Per step scratch: the batch each device opened in this step (kNoIndex if none),
     // whether it is a lone non-batchable one, and (step batch, id) of each placement.
     std::vector<std::uint32_t> step_batch_;
@@ -210,6 +239,7 @@ class Scheduler {
     std::vector<std::pair<std::uint32_t, std::uint64_t>> step_members_;
     std::vector<std::size_t> cursor_;
     std::vector<std::uint64_t> dep_scratch_;
+    std::vector<Handle> handle_scratch_;
 
     mutable std::mutex mu_;
     double now_ = -kInf;
