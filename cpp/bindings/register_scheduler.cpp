@@ -41,7 +41,18 @@ py::dict device_dict(const Device& d) {
     out["dispatched_requests"] = d.dispatched_requests;
     out["dispatched_batches"] = d.dispatched_batches;
     out["completed_requests"] = d.completed_requests;
+    out["preempted_requests"] = d.preempted_requests;
+    out["batch_limit"] = d.batch_limit;
+    out["service_samples"] = d.service.samples;
+    out["service_multipliers"] = py::make_tuple(d.service.m[0], d.service.m[1], d.service.m[2]);
     return out;
+}
+
+py::tuple step_tuple(const StepOutput& out) {
+    return py::make_tuple(to_array(out.batch_device), to_array(out.batch_offsets), to_array(out.request_ids),
+                          to_array(out.expired), to_array(out.failed), py::cast(out.failed_reasons), out.now,
+                          to_array(out.migrated), to_array(out.migrated_from), to_array(out.preempted),
+                          to_array(out.preempted_from), out.next_step_at, out.held);
 }
 
 }  // namespace
@@ -112,6 +123,21 @@ void register_scheduler(py::module_& m) {
         .def_property(
             "dl_bandwidth_limit", [](const SchedulerConfig& c) { return c.placement.dl_bandwidth_limit; },
             [](SchedulerConfig& c, double v) { c.placement.dl_bandwidth_limit = v; })
+        .def_property(
+            "max_batch_tokens", [](const SchedulerConfig& c) { return c.batching.max_batch_tokens; },
+            [](SchedulerConfig& c, std::int64_t v) { c.batching.max_batch_tokens = v; })
+        .def_property(
+            "preferred_batch_sizes", [](const SchedulerConfig& c) { return c.batching.preferred_batch_sizes; },
+            [](SchedulerConfig& c, const std::vector<std::uint32_t>& v) { c.batching.preferred_batch_sizes = v; })
+        .def_property(
+            "max_queue_delay", [](const SchedulerConfig& c) { return c.batching.max_queue_delay; },
+            [](SchedulerConfig& c, double v) { c.batching.max_queue_delay = v; })
+        .def_property(
+            "latency_target", [](const SchedulerConfig& c) { return c.batching.latency_target; },
+            [](SchedulerConfig& c, double v) { c.batching.latency_target = v; })
+        .def_property(
+            "preemption", [](const SchedulerConfig& c) { return c.batching.preemption; },
+            [](SchedulerConfig& c, bool v) { c.batching.preemption = v; })
         .def_readwrite("max_batch_size", &SchedulerConfig::max_batch_size)
         .def_readwrite("max_retries", &SchedulerConfig::max_retries)
         .def_readwrite("dynamic_batching", &SchedulerConfig::dynamic_batching);
@@ -124,6 +150,9 @@ void register_scheduler(py::module_& m) {
         .def_readwrite("cur_clock", &DeviceSpec::cur_clock)
         .def_readwrite("kv_tokens", &DeviceSpec::kv_tokens)
         .def_readwrite("energy_per_token", &DeviceSpec::energy_per_token)
+        .def_readwrite("prefill_s_per_token", &DeviceSpec::prefill_s_per_token)
+        .def_readwrite("decode_step_s", &DeviceSpec::decode_step_s)
+        .def_readwrite("decode_s_per_seq", &DeviceSpec::decode_s_per_seq)
         .def_readwrite("tenants", &DeviceSpec::tenants);
 
     py::class_<Scheduler>(m, "Core", "The C++ scheduler (see capsched.Scheduler).")
@@ -191,13 +220,30 @@ void register_scheduler(py::module_& m) {
                     py::gil_scoped_release release;
                     s.step(now, out);
                 }
-                return py::make_tuple(to_array(out.batch_device), to_array(out.batch_offsets),
-                                      to_array(out.request_ids), to_array(out.expired), to_array(out.failed),
-                                      py::cast(out.failed_reasons), out.now, to_array(out.migrated),
-                                      to_array(out.migrated_from));
+                return step_tuple(out);
             },
             py::arg("now"))
-        .def("complete", &Scheduler::complete, py::arg("id"), py::arg("now"),
+        .def(
+            "step_continuous",
+            [](Scheduler& s, double now, const I64Array& free_slots, const I64Array& free_kv) {
+                if (static_cast<std::size_t>(free_slots.size()) != s.num_devices() ||
+                    static_cast<std::size_t>(free_kv.size()) != s.num_devices())
+                    throw py::value_error("step_continuous: one free_slots and one free_kv value per device");
+                StepOutput out;
+                const std::int64_t* slots = free_slots.data();
+                const std::int64_t* kv = free_kv.data();
+                {
+                    py::gil_scoped_release release;  // arrays are kept alive by this frame
+                    s.step_continuous(now, slots, kv, out);
+                }
+                return step_tuple(out);
+            },
+            py::arg("now"), py::arg("free_slots"), py::arg("free_kv"))
+        .def("estimate_service", &Scheduler::estimate_service, py::arg("device"), py::arg("prompt_tokens"),
+             py::arg("steps"), py::arg("batch"), py::call_guard<py::gil_scoped_release>())
+        .def("preemption_info", &Scheduler::preemption_info, py::arg("id"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("complete", &Scheduler::complete, py::arg("id"), py::arg("now"), py::arg("output_tokens") = -1,
              py::call_guard<py::gil_scoped_release>())
         .def(
             "complete_many",
@@ -258,6 +304,9 @@ void register_scheduler(py::module_& m) {
             out["misfits"] = st.counters.misfits;
             out["migrated"] = st.counters.migrated;
             out["readmitted"] = st.counters.readmitted;
+            out["held"] = st.counters.held;
+            out["trimmed"] = st.counters.trimmed;
+            out["preempted"] = st.counters.preempted;
             out["waiting"] = st.waiting;
             out["queued"] = st.queued;
             out["in_flight"] = st.in_flight;

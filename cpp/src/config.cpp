@@ -69,6 +69,24 @@ void validate(const SchedulerConfig& cfg) {
     if (cfg.max_batch_size < 1 || cfg.max_batch_size > kMaxBatchSize)
         throw ConfigError("max_batch_size must be in 1.." + std::to_string(kMaxBatchSize) +
                           ", got " + std::to_string(cfg.max_batch_size));
+    const BatchingConfig& b = cfg.batching;
+    if (b.max_batch_tokens < 0 || b.max_batch_tokens > kMaxBatchTokens)
+        throw ConfigError("max_batch_tokens must be in 0.." + std::to_string(kMaxBatchTokens) +
+                          " (0 = no budget), got " + std::to_string(b.max_batch_tokens));
+    if (b.preferred_batch_sizes.size() > kMaxPreferredSizes)
+        throw ConfigError("preferred_batch_sizes lists " + std::to_string(b.preferred_batch_sizes.size()) +
+                          " sizes (limit " + std::to_string(kMaxPreferredSizes) + ")");
+    for (std::size_t i = 0; i < b.preferred_batch_sizes.size(); ++i) {
+        const std::uint32_t v = b.preferred_batch_sizes[i];
+        if (v < 1 || v > cfg.max_batch_size)
+            throw ConfigError("preferred_batch_sizes[" + std::to_string(i) + "] must be in 1..max_batch_size (" +
+                              std::to_string(cfg.max_batch_size) + "), got " + std::to_string(v));
+        if (i > 0 && v <= b.preferred_batch_sizes[i - 1])
+            throw ConfigError("preferred_batch_sizes must be strictly ascending, got " +
+                              std::to_string(b.preferred_batch_sizes[i - 1]) + " then " + std::to_string(v));
+    }
+    require_nonneg(b.max_queue_delay, "max_queue_delay");
+    require_nonneg(b.latency_target, "latency_target");
     if (cfg.max_retries > 1000)
         throw ConfigError("max_retries must be in 0..1000, got " + std::to_string(cfg.max_retries));
 }

@@ -36,6 +36,10 @@ std::string id_text(std::uint64_t id) { return std::to_string(id); }
 }  // namespace
 
 void StepOutput::clear() noexcept {
+    preempted.clear();
+    preempted_from.clear();
+    next_step_at = kInf;
+    held = 0;
     migrated.clear();
     migrated_from.clear();
     batch_device.clear();
@@ -74,6 +78,12 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
         if (!std::isfinite(d.energy_per_token) || d.energy_per_token < 0.0)
             throw ConfigError(where + "energy per token must be a finite number >= 0, got " +
                               format_number(d.energy_per_token));
+        const double seeds[3] = {d.prefill_s_per_token, d.decode_step_s, d.decode_s_per_seq};
+        const char* seed_names[3] = {"prefill_s_per_token", "decode_step_s", "decode_s_per_seq"};
+        for (int k = 0; k < 3; ++k)
+            if (!std::isfinite(seeds[k]) || seeds[k] < 0.0)
+                throw ConfigError(where + seed_names[k] + " must be a finite number >= 0, got " +
+                                  format_number(seeds[k]));
         for (std::uint32_t t : d.tenants) max_tenant = std::max(max_tenant, t + 1);
         max_cap = std::max(max_cap, d.capacity);
     }
@@ -89,6 +99,10 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
         d.energy_per_token = spec.energy_per_token;
         d.tenants = spec.tenants;
         d.max_inflight_batches = spec.max_inflight_batches;
+        d.service.seed[0] = spec.prefill_s_per_token;
+        d.service.seed[1] = spec.decode_step_s;
+        d.service.seed[2] = spec.decode_s_per_seq;
+        d.batch_limit = static_cast<double>(cfg_.max_batch_size);
         refresh_capacity(d);
     }
     device_order_.resize(devices_.size());
@@ -98,6 +112,8 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
     });
     step_batch_.assign(devices_.size(), kNoIndex);
     step_solo_.assign(devices_.size(), 0);
+    step_slots_.assign(devices_.size(), 0);
+    step_kv_.assign(devices_.size(), -1);
     // Placement groups: 0 = the shared devices, then one per pinned tenant (by tenant id).
     group_devices_.emplace_back();
     for (std::uint32_t t = 0; t < max_tenant; ++t) {
@@ -402,6 +418,28 @@ void Scheduler::make_ready(Handle h, double now) {
 void Scheduler::step(double now, StepOutput& out) {
     std::lock_guard<std::mutex> lock(mu_);
     const double t = advance_clock(now);
+    continuous_ = false;
+    run_step(t, out);
+}
+
+void Scheduler::step_continuous(double now, const std::int64_t* free_slots, const std::int64_t* free_kv,
+                                StepOutput& out) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const double t = advance_clock(now);
+    for (std::size_t i = 0; i < devices_.size(); ++i)
+        if (free_slots[i] < 0 || free_slots[i] > static_cast<std::int64_t>(kMaxBatchSize))
+            throw InvalidArgument("free_slots of device " + std::to_string(i) + " must be in 0.." +
+                                  std::to_string(kMaxBatchSize) + ", got " + std::to_string(free_slots[i]));
+    for (std::size_t i = 0; i < devices_.size(); ++i) {
+        step_slots_[i] = free_slots[i];
+        step_kv_[i] = free_kv != nullptr && free_kv[i] >= 0 ? free_kv[i] : -1;
+    }
+    continuous_ = true;
+    run_step(t, out);
+    continuous_ = false;
+}
+
+void Scheduler::run_step(double t, StepOutput& out) {
     now_ = t;
     out.clear();
     out.now = t;
@@ -436,6 +474,8 @@ void Scheduler::step(double now, StepOutput& out) {
     migrate_misfits(t, out);
     place_deadline(t);
     place_by_fitness(t);
+    if (continuous_ && cfg_.batching.preemption) preempt(t, out);
+    hold_batches(t, out);
     emit_step(out);
 
     // 4. Failures that happened since the last step (dependency cascades).
@@ -559,11 +599,7 @@ std::uint32_t Scheduler::choose_symmetric(std::uint32_t group, const Request& r)
     std::uint32_t& cursor = group_cursor_[group];
     for (std::uint32_t i = cursor; i < members.size(); ++i) {
         const std::uint32_t dev = members[i];
-        const Device& d = devices_[dev];
-        const std::uint32_t sb = step_batch_[dev];
-        const bool closed = sb == kNoIndex ? d.inflight_batches >= d.max_inflight_batches
-                                           : step_solo_[dev] || batches_[step_batches_[sb]].size >= cfg_.max_batch_size;
-        if (closed && i == cursor) {
+        if (device_closed(dev) && i == cursor) {
             ++cursor;
             continue;
         }
@@ -590,9 +626,11 @@ std::uint32_t Scheduler::open_batch(std::uint32_t device) {
         b = static_cast<std::uint32_t>(batches_.size());
         batches_.emplace_back();
     }
-    batches_[b] = Batch{device, 0, 0};
+    batches_[b] = Batch{};
+    batches_[b].device = device;
+    batches_[b].counted = !continuous_;
     Device& d = devices_[device];
-    ++d.inflight_batches;
+    if (!continuous_) ++d.inflight_batches;
     ++d.dispatched_batches;
     ++counters_.batches;
     step_batch_[device] = static_cast<std::uint32_t>(step_batches_.size());
@@ -600,7 +638,7 @@ std::uint32_t Scheduler::open_batch(std::uint32_t device) {
     return b;
 }
 
-void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now) {
+void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now, std::uint8_t kind) {
     if (slab_[h].state == State::Queued) {  // (a migrant is already in flight)
         erase_ready(h);
         deadlines_.erase(h);
@@ -618,46 +656,252 @@ void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now) {
     d.inflight_head = h;
     r.util = util;
     r.dispatched_at = now;
+    const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
     ++batch.remaining;
     ++batch.size;
+    batch.tokens += tokens;
+    batch.prompt += r.prompt_tokens;
+    if (r.max_new_tokens > batch.max_new) batch.max_new = r.max_new_tokens;
+    batch.work += work_per_token(r.request_class) * static_cast<double>(tokens);
+    if (batch.size == 1) batch.dispatched_at = now;
+    if (kind == 2) batch.migrant = true;
+    if (!r.batchable) batch.solo = true;
     ++d.inflight_requests;
     ++d.dispatched_requests;
     d.placed_util += util;
-    d.kv_used += static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
+    d.kv_used += tokens;
+    if (continuous_) {
+        --step_slots_[batch.device];
+        if (step_kv_[batch.device] >= 0) step_kv_[batch.device] -= tokens;
+    }
     class_enter(r, d, now);
     ++counters_.dispatched;
-    step_members_.push_back({step_batch_[batch.device], r.id});
+    if (kind == 0) ++counters_.placed_fitting;
+    if (kind == 1) ++counters_.placed_fallback;
+    step_members_.push_back(StepMember{step_batch_[batch.device], h, r.id, kind, true});
+}
+
+void Scheduler::undispatch(StepMember& m, double now) {
+    // Puts a request placed in this step back in its queue, as if it had not been placed.
+    Request& r = slab_[m.handle];
+    Batch& b = batches_[r.batch];
+    Device& d = devices_[b.device];
+    const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
+    b.clean = false;  // its ending teaches nothing
+    --b.size;
+    b.tokens -= tokens;
+    b.prompt -= r.prompt_tokens;
+    --d.dispatched_requests;
+    --counters_.dispatched;
+    --(m.kind == 0 ? counters_.placed_fitting : counters_.placed_fallback);
+    if (b.size == 0) {
+        --d.dispatched_batches;
+        --counters_.batches;
+    }
+    leave_batch(r);
+    --in_flight_;
+    if (std::isfinite(r.deadline)) deadlines_.push(m.handle, HeapKey{r.deadline, r.id});
+    make_ready(m.handle, now);
+    m.kept = false;
 }
 
 void Scheduler::emit_step(StepOutput& out) {
-    // Batches in the order they were opened; members grouped stably by batch, so they
-    // keep the order they were placed in (migrants first, then policy order).
+    // Batches in the order they were opened (those held back to fill left out); members
+    // grouped stably by batch, so they keep the order they were placed in (migrants
+    // first, then policy order).
     out.batch_offsets.push_back(0);
     std::size_t off = 0;
-    for (const std::uint32_t b : step_batches_) {
-        const std::uint32_t dev = batches_[b].device;
-        out.batch_device.push_back(dev);
-        step_batch_[dev] = kNoIndex;
-        step_solo_[dev] = 0;
-        off += batches_[b].size;
+    cursor_.assign(step_batches_.size(), 0);
+    for (std::size_t i = 0; i < step_batches_.size(); ++i) {
+        const Batch& b = batches_[step_batches_[i]];
+        step_batch_[b.device] = kNoIndex;
+        step_solo_[b.device] = 0;
+        if (b.size == 0) continue;  // held back
+        out.batch_device.push_back(b.device);
+        cursor_[i] = off;
+        off += b.size;
         out.batch_offsets.push_back(off);
     }
     out.request_ids.resize(off);
-    cursor_.assign(out.batch_offsets.begin(), out.batch_offsets.end() - 1);
-    for (const auto& m : step_members_) out.request_ids[cursor_[m.first]++] = m.second;
+    for (const StepMember& m : step_members_)
+        if (m.kept) out.request_ids[cursor_[m.step_batch]++] = m.id;
+}
+
+std::uint32_t Scheduler::batch_limit(const Device& d) const noexcept {
+    if (!cfg_.dynamic_batching || cfg_.batching.latency_target <= 0.0) return cfg_.max_batch_size;
+    return static_cast<std::uint32_t>(d.batch_limit);
+}
+
+bool Scheduler::device_closed(std::uint32_t dev) const noexcept {
+    // Can take no further batchable request in this step.
+    if (step_solo_[dev]) return true;
+    if (continuous_) return step_slots_[dev] <= 0;
+    const Device& d = devices_[dev];
+    const std::uint32_t sb = step_batch_[dev];
+    if (sb == kNoIndex) return d.inflight_batches >= d.max_inflight_batches;
+    return batches_[step_batches_[sb]].size >= batch_limit(d);
+}
+
+bool Scheduler::in_time(const Device& d, const Request& r) const noexcept {
+    // With a seeded service model and a deadline: the request, alone, ends in time there.
+    if (!d.service.known() || !std::isfinite(r.deadline)) return true;
+    return now_ + d.service.estimate(static_cast<double>(r.prompt_tokens), static_cast<double>(r.max_new_tokens), 1.0) /
+                      d.clock_scale <=
+           r.deadline;
+}
+
+double Scheduler::work_per_token(std::uint32_t request_class) const noexcept {
+    const bool seen = request_class < classes_.size() && classes_[request_class].est.seen();
+    return seen ? classes_[request_class].est.estimate() : cfg_.placement.default_work_per_token;
+}
+
+double Scheduler::service_estimate(const Device& d, double prompt, double steps, double batch,
+                                   double work) const noexcept {
+    // docs/batching.md: the device's service model when seeded; otherwise the invariant
+    // work of the batch (util_est x tokens) on this device's capacity and clock.
+    if (d.service.known()) return d.service.estimate(prompt, steps, batch) / d.clock_scale;
+    return work / (d.capacity_orig / kCapacityScale * d.clock_scale);
+}
+
+double Scheduler::estimate_service(std::uint32_t device, double prompt_tokens, double steps, double batch) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    check_device(device);
+    if (!(std::isfinite(prompt_tokens) && prompt_tokens >= 0.0))
+        throw InvalidArgument("prompt_tokens must be a finite number >= 0, got " + format_number(prompt_tokens));
+    if (!(std::isfinite(steps) && steps >= 0.0))
+        throw InvalidArgument("steps must be a finite number >= 0, got " + format_number(steps));
+    if (!(std::isfinite(batch) && batch >= 1.0))
+        throw InvalidArgument("batch must be a finite number >= 1, got " + format_number(batch));
+    const double work = cfg_.placement.default_work_per_token * (prompt_tokens + steps * batch);
+    return service_estimate(devices_[device], prompt_tokens, steps, batch, work);
+}
+
+std::pair<std::uint32_t, double> Scheduler::preemption_info(std::uint64_t id) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    const Handle h = find_live(id, "inspect");
+    return {slab_[h].preemptions, slab_[h].progress};
+}
+
+void Scheduler::hold_batches(double now, StepOutput& out) {
+    // Wait or go (docs/batching.md), batch mode with dynamic batching and a queue delay.
+    const BatchingConfig& bc = cfg_.batching;
+    if (continuous_ || !cfg_.dynamic_batching || bc.max_queue_delay <= 0.0) return;
+    for (std::size_t i = 0; i < step_batches_.size(); ++i) {
+        Batch& b = batches_[step_batches_[i]];
+        const Device& d = devices_[b.device];
+        if (b.migrant || b.solo || b.size == 0) continue;
+        if (b.size >= batch_limit(d) || (bc.max_batch_tokens > 0 && b.tokens >= bc.max_batch_tokens)) continue;
+        double oldest = kInf, due = kInf;
+        for (const StepMember& m : step_members_) {
+            if (m.step_batch != i || !m.kept) continue;
+            const Request& r = slab_[m.handle];
+            oldest = std::min(oldest, r.arrival);
+            due = std::min(due, r.deadline);
+        }
+        if (now - oldest >= bc.max_queue_delay) continue;  // waited long enough
+        const double est = service_estimate(d, static_cast<double>(b.prompt), static_cast<double>(b.max_new),
+                                            static_cast<double>(b.size), b.work);
+        const double slack = due - now - est;
+        if (slack <= 0.0) continue;  // waiting any longer would break its most urgent member
+        std::uint32_t keep = 0;
+        for (const std::uint32_t p : bc.preferred_batch_sizes)
+            if (p <= b.size) keep = p;
+        if (keep > 0) {
+            // Cut to the largest preferred size it reaches: the last placed go back.
+            if (keep == b.size) continue;
+            std::uint32_t extra = b.size - keep;
+            for (std::size_t k = step_members_.size(); k-- > 0 && extra > 0;) {
+                StepMember& m = step_members_[k];
+                if (m.step_batch != i || !m.kept) continue;
+                undispatch(m, now);
+                ++counters_.trimmed;
+                --extra;
+            }
+            continue;
+        }
+        for (StepMember& m : step_members_)
+            if (m.step_batch == i && m.kept) undispatch(m, now);
+        ++counters_.held;
+        ++out.held;
+        out.next_step_at = std::min(out.next_step_at, std::min(oldest + bc.max_queue_delay, now + slack));
+    }
+}
+
+void Scheduler::preempt(double now, StepOutput& out) {
+    // Continuous mode (docs/batching.md): the head of the deadline class, else of the
+    // strict class, still queued after placement, evicts one normal-class request in
+    // flight whose slot and KV make room for it: lowest priority first, then the least
+    // work lost (latest dispatch), then the highest id. Repeats for the next head.
+    for (std::size_t round = 0; round < devices_.size(); ++round) {
+        Handle u = !dl_ready_.empty() ? dl_ready_.top().handle : !rt_ready_.empty() ? rt_ready_.top().handle : kNoHandle;
+        if (u == kNoHandle) return;
+        const Request& ur = slab_[u];
+        if (!ur.batchable) return;
+        const std::int64_t need = static_cast<std::int64_t>(ur.prompt_tokens) + static_cast<std::int64_t>(ur.max_new_tokens);
+        Handle victim = kNoHandle;
+        std::uint32_t victim_dev = kNoIndex;
+        for (std::uint32_t dev = 0; dev < devices_.size(); ++dev) {
+            const Device& d = devices_[dev];
+            if (ur.sched_class == SchedClass::Deadline ? dev != ur.dl_device : !eligible(d, ur.tenant)) continue;
+            if (step_solo_[dev]) continue;
+            const std::int64_t kv_left = step_kv_[dev] >= 0 ? step_kv_[dev]
+                                         : d.kv_budget == kUnlimitedTokens ? std::numeric_limits<std::int64_t>::max() / 2
+                                                                           : d.kv_budget - d.kv_used;
+            const std::uint32_t sb = step_batch_[dev];
+            const std::uint32_t joiners = sb == kNoIndex ? kNoIndex : step_batches_[sb];
+            for (Handle h = d.inflight_head; h != kNoHandle; h = slab_[h].dev_next) {
+                const Request& v = slab_[h];
+                if (v.sched_class != SchedClass::Normal || v.batch == joiners) continue;
+                const std::int64_t freed = static_cast<std::int64_t>(v.prompt_tokens) + static_cast<std::int64_t>(v.max_new_tokens);
+                if (step_slots_[dev] + 1 <= 0 || kv_left + freed < need) continue;
+                if (victim != kNoHandle) {
+                    const Request& w = slab_[victim];
+                    const bool better = v.priority != w.priority ? v.priority < w.priority
+                                        : v.dispatched_at != w.dispatched_at ? v.dispatched_at > w.dispatched_at
+                                                                             : v.id > w.id;
+                    if (!better) continue;
+                }
+                victim = h;
+                victim_dev = dev;
+            }
+        }
+        if (victim == kNoHandle) return;  // the head waits, and nothing behind it preempts
+        Request& v = slab_[victim];
+        Device& d = devices_[victim_dev];
+        const std::int64_t freed = static_cast<std::int64_t>(v.prompt_tokens) + static_cast<std::int64_t>(v.max_new_tokens);
+        out.preempted.push_back(v.id);
+        out.preempted_from.push_back(victim_dev);
+        ++counters_.preempted;
+        ++d.preempted_requests;
+        v.progress += now - v.dispatched_at;
+        ++v.preemptions;
+        batches_[v.batch].clean = false;
+        leave_batch(v);
+        --in_flight_;
+        if (std::isfinite(v.deadline)) deadlines_.push(victim, HeapKey{v.deadline, v.id});
+        make_ready(victim, now);
+        ++step_slots_[victim_dev];
+        if (step_kv_[victim_dev] >= 0) step_kv_[victim_dev] += freed;
+        // The urgent request takes the room.
+        const Request& r = slab_[u];
+        if (!has_room(victim_dev, r)) return;  // (cannot happen: the victim freed enough)
+        const std::uint32_t sb = step_batch_[victim_dev];
+        const std::uint32_t b = sb == kNoIndex ? open_batch(victim_dev) : step_batches_[sb];
+        dispatch(u, b, r.sched_class == SchedClass::Deadline ? r.dl_bw : request_util(r, now), now, 0);
+    }
 }
 
 bool Scheduler::has_room(std::uint32_t dev, const Request& r) const noexcept {
-    // A candidate: open to r's tenant, room for r in this step, KV memory for r.
+    // A candidate: open to r's tenant, room for r in this step (batch size, token budget;
+    // in continuous mode the free slots reported), KV memory for r.
     const Device& d = devices_[dev];
-    if (!eligible(d, r.tenant)) return false;
+    if (!eligible(d, r.tenant) || device_closed(dev)) return false;
     const std::uint32_t sb = step_batch_[dev];
-    if (sb == kNoIndex) {
-        if (d.inflight_batches >= d.max_inflight_batches) return false;
-    } else if (!r.batchable || step_solo_[dev] || batches_[step_batches_[sb]].size >= cfg_.max_batch_size) {
-        return false;
-    }
+    if (!r.batchable && (sb != kNoIndex || (continuous_ && d.inflight_requests > 0))) return false;
     const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
+    const std::int64_t budget = cfg_.batching.max_batch_tokens;
+    if (budget > 0 && sb != kNoIndex && batches_[step_batches_[sb]].tokens + tokens > budget) return false;
+    if (continuous_ && step_kv_[dev] >= 0) return tokens <= step_kv_[dev];
     return d.kv_budget == kUnlimitedTokens || d.kv_used + tokens <= d.kv_budget;
 }
 
@@ -672,7 +916,7 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
         if (bigger_than != nullptr && !(d.capacity > bigger_than->capacity)) continue;
         if (d.capacity < min_capacity || !has_room(dev, r)) continue;
         const double spare = d.capacity - std::max(d.util.util_avg(), d.placed_util);
-        if (u * pc.fit_margin < spare) {
+        if (u * pc.fit_margin < spare && in_time(d, r)) {
             const double compute = (spare - u) / kCapacityScale;
             const double memory = d.kv_budget == kUnlimitedTokens
                                       ? 1.0
@@ -706,8 +950,7 @@ void Scheduler::place_deadline(double now) {
         const std::uint32_t sb = step_batch_[r.dl_device];
         const std::uint32_t b = sb == kNoIndex ? open_batch(r.dl_device) : step_batches_[sb];
         if (!r.batchable) step_solo_[r.dl_device] = 1;
-        ++counters_.placed_fitting;
-        dispatch(h, b, r.dl_bw, now);
+        dispatch(h, b, r.dl_bw, now, 0);
     }
 }
 
@@ -770,6 +1013,7 @@ void Scheduler::migrate_misfits(double now, StepOutput& out) {
                 bool fitted = false;
                 const std::uint32_t to = choose_device(r, r.util, &d, 0.0, &fitted);
                 if (to != kNoIndex && fitted) {
+                    batches_[r.batch].clean = false;
                     leave_batch(r);
                     if (r.sched_class == SchedClass::Deadline) {  // its bandwidth moves with it
                         d.dl_bw -= r.dl_bw;
@@ -780,7 +1024,7 @@ void Scheduler::migrate_misfits(double now, StepOutput& out) {
                     const std::uint32_t sb = step_batch_[to];
                     const std::uint32_t b = sb == kNoIndex ? open_batch(to) : step_batches_[sb];
                     if (!r.batchable) step_solo_[to] = 1;
-                    dispatch(h, b, r.util, now);
+                    dispatch(h, b, r.util, now, 2);
                     ++counters_.migrated;
                     out.migrated.push_back(r.id);
                     out.migrated_from.push_back(dev);
@@ -838,11 +1082,10 @@ void Scheduler::place_by_fitness(double now) {
             open -= group_queued_[group];
             continue;  // (h is still at the top: the next round skips it)
         }
-        ++(fitted ? counters_.placed_fitting : counters_.placed_fallback);
         const std::uint32_t sb = step_batch_[dev];
         const std::uint32_t b = sb == kNoIndex ? open_batch(dev) : step_batches_[sb];
         if (!r.batchable) step_solo_[dev] = 1;
-        dispatch(h, b, u, now);
+        dispatch(h, b, u, now, fitted ? 0 : 1);
         --open;
     }
     for (const auto& [h, key] : skipped_) queue_of(slab_[h]).push(h, key);
@@ -953,7 +1196,8 @@ void Scheduler::leave_batch(Request& r) {
     r.dev_prev = r.dev_next = kNoHandle;
     --d.inflight_requests;
     if (--b.remaining == 0) {
-        --d.inflight_batches;
+        if (b.counted) --d.inflight_batches;
+        if (b.clean && b.counted) batch_finished(b, d);
         free_batches_.push_back(r.batch);
     }
     r.batch = kNoIndex;
@@ -973,6 +1217,7 @@ std::uint32_t Scheduler::detach(Handle h, Outcome how) {
             break;
         case State::InFlight:
             --in_flight_;
+            if (how != Outcome::Completed) batches_[r.batch].clean = false;
             leave_batch(r);
             break;
         case State::Free: break;
@@ -1075,11 +1320,30 @@ Handle Scheduler::find_in_flight(std::uint64_t id, const char* what) const {
     return h;
 }
 
-void Scheduler::complete_locked(Handle h) {
+void Scheduler::batch_finished(Batch& b, Device& d) {
+    // A batch-mode batch whose members all completed: the service model learns its time
+    // (made clock-invariant), and the adaptive limit moves (AIMD against latency_target).
+    const double took = now_ - b.dispatched_at;
+    if (d.service.known())
+        d.service.learn(static_cast<double>(b.prompt), static_cast<double>(b.steps), static_cast<double>(b.size),
+                        took * d.clock_scale);
+    const double target = cfg_.batching.latency_target;
+    if (cfg_.dynamic_batching && target > 0.0) {
+        const double top = static_cast<double>(cfg_.max_batch_size);
+        d.batch_limit = took > target ? std::max(1.0, std::floor(d.batch_limit / 2.0)) : std::min(top, d.batch_limit + 1.0);
+    }
+}
+
+void Scheduler::complete_locked(Handle h, std::int64_t output_tokens) {
     const Request& r = slab_[h];
-    const Batch& b = batches_[r.batch];
+    Batch& b = batches_[r.batch];
     Device& d = devices_[b.device];
     ++d.completed_requests;
+    const std::int64_t out_steps = output_tokens >= 0 ? output_tokens : static_cast<std::int64_t>(r.max_new_tokens);
+    if (out_steps > b.steps) b.steps = out_steps;
+    if (!b.counted && d.service.known())  // continuous mode: learn from each request
+        d.service.learn(static_cast<double>(r.prompt_tokens), static_cast<double>(out_steps),
+                        static_cast<double>(d.inflight_requests), (now_ - r.dispatched_at) * d.clock_scale);
     // util_est sample: the request's share of the batch's device time, made frequency- and
     // capacity-invariant, per token.
     const double service = now_ - r.dispatched_at;
@@ -1089,12 +1353,15 @@ void Scheduler::complete_locked(Handle h) {
     end(h, Outcome::Completed, "");
 }
 
-void Scheduler::complete(std::uint64_t id, double now) {
+void Scheduler::complete(std::uint64_t id, double now, std::int64_t output_tokens) {
     std::lock_guard<std::mutex> lock(mu_);
     const double t = advance_clock(now);
+    if (output_tokens > kMaxTokens)
+        throw InvalidArgument("output_tokens must be in 0.." + std::to_string(kMaxTokens) + " (or omitted), got " +
+                              std::to_string(output_tokens));
     const Handle h = find_in_flight(id, "complete");
     now_ = t;
-    complete_locked(h);
+    complete_locked(h, output_tokens);
 }
 
 void Scheduler::complete_many(const std::uint64_t* ids, std::size_t n, double now) {
@@ -1129,7 +1396,7 @@ void Scheduler::complete_many(const std::uint64_t* ids, std::size_t n, double no
         throw RequestStateError(problem);
     }
     now_ = t;
-    for (std::size_t i = 0; i < n; ++i) complete_locked(ids_.find(ids[i], id_of()));
+    for (std::size_t i = 0; i < n; ++i) complete_locked(ids_.find(ids[i], id_of()), -1);
 }
 
 bool Scheduler::fail(std::uint64_t id, double now, bool retryable, std::string_view error) {
@@ -1138,6 +1405,7 @@ bool Scheduler::fail(std::uint64_t id, double now, bool retryable, std::string_v
     const Handle h = find_in_flight(id, "fail");
     now_ = t;
     Request& r = slab_[h];
+    batches_[r.batch].clean = false;
     if (retryable && r.retries < cfg_.max_retries && t < r.deadline) {
         leave_batch(r);
         --in_flight_;

@@ -46,6 +46,11 @@ class CoreConfig:
     pelt_period: float
     default_work_per_token: float
     dl_bandwidth_limit: float
+    max_batch_tokens: int
+    preferred_batch_sizes: list[int]
+    max_queue_delay: float
+    latency_target: float
+    preemption: bool
     max_batch_size: int
     max_retries: int
     dynamic_batching: bool
@@ -58,8 +63,27 @@ class DeviceSpec:
     cur_clock: float
     kv_tokens: int
     energy_per_token: float
+    prefill_s_per_token: float
+    decode_step_s: float
+    decode_s_per_seq: float
     tenants: list[int]
     def __init__(self) -> None: ...
+
+_StepTuple = tuple[
+    npt.NDArray[np.uint32],  # batch devices
+    npt.NDArray[np.uint64],  # batch offsets
+    npt.NDArray[np.uint64],  # request ids
+    npt.NDArray[np.uint64],  # expired
+    npt.NDArray[np.uint64],  # failed
+    list[str],  # failure reasons
+    float,  # now
+    npt.NDArray[np.uint64],  # migrated
+    npt.NDArray[np.uint32],  # migrated from
+    npt.NDArray[np.uint64],  # preempted
+    npt.NDArray[np.uint32],  # preempted from
+    float,  # next_step_at
+    int,  # held
+]
 
 class Core:
     def __init__(self, config: CoreConfig, devices: list[DeviceSpec]) -> None: ...
@@ -89,20 +113,13 @@ class Core:
         deadline: npt.NDArray[np.float64],
         now: float,
     ) -> npt.NDArray[np.uint64]: ...
-    def step(
-        self, now: float
-    ) -> tuple[
-        npt.NDArray[np.uint32],
-        npt.NDArray[np.uint64],
-        npt.NDArray[np.uint64],
-        npt.NDArray[np.uint64],
-        npt.NDArray[np.uint64],
-        list[str],
-        float,
-        npt.NDArray[np.uint64],
-        npt.NDArray[np.uint32],
-    ]: ...
-    def complete(self, id: int, now: float) -> None: ...
+    def step(self, now: float) -> _StepTuple: ...
+    def step_continuous(
+        self, now: float, free_slots: npt.NDArray[np.int64], free_kv: npt.NDArray[np.int64]
+    ) -> _StepTuple: ...
+    def estimate_service(self, device: int, prompt_tokens: float, steps: float, batch: float) -> float: ...
+    def preemption_info(self, id: int) -> tuple[int, float]: ...
+    def complete(self, id: int, now: float, output_tokens: int = -1) -> None: ...
     def complete_many(self, ids: npt.NDArray[np.uint64], now: float) -> None: ...
     def fail(self, id: int, now: float, retryable: bool, error: str) -> bool: ...
     def set_clock(self, device: int, cur: float, max: float, now: float) -> None: ...

@@ -62,6 +62,20 @@ class Config:
         dl_bandwidth_limit: share of a device's usable capacity that admitted
             deadline-class requests may reserve (default 0.95, as Linux's RT/DL runtime
             share; (0, 1]).
+        max_batch_tokens: token budget of one batch, the sum of its members' prompt +
+            max new tokens (default 0 = none; else 1..1e9). A larger request runs alone.
+            In continuous mode it bounds the tokens joining a device per step.
+        preferred_batch_sizes: ascending batch sizes to cut to when waiting (as Triton's
+            dynamic batcher), each <= max_batch_size (default none).
+        max_queue_delay: seconds a batch may wait to fill before it goes (default 0: at
+            once; >= 0). Only with dynamic batching on, in batch mode
+            (``docs/batching.md``: wait or go).
+        latency_target: batch latency target in seconds for the adaptive batch size limit
+            (default 0 = none: the limit stays max_batch_size). With dynamic batching on
+            the limit grows by one after a batch within the target and halves after one
+            over it.
+        preemption: continuous mode: let a queued deadline- or strict-class request with
+            no room evict the lowest-priority normal request in flight (default True).
         tokenizer: callable ``str -> int`` counting a prompt's tokens; ``None`` uses
             :func:`capsched.estimate_tokens`.
     """
@@ -84,6 +98,11 @@ class Config:
     pelt_period: float = 1.0 / 32.0
     default_work_per_token: float = 1e-4
     dl_bandwidth_limit: float = 0.95
+    max_batch_tokens: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay: float = 0.0
+    latency_target: float = 0.0
+    preemption: bool = True
     tokenizer: Optional[Callable[[str], int]] = None
 
     def __post_init__(self) -> None:
@@ -109,6 +128,19 @@ class Config:
             _check_real(name, getattr(self, name), minimum=0.0, inclusive=False)
         _check_int("deadline_levels", self.deadline_levels, 1, 1024)
         _check_int("max_retries", self.max_retries, 0, 1000)
+        _check_int("max_batch_tokens", self.max_batch_tokens, 0, 1_000_000_000)
+        for name in ("max_queue_delay", "latency_target"):
+            _check_real(name, getattr(self, name), minimum=0.0, inclusive=True)
+        if not isinstance(self.preemption, bool):
+            raise ConfigError(f"preemption must be a bool, got {self.preemption!r}")
+        sizes = self.preferred_batch_sizes
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (list, tuple)):
+            raise ConfigError(f"preferred_batch_sizes must be a list of integers, got {sizes!r}")
+        for i, v in enumerate(sizes):
+            _check_int(f"preferred_batch_sizes[{i}]", v, 1, MAX_BATCH_SIZE)
+            if i > 0 and v <= sizes[i - 1]:
+                raise ConfigError(f"preferred_batch_sizes must be strictly ascending, got {sizes[i - 1]} then {v}")
+        object.__setattr__(self, "preferred_batch_sizes", tuple(int(v) for v in sizes))
         if self.tokenizer is not None and not callable(self.tokenizer):
             raise ConfigError(f"tokenizer must be callable (str -> int), got {self.tokenizer!r}")
 
@@ -341,7 +373,7 @@ def _env_kind(f: "dataclasses.Field[Any]") -> Optional[str]:
     if f.name == "devices":
         return "devices"
     t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-    return {"int": "int", "float": "float", "bool": "bool", "str": "str"}.get(t)
+    return {"int": "int", "float": "float", "bool": "bool", "str": "str", "tuple[int, ...]": "ints"}.get(t)
 
 
 # What each field's environment variable holds (fields of other types are left out).
@@ -372,6 +404,11 @@ def _parse_env(name: str, raw: str, kind: str) -> Any:
         if low in _FALSE:
             return False
         raise ConfigError(f"{name} must be a boolean: one of {', '.join(_TRUE + _FALSE)}")
+    if kind == "ints":
+        parts = [t.strip() for t in text.split(",")] if text else []
+        if any(not _INT.fullmatch(p) for p in parts):
+            raise ConfigError(f"{name} must be a comma-separated list of integers such as 4,8,16")
+        return tuple(int(p) for p in parts)
     if kind == "devices":
         if text == "auto":
             return "auto"

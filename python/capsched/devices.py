@@ -59,6 +59,13 @@ class Device:
             (the default): a shared device, for every tenant not pinned anywhere.
         parent: the physical device this is a slice of (set by :meth:`split`);
             ``Scheduler.set_clock``/``set_pressure`` on the parent's name reach every slice.
+        prefill_s_per_token, decode_step_s, decode_s_per_seq: seeds of the device's
+            service-time model at full clock, in seconds (>= 0, or ``None``): prefill per
+            prompt token, one decode step, and a decode step's extra per sequence in the
+            batch. The scheduler refines them online from completions and uses them in
+            the wait-or-go rule and to keep a request with a deadline off a device that
+            could not finish it in time (``docs/batching.md``). ``None`` (the default):
+            estimates come from the request classes' learned work per token.
 
     Raises:
         ConfigError: a bad value; the message names the device and the field.
@@ -75,6 +82,9 @@ class Device:
     power_w: Optional[float] = None
     tenants: tuple = ()
     parent: Optional[str] = None
+    prefill_s_per_token: Optional[float] = None
+    decode_step_s: Optional[float] = None
+    decode_s_per_seq: Optional[float] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -105,6 +115,12 @@ class Device:
                 isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0
             ):
                 raise ConfigError(f"device {self.name!r}: {field} must be a finite number > 0, got {v!r}")
+        for field in ("prefill_s_per_token", "decode_step_s", "decode_s_per_seq"):
+            v = getattr(self, field)
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0
+            ):
+                raise ConfigError(f"device {self.name!r}: {field} must be a finite number >= 0, got {v!r}")
         k = self.kv_tokens
         if k is not None and (
             isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= MAX_KV_TOKENS

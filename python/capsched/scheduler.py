@@ -69,6 +69,14 @@ class StepResult:
         migrated: ``(id, old_device)`` of in-flight requests that no longer fitted their
             device (its clock or capacity dropped) and were moved to a bigger one: stop
             each on its old device; it is listed in its new device's batch above.
+        preempted: continuous mode: ``(id, device)`` of running requests to evict from
+            that device to make room for more urgent work (deadline or strict class).
+            They are queued again (their progress recorded, see
+            :meth:`Scheduler.preemptions`); free their sequence slot and KV.
+        next_step_at: when batches were held back to fill (``max_queue_delay``), the
+            latest time to call :meth:`Scheduler.step` again so that none waits past its
+            delay or its slack; ``math.inf`` when nothing was held.
+        held: how many batches were held back in this step (their requests stay queued).
     """
 
     batches: list[Batch]
@@ -76,6 +84,9 @@ class StepResult:
     failed: list[tuple[int, str]]
     now: float
     migrated: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    preempted: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    next_step_at: float = math.inf
+    held: int = 0
 
     @property
     def dispatched(self) -> list[int]:
@@ -83,7 +94,7 @@ class StepResult:
         return [i for b in self.batches for i in b.request_ids]
 
     def __bool__(self) -> bool:
-        return bool(self.batches or self.expired or self.failed or self.migrated)
+        return bool(self.batches or self.expired or self.failed or self.migrated or self.preempted)
 
 
 class Scheduler:
@@ -100,9 +111,10 @@ class Scheduler:
         policy: ``"fcfs"``, ``"priority"``, ``"edf"``, ``"srtf"`` or ``"weighted"``
             (default; the seed's score). ``docs/policies.md`` gives each exact order.
         max_batch_size: requests per batch (1..65536, default 32).
-        enable_dynamic_batching: whether the batch size may adapt to observed latency.
-            This version records the flag (``stats()['dynamic_batching']``) and uses the
-            fixed ``max_batch_size``; adaptive sizing is the batching work's.
+        enable_dynamic_batching: whether batches may wait to fill
+            (``Config.max_queue_delay``, ``preferred_batch_sizes``) and the batch size
+            limit adapts to observed latency (``Config.latency_target``, AIMD). Off: a
+            fixed ``max_batch_size`` and immediate dispatch. ``docs/batching.md``.
         config: a :class:`Config` (or a dict of its fields) with the policy's tunables.
         clock: callable returning seconds; used whenever a ``now`` argument is omitted
             (default ``time.monotonic``). Pass virtual time as ``now=`` to simulate.
@@ -184,6 +196,9 @@ class Scheduler:
         # constant that is the same for every device, which is all a comparison needs).
         spec.energy_per_token = 0.0 if power is None else float(power) / spec.capacity
         spec.tenants = [self._tenant_id(t) for t in d.tenants]
+        spec.prefill_s_per_token = float(d.prefill_s_per_token or 0.0)
+        spec.decode_step_s = float(d.decode_step_s or 0.0)
+        spec.decode_s_per_seq = float(d.decode_s_per_seq or 0.0)
         return spec
 
     def _tenant_id(self, tenant: Optional[str]) -> int:
@@ -308,13 +323,46 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the loop
 
-    def step(self, now: Optional[float] = None) -> StepResult:
-        """Expire, order and dispatch; see ``docs/policies.md`` for the exact rules.
+    def step(
+        self,
+        now: Optional[float] = None,
+        *,
+        free_slots: Optional[Mapping[str, int]] = None,
+        free_kv_tokens: Optional[Mapping[str, int]] = None,
+    ) -> StepResult:
+        """Expire, order and dispatch; ``docs/policies.md``, ``docs/placement.md`` and
+        ``docs/batching.md`` give the exact rules.
 
-        Returns the batches to run (one per free device at most, strongest device
-        first), the ids that expired, and dependency failures since the last step.
+        Batch mode (``free_slots`` not given): each device with fewer than its
+        ``max_inflight_batches`` in flight may get one new batch of up to
+        ``max_batch_size`` requests (and ``Config.max_batch_tokens`` tokens).
+
+        Continuous mode (iteration-level scheduling, as vLLM and Orca run): give each
+        device's free sequence slots in ``free_slots`` (``{name: n}``; devices not named
+        take nothing) and, optionally, its free KV-cache tokens in ``free_kv_tokens``
+        (``{name: tokens}``; a device not named uses its own ``kv_tokens`` budget). Each
+        device takes at most that many new requests, whose prompt + max new tokens fit
+        its free KV; the step returns one batch per device of the requests joining it.
+        Preemption (``Config.preemption``) applies in this mode: see
+        :attr:`StepResult.preempted`.
+
+        Returns the batches to run (strongest device first), the ids that expired,
+        dependency failures since the last step, migrations and preemptions.
+
+        Raises:
+            InvalidArgumentError: an unknown device name, a slot count outside
+                0..65536, a KV figure that is not an integer.
         """
-        devs, offsets, ids, expired, failed, reasons, t, moved, moved_from = self._core.step(self._time(now))
+        t = self._time(now)
+        if free_slots is None:
+            if free_kv_tokens is not None:
+                raise InvalidArgumentError("free_kv_tokens is only used with free_slots (continuous mode)")
+            res = self._core.step(t)
+        else:
+            slots = self._per_device("free_slots", free_slots, 0)
+            kv = self._per_device("free_kv_tokens", {} if free_kv_tokens is None else free_kv_tokens, -1)
+            res = self._core.step_continuous(t, slots, kv)
+        devs, offsets, ids, expired, failed, reasons, t, moved, moved_from, pre, pre_from, next_at, held = res
         id_list = ids.tolist()
         off = offsets.tolist()
         names = self._names
@@ -322,16 +370,72 @@ class Scheduler:
             Batch(names[d], d, id_list[off[i] : off[i + 1]]) for i, d in enumerate(devs.tolist())
         ]
         migrated = [(i, names[d]) for i, d in zip(moved.tolist(), moved_from.tolist())] if len(moved) else []
-        return StepResult(batches, expired.tolist(), list(zip(failed.tolist(), reasons)), t, migrated)
+        preempted = [(i, names[d]) for i, d in zip(pre.tolist(), pre_from.tolist())] if len(pre) else []
+        return StepResult(
+            batches, expired.tolist(), list(zip(failed.tolist(), reasons)), t, migrated, preempted, next_at, held
+        )
 
-    def complete(self, request_id: int, now: Optional[float] = None) -> None:
+    def _per_device(self, what: str, values: object, default: int) -> np.ndarray:
+        if not isinstance(values, Mapping):
+            raise InvalidArgumentError(f"{what} must be a mapping of device names to integers, got {values!r}")
+        out = np.full(len(self._names), default, dtype=np.int64)
+        for name, v in values.items():
+            idx = self._index.get(name) if isinstance(name, str) else None
+            if idx is None or len(idx) != 1 or self._names[idx[0]] != name:
+                raise InvalidArgumentError(f"{what}: unknown device {name!r}; devices: {self._names}")
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise InvalidArgumentError(f"{what}[{name!r}] must be an integer, got {v!r}")
+            if what == "free_slots" and not 0 <= int(v) <= _core.MAX_BATCH_SIZE:
+                raise InvalidArgumentError(f"{what}[{name!r}] must be in 0..{_core.MAX_BATCH_SIZE}, got {v!r}")
+            if what == "free_kv_tokens" and not 0 <= int(v) <= 2**62:
+                raise InvalidArgumentError(f"{what}[{name!r}] must be an integer >= 0, got {v!r}")
+            out[idx[0]] = int(v)
+        return out
+
+    def complete(
+        self, request_id: int, now: Optional[float] = None, *, output_tokens: Optional[int] = None
+    ) -> None:
         """Report that an in-flight request finished successfully.
+
+        Args:
+            output_tokens: tokens it generated, if known (0..1e7). The device's
+                service-time model learns from it instead of ``max_new_tokens``.
 
         Raises:
             UnknownRequestError: the id was never issued.
             RequestStateError: the request is not in flight (queued, or already ended).
+            InvalidArgumentError: a bad ``output_tokens``.
         """
-        self._core.complete(_request_id(request_id), self._time(now))
+        out = -1
+        if output_tokens is not None:
+            if isinstance(output_tokens, bool) or not isinstance(output_tokens, numbers.Integral) or output_tokens < 0:
+                raise InvalidArgumentError(f"output_tokens must be an integer >= 0 (or None), got {output_tokens!r}")
+            out = int(output_tokens)
+        self._core.complete(_request_id(request_id), self._time(now), out)
+
+    def estimate_service(self, device: str, prompt_tokens: float, steps: float, batch: float = 1) -> float:
+        """Estimated seconds for a batch on a device at its current clock: ``prompt_tokens``
+        of prefill in all, ``steps`` decode steps, ``batch`` sequences. From the device's
+        service model (seeded by its ``prefill_s_per_token``/``decode_step_s``/
+        ``decode_s_per_seq`` and learned from completions), else from the default work
+        per token on its capacity (``docs/batching.md``)."""
+        if not isinstance(device, str) or device not in self._names:
+            raise InvalidArgumentError(f"unknown device {device!r}; devices: {self._names}")
+        idx = self._names.index(device)
+        return float(
+            self._core.estimate_service(
+                idx, _real_arg("prompt_tokens", prompt_tokens), _real_arg("steps", steps), _real_arg("batch", batch)
+            )
+        )
+
+    def preemptions(self, request_id: int) -> tuple[int, float]:
+        """``(times evicted, seconds it ran before those evictions)`` of a live request.
+
+        Raises:
+            UnknownRequestError: never issued. RequestStateError: it already ended.
+        """
+        n, progress = self._core.preemption_info(_request_id(request_id))
+        return int(n), float(progress)
 
     def complete_many(self, request_ids: Iterable[int], now: Optional[float] = None) -> None:
         """Report many completions in one call (coalesced, as interrupt coalescing does).

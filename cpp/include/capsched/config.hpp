@@ -1,8 +1,10 @@
 // Configuration of the core. Every tunable says its default, unit and why.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace capsched {
 
@@ -60,14 +62,39 @@ struct PlacementConfig {
     double dl_bandwidth_limit = 0.95;
 };
 
+// Batch assembly; docs/batching.md gives the exact rule.
+struct BatchingConfig {
+    // Token budget of one batch: the sum of prompt + max_new tokens of its members
+    // (default 0 = none, else 1..kMaxBatchTokens). A request larger than the budget runs
+    // alone. In continuous mode it bounds the tokens of the requests joining per step.
+    std::int64_t max_batch_tokens = 0;
+    // Preferred batch sizes (Triton's dynamic batcher), ascending, each <= max_batch_size;
+    // empty = none. With waiting on, a batch that is not full is cut to the largest
+    // preferred size it reaches and goes; below the smallest it waits.
+    std::vector<std::uint32_t> preferred_batch_sizes;
+    // Longest a request waits for its batch to fill, s (default 0: a batch goes at once;
+    // >= 0). Only with dynamic batching on and in batch mode.
+    double max_queue_delay = 0.0;
+    // Batch latency target for the adaptive batch size limit, s (default 0 = none, the
+    // limit stays max_batch_size). With dynamic batching on: additive increase by one
+    // when a batch finished within it, halving when it did not.
+    double latency_target = 0.0;
+    // Continuous mode: a queued deadline- or strict-class request with no room evicts the
+    // lowest-priority normal request in flight that frees enough (default true).
+    bool preemption = true;
+};
+
 struct SchedulerConfig {
     PolicyConfig order;
     PlacementConfig placement;
+    BatchingConfig batching;
     // Requests per batch (default 32, 1..65536).
     std::uint32_t max_batch_size = 32;
     // Extra tries after a retryable failure (default 3, 0..1000).
     std::uint32_t max_retries = 3;
-    // Recorded for the adaptive-batching work; the fixed limit above applies meanwhile.
+    // Waiting to fill batches (max_queue_delay, preferred sizes) and the adaptive limit
+    // (latency_target) apply only when this is on; off means a fixed max_batch_size and
+    // immediate dispatch.
     bool dynamic_batching = true;
 };
 
@@ -78,6 +105,8 @@ inline constexpr std::uint32_t kMaxBatchSize = 65536;
 inline constexpr std::size_t kMaxDevices = 65536;
 inline constexpr std::uint32_t kMaxDeadlineLevels = 1024;
 inline constexpr std::uint32_t kMaxClasses = 1u << 20;
+inline constexpr std::int64_t kMaxBatchTokens = 1'000'000'000;
+inline constexpr std::size_t kMaxPreferredSizes = 64;
 
 // Throws ConfigError naming the first bad field.
 void validate(const SchedulerConfig& cfg);

@@ -22,9 +22,51 @@ struct DeviceSpec {
     double cur_clock = 1.0;                  // same unit, 0 < cur <= max
     std::int64_t kv_tokens = kUnlimitedTokens;  // KV-cache budget in tokens; -1 = unlimited
     double energy_per_token = 0.0;           // joules per token, >= 0 (0 = unknown)
+    // Service-time model seeds at full clock, s (>= 0; all 0 = unknown: estimates come
+    // from the request classes' util_est instead): prefill per prompt token, one decode
+    // step, and one decode step's extra per sequence in the batch.
+    double prefill_s_per_token = 0.0;
+    double decode_step_s = 0.0;
+    double decode_s_per_seq = 0.0;
     // Tenants pinned to this device (a slice). Empty: a shared device, open to every
     // tenant that is not pinned anywhere.
     std::vector<std::uint32_t> tenants;
+};
+
+// Online service-time model of one device (docs/batching.md):
+//   T(prompt P, steps S, batch B) = (m0 x p x P + m1 x d x S + m2 x e x S x B) / clock_scale
+// with seeds (p, d, e) from the DeviceSpec and multipliers m learned by recursive least
+// squares (forgetting factor 0.98) from finished batches (batch mode) or requests
+// (continuous mode). Multipliers are kept in [1/16, 16].
+struct ServiceModel {
+    double seed[3] = {0.0, 0.0, 0.0};
+    double m[3] = {1.0, 1.0, 1.0};
+    double cov[3][3] = {{1.0, 0.0, 0.0}, {0.0, 1.0, 0.0}, {0.0, 0.0, 1.0}};
+    std::uint64_t samples = 0;
+
+    bool known() const noexcept { return seed[0] > 0.0 || seed[1] > 0.0 || seed[2] > 0.0; }
+    // At full clock.
+    double estimate(double prompt, double steps, double batch) const noexcept {
+        return m[0] * seed[0] * prompt + m[1] * seed[1] * steps + m[2] * seed[2] * steps * batch;
+    }
+    void learn(double prompt, double steps, double batch, double observed) noexcept {
+        const double z[3] = {seed[0] * prompt, seed[1] * steps, seed[2] * steps * batch};
+        const double lambda = 0.98;
+        double pz[3];
+        for (int i = 0; i < 3; ++i) pz[i] = cov[i][0] * z[0] + cov[i][1] * z[1] + cov[i][2] * z[2];
+        const double denom = lambda + (z[0] * pz[0] + z[1] * pz[1] + z[2] * pz[2]);
+        const double err = observed - (m[0] * z[0] + m[1] * z[1] + m[2] * z[2]);
+        for (int i = 0; i < 3; ++i) {
+            const double k = pz[i] / denom;
+            double v = m[i] + k * err;
+            if (v < 1.0 / 16.0) v = 1.0 / 16.0;
+            if (v > 16.0) v = 16.0;
+            m[i] = v;
+        }
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) cov[i][j] = (cov[i][j] - pz[i] * pz[j] / denom) / lambda;
+        ++samples;
+    }
 };
 
 struct Device {
@@ -42,6 +84,9 @@ struct Device {
     PeltSignal util;                        // occupancy, frequency- and capacity-invariant
     Handle inflight_head = kNoHandle;       // its in-flight requests (intrusive list)
     bool misfit_check = false;              // capacity dropped: check its requests next step
+    ServiceModel service;
+    double batch_limit = 0.0;               // adaptive batch size limit (AIMD), 1..max_batch_size
+    std::uint64_t preempted_requests = 0;   // evicted from it (continuous mode)
     std::uint32_t max_inflight_batches = 1;
     std::uint32_t inflight_batches = 0;
     std::uint64_t inflight_requests = 0;

@@ -75,6 +75,8 @@ struct Request {
     std::uint32_t dependents = kNoIndex;   // head of this request's dependents list
     std::uint16_t retries = 0;
     std::uint16_t level = 0;  // weighted: current deadline level L (0..Q)
+    std::uint16_t preemptions = 0;  // times evicted (continuous mode)
+    double progress = 0.0;          // seconds it ran before its evictions
     State state = State::Free;
     SchedClass sched_class = SchedClass::Normal;
     bool batchable = true;

@@ -48,8 +48,18 @@ struct StepOutput {
     // failed, expired or was cancelled), with the reason.
     std::vector<std::uint64_t> failed;
     std::vector<std::string> failed_reasons;
+    // Continuous mode: requests the server must evict from the device given (they are
+    // queued again, their progress recorded), to make room for more urgent work.
+    std::vector<std::uint64_t> preempted;
+    std::vector<std::uint32_t> preempted_from;
     // The time the step ran at: its `now`, or the latest time seen if that was later.
     double now = 0.0;
+    // When a batch was held back to fill: the latest time the server should step again
+    // (the oldest member's max_queue_delay, or a member's slack running out); +inf if
+    // nothing was held.
+    double next_step_at = kInf;
+    // Batches held back in this step (their members stay queued).
+    std::uint32_t held = 0;
 
     void clear() noexcept;
     std::size_t num_batches() const noexcept { return batch_device.size(); }
@@ -71,6 +81,9 @@ struct Counters {
     // Queued deadline-class requests moved to another device's bandwidth because their
     // admitting device's capacity dropped below what it had admitted.
     std::uint64_t readmitted = 0;
+    std::uint64_t held = 0;       // batches held back to fill (each step counts)
+    std::uint64_t trimmed = 0;    // requests put back to cut a batch to a preferred size
+    std::uint64_t preempted = 0;  // requests evicted for more urgent work
 };
 
 // What the scheduler knows of a request class: util_est of its work per token (from
@@ -109,11 +122,20 @@ class Scheduler {
                      const double* timeout, const double* deadline, double now,
                      std::uint64_t* ids);
 
-    // Expires, applies deadline-level changes, dispatches; see docs/policies.md.
+    // Expires, applies deadline-level changes, dispatches; see docs/policies.md and
+    // docs/batching.md. Batch mode: each device opens at most one batch per step, within
+    // max_inflight_batches.
     void step(double now, StepOutput& out);
+    // Continuous (iteration-level) mode: free_slots[d] new requests may join device d in
+    // this step (0 = none), free_kv[d] (< 0: not reported, the device's own budget
+    // applies) bounds their prompt + max_new tokens. Arrays of num_devices() values.
+    void step_continuous(double now, const std::int64_t* free_slots, const std::int64_t* free_kv,
+                         StepOutput& out);
 
     // The request must be in flight. Ends it as completed and releases its dependents.
-    void complete(std::uint64_t id, double now);
+    // output_tokens (>= 0; < 0 = not reported) is what it generated: the service-time
+    // model learns from it instead of max_new_tokens.
+    void complete(std::uint64_t id, double now, std::int64_t output_tokens = -1);
     // All or none: every id must be in flight and listed once.
     void complete_many(const std::uint64_t* ids, std::size_t n, double now);
 
@@ -138,6 +160,12 @@ class Scheduler {
     // like a device's signal. The classes' signals add up to the devices' signals.
     double class_util(std::uint32_t request_class) const;
 
+    // Estimated service time of a batch on a device at its current clock, s: from its
+    // service model when seeded, else from the classes' util_est (docs/batching.md).
+    double estimate_service(std::uint32_t device, double prompt_tokens, double steps, double batch) const;
+    // (evictions, seconds run before them) of a live request.
+    std::pair<std::uint32_t, double> preemption_info(std::uint64_t id) const;
+
     RequestStatus status(std::uint64_t id) const;
     Stats stats() const;
     std::size_t num_devices() const noexcept { return devices_.size(); }
@@ -153,9 +181,26 @@ class Scheduler {
         std::uint32_t next;
     };
     struct Batch {
-        std::uint32_t device;
-        std::uint32_t remaining;
-        std::uint32_t size;  // members at dispatch
+        std::uint32_t device = 0;
+        std::uint32_t remaining = 0;
+        std::uint32_t size = 0;        // members at dispatch
+        std::int64_t tokens = 0;       // prompt + max_new of its members
+        std::int64_t prompt = 0;       // prompt tokens of its members
+        std::int64_t max_new = 0;      // largest max_new_tokens of its members
+        std::int64_t steps = 0;        // decode steps seen: max output (reported, else max_new)
+        double work = 0.0;             // invariant work of its members (util_est x tokens), s
+        double dispatched_at = 0.0;
+        bool counted = true;           // counts in its device's inflight_batches (batch mode)
+        bool clean = true;             // every member that left it completed
+        bool migrant = false;          // took a migrant in this step (goes at once)
+        bool solo = false;             // a lone non-batchable request
+    };
+    struct StepMember {
+        std::uint32_t step_batch;
+        Handle handle;
+        std::uint64_t id;
+        std::uint8_t kind;  // 0 placed fitting, 1 fallback, 2 migrant
+        bool kept;
     };
 
     double advance_clock(double now);
@@ -178,7 +223,7 @@ class Scheduler {
     void release_dependents(std::uint32_t edges);
     void fail_dependents(std::uint32_t edges, std::uint64_t cause, Outcome how, std::string_view detail);
     void free_edge(std::uint32_t e) noexcept;
-    void complete_locked(Handle h);
+    void complete_locked(Handle h, std::int64_t output_tokens);
     void check_device(std::uint32_t device) const;
     void touch(Device& d, double now) noexcept;
     void refresh_capacity(Device& d) noexcept;
@@ -201,7 +246,17 @@ class Scheduler {
     void readmit_deadline(std::uint32_t dev);
     bool eligible(const Device& d, std::uint32_t tenant) const noexcept;
     std::uint32_t open_batch(std::uint32_t device);
-    void dispatch(Handle h, std::uint32_t batch, double util, double now);
+    void dispatch(Handle h, std::uint32_t batch, double util, double now, std::uint8_t kind);
+    void undispatch(StepMember& m, double now);
+    double work_per_token(std::uint32_t request_class) const noexcept;
+    bool in_time(const Device& d, const Request& r) const noexcept;
+    void run_step(double now, StepOutput& out);
+    std::uint32_t batch_limit(const Device& d) const noexcept;
+    bool device_closed(std::uint32_t dev) const noexcept;
+    double service_estimate(const Device& d, double prompt, double steps, double batch, double work) const noexcept;
+    void hold_batches(double now, StepOutput& out);
+    void preempt(double now, StepOutput& out);
+    void batch_finished(Batch& b, Device& d);
     void migrate_misfits(double now, StepOutput& out);
     void emit_step(StepOutput& out);
     std::uint32_t choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
@@ -236,7 +291,10 @@ class Scheduler {
     std::vector<std::uint32_t> step_batch_;
     std::vector<std::uint8_t> step_solo_;
     std::vector<std::uint32_t> step_batches_;  // batch slots opened this step, in order
-    std::vector<std::pair<std::uint32_t, std::uint64_t>> step_members_;
+    std::vector<StepMember> step_members_;
+    bool continuous_ = false;                 // this step is a continuous-mode one
+    std::vector<std::int64_t> step_slots_;    // continuous: slots left per device
+    std::vector<std::int64_t> step_kv_;       // continuous: KV tokens left (< 0: own budget)
     std::vector<std::size_t> cursor_;
     std::vector<std::uint64_t> dep_scratch_;
     std::vector<Handle> handle_scratch_;
