@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference.model import (  # noqa: E402
     CONFIG_DEFAULTS,
+    LIVE_STATES,
     POLICIES,
     RefAdmissionError,
     RefDependencyError,
@@ -141,7 +142,15 @@ op_submit_many = st.tuples(
                        st.one_of(st.none(), st.sampled_from([0.5, 1.0, 3.0]))),
              min_size=1, max_size=4))
 op_step = st.tuples(st.just("step"), dts)
-op_complete = st.tuples(st.just("complete"), dts, picks)
+# Continuous mode: free slots per device (cycled over the fleet), free KV per device
+# (None: not reported; -1 for one device: not reported for it).
+op_step_continuous = st.tuples(
+    st.just("step_continuous"), dts,
+    st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=4),
+    st.one_of(st.none(), st.lists(st.sampled_from([-1, 0, 300, 1000, 5000, 10**6]),
+                                  min_size=1, max_size=4)))
+op_complete = st.tuples(st.just("complete"), dts, picks,
+                        st.one_of(st.none(), st.integers(min_value=0, max_value=600)))
 op_complete_many = st.tuples(st.just("complete_many"), dts, st.lists(picks, min_size=1,
                                                                       max_size=3))
 op_fail = st.tuples(st.just("fail"), dts, picks, st.booleans())
@@ -163,7 +172,7 @@ op_set_pressure = st.tuples(
 
 operations = st.one_of(
     op_submit, op_submit, op_submit, op_submit, op_submit_many,
-    op_step, op_step, op_step, op_step,
+    op_step, op_step, op_step, op_step, op_step_continuous, op_step_continuous,
     op_complete, op_complete, op_complete, op_complete_many,
     op_fail, op_fail,
     op_cancel,
@@ -196,6 +205,13 @@ def fleets(draw, kinds=("equal", "plain", "rich", "rich"), min_size=1):
             spec["power_w"] = draw(st.sampled_from([None, 100.0, 300.0, 700.0]))
             spec["tenants"] = draw(st.sampled_from([()] * 5 + [("t1",), ("t2",),
                                                                ("t1", "t2")]))
+            # Service-time model seeds (docs/batching.md): prefill per token, decode step,
+            # decode per sequence.
+            seeds = draw(st.sampled_from([None, None, (1e-4, 0.01, 1e-4), (5e-5, 0.02, 0.0),
+                                          (0.0, 0.005, 2e-4)]))
+            if seeds is not None:
+                (spec["prefill_s_per_token"], spec["decode_step_s"],
+                 spec["decode_s_per_seq"]) = seeds
         devices.append(spec)
     return devices
 
@@ -241,6 +257,16 @@ def configs(draw):
                        ("pelt_period", [1.0 / 32.0, 0.01, 0.1, 0.5, 1.0]),
                        ("default_work_per_token", [1e-4, 1e-5, 1e-3, 1e-2]),
                        ("dl_bandwidth_limit", [0.95, 0.5, 1.0])):
+        if draw(st.integers(0, 2)) == 0:
+            cfg[name] = draw(st.sampled_from(alts))
+    # Batching (docs/batching.md). preferred_batch_sizes above max_batch_size are dropped
+    # by the Harness; dynamic_batching goes to Scheduler(enable_dynamic_batching=...).
+    for name, alts in (("max_batch_tokens", [0, 300, 2000, 20000]),
+                       ("preferred_batch_sizes", [(), (2,), (1, 3), (2, 4, 8)]),
+                       ("max_queue_delay", [0.0, 0.05, 0.5, 3.0]),
+                       ("latency_target", [0.0, 0.05, 0.5, 5.0]),
+                       ("preemption", [True, False]),
+                       ("dynamic_batching", [True, False])):
         if draw(st.integers(0, 2)) == 0:
             cfg[name] = draw(st.sampled_from(alts))
     return cfg
@@ -325,16 +351,18 @@ ERROR_MAP = {
 
 COUNTER_KEYS = ("accepted", "completed", "failed", "expired", "cancelled", "retried",
                 "dispatched", "batches", "waiting", "queued", "in_flight",
-                "placed_fitting", "placed_fallback", "misfits", "migrated", "readmitted")
+                "placed_fitting", "placed_fallback", "misfits", "migrated", "readmitted",
+                "held", "trimmed", "preempted")
 DEVICE_KEYS = ("max_inflight_batches", "inflight_batches", "inflight_requests",
                "dispatched_requests", "dispatched_batches", "completed_requests",
-               "kv_budget", "kv_used")
+               "kv_budget", "kv_used", "preempted_requests", "service_samples")
 DEVICE_FLOAT_KEYS = ("capacity", "capacity_orig", "clock_scale", "pressure", "util_avg",
-                     "placed_util", "dl_bw")
+                     "placed_util", "dl_bw", "batch_limit")
 REQUEST_CLASSES = (None, "chat", "code")
 REQUEST_DEFAULTS = dict(request_class=None, tenant=None, sched_class="normal",
                         uclamp_min=0.0, uclamp_max=1.0)
-DEVICE_EXTRAS = ("kv_tokens", "max_clock_mhz", "clock_mhz", "power_w", "tenants")
+DEVICE_EXTRAS = ("kv_tokens", "max_clock_mhz", "clock_mhz", "power_w", "tenants",
+                 "prefill_s_per_token", "decode_step_s", "decode_s_per_seq")
 
 _device_classes: Dict[tuple, type] = {}
 
@@ -371,6 +399,10 @@ class Harness:
     def __init__(self, sc: Dict[str, Any], real: bool) -> None:
         self.fleet = normalize_fleet(sc["fleet"])
         cfg = dict(sc["config"])
+        if "preferred_batch_sizes" in cfg:
+            cfg["preferred_batch_sizes"] = tuple(
+                p for p in cfg["preferred_batch_sizes"] if p <= sc["max_batch_size"])
+        dynamic = bool(cfg.pop("dynamic_batching", True))
         if real:
             # Placement tunables that capsched.Config does not have yet stay at their
             # defaults on both sides.
@@ -379,12 +411,14 @@ class Harness:
         self.cfg_kwargs["max_retries"] = sc["max_retries"]
         specs = [RefDeviceSpec(name=f"dev{i}", **d) for i, d in enumerate(self.fleet)]
         self.ref = ReferenceScheduler(None, None, sc["policy"], sc["max_batch_size"],
-                                      self.cfg_kwargs, sc["max_retries"], devices=specs)
+                                      dict(self.cfg_kwargs, dynamic_batching=dynamic),
+                                      sc["max_retries"], devices=specs)
         self.real = None
         if real:
             devices = [make_device(f"dev{i}", d) for i, d in enumerate(self.fleet)]
             self.real = capsched.Scheduler(devices, policy=sc["policy"],
                                            max_batch_size=sc["max_batch_size"],
+                                           enable_dynamic_batching=dynamic,
                                            config=capsched.Config(**self.cfg_kwargs))
         self.t = sc["t0"]  # the time the caller passes (may run backwards)
         self.issued: List[int] = []
@@ -501,11 +535,28 @@ class Harness:
                 now=t)
             assert [int(x) for x in got] == ids
 
-    def step(self, dt) -> None:
+    def step_continuous(self, dt, slots, kv) -> None:
+        n = len(self.fleet)
+        free_slots = [slots[i % len(slots)] for i in range(n)]
+        free_kv = None if kv is None else [kv[i % len(kv)] for i in range(n)]
+        self.step(dt, (free_slots, free_kv))
+
+    def step(self, dt, continuous=None) -> None:
         t = self.advance(dt)
         symmetric = self.ref.symmetric(None)
         before = dict(self.ref.counters)
-        batches, expired, failed = self.ref.step(t)
+        if continuous is None:
+            batches, expired, failed = self.ref.step(t)
+        else:
+            batches, expired, failed = self.ref.step_continuous(t, *continuous)
+            self.event("continuous-mode step")
+        preempted = self.ref.last_preempted
+        if preempted:
+            self.event("preemption")
+        if self.ref.last_held:
+            self.event("batch held back to fill")
+        if self.ref.counters["trimmed"] > before["trimmed"]:
+            self.event("batch cut to a preferred size")
         groups = self.ref.last_failed_groups
         migrated = self.ref.last_migrated
         self.record(f"step(now={t!r}) -> batches={batches} expired={expired} "
@@ -533,7 +584,19 @@ class Harness:
             self.event("non-batchable request dispatched alone")
         if self.real is None:
             return
-        res = self.real.step(now=t)
+        if continuous is None:
+            res = self.real.step(now=t)
+        else:
+            names = [f"dev{i}" for i in range(len(self.fleet))]
+            fs, fk = continuous
+            res = self.real.step(now=t, free_slots=dict(zip(names, fs)),
+                                 free_kv_tokens=None if fk is None else
+                                 {nm: k for nm, k in zip(names, fk) if k >= 0})
+        assert [(int(i), d) for i, d in res.preempted] == [(i, f"dev{d}") for i, d in preempted], (
+            f"step(now={t!r}) preempted differ: real {res.preempted} ref {preempted}")
+        assert res.held == self.ref.last_held, f"held {res.held} ref {self.ref.last_held}"
+        assert close(res.next_step_at, self.ref.last_next_step_at), (
+            f"next_step_at {res.next_step_at!r} ref {self.ref.last_next_step_at!r}")
         got_batches = [(int(b.device_index), [int(i) for i in b.request_ids])
                        for b in res.batches]
         assert got_batches == batches, (
@@ -564,16 +627,16 @@ class Harness:
         # StepResult.now: the time the step ran at, i.e. clamped to the latest seen.
         assert res.now == self.ref.now, f"StepResult.now is {res.now!r}, ref {self.ref.now!r}"
 
-    def complete(self, dt, pick) -> None:
+    def complete(self, dt, pick, output_tokens=None) -> None:
         cands = self.live_ids(("in_flight",))
         if not cands:
             return
         rid = cands[pick % len(cands)]
         t = self.advance(dt)
-        self.record(f"complete({rid}, now={t!r})")
-        self.ref.complete(rid, t)
+        self.record(f"complete({rid}, now={t!r}, output_tokens={output_tokens!r})")
+        self.ref.complete(rid, t, output_tokens)
         if self.real is not None:
-            self.real.complete(rid, now=t)
+            self.real.complete(rid, now=t, output_tokens=output_tokens)
 
     def complete_many(self, dt, pick_list) -> None:
         cands = self.live_ids(("in_flight",))
@@ -730,6 +793,14 @@ class Harness:
             for k in DEVICE_FLOAT_KEYS:
                 assert close(dr[k], dm[k]), (
                     f"stats()['devices'][{i}][{k!r}] is {dr[k]!r}, reference {dm[k]!r}")
+            for a, b in zip(dr["service_multipliers"], dm["service_multipliers"]):
+                assert close(a, b), (f"stats()['devices'][{i}]['service_multipliers'] is "
+                                     f"{dr['service_multipliers']}, reference {dm['service_multipliers']}")
+        for rid in self.issued:
+            if ref.requests[rid].state in LIVE_STATES:
+                got_p, want_p = real.preemptions(rid), ref.preemptions(rid)
+                assert got_p[0] == want_p[0] and close(got_p[1], want_p[1]), (
+                    f"preemptions({rid}) is {got_p}, reference {want_p}")
         for cls in REQUEST_CLASSES:
             got, want = real.class_estimate(cls), ref.class_estimate(cls)
             assert (got is None) == (want is None), (

@@ -70,6 +70,13 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "pelt_period": 1.0 / 32.0,
     "default_work_per_token": 1e-4,
     "dl_bandwidth_limit": 0.95,
+    # Batching (docs/batching.md; config.hpp BatchingConfig).
+    "max_batch_tokens": 0,
+    "preferred_batch_sizes": (),
+    "max_queue_delay": 0.0,
+    "latency_target": 0.0,
+    "preemption": True,
+    "dynamic_batching": True,
 }
 PLACEMENT_KEYS = ("fit_margin", "score_compute", "score_memory", "energy_aware", "pelt_period",
                   "default_work_per_token", "dl_bandwidth_limit")
@@ -199,6 +206,9 @@ class RefDeviceSpec:
     power_w: Optional[float] = None
     tenants: Tuple[str, ...] = ()
     name: str = ""
+    prefill_s_per_token: Optional[float] = None
+    decode_step_s: Optional[float] = None
+    decode_s_per_seq: Optional[float] = None
 
 
 @dataclass
@@ -225,6 +235,8 @@ class RefRequest:
     dl_device: Optional[int] = None   # deadline class: the admitting device
     dispatched_at: float = 0.0        # time of its latest dispatch
     seq: int = 0                      # global dispatch sequence number (latest dispatch)
+    preemptions: int = 0
+    progress: float = 0.0             # seconds it ran before its evictions
 
     @property
     def tokens(self) -> float:
@@ -233,6 +245,40 @@ class RefRequest:
     @property
     def kv_tokens(self) -> int:
         return self.prompt_tokens + self.max_new_tokens
+
+
+class RefServiceModel:
+    """docs/batching.md: T = (m0 p P + m1 d S + m2 e S B) / clock_scale; multipliers m
+    by recursive least squares (forgetting 0.98), clamped to [1/16, 16]."""
+
+    def __init__(self, seed: Tuple[float, float, float]) -> None:
+        self.seed = [float(x) for x in seed]
+        self.m = [1.0, 1.0, 1.0]
+        self.cov = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+        self.samples = 0
+
+    def known(self) -> bool:
+        return self.seed[0] > 0.0 or self.seed[1] > 0.0 or self.seed[2] > 0.0
+
+    def estimate(self, prompt: float, steps: float, batch: float) -> float:
+        m, sd = self.m, self.seed
+        return m[0] * sd[0] * prompt + m[1] * sd[1] * steps + m[2] * sd[2] * steps * batch
+
+    def learn(self, prompt: float, steps: float, batch: float, observed: float) -> None:
+        sd, m, cov = self.seed, self.m, self.cov
+        z = [sd[0] * prompt, sd[1] * steps, sd[2] * steps * batch]
+        lam = 0.98
+        pz = [cov[i][0] * z[0] + cov[i][1] * z[1] + cov[i][2] * z[2] for i in range(3)]
+        denom = lam + (z[0] * pz[0] + z[1] * pz[1] + z[2] * pz[2])
+        err = observed - (m[0] * z[0] + m[1] * z[1] + m[2] * z[2])
+        for i in range(3):
+            k = pz[i] / denom
+            v = m[i] + k * err
+            m[i] = min(16.0, max(1.0 / 16.0, v))
+        for i in range(3):
+            for j in range(3):
+                cov[i][j] = (cov[i][j] - pz[i] * pz[j] / denom) / lam
+        self.samples += 1
 
 
 @dataclass
@@ -258,6 +304,9 @@ class RefDevice:
     dispatched_requests: int = 0
     dispatched_batches: int = 0
     completed_requests: int = 0
+    preempted_requests: int = 0
+    service: Any = None                # RefServiceModel
+    batch_limit: float = 0.0           # adaptive batch size limit (AIMD)
 
     def refresh_capacity(self) -> None:
         self.capacity = self.capacity_orig * self.clock_scale * (1.0 - self.pressure)
@@ -268,6 +317,16 @@ class RefBatch:
     device: int
     members: set
     size: int = 0  # members ever placed in it (those that left early included)
+    tokens: int = 0
+    prompt: int = 0
+    max_new: int = 0
+    steps: int = 0
+    work: float = 0.0
+    dispatched_at: float = 0.0
+    counted: bool = True    # batch mode: counts in the device's inflight_batches
+    clean: bool = True      # every member that left it completed
+    migrant: bool = False
+    solo: bool = False
 
 
 def _config_dict(config: Any) -> Dict[str, Any]:
@@ -362,6 +421,9 @@ class ReferenceScheduler:
                 kv_budget=None if s.kv_tokens is None else int(s.kv_tokens),
                 energy=0.0 if s.power_w is None else float(s.power_w) / c,
                 tenants=tuple(s.tenants or ()),
+                service=RefServiceModel((float(s.prefill_s_per_token or 0.0), float(s.decode_step_s or 0.0),
+                                         float(s.decode_s_per_seq or 0.0))),
+                batch_limit=float(max_batch_size),
             )
             if s.max_clock_mhz is not None:
                 d.max_clock = float(s.max_clock_mhz)
@@ -386,7 +448,17 @@ class ReferenceScheduler:
         self.class_pelt: Dict[Optional[str], List[Any]] = {}
         self.counters = dict(accepted=0, completed=0, failed=0, expired=0, cancelled=0,
                              retried=0, dispatched=0, batches=0, placed_fitting=0,
-                             placed_fallback=0, misfits=0, migrated=0, readmitted=0)
+                             placed_fallback=0, misfits=0, migrated=0, readmitted=0,
+                             held=0, trimmed=0, preempted=0)
+        # Continuous mode of the current step: slots and KV left per device (KV < 0:
+        # not reported, the device's own budget applies).
+        self._continuous = False
+        self._slots: List[int] = [0] * len(self.devices)
+        self._kv: List[int] = [-1] * len(self.devices)
+        # The last step's batching outputs.
+        self.last_preempted: List[Tuple[int, int]] = []
+        self.last_next_step_at = INF
+        self.last_held = 0
         # Dependency failures since the last step: a list of events, each a list of
         # (id, reason) in the order the cascade ended them.
         self.pending_failed: List[List[Tuple[int, str]]] = []
@@ -398,7 +470,8 @@ class ReferenceScheduler:
         self._step_batch: Dict[int, int] = {}   # device -> batch opened in this step
         self._step_solo: set = set()            # devices whose step batch is a lone request
         self._step_batches: List[Tuple[int, int]] = []  # (batch, device) opened, in order
-        self._step_members: List[Tuple[int, int]] = []  # (batch, id) in placement order
+        # [batch, id, kind (0 fitting, 1 fallback, 2 migrant), kept] in placement order.
+        self._step_members: List[List[Any]] = []
 
     # --- time & keys ---------------------------------------------------------------
 
@@ -545,17 +618,21 @@ class ReferenceScheduler:
         return d.capacity - max(d.pelt.util_avg, d.placed_util)
 
     def has_room(self, di: int, r: RefRequest) -> bool:
-        """A candidate: open to r's tenant, room for r in this step, KV memory for r."""
+        """A candidate: open to r's tenant, room for r in this step (batch size, token
+        budget; in continuous mode the free slots reported), KV memory for r."""
         d = self.devices[di]
-        if not self.eligible(d, r.tenant):
+        if not self.eligible(d, r.tenant) or self.device_closed(di):
             return False
-        if di not in self._step_batch:
-            if d.inflight_batches >= d.max_inflight_batches:
-                return False
-        elif (not r.batchable or di in self._step_solo
-              or self.batches[self._step_batch[di]].size >= self.max_batch_size):
+        bid = self._step_batch.get(di)
+        if not r.batchable and (bid is not None or (self._continuous and d.inflight_requests > 0)):
             return False
-        return d.kv_budget is None or d.kv_used + r.kv_tokens <= d.kv_budget
+        t = r.kv_tokens
+        budget = self.cfg["max_batch_tokens"]
+        if budget > 0 and bid is not None and self.batches[bid].tokens + t > budget:
+            return False
+        if self._continuous and self._kv[di] >= 0:
+            return t <= self._kv[di]
+        return d.kv_budget is None or d.kv_used + t <= d.kv_budget
 
     def choose_device(self, r: RefRequest, u: float, bigger_than: Optional[float] = None,
                       min_capacity: float = 0.0) -> Tuple[Optional[int], bool]:
@@ -573,7 +650,7 @@ class ReferenceScheduler:
             if d.capacity < min_capacity or not self.has_room(di, r):
                 continue
             spare = self.spare(d)
-            if u * c["fit_margin"] < spare:
+            if u * c["fit_margin"] < spare and self.in_time(d, r):
                 compute = (spare - u) / CAPACITY_SCALE
                 if d.kv_budget is None:
                     memory = 1.0
@@ -597,9 +674,10 @@ class ReferenceScheduler:
     def _open_batch(self, di: int) -> int:
         bid = self.next_batch
         self.next_batch += 1
-        self.batches[bid] = RefBatch(device=di, members=set(), size=0)
+        self.batches[bid] = RefBatch(device=di, members=set(), size=0, counted=not self._continuous)
         d = self.devices[di]
-        d.inflight_batches += 1
+        if not self._continuous:
+            d.inflight_batches += 1
         d.dispatched_batches += 1
         self.counters["batches"] += 1
         self._step_batch[di] = bid
@@ -610,7 +688,12 @@ class ReferenceScheduler:
         bid = self._step_batch.get(di)
         return self._open_batch(di) if bid is None else bid
 
-    def _dispatch(self, r: RefRequest, bid: int, util: float, now: float) -> None:
+    def work_per_token(self, request_class: Optional[str]) -> float:
+        est = self.classes.get(request_class)
+        return est.estimate if est is not None and est.seen else float(self.cfg["default_work_per_token"])
+
+    def _dispatch(self, r: RefRequest, bid: int, util: float, now: float, kind: int) -> None:
+        """kind: 0 placed on a device it fits, 1 fallback, 2 migrant."""
         b = self.batches[bid]
         d = self.devices[b.device]
         r.state = "in_flight"
@@ -619,15 +702,215 @@ class ReferenceScheduler:
         r.dispatched_at = now
         r.seq = self.next_seq
         self.next_seq += 1
+        t = r.kv_tokens
         b.members.add(r.id)
         b.size += 1
+        b.tokens += t
+        b.prompt += r.prompt_tokens
+        b.max_new = max(b.max_new, r.max_new_tokens)
+        b.work += self.work_per_token(r.request_class) * float(t)
+        if b.size == 1:
+            b.dispatched_at = now
+        if kind == 2:
+            b.migrant = True
+        if not r.batchable:
+            b.solo = True
         d.inflight_requests += 1
         d.dispatched_requests += 1
         d.placed_util += util
-        d.kv_used += r.kv_tokens
+        d.kv_used += t
+        if self._continuous:
+            self._slots[b.device] -= 1
+            if self._kv[b.device] >= 0:
+                self._kv[b.device] -= t
         self._class_enter(r, d, now)
         self.counters["dispatched"] += 1
-        self._step_members.append((bid, r.id))
+        if kind == 0:
+            self.counters["placed_fitting"] += 1
+        elif kind == 1:
+            self.counters["placed_fallback"] += 1
+        self._step_members.append([bid, r.id, kind, True])
+
+    def _undispatch(self, m: List[Any], now: float) -> None:
+        """Put a request placed in this step back in the queue, as if never placed."""
+        r = self.requests[m[1]]
+        b = self.batches[r.batch]
+        d = self.devices[b.device]
+        b.clean = False
+        b.size -= 1
+        b.tokens -= r.kv_tokens
+        b.prompt -= r.prompt_tokens
+        d.dispatched_requests -= 1
+        self.counters["dispatched"] -= 1
+        self.counters["placed_fitting" if m[2] == 0 else "placed_fallback"] -= 1
+        if b.size == 0:
+            d.dispatched_batches -= 1
+            self.counters["batches"] -= 1
+        self._leave_batch(r)
+        r.state = "queued"
+        m[3] = False
+
+    def batch_limit(self, d: RefDevice) -> int:
+        if not self.cfg["dynamic_batching"] or self.cfg["latency_target"] <= 0.0:
+            return self.max_batch_size
+        return int(d.batch_limit)
+
+    def device_closed(self, di: int) -> bool:
+        """Can take no further batchable request in this step."""
+        if di in self._step_solo:
+            return True
+        if self._continuous:
+            return self._slots[di] <= 0
+        d = self.devices[di]
+        bid = self._step_batch.get(di)
+        if bid is None:
+            return d.inflight_batches >= d.max_inflight_batches
+        return self.batches[bid].size >= self.batch_limit(d)
+
+    def in_time(self, d: RefDevice, r: RefRequest) -> bool:
+        """With a seeded service model and a deadline: r alone ends in time there."""
+        if not d.service.known() or not math.isfinite(r.deadline):
+            return True
+        return self.now + d.service.estimate(float(r.prompt_tokens), float(r.max_new_tokens), 1.0) / \
+            d.clock_scale <= r.deadline
+
+    def service_estimate(self, d: RefDevice, prompt: float, steps: float, batch: float,
+                         work: float) -> float:
+        if d.service.known():
+            return d.service.estimate(prompt, steps, batch) / d.clock_scale
+        return work / (d.capacity_orig / CAPACITY_SCALE * d.clock_scale)
+
+    def estimate_service(self, device: int, prompt_tokens: float, steps: float, batch: float) -> float:
+        work = float(self.cfg["default_work_per_token"]) * (prompt_tokens + steps * batch)
+        return self.service_estimate(self.devices[device], prompt_tokens, steps, batch, work)
+
+    def _batch_finished(self, b: RefBatch, d: RefDevice) -> None:
+        took = self.now - b.dispatched_at
+        if d.service.known():
+            d.service.learn(float(b.prompt), float(b.steps), float(b.size), took * d.clock_scale)
+        target = self.cfg["latency_target"]
+        if self.cfg["dynamic_batching"] and target > 0.0:
+            top = float(self.max_batch_size)
+            d.batch_limit = max(1.0, math.floor(d.batch_limit / 2.0)) if took > target \
+                else min(top, d.batch_limit + 1.0)
+
+    def _hold_batches(self, now: float) -> None:
+        """docs/batching.md, wait or go."""
+        c = self.cfg
+        delay = c["max_queue_delay"]
+        if self._continuous or not c["dynamic_batching"] or delay <= 0.0:
+            return
+        budget = c["max_batch_tokens"]
+        for bid, di in self._step_batches:
+            b = self.batches.get(bid)
+            if b is None or b.migrant or b.solo or b.size == 0:
+                continue
+            d = self.devices[di]
+            if b.size >= self.batch_limit(d) or (budget > 0 and b.tokens >= budget):
+                continue
+            members = [m for m in self._step_members if m[0] == bid and m[3]]
+            oldest = min(self.requests[m[1]].arrival for m in members)
+            due = min(self.requests[m[1]].deadline for m in members)
+            if now - oldest >= delay:
+                continue
+            est = self.service_estimate(d, float(b.prompt), float(b.max_new), float(b.size), b.work)
+            slack = due - now - est
+            if slack <= 0.0:
+                continue
+            keep = 0
+            for p in c["preferred_batch_sizes"]:
+                if p <= b.size:
+                    keep = p
+            if keep > 0:
+                if keep == b.size:
+                    continue
+                extra = b.size - keep
+                for m in reversed(self._step_members):
+                    if extra == 0:
+                        break
+                    if m[0] == bid and m[3]:
+                        self._undispatch(m, now)
+                        self.counters["trimmed"] += 1
+                        extra -= 1
+                continue
+            for m in members:
+                self._undispatch(m, now)
+            self.counters["held"] += 1
+            self.last_held += 1
+            self.last_next_step_at = min(self.last_next_step_at, min(oldest + delay, now + slack))
+
+    def _preempt(self, now: float) -> None:
+        """docs/batching.md, preemption (continuous mode)."""
+        for _ in range(len(self.devices)):
+            dl, strict = self.deadline_order(), self._strict_order()
+            u = dl[0] if dl else strict[0] if strict else None
+            if u is None:
+                return
+            ur = self.requests[u]
+            if not ur.batchable:
+                return
+            need = ur.kv_tokens
+            victim: Optional[RefRequest] = None
+            vdev = -1
+            for di, d in enumerate(self.devices):
+                if ur.sched_class == "deadline":
+                    if di != ur.dl_device:
+                        continue
+                elif not self.eligible(d, ur.tenant):
+                    continue
+                if di in self._step_solo:
+                    continue
+                if self._kv[di] >= 0:
+                    kv_left = self._kv[di]
+                elif d.kv_budget is None:
+                    kv_left = 2 ** 62
+                else:
+                    kv_left = d.kv_budget - d.kv_used
+                joiners = self._step_batch.get(di)
+                for v in self.requests.values():
+                    if v.state != "in_flight" or self.batches[v.batch].device != di:
+                        continue
+                    if v.sched_class != "normal" or v.batch == joiners:
+                        continue
+                    if self._slots[di] + 1 <= 0 or kv_left + v.kv_tokens < need:
+                        continue
+                    if victim is not None:
+                        w = victim
+                        if v.priority != w.priority:
+                            better = v.priority < w.priority
+                        elif v.dispatched_at != w.dispatched_at:
+                            better = v.dispatched_at > w.dispatched_at
+                        else:
+                            better = v.id > w.id
+                        if not better:
+                            continue
+                    victim, vdev = v, di
+            if victim is None:
+                return
+            v = victim
+            d = self.devices[vdev]
+            self.last_preempted.append((v.id, vdev))
+            self.counters["preempted"] += 1
+            d.preempted_requests += 1
+            v.progress += now - v.dispatched_at
+            v.preemptions += 1
+            self.batches[v.batch].clean = False
+            self._leave_batch(v)
+            v.state = "queued"
+            self._slots[vdev] += 1
+            if self._kv[vdev] >= 0:
+                self._kv[vdev] += v.kv_tokens
+            if not self.has_room(vdev, ur):
+                return
+            bid = self._batch_for(vdev)
+            util = ur.dl_bw if ur.sched_class == "deadline" else self.request_util(ur, now)
+            self._dispatch(ur, bid, util, now, 0)
+
+    def _strict_order(self) -> List[int]:
+        strict = [r for r in self.requests.values()
+                  if r.state == "queued" and r.sched_class == "strict"]
+        strict.sort(key=lambda r: (self.strict_key(r), r.id))
+        return [r.id for r in strict]
 
     def _leave_batch(self, r: RefRequest) -> None:
         b = self.batches[r.batch]
@@ -641,7 +924,10 @@ class ReferenceScheduler:
         b.members.discard(r.id)
         dev.inflight_requests -= 1
         if not b.members:
-            dev.inflight_batches -= 1
+            if b.counted:
+                dev.inflight_batches -= 1
+            if b.clean and b.counted:
+                self._batch_finished(b, dev)
             del self.batches[r.batch]
         r.batch = None
 
@@ -753,11 +1039,32 @@ class ReferenceScheduler:
         self.counters["accepted"] += 1
         return rid
 
-    def step(self, now: float):
+    def step_continuous(self, now: float, free_slots: Sequence[int],
+                        free_kv: Optional[Sequence[int]] = None):
+        """Continuous mode: free_slots[d] requests may join device d; free_kv[d] (< 0 or
+        None: not reported) bounds their tokens. Same results as step()."""
+        now_c = self._clamp(now)
+        if any(int(x) < 0 for x in free_slots):
+            raise RefInvalidArgument("free_slots must be >= 0")
+        self._slots = [int(x) for x in free_slots]
+        self._kv = [-1] * len(self.devices) if free_kv is None else \
+            [int(k) if int(k) >= 0 else -1 for k in free_kv]
+        self._continuous = True
+        try:
+            return self.step(now_c, _continuous=True)
+        finally:
+            self._continuous = False
+
+    def step(self, now: float, _continuous: bool = False):
         """Returns (batches: [(device_index, [ids])], expired: [ids], failed: [(id, reason)]);
-        the step's migrations are in ``last_migrated``."""
+        the step's migrations are in ``last_migrated``, preemptions in ``last_preempted``,
+        ``last_next_step_at`` and ``last_held`` as StepResult's."""
         now = self._clamp(now)
         self.now = now
+        self._continuous = _continuous
+        self.last_preempted = []
+        self.last_next_step_at = INF
+        self.last_held = 0
         # (1) expire every waiting/queued request due at now, in (deadline, id) order ...
         due = [r for r in self.requests.values()
                if r.state in ("waiting", "queued") and r.deadline <= now]
@@ -783,11 +1090,16 @@ class ReferenceScheduler:
         # (2) key every ready request at now.
         order = self.placement_order(now)
         self._place_by_fitness(order, now)
-        # The batches in the order they were opened, members in placement order.
-        batches: List[Tuple[int, List[int]]] = [
-            (dev, [rid for b, rid in self._step_members if b == bid])
-            for bid, dev in self._step_batches
-        ]
+        if self._continuous and self.cfg["preemption"]:
+            self._preempt(now)
+        self._hold_batches(now)
+        # The batches in the order they were opened (held ones left out), members in
+        # placement order.
+        batches: List[Tuple[int, List[int]]] = []
+        for bid, dev in self._step_batches:
+            ids = [m[1] for m in self._step_members if m[0] == bid and m[3]]
+            if ids:
+                batches.append((dev, ids))
         # (4) failures since the last step, then this step's.
         groups = self.pending_failed
         if expiry_failed:
@@ -819,6 +1131,7 @@ class ReferenceScheduler:
                 to, fitted = self.choose_device(r, r.util, bigger_than=d.capacity)
                 if to is None or not fitted:
                     continue
+                self.batches[r.batch].clean = False
                 self._leave_batch(r)
                 if r.sched_class == "deadline":  # its reserved bandwidth moves with it
                     d.dl_bw -= r.dl_bw
@@ -829,7 +1142,7 @@ class ReferenceScheduler:
                 bid = self._batch_for(to)
                 if not r.batchable:
                     self._step_solo.add(to)
-                self._dispatch(r, bid, r.util, now)
+                self._dispatch(r, bid, r.util, now, 2)
                 self.counters["migrated"] += 1
                 moved.append((r.id, di))
         return moved
@@ -877,8 +1190,7 @@ class ReferenceScheduler:
             bid = self._batch_for(r.dl_device)
             if not r.batchable:
                 self._step_solo.add(r.dl_device)
-            self.counters["placed_fitting"] += 1
-            self._dispatch(r, bid, r.dl_bw, now)
+            self._dispatch(r, bid, r.dl_bw, now, 0)
 
     def _place_by_fitness(self, order: List[int], now: float) -> None:
         """Each request in order: in a symmetric group, the first device of its group
@@ -908,13 +1220,12 @@ class ReferenceScheduler:
             if di is None:
                 blocked.add(g)  # its group is full: nothing of it overtakes r
                 continue
-            self.counters["placed_fitting" if fitted else "placed_fallback"] += 1
             bid = self._batch_for(di)
             if not r.batchable:
                 self._step_solo.add(di)
-            self._dispatch(r, bid, u, now)
+            self._dispatch(r, bid, u, now, 0 if fitted else 1)
 
-    def complete(self, rid: int, now: float) -> None:
+    def complete(self, rid: int, now: float, output_tokens: Optional[int] = None) -> None:
         r = self._get(rid)
         if r.state != "in_flight":
             raise RefRequestState(f"request {rid} is {r.state}, not in flight")
@@ -923,6 +1234,11 @@ class ReferenceScheduler:
         b = self.batches[r.batch]
         dev = self.devices[b.device]
         dev.completed_requests += 1
+        out_steps = r.max_new_tokens if output_tokens is None else int(output_tokens)
+        b.steps = max(b.steps, out_steps)
+        if not b.counted and dev.service.known():  # continuous mode: learn per request
+            dev.service.learn(float(r.prompt_tokens), float(out_steps), float(dev.inflight_requests),
+                              (now - r.dispatched_at) * dev.clock_scale)
         # util_est sample: its share of the batch's device time, frequency- and
         # capacity-invariant, per token.
         service = now - r.dispatched_at
@@ -944,6 +1260,7 @@ class ReferenceScheduler:
             raise RefRequestState(f"request {rid} is {r.state}, not in flight")
         now = self._clamp(now)
         self.now = now
+        self.batches[r.batch].clean = False
         self._leave_batch(r)
         if retryable and r.retries < self.max_retries and now < r.deadline:
             r.retries += 1
@@ -961,6 +1278,7 @@ class ReferenceScheduler:
         if r.state in ENDED_STATES:
             return False
         if r.state == "in_flight":
+            self.batches[r.batch].clean = False
             self._leave_batch(r)
         self._end(r, "cancelled")
         ev = self._cascade(r)
@@ -1018,6 +1336,12 @@ class ReferenceScheduler:
     def status(self, rid: int) -> str:
         return self._get(rid).state
 
+    def preemptions(self, rid: int) -> Tuple[int, float]:
+        r = self._get(rid)
+        if r.state not in LIVE_STATES:
+            raise RefRequestState(f"request {rid} already ended")
+        return r.preemptions, r.progress
+
     def class_estimate(self, request_class: Optional[str] = None) -> Optional[Dict[str, float]]:
         est = self.classes.get(request_class)
         return None if est is None else est.as_dict()
@@ -1045,7 +1369,10 @@ class ReferenceScheduler:
                  inflight_batches=d.inflight_batches, inflight_requests=d.inflight_requests,
                  dispatched_requests=d.dispatched_requests,
                  dispatched_batches=d.dispatched_batches,
-                 completed_requests=d.completed_requests)
+                 completed_requests=d.completed_requests,
+                 preempted_requests=d.preempted_requests, batch_limit=d.batch_limit,
+                 service_samples=d.service.samples,
+                 service_multipliers=tuple(d.service.m))
             for d in self.devices
         ]
         return out
@@ -1074,7 +1401,8 @@ class ReferenceScheduler:
                 return False
         for di, dev in enumerate(self.devices):
             bs = [b for b in self.batches.values() if b.device == di]
-            if dev.inflight_batches != len(bs) or dev.inflight_batches > dev.max_inflight_batches:
+            counted = [b for b in bs if b.counted]  # continuous-mode batches are not
+            if dev.inflight_batches != len(counted) or dev.inflight_batches > dev.max_inflight_batches:
                 return False
             if dev.inflight_requests != sum(len(b.members) for b in bs):
                 return False
