@@ -111,6 +111,111 @@ def cmd_specs(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _simulate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fleet",
+        default=None,
+        help="ACCELERATOR:COUNT,... (default H100-SXM:2,A100-SXM-80GB:2,L4:4; 'capsched specs' lists the names)",
+    )
+    p.add_argument("--model", default="Llama-3-8B", help="served model: Llama-3-8B (default) or Llama-2-7B")
+    p.add_argument(
+        "--trace",
+        default="azure-conv",
+        help="built-in trace (azure-conv, azure-code), poisson, gamma:CV, or a trace file (.csv/.jsonl[.gz])",
+    )
+    p.add_argument(
+        "--load",
+        default=None,
+        help="offered loads, comma-separated shares of fleet capacity (default 0.3,0.5,0.7,0.9,1.5)",
+    )
+    p.add_argument("--policies", default="all", help="comma-separated policies (default all: round_robin, random, "
+                   "least_load, power_of_two_choices, capsched)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--requests", type=int, default=None, help="requests per run: the first N of the trace (default 2000)")
+    p.add_argument("--max-num-seqs", type=int, default=128, help="sequences per device and iteration (default 128)")
+    p.add_argument("--fault", action="append", default=[], metavar="DEVICE@START+DURATION",
+                   help="take a device down for an interval, e.g. H100-SXM-0@20+30 (repeatable)")
+    p.add_argument("--slowdown", action="append", default=[], metavar="DEVICE@START+DURATION:SCALE",
+                   help="drop a device's clock to SCALE of its max for an interval, e.g. H100-SXM-0@20+30:0.5")
+    p.add_argument("--capsched-policy", default="edf", help="the capsched Scheduler's policy (default edf)")
+    p.add_argument("--capsched-class", default="normal", choices=("normal", "deadline"),
+                   help="sched_class of capsched's requests: normal (default) or deadline (admission control: "
+                   "requests no device can admit are rejected and count as misses)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write results.json (and plots, with matplotlib) here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
+
+
+def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
+    """``capsched simulate``: replay a trace on a simulated fleet under each policy."""
+    from .errors import ConfigError
+    from .sim import run as simrun
+    from .sim.engine import parse_fault, parse_slowdown
+    from .sim.fleet import DEFAULT_FLEET, Fleet, parse_fleet
+    from .sim.cost import model_spec
+    from .sim.policies import parse_policies
+
+    parser: argparse.ArgumentParser = args._parser
+    try:
+        model = model_spec(args.model)
+        if args.fleet is None:
+            fleet = Fleet(DEFAULT_FLEET.groups, model, args.max_num_seqs)
+        else:
+            fleet = parse_fleet(args.fleet, model, args.max_num_seqs)
+        if args.load is None:
+            loads = simrun.DEFAULT_LOADS
+        else:
+            loads = []
+            for part in args.load.split(","):
+                try:
+                    x = float(part)
+                except ValueError:
+                    raise ConfigError(f"--load: {part.strip()!r} is not a number") from None
+                if not (x > 0 and x < float("inf")):
+                    raise ConfigError(f"--load: each load must be a number > 0 (a share of fleet capacity), got {part.strip()!r}")
+                loads.append(x)
+            loads = tuple(loads)
+        if args.requests is not None and args.requests < 2:
+            raise ConfigError(f"--requests must be >= 2, got {args.requests}")
+        config = simrun.SimConfig(
+            fleet=fleet,
+            trace=args.trace,
+            loads=tuple(loads),
+            policies=parse_policies(args.policies),
+            seed=args.seed,
+            requests=args.requests,
+            faults=tuple(parse_fault(f) for f in args.fault),
+            slowdowns=tuple(parse_slowdown(s) for s in args.slowdown),
+            capsched_policy=args.capsched_policy,
+            capsched_request={"sched_class": args.capsched_class} if args.capsched_class != "normal" else {},
+        )
+        exp = simrun.run_experiment(config, progress=not args.no_progress and not args.json)
+    except (ConfigError, KeyError) as exc:
+        parser.error(str(exc))  # exits with status 2, argparse style
+    written: list[str] = []
+    if args.out:
+        written += simrun.write_results(exp, args.out)
+        from .sim.plots import have_matplotlib, write_plots
+
+        if have_matplotlib():
+            written += write_plots(exp, args.out)
+        else:
+            print(
+                "matplotlib is not installed: no plots (pip install \"capsched[sim]\" for plots); "
+                "results.json written",
+                file=sys.stderr,
+            )
+    if args.json:
+        json.dump(exp.to_dict(), out, indent=2)
+        print(file=out)
+    else:
+        print(simrun.format_tables(exp), file=out)
+        if written:
+            print(f"\nWrote {', '.join(written)}", file=out)
+        print(f"({len(exp.runs)} runs in {exp.wall_s:.1f} s)", file=out)
+    return 0
+
+
 #: Subcommand name -> (help line, function adding its arguments, function running it).
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, TextIO], int]]] = {
     "devices": (
@@ -122,6 +227,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         "list the known accelerator specs",
         lambda p: p.add_argument("--json", action="store_true", help="print a JSON list instead of a table"),
         cmd_specs,
+    ),
+    "simulate": (
+        "simulate serving a trace on a heterogeneous fleet under each policy (no GPU needed)",
+        _simulate_args,
+        cmd_simulate,
     ),
 }
 
@@ -139,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, add_args, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
-        p.set_defaults(_run=run)
+        p.set_defaults(_run=run, _parser=p)
     return parser
 
 

@@ -1,0 +1,693 @@
+"""The discrete-event engine: iteration-level continuous batching in virtual time.
+
+Every device runs **iterations**, as vLLM does: an iteration prefills the prompts of the
+sequences that join in it (whole prompts) and generates one token for every sequence
+already running; it takes :meth:`CostModel.step_time` of those tokens. A sequence's
+prefill iteration yields its first token (TTFT); it then needs ``output_tokens - 1``
+decode iterations and leaves at the end of the iteration that produced its last token.
+Each device has the same limits under every policy: at most ``max_num_seqs`` sequences,
+and a KV-cache budget: a running sequence reserves ``prompt + output`` tokens (the
+simulator knows each request's output length; a real server reserves up to its
+``max_new_tokens`` or grows the reservation and preempts).
+
+Policies (:mod:`capsched.sim.policies`):
+
+* the baselines bind each request to a device queue at arrival; a device pulls its queue
+  first come, first served into free slots at each iteration boundary (head-of-line: a
+  request whose KV does not fit waits, and the ones behind it too);
+* ``capsched`` submits each request to one real :class:`capsched.Scheduler` (deadline =
+  the request's SLO deadline, ``max_new_tokens`` = its output length) and calls
+  :meth:`Scheduler.step` at every device iteration boundary and on arrivals while a
+  device is idle; what a step returns joins the named device at its next iteration
+  boundary. Completions go to :meth:`Scheduler.complete`, failures to
+  :meth:`Scheduler.fail` (``retryable=True``), expired requests are dropped, migrated
+  and preempted ones are stopped where they ran.
+
+Faults (:class:`Fault`): a device goes down for an interval; its running and queued
+requests fail and are retried (baselines: re-bound by the same policy, up to
+``max_retries`` times; capsched: ``Scheduler.fail(retryable=True)``). Slowdowns
+(:class:`Slowdown`): a device's clock drops to a share of its max for an interval
+(:meth:`CostModel.with_clock_scale`; capsched is told with :meth:`Scheduler.set_clock`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import inspect
+import math
+import re
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import AdmissionError, ConfigError
+from .cost import CostModel
+from .fleet import Fleet, SimDevice
+from .policies import POLICIES, make_policy
+from .workload import Workload
+
+__all__ = [
+    "Fault",
+    "Slowdown",
+    "SimResult",
+    "Simulation",
+    "simulate",
+    "deadlines_for",
+    "parse_fault",
+    "parse_slowdown",
+    "DEADLINE_FACTOR",
+    "DONE",
+    "FAILED",
+    "EXPIRED",
+    "PENDING",
+]
+
+#: Deadline = arrival + DEADLINE_FACTOR x the request's unloaded service time on the
+#: fastest card of the fleet.
+DEADLINE_FACTOR = 5.0
+
+# Request outcomes.
+PENDING, DONE, FAILED, EXPIRED = 0, 1, 2, 3
+
+#: Pressure given to the Scheduler for a device that is down (its capacity x 0.001).
+_DOWN_PRESSURE = 0.999
+
+_ARRIVAL, _ITER_END, _FAULT_START, _FAULT_END, _SLOW_START, _SLOW_END = range(6)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """Device ``device`` is down from ``start_s`` for ``duration_s`` seconds."""
+
+    device: str
+    start_s: float
+    duration_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Slowdown:
+    """Device ``device`` runs at ``clock_scale`` of its max clock from ``start_s`` for
+    ``duration_s`` seconds (thermal throttling)."""
+
+    device: str
+    start_s: float
+    duration_s: float
+    clock_scale: float
+
+
+_INTERVAL = re.compile(r"^\s*([^@]+?)\s*@\s*([0-9.eE+-]+?)\s*\+\s*([0-9.eE+-]+?)\s*(?::\s*([0-9.eE+-]+)\s*)?$")
+
+
+def _parse_interval(text: str, what: str, scale: bool) -> tuple[str, float, float, Optional[float]]:
+    m = _INTERVAL.match(text)
+    form = "DEVICE@START+DURATION" + (":CLOCK_SCALE" if scale else "")
+    if not m or (m.group(4) is not None) != scale:
+        raise ConfigError(f"bad {what} {text!r}: expected {form}, e.g. 'H100-SXM-0@30+60" + (":0.5'" if scale else "'"))
+    try:
+        start, dur = float(m.group(2)), float(m.group(3))
+        s = float(m.group(4)) if scale else None
+    except ValueError:
+        raise ConfigError(f"bad {what} {text!r}: expected {form} with numbers") from None
+    if not (math.isfinite(start) and start >= 0 and math.isfinite(dur) and dur > 0):
+        raise ConfigError(f"bad {what} {text!r}: START must be >= 0 and DURATION > 0 (seconds)")
+    if s is not None and not (0 < s <= 1):
+        raise ConfigError(f"bad {what} {text!r}: CLOCK_SCALE must be in (0, 1]")
+    return m.group(1), start, dur, s
+
+
+def parse_fault(text: str) -> Fault:
+    """``"H100-SXM-0@30+60"``: that device is down from t = 30 s for 60 s."""
+    name, start, dur, _ = _parse_interval(text, "fault", False)
+    return Fault(name, start, dur)
+
+
+def parse_slowdown(text: str) -> Slowdown:
+    """``"H100-SXM-0@30+60:0.5"``: that device runs at half its max clock from t = 30 s
+    for 60 s."""
+    name, start, dur, s = _parse_interval(text, "slowdown", True)
+    assert s is not None
+    return Slowdown(name, start, dur, s)
+
+
+def deadlines_for(workload: Workload, devices: Sequence[SimDevice], factor: float = DEADLINE_FACTOR) -> np.ndarray:
+    """Absolute deadlines: ``arrival + factor x`` the request's unloaded service time on
+    the fastest device of the fleet (the smallest service time among its accelerators)."""
+    seen: dict[str, CostModel] = {}
+    for d in devices:
+        seen.setdefault(d.accelerator, d.cost)
+    if len(workload) == 0:
+        return np.zeros(0)
+    best = None
+    for cm in seen.values():
+        t = np.asarray(cm.service_time(workload.prompt_tokens, workload.output_tokens), dtype=np.float64)
+        best = t if best is None else np.minimum(best, t)
+    assert best is not None
+    return workload.arrival_s + factor * best
+
+
+@dataclasses.dataclass
+class SimResult:
+    """Raw outcome of one simulation (turned into metrics by :mod:`capsched.sim.metrics`).
+
+    Per request (arrays in workload order): ``status`` (DONE, FAILED, EXPIRED), ``finish_s``
+    (completion time; NaN if it did not complete), ``first_token_s`` (end of its last
+    prefill; NaN if none), ``device`` (index of the device that completed it, -1),
+    ``tries`` (times it was started). Per device: ``busy_s`` (time in iterations),
+    ``busy_intervals`` (merged ``(start, end)`` pairs) and names.
+    """
+
+    policy: str
+    arrival_s: np.ndarray
+    deadline_s: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    status: np.ndarray
+    finish_s: np.ndarray
+    first_token_s: np.ndarray
+    device: np.ndarray
+    tries: np.ndarray
+    device_names: list[str]
+    busy_s: list[float]
+    busy_intervals: list[list[tuple[float, float]]]
+    end_s: float
+    iterations: int
+    retries: int
+    scheduler_stats: Optional[dict[str, Any]] = None
+    continuous_api: Optional[bool] = None
+    preempted: int = 0
+    migrated: int = 0
+
+
+class _Dev:
+    __slots__ = (
+        "idx", "name", "base", "cm", "kv_budget", "max_seqs", "up", "busy", "epoch", "it",
+        "running", "fin", "ctx_sum", "kv_used", "joiners", "queue", "pending", "busy_s",
+        "intervals", "iter_start", "n_dec", "outstanding", "kvb", "attn4", "spec",
+    )
+
+    def __init__(self, idx: int, d: SimDevice) -> None:
+        self.idx = idx
+        self.name = d.name
+        self.base = d.cost
+        self.cm = d.cost
+        self.spec = d.cost.spec
+        self.kv_budget = d.kv_tokens
+        self.max_seqs = d.max_num_seqs
+        self.up = True
+        self.busy = False
+        self.epoch = 0
+        self.it = 0
+        self.running: dict[int, int] = {}  # rid -> join iteration
+        self.fin: list[tuple[int, int]] = []  # (finish iteration, rid)
+        self.ctx_sum = 0  # tokens in the KV cache of the running sequences
+        self.kv_used = 0  # reserved (prompt + output) of running, joining and pending
+        self.joiners: list[int] = []  # prefilling in the current iteration
+        self.queue: deque[int] = deque()  # baselines: bound, waiting
+        self.pending: list[int] = []  # capsched: dispatched, joins at the next boundary
+        self.busy_s = 0.0
+        self.intervals: list[list[float]] = []
+        self.iter_start = 0.0
+        self.n_dec = 0
+        self.outstanding = 0
+        m = d.cost.model
+        self.kvb = m.kv_bytes_per_token
+        self.attn4 = 4.0 * m.hidden * m.layers
+
+
+class Simulation:
+    """One policy on one fleet and workload.
+
+    Args:
+        devices: the fleet's devices (:meth:`Fleet.build`).
+        workload: the requests.
+        policy: one of :data:`capsched.sim.policies.POLICIES`.
+        deadlines: absolute deadlines per request (default :func:`deadlines_for`).
+        seed: seeds the random baselines.
+        faults, slowdowns: injected events.
+        max_retries: tries after the first for a failed request (baselines; capsched uses
+            ``Config.max_retries``, the same default 3).
+        capsched_policy: the Scheduler's ordering policy (``"weighted"``, ``"edf"``, ...).
+        capsched_config: extra :class:`capsched.Config` fields.
+        capsched_request: extra :class:`capsched.InferenceRequest` fields for every
+            request (``priority``, ``uclamp_max``, ``request_class``...); ``uclamp_max``
+            defaults to ``1 / max_num_seqs`` (one sequence slot of the strongest device).
+        continuous: use ``Scheduler.step(now, free_slots=..., free_kv_tokens=...)``
+            (``None``: when the installed Scheduler has it).
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[SimDevice],
+        workload: Workload,
+        policy: str,
+        *,
+        deadlines: Optional[np.ndarray] = None,
+        seed: int = 0,
+        faults: Sequence[Fault] = (),
+        slowdowns: Sequence[Slowdown] = (),
+        max_retries: int = 3,
+        capsched_policy: str = "edf",
+        capsched_config: Optional[dict[str, Any]] = None,
+        capsched_request: Optional[dict[str, Any]] = None,
+        continuous: Optional[bool] = None,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
+        if not devices:
+            raise ConfigError("the fleet has no device")
+        self.policy = policy
+        self.sim_devices = list(devices)
+        self.workload = workload
+        self.deadlines = deadlines_for(workload, devices) if deadlines is None else np.asarray(deadlines, dtype=float)
+        if self.deadlines.shape != (len(workload),):
+            raise ConfigError(f"deadlines has shape {self.deadlines.shape}, the workload {len(workload)} requests")
+        names = [d.name for d in devices]
+        self._by_name = {n: i for i, n in enumerate(names)}
+        for ev in list(faults) + list(slowdowns):
+            if ev.device not in self._by_name:
+                raise ConfigError(f"unknown device {ev.device!r} in a fault or slowdown (devices: {', '.join(names)})")
+        self.faults = list(faults)
+        self.slowdowns = list(slowdowns)
+        self.max_retries = int(max_retries)
+        self.seed = int(seed)
+        self.capsched_policy = capsched_policy
+        self.capsched_config = dict(capsched_config or {})
+        self.capsched_request = dict(capsched_request or {})
+        self.continuous = continuous
+
+    # ------------------------------------------------------------------ setup
+
+    def _setup(self) -> None:
+        w = self.workload
+        n = len(w)
+        self.P = w.prompt_tokens.tolist()
+        self.O = w.output_tokens.tolist()
+        self.T = [p + o for p, o in zip(self.P, self.O)]
+        self.arr = w.arrival_s.tolist()
+        self.dl = self.deadlines.tolist()
+        self.status = [PENDING] * n
+        self.finish = [math.nan] * n
+        self.first = [math.nan] * n
+        self.where = [-1] * n  # device index it is on (queued, pending or running), -1
+        self.done_on = [-1] * n
+        self.tries = [0] * n
+        self.retries = 0
+        self.iterations = 0
+        self.preempted = 0
+        self.migrated = 0
+        self.rejected = 0
+        self.devs = [_Dev(i, d) for i, d in enumerate(self.sim_devices)]
+        self.events: list[tuple[float, int, int, int, int]] = []
+        self._seq = 0
+        pid = POLICIES.index(self.policy)
+        self.rng = np.random.default_rng([self.seed, pid])
+        self.sched = None
+        if self.policy == "capsched":
+            self._setup_capsched()
+        else:
+            self.binder = make_policy(self.policy, self.rng)
+        for k, f in enumerate(self.faults):
+            self._push(f.start_s, _FAULT_START, self._by_name[f.device], k)
+            self._push(f.start_s + f.duration_s, _FAULT_END, self._by_name[f.device], k)
+        for k, s in enumerate(self.slowdowns):
+            self._push(s.start_s, _SLOW_START, self._by_name[s.device], k)
+            self._push(s.start_s + s.duration_s, _SLOW_END, self._by_name[s.device], k)
+
+    def _setup_capsched(self) -> None:
+        from ..config import Config
+        from ..request import InferenceRequest
+        from ..scheduler import Scheduler
+
+        params = inspect.signature(Scheduler.step).parameters
+        has_continuous = "free_slots" in params
+        if self.continuous is None:
+            self.continuous = has_continuous
+        elif self.continuous and not has_continuous:
+            raise ConfigError("this capsched has no continuous mode (Scheduler.step(free_slots=...))")
+        max_seqs = max(d.max_num_seqs for d in self.sim_devices)
+        devices = Fleet.capsched_devices(self.sim_devices)
+        cfg = Config(**self.capsched_config) if self.capsched_config else None
+        # A request shares its device with up to max_num_seqs others: its utilization is
+        # at most one slot's share of the strongest device (see docs/simulator.md).
+        self.capsched_request.setdefault("uclamp_max", 1.0 / max_seqs)
+        # Without continuous mode, one request is one "batch": a device takes a new one
+        # while it runs fewer than max_num_seqs (max_inflight_batches), and the engine
+        # steps until nothing more is dispatched.
+        self.sched = Scheduler(
+            devices,
+            policy=self.capsched_policy,
+            max_batch_size=max_seqs if self.continuous else 1,
+            config=cfg,
+            clock=lambda: 0.0,
+        )
+        self._Request = InferenceRequest
+        self.sid_of: list[int] = [0] * len(self.P)
+        self.rid_of: dict[int, int] = {}
+
+    def _push(self, t: float, kind: int, a: int, b: int) -> None:
+        self._seq += 1
+        heapq.heappush(self.events, (t, self._seq, kind, a, b))
+
+    # ------------------------------------------------------------------ device mechanics
+
+    def _step_time(self, d: _Dev, joiners: list[int]) -> float:
+        """CostModel.step_time of whole-prompt joiners plus d.n_dec decoding sequences
+        with d.ctx_sum tokens of context (the scalar fast path)."""
+        P = self.P
+        ptok = 0
+        pflops = 0.0
+        for j in joiners:
+            c = P[j]
+            ptok += c
+            pflops += d.attn4 * (c * (c + 1) / 2.0)
+        nd = d.n_dec
+        return d.cm._step1(
+            float(ptok + nd),
+            pflops,
+            d.kvb * ptok,
+            d.attn4 * (d.ctx_sum + nd),
+            d.kvb * d.ctx_sum,
+        )
+
+    def _maybe_start(self, d: _Dev, now: float) -> None:
+        """Start an iteration on an idle device that is up and has work."""
+        if d.busy or not d.up:
+            return
+        joiners: list[int] = []
+        if self.sched is None:
+            q = d.queue
+            room = d.max_seqs - len(d.running)
+            T = self.T
+            while q and room > 0:
+                r = q[0]
+                if d.kv_used + T[r] > d.kv_budget:
+                    if d.kv_used == 0:  # can never fit this device
+                        q.popleft()
+                        d.outstanding -= 1
+                        self._end(r, FAILED, now)
+                        continue
+                    break
+                q.popleft()
+                d.kv_used += T[r]
+                joiners.append(r)
+                room -= 1
+        else:
+            joiners = d.pending
+            d.pending = []
+        if not joiners and not d.running:
+            return
+        for r in joiners:
+            self.tries[r] += 1
+        d.joiners = joiners
+        d.n_dec = len(d.running)
+        dt = self._step_time(d, joiners)
+        d.busy = True
+        d.iter_start = now
+        self.iterations += 1
+        self._push(now + dt, _ITER_END, d.idx, d.epoch)
+
+    def _record_busy(self, d: _Dev, start: float, end: float) -> None:
+        d.busy_s += end - start
+        iv = d.intervals
+        if iv and iv[-1][1] >= start - 1e-12:
+            iv[-1][1] = end
+        else:
+            iv.append([start, end])
+
+    def _iter_end(self, d: _Dev, now: float) -> None:
+        d.busy = False
+        self._record_busy(d, d.iter_start, now)
+        it = d.it
+        d.ctx_sum += d.n_dec
+        P, O = self.P, self.O
+        for r in d.joiners:
+            d.ctx_sum += P[r] + 1
+            self.first[r] = now
+            d.running[r] = it
+            heapq.heappush(d.fin, (it + O[r] - 1, r))
+        d.joiners = []
+        fin = d.fin
+        finished = []
+        while fin and fin[0][0] <= it:
+            _, r = heapq.heappop(fin)
+            if d.running.get(r) is None:
+                continue  # stale (preempted or migrated)
+            del d.running[r]
+            d.ctx_sum -= P[r] + O[r]
+            d.kv_used -= P[r] + O[r]
+            d.outstanding -= 1
+            finished.append(r)
+        d.it = it + 1
+        for r in finished:
+            self.done_on[r] = d.idx
+            self._end(r, DONE, now)
+            if self.sched is not None:
+                self.sched.complete(self.sid_of[r], now)
+
+    def _end(self, r: int, status: int, now: float) -> None:
+        self.status[r] = status
+        self.where[r] = -1
+        if status == DONE:
+            self.finish[r] = now
+
+    def _stop(self, r: int) -> None:
+        """Take request r off the device it is on (pending, prefilling or running)."""
+        di = self.where[r]
+        if di < 0:
+            return
+        d = self.devs[di]
+        T = self.T
+        if r in d.running:
+            join = d.running.pop(r)
+            d.ctx_sum -= self.P[r] + (d.it - join)
+            d.kv_used -= T[r]
+            d.outstanding -= 1
+        elif r in d.joiners:
+            d.joiners.remove(r)  # its prefill in this iteration is wasted
+            d.kv_used -= T[r]
+            d.outstanding -= 1
+        elif r in d.pending:
+            d.pending.remove(r)
+            d.kv_used -= T[r]
+            d.outstanding -= 1
+        elif r in d.queue:
+            d.queue.remove(r)
+            d.outstanding -= 1
+        self.where[r] = -1
+        self.first[r] = math.nan
+
+    # ------------------------------------------------------------------ baselines
+
+    def _bind(self, r: int, now: float) -> None:
+        devs = self.devs
+        i = self.binder.choose([d.outstanding for d in devs], [d.up for d in devs])
+        d = devs[i]
+        d.queue.append(r)
+        d.outstanding += 1
+        self.where[r] = i
+        self._maybe_start(d, now)
+
+    # ------------------------------------------------------------------ capsched
+
+    def _dispatch(self, now: float) -> None:
+        sched = self.sched
+        assert sched is not None
+        devs = self.devs
+        T = self.T
+        rounds = 0
+        while True:
+            if self.continuous:
+                slots: dict[str, int] = {}
+                kv: dict[str, int] = {}
+                for d in devs:
+                    if d.up:
+                        free = d.max_seqs - d.outstanding
+                        if free > 0:
+                            slots[d.name] = free
+                            kv[d.name] = max(0, d.kv_budget - d.kv_used)
+                res = sched.step(now, free_slots=slots, free_kv_tokens=kv)
+            else:
+                res = sched.step(now)
+            rounds += 1
+            for sid in res.expired:
+                r = self.rid_of[sid]
+                self._stop(r)
+                self._end(r, EXPIRED, now)
+            for sid, _reason in res.failed:
+                r = self.rid_of[sid]
+                self._stop(r)
+                self._end(r, FAILED, now)
+            for sid, _old in res.migrated:
+                self.migrated += 1
+                self._stop(self.rid_of[sid])
+            for sid, _dev in getattr(res, "preempted", ()):
+                self.preempted += 1
+                self._stop(self.rid_of[sid])
+            n = 0
+            for b in res.batches:
+                d = devs[b.device_index]
+                for sid in b.request_ids:
+                    r = self.rid_of[sid]
+                    if not d.up:  # legacy mode only: the scheduler cannot be told
+                        self._fail_capsched(r, now, "device down")
+                        continue
+                    d.pending.append(r)
+                    d.kv_used += T[r]
+                    d.outstanding += 1
+                    self.where[r] = d.idx
+                    n += 1
+            if self.continuous or n == 0 or rounds > 100000:
+                break
+        for d in devs:
+            if d.pending:
+                self._maybe_start(d, now)
+
+    def _fail_capsched(self, r: int, now: float, error: str) -> None:
+        assert self.sched is not None
+        requeued = self.sched.fail(self.sid_of[r], now, retryable=True, error=error)
+        if requeued:
+            self.retries += 1
+        else:
+            self._end(r, FAILED, now)
+
+    def _any_idle(self) -> bool:
+        for d in self.devs:
+            if d.up and not d.busy and d.outstanding < d.max_seqs:
+                return True
+        return False
+
+    # ------------------------------------------------------------------ faults
+
+    def _fault(self, d: _Dev, now: float) -> None:
+        if not d.up:
+            return
+        if d.busy:
+            self._record_busy(d, d.iter_start, now)
+        d.up = False
+        d.busy = False
+        d.epoch += 1
+        victims = list(d.running) + list(d.joiners) + list(d.pending) + list(d.queue)
+        for r in victims:
+            self._stop(r)
+        d.running.clear()
+        d.fin.clear()
+        d.ctx_sum = 0
+        d.kv_used = 0
+        d.outstanding = 0
+        if self.sched is not None:
+            # The scheduler has no "device down" call: its capacity is taken away (pressure)
+            # until it comes back, so that placement avoids it.
+            self.sched.set_pressure(d.name, _DOWN_PRESSURE, now=now)
+        for r in victims:
+            if self.sched is not None:
+                self._fail_capsched(r, now, f"device {d.name} failed")
+            elif self.tries[r] <= self.max_retries:
+                self.retries += 1
+                self._bind(r, now)
+            else:
+                self._end(r, FAILED, now)
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> SimResult:
+        """Run to the end: every request completed, failed or expired."""
+        self._setup()
+        ev = self.events
+        arr = self.arr
+        n = len(arr)
+        k = 0  # next arrival
+        sched = self.sched
+        devs = self.devs
+        now = 0.0
+        while True:
+            if k < n and (not ev or arr[k] <= ev[0][0]):
+                now = arr[k]
+                r = k
+                k += 1
+                if sched is None:
+                    self._bind(r, now)
+                else:
+                    req = self._Request(
+                        prompt_tokens=self.P[r], max_new_tokens=self.O[r], deadline=self.dl[r], **self.capsched_request
+                    )
+                    try:
+                        sid = sched.submit(req, now=now)
+                    except AdmissionError:  # deadline class: no device can admit it
+                        self.rejected += 1
+                        self._end(r, EXPIRED, now)
+                        continue
+                    self.sid_of[r] = sid
+                    self.rid_of[sid] = r
+                    if self._any_idle():
+                        self._dispatch(now)
+                continue
+            if not ev:
+                break
+            now, _, kind, a, b = heapq.heappop(ev)
+            d = devs[a]
+            if kind == _ITER_END:
+                if b != d.epoch:
+                    continue  # the device failed during this iteration
+                self._iter_end(d, now)
+                if sched is not None:
+                    self._dispatch(now)
+                self._maybe_start(d, now)
+            elif kind == _FAULT_START:
+                self._fault(d, now)
+                if sched is not None:
+                    self._dispatch(now)
+            elif kind == _FAULT_END:
+                d.up = True
+                if sched is not None:
+                    sched.set_pressure(d.name, 0.0, now=now)
+                    self._dispatch(now)
+                self._maybe_start(d, now)
+            elif kind in (_SLOW_START, _SLOW_END):
+                s = self.slowdowns[b].clock_scale if kind == _SLOW_START else 1.0
+                d.cm = d.base if s == 1.0 else d.base.with_clock_scale(s)
+                if sched is not None:
+                    mx = d.spec.max_clock_mhz or 1000.0
+                    sched.set_clock(d.name, s * mx, mx, now=now)
+                    self._dispatch(now)
+            if sched is not None and not ev and k >= n:
+                # Nothing runs and nothing arrives: queued requests can only expire.
+                if any(s == PENDING for s in self.status):
+                    later = [self.dl[r] for r in range(n) if self.status[r] == PENDING]
+                    t = max(later) + 1e-9 if later else now
+                    self._dispatch(max(now, t))
+        stats = None
+        if sched is not None:
+            stats = sched.stats()
+        for r in range(n):  # cannot happen, but never leave a request unaccounted
+            if self.status[r] == PENDING:
+                self.status[r] = FAILED
+        return SimResult(
+            policy=self.policy,
+            arrival_s=self.workload.arrival_s,
+            deadline_s=self.deadlines,
+            prompt_tokens=self.workload.prompt_tokens,
+            output_tokens=self.workload.output_tokens,
+            status=np.array(self.status, dtype=np.int8),
+            finish_s=np.array(self.finish),
+            first_token_s=np.array(self.first),
+            device=np.array(self.done_on, dtype=np.int32),
+            tries=np.array(self.tries, dtype=np.int32),
+            device_names=[d.name for d in devs],
+            busy_s=[d.busy_s for d in devs],
+            busy_intervals=[[(a, b) for a, b in d.intervals] for d in devs],
+            end_s=now,
+            iterations=self.iterations,
+            retries=self.retries,
+            scheduler_stats=stats,
+            continuous_api=self.continuous if sched is not None else None,
+            preempted=self.preempted,
+            migrated=self.migrated,
+        )
+
+
+def simulate(devices: Sequence[SimDevice], workload: Workload, policy: str, **kwargs: Any) -> SimResult:
+    """Run one :class:`Simulation` (keyword arguments as its constructor's)."""
+    return Simulation(devices, workload, policy, **kwargs).run()

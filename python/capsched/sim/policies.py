@@ -1,0 +1,146 @@
+"""Placement policies of the simulator.
+
+The baselines are the plain load-balancer policies: each binds a request to a device
+when it arrives (or when it is retried after a failure), with no knowledge of the
+devices' speeds; each device then pulls its own queue first come, first served into its
+free sequence slots. Only devices that are up are chosen (a health check).
+
+* ``round_robin``: the devices in turn.
+* ``least_load``: the device with the fewest outstanding requests (queued + running),
+  ties to the first in device order.
+* ``random``: uniformly at random.
+* ``power_of_two_choices``: two distinct devices at random, the one with fewer
+  outstanding requests (ties to the first drawn).
+
+``capsched`` is not a binding policy: requests go into one :class:`capsched.Scheduler`,
+which places them at device iteration boundaries (see :mod:`capsched.sim.engine`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = [
+    "BASELINES",
+    "POLICIES",
+    "BindingPolicy",
+    "RoundRobin",
+    "LeastLoad",
+    "RandomChoice",
+    "PowerOfTwoChoices",
+    "make_policy",
+    "parse_policies",
+]
+
+
+class BindingPolicy:
+    """Chooses a device for a request at arrival.
+
+    ``choose(outstanding, up)`` gets the outstanding request count of every device and
+    whether each is up, and returns a device index (one that is up, if any is).
+    """
+
+    name = ""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+
+class RoundRobin(BindingPolicy):
+    name = "round_robin"
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        super().__init__(rng)
+        self.next = 0
+
+    def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:
+        n = len(up)
+        for k in range(n):
+            i = (self.next + k) % n
+            if up[i]:
+                self.next = (i + 1) % n
+                return i
+        i = self.next
+        self.next = (i + 1) % n
+        return i
+
+
+class LeastLoad(BindingPolicy):
+    name = "least_load"
+
+    def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:
+        best, best_n = -1, 0
+        for i, n in enumerate(outstanding):
+            if up[i] and (best < 0 or n < best_n):
+                best, best_n = i, n
+        return best if best >= 0 else 0
+
+
+class RandomChoice(BindingPolicy):
+    name = "random"
+
+    def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:
+        alive = [i for i, u in enumerate(up) if u] or list(range(len(up)))
+        return alive[int(self.rng.integers(len(alive)))]
+
+
+class PowerOfTwoChoices(BindingPolicy):
+    name = "power_of_two_choices"
+
+    def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:
+        alive = [i for i, u in enumerate(up) if u] or list(range(len(up)))
+        if len(alive) == 1:
+            return alive[0]
+        a, b = self.rng.choice(len(alive), size=2, replace=False)
+        i, j = alive[int(a)], alive[int(b)]
+        return j if outstanding[j] < outstanding[i] else i
+
+
+BASELINES: dict[str, type[BindingPolicy]] = {
+    p.name: p for p in (RoundRobin, LeastLoad, RandomChoice, PowerOfTwoChoices)
+}
+
+#: Every policy the simulator runs, in table order.
+POLICIES: tuple[str, ...] = ("round_robin", "random", "least_load", "power_of_two_choices", "capsched")
+
+
+def make_policy(name: str, rng: np.random.Generator) -> BindingPolicy:
+    """A baseline policy by name.
+
+    Raises:
+        ConfigError: not a baseline name.
+    """
+    try:
+        return BASELINES[name](rng)
+    except KeyError:
+        raise ConfigError(f"unknown baseline policy {name!r} (known: {', '.join(BASELINES)})") from None
+
+
+def parse_policies(text: str) -> tuple[str, ...]:
+    """``"least_load,capsched"`` (or ``"all"``) as a tuple of policy names; ``-`` and
+    ``_`` are interchangeable, ``p2c`` names power_of_two_choices.
+
+    Raises:
+        ConfigError: empty, an unknown name, or a name given twice.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"--policies is empty: give some of {', '.join(POLICIES)}")
+    if text.strip() == "all":
+        return POLICIES
+    out: list[str] = []
+    for part in text.split(","):
+        name = part.strip().lower().replace("-", "_")
+        name = {"p2c": "power_of_two_choices", "rr": "round_robin", "ll": "least_load"}.get(name, name)
+        if name not in POLICIES:
+            raise ConfigError(f"unknown policy {part.strip()!r} (known: {', '.join(POLICIES)}, or 'all')")
+        if name in out:
+            raise ConfigError(f"policy {name!r} is listed twice")
+        out.append(name)
+    return tuple(out)

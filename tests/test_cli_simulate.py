@@ -1,0 +1,98 @@
+"""``capsched simulate``: smoke runs, JSON, errors (exit status 2, no traceback)."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import os
+
+import pytest
+
+from capsched.cli import main
+
+
+def _run(argv, capsys):
+    out = io.StringIO()
+    code = main(argv, out=out)
+    return code, out.getvalue(), capsys.readouterr().err
+
+
+def test_simulate_json_smoke(capsys):
+    code, out, _ = _run(["simulate", "--requests", "120", "--load", "0.5,1.5", "--json"], capsys)
+    assert code == 0
+    d = json.loads(out)
+    assert d["requests"] == 120 and d["loads"] == [0.5, 1.5]
+    assert {r["policy"] for r in d["runs"]} == {"round_robin", "random", "least_load", "power_of_two_choices", "capsched"}
+    assert set(d["goodput_load"]) == set(d["policies"])
+    for r in d["runs"]:
+        assert r["completed"] + r["failed"] + r["expired"] == 120
+    assert d["fleet"] == [["H100-SXM", 2], ["A100-SXM-80GB", 2], ["L4", 4]]
+
+
+def test_simulate_is_deterministic_for_a_seed(capsys):
+    argv = ["simulate", "--requests", "100", "--load", "0.7", "--policies", "random,p2c,capsched", "--seed", "5", "--json"]
+    a = json.loads(_run(argv, capsys)[1])
+    b = json.loads(_run(argv, capsys)[1])
+    for d in (a, b):
+        d.pop("wall_s")
+        for r in d["runs"]:
+            r.pop("wall_s")
+    assert a == b
+
+
+def test_simulate_table_and_out_dir(tmp_path, capsys):
+    code, out, err = _run(
+        ["simulate", "--requests", "80", "--load", "0.6", "--policies", "least_load,capsched", "--out", str(tmp_path),
+         "--fleet", "H100-SXM:1,L4:2", "--fault", "L4-0@1+2", "--slowdown", "H100-SXM-0@0.5+1:0.5"],
+        capsys,
+    )
+    assert code == 0
+    assert "least_load" in out and "capsched" in out and "Goodput" in out and "SLO" in out
+    assert os.path.exists(tmp_path / "results.json")
+    d = json.loads((tmp_path / "results.json").read_text())
+    assert d["faults"] == [{"device": "L4-0", "start_s": 1.0, "duration_s": 2.0}]
+
+
+def test_simulate_without_matplotlib_or_tqdm(tmp_path, capsys, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_extras(name, *args, **kwargs):
+        if name.split(".")[0] in ("matplotlib", "tqdm"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_extras)
+    code, out, err = _run(
+        ["simulate", "--requests", "60", "--load", "0.5", "--policies", "least_load", "--out", str(tmp_path)], capsys
+    )
+    assert code == 0
+    assert "matplotlib is not installed" in err
+    assert "[1/1] load 0.5 least_load" in err  # plain progress lines
+    assert os.listdir(tmp_path) == ["results.json"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--fleet", "H999:2"], "unknown accelerator"),
+        (["--fleet", "H100-SXM:two"], "count"),
+        (["--load", "0"], "> 0"),
+        (["--load", "-0.5"], "> 0"),
+        (["--load", "abc"], "not a number"),
+        (["--policies", "fastest"], "unknown policy"),
+        (["--trace", "/no/such/trace.csv"], "unknown trace"),
+        (["--model", "GPT-9"], "unknown model"),
+        (["--fault", "L4-0@x"], "bad fault"),
+        (["--fault", "Z-9@1+2"], "unknown device"),
+        (["--requests", "1"], "--requests"),
+    ],
+)
+def test_simulate_bad_input_exits_2_without_traceback(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--requests", "20", *argv], out=io.StringIO())
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert err.startswith("usage: capsched simulate")
