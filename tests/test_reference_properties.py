@@ -352,7 +352,7 @@ ERROR_MAP = {
 COUNTER_KEYS = ("accepted", "completed", "failed", "expired", "cancelled", "retried",
                 "dispatched", "batches", "waiting", "queued", "in_flight",
                 "placed_fitting", "placed_fallback", "misfits", "migrated", "readmitted",
-                "held", "trimmed", "preempted")
+                "held", "trimmed", "preempted", "deferred")
 DEVICE_KEYS = ("max_inflight_batches", "inflight_batches", "inflight_requests",
                "dispatched_requests", "dispatched_batches", "completed_requests",
                "kv_budget", "kv_used", "preempted_requests", "service_samples")

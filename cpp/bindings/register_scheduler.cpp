@@ -307,6 +307,7 @@ void register_scheduler(py::module_& m) {
             out["held"] = st.counters.held;
             out["trimmed"] = st.counters.trimmed;
             out["preempted"] = st.counters.preempted;
+            out["deferred"] = st.counters.deferred;
             out["waiting"] = st.waiting;
             out["queued"] = st.queued;
             out["in_flight"] = st.in_flight;

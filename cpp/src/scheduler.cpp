@@ -585,6 +585,8 @@ void Scheduler::refresh_groups() noexcept {
             const Device& d = devices_[members[i]];
             same = d.capacity == a.capacity && d.kv_budget == a.kv_budget &&
                    d.energy_per_token == a.energy_per_token;
+            for (int k = 0; same && k < 3; ++k)  // and the same service-time model
+                same = d.service.seed[k] * d.service.m[k] == a.service.seed[k] * a.service.m[k];
         }
         group_symmetric_[g] = same ? 1 : 0;
         group_cursor_[g] = 0;
@@ -798,11 +800,13 @@ void Scheduler::hold_batches(double now, StepOutput& out) {
             oldest = std::min(oldest, r.arrival);
             due = std::min(due, r.deadline);
         }
-        if (now - oldest >= bc.max_queue_delay) continue;  // waited long enough
+        // Compared as instants, so that a server stepping at next_step_at finds it due.
+        const double go_at = oldest + bc.max_queue_delay;
+        if (now >= go_at) continue;  // waited long enough
         const double est = service_estimate(d, static_cast<double>(b.prompt), static_cast<double>(b.max_new),
                                             static_cast<double>(b.size), b.work);
-        const double slack = due - now - est;
-        if (slack <= 0.0) continue;  // waiting any longer would break its most urgent member
+        const double latest = due - est;  // latest start that meets its most urgent member
+        if (now >= latest) continue;  // waiting any longer would break that member's slack
         std::uint32_t keep = 0;
         for (const std::uint32_t p : bc.preferred_batch_sizes)
             if (p <= b.size) keep = p;
@@ -823,7 +827,7 @@ void Scheduler::hold_batches(double now, StepOutput& out) {
             if (m.step_batch == i && m.kept) undispatch(m, now);
         ++counters_.held;
         ++out.held;
-        out.next_step_at = std::min(out.next_step_at, std::min(oldest + bc.max_queue_delay, now + slack));
+        out.next_step_at = std::min(out.next_step_at, std::min(go_at, latest));
     }
 }
 
@@ -849,6 +853,9 @@ void Scheduler::preempt(double now, StepOutput& out) {
                                                                            : d.kv_budget - d.kv_used;
             const std::uint32_t sb = step_batch_[dev];
             const std::uint32_t joiners = sb == kNoIndex ? kNoIndex : step_batches_[sb];
+            const std::int64_t budget = cfg_.batching.max_batch_tokens;
+            if (budget > 0 && joiners != kNoIndex && batches_[joiners].tokens + need > budget)
+                continue;  // the step's token budget, not room, holds it back: no eviction helps
             for (Handle h = d.inflight_head; h != kNoHandle; h = slab_[h].dev_next) {
                 const Request& v = slab_[h];
                 if (v.sched_class != SchedClass::Normal || v.batch == joiners) continue;
@@ -906,17 +913,25 @@ bool Scheduler::has_room(std::uint32_t dev, const Request& r) const noexcept {
 }
 
 std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
-                                       bool* fitted) const {
+                                       bool* fitted, bool* wait) const {
+    // docs/placement.md. "In time": the device's service model (when seeded) says r alone
+    // ends by its deadline. A device r fits must be in time; the fallback prefers devices
+    // in time; if the only devices with room would finish r late while another device
+    // open to it would not, r waits for that one (*wait) instead of running late.
     const PlacementConfig& pc = cfg_.placement;
     const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
-    std::uint32_t best = kNoIndex, fallback = kNoIndex;
-    double best_score = -kInf, best_energy = kInf, fallback_spare = -kInf;
+    std::uint32_t best = kNoIndex, fallback = kNoIndex, late = kNoIndex;
+    double best_score = -kInf, best_energy = kInf, fallback_spare = -kInf, late_spare = -kInf;
+    bool any_timely = false;
     for (const std::uint32_t dev : device_order_) {
         const Device& d = devices_[dev];
         if (bigger_than != nullptr && !(d.capacity > bigger_than->capacity)) continue;
-        if (d.capacity < min_capacity || !has_room(dev, r)) continue;
+        if (d.capacity < min_capacity || !eligible(d, r.tenant)) continue;
+        const bool timely = in_time(d, r);
+        any_timely = any_timely || timely;
+        if (!has_room(dev, r)) continue;
         const double spare = d.capacity - std::max(d.util.util_avg(), d.placed_util);
-        if (u * pc.fit_margin < spare && in_time(d, r)) {
+        if (u * pc.fit_margin < spare && timely) {
             const double compute = (spare - u) / kCapacityScale;
             const double memory = d.kv_budget == kUnlimitedTokens
                                       ? 1.0
@@ -931,13 +946,25 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
                 best_score = score;
                 best_energy = d.energy_per_token;
             }
-        } else if (spare > fallback_spare) {
-            fallback = dev;
-            fallback_spare = spare;
+        } else if (timely) {
+            if (spare > fallback_spare) {
+                fallback = dev;
+                fallback_spare = spare;
+            }
+        } else if (spare > late_spare) {
+            late = dev;
+            late_spare = spare;
         }
     }
     *fitted = best != kNoIndex;
-    return best != kNoIndex ? best : fallback;
+    if (wait != nullptr) *wait = false;
+    if (best != kNoIndex) return best;
+    if (fallback != kNoIndex) return fallback;
+    if (late != kNoIndex && any_timely && wait != nullptr) {
+        *wait = true;
+        return kNoIndex;
+    }
+    return late;
 }
 
 void Scheduler::place_deadline(double now) {
@@ -1011,7 +1038,7 @@ void Scheduler::migrate_misfits(double now, StepOutput& out) {
             if (!(r.util * cfg_.placement.fit_margin < d.capacity)) {
                 ++counters_.misfits;
                 bool fitted = false;
-                const std::uint32_t to = choose_device(r, r.util, &d, 0.0, &fitted);
+                const std::uint32_t to = choose_device(r, r.util, &d, 0.0, &fitted, nullptr);
                 if (to != kNoIndex && fitted) {
                     batches_[r.batch].clean = false;
                     leave_batch(r);
@@ -1059,7 +1086,7 @@ void Scheduler::place_by_fitness(double now) {
             continue;
         }
         const double u = request_util(r, now);
-        bool fitted = false;
+        bool fitted = false, wait = false;
         std::uint32_t dev;
         if (group_symmetric_[group]) {
             // Symmetric group: every device fits equally; the first with room takes it.
@@ -1072,10 +1099,18 @@ void Scheduler::place_by_fitness(double now) {
         } else if (r.sched_class == SchedClass::Strict) {
             // RT-like: a device with capacity >= uclamp_min; if none has room, strict
             // priority alone decides (any device).
-            dev = choose_device(r, u, nullptr, r.uclamp_min * kCapacityScale, &fitted);
-            if (dev == kNoIndex) dev = choose_device(r, u, nullptr, 0.0, &fitted);
+            dev = choose_device(r, u, nullptr, r.uclamp_min * kCapacityScale, &fitted, &wait);
+            if (dev == kNoIndex && !wait) dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait);
         } else {
-            dev = choose_device(r, u, nullptr, 0.0, &fitted);
+            dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait);
+        }
+        if (wait) {  // only too-slow devices have room: it waits for one in time
+            IndexedHeap<>& q = queue_of(r);
+            skipped_.push_back({h, q.top().key});
+            q.pop();
+            --open;
+            ++counters_.deferred;
+            continue;
         }
         if (dev == kNoIndex) {  // its group is full: keep the order within the group
             group_blocked_[group] = 1;
@@ -1346,8 +1381,11 @@ void Scheduler::complete_locked(Handle h, std::int64_t output_tokens) {
                         static_cast<double>(d.inflight_requests), (now_ - r.dispatched_at) * d.clock_scale);
     // util_est sample: the request's share of the batch's device time, made frequency- and
     // capacity-invariant, per token.
+    // Shared with the others of its batch (batch mode) or with everything running on the
+    // device at its end (continuous mode).
     const double service = now_ - r.dispatched_at;
-    const double work = service * d.clock_scale * (d.capacity_orig / kCapacityScale) / static_cast<double>(b.size);
+    const double sharers = b.counted ? static_cast<double>(b.size) : static_cast<double>(d.inflight_requests);
+    const double work = service * d.clock_scale * (d.capacity_orig / kCapacityScale) / sharers;
     const double tokens = static_cast<double>(r.prompt_tokens) + static_cast<double>(r.max_new_tokens);
     classes_[r.request_class].est.sample(work / tokens);
     end(h, Outcome::Completed, "");

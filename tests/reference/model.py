@@ -449,7 +449,8 @@ class ReferenceScheduler:
         self.counters = dict(accepted=0, completed=0, failed=0, expired=0, cancelled=0,
                              retried=0, dispatched=0, batches=0, placed_fitting=0,
                              placed_fallback=0, misfits=0, migrated=0, readmitted=0,
-                             held=0, trimmed=0, preempted=0)
+                             held=0, trimmed=0, preempted=0, deferred=0)
+        self._wait = False
         # Continuous mode of the current step: slots and KV left per device (KV < 0:
         # not reported, the device's own budget applies).
         self._continuous = False
@@ -585,7 +586,10 @@ class ReferenceScheduler:
             return False
         a = members[0]
         return all(d.capacity == a.capacity and d.kv_budget == a.kv_budget
-                   and d.energy == a.energy for d in members)
+                   and d.energy == a.energy
+                   and all(d.service.seed[k] * d.service.m[k] == a.service.seed[k] * a.service.m[k]
+                           for k in range(3))
+                   for d in members)
 
     def class_share(self, d: RefDevice) -> float:
         """One in-flight request's share of its device's invariant occupancy signal."""
@@ -635,22 +639,33 @@ class ReferenceScheduler:
         return d.kv_budget is None or d.kv_used + t <= d.kv_budget
 
     def choose_device(self, r: RefRequest, u: float, bigger_than: Optional[float] = None,
-                      min_capacity: float = 0.0) -> Tuple[Optional[int], bool]:
-        """(device, fitted): the best fitting candidate (score; energy first when
-        energy_aware), else the candidate with the largest spare; ties in device order.
-        ``bigger_than``: only devices with a strictly larger usable capacity (misfits)."""
+                      min_capacity: float = 0.0, can_wait: bool = False
+                      ) -> Tuple[Optional[int], bool]:
+        """(device, fitted): the best fitting candidate that is in time (score; energy
+        first when energy_aware), else the in-time candidate with the largest spare, else
+        -- when some device open to r is in time but only late ones have room and
+        ``can_wait`` -- (None, False) with ``self._wait`` set, else the late candidate
+        with the largest spare; ties in device order. ``bigger_than``: only devices with
+        a strictly larger usable capacity (misfits)."""
         c = self.cfg
         best: Optional[int] = None
         fallback: Optional[int] = None
-        best_score, best_energy, fallback_spare = -INF, INF, -INF
+        late: Optional[int] = None
+        best_score, best_energy, fallback_spare, late_spare = -INF, INF, -INF, -INF
+        any_timely = False
+        self._wait = False
         for di in self.device_order:
             d = self.devices[di]
             if bigger_than is not None and not d.capacity > bigger_than:
                 continue
-            if d.capacity < min_capacity or not self.has_room(di, r):
+            if d.capacity < min_capacity or not self.eligible(d, r.tenant):
+                continue
+            timely = self.in_time(d, r)
+            any_timely = any_timely or timely
+            if not self.has_room(di, r):
                 continue
             spare = self.spare(d)
-            if u * c["fit_margin"] < spare and self.in_time(d, r):
+            if u * c["fit_margin"] < spare and timely:
                 compute = (spare - u) / CAPACITY_SCALE
                 if d.kv_budget is None:
                     memory = 1.0
@@ -665,11 +680,19 @@ class ReferenceScheduler:
                     better = score > best_score
                 if better:
                     best, best_score, best_energy = di, score, d.energy
-            elif spare > fallback_spare:
-                fallback, fallback_spare = di, spare
+            elif timely:
+                if spare > fallback_spare:
+                    fallback, fallback_spare = di, spare
+            elif spare > late_spare:
+                late, late_spare = di, spare
         if best is not None:
             return best, True
-        return fallback, False
+        if fallback is not None:
+            return fallback, False
+        if late is not None and any_timely and can_wait:
+            self._wait = True
+            return None, False
+        return late, False
 
     def _open_batch(self, di: int) -> int:
         bid = self.next_batch
@@ -811,11 +834,12 @@ class ReferenceScheduler:
             members = [m for m in self._step_members if m[0] == bid and m[3]]
             oldest = min(self.requests[m[1]].arrival for m in members)
             due = min(self.requests[m[1]].deadline for m in members)
-            if now - oldest >= delay:
+            go_at = oldest + delay
+            if now >= go_at:
                 continue
             est = self.service_estimate(d, float(b.prompt), float(b.max_new), float(b.size), b.work)
-            slack = due - now - est
-            if slack <= 0.0:
+            latest = due - est
+            if now >= latest:
                 continue
             keep = 0
             for p in c["preferred_batch_sizes"]:
@@ -837,7 +861,7 @@ class ReferenceScheduler:
                 self._undispatch(m, now)
             self.counters["held"] += 1
             self.last_held += 1
-            self.last_next_step_at = min(self.last_next_step_at, min(oldest + delay, now + slack))
+            self.last_next_step_at = min(self.last_next_step_at, min(go_at, latest))
 
     def _preempt(self, now: float) -> None:
         """docs/batching.md, preemption (continuous mode)."""
@@ -867,6 +891,10 @@ class ReferenceScheduler:
                 else:
                     kv_left = d.kv_budget - d.kv_used
                 joiners = self._step_batch.get(di)
+                budget = self.cfg["max_batch_tokens"]
+                if budget > 0 and joiners is not None and \
+                        self.batches[joiners].tokens + need > budget:
+                    continue  # the token budget holds it back: no eviction helps
                 for v in self.requests.values():
                     if v.state != "in_flight" or self.batches[v.batch].device != di:
                         continue
@@ -1212,11 +1240,14 @@ class ReferenceScheduler:
                 di = next((x for x in self.group_devices(r.tenant) if self.has_room(x, r)), None)
                 fitted = di is not None and u * margin < self.spare(self.devices[di])
             elif r.sched_class == "strict":
-                di, fitted = self.choose_device(r, u, None, r.uclamp_min * CAPACITY_SCALE)
-                if di is None:
-                    di, fitted = self.choose_device(r, u, None, 0.0)
+                di, fitted = self.choose_device(r, u, None, r.uclamp_min * CAPACITY_SCALE, True)
+                if di is None and not self._wait:
+                    di, fitted = self.choose_device(r, u, None, 0.0, True)
             else:
-                di, fitted = self.choose_device(r, u, None, 0.0)
+                di, fitted = self.choose_device(r, u, None, 0.0, True)
+            if di is None and not symmetric[g] and self._wait:
+                self.counters["deferred"] += 1  # waits for a device that is in time
+                continue
             if di is None:
                 blocked.add(g)  # its group is full: nothing of it overtakes r
                 continue
@@ -1242,7 +1273,8 @@ class ReferenceScheduler:
         # util_est sample: its share of the batch's device time, frequency- and
         # capacity-invariant, per token.
         service = now - r.dispatched_at
-        work = service * dev.clock_scale * (dev.capacity_orig / CAPACITY_SCALE) / float(b.size)
+        sharers = float(b.size) if b.counted else float(dev.inflight_requests)
+        work = service * dev.clock_scale * (dev.capacity_orig / CAPACITY_SCALE) / sharers
         self.classes.setdefault(r.request_class, RefUtilEst()).sample(work / r.tokens)
         self._leave_batch(r)
         self._end(r, "completed")
@@ -1409,8 +1441,8 @@ class ReferenceScheduler:
             members = [self.requests[m] for b in bs for m in b.members]
             if dev.kv_used != sum(r.kv_tokens for r in members):
                 return False
-            if dev.kv_budget is not None and dev.kv_used > dev.kv_budget:
-                return False
+            # (kv_used may exceed kv_budget: in continuous mode the free KV the server
+            # reports governs, not the budget the device was described with.)
             util = sum(r.util for r in members)
             if abs(util - dev.placed_util) > 1e-6 * (1.0 + util):
                 return False

@@ -84,6 +84,9 @@ struct Counters {
     std::uint64_t held = 0;       // batches held back to fill (each step counts)
     std::uint64_t trimmed = 0;    // requests put back to cut a batch to a preferred size
     std::uint64_t preempted = 0;  // requests evicted for more urgent work
+    // Placements passed over because only devices too slow for the request's deadline
+    // had room (it waits for one in time); each step counts.
+    std::uint64_t deferred = 0;
 };
 
 // What the scheduler knows of a request class: util_est of its work per token (from
@@ -260,7 +263,7 @@ class Scheduler {
     void migrate_misfits(double now, StepOutput& out);
     void emit_step(StepOutput& out);
     std::uint32_t choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
-                                bool* fitted) const;
+                                bool* fitted, bool* wait) const;
     void place_by_fitness(double now);
     void set_outcome(std::uint64_t id, Outcome how);
     Outcome outcome(std::uint64_t id) const noexcept;
