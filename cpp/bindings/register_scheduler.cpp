@@ -124,6 +124,9 @@ void register_scheduler(py::module_& m) {
             "dl_bandwidth_limit", [](const SchedulerConfig& c) { return c.placement.dl_bandwidth_limit; },
             [](SchedulerConfig& c, double v) { c.placement.dl_bandwidth_limit = v; })
         .def_property(
+            "defer_late", [](const SchedulerConfig& c) { return c.placement.defer_late; },
+            [](SchedulerConfig& c, bool v) { c.placement.defer_late = v; })
+        .def_property(
             "max_batch_tokens", [](const SchedulerConfig& c) { return c.batching.max_batch_tokens; },
             [](SchedulerConfig& c, std::int64_t v) { c.batching.max_batch_tokens = v; })
         .def_property(

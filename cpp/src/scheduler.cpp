@@ -916,8 +916,8 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
                                        bool* fitted, bool* wait) const {
     // docs/placement.md. "In time": the device's service model (when seeded) says r alone
     // ends by its deadline. A device r fits must be in time; the fallback prefers devices
-    // in time; if the only devices with room would finish r late while another device
-    // open to it would not, r waits for that one (*wait) instead of running late.
+    // in time; with defer_late, if the only devices with room would finish r late while
+    // another device open to it would not, r waits for that one (*wait) instead.
     const PlacementConfig& pc = cfg_.placement;
     const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
     std::uint32_t best = kNoIndex, fallback = kNoIndex, late = kNoIndex;
@@ -960,7 +960,7 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
     if (wait != nullptr) *wait = false;
     if (best != kNoIndex) return best;
     if (fallback != kNoIndex) return fallback;
-    if (late != kNoIndex && any_timely && wait != nullptr) {
+    if (late != kNoIndex && any_timely && wait != nullptr && cfg_.placement.defer_late) {
         *wait = true;
         return kNoIndex;
     }

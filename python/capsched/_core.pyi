@@ -46,6 +46,7 @@ class CoreConfig:
     pelt_period: float
     default_work_per_token: float
     dl_bandwidth_limit: float
+    defer_late: bool
     max_batch_tokens: int
     preferred_batch_sizes: list[int]
     max_queue_delay: float

@@ -62,6 +62,10 @@ class Config:
         dl_bandwidth_limit: share of a device's usable capacity that admitted
             deadline-class requests may reserve (default 0.95, as Linux's RT/DL runtime
             share; (0, 1]).
+        defer_late: a request with a deadline for which only too-slow devices have room
+            (their service model says it would end late) waits for a device that would
+            finish it in time, instead of running late (default False). In the simulator
+            this cut p99 but lowered SLO attainment near saturation (docs/batching.md).
         max_batch_tokens: token budget of one batch, the sum of its members' prompt +
             max new tokens (default 0 = none; else 1..1e9). A larger request runs alone.
             In continuous mode it bounds the tokens joining a device per step.
@@ -98,6 +102,7 @@ class Config:
     pelt_period: float = 1.0 / 32.0
     default_work_per_token: float = 1e-4
     dl_bandwidth_limit: float = 0.95
+    defer_late: bool = False
     max_batch_tokens: int = 0
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay: float = 0.0
@@ -131,6 +136,8 @@ class Config:
         _check_int("max_batch_tokens", self.max_batch_tokens, 0, 1_000_000_000)
         for name in ("max_queue_delay", "latency_target"):
             _check_real(name, getattr(self, name), minimum=0.0, inclusive=True)
+        if not isinstance(self.defer_late, bool):
+            raise ConfigError(f"defer_late must be a bool, got {self.defer_late!r}")
         if not isinstance(self.preemption, bool):
             raise ConfigError(f"preemption must be a bool, got {self.preemption!r}")
         sizes = self.preferred_batch_sizes

@@ -70,6 +70,7 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "pelt_period": 1.0 / 32.0,
     "default_work_per_token": 1e-4,
     "dl_bandwidth_limit": 0.95,
+    "defer_late": False,
     # Batching (docs/batching.md; config.hpp BatchingConfig).
     "max_batch_tokens": 0,
     "preferred_batch_sizes": (),
@@ -689,7 +690,7 @@ class ReferenceScheduler:
             return best, True
         if fallback is not None:
             return fallback, False
-        if late is not None and any_timely and can_wait:
+        if late is not None and any_timely and can_wait and c["defer_late"]:
             self._wait = True
             return None, False
         return late, False

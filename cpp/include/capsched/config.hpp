@@ -60,6 +60,10 @@ struct PlacementConfig {
     // Share of a device's usable capacity that admitted deadline-class requests may
     // reserve (default 0.95, as Linux's sched_rt_runtime_us / sched_rt_period_us; (0, 1]).
     double dl_bandwidth_limit = 0.95;
+    // A request with a deadline that only too-slow devices have room for (their service
+    // model says it would end late) waits for a device that would finish it in time,
+    // instead of running late (default false: it takes the best of those with room).
+    bool defer_late = false;
 };
 
 // Batch assembly; docs/batching.md gives the exact rule.

@@ -69,6 +69,18 @@ def saturated_rate(cm: CostModel, mean_prompt: float, mean_output: float, max_nu
     return b / (o * t_iter)
 
 
+def service_seeds(cm: CostModel, max_num_seqs: int, prompt: int = 1024, context: float = 1024.0) -> tuple[float, float, float]:
+    """Seeds of capsched's service-time model from a cost model (seconds at full clock):
+    prefill per prompt token (a ``prompt``-token prefill over its length), one decode
+    step of a lone sequence, and a decode step's extra per sequence in the batch (the
+    slope between batch 1 and ``max_num_seqs`` at ``context`` tokens of context)."""
+    prefill = float(cm.prefill_time(prompt)) / prompt
+    step1 = float(cm.decode_step_time(1, context))
+    b = max(2, int(max_num_seqs))
+    per_seq = max(0.0, (float(cm.decode_step_time(b, context)) - step1) / (b - 1))
+    return prefill, step1, per_seq
+
+
 @dataclasses.dataclass
 class SimDevice:
     """One simulated device: its name, accelerator, cost model and limits.
@@ -155,17 +167,25 @@ class Fleet:
     @staticmethod
     def capsched_devices(devices: Sequence[SimDevice], *, max_inflight_batches: Optional[int] = None) -> list[Device]:
         """The devices described to :class:`capsched.Scheduler`: capacity = serving rate,
-        ``kv_tokens`` = the KV budget, ``model`` = the accelerator (clocks, power)."""
-        return [
-            Device(
-                d.name,
-                capacity=d.rate,
-                model=d.accelerator,
-                kv_tokens=d.kv_tokens,
-                max_inflight_batches=max_inflight_batches or d.max_num_seqs,
+        ``kv_tokens`` = the KV budget, ``model`` = the accelerator (clocks, power), and
+        the service-time seeds from the cost model (:func:`service_seeds`), as a real
+        server would give from a profile of its engine."""
+        out = []
+        for d in devices:
+            prefill, step, per_seq = service_seeds(d.cost, d.max_num_seqs)
+            out.append(
+                Device(
+                    d.name,
+                    capacity=d.rate,
+                    model=d.accelerator,
+                    kv_tokens=d.kv_tokens,
+                    max_inflight_batches=max_inflight_batches or d.max_num_seqs,
+                    prefill_s_per_token=prefill,
+                    decode_step_s=step,
+                    decode_s_per_seq=per_seq,
+                )
             )
-            for d in devices
-        ]
+        return out
 
 
 #: The built-in fleet: 2 x H100 SXM, 2 x A100 SXM 80 GB and 4 x L4 serving Llama-3-8B
