@@ -267,6 +267,7 @@ def configs(draw):
                        ("latency_target", [0.0, 0.05, 0.5, 5.0]),
                        ("preemption", [True, False]),
                        ("defer_late", [False, True]),
+                       ("wait_for_fit", [False, True]),
                        ("dynamic_batching", [True, False])):
         if draw(st.integers(0, 2)) == 0:
             cfg[name] = draw(st.sampled_from(alts))

@@ -127,6 +127,9 @@ void register_scheduler(py::module_& m) {
             "defer_late", [](const SchedulerConfig& c) { return c.placement.defer_late; },
             [](SchedulerConfig& c, bool v) { c.placement.defer_late = v; })
         .def_property(
+            "wait_for_fit", [](const SchedulerConfig& c) { return c.placement.wait_for_fit; },
+            [](SchedulerConfig& c, bool v) { c.placement.wait_for_fit = v; })
+        .def_property(
             "max_batch_tokens", [](const SchedulerConfig& c) { return c.batching.max_batch_tokens; },
             [](SchedulerConfig& c, std::int64_t v) { c.batching.max_batch_tokens = v; })
         .def_property(

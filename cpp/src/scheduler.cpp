@@ -917,7 +917,8 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
     // docs/placement.md. "In time": the device's service model (when seeded) says r alone
     // ends by its deadline. A device r fits must be in time; the fallback prefers devices
     // in time; with defer_late, if the only devices with room would finish r late while
-    // another device open to it would not, r waits for that one (*wait) instead.
+    // another device open to it would not, r waits for that one (*wait) instead. With
+    // wait_for_fit, a request with a deadline that fits no device with room waits.
     const PlacementConfig& pc = cfg_.placement;
     const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
     std::uint32_t best = kNoIndex, fallback = kNoIndex, late = kNoIndex;
@@ -959,6 +960,11 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
     *fitted = best != kNoIndex;
     if (wait != nullptr) *wait = false;
     if (best != kNoIndex) return best;
+    if (cfg_.placement.wait_for_fit && std::isfinite(r.deadline) && wait != nullptr &&
+        (fallback != kNoIndex || late != kNoIndex)) {
+        *wait = true;  // it waits in the queue for a device it fits (or expires)
+        return kNoIndex;
+    }
     if (fallback != kNoIndex) return fallback;
     if (late != kNoIndex && any_timely && wait != nullptr && cfg_.placement.defer_late) {
         *wait = true;

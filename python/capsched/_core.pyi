@@ -47,6 +47,7 @@ class CoreConfig:
     default_work_per_token: float
     dl_bandwidth_limit: float
     defer_late: bool
+    wait_for_fit: bool
     max_batch_tokens: int
     preferred_batch_sizes: list[int]
     max_queue_delay: float

@@ -66,6 +66,11 @@ class Config:
             (their service model says it would end late) waits for a device that would
             finish it in time, instead of running late (default False). In the simulator
             this cut p99 but lowered SLO attainment near saturation (docs/batching.md).
+        wait_for_fit: a request with a deadline that fits no device with room waits in
+            its queue (until one fits, or it expires) instead of taking the fallback to
+            the largest spare capacity (default False). Placement then acts as admission
+            control: in the simulator it is what keeps SLO attainment up near and past
+            saturation (docs/simulator.md).
         max_batch_tokens: token budget of one batch, the sum of its members' prompt +
             max new tokens (default 0 = none; else 1..1e9). A larger request runs alone.
             In continuous mode it bounds the tokens joining a device per step.
@@ -103,6 +108,7 @@ class Config:
     default_work_per_token: float = 1e-4
     dl_bandwidth_limit: float = 0.95
     defer_late: bool = False
+    wait_for_fit: bool = False
     max_batch_tokens: int = 0
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay: float = 0.0
@@ -136,8 +142,9 @@ class Config:
         _check_int("max_batch_tokens", self.max_batch_tokens, 0, 1_000_000_000)
         for name in ("max_queue_delay", "latency_target"):
             _check_real(name, getattr(self, name), minimum=0.0, inclusive=True)
-        if not isinstance(self.defer_late, bool):
-            raise ConfigError(f"defer_late must be a bool, got {self.defer_late!r}")
+        for name in ("defer_late", "wait_for_fit"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.preemption, bool):
             raise ConfigError(f"preemption must be a bool, got {self.preemption!r}")
         sizes = self.preferred_batch_sizes

@@ -71,6 +71,7 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "default_work_per_token": 1e-4,
     "dl_bandwidth_limit": 0.95,
     "defer_late": False,
+    "wait_for_fit": False,
     # Batching (docs/batching.md; config.hpp BatchingConfig).
     "max_batch_tokens": 0,
     "preferred_batch_sizes": (),
@@ -688,6 +689,10 @@ class ReferenceScheduler:
                 late, late_spare = di, spare
         if best is not None:
             return best, True
+        if c["wait_for_fit"] and math.isfinite(r.deadline) and can_wait and \
+                (fallback is not None or late is not None):
+            self._wait = True  # waits in the queue for a device it fits
+            return None, False
         if fallback is not None:
             return fallback, False
         if late is not None and any_timely and can_wait and c["defer_late"]:

@@ -64,6 +64,11 @@ struct PlacementConfig {
     // model says it would end late) waits for a device that would finish it in time,
     // instead of running late (default false: it takes the best of those with room).
     bool defer_late = false;
+    // A request with a deadline that fits no device with room waits in its queue (until
+    // one fits, or it expires) instead of taking the fallback: placement as admission
+    // control, so devices are not overcommitted past what keeps deadlines (default
+    // false: Linux's rule, the fallback runs it somewhere).
+    bool wait_for_fit = false;
 };
 
 // Batch assembly; docs/batching.md gives the exact rule.

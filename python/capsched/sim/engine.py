@@ -230,10 +230,10 @@ class Simulation:
         max_retries: tries after the first for a failed request (baselines; capsched uses
             ``Config.max_retries``, the same default 3).
         capsched_policy: the Scheduler's ordering policy (``"weighted"``, ``"edf"``, ...).
-        capsched_config: extra :class:`capsched.Config` fields.
+        capsched_config: extra :class:`capsched.Config` fields (``wait_for_fit``
+            defaults to True here: placement as admission control).
         capsched_request: extra :class:`capsched.InferenceRequest` fields for every
-            request (``priority``, ``uclamp_max``, ``request_class``...); ``uclamp_max``
-            defaults to ``1 / max_num_seqs`` (one sequence slot of the strongest device).
+            request (``priority``, ``uclamp_max``, ``request_class``...).
         continuous: use ``Scheduler.step(now, free_slots=..., free_kv_tokens=...)``
             (``None``: when the installed Scheduler has it).
     """
@@ -329,10 +329,9 @@ class Simulation:
             raise ConfigError("this capsched has no continuous mode (Scheduler.step(free_slots=...))")
         max_seqs = max(d.max_num_seqs for d in self.sim_devices)
         devices = Fleet.capsched_devices(self.sim_devices)
-        cfg = Config(**self.capsched_config) if self.capsched_config else None
-        # A request shares its device with up to max_num_seqs others: its utilization is
-        # at most one slot's share of the strongest device (see docs/simulator.md).
-        self.capsched_request.setdefault("uclamp_max", 1.0 / max_seqs)
+        # Placement as admission control: a request that fits no device with room waits
+        # in the queue (or expires) rather than overcommitting one (docs/simulator.md).
+        cfg = Config(**{"wait_for_fit": True, **self.capsched_config})
         # Without continuous mode, one request is one "batch": a device takes a new one
         # while it runs fewer than max_num_seqs (max_inflight_batches), and the engine
         # steps until nothing more is dispatched.
