@@ -268,6 +268,9 @@ def configs(draw):
                        ("preemption", [True, False]),
                        ("defer_late", [False, True]),
                        ("wait_for_fit", [False, True]),
+                       ("retry_base", [0.0, 0.01, 0.1, 1.0]),
+                       ("retry_cap", [10.0, 0.05]),
+                       ("retry_seed", [0, 12345, 2**64 - 1]),
                        ("dynamic_batching", [True, False])):
         if draw(st.integers(0, 2)) == 0:
             cfg[name] = draw(st.sampled_from(alts))
@@ -352,7 +355,7 @@ ERROR_MAP = {
 }
 
 COUNTER_KEYS = ("accepted", "completed", "failed", "expired", "cancelled", "retried",
-                "dispatched", "batches", "waiting", "queued", "in_flight",
+                "dispatched", "batches", "waiting", "queued", "in_flight", "retrying",
                 "placed_fitting", "placed_fallback", "misfits", "migrated", "readmitted",
                 "held", "trimmed", "preempted", "deferred")
 DEVICE_KEYS = ("max_inflight_batches", "inflight_batches", "inflight_requests",
@@ -785,7 +788,7 @@ class Harness:
         # Conservation, recomputed from the real counters.
         assert st_real["accepted"] == sum(
             st_real[k] for k in ("completed", "failed", "expired", "cancelled", "waiting",
-                                 "queued", "in_flight"))
+                                 "queued", "in_flight", "retrying"))
         devs = st_real["devices"]
         assert len(devs) == len(st_ref["devices"])
         for i, (dr, dm) in enumerate(zip(devs, st_ref["devices"])):

@@ -132,18 +132,44 @@ def test_failure_cascades_with_the_error_text() -> None:
     assert r.failed == [(b, f"dependency {a} failed: CUDA out of memory")]
 
 
-def test_retryable_failures_requeue_until_tries_run_out() -> None:
-    s = Scheduler(["gpu"], max_batch_size=4, config=Config(max_retries=2))
+def _splitmix64_uniforms(seed: int):
+    """The core's jitter stream, written from its definition (docs/policies.md)."""
+    mask = (1 << 64) - 1
+    state = seed
+    while True:
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        z ^= z >> 31
+        yield (z >> 11) * 2.0**-53
+
+
+def test_retryable_failures_back_off_then_requeue_until_tries_run_out() -> None:
+    s = Scheduler(["gpu"], max_batch_size=4, config=Config(max_retries=2, retry_base=0.5, retry_seed=7))
+    u = _splitmix64_uniforms(7)
     a = s.submit(req(), now=0.0)
-    for attempt in range(2):
-        assert s.step(now=float(attempt)).dispatched == [a]
-        assert s.fail(a, now=float(attempt), retryable=True, error="flaky") is True
-        assert s.status(a) == "queued"
-    assert s.step(now=5.0).dispatched == [a]
-    assert s.fail(a, now=5.0, retryable=True) is False  # third failure: out of tries
+    t = 0.0
+    for k in (1, 2):
+        assert s.step(now=t).dispatched == [a]
+        assert s.fail(a, now=t, retryable=True, error="flaky") is True
+        assert s.status(a) == "retrying"
+        # Backoff before the k-th retry: min(cap, 0.5 x 2^(k-1)) x (1 + u) / 2.
+        delay = min(10.0, 0.5 * 2 ** (k - 1)) * (1.0 + next(u)) / 2.0
+        r = s.step(now=t)  # still backing off: nothing to run, and when to come back
+        assert r.dispatched == [] and r.next_step_at == t + delay
+        assert s.stats()["retrying"] == 1 and s.stats()["conservation_ok"]
+        t = r.next_step_at
+    assert s.step(now=t).dispatched == [a]
+    assert s.fail(a, now=t, retryable=True) is False  # third failure: out of tries
     assert s.status(a) == "failed"
     st = s.stats()
-    assert (st["retried"], st["dispatched"], st["failed"]) == (2, 3, 1)
+    assert (st["retried"], st["dispatched"], st["failed"], st["retrying"]) == (2, 3, 1, 0)
+    # retry_base=0: straight back to the queue.
+    s0 = Scheduler(["gpu"], config=Config(retry_base=0.0))
+    b = s0.submit(req(), now=0.0)
+    s0.step(now=0.0)
+    assert s0.fail(b, now=0.0, retryable=True) is True and s0.status(b) == "queued"
 
 
 def test_retry_after_the_deadline_fails_instead() -> None:
@@ -152,6 +178,31 @@ def test_retry_after_the_deadline_fails_instead() -> None:
     s.step(now=0.0)
     assert s.fail(a, now=2.0, retryable=True) is False
     assert s.status(a) == "failed"
+
+
+def test_a_retry_that_could_not_start_before_the_deadline_fails_at_once() -> None:
+    # Backoff of the first retry is at least retry_base / 2 = 5 s; 1 s is left.
+    s = Scheduler(["gpu"], policy="fcfs", config=Config(retry_base=10.0))
+    a = s.submit(req(timeout=2.0), now=0.0)
+    dep = s.submit(req(depends_on=(a,)), now=0.0)
+    s.step(now=1.0)
+    assert s.fail(a, now=1.0, retryable=True, error="flaky") is False
+    assert s.status(a) == "failed"
+    r = s.step(now=1.0)
+    assert r.failed == [(dep, f"dependency {a} failed: flaky; its retry could not start before its deadline")]
+
+
+def test_a_retrying_request_can_expire_or_be_cancelled() -> None:
+    s = Scheduler(["gpu"], policy="fcfs", config=Config(retry_base=1.0))
+    a = s.submit(req(timeout=1.5), now=0.0)
+    b = s.submit(req(), now=0.0)
+    s.step(now=0.0)
+    assert s.fail(a, now=0.1, retryable=True) is True  # back at 0.6 .. 1.1
+    assert s.fail(b, now=0.1, retryable=True) is True
+    assert s.cancel(b) is True and s.status(b) == "cancelled"
+    r = s.step(now=1.5)  # a's deadline came before it ran again
+    assert r.expired == [a] and s.status(a) == "expired"
+    assert s.check_invariants() and s.stats()["conservation_ok"]
 
 
 def test_cancel_queued_waiting_and_in_flight() -> None:

@@ -216,7 +216,7 @@ def drain(run: Run) -> None:
     s = run.s
     for _ in range(100_000):
         st = s.stats()
-        if st["waiting"] + st["queued"] + st["in_flight"] == 0:
+        if st["waiting"] + st["queued"] + st["in_flight"] + st["retrying"] == 0:
             return
         res = s.step(run.now())
         run.expired.extend(res.expired)
@@ -310,7 +310,9 @@ def run_concurrently(sched: Scheduler, now: Callable[[], Optional[float]], seed:
 
 def fleet(policy: str, clock: Callable[[], float] = time.monotonic) -> Scheduler:
     devices = [Device("a", capacity=2.0, max_inflight_batches=2), "b", {"name": "c", "capacity": 0.5}]
-    return Scheduler(devices, policy=policy, max_batch_size=4, config=Config(max_retries=2), clock=clock)
+    # Short backoffs (2 ms base) so that retries come back within the run.
+    return Scheduler(devices, policy=policy, max_batch_size=4, config=Config(max_retries=2, retry_base=0.002),
+                     clock=clock)
 
 
 @pytest.mark.parametrize("policy", ["weighted", "fcfs", "edf"])

@@ -146,6 +146,9 @@ void register_scheduler(py::module_& m) {
             [](SchedulerConfig& c, bool v) { c.batching.preemption = v; })
         .def_readwrite("max_batch_size", &SchedulerConfig::max_batch_size)
         .def_readwrite("max_retries", &SchedulerConfig::max_retries)
+        .def_readwrite("retry_base", &SchedulerConfig::retry_base)
+        .def_readwrite("retry_cap", &SchedulerConfig::retry_cap)
+        .def_readwrite("retry_seed", &SchedulerConfig::retry_seed)
         .def_readwrite("dynamic_batching", &SchedulerConfig::dynamic_batching);
 
     py::class_<DeviceSpec>(m, "DeviceSpec", "A device as the core takes it (see capsched.Device).")
@@ -317,6 +320,7 @@ void register_scheduler(py::module_& m) {
             out["waiting"] = st.waiting;
             out["queued"] = st.queued;
             out["in_flight"] = st.in_flight;
+            out["retrying"] = st.retrying;
             out["now"] = st.now;
             py::list devices;
             for (const Device& d : st.devices) devices.append(device_dict(d));

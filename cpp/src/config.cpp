@@ -87,6 +87,8 @@ void validate(const SchedulerConfig& cfg) {
     }
     require_nonneg(b.max_queue_delay, "max_queue_delay");
     require_nonneg(b.latency_target, "latency_target");
+    require_nonneg(cfg.retry_base, "retry_base");
+    require_nonneg(cfg.retry_cap, "retry_cap");
     if (cfg.max_retries > 1000)
         throw ConfigError("max_retries must be in 0..1000, got " + std::to_string(cfg.max_retries));
 }

@@ -26,6 +26,7 @@ const char* state_name(State s) noexcept {
         case State::Waiting: return "waiting on its dependencies";
         case State::Queued: return "queued";
         case State::InFlight: return "in flight";
+        case State::Retrying: return "waiting to retry";
         case State::Free: break;
     }
     return "free";
@@ -51,7 +52,7 @@ void StepOutput::clear() noexcept {
 }
 
 Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& devices)
-    : cfg_(cfg), pelt_(cfg.placement.pelt_period) {
+    : cfg_(cfg), pelt_(cfg.placement.pelt_period), rng_(cfg.retry_seed) {
     validate(cfg_);
     if (devices.empty()) throw ConfigError("the device list is empty: give at least one device");
     if (devices.size() > kMaxDevices)
@@ -457,6 +458,13 @@ void Scheduler::run_step(double t, StepOutput& out) {
     }
     for (const auto& [dependents, id] : expired_heads_) fail_dependents(dependents, id, Outcome::Expired, "");
 
+    // Retries whose backoff has ended are queued again, in (time, id) order.
+    while (!retries_.empty() && retries_.top().key.key <= t) {
+        const Handle h = retries_.pop();
+        --retrying_;
+        make_ready(h, t);
+    }
+
     // 2. Deadline-level changes that are due (weighted policy only).
     while (!levels_.empty() && levels_.top().key.key <= t) {
         const Handle h = levels_.pop();
@@ -476,6 +484,7 @@ void Scheduler::run_step(double t, StepOutput& out) {
     place_by_fitness(t);
     if (continuous_ && cfg_.batching.preemption) preempt(t, out);
     hold_batches(t, out);
+    if (!retries_.empty()) out.next_step_at = std::min(out.next_step_at, retries_.top().key.key);
     emit_step(out);
 
     // 4. Failures that happened since the last step (dependency cascades).
@@ -750,6 +759,23 @@ bool Scheduler::in_time(const Device& d, const Request& r) const noexcept {
     return now_ + d.service.estimate(static_cast<double>(r.prompt_tokens), static_cast<double>(r.max_new_tokens), 1.0) /
                       d.clock_scale <=
            r.deadline;
+}
+
+double Scheduler::next_uniform() noexcept {
+    // splitmix64 (Steele, Lea, Flood 2014), top 53 bits as a double in [0, 1).
+    std::uint64_t z = (rng_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return static_cast<double>(z >> 11) * 0x1.0p-53;
+}
+
+double Scheduler::retry_delay(std::uint32_t retry) noexcept {
+    // docs/policies.md, retries: min(cap, base x 2^(k-1)) x (1 + u) / 2.
+    if (cfg_.retry_base <= 0.0) return 0.0;
+    const double raw = cfg_.retry_base * std::ldexp(1.0, static_cast<int>(std::min<std::uint32_t>(retry - 1u, 1000u)));
+    const double capped = std::min(cfg_.retry_cap, raw);
+    return capped * (1.0 + next_uniform()) / 2.0;
 }
 
 double Scheduler::work_per_token(std::uint32_t request_class) const noexcept {
@@ -1261,6 +1287,11 @@ std::uint32_t Scheduler::detach(Handle h, Outcome how) {
             if (how != Outcome::Completed) batches_[r.batch].clean = false;
             leave_batch(r);
             break;
+        case State::Retrying:
+            --retrying_;
+            retries_.erase(h);
+            deadlines_.erase(h);
+            break;
         case State::Free: break;
     }
     switch (how) {
@@ -1450,14 +1481,29 @@ bool Scheduler::fail(std::uint64_t id, double now, bool retryable, std::string_v
     now_ = t;
     Request& r = slab_[h];
     batches_[r.batch].clean = false;
-    if (retryable && r.retries < cfg_.max_retries && t < r.deadline) {
-        leave_batch(r);
-        --in_flight_;
-        ++r.retries;
-        ++counters_.retried;
-        if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, r.id});
-        make_ready(h, t);
-        return true;
+    if (retryable && r.retries < cfg_.max_retries) {
+        // The jitter stream advances for every retry considered, so that a run replays.
+        const double at = t + retry_delay(static_cast<std::uint32_t>(r.retries) + 1u);
+        if (at < r.deadline) {
+            leave_batch(r);
+            --in_flight_;
+            ++r.retries;
+            ++counters_.retried;
+            if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, r.id});
+            if (at <= t) {
+                make_ready(h, t);
+            } else {
+                r.state = State::Retrying;
+                ++retrying_;
+                retries_.push(h, HeapKey{at, r.id});
+            }
+            return true;
+        }
+        std::string why(error);
+        why += why.empty() ? "" : "; ";
+        why += "its retry could not start before its deadline";
+        end(h, Outcome::Failed, why);
+        return false;
     }
     end(h, Outcome::Failed, error);
     return false;
@@ -1484,6 +1530,7 @@ RequestStatus Scheduler::status(std::uint64_t id) const {
         switch (slab_[h].state) {
             case State::Waiting: return RequestStatus::Waiting;
             case State::Queued: return RequestStatus::Queued;
+            case State::Retrying: return RequestStatus::Retrying;
             default: return RequestStatus::InFlight;
         }
     }
@@ -1500,6 +1547,7 @@ Stats Scheduler::stats() const {
     s.waiting = waiting_;
     s.queued = queued_;
     s.in_flight = in_flight_;
+    s.retrying = retrying_;
     s.now = now_;
     s.devices = devices_;
     return s;
@@ -1508,8 +1556,9 @@ Stats Scheduler::stats() const {
 bool Scheduler::check_invariants() const {
     std::lock_guard<std::mutex> lock(mu_);
     if (!ready_.check_invariants() || !rt_ready_.check_invariants() || !dl_ready_.check_invariants() ||
-        !deadlines_.check_invariants() || !levels_.check_invariants())
+        !deadlines_.check_invariants() || !levels_.check_invariants() || !retries_.check_invariants())
         return false;
+    std::uint64_t retrying = 0;
     const auto queued_anywhere = [this](Handle h) {
         return ready_.contains(h) || rt_ready_.contains(h) || dl_ready_.contains(h);
     };
@@ -1519,7 +1568,8 @@ bool Scheduler::check_invariants() const {
         const Request& r = slab_[h];
         if (r.state == State::Free) {
             ++free_slots;
-            if (queued_anywhere(h) || deadlines_.contains(h) || levels_.contains(h)) return false;
+            if (queued_anywhere(h) || deadlines_.contains(h) || levels_.contains(h) || retries_.contains(h))
+                return false;
             continue;
         }
         if (ids_.find(r.id, id_of()) != h) return false;
@@ -1543,12 +1593,18 @@ bool Scheduler::check_invariants() const {
                 if (r.batch >= batches_.size()) return false;
                 ++device_requests[batches_[r.batch].device];
                 break;
+            case State::Retrying:
+                ++retrying;
+                if (queued_anywhere(h) || levels_.contains(h) || !retries_.contains(h)) return false;
+                if (deadlines_.contains(h) != timed) return false;
+                break;
             case State::Free: break;
         }
+        if (r.state != State::Retrying && retries_.contains(h)) return false;
     }
-    if (waiting != waiting_ || queued != queued_ || in_flight != in_flight_) return false;
+    if (waiting != waiting_ || queued != queued_ || in_flight != in_flight_ || retrying != retrying_) return false;
     if (free_slots != free_handles_.size()) return false;
-    if (ids_.size() != waiting + queued + in_flight) return false;
+    if (ids_.size() != waiting + queued + in_flight + retrying) return false;
     for (std::size_t i = 0; i < devices_.size(); ++i) {
         const Device& d = devices_[i];
         // The intrusive in-flight list, placed utilization and KV accounting agree.
@@ -1570,7 +1626,7 @@ bool Scheduler::check_invariants() const {
         if (devices_[i].inflight_batches > devices_[i].max_inflight_batches) return false;
     }
     const Counters& c = counters_;
-    return c.accepted == c.completed + c.failed + c.expired + c.cancelled + waiting + queued + in_flight;
+    return c.accepted == c.completed + c.failed + c.expired + c.cancelled + waiting + queued + in_flight + retrying;
 }
 
 }  // namespace capsched

@@ -55,6 +55,9 @@ class CoreConfig:
     preemption: bool
     max_batch_size: int
     max_retries: int
+    retry_base: float
+    retry_cap: float
+    retry_seed: int
     dynamic_batching: bool
     def __init__(self) -> None: ...
 

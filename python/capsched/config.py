@@ -48,6 +48,13 @@ class Config:
         no_deadline_horizon: EDF treats a request without a deadline as due this long after
             arrival (default 60 s, > 0).
         max_retries: extra tries after a retryable failure (default 3, 0..1000).
+        retry_base, retry_cap: backoff before the k-th retry is
+            ``min(retry_cap, retry_base x 2^(k-1)) x (1 + u) / 2`` seconds, ``u`` uniform in
+            [0, 1) ("equal jitter"; defaults 0.1 s and 10 s, >= 0; ``retry_base=0``
+            re-queues at once). Meanwhile the request's status is ``'retrying'``. A retry
+            that could not start before the request's deadline fails it at once.
+        retry_seed: seed of the jitter's splitmix64 stream (default 0, 0..2^64-1): the
+            same seed and calls give the same delays.
         fit_margin: Linux's fits_capacity margin: a request fits a device when
             ``util x fit_margin < spare capacity`` (default 1.25 = 1280/1024, >= 1).
         score_compute, score_memory: weights of compute and KV-memory headroom in the
@@ -100,6 +107,9 @@ class Config:
     aging_edf: float = 0.0
     no_deadline_horizon: float = 60.0
     max_retries: int = 3
+    retry_base: float = 0.1
+    retry_cap: float = 10.0
+    retry_seed: int = 0
     fit_margin: float = 1.25
     score_compute: float = 0.6
     score_memory: float = 0.4
@@ -139,6 +149,9 @@ class Config:
             _check_real(name, getattr(self, name), minimum=0.0, inclusive=False)
         _check_int("deadline_levels", self.deadline_levels, 1, 1024)
         _check_int("max_retries", self.max_retries, 0, 1000)
+        _check_real("retry_base", self.retry_base, minimum=0.0, inclusive=True)
+        _check_real("retry_cap", self.retry_cap, minimum=0.0, inclusive=True)
+        _check_int("retry_seed", self.retry_seed, 0, 2**64 - 1)
         _check_int("max_batch_tokens", self.max_batch_tokens, 0, 1_000_000_000)
         for name in ("max_queue_delay", "latency_target"):
             _check_real(name, getattr(self, name), minimum=0.0, inclusive=True)

@@ -31,7 +31,7 @@ __all__ = ["Scheduler", "OpenAutoGLMScheduler", "StepResult", "Batch"]
 
 _NAN = float("nan")
 _SCHED_CLASS = {"normal": 0, "strict": 1, "deadline": 2}
-_STATUS = ("waiting", "queued", "in_flight", "completed", "failed", "expired", "cancelled")
+_STATUS = ("waiting", "queued", "in_flight", "completed", "failed", "expired", "cancelled", "retrying")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,10 +456,13 @@ class Scheduler:
     ) -> bool:
         """Report that an in-flight request failed.
 
-        With ``retryable=True`` the request goes back to the queue (keeping its place by
-        arrival time) while it has tries left (``Config.max_retries``) and its deadline
-        has not passed. Otherwise it ends as failed, and requests that depend on it fail
-        with a reason naming it and ``error``.
+        With ``retryable=True`` and tries left (``Config.max_retries``) the request waits
+        out a backoff (status ``'retrying'``; ``Config.retry_base``/``retry_cap``,
+        exponential with jitter) and is then queued again at a step, keeping its place by
+        arrival time; ``StepResult.next_step_at`` includes the next backoff's end. If the
+        retry could not start before its deadline, it ends as failed at once with that
+        reason. Otherwise it ends as failed, and requests that depend on it fail with a
+        reason naming it and ``error``.
 
         Returns:
             True if it was re-queued, False if it ended as failed.
@@ -548,7 +551,8 @@ class Scheduler:
     # ------------------------------------------------------------------ queries
 
     def status(self, request_id: int) -> str:
-        """``'waiting'``, ``'queued'``, ``'in_flight'``, ``'completed'``, ``'failed'``,
+        """``'waiting'`` (on dependencies), ``'queued'``, ``'in_flight'``, ``'retrying'``
+        (failed retryably, waiting out its backoff), ``'completed'``, ``'failed'``,
         ``'expired'`` or ``'cancelled'``."""
         return _STATUS[self._core.status(_request_id(request_id))]
 
@@ -582,7 +586,7 @@ class Scheduler:
         s["max_batch_size"] = self._max_batch_size
         s["dynamic_batching"] = self._dynamic_batching
         ended = s["completed"] + s["failed"] + s["expired"] + s["cancelled"]
-        s["conservation_ok"] = s["accepted"] == ended + s["waiting"] + s["queued"] + s["in_flight"]
+        s["conservation_ok"] = s["accepted"] == ended + s["waiting"] + s["queued"] + s["in_flight"] + s["retrying"]
         return s
 
     def check_invariants(self) -> bool:

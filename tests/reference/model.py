@@ -46,7 +46,7 @@ SCHED_CLASSES = ("deadline", "strict", "normal")
 CAPACITY_SCALE = 1024.0
 INF = math.inf
 
-LIVE_STATES = ("waiting", "queued", "in_flight")
+LIVE_STATES = ("waiting", "queued", "in_flight", "retrying")
 ENDED_STATES = ("completed", "failed", "expired", "cancelled")
 
 # Config field names of capsched.Config, with their documented defaults.
@@ -62,6 +62,9 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "aging_edf": 0.0,
     "no_deadline_horizon": 60.0,
     "max_retries": 3,
+    "retry_base": 0.1,
+    "retry_cap": 10.0,
+    "retry_seed": 0,
     # Placement (docs/placement.md; cpp/include/capsched/config.hpp PlacementConfig).
     "fit_margin": 1.25,
     "score_compute": 0.6,
@@ -239,6 +242,7 @@ class RefRequest:
     seq: int = 0                      # global dispatch sequence number (latest dispatch)
     preemptions: int = 0
     progress: float = 0.0             # seconds it ran before its evictions
+    retry_at: float = 0.0             # retrying: when its backoff ends
 
     @property
     def tokens(self) -> float:
@@ -453,6 +457,7 @@ class ReferenceScheduler:
                              placed_fallback=0, misfits=0, migrated=0, readmitted=0,
                              held=0, trimmed=0, preempted=0, deferred=0)
         self._wait = False
+        self._rng = int(cfg.get("retry_seed", 0)) & ((1 << 64) - 1)
         # Continuous mode of the current step: slots and KV left per device (KV < 0:
         # not reported, the device's own budget applies).
         self._continuous = False
@@ -1101,7 +1106,7 @@ class ReferenceScheduler:
         self.last_held = 0
         # (1) expire every waiting/queued request due at now, in (deadline, id) order ...
         due = [r for r in self.requests.values()
-               if r.state in ("waiting", "queued") and r.deadline <= now]
+               if r.state in ("waiting", "queued", "retrying") and r.deadline <= now]
         due.sort(key=lambda r: (r.deadline, r.id))
         # docs/policies.md: "every queued or dependency-waiting request with d <= now ends
         # as expired" -- all of them, a due dependent of a due request included ...
@@ -1112,6 +1117,10 @@ class ReferenceScheduler:
         expiry_failed: List[Tuple[int, str]] = []
         for r in due:
             expiry_failed.extend(self._cascade(r))
+        # Retries whose backoff has ended are queued again.
+        for r in self.requests.values():
+            if r.state == "retrying" and r.retry_at <= now:
+                r.state = "queued"
         # (3) placement: PELT up to date, misfits, deadline class, then the rest.
         for d in self.devices:
             self._touch(d, now)
@@ -1127,6 +1136,9 @@ class ReferenceScheduler:
         if self._continuous and self.cfg["preemption"]:
             self._preempt(now)
         self._hold_batches(now)
+        retry_ats = [r.retry_at for r in self.requests.values() if r.state == "retrying"]
+        if retry_ats:
+            self.last_next_step_at = min(self.last_next_step_at, min(retry_ats))
         # The batches in the order they were opened (held ones left out), members in
         # placement order.
         batches: List[Tuple[int, List[int]]] = []
@@ -1300,16 +1312,40 @@ class ReferenceScheduler:
         self.now = now
         self.batches[r.batch].clean = False
         self._leave_batch(r)
-        if retryable and r.retries < self.max_retries and now < r.deadline:
-            r.retries += 1
-            self.counters["retried"] += 1
-            r.state = "queued"
-            return True
+        if retryable and r.retries < self.max_retries:
+            at = now + self.retry_delay(r.retries + 1)
+            if at < r.deadline:
+                r.retries += 1
+                self.counters["retried"] += 1
+                if at <= now:
+                    r.state = "queued"
+                else:
+                    r.state = "retrying"
+                    r.retry_at = at
+                return True
         self._end(r, "failed")
         ev = self._cascade(r)
         if ev:
             self.pending_failed.append(ev)
         return False
+
+    def next_uniform(self) -> float:
+        """splitmix64, top 53 bits as a double in [0, 1)."""
+        mask = (1 << 64) - 1
+        self._rng = (self._rng + 0x9E3779B97F4A7C15) & mask
+        z = self._rng
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        z ^= z >> 31
+        return float(z >> 11) * 2.0 ** -53
+
+    def retry_delay(self, k: int) -> float:
+        """Backoff before the k-th retry: min(cap, base x 2^(k-1)) x (1 + u) / 2."""
+        base = float(self.cfg["retry_base"])
+        if base <= 0.0:
+            return 0.0
+        capped = min(float(self.cfg["retry_cap"]), base * 2.0 ** (k - 1))
+        return capped * (1.0 + self.next_uniform()) / 2.0
 
     def cancel(self, rid: int) -> bool:
         r = self._get(rid)
@@ -1396,6 +1432,7 @@ class ReferenceScheduler:
         c = self.counts()
         out: Dict[str, Any] = dict(self.counters)
         out.update(waiting=c["waiting"], queued=c["queued"], in_flight=c["in_flight"],
+                   retrying=c["retrying"],
                    now=self.now, policy=self.policy)
         out["conservation_ok"] = self.conservation_ok()
         out["devices"] = [
@@ -1420,7 +1457,7 @@ class ReferenceScheduler:
         k = self.counters
         return (k["accepted"] == len(self.requests)
                 and k["accepted"] == k["completed"] + k["failed"] + k["expired"]
-                + k["cancelled"] + c["waiting"] + c["queued"] + c["in_flight"]
+                + k["cancelled"] + c["waiting"] + c["queued"] + c["in_flight"] + c["retrying"]
                 and all(k[s] == c[s] for s in ENDED_STATES))
 
     def check_invariants(self) -> bool:

@@ -101,6 +101,12 @@ struct SchedulerConfig {
     std::uint32_t max_batch_size = 32;
     // Extra tries after a retryable failure (default 3, 0..1000).
     std::uint32_t max_retries = 3;
+    // Backoff before the k-th retry: min(retry_cap, retry_base x 2^(k-1)) x (1 + u) / 2,
+    // u uniform in [0, 1) from a splitmix64 stream seeded with retry_seed ("equal
+    // jitter"). Seconds, >= 0; retry_base 0 re-queues at once.
+    double retry_base = 0.1;
+    double retry_cap = 10.0;
+    std::uint64_t retry_seed = 0;
     // Waiting to fill batches (max_queue_delay, preferred sizes) and the adaptive limit
     // (latency_target) apply only when this is on; off means a fixed max_batch_size and
     // immediate dispatch.

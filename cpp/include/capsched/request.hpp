@@ -34,7 +34,8 @@ struct RequestSpec {
     std::size_t n_depends_on = 0;
 };
 
-enum class State : std::uint8_t { Free = 0, Waiting = 1, Queued = 2, InFlight = 3 };
+// Retrying: failed retryably, waiting out its backoff before it is queued again.
+enum class State : std::uint8_t { Free = 0, Waiting = 1, Queued = 2, InFlight = 3, Retrying = 4 };
 
 // How a request ended; stored in 2 bits per id ever issued.
 enum class Outcome : std::uint8_t { Completed = 0, Failed = 1, Expired = 2, Cancelled = 3 };
@@ -48,6 +49,7 @@ enum class RequestStatus : std::uint8_t {
     Failed = 4,
     Expired = 5,
     Cancelled = 6,
+    Retrying = 7,
 };
 
 inline constexpr std::uint32_t kNoIndex = std::numeric_limits<std::uint32_t>::max();

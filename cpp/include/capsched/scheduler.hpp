@@ -9,7 +9,7 @@
 // Lifecycle: submit -> Waiting (on dependencies) -> Queued -> InFlight -> ended as
 // Completed | Failed | Expired | Cancelled; a retryable failure goes back to Queued.
 // Conservation: accepted == completed + failed + expired + cancelled + waiting + queued +
-// in_flight, at every instant (check_invariants() verifies it with everything else).
+// in_flight + retrying, at every instant (check_invariants() verifies it with everything else).
 //
 // Exceptions: every public call validates its whole input before it changes anything
 // (strong guarantee); see errors.hpp.
@@ -102,6 +102,7 @@ struct Stats {
     std::uint64_t waiting = 0;
     std::uint64_t queued = 0;
     std::uint64_t in_flight = 0;
+    std::uint64_t retrying = 0;  // waiting out a retry backoff
     double now = 0.0;  // latest time seen
     std::vector<Device> devices;
 };
@@ -252,6 +253,8 @@ class Scheduler {
     void dispatch(Handle h, std::uint32_t batch, double util, double now, std::uint8_t kind);
     void undispatch(StepMember& m, double now);
     double work_per_token(std::uint32_t request_class) const noexcept;
+    double next_uniform() noexcept;
+    double retry_delay(std::uint32_t retry) noexcept;
     bool in_time(const Device& d, const Request& r) const noexcept;
     void run_step(double now, StepOutput& out);
     std::uint32_t batch_limit(const Device& d) const noexcept;
@@ -314,6 +317,8 @@ class Scheduler {
     IndexedHeap<> dl_ready_;   // queued deadline-class requests: (deadline, id)
     IndexedHeap<> deadlines_;  // waiting + queued requests with a deadline
     IndexedHeap<> levels_;     // weighted: next deadline-level change of queued requests
+    IndexedHeap<> retries_;    // retrying requests by (time their backoff ends, id)
+    std::uint64_t rng_ = 0;    // splitmix64 state of the retry jitter
     std::vector<Edge> edges_;
     std::uint32_t free_edge_ = kNoIndex;
     std::vector<Batch> batches_;
@@ -324,6 +329,7 @@ class Scheduler {
     std::uint64_t waiting_ = 0;
     std::uint64_t queued_ = 0;
     std::uint64_t in_flight_ = 0;
+    std::uint64_t retrying_ = 0;
 
     // Failures that happened outside step() (dependency cascades), reported by the next
     // step; and a scratch stack for cascades.

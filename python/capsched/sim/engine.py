@@ -75,7 +75,7 @@ PENDING, DONE, FAILED, EXPIRED = 0, 1, 2, 3
 #: Pressure given to the Scheduler for a device that is down (its capacity x 0.001).
 _DOWN_PRESSURE = 0.999
 
-_ARRIVAL, _ITER_END, _FAULT_START, _FAULT_END, _SLOW_START, _SLOW_END = range(6)
+_ARRIVAL, _ITER_END, _FAULT_START, _FAULT_END, _SLOW_START, _SLOW_END, _WAKE = range(7)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +302,7 @@ class Simulation:
         self.devs = [_Dev(i, d) for i, d in enumerate(self.sim_devices)]
         self.events: list[tuple[float, int, int, int, int]] = []
         self._seq = 0
+        self._wake_at = math.inf  # the earliest wake-up event pending (capsched)
         pid = POLICIES.index(self.policy)
         self.rng = np.random.default_rng([self.seed, pid])
         self.sched = None
@@ -511,6 +512,11 @@ class Simulation:
             else:
                 res = sched.step(now)
             rounds += 1
+            # A retry backing off (or a batch held to fill) wants a step by next_step_at.
+            wake = res.next_step_at
+            if now < wake < self._wake_at:
+                self._wake_at = wake
+                self._push(wake, _WAKE, 0, 0)
             for sid in res.expired:
                 r = self.rid_of[sid]
                 self._stop(r)
@@ -627,7 +633,14 @@ class Simulation:
                 break
             now, _, kind, a, b = heapq.heappop(ev)
             d = devs[a]
-            if kind == _ITER_END:
+            if kind == _WAKE:
+                if now >= self._wake_at:
+                    self._wake_at = math.inf
+                if sched is not None:
+                    self._dispatch(now)
+                    for dd in devs:
+                        self._maybe_start(dd, now)
+            elif kind == _ITER_END:
                 if b != d.epoch:
                     continue  # the device failed during this iteration
                 self._iter_end(d, now)
