@@ -40,6 +40,7 @@ from reference.model import (  # noqa: E402
     LIVE_STATES,
     POLICIES,
     RefAdmissionError,
+    RefQueueFull,
     RefDependencyError,
     RefDeviceSpec,
     RefError,
@@ -271,6 +272,8 @@ def configs(draw):
                        ("retry_base", [0.0, 0.01, 0.1, 1.0]),
                        ("retry_cap", [10.0, 0.05]),
                        ("retry_seed", [0, 12345, 2**64 - 1]),
+                       ("max_queued", [0, 3, 8]),
+                       ("max_queued_per_tenant", [0, 2, 5]),
                        ("dynamic_batching", [True, False])):
         if draw(st.integers(0, 2)) == 0:
             cfg[name] = draw(st.sampled_from(alts))
@@ -352,6 +355,7 @@ ERROR_MAP = {
     RefUnknownRequest: "UnknownRequestError",
     RefRequestState: "RequestStateError",
     RefAdmissionError: "AdmissionError",
+    RefQueueFull: "QueueFullError",
 }
 
 COUNTER_KEYS = ("accepted", "completed", "failed", "expired", "cancelled", "retried",
@@ -526,6 +530,15 @@ class Harness:
     def submit_many(self, dt, items) -> None:
         t = self.advance(dt)
         self.record(f"submit_many({items!r}, now={t!r})")
+        try:
+            self.ref.check_room(None, len(items))  # all or none
+        except RefQueueFull as exc:
+            self.record(f"  -> ref raises RefQueueFull: {exc}")
+            import numpy as np
+
+            self.expect_same_error(exc, lambda: self.real.submit_many(
+                np.array([x[0] for x in items], dtype=np.int64), now=t))
+            return
         ids = [self.ref.submit(pt, mnt, p, to, None, t) for pt, mnt, p, to in items]
         self.issued.extend(ids)
         if self.real is not None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from capsched import Config, Device, InferenceRequest, Scheduler
+from capsched.errors import ConfigError
 
 
 def req(tokens: int = 10, **kw) -> InferenceRequest:
@@ -291,3 +292,30 @@ def test_clock_is_used_when_now_is_omitted() -> None:
     s.complete(a)
     t[0] = 103.0
     assert s.step().expired == [b]
+
+
+def test_back_pressure_bounds_the_queue_in_all_and_per_tenant() -> None:
+    from capsched import QueueFullError
+
+    s = Scheduler(["gpu"], policy="fcfs", max_batch_size=1,
+                  config=Config(max_queued=4, max_queued_per_tenant=2, retry_base=0.0))
+    a1 = s.submit(req(tenant="alice"), now=0.0)
+    s.submit(req(tenant="alice"), now=0.0)
+    before = s.stats()
+    with pytest.raises(QueueFullError, match="tenant 'alice'.*max_queued_per_tenant = 2"):
+        s.submit(req(tenant="alice"), now=0.0)
+    assert s.stats() == before  # nothing accepted, no id used
+    s.submit(req(tenant="bob"), now=0.0)
+    with pytest.raises(QueueFullError, match="max_queued = 4"):
+        s.submit_many([10, 10], now=0.0)  # all or none: 3 + 2 > 4
+    assert s.stats()["accepted"] == 3
+    s.submit_many([10], now=0.0)  # 4 of 4
+    # In flight does not count: dispatching one frees a place, and a retry that comes
+    # back is never refused, even over the bound.
+    assert s.step(now=0.0).dispatched == [a1]
+    s.submit(req(tenant="bob"), now=0.0)
+    assert s.fail(a1, now=0.0, retryable=True) is True
+    st = s.stats()
+    assert st["queued"] == 5 and st["conservation_ok"] and s.check_invariants()
+    with pytest.raises(ConfigError, match="max_queued"):
+        Config(max_queued=-1)

@@ -15,6 +15,7 @@ void register_errors(py::module_& m) {
     static PyObject* state_error = errors.attr("RequestStateError").ptr();
     static PyObject* dependency_error = errors.attr("DependencyError").ptr();
     static PyObject* admission_error = errors.attr("AdmissionError").ptr();
+    static PyObject* queue_full = errors.attr("QueueFullError").ptr();
     static PyObject* base_error = errors.attr("CapschedError").ptr();
     py::register_exception_translator([](std::exception_ptr p) {
         try {
@@ -33,6 +34,8 @@ void register_errors(py::module_& m) {
             PyErr_SetString(dependency_error, e.what());
         } catch (const AdmissionError& e) {
             PyErr_SetString(admission_error, e.what());
+        } catch (const QueueFull& e) {
+            PyErr_SetString(queue_full, e.what());
         } catch (const Error& e) {
             PyErr_SetString(base_error, e.what());
         }

@@ -146,6 +146,8 @@ void register_scheduler(py::module_& m) {
             [](SchedulerConfig& c, bool v) { c.batching.preemption = v; })
         .def_readwrite("max_batch_size", &SchedulerConfig::max_batch_size)
         .def_readwrite("max_retries", &SchedulerConfig::max_retries)
+        .def_readwrite("max_queued", &SchedulerConfig::max_queued)
+        .def_readwrite("max_queued_per_tenant", &SchedulerConfig::max_queued_per_tenant)
         .def_readwrite("retry_base", &SchedulerConfig::retry_base)
         .def_readwrite("retry_cap", &SchedulerConfig::retry_cap)
         .def_readwrite("retry_seed", &SchedulerConfig::retry_seed)

@@ -87,6 +87,12 @@ void validate(const SchedulerConfig& cfg) {
     }
     require_nonneg(b.max_queue_delay, "max_queue_delay");
     require_nonneg(b.latency_target, "latency_target");
+    if (cfg.max_queued > kMaxQueued)
+        throw ConfigError("max_queued must be in 0.." + std::to_string(kMaxQueued) + " (0 = no bound), got " +
+                          std::to_string(cfg.max_queued));
+    if (cfg.max_queued_per_tenant > kMaxQueued)
+        throw ConfigError("max_queued_per_tenant must be in 0.." + std::to_string(kMaxQueued) +
+                          " (0 = no bound), got " + std::to_string(cfg.max_queued_per_tenant));
     require_nonneg(cfg.retry_base, "retry_base");
     require_nonneg(cfg.retry_cap, "retry_cap");
     if (cfg.max_retries > 1000)

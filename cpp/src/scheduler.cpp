@@ -256,6 +256,7 @@ std::uint64_t Scheduler::submit(const RequestSpec& spec, double now) {
     const double t = advance_clock(now);
     validate_spec(spec, t);
     validate_dependencies(spec);
+    check_room(spec.tenant, 1);
     if (spec.sched_class == SchedClass::Deadline) {
         const double d = !std::isnan(spec.timeout) ? t + spec.timeout : spec.deadline;
         (void)admit(spec, d, t);  // throws AdmissionError if no device can take it
@@ -283,6 +284,7 @@ void Scheduler::submit_many(std::size_t n, const std::int64_t* prompt_tokens,
             throw InvalidRequest("element " + std::to_string(i) + ": " + e.what());
         }
     }
+    check_room(0, n);
     now_ = t;
     for (std::size_t i = 0; i < n; ++i) {
         s.prompt_tokens = prompt_tokens[i];
@@ -358,6 +360,7 @@ std::uint64_t Scheduler::accept(const RequestSpec& s, double now) {
     }
 
     ++counters_.accepted;
+    pending(r.tenant, true);
     if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, id});
     if (r.deps_remaining > 0) {
         r.state = State::Waiting;
@@ -655,6 +658,7 @@ void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now, std
         deadlines_.erase(h);
         --queued_;
         ++in_flight_;
+        pending(slab_[h].tenant, false);
     }
     Request& r = slab_[h];
     Batch& batch = batches_[b];
@@ -711,6 +715,7 @@ void Scheduler::undispatch(StepMember& m, double now) {
     }
     leave_batch(r);
     --in_flight_;
+    pending(r.tenant, true);
     if (std::isfinite(r.deadline)) deadlines_.push(m.handle, HeapKey{r.deadline, r.id});
     make_ready(m.handle, now);
     m.kept = false;
@@ -759,6 +764,21 @@ bool Scheduler::in_time(const Device& d, const Request& r) const noexcept {
     return now_ + d.service.estimate(static_cast<double>(r.prompt_tokens), static_cast<double>(r.max_new_tokens), 1.0) /
                       d.clock_scale <=
            r.deadline;
+}
+
+void Scheduler::check_room(std::uint32_t tenant, std::uint64_t n) const {
+    // Back-pressure (Config.max_queued, max_queued_per_tenant): nothing is accepted.
+    const std::uint64_t total = waiting_ + queued_ + retrying_;
+    if (cfg_.max_queued > 0 && total + n > cfg_.max_queued)
+        throw QueueFull("queue full: " + std::to_string(total) + " requests are waiting, queued or retrying and " +
+                        std::to_string(n) + " more would exceed max_queued = " + std::to_string(cfg_.max_queued) +
+                        " (nothing was accepted)");
+    const std::uint64_t mine = tenant < tenant_pending_.size() ? tenant_pending_[tenant] : 0;
+    if (cfg_.max_queued_per_tenant > 0 && mine + n > cfg_.max_queued_per_tenant)
+        throw QueueFull("queue full for tenant " + std::to_string(tenant) + ": it has " + std::to_string(mine) +
+                        " requests waiting, queued or retrying and " + std::to_string(n) +
+                        " more would exceed max_queued_per_tenant = " + std::to_string(cfg_.max_queued_per_tenant) +
+                        " (nothing was accepted)");
 }
 
 double Scheduler::next_uniform() noexcept {
@@ -911,6 +931,7 @@ void Scheduler::preempt(double now, StepOutput& out) {
         batches_[v.batch].clean = false;
         leave_batch(v);
         --in_flight_;
+        pending(v.tenant, true);
         if (std::isfinite(v.deadline)) deadlines_.push(victim, HeapKey{v.deadline, v.id});
         make_ready(victim, now);
         ++step_slots_[victim_dev];
@@ -1276,11 +1297,13 @@ std::uint32_t Scheduler::detach(Handle h, Outcome how) {
         case State::Waiting:
             --waiting_;
             deadlines_.erase(h);
+            pending(r.tenant, false);
             break;
         case State::Queued:
             --queued_;
             erase_ready(h);
             deadlines_.erase(h);
+            pending(r.tenant, false);
             break;
         case State::InFlight:
             --in_flight_;
@@ -1291,6 +1314,7 @@ std::uint32_t Scheduler::detach(Handle h, Outcome how) {
             --retrying_;
             retries_.erase(h);
             deadlines_.erase(h);
+            pending(r.tenant, false);
             break;
         case State::Free: break;
     }
@@ -1487,6 +1511,7 @@ bool Scheduler::fail(std::uint64_t id, double now, bool retryable, std::string_v
         if (at < r.deadline) {
             leave_batch(r);
             --in_flight_;
+            pending(r.tenant, true);
             ++r.retries;
             ++counters_.retried;
             if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, r.id});
@@ -1605,6 +1630,9 @@ bool Scheduler::check_invariants() const {
     if (waiting != waiting_ || queued != queued_ || in_flight != in_flight_ || retrying != retrying_) return false;
     if (free_slots != free_handles_.size()) return false;
     if (ids_.size() != waiting + queued + in_flight + retrying) return false;
+    std::uint64_t pending_sum = 0;
+    for (const std::uint64_t p : tenant_pending_) pending_sum += p;
+    if (pending_sum != waiting + queued + retrying) return false;
     for (std::size_t i = 0; i < devices_.size(); ++i) {
         const Device& d = devices_[i];
         // The intrusive in-flight list, placed utilization and KV accounting agree.

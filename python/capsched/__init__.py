@@ -21,6 +21,7 @@ from .errors import (
     DuplicateRequestError,
     InvalidArgumentError,
     InvalidRequestError,
+    QueueFullError,
     RequestStateError,
     RequestTypeError,
     UnknownRequestError,
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AcceleratorSpec",
     "AdmissionError",
+    "QueueFullError",
     "Batch",
     "CapschedError",
     "Config",

@@ -55,6 +55,8 @@ class CoreConfig:
     preemption: bool
     max_batch_size: int
     max_retries: int
+    max_queued: int
+    max_queued_per_tenant: int
     retry_base: float
     retry_cap: float
     retry_seed: int

@@ -48,6 +48,12 @@ class Config:
         no_deadline_horizon: EDF treats a request without a deadline as due this long after
             arrival (default 60 s, > 0).
         max_retries: extra tries after a retryable failure (default 3, 0..1000).
+        max_queued, max_queued_per_tenant: back-pressure bounds on the requests not in
+            flight (waiting, queued or retrying), in all and per tenant (default 0: no
+            bound; else up to 1e12). A submit beyond either raises
+            :class:`capsched.errors.QueueFullError` and accepts nothing
+            (``submit_many``: none of the batch). Re-queued requests (retries,
+            preemption) are never refused.
         retry_base, retry_cap: backoff before the k-th retry is
             ``min(retry_cap, retry_base x 2^(k-1)) x (1 + u) / 2`` seconds, ``u`` uniform in
             [0, 1) ("equal jitter"; defaults 0.1 s and 10 s, >= 0; ``retry_base=0``
@@ -107,6 +113,8 @@ class Config:
     aging_edf: float = 0.0
     no_deadline_horizon: float = 60.0
     max_retries: int = 3
+    max_queued: int = 0
+    max_queued_per_tenant: int = 0
     retry_base: float = 0.1
     retry_cap: float = 10.0
     retry_seed: int = 0
@@ -149,6 +157,8 @@ class Config:
             _check_real(name, getattr(self, name), minimum=0.0, inclusive=False)
         _check_int("deadline_levels", self.deadline_levels, 1, 1024)
         _check_int("max_retries", self.max_retries, 0, 1000)
+        _check_int("max_queued", self.max_queued, 0, 10**12)
+        _check_int("max_queued_per_tenant", self.max_queued_per_tenant, 0, 10**12)
         _check_real("retry_base", self.retry_base, minimum=0.0, inclusive=True)
         _check_real("retry_cap", self.retry_cap, minimum=0.0, inclusive=True)
         _check_int("retry_seed", self.retry_seed, 0, 2**64 - 1)

@@ -55,6 +55,12 @@ class AdmissionError(CapschedError, ValueError):
     """A deadline-class request needs more bandwidth than any device has free."""
 
 
+class QueueFullError(CapschedError):
+    """Back-pressure: accepting the request(s) would exceed ``Config.max_queued`` (all
+    requests not in flight) or ``Config.max_queued_per_tenant``. Nothing was accepted;
+    retry later or shed load."""
+
+
 class DuplicateRequestError(CapschedError, ValueError):
     """The same InferenceRequest object was submitted twice."""
 

@@ -23,6 +23,7 @@ from .errors import (
     InvalidRequestError,
     RequestTypeError,
     UnknownRequestError,
+    QueueFullError,
 )
 from .request import InferenceRequest
 from .tokens import estimate_tokens
@@ -246,6 +247,8 @@ class Scheduler:
                 without completing, or lists one twice.
             AdmissionError: a deadline-class request needs more bandwidth than any device
                 has free.
+            QueueFullError: ``Config.max_queued`` or ``max_queued_per_tenant`` would be
+                exceeded (nothing was accepted).
         """
         if type(request) is not InferenceRequest and not isinstance(request, InferenceRequest):
             raise RequestTypeError(f"submit() takes an InferenceRequest, got {type(request).__name__}")
@@ -287,6 +290,11 @@ class Scheduler:
         except TypeError as exc:  # fields mutated to the wrong type after construction
             request.id = None
             raise RequestTypeError(f"request has a field of the wrong type: {exc}") from exc
+        except QueueFullError as exc:  # name the tenant as the caller knows it
+            request.id = None
+            raise QueueFullError(
+                str(exc).replace(f"for tenant {tenant}:", f"for tenant {request.tenant!r}:")
+            ) from None
         except BaseException:
             request.id = None
             raise

@@ -62,6 +62,8 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "aging_edf": 0.0,
     "no_deadline_horizon": 60.0,
     "max_retries": 3,
+    "max_queued": 0,
+    "max_queued_per_tenant": 0,
     "retry_base": 0.1,
     "retry_cap": 10.0,
     "retry_seed": 0,
@@ -112,6 +114,10 @@ class RefRequestState(RefError):
 
 class RefDependencyError(RefError):
     """Maps to capsched.errors.DependencyError."""
+
+
+class RefQueueFull(RefError):
+    pass
 
 
 class RefAdmissionError(RefError):
@@ -1055,6 +1061,7 @@ class ReferenceScheduler:
                 raise RefDependencyError(f"depends_on names unknown request {dep}")
             if r.state in ("failed", "expired", "cancelled"):
                 raise RefDependencyError(f"dependency {dep} ended as {r.state}")
+        self.check_room(tenant, 1)
         tokens = float(prompt_tokens) + float(max_new_tokens)
         dl_device, dl_bw = None, 0.0
         if sched_class == "deadline":
@@ -1328,6 +1335,16 @@ class ReferenceScheduler:
         if ev:
             self.pending_failed.append(ev)
         return False
+
+    def check_room(self, tenant: Optional[str], n: int) -> None:
+        """Back-pressure: waiting + queued + retrying, in all and of the tenant."""
+        pending = [r for r in self.requests.values() if r.state in ("waiting", "queued", "retrying")]
+        cap, per = int(self.cfg["max_queued"]), int(self.cfg["max_queued_per_tenant"])
+        if cap > 0 and len(pending) + n > cap:
+            raise RefQueueFull(f"queue full: {len(pending)} + {n} > {cap}")
+        mine = sum(1 for r in pending if r.tenant == tenant)
+        if per > 0 and mine + n > per:
+            raise RefQueueFull(f"tenant queue full: {mine} + {n} > {per}")
 
     def next_uniform(self) -> float:
         """splitmix64, top 53 bits as a double in [0, 1)."""

@@ -104,6 +104,12 @@ struct SchedulerConfig {
     // Backoff before the k-th retry: min(retry_cap, retry_base x 2^(k-1)) x (1 + u) / 2,
     // u uniform in [0, 1) from a splitmix64 stream seeded with retry_seed ("equal
     // jitter"). Seconds, >= 0; retry_base 0 re-queues at once.
+    // Back-pressure: requests not in flight (waiting, queued, retrying) in all and per
+    // tenant; a submit beyond either raises QueueFull and accepts nothing (0 = no bound,
+    // the default; else 1..kMaxQueued). Re-queued requests (retries, preemption) are
+    // never refused.
+    std::uint64_t max_queued = 0;
+    std::uint64_t max_queued_per_tenant = 0;
     double retry_base = 0.1;
     double retry_cap = 10.0;
     std::uint64_t retry_seed = 0;
@@ -121,6 +127,7 @@ inline constexpr std::size_t kMaxDevices = 65536;
 inline constexpr std::uint32_t kMaxDeadlineLevels = 1024;
 inline constexpr std::uint32_t kMaxClasses = 1u << 20;
 inline constexpr std::int64_t kMaxBatchTokens = 1'000'000'000;
+inline constexpr std::uint64_t kMaxQueued = 1'000'000'000'000ull;
 inline constexpr std::size_t kMaxPreferredSizes = 64;
 
 // Throws ConfigError naming the first bad field.

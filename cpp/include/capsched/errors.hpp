@@ -37,6 +37,11 @@ struct RequestStateError : Error {
 struct AdmissionError : Error {
     using Error::Error;
 };
+// Back-pressure: accepting the request(s) would exceed max_queued or
+// max_queued_per_tenant. Nothing was accepted.
+struct QueueFull : Error {
+    using Error::Error;
+};
 // depends_on names an unknown request or one that ended without completing.
 struct DependencyError : Error {
     using Error::Error;

@@ -254,6 +254,15 @@ class Scheduler {
     void undispatch(StepMember& m, double now);
     double work_per_token(std::uint32_t request_class) const noexcept;
     double next_uniform() noexcept;
+    void check_room(std::uint32_t tenant, std::uint64_t n) const;
+    void pending(std::uint32_t tenant, bool add) {
+        if (add) {
+            if (tenant >= tenant_pending_.size()) tenant_pending_.resize(tenant + std::size_t{1}, 0);
+            ++tenant_pending_[tenant];
+        } else {
+            --tenant_pending_[tenant];
+        }
+    }
     double retry_delay(std::uint32_t retry) noexcept;
     bool in_time(const Device& d, const Request& r) const noexcept;
     void run_step(double now, StepOutput& out);
@@ -330,6 +339,7 @@ class Scheduler {
     std::uint64_t queued_ = 0;
     std::uint64_t in_flight_ = 0;
     std::uint64_t retrying_ = 0;
+    std::vector<std::uint64_t> tenant_pending_;  // per tenant: waiting + queued + retrying
 
     // Failures that happened outside step() (dependency cascades), reported by the next
     // step; and a scratch stack for cascades.
