@@ -393,3 +393,55 @@ def test_class_utilization_is_a_pelt_signal_that_adds_up_to_the_devices() -> Non
     with pytest.raises(InvalidArgumentError, match="request_class"):
         s.class_util(3)  # type: ignore[arg-type]
     del c2
+
+
+def test_circuit_breaker_opens_probes_and_closes() -> None:
+    cfg = Config(breaker_failures=2, breaker_cooldown=10.0, breaker_degrade=False, retry_base=0.0)
+    s = Scheduler([Device("bad", 4.0), Device("ok", 1.0)], policy="fcfs", max_batch_size=1, config=cfg)
+
+    def dev(name):
+        return next(d for d in s.stats()["devices"] if d["name"] == name)
+
+    ids = [s.submit(InferenceRequest(prompt_tokens=10), now=0.0) for _ in range(6)]
+    for t in (0.0, 1.0):  # two failures in a row on "bad" open its breaker
+        r = s.step(now=t)
+        on_bad = [i for b in r.batches if b.device == "bad" for i in b.request_ids]
+        for b in r.batches:
+            if b.device == "ok":
+                s.complete(b.request_ids[0], now=t)
+        assert s.fail(on_bad[0], now=t, retryable=True) is True
+    assert dev("bad")["breaker"] == "open" and s.stats()["breaker_trips"] == 1
+    # Open: it receives nothing until the cool-down ends (t = 11).
+    r = s.step(now=5.0)
+    assert {b.device for b in r.batches} == {"ok"}
+    s.complete(r.batches[0].request_ids[0], now=5.0)
+    # Half-open at 11: one probe batch; a completion closes it.
+    r = s.step(now=11.0)
+    probe = [b for b in r.batches if b.device == "bad"]
+    assert len(probe) == 1 and dev("bad")["breaker"] == "half_open"
+    s.complete(probe[0].request_ids[0], now=11.5)
+    assert dev("bad")["breaker"] == "closed" and dev("bad")["consecutive_failures"] == 0
+    assert s.check_invariants()
+    del ids
+
+
+def test_a_failed_probe_opens_the_breaker_again_and_degrade_lowers_capacity() -> None:
+    cfg = Config(breaker_failures=1, breaker_cooldown=1.0, retry_base=0.0)
+    s = Scheduler([Device("g", 1.0)], policy="fcfs", max_batch_size=1, config=cfg)
+    a = s.submit(InferenceRequest(prompt_tokens=10), now=0.0)
+    s.step(now=0.0)
+    s.fail(a, now=0.0, retryable=True)
+    d = s.stats()["devices"][0]
+    # One failure: failure rate 1/8, usable capacity 1024 x (1 - 1/8) = 896.
+    assert d["breaker"] == "open" and d["fail_rate"] == 0.125 and d["capacity"] == 896.0
+    assert s.step(now=0.5).batches == []
+    r = s.step(now=1.0)  # half-open: the probe is the retried request
+    assert r.dispatched == [a]
+    s.fail(a, now=1.2, retryable=True)
+    d = s.stats()["devices"][0]
+    assert d["breaker"] == "open" and d["breaker_trips"] == 2
+    assert s.step(now=1.5).batches == []
+    assert s.step(now=2.2).dispatched == [a]
+    s.complete(a, now=2.3)
+    d = s.stats()["devices"][0]
+    assert d["breaker"] == "closed" and d["fail_rate"] == pytest.approx((0.125 + (1 - 0.125) / 8) * 7 / 8)

@@ -273,6 +273,9 @@ def configs(draw):
                        ("retry_cap", [10.0, 0.05]),
                        ("retry_seed", [0, 12345, 2**64 - 1]),
                        ("max_queued", [0, 3, 8]),
+                       ("breaker_failures", [5, 0, 1, 2]),
+                       ("breaker_cooldown", [30.0, 0.0, 0.05, 1.0]),
+                       ("breaker_degrade", [True, False]),
                        ("max_queued_per_tenant", [0, 2, 5]),
                        ("dynamic_batching", [True, False])):
         if draw(st.integers(0, 2)) == 0:
@@ -361,12 +364,13 @@ ERROR_MAP = {
 COUNTER_KEYS = ("accepted", "completed", "failed", "expired", "cancelled", "retried",
                 "dispatched", "batches", "waiting", "queued", "in_flight", "retrying",
                 "placed_fitting", "placed_fallback", "misfits", "migrated", "readmitted",
-                "held", "trimmed", "preempted", "deferred")
+                "held", "trimmed", "preempted", "deferred", "breaker_trips")
 DEVICE_KEYS = ("max_inflight_batches", "inflight_batches", "inflight_requests",
                "dispatched_requests", "dispatched_batches", "completed_requests",
-               "kv_budget", "kv_used", "preempted_requests", "service_samples")
+               "kv_budget", "kv_used", "preempted_requests", "service_samples", "breaker",
+               "consecutive_failures", "breaker_trips")
 DEVICE_FLOAT_KEYS = ("capacity", "capacity_orig", "clock_scale", "pressure", "util_avg",
-                     "placed_util", "dl_bw", "batch_limit")
+                     "placed_util", "dl_bw", "batch_limit", "fail_rate")
 REQUEST_CLASSES = (None, "chat", "code")
 REQUEST_DEFAULTS = dict(request_class=None, tenant=None, sched_class="normal",
                         uclamp_min=0.0, uclamp_max=1.0)

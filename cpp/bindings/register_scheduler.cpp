@@ -43,6 +43,10 @@ py::dict device_dict(const Device& d) {
     out["completed_requests"] = d.completed_requests;
     out["preempted_requests"] = d.preempted_requests;
     out["batch_limit"] = d.batch_limit;
+    out["breaker"] = d.breaker == Breaker::Closed ? "closed" : d.breaker == Breaker::Open ? "open" : "half_open";
+    out["consecutive_failures"] = d.consecutive_failures;
+    out["fail_rate"] = d.fail_rate;
+    out["breaker_trips"] = d.breaker_trips;
     out["service_samples"] = d.service.samples;
     out["service_multipliers"] = py::make_tuple(d.service.m[0], d.service.m[1], d.service.m[2]);
     return out;
@@ -146,6 +150,9 @@ void register_scheduler(py::module_& m) {
             [](SchedulerConfig& c, bool v) { c.batching.preemption = v; })
         .def_readwrite("max_batch_size", &SchedulerConfig::max_batch_size)
         .def_readwrite("max_retries", &SchedulerConfig::max_retries)
+        .def_readwrite("breaker_failures", &SchedulerConfig::breaker_failures)
+        .def_readwrite("breaker_cooldown", &SchedulerConfig::breaker_cooldown)
+        .def_readwrite("breaker_degrade", &SchedulerConfig::breaker_degrade)
         .def_readwrite("max_queued", &SchedulerConfig::max_queued)
         .def_readwrite("max_queued_per_tenant", &SchedulerConfig::max_queued_per_tenant)
         .def_readwrite("retry_base", &SchedulerConfig::retry_base)
@@ -319,6 +326,7 @@ void register_scheduler(py::module_& m) {
             out["trimmed"] = st.counters.trimmed;
             out["preempted"] = st.counters.preempted;
             out["deferred"] = st.counters.deferred;
+            out["breaker_trips"] = st.counters.breaker_trips;
             out["waiting"] = st.waiting;
             out["queued"] = st.queued;
             out["in_flight"] = st.in_flight;

@@ -93,6 +93,10 @@ void validate(const SchedulerConfig& cfg) {
     if (cfg.max_queued_per_tenant > kMaxQueued)
         throw ConfigError("max_queued_per_tenant must be in 0.." + std::to_string(kMaxQueued) +
                           " (0 = no bound), got " + std::to_string(cfg.max_queued_per_tenant));
+    if (cfg.breaker_failures > 1000000)
+        throw ConfigError("breaker_failures must be in 0..1000000 (0 = no breaker), got " +
+                          std::to_string(cfg.breaker_failures));
+    require_nonneg(cfg.breaker_cooldown, "breaker_cooldown");
     require_nonneg(cfg.retry_base, "retry_base");
     require_nonneg(cfg.retry_cap, "retry_cap");
     if (cfg.max_retries > 1000)

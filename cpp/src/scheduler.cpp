@@ -477,8 +477,15 @@ void Scheduler::run_step(double t, StepOutput& out) {
         if (r.level < cfg_.order.deadline_levels) levels_.push(h, HeapKey{level_time(r, r.level + 1u), r.id});
     }
 
-    // 3. Placement and batch assembly, in policy order.
-    for (Device& d : devices_) touch(d, t);
+    // 3. Placement and batch assembly, in policy order. Breakers whose cool-down ended
+    //    let one probe through.
+    for (Device& d : devices_) {
+        touch(d, t);
+        if (d.breaker == Breaker::Open && t >= d.open_until) {
+            d.breaker = Breaker::HalfOpen;
+            d.probe_out = false;
+        }
+    }
     step_batches_.clear();
     step_members_.clear();
     refresh_groups();
@@ -500,7 +507,30 @@ void Scheduler::run_step(double t, StepOutput& out) {
 // ---------------------------------------------------------------- devices and placement
 
 void Scheduler::refresh_capacity(Device& d) noexcept {
-    d.capacity = d.capacity_orig * d.clock_scale * (1.0 - d.pressure);
+    const double degrade = cfg_.breaker_degrade ? std::min(0.9, d.fail_rate) : 0.0;
+    d.capacity = d.capacity_orig * d.clock_scale * (1.0 - d.pressure) * (1.0 - degrade);
+}
+
+void Scheduler::device_outcome(Device& d, bool failed, double now) noexcept {
+    // docs/placement.md, circuit breakers: the failure-rate EWMA, then the breaker.
+    d.fail_rate += ((failed ? 1.0 : 0.0) - d.fail_rate) / 8.0;
+    // Degradation steers new work only: it does not make in-flight requests misfits.
+    if (cfg_.breaker_degrade) refresh_capacity(d);
+    if (!failed) {
+        d.consecutive_failures = 0;
+        if (d.breaker == Breaker::HalfOpen) d.breaker = Breaker::Closed;
+        return;
+    }
+    ++d.consecutive_failures;
+    if (cfg_.breaker_failures == 0) return;
+    if (d.breaker == Breaker::HalfOpen ||
+        (d.breaker == Breaker::Closed && d.consecutive_failures >= cfg_.breaker_failures)) {
+        d.breaker = Breaker::Open;
+        d.open_until = now + cfg_.breaker_cooldown;
+        d.probe_out = false;
+        ++d.breaker_trips;
+        ++counters_.breaker_trips;
+    }
 }
 
 void Scheduler::touch(Device& d, double now) noexcept {
@@ -646,6 +676,10 @@ std::uint32_t Scheduler::open_batch(std::uint32_t device) {
     Device& d = devices_[device];
     if (!continuous_) ++d.inflight_batches;
     ++d.dispatched_batches;
+    if (d.breaker == Breaker::HalfOpen) {
+        d.probe_out = true;
+        batches_[b].probe = true;
+    }
     ++counters_.batches;
     step_batch_[device] = static_cast<std::uint32_t>(step_batches_.size());
     step_batches_.push_back(b);
@@ -751,9 +785,11 @@ std::uint32_t Scheduler::batch_limit(const Device& d) const noexcept {
 bool Scheduler::device_closed(std::uint32_t dev) const noexcept {
     // Can take no further batchable request in this step.
     if (step_solo_[dev]) return true;
-    if (continuous_) return step_slots_[dev] <= 0;
     const Device& d = devices_[dev];
     const std::uint32_t sb = step_batch_[dev];
+    if (d.breaker == Breaker::Open) return true;
+    if (d.breaker == Breaker::HalfOpen && (sb == kNoIndex ? d.probe_out : continuous_)) return true;
+    if (continuous_) return step_slots_[dev] <= 0;
     if (sb == kNoIndex) return d.inflight_batches >= d.max_inflight_batches;
     return batches_[step_batches_[sb]].size >= batch_limit(d);
 }
@@ -893,7 +929,7 @@ void Scheduler::preempt(double now, StepOutput& out) {
         for (std::uint32_t dev = 0; dev < devices_.size(); ++dev) {
             const Device& d = devices_[dev];
             if (ur.sched_class == SchedClass::Deadline ? dev != ur.dl_device : !eligible(d, ur.tenant)) continue;
-            if (step_solo_[dev]) continue;
+            if (step_solo_[dev] || d.breaker != Breaker::Closed) continue;
             const std::int64_t kv_left = step_kv_[dev] >= 0 ? step_kv_[dev]
                                          : d.kv_budget == kUnlimitedTokens ? std::numeric_limits<std::int64_t>::max() / 2
                                                                            : d.kv_budget - d.kv_used;
@@ -1286,6 +1322,7 @@ void Scheduler::leave_batch(Request& r) {
     if (--b.remaining == 0) {
         if (b.counted) --d.inflight_batches;
         if (b.clean && b.counted) batch_finished(b, d);
+        if (b.probe && d.breaker == Breaker::HalfOpen) d.probe_out = false;  // no verdict: probe again
         free_batches_.push_back(r.batch);
     }
     r.batch = kNoIndex;
@@ -1435,6 +1472,7 @@ void Scheduler::complete_locked(Handle h, std::int64_t output_tokens) {
     Batch& b = batches_[r.batch];
     Device& d = devices_[b.device];
     ++d.completed_requests;
+    device_outcome(d, false, now_);
     const std::int64_t out_steps = output_tokens >= 0 ? output_tokens : static_cast<std::int64_t>(r.max_new_tokens);
     if (out_steps > b.steps) b.steps = out_steps;
     if (!b.counted && d.service.known())  // continuous mode: learn from each request
@@ -1505,6 +1543,7 @@ bool Scheduler::fail(std::uint64_t id, double now, bool retryable, std::string_v
     now_ = t;
     Request& r = slab_[h];
     batches_[r.batch].clean = false;
+    device_outcome(devices_[batches_[r.batch].device], true, t);
     if (retryable && r.retries < cfg_.max_retries) {
         // The jitter stream advances for every retry considered, so that a run replays.
         const double at = t + retry_delay(static_cast<std::uint32_t>(r.retries) + 1u);

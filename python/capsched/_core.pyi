@@ -55,6 +55,9 @@ class CoreConfig:
     preemption: bool
     max_batch_size: int
     max_retries: int
+    breaker_failures: int
+    breaker_cooldown: float
+    breaker_degrade: bool
     max_queued: int
     max_queued_per_tenant: int
     retry_base: float

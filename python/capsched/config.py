@@ -48,6 +48,15 @@ class Config:
         no_deadline_horizon: EDF treats a request without a deadline as due this long after
             arrival (default 60 s, > 0).
         max_retries: extra tries after a retryable failure (default 3, 0..1000).
+        breaker_failures, breaker_cooldown: circuit breaker per device. This many
+            consecutive failures (``fail()``) of requests on a device open its breaker:
+            it receives nothing for ``breaker_cooldown`` seconds; then one probe batch
+            (one request in continuous mode) decides: a completion closes it, a failure
+            opens it again (defaults 5 and 30 s; ``breaker_failures=0``: no breaker).
+            State per device in ``stats()['devices'][i]['breaker']``.
+        breaker_degrade: scale a device's usable capacity by ``1 - min(0.9, fail_rate)``,
+            its failure rate being an EWMA (weight 1/8) of its requests' failures, so an
+            intermittently failing device gets less work rather than none (default True).
         max_queued, max_queued_per_tenant: back-pressure bounds on the requests not in
             flight (waiting, queued or retrying), in all and per tenant (default 0: no
             bound; else up to 1e12). A submit beyond either raises
@@ -113,6 +122,9 @@ class Config:
     aging_edf: float = 0.0
     no_deadline_horizon: float = 60.0
     max_retries: int = 3
+    breaker_failures: int = 5
+    breaker_cooldown: float = 30.0
+    breaker_degrade: bool = True
     max_queued: int = 0
     max_queued_per_tenant: int = 0
     retry_base: float = 0.1
@@ -157,6 +169,10 @@ class Config:
             _check_real(name, getattr(self, name), minimum=0.0, inclusive=False)
         _check_int("deadline_levels", self.deadline_levels, 1, 1024)
         _check_int("max_retries", self.max_retries, 0, 1000)
+        _check_int("breaker_failures", self.breaker_failures, 0, 1_000_000)
+        _check_real("breaker_cooldown", self.breaker_cooldown, minimum=0.0, inclusive=True)
+        if not isinstance(self.breaker_degrade, bool):
+            raise ConfigError(f"breaker_degrade must be a bool, got {self.breaker_degrade!r}")
         _check_int("max_queued", self.max_queued, 0, 10**12)
         _check_int("max_queued_per_tenant", self.max_queued_per_tenant, 0, 10**12)
         _check_real("retry_base", self.retry_base, minimum=0.0, inclusive=True)

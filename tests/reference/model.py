@@ -62,6 +62,9 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "aging_edf": 0.0,
     "no_deadline_horizon": 60.0,
     "max_retries": 3,
+    "breaker_failures": 5,
+    "breaker_cooldown": 30.0,
+    "breaker_degrade": True,
     "max_queued": 0,
     "max_queued_per_tenant": 0,
     "retry_base": 0.1,
@@ -320,8 +323,21 @@ class RefDevice:
     service: Any = None                # RefServiceModel
     batch_limit: float = 0.0           # adaptive batch size limit (AIMD)
 
+    # Circuit breaker (docs/placement.md).
+    breaker: str = "closed"            # closed | open | half_open
+    probe_out: bool = False
+    consecutive_failures: int = 0
+    fail_rate: float = 0.0
+    open_until: float = 0.0
+    breaker_trips: int = 0
+    degrade_on: bool = True            # Config.breaker_degrade
+
+    def degrade(self) -> float:
+        return min(0.9, self.fail_rate) if self.degrade_on else 0.0
+
     def refresh_capacity(self) -> None:
-        self.capacity = self.capacity_orig * self.clock_scale * (1.0 - self.pressure)
+        self.capacity = self.capacity_orig * self.clock_scale * (1.0 - self.pressure) * \
+            (1.0 - self.degrade())
 
 
 @dataclass
@@ -339,6 +355,7 @@ class RefBatch:
     clean: bool = True      # every member that left it completed
     migrant: bool = False
     solo: bool = False
+    probe: bool = False     # opened on a half-open device
 
 
 def _config_dict(config: Any) -> Dict[str, Any]:
@@ -436,6 +453,7 @@ class ReferenceScheduler:
                 service=RefServiceModel((float(s.prefill_s_per_token or 0.0), float(s.decode_step_s or 0.0),
                                          float(s.decode_s_per_seq or 0.0))),
                 batch_limit=float(max_batch_size),
+                degrade_on=bool(cfg["breaker_degrade"]),
             )
             if s.max_clock_mhz is not None:
                 d.max_clock = float(s.max_clock_mhz)
@@ -461,7 +479,7 @@ class ReferenceScheduler:
         self.counters = dict(accepted=0, completed=0, failed=0, expired=0, cancelled=0,
                              retried=0, dispatched=0, batches=0, placed_fitting=0,
                              placed_fallback=0, misfits=0, migrated=0, readmitted=0,
-                             held=0, trimmed=0, preempted=0, deferred=0)
+                             held=0, trimmed=0, preempted=0, deferred=0, breaker_trips=0)
         self._wait = False
         self._rng = int(cfg.get("retry_seed", 0)) & ((1 << 64) - 1)
         # Continuous mode of the current step: slots and KV left per device (KV < 0:
@@ -719,6 +737,9 @@ class ReferenceScheduler:
         if not self._continuous:
             d.inflight_batches += 1
         d.dispatched_batches += 1
+        if d.breaker == "half_open":
+            d.probe_out = True
+            self.batches[bid].probe = True
         self.counters["batches"] += 1
         self._step_batch[di] = bid
         self._step_batches.append((bid, di))
@@ -799,10 +820,14 @@ class ReferenceScheduler:
         """Can take no further batchable request in this step."""
         if di in self._step_solo:
             return True
-        if self._continuous:
-            return self._slots[di] <= 0
         d = self.devices[di]
         bid = self._step_batch.get(di)
+        if d.breaker == "open":
+            return True
+        if d.breaker == "half_open" and (d.probe_out if bid is None else self._continuous):
+            return True  # one probe batch (one request in continuous mode)
+        if self._continuous:
+            return self._slots[di] <= 0
         if bid is None:
             return d.inflight_batches >= d.max_inflight_batches
         return self.batches[bid].size >= self.batch_limit(d)
@@ -899,7 +924,7 @@ class ReferenceScheduler:
                         continue
                 elif not self.eligible(d, ur.tenant):
                     continue
-                if di in self._step_solo:
+                if di in self._step_solo or d.breaker != "closed":
                     continue
                 if self._kv[di] >= 0:
                     kv_left = self._kv[di]
@@ -973,6 +998,8 @@ class ReferenceScheduler:
                 dev.inflight_batches -= 1
             if b.clean and b.counted:
                 self._batch_finished(b, dev)
+            if b.probe and dev.breaker == "half_open":
+                dev.probe_out = False  # ended without a verdict: probe again
             del self.batches[r.batch]
         r.batch = None
 
@@ -1131,6 +1158,9 @@ class ReferenceScheduler:
         # (3) placement: PELT up to date, misfits, deadline class, then the rest.
         for d in self.devices:
             self._touch(d, now)
+            if d.breaker == "open" and now >= d.open_until:
+                d.breaker = "half_open"  # its cool-down ended: one probe
+                d.probe_out = False
         self._step_batch = {}
         self._step_solo = set()
         self._step_batches = []
@@ -1290,6 +1320,7 @@ class ReferenceScheduler:
         b = self.batches[r.batch]
         dev = self.devices[b.device]
         dev.completed_requests += 1
+        self._device_outcome(dev, False, now)
         out_steps = r.max_new_tokens if output_tokens is None else int(output_tokens)
         b.steps = max(b.steps, out_steps)
         if not b.counted and dev.service.known():  # continuous mode: learn per request
@@ -1318,6 +1349,7 @@ class ReferenceScheduler:
         now = self._clamp(now)
         self.now = now
         self.batches[r.batch].clean = False
+        self._device_outcome(self.devices[self.batches[r.batch].device], True, now)
         self._leave_batch(r)
         if retryable and r.retries < self.max_retries:
             at = now + self.retry_delay(r.retries + 1)
@@ -1335,6 +1367,27 @@ class ReferenceScheduler:
         if ev:
             self.pending_failed.append(ev)
         return False
+
+    def _device_outcome(self, d: RefDevice, failed: bool, now: float) -> None:
+        """Failure-rate EWMA (1/8) and the circuit breaker."""
+        d.fail_rate += ((1.0 if failed else 0.0) - d.fail_rate) / 8.0
+        if self.cfg["breaker_degrade"]:
+            d.refresh_capacity()  # steers new work only: no misfit check
+        if not failed:
+            d.consecutive_failures = 0
+            if d.breaker == "half_open":
+                d.breaker = "closed"
+            return
+        d.consecutive_failures += 1
+        threshold = int(self.cfg["breaker_failures"])
+        if threshold == 0:
+            return
+        if d.breaker == "half_open" or (d.breaker == "closed" and d.consecutive_failures >= threshold):
+            d.breaker = "open"
+            d.open_until = now + float(self.cfg["breaker_cooldown"])
+            d.probe_out = False
+            d.breaker_trips += 1
+            self.counters["breaker_trips"] += 1
 
     def check_room(self, tenant: Optional[str], n: int) -> None:
         """Back-pressure: waiting + queued + retrying, in all and of the tenant."""
@@ -1463,7 +1516,9 @@ class ReferenceScheduler:
                  dispatched_batches=d.dispatched_batches,
                  completed_requests=d.completed_requests,
                  preempted_requests=d.preempted_requests, batch_limit=d.batch_limit,
-                 service_samples=d.service.samples,
+                 service_samples=d.service.samples, breaker=d.breaker,
+                 consecutive_failures=d.consecutive_failures, fail_rate=d.fail_rate,
+                 breaker_trips=d.breaker_trips,
                  service_multipliers=tuple(d.service.m))
             for d in self.devices
         ]
@@ -1511,7 +1566,8 @@ class ReferenceScheduler:
                      and r.state in LIVE_STATES)
             if abs(dl - dev.dl_bw) > 1e-6 * (1.0 + dl):
                 return False
-            if not dev.capacity == dev.capacity_orig * dev.clock_scale * (1.0 - dev.pressure):
+            if not dev.capacity == dev.capacity_orig * dev.clock_scale * (1.0 - dev.pressure) * \
+                    (1.0 - dev.degrade()):
                 return False
         for bid, b in self.batches.items():
             if not b.members or b.size < len(b.members):

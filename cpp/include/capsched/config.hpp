@@ -110,6 +110,16 @@ struct SchedulerConfig {
     // never refused.
     std::uint64_t max_queued = 0;
     std::uint64_t max_queued_per_tenant = 0;
+    // Circuit breaker per device: this many consecutive failures (fail()) of requests on
+    // it open it for breaker_cooldown seconds; then one probe batch (one request in
+    // continuous mode) decides: a completion closes it, a failure opens it again
+    // (default 5, 0 = no breaker; cool-down default 30 s, >= 0). With breaker_degrade,
+    // a device's usable capacity is also scaled by 1 - min(0.9, its failure rate, an
+    // EWMA with weight 1/8): an intermittently failing device gets less work rather than
+    // none (default true).
+    std::uint32_t breaker_failures = 5;
+    double breaker_cooldown = 30.0;
+    bool breaker_degrade = true;
     double retry_base = 0.1;
     double retry_cap = 10.0;
     std::uint64_t retry_seed = 0;

@@ -69,6 +69,10 @@ struct ServiceModel {
     }
 };
 
+// Circuit breaker of a device: Closed (normal), Open (receives nothing until its
+// cool-down ends), HalfOpen (one probe batch, or one request in continuous mode).
+enum class Breaker : std::uint8_t { Closed = 0, Open = 1, HalfOpen = 2 };
+
 struct Device {
     double capacity_orig = kCapacityScale;  // normalised, (0, 1024]
     double clock_scale = 1.0;               // cur_clock / max_clock, (0, 1]
@@ -86,6 +90,12 @@ struct Device {
     bool misfit_check = false;              // capacity dropped: check its requests next step
     ServiceModel service;
     double batch_limit = 0.0;               // adaptive batch size limit (AIMD), 1..max_batch_size
+    Breaker breaker = Breaker::Closed;
+    bool probe_out = false;                 // half-open: its probe is in flight
+    std::uint32_t consecutive_failures = 0;
+    double fail_rate = 0.0;                 // EWMA (1/8) of its requests' failures (1) and completions (0)
+    double open_until = 0.0;                // open: when the cool-down ends
+    std::uint64_t breaker_trips = 0;
     std::uint64_t preempted_requests = 0;   // evicted from it (continuous mode)
     std::uint32_t max_inflight_batches = 1;
     std::uint32_t inflight_batches = 0;

@@ -87,6 +87,7 @@ struct Counters {
     // Placements passed over because only devices too slow for the request's deadline
     // had room (it waits for one in time); each step counts.
     std::uint64_t deferred = 0;
+    std::uint64_t breaker_trips = 0;  // times a device's breaker opened
 };
 
 // What the scheduler knows of a request class: util_est of its work per token (from
@@ -198,6 +199,7 @@ class Scheduler {
         bool clean = true;             // every member that left it completed
         bool migrant = false;          // took a migrant in this step (goes at once)
         bool solo = false;             // a lone non-batchable request
+        bool probe = false;            // opened on a half-open device
     };
     struct StepMember {
         std::uint32_t step_batch;
@@ -255,6 +257,7 @@ class Scheduler {
     double work_per_token(std::uint32_t request_class) const noexcept;
     double next_uniform() noexcept;
     void check_room(std::uint32_t tenant, std::uint64_t n) const;
+    void device_outcome(Device& d, bool failed, double now) noexcept;
     void pending(std::uint32_t tenant, bool add) {
         if (add) {
             if (tenant >= tenant_pending_.size()) tenant_pending_.resize(tenant + std::size_t{1}, 0);
