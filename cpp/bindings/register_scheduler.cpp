@@ -52,6 +52,157 @@ py::dict device_dict(const Device& d) {
     return out;
 }
 
+// Checkpoint snapshots as plain Python data (dicts, lists, numbers) and back.
+py::dict pelt_dict(const PeltSnapshot& p) {
+    py::dict d;
+    d["started"] = p.started;
+    d["last"] = p.last;
+    d["sum"] = p.sum;
+    d["contrib"] = p.contrib;
+    d["avg"] = p.avg;
+    return d;
+}
+
+PeltSnapshot pelt_from(const py::dict& d) {
+    return PeltSnapshot{d["started"].cast<bool>(), d["last"].cast<double>(), d["sum"].cast<double>(),
+                        d["contrib"].cast<double>(), d["avg"].cast<double>()};
+}
+
+py::dict snapshot_dict(const StateSnapshot& s) {
+    py::dict out;
+    out["version"] = StateSnapshot::kVersion;
+    out["now"] = s.now;
+    out["next_id"] = s.next_id;
+    out["rng"] = s.rng;
+    out["counters"] = s.counters;
+    out["outcomes"] = s.outcomes;
+    py::list reqs;
+    for (const RequestSnapshot& q : s.requests) {
+        py::dict d;
+        d["id"] = q.id;
+        d["state"] = q.state;
+        d["arrival"] = q.arrival;
+        d["deadline"] = q.deadline;
+        d["priority"] = q.priority;
+        d["prompt_tokens"] = q.prompt_tokens;
+        d["max_new_tokens"] = q.max_new_tokens;
+        d["uclamp_min"] = q.uclamp_min;
+        d["uclamp_max"] = q.uclamp_max;
+        d["tenant"] = q.tenant;
+        d["request_class"] = q.request_class;
+        d["sched_class"] = q.sched_class;
+        d["batchable"] = q.batchable;
+        d["retries"] = q.retries;
+        d["preemptions"] = q.preemptions;
+        d["progress"] = q.progress;
+        d["retry_at"] = q.retry_at;
+        d["dl_device"] = q.dl_device;
+        d["dl_bw"] = q.dl_bw;
+        d["waits_on"] = q.waits_on;
+        reqs.append(d);
+    }
+    out["requests"] = reqs;
+    py::list devs;
+    for (const DeviceSnapshot& x : s.devices) {
+        py::dict d;
+        d["clock_scale"] = x.clock_scale;
+        d["max_clock"] = x.max_clock;
+        d["pressure"] = x.pressure;
+        d["util"] = pelt_dict(x.util);
+        d["service_m"] = std::vector<double>(x.service_m, x.service_m + 3);
+        d["service_cov"] = std::vector<double>(x.service_cov, x.service_cov + 9);
+        d["service_samples"] = x.service_samples;
+        d["batch_limit"] = x.batch_limit;
+        d["breaker"] = x.breaker;
+        d["consecutive_failures"] = x.consecutive_failures;
+        d["fail_rate"] = x.fail_rate;
+        d["open_until"] = x.open_until;
+        d["breaker_trips"] = x.breaker_trips;
+        d["dispatched_requests"] = x.dispatched_requests;
+        d["dispatched_batches"] = x.dispatched_batches;
+        d["completed_requests"] = x.completed_requests;
+        d["preempted_requests"] = x.preempted_requests;
+        devs.append(d);
+    }
+    out["devices"] = devs;
+    py::list classes;
+    for (const ClassSnapshot& c : s.classes) {
+        py::dict d;
+        d["seen"] = c.seen;
+        d["ewma"] = c.ewma;
+        d["last"] = c.last;
+        d["util"] = pelt_dict(c.util);
+        classes.append(d);
+    }
+    out["classes"] = classes;
+    return out;
+}
+
+StateSnapshot snapshot_from(const py::dict& in) {
+    StateSnapshot s;
+    s.now = in["now"].cast<double>();
+    s.next_id = in["next_id"].cast<std::uint64_t>();
+    s.rng = in["rng"].cast<std::uint64_t>();
+    s.counters = in["counters"].cast<std::vector<std::uint64_t>>();
+    s.outcomes = in["outcomes"].cast<std::vector<std::uint64_t>>();
+    for (const py::handle h : in["requests"].cast<py::list>()) {
+        const py::dict d = h.cast<py::dict>();
+        RequestSnapshot q;
+        q.id = d["id"].cast<std::uint64_t>();
+        q.state = d["state"].cast<std::uint8_t>();
+        q.arrival = d["arrival"].cast<double>();
+        q.deadline = d["deadline"].cast<double>();
+        q.priority = d["priority"].cast<double>();
+        q.prompt_tokens = d["prompt_tokens"].cast<std::uint32_t>();
+        q.max_new_tokens = d["max_new_tokens"].cast<std::uint32_t>();
+        q.uclamp_min = d["uclamp_min"].cast<double>();
+        q.uclamp_max = d["uclamp_max"].cast<double>();
+        q.tenant = d["tenant"].cast<std::uint32_t>();
+        q.request_class = d["request_class"].cast<std::uint32_t>();
+        q.sched_class = d["sched_class"].cast<std::uint8_t>();
+        q.batchable = d["batchable"].cast<bool>();
+        q.retries = d["retries"].cast<std::uint32_t>();
+        q.preemptions = d["preemptions"].cast<std::uint32_t>();
+        q.progress = d["progress"].cast<double>();
+        q.retry_at = d["retry_at"].cast<double>();
+        q.dl_device = d["dl_device"].cast<std::uint32_t>();
+        q.dl_bw = d["dl_bw"].cast<double>();
+        q.waits_on = d["waits_on"].cast<std::vector<std::uint64_t>>();
+        s.requests.push_back(std::move(q));
+    }
+    for (const py::handle h : in["devices"].cast<py::list>()) {
+        const py::dict d = h.cast<py::dict>();
+        DeviceSnapshot x;
+        x.clock_scale = d["clock_scale"].cast<double>();
+        x.max_clock = d["max_clock"].cast<double>();
+        x.pressure = d["pressure"].cast<double>();
+        x.util = pelt_from(d["util"].cast<py::dict>());
+        const auto m = d["service_m"].cast<std::vector<double>>();
+        const auto cov = d["service_cov"].cast<std::vector<double>>();
+        if (m.size() != 3 || cov.size() != 9) throw py::value_error("service_m needs 3 values and service_cov 9");
+        std::copy(m.begin(), m.end(), x.service_m);
+        std::copy(cov.begin(), cov.end(), x.service_cov);
+        x.service_samples = d["service_samples"].cast<std::uint64_t>();
+        x.batch_limit = d["batch_limit"].cast<double>();
+        x.breaker = d["breaker"].cast<std::uint8_t>();
+        x.consecutive_failures = d["consecutive_failures"].cast<std::uint32_t>();
+        x.fail_rate = d["fail_rate"].cast<double>();
+        x.open_until = d["open_until"].cast<double>();
+        x.breaker_trips = d["breaker_trips"].cast<std::uint64_t>();
+        x.dispatched_requests = d["dispatched_requests"].cast<std::uint64_t>();
+        x.dispatched_batches = d["dispatched_batches"].cast<std::uint64_t>();
+        x.completed_requests = d["completed_requests"].cast<std::uint64_t>();
+        x.preempted_requests = d["preempted_requests"].cast<std::uint64_t>();
+        s.devices.push_back(x);
+    }
+    for (const py::handle h : in["classes"].cast<py::list>()) {
+        const py::dict d = h.cast<py::dict>();
+        s.classes.push_back(ClassSnapshot{d["seen"].cast<bool>(), d["ewma"].cast<double>(), d["last"].cast<double>(),
+                                          pelt_from(d["util"].cast<py::dict>())});
+    }
+    return s;
+}
+
 py::tuple step_tuple(const StepOutput& out) {
     return py::make_tuple(to_array(out.batch_device), to_array(out.batch_offsets), to_array(out.request_ids),
                           to_array(out.expired), to_array(out.failed), py::cast(out.failed_reasons), out.now,
@@ -297,6 +448,24 @@ void register_scheduler(py::module_& m) {
         .def("class_util", &Scheduler::class_util, py::arg("request_class"),
              py::call_guard<py::gil_scoped_release>())
         .def("cancel", &Scheduler::cancel, py::arg("id"), py::call_guard<py::gil_scoped_release>())
+        .def(
+            "export_state",
+            [](const Scheduler& s) {
+                StateSnapshot snap;
+                {
+                    py::gil_scoped_release release;
+                    s.export_state(snap);
+                }
+                return snapshot_dict(snap);
+            })
+        .def(
+            "import_state",
+            [](Scheduler& s, const py::dict& state) {
+                const StateSnapshot snap = snapshot_from(state);
+                py::gil_scoped_release release;
+                s.import_state(snap);
+            },
+            py::arg("state"))
         .def(
             "status", [](const Scheduler& s, std::uint64_t id) { return static_cast<int>(s.status(id)); },
             py::arg("id"), py::call_guard<py::gil_scoped_release>())

@@ -1696,4 +1696,249 @@ bool Scheduler::check_invariants() const {
     return c.accepted == c.completed + c.failed + c.expired + c.cancelled + waiting + queued + in_flight + retrying;
 }
 
+// ---------------------------------------------------------------- checkpoints
+
+namespace {
+
+std::vector<std::uint64_t*> counter_fields(Counters& c) {
+    return {&c.accepted,  &c.completed,      &c.failed,    &c.expired,   &c.cancelled,      &c.retried,
+            &c.dispatched, &c.batches,       &c.placed_fitting, &c.placed_fallback, &c.misfits, &c.migrated,
+            &c.readmitted, &c.held,          &c.trimmed,   &c.preempted, &c.deferred,       &c.breaker_trips};
+}
+
+PeltSnapshot save_pelt(const PeltSignal& p) {
+    return PeltSnapshot{p.started(), p.last_update(), p.util_sum(), p.period_contrib(), p.util_avg()};
+}
+
+}  // namespace
+
+void Scheduler::export_state(StateSnapshot& out) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    out = StateSnapshot{};
+    out.now = now_;
+    out.next_id = next_id_;
+    out.rng = rng_;
+    Counters c = counters_;
+    for (std::uint64_t* f : counter_fields(c)) out.counters.push_back(*f);
+    out.outcomes = outcomes_;
+    // Live dependency edges: for each dependency, its waiting dependents.
+    std::vector<std::vector<std::uint64_t>> waits(slab_.size());
+    for (Handle h = 0; h < slab_.size(); ++h) {
+        const Request& r = slab_[h];
+        if (r.state == State::Free) continue;
+        for (std::uint32_t e = r.dependents; e != kNoIndex; e = edges_[e].next) {
+            const Edge& edge = edges_[e];
+            const Request& d = slab_[edge.dependent];
+            if (d.id == edge.dependent_id && d.state == State::Waiting) waits[edge.dependent].push_back(r.id);
+        }
+    }
+    for (Handle h = 0; h < slab_.size(); ++h) {
+        const Request& r = slab_[h];
+        if (r.state == State::Free) continue;
+        RequestSnapshot q;
+        q.id = r.id;
+        q.state = static_cast<std::uint8_t>(r.state == State::InFlight ? State::Queued : r.state);
+        q.arrival = r.arrival;
+        q.deadline = r.deadline;
+        q.priority = r.priority;
+        q.prompt_tokens = r.prompt_tokens;
+        q.max_new_tokens = r.max_new_tokens;
+        q.uclamp_min = r.uclamp_min;
+        q.uclamp_max = r.uclamp_max;
+        q.tenant = r.tenant;
+        q.request_class = r.request_class;
+        q.sched_class = static_cast<std::uint8_t>(r.sched_class);
+        q.batchable = r.batchable;
+        q.retries = r.retries;
+        q.preemptions = r.preemptions;
+        q.progress = r.progress;
+        q.retry_at = r.state == State::Retrying ? retries_.key_of(h).key : 0.0;
+        q.dl_device = r.dl_device;
+        q.dl_bw = r.dl_bw;
+        q.waits_on = std::move(waits[h]);
+        std::sort(q.waits_on.begin(), q.waits_on.end());
+        out.requests.push_back(std::move(q));
+    }
+    std::sort(out.requests.begin(), out.requests.end(),
+              [](const RequestSnapshot& a, const RequestSnapshot& b) { return a.id < b.id; });
+    for (const Device& d : devices_) {
+        DeviceSnapshot ds;
+        ds.clock_scale = d.clock_scale;
+        ds.max_clock = d.max_clock;
+        ds.pressure = d.pressure;
+        ds.util = save_pelt(d.util);
+        for (int i = 0; i < 3; ++i) ds.service_m[i] = d.service.m[i];
+        for (int i = 0; i < 9; ++i) ds.service_cov[i] = d.service.cov[i / 3][i % 3];
+        ds.service_samples = d.service.samples;
+        ds.batch_limit = d.batch_limit;
+        ds.breaker = static_cast<std::uint8_t>(d.breaker);
+        ds.consecutive_failures = d.consecutive_failures;
+        ds.fail_rate = d.fail_rate;
+        ds.open_until = d.open_until;
+        ds.breaker_trips = d.breaker_trips;
+        ds.dispatched_requests = d.dispatched_requests;
+        ds.dispatched_batches = d.dispatched_batches;
+        ds.completed_requests = d.completed_requests;
+        ds.preempted_requests = d.preempted_requests;
+        out.devices.push_back(ds);
+    }
+    for (const ClassState& cs : classes_)
+        out.classes.push_back(ClassSnapshot{cs.est.seen(), cs.est.ewma(), cs.est.last(), save_pelt(cs.util)});
+}
+
+void Scheduler::import_state(const StateSnapshot& in) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto bad = [](const std::string& what) { throw ConfigError("checkpoint is inconsistent: " + what); };
+    // Validate everything first.
+    if (next_id_ != 1 || ids_.size() != 0) bad("restore needs a scheduler that has accepted nothing yet");
+    if (in.devices.size() != devices_.size())
+        bad("it has " + std::to_string(in.devices.size()) + " devices, this scheduler " +
+            std::to_string(devices_.size()));
+    if (in.next_id < 1 || in.next_id - 1 > in.outcomes.size() * 32) bad("next_id does not match the outcome record");
+    if (in.counters.size() != 18) bad("it has " + std::to_string(in.counters.size()) + " counters, expected 18");
+    if (in.classes.size() > kMaxClasses) bad("too many request classes");
+    std::uint64_t prev = 0;
+    for (const RequestSnapshot& q : in.requests) {
+        const std::string who = "request " + std::to_string(q.id) + ": ";
+        if (q.id <= prev || q.id >= in.next_id) bad(who + "ids must be ascending and below next_id");
+        prev = q.id;
+        const auto st = static_cast<State>(q.state);
+        if (st != State::Waiting && st != State::Queued && st != State::Retrying) bad(who + "bad state");
+        if (!std::isfinite(q.arrival) || std::isnan(q.deadline) || !(q.priority >= 0.0 && q.priority <= 1.0))
+            bad(who + "bad arrival, deadline or priority");
+        if (q.max_new_tokens < 1 || q.prompt_tokens > kMaxTokens || q.max_new_tokens > kMaxTokens)
+            bad(who + "bad token counts");
+        if (!(q.uclamp_min >= 0.0 && q.uclamp_min <= q.uclamp_max && q.uclamp_max <= 1.0)) bad(who + "bad uclamp");
+        if (q.sched_class > 2 || q.request_class >= kMaxClasses || q.retries > 65535 || q.preemptions > 65535)
+            bad(who + "bad class or counts");
+        if (static_cast<SchedClass>(q.sched_class) == SchedClass::Deadline &&
+            (q.dl_device >= devices_.size() || !std::isfinite(q.dl_bw) || q.dl_bw < 0.0))
+            bad(who + "bad deadline-class reservation");
+        if (st == State::Retrying && !std::isfinite(q.retry_at)) bad(who + "bad retry time");
+        if ((st == State::Waiting) != !q.waits_on.empty()) bad(who + "waiting exactly when it waits on something");
+        for (const std::uint64_t dep : q.waits_on) {
+            const auto it = std::lower_bound(in.requests.begin(), in.requests.end(), dep,
+                                             [](const RequestSnapshot& a, std::uint64_t id) { return a.id < id; });
+            if (it == in.requests.end() || it->id != dep || dep == q.id) bad(who + "waits on a request not live");
+        }
+    }
+    for (const DeviceSnapshot& d : in.devices)
+        if (!(d.clock_scale > 0.0 && d.clock_scale <= 1.0) || !(d.pressure >= 0.0 && d.pressure < 1.0) ||
+            !(d.max_clock > 0.0) || d.breaker > 2 || !std::isfinite(d.fail_rate))
+            bad("a device has a bad clock, pressure or breaker");
+
+    // Load.
+    now_ = in.now;
+    next_id_ = in.next_id;
+    rng_ = in.rng;
+    auto fields = counter_fields(counters_);
+    for (std::size_t i = 0; i < fields.size(); ++i) *fields[i] = in.counters[i];
+    outcomes_ = in.outcomes;
+    for (std::size_t i = 0; i < devices_.size(); ++i) {
+        const DeviceSnapshot& s = in.devices[i];
+        Device& d = devices_[i];
+        d.clock_scale = s.clock_scale;
+        d.max_clock = s.max_clock;
+        d.pressure = s.pressure;
+        d.util.restore(s.util.started, s.util.last, s.util.sum, s.util.contrib, s.util.avg);
+        for (int k = 0; k < 3; ++k) d.service.m[k] = s.service_m[k];
+        for (int k = 0; k < 9; ++k) d.service.cov[k / 3][k % 3] = s.service_cov[k];
+        d.service.samples = s.service_samples;
+        d.batch_limit = s.batch_limit;
+        d.breaker = static_cast<Breaker>(s.breaker);
+        d.probe_out = false;
+        d.consecutive_failures = s.consecutive_failures;
+        d.fail_rate = s.fail_rate;
+        d.open_until = s.open_until;
+        d.breaker_trips = s.breaker_trips;
+        d.dispatched_requests = s.dispatched_requests;
+        d.dispatched_batches = s.dispatched_batches;
+        d.completed_requests = s.completed_requests;
+        d.preempted_requests = s.preempted_requests;
+        d.dl_bw = 0.0;
+        refresh_capacity(d);
+    }
+    classes_.assign(in.classes.size(), ClassState{});
+    for (std::size_t i = 0; i < in.classes.size(); ++i) {
+        const ClassSnapshot& c = in.classes[i];
+        classes_[i].est.restore(c.seen, c.ewma, c.last);
+        classes_[i].util.restore(c.util.started, c.util.last, c.util.sum, c.util.contrib, c.util.avg);
+    }
+    for (const RequestSnapshot& q : in.requests) {
+        if (q.request_class >= classes_.size()) classes_.resize(q.request_class + std::size_t{1});
+        const Handle h = alloc_request();
+        Request& r = slab_[h];
+        r = Request{};
+        r.id = q.id;
+        ids_.insert(h, id_of());
+        r.arrival = q.arrival;
+        r.deadline = q.deadline;
+        r.priority = q.priority;
+        r.prompt_tokens = q.prompt_tokens;
+        r.max_new_tokens = q.max_new_tokens;
+        r.uclamp_min = q.uclamp_min;
+        r.uclamp_max = q.uclamp_max;
+        r.tenant = q.tenant;
+        r.request_class = q.request_class;
+        r.sched_class = static_cast<SchedClass>(q.sched_class);
+        r.batchable = q.batchable;
+        r.retries = static_cast<std::uint16_t>(q.retries);
+        r.preemptions = static_cast<std::uint16_t>(q.preemptions);
+        r.progress = q.progress;
+        const double tokens = static_cast<double>(q.prompt_tokens) + static_cast<double>(q.max_new_tokens);
+        const PolicyConfig& o = cfg_.order;
+        switch (o.policy) {  // the same static key as accept()
+            case Policy::Fcfs: r.score_base = r.arrival; break;
+            case Policy::Priority: r.score_base = -r.priority + o.aging_priority * r.arrival; break;
+            case Policy::Edf:
+                r.score_base = (std::isinf(r.deadline) ? r.arrival + o.no_deadline_horizon : r.deadline) +
+                               o.aging_edf * r.arrival;
+                break;
+            case Policy::Srtf: r.score_base = tokens + o.aging_srtf * r.arrival; break;
+            case Policy::Weighted: {
+                const double u = std::min(1.0, tokens / o.resource_scale_tokens);
+                r.score_base = o.w_urgency * r.priority + o.w_resource * (0.1 / (u + 0.1));
+                break;
+            }
+        }
+        if (r.sched_class == SchedClass::Deadline) {
+            r.dl_device = q.dl_device;
+            r.dl_bw = q.dl_bw;
+            devices_[q.dl_device].dl_bw += q.dl_bw;
+        }
+        pending(r.tenant, true);
+        if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, r.id});
+        switch (static_cast<State>(q.state)) {
+            case State::Waiting:
+                r.state = State::Waiting;
+                ++waiting_;
+                break;
+            case State::Retrying:
+                r.state = State::Retrying;
+                ++retrying_;
+                retries_.push(h, HeapKey{q.retry_at, r.id});
+                break;
+            default: make_ready(h, now_); break;
+        }
+    }
+    for (const RequestSnapshot& q : in.requests) {
+        const Handle h = ids_.find(q.id, id_of());
+        for (const std::uint64_t dep : q.waits_on) {
+            const Handle dh = ids_.find(dep, id_of());
+            std::uint32_t e;
+            if (free_edge_ != kNoIndex) {
+                e = free_edge_;
+                free_edge_ = edges_[e].next;
+            } else {
+                e = static_cast<std::uint32_t>(edges_.size());
+                edges_.emplace_back();
+            }
+            edges_[e] = Edge{q.id, h, slab_[dh].dependents};
+            slab_[dh].dependents = e;
+            ++slab_[h].deps_remaining;
+        }
+    }
+}
+
 }  // namespace capsched
+

@@ -16,6 +16,7 @@ from . import errors
 from .errors import (
     AdmissionError,
     CapschedError,
+    CheckpointError,
     ConfigError,
     DependencyError,
     DuplicateRequestError,
@@ -50,6 +51,7 @@ __all__ = [
     "AcceleratorSpec",
     "AdmissionError",
     "QueueFullError",
+    "CheckpointError",
     "Batch",
     "CapschedError",
     "Config",

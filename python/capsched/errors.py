@@ -55,6 +55,11 @@ class AdmissionError(CapschedError, ValueError):
     """A deadline-class request needs more bandwidth than any device has free."""
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint file cannot be used: unreadable, truncated, corrupt (checksum),
+    written by a newer version, or inconsistent. The file is left as it is."""
+
+
 class QueueFullError(CapschedError):
     """Back-pressure: accepting the request(s) would exceed ``Config.max_queued`` (all
     requests not in flight) or ``Config.max_queued_per_tenant``. Nothing was accepted;

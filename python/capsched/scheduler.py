@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,6 +25,7 @@ from .errors import (
     RequestTypeError,
     UnknownRequestError,
     QueueFullError,
+    CheckpointError,
 )
 from .request import InferenceRequest
 from .tokens import estimate_tokens
@@ -595,6 +597,95 @@ class Scheduler:
         s["dynamic_batching"] = self._dynamic_batching
         ended = s["completed"] + s["failed"] + s["expired"] + s["cancelled"]
         s["conservation_ok"] = s["accepted"] == ended + s["waiting"] + s["queued"] + s["in_flight"] + s["retrying"]
+        return s
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Write the whole state to ``path`` atomically (temporary file, fsync, rename):
+        queues, in-flight requests (saved as queued), dependency edges, retry timers,
+        utilization signals, service models, breakers, counters. Versioned and
+        checksummed; ``docs/operations.md`` gives the format. The previous file at
+        ``path`` stays intact until the new one is complete.
+
+        Raises:
+            CheckpointError: the file cannot be written.
+        """
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(self, path)
+
+    @classmethod
+    def restore(
+        cls, path: Union[str, "os.PathLike[str]"], *, clock: Optional[Callable[[], float]] = None
+    ) -> "Scheduler":
+        """Build a scheduler from a checkpoint written by :meth:`checkpoint`. What was in
+        flight is queued again (run it again); everything else continues as it was.
+
+        Raises:
+            CheckpointError: unreadable, truncated, corrupt, from a newer version, or
+                inconsistent (the message says which).
+        """
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(path, clock=clock)
+
+    def _checkpoint_payload(self) -> dict[str, Any]:
+        from .checkpoint import _device_dicts
+
+        cfg = {f.name: getattr(self._config, f.name) for f in dataclasses.fields(Config) if f.name != "tokenizer"}
+        cfg["preferred_batch_sizes"] = list(cfg["preferred_batch_sizes"])
+        with self._lock:
+            tenants = [[k, v] for k, v in self._tenants.items()]
+            classes = [[k, v] for k, v in self._classes.items()]
+        return {
+            "devices": _device_dicts(self._devices),
+            "policy": self._policy,
+            "max_batch_size": self._max_batch_size,
+            "dynamic_batching": self._dynamic_batching,
+            "config": cfg,
+            "tenants": tenants,
+            "classes": classes,
+            "clocked": list(self._clocked),
+            "core": self._core.export_state(),
+        }
+
+    @classmethod
+    def _from_checkpoint_payload(
+        cls, payload: dict[str, Any], *, clock: Optional[Callable[[], float]] = None
+    ) -> "Scheduler":
+        cfg = dict(payload["config"])
+        cfg["preferred_batch_sizes"] = tuple(cfg.get("preferred_batch_sizes", ()))
+        devices = [Device(**{**d, "tenants": tuple(d.get("tenants") or ())}) for d in payload["devices"]]
+        s = cls(
+            devices,
+            policy=payload["policy"],
+            max_batch_size=payload["max_batch_size"],
+            enable_dynamic_batching=payload["dynamic_batching"],
+            config=Config(**cfg),
+            clock=clock if clock is not None else time.monotonic,
+        )
+        tenants = {k: int(v) for k, v in payload["tenants"]}
+        classes = {k: int(v) for k, v in payload["classes"]}
+        if tenants.get(None) != 0 or classes.get(None) != 0:
+            raise CheckpointError("the tenant and class tables must map None to 0")
+        if sorted(tenants.values()) != list(range(len(tenants))) or sorted(classes.values()) != list(
+            range(len(classes))
+        ):
+            raise CheckpointError("the tenant and class tables must number their names 0, 1, 2, ...")
+        for name, idx in s._tenants.items():  # the devices' tenants, numbered as before
+            if tenants.get(name) != idx:
+                raise CheckpointError(f"tenant {name!r} is numbered differently from its devices")
+        clocked = payload["clocked"]
+        if len(clocked) != len(devices):
+            raise CheckpointError("'clocked' needs one flag per device")
+        s._tenants = tenants
+        s._classes = classes
+        s._clocked = [bool(c) for c in clocked]
+        state = payload["core"]
+        if state.get("version") != 1:
+            raise CheckpointError(f"the core state has an unknown version {state.get('version')!r}")
+        s._core.import_state(state)
         return s
 
     def check_invariants(self) -> bool:

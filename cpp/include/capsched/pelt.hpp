@@ -67,6 +67,15 @@ class PeltSignal {
     double util_sum() const noexcept { return util_sum_; }
     double period_contrib() const noexcept { return period_contrib_; }
     double last_update() const noexcept { return last_; }
+    bool started() const noexcept { return started_; }
+    // Checkpoint restore: the state as saved.
+    void restore(bool started, double last, double sum, double contrib, double avg) noexcept {
+        started_ = started;
+        last_ = last;
+        util_sum_ = sum;
+        period_contrib_ = contrib;
+        util_avg_ = avg;
+    }
 
   private:
     bool started_ = false;
@@ -90,6 +99,11 @@ class UtilEst {
     double estimate() const noexcept { return ewma_ > last_ ? ewma_ : last_; }
     double ewma() const noexcept { return ewma_; }
     double last() const noexcept { return last_; }
+    void restore(bool seen, double ewma, double last) noexcept {
+        seen_ = seen;
+        ewma_ = ewma;
+        last_ = last;
+    }
 
   private:
     bool seen_ = false;

@@ -29,6 +29,7 @@
 #include "capsched/id_map.hpp"
 #include "capsched/pelt.hpp"
 #include "capsched/request.hpp"
+#include "capsched/snapshot.hpp"
 
 namespace capsched {
 
@@ -178,6 +179,13 @@ class Scheduler {
 
     // O(n) consistency check of every structure and of conservation. For tests.
     bool check_invariants() const;
+
+    // Checkpoints (docs/operations.md): the whole state as plain data. In-flight requests
+    // are saved as queued (a restored scheduler runs them again).
+    void export_state(StateSnapshot& out) const;
+    // Loads a snapshot into a scheduler that has accepted nothing yet and has as many
+    // devices; validates it all first (ConfigError naming the first inconsistency).
+    void import_state(const StateSnapshot& in);
 
   private:
     struct Edge {

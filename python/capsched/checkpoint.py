@@ -1,0 +1,158 @@
+"""Checkpoints: a scheduler's whole state in one file, written atomically.
+
+Format (``docs/operations.md``): a JSON object ``{"format": "capsched-checkpoint",
+"version": 1, "sha256": <hex>, "payload": {...}}`` where ``sha256`` is the SHA-256 of the
+payload serialised canonically (sorted keys, no spaces). Non-finite numbers (a request
+without a deadline has deadline +inf) are written as ``{"float": "inf"}``, so the file is
+strict JSON. The payload holds the scheduler's construction (devices, policy, batch size,
+dynamic batching, every :class:`capsched.Config` field but the tokenizer), the names it
+learned (tenants, request classes) and the core's state (:meth:`capsched._core.Core.export_state`):
+queues, dependency edges, retry timers, utilization signals, service models, breakers,
+counters and the outcome of every id ever issued. Requests in flight are saved as queued:
+a restored scheduler runs them again, so nothing accepted is lost.
+
+Writing goes to a temporary file in the same directory, is flushed and fsynced, and then
+renamed over the target (and the directory fsynced), so a crash leaves either the old
+checkpoint or the new one, never a torn file. Reading is parsing data only (``json``;
+never pickle or eval) and checks format, version and checksum before anything is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from .errors import CheckpointError, CapschedError
+
+__all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "MAX_CHECKPOINT_BYTES"]
+
+FORMAT = "capsched-checkpoint"
+#: The version this capsched writes; a file with a higher one is refused.
+VERSION = 1
+#: Largest checkpoint file read (bytes): 16 GiB.
+MAX_CHECKPOINT_BYTES = 16 * 2**30
+
+
+def _encode(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return {"float": "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")}
+    if isinstance(x, dict):
+        return {k: _encode(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_encode(v) for v in x]
+    return x
+
+
+def _decode(x: Any) -> Any:
+    if isinstance(x, dict):
+        if len(x) == 1 and "float" in x and x["float"] in ("inf", "-inf", "nan"):
+            return float(x["float"])
+        return {k: _decode(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_decode(v) for v in x]
+    return x
+
+
+def _canonical(payload: Any) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def save_checkpoint(scheduler: Any, path: Union[str, os.PathLike]) -> None:
+    """Write ``scheduler``'s state to ``path`` atomically (see the module docstring)."""
+    payload = _encode(scheduler._checkpoint_payload())
+    body = _canonical(payload)
+    doc = {"format": FORMAT, "version": VERSION, "sha256": hashlib.sha256(body).hexdigest(), "payload": payload}
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        try:
+            dfd = os.open(target.parent if str(target.parent) else ".", os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dfd)
+        except OSError:
+            pass
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise CheckpointError(f"cannot write checkpoint {str(target)!r}: {exc}") from exc
+
+
+def load_checkpoint(path: Union[str, os.PathLike], *, clock: Optional[Callable[[], float]] = None) -> Any:
+    """Read a checkpoint and build the scheduler it describes (a new
+    :class:`capsched.Scheduler`); ``clock`` replaces the default ``time.monotonic``.
+
+    Raises:
+        CheckpointError: the file cannot be read, is not a capsched checkpoint, is
+            truncated or corrupt (its checksum does not match), was written by a newer
+            version, or is inconsistent. Nothing is changed.
+    """
+    from .scheduler import Scheduler
+
+    where = str(path)
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"checkpoint {where!r} is {size} bytes, over the limit of {MAX_CHECKPOINT_BYTES}")
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {where!r}: {exc}") from exc
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {where!r} is not valid JSON (truncated or corrupt?): {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise CheckpointError(f"{where!r} is not a capsched checkpoint (no 'format': {FORMAT!r})")
+    version = doc.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"checkpoint {where!r} has no integer 'version'")
+    if version > VERSION:
+        raise CheckpointError(
+            f"checkpoint {where!r} was written by a newer capsched (format version {version}; this one reads "
+            f"up to {VERSION}); upgrade capsched to read it"
+        )
+    if version < 1:
+        raise CheckpointError(f"checkpoint {where!r} has an unknown format version {version}")
+    payload = doc.get("payload")
+    digest = doc.get("sha256")
+    if not isinstance(payload, dict) or not isinstance(digest, str):
+        raise CheckpointError(f"checkpoint {where!r} lacks its payload or checksum")
+    try:
+        body = _canonical(payload)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {where!r} holds numbers JSON cannot state: {exc}") from None
+    if hashlib.sha256(body).hexdigest() != digest:
+        raise CheckpointError(f"checkpoint {where!r} is corrupt: its checksum does not match its contents")
+    try:
+        return Scheduler._from_checkpoint_payload(_decode(payload), clock=clock)
+    except CheckpointError:
+        raise
+    except CapschedError as exc:
+        raise CheckpointError(f"checkpoint {where!r} cannot be restored: {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+        raise CheckpointError(f"checkpoint {where!r} is malformed: {type(exc).__name__}: {exc}") from None
+
+
+def _device_dicts(devices: Any) -> list[dict[str, Any]]:
+    out = []
+    for d in devices:
+        dd = dataclasses.asdict(d)
+        dd["tenants"] = list(dd.get("tenants") or ())
+        out.append(dd)
+    return out

@@ -1,0 +1,168 @@
+"""Checkpoint and restore (capsched.checkpoint, docs/operations.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+
+import pytest
+
+from capsched import CheckpointError, Config, Device, InferenceRequest, Scheduler
+from capsched.checkpoint import VERSION, _canonical
+
+
+def busy_scheduler(seed: int = 0) -> Scheduler:
+    """A scheduler with a bit of everything: tenants, classes, deadlines, dependencies,
+    deadline-class reservations, retries backing off, clock and pressure changes."""
+    rnd = random.Random(seed)
+    s = Scheduler(
+        [Device("a", 4.0, kv_tokens=50_000, max_clock_mhz=1000.0), Device("b", 2.0),
+         Device("s", 1.0, tenants=("t",))],
+        policy="weighted", max_batch_size=3,
+        config=Config(retry_base=0.5, retry_seed=3, breaker_failures=2),
+    )
+    ids = []
+    t = 0.0
+    for i in range(40):
+        t += rnd.random() * 0.1
+        deps = tuple(rnd.sample(ids, 2)) if len(ids) > 5 and rnd.random() < 0.2 else ()
+        live_deps = tuple(d for d in deps if s.status(d) in ("waiting", "queued", "in_flight", "retrying", "completed"))
+        kind = rnd.random()
+        req = InferenceRequest(
+            prompt_tokens=rnd.randint(1, 500), max_new_tokens=rnd.randint(1, 300),
+            priority=rnd.random(), timeout=rnd.choice([None, 5.0, 50.0]),
+            tenant=rnd.choice([None, None, "t"]), request_class=rnd.choice([None, "chat"]),
+            depends_on=live_deps if kind > 0.1 else (),
+            sched_class="deadline" if kind < 0.05 else "normal",
+        ) if kind >= 0.05 else InferenceRequest(prompt_tokens=10, timeout=20.0, sched_class="deadline")
+        ids.append(s.submit(req, now=t))
+        if i % 5 == 4:
+            r = s.step(now=t)
+            for b in r.batches:
+                for rid in b.request_ids:
+                    x = rnd.random()
+                    if x < 0.5:
+                        s.complete(rid, now=t + 0.05, output_tokens=rnd.randint(0, 100))
+                    elif x < 0.7:
+                        s.fail(rid, now=t + 0.05, retryable=True, error="flaky")
+        if i == 20:
+            s.set_clock("a", 700.0, now=t)
+            s.set_pressure("b", 0.2, now=t)
+    return s
+
+
+def test_round_trip_keeps_the_whole_state(tmp_path) -> None:
+    s = busy_scheduler()
+    path = tmp_path / "state.json"
+    s.checkpoint(path)
+    r = Scheduler.restore(path)
+    assert r.check_invariants() and r.stats()["conservation_ok"]
+    # The restored state is the saved one (in flight saved as queued in both).
+    assert r._core.export_state() == s._core.export_state()
+    st, rt = s.stats(), r.stats()
+    assert rt["queued"] == st["queued"] + st["in_flight"] and rt["in_flight"] == 0
+    for k in ("accepted", "completed", "failed", "expired", "cancelled", "retried", "waiting", "retrying"):
+        assert rt[k] == st[k], k
+    for i in range(1, st["accepted"] + 1):
+        want = s.status(i)
+        assert r.status(i) == ("queued" if want == "in_flight" else want)
+    assert [d["name"] for d in rt["devices"]] == ["a", "b", "s"]
+    assert rt["devices"][0]["clock_scale"] == 0.7 and rt["devices"][1]["pressure"] == 0.2
+
+
+def test_a_restored_scheduler_continues_exactly_like_the_original(tmp_path) -> None:
+    s = busy_scheduler(seed=1)
+    # Finish what is in flight so that both sides hold the same live requests.
+    for i in range(1, s.stats()["accepted"] + 1):
+        if s.status(i) == "in_flight":
+            s.complete(i, now=10.0)
+    s.checkpoint(tmp_path / "c.json")
+    r = Scheduler.restore(tmp_path / "c.json")
+    rnd = random.Random(9)
+    t = 10.0
+    for step in range(30):
+        t += 0.37
+        out = []
+        for sched in (s, r):
+            res = sched.step(now=t)
+            out.append((res.dispatched, res.expired, res.failed, res.next_step_at))
+        assert out[0] == out[1], f"step {step} differs"
+        for rid in out[0][0]:
+            x = rnd.random()
+            for sched in (s, r):
+                if x < 0.7:
+                    sched.complete(rid, now=t)
+                else:
+                    sched.fail(rid, now=t, retryable=True, error="e")
+        req = dict(prompt_tokens=rnd.randint(1, 100), timeout=rnd.choice([None, 3.0]), tenant=rnd.choice([None, "t"]))
+        assert s.submit(InferenceRequest(**req), now=t) == r.submit(InferenceRequest(**req), now=t)
+    assert s._core.export_state() == r._core.export_state()
+
+
+def _rewrite(path, mutate) -> None:
+    doc = json.loads(path.read_text())
+    mutate(doc)
+    doc["sha256"] = hashlib.sha256(_canonical(doc["payload"])).hexdigest()
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not valid JSON"),
+        (lambda p: p.write_bytes(p.read_bytes().replace(b'"policy":"weighted"', b'"policy":"fcfs"')), "checksum"),
+        (lambda p: p.write_text("[]"), "not a capsched checkpoint"),
+        (lambda p: _rewrite(p, lambda d: d.update(version=VERSION + 1)), "newer capsched"),
+        (lambda p: _rewrite(p, lambda d: d["payload"]["core"]["requests"][0].update(waits_on=[10**9], state=1)),
+         "waits on a request not live"),
+        (lambda p: _rewrite(p, lambda d: d["payload"]["core"].update(counters=[0])), "counters"),
+        (lambda p: _rewrite(p, lambda d: d["payload"].pop("core")), "malformed"),
+        (lambda p: _rewrite(p, lambda d: d["payload"]["devices"].pop()), "devices|device"),
+        (lambda p: p.unlink(), "cannot read"),
+    ],
+    ids=["truncated", "tampered", "not-ours", "future-version", "dangling-dependency", "counters",
+         "missing-core", "device-count", "missing-file"],
+)
+def test_a_bad_checkpoint_is_refused_with_a_clear_error(tmp_path, damage, message) -> None:
+    path = tmp_path / "state.json"
+    busy_scheduler().checkpoint(path)
+    damage(path)
+    with pytest.raises(CheckpointError, match=message):
+        Scheduler.restore(path)
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "state.json"
+    s = busy_scheduler()
+    s.checkpoint(path)
+    before = path.read_bytes()
+    s.submit(InferenceRequest(prompt_tokens=5), now=100.0)
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(CheckpointError, match="disk full"):
+        s.checkpoint(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name != "state.json"]  # no temp file left
+    assert Scheduler.restore(path).stats()["accepted"] == s.stats()["accepted"] - 1
+
+
+def test_restore_keeps_ids_outcomes_and_dependencies(tmp_path) -> None:
+    s = Scheduler(["g"], policy="fcfs", max_batch_size=1, config=Config(retry_base=0.0))
+    a = s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
+    b = s.submit(InferenceRequest(prompt_tokens=5, depends_on=(a,)), now=0.0)
+    c = s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
+    s.cancel(c)
+    assert s.step(now=0.0).dispatched == [a]
+    s.checkpoint(tmp_path / "c.json")
+    r = Scheduler.restore(tmp_path / "c.json")
+    assert (r.status(a), r.status(b), r.status(c)) == ("queued", "waiting", "cancelled")
+    assert r.step(now=1.0).dispatched == [a]  # run again: it was in flight
+    r.complete(a, now=2.0)
+    assert r.step(now=2.0).dispatched == [b]  # its dependent was released
+    assert r.submit(InferenceRequest(prompt_tokens=1), now=3.0) == c + 1  # ids continue
