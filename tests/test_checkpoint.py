@@ -10,7 +10,7 @@ import random
 import pytest
 
 from capsched import CheckpointError, Config, Device, InferenceRequest, Scheduler
-from capsched.checkpoint import VERSION, _canonical
+from capsched.checkpoint import VERSION, _canonical, load_checkpoint
 
 
 def busy_scheduler(seed: int = 0) -> Scheduler:
@@ -57,10 +57,12 @@ def test_round_trip_keeps_the_whole_state(tmp_path) -> None:
     s = busy_scheduler()
     path = tmp_path / "state.json"
     s.checkpoint(path)
+    # The file holds the exact state, in-flight requests and batches included ...
+    exact = load_checkpoint(path)
+    assert exact._core.export_state() == s._core.export_state() and exact.check_invariants()
+    # ... and restore queues what was in flight again (the server lost it).
     r = Scheduler.restore(path)
     assert r.check_invariants() and r.stats()["conservation_ok"]
-    # The restored state is the saved one (in flight saved as queued in both).
-    assert r._core.export_state() == s._core.export_state()
     st, rt = s.stats(), r.stats()
     assert rt["queued"] == st["queued"] + st["in_flight"] and rt["in_flight"] == 0
     for k in ("accepted", "completed", "failed", "expired", "cancelled", "retried", "waiting", "retrying"):
@@ -115,7 +117,7 @@ def _rewrite(path, mutate) -> None:
         (lambda p: p.write_bytes(p.read_bytes().replace(b'"policy":"weighted"', b'"policy":"fcfs"')), "checksum"),
         (lambda p: p.write_text("[]"), "not a capsched checkpoint"),
         (lambda p: _rewrite(p, lambda d: d.update(version=VERSION + 1)), "newer capsched"),
-        (lambda p: _rewrite(p, lambda d: d["payload"]["core"]["requests"][0].update(waits_on=[10**9], state=1)),
+        (lambda p: _rewrite(p, lambda d: next(q for q in d["payload"]["core"]["requests"] if q["batch"] == 2**32 - 1).update(waits_on=[10**9], state=1)),
          "waits on a request not live"),
         (lambda p: _rewrite(p, lambda d: d["payload"]["core"].update(counters=[0])), "counters"),
         (lambda p: _rewrite(p, lambda d: d["payload"].pop("core")), "malformed"),
@@ -166,3 +168,58 @@ def test_restore_keeps_ids_outcomes_and_dependencies(tmp_path) -> None:
     r.complete(a, now=2.0)
     assert r.step(now=2.0).dispatched == [b]  # its dependent was released
     assert r.submit(InferenceRequest(prompt_tokens=1), now=3.0) == c + 1  # ids continue
+
+
+def test_journal_recovers_everything_accepted_since_the_checkpoint(tmp_path) -> None:
+    ck, jn = tmp_path / "state.json", tmp_path / "journal.log"
+    s = busy_scheduler(seed=2)
+    s.checkpoint(ck)
+    s.open_journal(jn)
+    rnd = random.Random(4)
+    t = 20.0
+    for i in range(25):
+        t += 0.2
+        rid = s.submit(InferenceRequest(prompt_tokens=rnd.randint(1, 50), tenant=rnd.choice([None, "t", "new"]),
+                                        request_class=rnd.choice([None, "chat", "batch"])), now=t)
+        if i % 3 == 0:
+            res = s.step(now=t) if i % 2 else s.step(now=t, free_slots={"a": 2, "b": 1})
+            for x in res.dispatched[:2]:
+                s.complete(x, now=t)
+        if i == 10:
+            s.set_clock("a", 500.0, now=t)
+            s.cancel(rid)
+        if i == 12:
+            s.submit_many([5, 6, 7], now=t)
+    # A crash: the journal is left as it is, with a torn half line at its end.
+    s.close_journal()  # (only closes the file; its contents are what the crash left)
+    with open(jn, "a", encoding="utf-8") as fh:
+        fh.write('{"seq": 99999, "op": "sub')
+    s._core.requeue_in_flight(t)  # what recovery does with what was in flight
+    want = s._core.export_state()
+    r = Scheduler.restore(ck, journal=jn)
+    got = r._core.export_state()
+    assert got == want
+    assert r.check_invariants() and r.stats()["conservation_ok"]
+    assert r.stats()["devices"][0]["clock_scale"] == 0.5
+    # The journal goes on, and a second recovery needs only the fresh checkpoint + it.
+    r.submit(InferenceRequest(prompt_tokens=3, tenant="new"), now=t + 1)
+    want2 = r._core.export_state()
+    r.close_journal()
+    r2 = Scheduler.restore(ck, journal=jn)
+    assert r2._core.export_state() == want2
+    r2.close_journal()
+
+
+def test_a_damaged_journal_line_is_refused(tmp_path) -> None:
+    ck, jn = tmp_path / "state.json", tmp_path / "journal.log"
+    s = Scheduler(["g"])
+    s.checkpoint(ck)
+    s.open_journal(jn, sync=False)
+    for _ in range(3):
+        s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
+    lines = jn.read_text().split("\n")
+    lines[1] = lines[1].replace('"op"', '"oq"')
+    s.close_journal()
+    jn.write_text("\n".join(lines))
+    with pytest.raises(CheckpointError, match="line 2 is damaged"):
+        Scheduler.restore(ck, journal=jn)

@@ -147,7 +147,7 @@ op_step = st.tuples(st.just("step"), dts)
 # (None: not reported; -1 for one device: not reported for it).
 op_step_continuous = st.tuples(
     st.just("step_continuous"), dts,
-    st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=4),
+    st.lists(st.integers(min_value=-1, max_value=4), min_size=1, max_size=4),  # -1: not named
     st.one_of(st.none(), st.lists(st.sampled_from([-1, 0, 300, 1000, 5000, 10**6]),
                                   min_size=1, max_size=4)))
 op_complete = st.tuples(st.just("complete"), dts, picks,
@@ -611,7 +611,7 @@ class Harness:
         else:
             names = [f"dev{i}" for i in range(len(self.fleet))]
             fs, fk = continuous
-            res = self.real.step(now=t, free_slots=dict(zip(names, fs)),
+            res = self.real.step(now=t, free_slots={nm: k for nm, k in zip(names, fs) if k >= 0},
                                  free_kv_tokens=None if fk is None else
                                  {nm: k for nm, k in zip(names, fk) if k >= 0})
         assert [(int(i), d) for i, d in res.preempted] == [(i, f"dev{d}") for i, d in preempted], (

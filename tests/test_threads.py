@@ -310,9 +310,10 @@ def run_concurrently(sched: Scheduler, now: Callable[[], Optional[float]], seed:
 
 def fleet(policy: str, clock: Callable[[], float] = time.monotonic) -> Scheduler:
     devices = [Device("a", capacity=2.0, max_inflight_batches=2), "b", {"name": "c", "capacity": 0.5}]
-    # Short backoffs (2 ms base) so that retries come back within the run.
-    return Scheduler(devices, policy=policy, max_batch_size=4, config=Config(max_retries=2, retry_base=0.002),
-                     clock=clock)
+    # Short backoffs (2 ms base) and breaker cool-downs (1 ms) so that retries and
+    # devices come back within the run.
+    cfg = Config(max_retries=2, retry_base=0.002, breaker_cooldown=0.001)
+    return Scheduler(devices, policy=policy, max_batch_size=4, config=cfg, clock=clock)
 
 
 @pytest.mark.parametrize("policy", ["weighted", "fcfs", "edf"])

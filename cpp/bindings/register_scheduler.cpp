@@ -99,9 +99,29 @@ py::dict snapshot_dict(const StateSnapshot& s) {
         d["dl_device"] = q.dl_device;
         d["dl_bw"] = q.dl_bw;
         d["waits_on"] = q.waits_on;
+        d["batch"] = q.batch;
+        d["util"] = q.util;
+        d["dispatched_at"] = q.dispatched_at;
         reqs.append(d);
     }
     out["requests"] = reqs;
+    py::list batches;
+    for (const BatchSnapshot& b : s.batches) {
+        py::dict d;
+        d["device"] = b.device;
+        d["size"] = b.size;
+        d["tokens"] = b.tokens;
+        d["prompt"] = b.prompt;
+        d["max_new"] = b.max_new;
+        d["steps"] = b.steps;
+        d["work"] = b.work;
+        d["dispatched_at"] = b.dispatched_at;
+        d["counted"] = b.counted;
+        d["clean"] = b.clean;
+        d["probe"] = b.probe;
+        batches.append(d);
+    }
+    out["batches"] = batches;
     py::list devs;
     for (const DeviceSnapshot& x : s.devices) {
         py::dict d;
@@ -122,6 +142,9 @@ py::dict snapshot_dict(const StateSnapshot& s) {
         d["dispatched_batches"] = x.dispatched_batches;
         d["completed_requests"] = x.completed_requests;
         d["preempted_requests"] = x.preempted_requests;
+        d["probe_out"] = x.probe_out;
+        d["placed_util"] = x.placed_util;
+        d["inflight"] = x.inflight;
         devs.append(d);
     }
     out["devices"] = devs;
@@ -132,6 +155,7 @@ py::dict snapshot_dict(const StateSnapshot& s) {
         d["ewma"] = c.ewma;
         d["last"] = c.last;
         d["util"] = pelt_dict(c.util);
+        d["running"] = c.running;
         classes.append(d);
     }
     out["classes"] = classes;
@@ -168,7 +192,18 @@ StateSnapshot snapshot_from(const py::dict& in) {
         q.dl_device = d["dl_device"].cast<std::uint32_t>();
         q.dl_bw = d["dl_bw"].cast<double>();
         q.waits_on = d["waits_on"].cast<std::vector<std::uint64_t>>();
+        q.batch = d["batch"].cast<std::uint32_t>();
+        q.util = d["util"].cast<double>();
+        q.dispatched_at = d["dispatched_at"].cast<double>();
         s.requests.push_back(std::move(q));
+    }
+    for (const py::handle h : in["batches"].cast<py::list>()) {
+        const py::dict d = h.cast<py::dict>();
+        s.batches.push_back(BatchSnapshot{d["device"].cast<std::uint32_t>(), d["size"].cast<std::uint32_t>(),
+                                          d["tokens"].cast<std::int64_t>(), d["prompt"].cast<std::int64_t>(),
+                                          d["max_new"].cast<std::int64_t>(), d["steps"].cast<std::int64_t>(),
+                                          d["work"].cast<double>(), d["dispatched_at"].cast<double>(),
+                                          d["counted"].cast<bool>(), d["clean"].cast<bool>(), d["probe"].cast<bool>()});
     }
     for (const py::handle h : in["devices"].cast<py::list>()) {
         const py::dict d = h.cast<py::dict>();
@@ -193,12 +228,15 @@ StateSnapshot snapshot_from(const py::dict& in) {
         x.dispatched_batches = d["dispatched_batches"].cast<std::uint64_t>();
         x.completed_requests = d["completed_requests"].cast<std::uint64_t>();
         x.preempted_requests = d["preempted_requests"].cast<std::uint64_t>();
+        x.probe_out = d["probe_out"].cast<bool>();
+        x.placed_util = d["placed_util"].cast<double>();
+        x.inflight = d["inflight"].cast<std::vector<std::uint64_t>>();
         s.devices.push_back(x);
     }
     for (const py::handle h : in["classes"].cast<py::list>()) {
         const py::dict d = h.cast<py::dict>();
         s.classes.push_back(ClassSnapshot{d["seen"].cast<bool>(), d["ewma"].cast<double>(), d["last"].cast<double>(),
-                                          pelt_from(d["util"].cast<py::dict>())});
+                                          pelt_from(d["util"].cast<py::dict>()), d["running"].cast<double>()});
     }
     return s;
 }
@@ -458,6 +496,8 @@ void register_scheduler(py::module_& m) {
                 }
                 return snapshot_dict(snap);
             })
+        .def("requeue_in_flight", &Scheduler::requeue_in_flight, py::arg("now"),
+             py::call_guard<py::gil_scoped_release>())
         .def(
             "import_state",
             [](Scheduler& s, const py::dict& state) {

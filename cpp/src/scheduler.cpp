@@ -431,9 +431,10 @@ void Scheduler::step_continuous(double now, const std::int64_t* free_slots, cons
     std::lock_guard<std::mutex> lock(mu_);
     const double t = advance_clock(now);
     for (std::size_t i = 0; i < devices_.size(); ++i)
-        if (free_slots[i] < 0 || free_slots[i] > static_cast<std::int64_t>(kMaxBatchSize))
+        if (free_slots[i] < -1 || free_slots[i] > static_cast<std::int64_t>(kMaxBatchSize))
             throw InvalidArgument("free_slots of device " + std::to_string(i) + " must be in 0.." +
-                                  std::to_string(kMaxBatchSize) + ", got " + std::to_string(free_slots[i]));
+                                  std::to_string(kMaxBatchSize) + " (or -1: not reported), got " +
+                                  std::to_string(free_slots[i]));
     for (std::size_t i = 0; i < devices_.size(); ++i) {
         step_slots_[i] = free_slots[i];
         step_kv_[i] = free_kv != nullptr && free_kv[i] >= 0 ? free_kv[i] : -1;
@@ -736,8 +737,8 @@ void Scheduler::undispatch(StepMember& m, double now) {
     Batch& b = batches_[r.batch];
     Device& d = devices_[b.device];
     const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
-    b.clean = false;  // its ending teaches nothing
     --b.size;
+    if (b.size == 0) b.clean = false;  // a held batch teaches nothing (a trimmed one still does)
     b.tokens -= tokens;
     b.prompt -= r.prompt_tokens;
     --d.dispatched_requests;
@@ -789,7 +790,7 @@ bool Scheduler::device_closed(std::uint32_t dev) const noexcept {
     const std::uint32_t sb = step_batch_[dev];
     if (d.breaker == Breaker::Open) return true;
     if (d.breaker == Breaker::HalfOpen && (sb == kNoIndex ? d.probe_out : continuous_)) return true;
-    if (continuous_) return step_slots_[dev] <= 0;
+    if (continuous_) return step_slots_[dev] <= 0;  // (-1: not reported, takes nothing)
     if (sb == kNoIndex) return d.inflight_batches >= d.max_inflight_batches;
     return batches_[step_batches_[sb]].size >= batch_limit(d);
 }
@@ -929,7 +930,8 @@ void Scheduler::preempt(double now, StepOutput& out) {
         for (std::uint32_t dev = 0; dev < devices_.size(); ++dev) {
             const Device& d = devices_[dev];
             if (ur.sched_class == SchedClass::Deadline ? dev != ur.dl_device : !eligible(d, ur.tenant)) continue;
-            if (step_solo_[dev] || d.breaker != Breaker::Closed) continue;
+            // Not on a device the server did not report (slots -1) nor one whose breaker is not closed.
+            if (step_solo_[dev] || d.breaker != Breaker::Closed || step_slots_[dev] < 0) continue;
             const std::int64_t kv_left = step_kv_[dev] >= 0 ? step_kv_[dev]
                                          : d.kv_budget == kUnlimitedTokens ? std::numeric_limits<std::int64_t>::max() / 2
                                                                            : d.kv_budget - d.kv_used;
@@ -1737,7 +1739,7 @@ void Scheduler::export_state(StateSnapshot& out) const {
         if (r.state == State::Free) continue;
         RequestSnapshot q;
         q.id = r.id;
-        q.state = static_cast<std::uint8_t>(r.state == State::InFlight ? State::Queued : r.state);
+        q.state = static_cast<std::uint8_t>(r.state);
         q.arrival = r.arrival;
         q.deadline = r.deadline;
         q.priority = r.priority;
@@ -1757,12 +1759,33 @@ void Scheduler::export_state(StateSnapshot& out) const {
         q.dl_bw = r.dl_bw;
         q.waits_on = std::move(waits[h]);
         std::sort(q.waits_on.begin(), q.waits_on.end());
+        if (r.state == State::InFlight) {
+            // Batches are numbered in the order their first member is met (by id below).
+            q.batch = r.batch;  // slot index for now; renumbered after sorting
+            q.util = r.util;
+            q.dispatched_at = r.dispatched_at;
+        }
         out.requests.push_back(std::move(q));
     }
     std::sort(out.requests.begin(), out.requests.end(),
               [](const RequestSnapshot& a, const RequestSnapshot& b) { return a.id < b.id; });
+    std::vector<std::uint32_t> renumber(batches_.size(), kNoIndex);
+    for (RequestSnapshot& q : out.requests) {
+        if (q.batch == kNoIndex) continue;
+        std::uint32_t& n = renumber[q.batch];
+        if (n == kNoIndex) {
+            const Batch& b = batches_[q.batch];
+            n = static_cast<std::uint32_t>(out.batches.size());
+            out.batches.push_back(BatchSnapshot{b.device, b.size, b.tokens, b.prompt, b.max_new, b.steps, b.work,
+                                                b.dispatched_at, b.counted, b.clean, b.probe});
+        }
+        q.batch = n;
+    }
     for (const Device& d : devices_) {
         DeviceSnapshot ds;
+        ds.probe_out = d.probe_out;
+        ds.placed_util = d.placed_util;
+        for (Handle h = d.inflight_head; h != kNoHandle; h = slab_[h].dev_next) ds.inflight.push_back(slab_[h].id);
         ds.clock_scale = d.clock_scale;
         ds.max_clock = d.max_clock;
         ds.pressure = d.pressure;
@@ -1783,7 +1806,29 @@ void Scheduler::export_state(StateSnapshot& out) const {
         out.devices.push_back(ds);
     }
     for (const ClassState& cs : classes_)
-        out.classes.push_back(ClassSnapshot{cs.est.seen(), cs.est.ewma(), cs.est.last(), save_pelt(cs.util)});
+        out.classes.push_back(
+            ClassSnapshot{cs.est.seen(), cs.est.ewma(), cs.est.last(), save_pelt(cs.util), cs.running});
+}
+
+std::uint64_t Scheduler::requeue_in_flight(double now) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const double t = advance_clock(now);
+    now_ = t;
+    handle_scratch_.clear();
+    for (Handle h = 0; h < slab_.size(); ++h)
+        if (slab_[h].state == State::InFlight) handle_scratch_.push_back(h);
+    std::sort(handle_scratch_.begin(), handle_scratch_.end(),
+              [this](Handle a, Handle b) { return slab_[a].id < slab_[b].id; });
+    for (const Handle h : handle_scratch_) {
+        Request& r = slab_[h];
+        batches_[r.batch].clean = false;
+        leave_batch(r);
+        --in_flight_;
+        pending(r.tenant, true);
+        if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, r.id});
+        make_ready(h, t);
+    }
+    return handle_scratch_.size();
 }
 
 void Scheduler::import_state(const StateSnapshot& in) {
@@ -1803,7 +1848,12 @@ void Scheduler::import_state(const StateSnapshot& in) {
         if (q.id <= prev || q.id >= in.next_id) bad(who + "ids must be ascending and below next_id");
         prev = q.id;
         const auto st = static_cast<State>(q.state);
-        if (st != State::Waiting && st != State::Queued && st != State::Retrying) bad(who + "bad state");
+        if (st != State::Waiting && st != State::Queued && st != State::Retrying && st != State::InFlight)
+            bad(who + "bad state");
+        if ((st == State::InFlight) != (q.batch != kNoIndex) ||
+            (q.batch != kNoIndex && (q.batch >= in.batches.size() || !std::isfinite(q.util) ||
+                                     !std::isfinite(q.dispatched_at))))
+            bad(who + "in flight exactly when it names a batch, with a finite utilization and dispatch time");
         if (!std::isfinite(q.arrival) || std::isnan(q.deadline) || !(q.priority >= 0.0 && q.priority <= 1.0))
             bad(who + "bad arrival, deadline or priority");
         if (q.max_new_tokens < 1 || q.prompt_tokens > kMaxTokens || q.max_new_tokens > kMaxTokens)
@@ -1824,8 +1874,30 @@ void Scheduler::import_state(const StateSnapshot& in) {
     }
     for (const DeviceSnapshot& d : in.devices)
         if (!(d.clock_scale > 0.0 && d.clock_scale <= 1.0) || !(d.pressure >= 0.0 && d.pressure < 1.0) ||
-            !(d.max_clock > 0.0) || d.breaker > 2 || !std::isfinite(d.fail_rate))
-            bad("a device has a bad clock, pressure or breaker");
+            !(d.max_clock > 0.0) || d.breaker > 2 || !std::isfinite(d.fail_rate) || !std::isfinite(d.placed_util))
+            bad("a device has a bad clock, pressure, breaker or utilization");
+    std::vector<std::uint32_t> members(in.batches.size(), 0);
+    for (const RequestSnapshot& q : in.requests)
+        if (q.batch != kNoIndex) ++members[q.batch];
+    std::size_t listed = 0;
+    for (std::size_t i = 0; i < in.batches.size(); ++i) {
+        const BatchSnapshot& b = in.batches[i];
+        if (b.device >= in.devices.size() || members[i] == 0 || members[i] > b.size)
+            bad("batch " + std::to_string(i) + " has a bad device or member count");
+    }
+    for (std::size_t dv = 0; dv < in.devices.size(); ++dv) {
+        for (const std::uint64_t id : in.devices[dv].inflight) {
+            const auto it = std::lower_bound(in.requests.begin(), in.requests.end(), id,
+                                             [](const RequestSnapshot& a, std::uint64_t x) { return a.id < x; });
+            if (it == in.requests.end() || it->id != id || it->batch == kNoIndex || in.batches[it->batch].device != dv)
+                bad("device " + std::to_string(dv) + " lists request " + std::to_string(id) +
+                    " in flight, which is not in flight there");
+            ++listed;
+        }
+    }
+    std::size_t in_flight = 0;
+    for (const std::uint32_t m : members) in_flight += m;
+    if (listed != in_flight) bad("the devices' in-flight lists do not match the requests in flight");
 
     // Load.
     now_ = in.now;
@@ -1856,13 +1928,37 @@ void Scheduler::import_state(const StateSnapshot& in) {
         d.completed_requests = s.completed_requests;
         d.preempted_requests = s.preempted_requests;
         d.dl_bw = 0.0;
+        d.probe_out = s.probe_out;
+        d.placed_util = s.placed_util;
         refresh_capacity(d);
+    }
+    // Batches, then in-flight requests join them (below).
+    std::vector<std::uint32_t> slot_of(in.batches.size());
+    for (std::size_t i = 0; i < in.batches.size(); ++i) {
+        const BatchSnapshot& x = in.batches[i];
+        const std::uint32_t b = static_cast<std::uint32_t>(batches_.size());
+        batches_.emplace_back();
+        Batch& bt = batches_[b];
+        bt.device = x.device;
+        bt.size = x.size;
+        bt.tokens = x.tokens;
+        bt.prompt = x.prompt;
+        bt.max_new = x.max_new;
+        bt.steps = x.steps;
+        bt.work = x.work;
+        bt.dispatched_at = x.dispatched_at;
+        bt.counted = x.counted;
+        bt.clean = x.clean;
+        bt.probe = x.probe;
+        if (x.counted) ++devices_[x.device].inflight_batches;
+        slot_of[i] = b;
     }
     classes_.assign(in.classes.size(), ClassState{});
     for (std::size_t i = 0; i < in.classes.size(); ++i) {
         const ClassSnapshot& c = in.classes[i];
         classes_[i].est.restore(c.seen, c.ewma, c.last);
         classes_[i].util.restore(c.util.started, c.util.last, c.util.sum, c.util.contrib, c.util.avg);
+        classes_[i].running = c.running;
     }
     for (const RequestSnapshot& q : in.requests) {
         if (q.request_class >= classes_.size()) classes_.resize(q.request_class + std::size_t{1});
@@ -1908,6 +2004,21 @@ void Scheduler::import_state(const StateSnapshot& in) {
         }
         pending(r.tenant, true);
         if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, r.id});
+        if (static_cast<State>(q.state) == State::InFlight) {
+            // Joins its batch; the device list is rebuilt below, in the saved order.
+            pending(r.tenant, false);
+            deadlines_.erase(h);
+            r.state = State::InFlight;
+            r.batch = slot_of[q.batch];
+            r.util = q.util;
+            r.dispatched_at = q.dispatched_at;
+            ++batches_[r.batch].remaining;
+            ++in_flight_;
+            Device& d = devices_[batches_[r.batch].device];
+            ++d.inflight_requests;
+            d.kv_used += static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
+            continue;
+        }
         switch (static_cast<State>(q.state)) {
             case State::Waiting:
                 r.state = State::Waiting;
@@ -1919,6 +2030,18 @@ void Scheduler::import_state(const StateSnapshot& in) {
                 retries_.push(h, HeapKey{q.retry_at, r.id});
                 break;
             default: make_ready(h, now_); break;
+        }
+    }
+    for (std::size_t dv = 0; dv < devices_.size(); ++dv) {
+        Device& d = devices_[dv];
+        const auto& order = in.devices[dv].inflight;
+        for (std::size_t k = order.size(); k-- > 0;) {  // push to the head, last first
+            const Handle h = ids_.find(order[k], id_of());
+            Request& r = slab_[h];
+            r.dev_prev = kNoHandle;
+            r.dev_next = d.inflight_head;
+            if (d.inflight_head != kNoHandle) slab_[d.inflight_head].dev_prev = h;
+            d.inflight_head = h;
         }
     }
     for (const RequestSnapshot& q : in.requests) {

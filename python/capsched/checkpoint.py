@@ -8,8 +8,9 @@ strict JSON. The payload holds the scheduler's construction (devices, policy, ba
 dynamic batching, every :class:`capsched.Config` field but the tokenizer), the names it
 learned (tenants, request classes) and the core's state (:meth:`capsched._core.Core.export_state`):
 queues, dependency edges, retry timers, utilization signals, service models, breakers,
-counters and the outcome of every id ever issued. Requests in flight are saved as queued:
-a restored scheduler runs them again, so nothing accepted is lost.
+counters and the outcome of every id ever issued. Requests in flight are saved with their
+batches, so that a journal replays exactly on the saved state; :meth:`Scheduler.restore`
+then queues them again (the server lost them), so nothing accepted is lost.
 
 Writing goes to a temporary file in the same directory, is flushed and fsynced, and then
 renamed over the target (and the directory fsynced), so a crash leaves either the old

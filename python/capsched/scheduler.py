@@ -173,6 +173,7 @@ class Scheduler:
                 self._index.setdefault(d.parent, []).append(i)
         self._index.update({name: [i] for i, name in enumerate(self._names)})
         self._clocked = [False] * len(self._devices)  # set_clock has given it a max clock
+        self._journal_seq = 0  # the last journal entry reflected in this state
         self._lock = threading.Lock()  # guards the submitted-object check and the tenant table
 
         cc = _core.CoreConfig()
@@ -268,11 +269,13 @@ class Scheduler:
                 )
             request.id = 0  # reserved: a concurrent submit of the same object now fails
             tenant = self._tenants.get(request.tenant)
-            if tenant is None:
-                tenant = self._tenants[request.tenant] = len(self._tenants)
             rclass = self._classes.get(request.request_class)
-            if rclass is None:
-                rclass = self._classes[request.request_class] = len(self._classes)
+            if tenant is None or rclass is None:
+                if tenant is None:
+                    tenant = self._tenants[request.tenant] = len(self._tenants)
+                if rclass is None:
+                    rclass = self._classes[request.request_class] = len(self._classes)
+                self._journal_names()
         try:
             rid = self._core.submit(
                 tokens,
@@ -369,7 +372,7 @@ class Scheduler:
                 raise InvalidArgumentError("free_kv_tokens is only used with free_slots (continuous mode)")
             res = self._core.step(t)
         else:
-            slots = self._per_device("free_slots", free_slots, 0)
+            slots = self._per_device("free_slots", free_slots, -1)  # -1: not reported
             kv = self._per_device("free_kv_tokens", {} if free_kv_tokens is None else free_kv_tokens, -1)
             res = self._core.step_continuous(t, slots, kv)
         devs, offsets, ids, expired, failed, reasons, t, moved, moved_from, pre, pre_from, next_at, held = res
@@ -603,7 +606,7 @@ class Scheduler:
 
     def checkpoint(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Write the whole state to ``path`` atomically (temporary file, fsync, rename):
-        queues, in-flight requests (saved as queued), dependency edges, retry timers,
+        queues, in-flight requests and their batches, dependency edges, retry timers,
         utilization signals, service models, breakers, counters. Versioned and
         checksummed; ``docs/operations.md`` gives the format. The previous file at
         ``path`` stays intact until the new one is complete.
@@ -617,18 +620,76 @@ class Scheduler:
 
     @classmethod
     def restore(
-        cls, path: Union[str, "os.PathLike[str]"], *, clock: Optional[Callable[[], float]] = None
+        cls,
+        path: Union[str, "os.PathLike[str]"],
+        *,
+        clock: Optional[Callable[[], float]] = None,
+        journal: Optional[Union[str, "os.PathLike[str]"]] = None,
+        sync: bool = True,
     ) -> "Scheduler":
         """Build a scheduler from a checkpoint written by :meth:`checkpoint`. What was in
-        flight is queued again (run it again); everything else continues as it was.
+        flight is queued again (the server lost it: run it again, keeping its arrival);
+        everything else continues as it was.
+
+        With ``journal``: the journal's changes after the checkpoint are replayed, what was
+        in flight is queued again, a fresh checkpoint is written over ``path``, the
+        journal is started afresh and stays open (:meth:`open_journal`).
 
         Raises:
             CheckpointError: unreadable, truncated, corrupt, from a newer version, or
-                inconsistent (the message says which).
+                inconsistent (the message says which); a damaged journal line.
         """
         from .checkpoint import load_checkpoint
+        from .journal import read_journal
 
-        return load_checkpoint(path, clock=clock)
+        s = load_checkpoint(path, clock=clock)
+        if journal is not None and os.path.exists(journal):
+            s._replay(read_journal(journal))
+        st = s._core.stats()
+        if st["in_flight"]:
+            s._core.requeue_in_flight(st["now"])  # the server lost them: run them again
+        if journal is None:
+            return s
+        s.checkpoint(path)
+        tmp = f"{os.fspath(journal)}.new"
+        with open(tmp, "w", encoding="utf-8"):
+            pass
+        os.replace(tmp, journal)
+        s.open_journal(journal, sync=sync)
+        return s
+
+    def open_journal(self, path: Union[str, "os.PathLike[str]"], *, sync: bool = True) -> None:
+        """Append every accepted change to ``path`` from now on (``capsched.journal``):
+        with a checkpoint, ``Scheduler.restore(checkpoint, journal=path)`` recovers
+        everything accepted up to a crash. ``sync=True`` fsyncs each line before the call
+        returns. While a journal is open the scheduler's calls are serialised."""
+        from .journal import Journal, JournalCore
+
+        if isinstance(self._core, JournalCore):
+            raise InvalidArgumentError("a journal is already open; close_journal() first")
+        self._core = JournalCore(self._core, Journal(path, sync=sync, first_seq=self._journal_seq + 1))
+        self._journal_names(all_names=True)
+
+    def close_journal(self) -> None:
+        """Stop journaling (the file stays as it is)."""
+        from .journal import JournalCore
+
+        if isinstance(self._core, JournalCore):
+            self._journal_seq = self._core.journal.seq
+            self._core.journal.close()
+            self._core = self._core._inner
+
+    def _journal_names(self, all_names: bool = False) -> None:
+        from .journal import JournalCore
+
+        core = self._core
+        if isinstance(core, JournalCore):
+            with core.lock:
+                core.journal.append(
+                    "names",
+                    tenants=[[k, v] for k, v in self._tenants.items()],
+                    classes=[[k, v] for k, v in self._classes.items()],
+                )
 
     def _checkpoint_payload(self) -> dict[str, Any]:
         from .checkpoint import _device_dicts
@@ -647,6 +708,7 @@ class Scheduler:
             "tenants": tenants,
             "classes": classes,
             "clocked": list(self._clocked),
+            "journal_seq": self._core.journal.seq if hasattr(self._core, "journal") else self._journal_seq,
             "core": self._core.export_state(),
         }
 
@@ -686,7 +748,34 @@ class Scheduler:
         if state.get("version") != 1:
             raise CheckpointError(f"the core state has an unknown version {state.get('version')!r}")
         s._core.import_state(state)
+        seq = payload.get("journal_seq", 0)
+        if not isinstance(seq, int) or seq < 0:
+            raise CheckpointError(f"journal_seq must be an integer >= 0, got {seq!r}")
+        s._journal_seq = seq
         return s
+
+    def _replay(self, entries: Any) -> int:
+        """Apply journal entries after this scheduler's journal_seq; returns the last seq."""
+        last = self._journal_seq
+        for e in entries:
+            if e["seq"] <= last:
+                continue
+            if e["seq"] != last + 1:
+                raise CheckpointError(f"the journal skips from seq {last} to {e['seq']}: entries are missing")
+            if e["op"] == "names":
+                self._tenants = {k: int(v) for k, v in e["tenants"]}
+                self._classes = {k: int(v) for k, v in e["classes"]}
+            else:
+                from .journal import MUTATING_CALLS
+
+                if e["op"] not in MUTATING_CALLS:
+                    raise CheckpointError(f"journal seq {e['seq']}: unknown call {e['op']!r}")
+                getattr(self._core, e["op"])(*e["args"])
+                if e["op"] == "set_clock":
+                    self._clocked[int(e["args"][0])] = True
+            last = e["seq"]
+        self._journal_seq = last
+        return last
 
     def check_invariants(self) -> bool:
         """Full O(n) consistency check of the core's structures (for tests)."""

@@ -797,8 +797,9 @@ class ReferenceScheduler:
         r = self.requests[m[1]]
         b = self.batches[r.batch]
         d = self.devices[b.device]
-        b.clean = False
         b.size -= 1
+        if b.size == 0:
+            b.clean = False  # a held batch teaches nothing (a trimmed one still does)
         b.tokens -= r.kv_tokens
         b.prompt -= r.prompt_tokens
         d.dispatched_requests -= 1
@@ -924,8 +925,8 @@ class ReferenceScheduler:
                         continue
                 elif not self.eligible(d, ur.tenant):
                     continue
-                if di in self._step_solo or d.breaker != "closed":
-                    continue
+                if di in self._step_solo or d.breaker != "closed" or self._slots[di] < 0:
+                    continue  # (slots -1: a device the server did not report)
                 if self._kv[di] >= 0:
                     kv_left = self._kv[di]
                 elif d.kv_budget is None:
@@ -1117,8 +1118,8 @@ class ReferenceScheduler:
         """Continuous mode: free_slots[d] requests may join device d; free_kv[d] (< 0 or
         None: not reported) bounds their tokens. Same results as step()."""
         now_c = self._clamp(now)
-        if any(int(x) < 0 for x in free_slots):
-            raise RefInvalidArgument("free_slots must be >= 0")
+        if any(int(x) < -1 for x in free_slots):
+            raise RefInvalidArgument("free_slots must be >= 0 (or -1: not reported)")
         self._slots = [int(x) for x in free_slots]
         self._kv = [-1] * len(self.devices) if free_kv is None else \
             [int(k) if int(k) >= 0 else -1 for k in free_kv]

@@ -133,7 +133,7 @@ class Scheduler {
     // max_inflight_batches.
     void step(double now, StepOutput& out);
     // Continuous (iteration-level) mode: free_slots[d] new requests may join device d in
-    // this step (0 = none), free_kv[d] (< 0: not reported, the device's own budget
+    // this step (0 = none; -1 = not reported: none, and no preemption there), free_kv[d] (< 0: not reported, the device's own budget
     // applies) bounds their prompt + max_new tokens. Arrays of num_devices() values.
     void step_continuous(double now, const std::int64_t* free_slots, const std::int64_t* free_kv,
                          StepOutput& out);
@@ -180,9 +180,11 @@ class Scheduler {
     // O(n) consistency check of every structure and of conservation. For tests.
     bool check_invariants() const;
 
-    // Checkpoints (docs/operations.md): the whole state as plain data. In-flight requests
-    // are saved as queued (a restored scheduler runs them again).
+    // Checkpoints (docs/operations.md): the whole state as plain data, in flight included.
     void export_state(StateSnapshot& out) const;
+    // Queues every in-flight request again (after a restore: the server lost them), in id
+    // order, keeping its arrival; returns how many.
+    std::uint64_t requeue_in_flight(double now);
     // Loads a snapshot into a scheduler that has accepted nothing yet and has as many
     // devices; validates it all first (ConfigError naming the first inconsistency).
     void import_state(const StateSnapshot& in);

@@ -1,6 +1,7 @@
 // A scheduler's whole state as plain data, for checkpoints (Scheduler::export_state,
-// Scheduler::import_state). Requests in flight are saved as queued: a restored scheduler
-// runs them again. Batches and per-step scratch are not saved.
+// Scheduler::import_state), in-flight requests and their batches included, so that a
+// journal replayed on it reproduces the original exactly; Scheduler::requeue_in_flight
+// then queues what was in flight again. Per-step scratch is not saved.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +13,7 @@ namespace capsched {
 
 struct RequestSnapshot {
     std::uint64_t id = 0;
-    std::uint8_t state = 0;  // State::Waiting, Queued or Retrying
+    std::uint8_t state = 0;  // State::Waiting, Queued, InFlight or Retrying
     double arrival = 0.0;
     double deadline = kInf;
     double priority = 0.0;
@@ -31,6 +32,17 @@ struct RequestSnapshot {
     std::uint32_t dl_device = kNoIndex;
     double dl_bw = 0.0;
     std::vector<std::uint64_t> waits_on;  // Waiting: live dependencies not completed yet
+    // InFlight: its batch (index into StateSnapshot::batches), utilization, dispatch time.
+    std::uint32_t batch = kNoIndex;
+    double util = 0.0;
+    double dispatched_at = 0.0;
+};
+
+struct BatchSnapshot {
+    std::uint32_t device = 0, size = 0;
+    std::int64_t tokens = 0, prompt = 0, max_new = 0, steps = 0;
+    double work = 0.0, dispatched_at = 0.0;
+    bool counted = true, clean = true, probe = false;
 };
 
 struct PeltSnapshot {
@@ -48,6 +60,9 @@ struct DeviceSnapshot {
     std::uint8_t breaker = 0;
     std::uint32_t consecutive_failures = 0;
     double fail_rate = 0.0, open_until = 0.0;
+    bool probe_out = false;
+    double placed_util = 0.0;
+    std::vector<std::uint64_t> inflight;  // its in-flight ids, most recently dispatched first
     std::uint64_t breaker_trips = 0, dispatched_requests = 0, dispatched_batches = 0, completed_requests = 0,
                   preempted_requests = 0;
 };
@@ -56,6 +71,7 @@ struct ClassSnapshot {
     bool seen = false;
     double ewma = 0.0, last = 0.0;
     PeltSnapshot util;
+    double running = 0.0;
 };
 
 struct StateSnapshot {
@@ -67,6 +83,7 @@ struct StateSnapshot {
     std::vector<std::uint64_t> counters;
     std::vector<std::uint64_t> outcomes;  // 2 bits per id ever issued
     std::vector<RequestSnapshot> requests;
+    std::vector<BatchSnapshot> batches;
     std::vector<DeviceSnapshot> devices;
     std::vector<ClassSnapshot> classes;
 };
