@@ -445,3 +445,25 @@ def test_a_failed_probe_opens_the_breaker_again_and_degrade_lowers_capacity() ->
     s.complete(a, now=2.3)
     d = s.stats()["devices"][0]
     assert d["breaker"] == "closed" and d["fail_rate"] == pytest.approx((0.125 + (1 - 0.125) / 8) * 7 / 8)
+
+
+def test_background_work_fills_idle_capacity_and_yields_to_online_requests() -> None:
+    s = Scheduler([Device("g", 1.0)], policy="fcfs", max_batch_size=1)
+    job = [s.submit(InferenceRequest(prompt_tokens=10, sched_class="background"), now=0.0) for _ in range(2)]
+    online = s.submit(InferenceRequest(prompt_tokens=10), now=0.0)
+    # Online work first, although the job was submitted earlier.
+    assert s.step(now=0.0).dispatched == [online]
+    s.complete(online, now=0.5)
+    # Idle: background runs, first come first served.
+    assert s.step(now=0.5).dispatched == [job[0]]
+    # Room left after online work is background's too (the same batch, here 2 slots).
+    s2 = Scheduler([Device("g", 1.0)], policy="fcfs", max_batch_size=2)
+    bg = s2.submit(InferenceRequest(prompt_tokens=10, sched_class="background"), now=0.0)
+    on = s2.submit(InferenceRequest(prompt_tokens=10), now=0.0)
+    assert s2.step(now=0.0).dispatched == [on, bg]
+    # Continuous mode: a queued online request evicts background work to take its slot.
+    late = s.submit(InferenceRequest(prompt_tokens=10), now=1.0)
+    r = s.step(now=1.0, free_slots={"g": 0})
+    assert r.preempted == [(job[0], "g")] and r.dispatched == [late]
+    assert s.status(job[0]) == "queued" and s.preemptions(job[0])[0] == 1
+    assert s.check_invariants()

@@ -130,7 +130,7 @@ request_extras = st.one_of(
     st.just(None),
     st.tuples(st.sampled_from([None, None, "chat", "code"]),
               st.sampled_from([None, None, None, "t1", "t2"]),
-              st.sampled_from(["normal"] * 5 + ["strict", "deadline", "deadline"]),
+              st.sampled_from(["normal"] * 5 + ["strict", "deadline", "deadline", "background"]),
               st.sampled_from([(0.0, 1.0)] * 6 + [(0.5, 1.0), (0.0, 0.19), (0.9, 1.0),
                                                   (0.0, 0.0), (0.3, 0.6), (1.0, 1.0)])),
 )

@@ -185,7 +185,7 @@ void Scheduler::validate_spec(const RequestSpec& s, double now) const {
     if (s.uclamp_min > s.uclamp_max)
         throw InvalidRequest("uclamp_min " + format_number(s.uclamp_min) + " exceeds uclamp_max " +
                              format_number(s.uclamp_max));
-    if (static_cast<unsigned>(s.sched_class) > static_cast<unsigned>(SchedClass::Deadline))
+    if (static_cast<unsigned>(s.sched_class) > static_cast<unsigned>(SchedClass::Background))
         throw InvalidRequest("unknown scheduling class " + std::to_string(static_cast<unsigned>(s.sched_class)));
     if (s.sched_class == SchedClass::Deadline && !has_timeout && !has_deadline)
         throw InvalidRequest("a deadline-class request needs a timeout or a deadline");
@@ -393,6 +393,7 @@ void Scheduler::set_level(Handle h, double now) {
 
 HeapKey Scheduler::ready_key(const Request& r) const noexcept {
     if (r.sched_class == SchedClass::Deadline) return HeapKey{r.deadline, r.id};
+    if (r.sched_class == SchedClass::Background) return HeapKey{r.arrival, r.id};
     if (r.sched_class == SchedClass::Strict)
         return HeapKey{-r.priority + cfg_.order.aging_priority * r.arrival, r.id};
     if (cfg_.order.policy != Policy::Weighted) return HeapKey{r.score_base, r.id};
@@ -405,7 +406,7 @@ void Scheduler::make_ready(Handle h, double now) {
     Request& r = slab_[h];
     r.state = State::Queued;
     ++queued_;
-    if (r.sched_class != SchedClass::Deadline) ++group_queued_[group_of(r.tenant)];
+    if (r.sched_class == SchedClass::Normal || r.sched_class == SchedClass::Strict) ++group_queued_[group_of(r.tenant)];
     if (r.sched_class != SchedClass::Normal) {
         queue_of(r).push(h, ready_key(r));
         return;
@@ -493,6 +494,7 @@ void Scheduler::run_step(double t, StepOutput& out) {
     migrate_misfits(t, out);
     place_deadline(t);
     place_by_fitness(t);
+    place_background(t);
     if (continuous_ && cfg_.batching.preemption) preempt(t, out);
     hold_batches(t, out);
     if (!retries_.empty()) out.next_step_at = std::min(out.next_step_at, retries_.top().key.key);
@@ -596,16 +598,22 @@ std::uint32_t Scheduler::admit(const RequestSpec& s, double deadline, double now
 }
 
 IndexedHeap<>& Scheduler::queue_of(const Request& r) noexcept {
-    return r.sched_class == SchedClass::Deadline ? dl_ready_ : r.sched_class == SchedClass::Strict ? rt_ready_ : ready_;
+    switch (r.sched_class) {
+        case SchedClass::Deadline: return dl_ready_;
+        case SchedClass::Strict: return rt_ready_;
+        case SchedClass::Background: return bg_ready_;
+        case SchedClass::Normal: break;
+    }
+    return ready_;
 }
 
 const IndexedHeap<>& Scheduler::queue_of(const Request& r) const noexcept {
-    return r.sched_class == SchedClass::Deadline ? dl_ready_ : r.sched_class == SchedClass::Strict ? rt_ready_ : ready_;
+    return const_cast<Scheduler*>(this)->queue_of(r);
 }
 
 void Scheduler::erase_ready(Handle h) noexcept {
     const Request& r = slab_[h];
-    if (r.sched_class != SchedClass::Deadline) --group_queued_[group_of(r.tenant)];
+    if (r.sched_class == SchedClass::Normal || r.sched_class == SchedClass::Strict) --group_queued_[group_of(r.tenant)];
     queue_of(r).erase(h);
     levels_.erase(h);
 }
@@ -920,9 +928,13 @@ void Scheduler::preempt(double now, StepOutput& out) {
     // flight whose slot and KV make room for it: lowest priority first, then the least
     // work lost (latest dispatch), then the highest id. Repeats for the next head.
     for (std::size_t round = 0; round < devices_.size(); ++round) {
-        Handle u = !dl_ready_.empty() ? dl_ready_.top().handle : !rt_ready_.empty() ? rt_ready_.top().handle : kNoHandle;
+        Handle u = !dl_ready_.empty()   ? dl_ready_.top().handle
+                   : !rt_ready_.empty() ? rt_ready_.top().handle
+                   : !ready_.empty()    ? ready_.top().handle
+                                        : kNoHandle;
         if (u == kNoHandle) return;
         const Request& ur = slab_[u];
+        const bool online_head = ur.sched_class == SchedClass::Normal;  // may evict background work only
         if (!ur.batchable) return;
         const std::int64_t need = static_cast<std::int64_t>(ur.prompt_tokens) + static_cast<std::int64_t>(ur.max_new_tokens);
         Handle victim = kNoHandle;
@@ -942,12 +954,15 @@ void Scheduler::preempt(double now, StepOutput& out) {
                 continue;  // the step's token budget, not room, holds it back: no eviction helps
             for (Handle h = d.inflight_head; h != kNoHandle; h = slab_[h].dev_next) {
                 const Request& v = slab_[h];
-                if (v.sched_class != SchedClass::Normal || v.batch == joiners) continue;
+                const bool bg = v.sched_class == SchedClass::Background;
+                if ((!bg && (online_head || v.sched_class != SchedClass::Normal)) || v.batch == joiners) continue;
                 const std::int64_t freed = static_cast<std::int64_t>(v.prompt_tokens) + static_cast<std::int64_t>(v.max_new_tokens);
                 if (step_slots_[dev] + 1 <= 0 || kv_left + freed < need) continue;
                 if (victim != kNoHandle) {
                     const Request& w = slab_[victim];
-                    const bool better = v.priority != w.priority ? v.priority < w.priority
+                    const bool wbg = w.sched_class == SchedClass::Background;
+                    const bool better = bg != wbg                    ? bg
+                                        : v.priority != w.priority ? v.priority < w.priority
                                         : v.dispatched_at != w.dispatched_at ? v.dispatched_at > w.dispatched_at
                                                                              : v.id > w.id;
                     if (!better) continue;
@@ -980,6 +995,25 @@ void Scheduler::preempt(double now, StepOutput& out) {
         const std::uint32_t sb = step_batch_[victim_dev];
         const std::uint32_t b = sb == kNoIndex ? open_batch(victim_dev) : step_batches_[sb];
         dispatch(u, b, r.sched_class == SchedClass::Deadline ? r.dl_bw : request_util(r, now), now, 0);
+    }
+}
+
+void Scheduler::place_background(double now) {
+    // Background class (offline jobs): only when no online request is left queued, first
+    // come first served, each on the best device it fits (no fallback); the first that
+    // fits nowhere with room ends the step for the class.
+    if (!ready_.empty() || !rt_ready_.empty() || !dl_ready_.empty()) return;
+    while (!bg_ready_.empty()) {
+        const Handle h = bg_ready_.top().handle;
+        const Request& r = slab_[h];
+        const double u = request_util(r, now);
+        bool fitted = false;
+        const std::uint32_t dev = choose_device(r, u, nullptr, 0.0, &fitted, nullptr);
+        if (dev == kNoIndex || !fitted) return;
+        const std::uint32_t sb = step_batch_[dev];
+        const std::uint32_t b = sb == kNoIndex ? open_batch(dev) : step_batches_[sb];
+        if (!r.batchable) step_solo_[dev] = 1;
+        dispatch(h, b, u, now, 0);
     }
 }
 
@@ -1622,11 +1656,12 @@ Stats Scheduler::stats() const {
 bool Scheduler::check_invariants() const {
     std::lock_guard<std::mutex> lock(mu_);
     if (!ready_.check_invariants() || !rt_ready_.check_invariants() || !dl_ready_.check_invariants() ||
+        !bg_ready_.check_invariants() ||
         !deadlines_.check_invariants() || !levels_.check_invariants() || !retries_.check_invariants())
         return false;
     std::uint64_t retrying = 0;
     const auto queued_anywhere = [this](Handle h) {
-        return ready_.contains(h) || rt_ready_.contains(h) || dl_ready_.contains(h);
+        return ready_.contains(h) || rt_ready_.contains(h) || dl_ready_.contains(h) || bg_ready_.contains(h);
     };
     std::uint64_t waiting = 0, queued = 0, in_flight = 0, free_slots = 0;
     std::vector<std::uint64_t> device_requests(devices_.size(), 0);
@@ -1859,7 +1894,7 @@ void Scheduler::import_state(const StateSnapshot& in) {
         if (q.max_new_tokens < 1 || q.prompt_tokens > kMaxTokens || q.max_new_tokens > kMaxTokens)
             bad(who + "bad token counts");
         if (!(q.uclamp_min >= 0.0 && q.uclamp_min <= q.uclamp_max && q.uclamp_max <= 1.0)) bad(who + "bad uclamp");
-        if (q.sched_class > 2 || q.request_class >= kMaxClasses || q.retries > 65535 || q.preemptions > 65535)
+        if (q.sched_class > 3 || q.request_class >= kMaxClasses || q.retries > 65535 || q.preemptions > 65535)
             bad(who + "bad class or counts");
         if (static_cast<SchedClass>(q.sched_class) == SchedClass::Deadline &&
             (q.dl_device >= devices_.size() || !std::isfinite(q.dl_bw) || q.dl_bw < 0.0))

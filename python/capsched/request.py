@@ -12,7 +12,7 @@ from .errors import InvalidRequestError, RequestTypeError
 __all__ = ["InferenceRequest", "MAX_TOKENS", "MAX_DEPENDENCIES", "SCHED_CLASSES"]
 
 #: Scheduling classes, served in this order within a step (docs/placement.md).
-SCHED_CLASSES = ("deadline", "strict", "normal")
+SCHED_CLASSES = ("deadline", "strict", "normal", "background")
 
 #: Largest prompt or output length one request may declare (tokens). Larger values are
 #: rejected rather than allowed to exhaust the scheduler's arithmetic or a device's memory.
@@ -51,7 +51,10 @@ class InferenceRequest:
             least ``uclamp_min`` when one has room, else on any) or ``"deadline"`` (DL-like:
             needs a timeout or deadline; served first, earliest deadline first, on the
             device that admitted its bandwidth at submit; if none can, submit raises
-            :class:`~capsched.errors.AdmissionError`).
+            :class:`~capsched.errors.AdmissionError`) or ``"background"`` (offline
+            work, like Linux's SCHED_IDLE: first come first served, placed only when no
+            online request is left queued and only on a device it fits; in continuous
+            mode any queued online request may evict it).
 
     Invalid values raise :class:`~capsched.errors.InvalidRequestError` (wrong types:
     :class:`~capsched.errors.RequestTypeError`, also a ``TypeError``) naming the field.

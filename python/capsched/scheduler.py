@@ -33,7 +33,7 @@ from .tokens import estimate_tokens
 __all__ = ["Scheduler", "OpenAutoGLMScheduler", "StepResult", "Batch"]
 
 _NAN = float("nan")
-_SCHED_CLASS = {"normal": 0, "strict": 1, "deadline": 2}
+_SCHED_CLASS = {"normal": 0, "strict": 1, "deadline": 2, "background": 3}
 _STATUS = ("waiting", "queued", "in_flight", "completed", "failed", "expired", "cancelled", "retrying")
 
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 POLICIES = ("fcfs", "priority", "edf", "srtf", "weighted")
-SCHED_CLASSES = ("deadline", "strict", "normal")
+SCHED_CLASSES = ("deadline", "strict", "normal", "background")
 
 CAPACITY_SCALE = 1024.0
 INF = math.inf
@@ -910,7 +910,11 @@ class ReferenceScheduler:
         """docs/batching.md, preemption (continuous mode)."""
         for _ in range(len(self.devices)):
             dl, strict = self.deadline_order(), self._strict_order()
-            u = dl[0] if dl else strict[0] if strict else None
+            if dl or strict:
+                u = dl[0] if dl else strict[0]
+            else:
+                normal = self.ready_order(now)
+                u = normal[0] if normal else None
             if u is None:
                 return
             ur = self.requests[u]
@@ -941,13 +945,18 @@ class ReferenceScheduler:
                 for v in self.requests.values():
                     if v.state != "in_flight" or self.batches[v.batch].device != di:
                         continue
-                    if v.sched_class != "normal" or v.batch == joiners:
+                    bg = v.sched_class == "background"
+                    online_head = ur.sched_class == "normal"  # may evict background work only
+                    if (not bg and (online_head or v.sched_class != "normal")) or v.batch == joiners:
                         continue
                     if self._slots[di] + 1 <= 0 or kv_left + v.kv_tokens < need:
                         continue
                     if victim is not None:
                         w = victim
-                        if v.priority != w.priority:
+                        wbg = w.sched_class == "background"
+                        if bg != wbg:
+                            better = bg
+                        elif v.priority != w.priority:
                             better = v.priority < w.priority
                         elif v.dispatched_at != w.dispatched_at:
                             better = v.dispatched_at > w.dispatched_at
@@ -976,6 +985,24 @@ class ReferenceScheduler:
             bid = self._batch_for(vdev)
             util = ur.dl_bw if ur.sched_class == "deadline" else self.request_util(ur, now)
             self._dispatch(ur, bid, util, now, 0)
+
+    def _place_background(self, now: float) -> None:
+        """Background class: only when no online request is left queued; (arrival, id)
+        order; each on choose_device's pick if it fits there, else the class stops."""
+        if any(r.state == "queued" and r.sched_class != "background" for r in self.requests.values()):
+            return
+        bg = sorted((r for r in self.requests.values()
+                     if r.state == "queued" and r.sched_class == "background"),
+                    key=lambda r: (r.arrival, r.id))
+        for r in bg:
+            u = self.request_util(r, now)
+            di, fitted = self.choose_device(r, u, None, 0.0)
+            if di is None or not fitted:
+                return
+            bid = self._batch_for(di)
+            if not r.batchable:
+                self._step_solo.add(di)
+            self._dispatch(r, bid, u, now, 0)
 
     def _strict_order(self) -> List[int]:
         strict = [r for r in self.requests.values()
@@ -1171,6 +1198,7 @@ class ReferenceScheduler:
         # (2) key every ready request at now.
         order = self.placement_order(now)
         self._place_by_fitness(order, now)
+        self._place_background(now)
         if self._continuous and self.cfg["preemption"]:
             self._preempt(now)
         self._hold_batches(now)

@@ -14,8 +14,10 @@ inline constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // Linux-like scheduling classes, served in this order: deadline (EDF, admitted against
 // per-device bandwidth), strict (RT-like: priority, placed on a device with capacity >=
-// uclamp_min when one has room), normal (the configured policy).
-enum class SchedClass : std::uint8_t { Normal = 0, Strict = 1, Deadline = 2 };
+// uclamp_min when one has room), normal (the configured policy), background (SCHED_IDLE-
+// like, for offline jobs: first come first served, only on a device it fits, only when no
+// online request is left queued, and evicted first in continuous mode).
+enum class SchedClass : std::uint8_t { Normal = 0, Strict = 1, Deadline = 2, Background = 3 };
 
 // What a caller submits. Times are seconds on the caller's clock.
 struct RequestSpec {

@@ -290,6 +290,7 @@ class Scheduler {
     std::uint32_t choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
                                 bool* fitted, bool* wait) const;
     void place_by_fitness(double now);
+    void place_background(double now);
     void set_outcome(std::uint64_t id, Outcome how);
     Outcome outcome(std::uint64_t id) const noexcept;
 
@@ -337,6 +338,7 @@ class Scheduler {
     IndexedHeap<> ready_;      // queued normal-class requests by policy key
     IndexedHeap<> rt_ready_;   // queued strict-class requests: (-priority + aging x arrival, id)
     IndexedHeap<> dl_ready_;   // queued deadline-class requests: (deadline, id)
+    IndexedHeap<> bg_ready_;   // queued background-class requests: (arrival, id)
     IndexedHeap<> deadlines_;  // waiting + queued requests with a deadline
     IndexedHeap<> levels_;     // weighted: next deadline-level change of queued requests
     IndexedHeap<> retries_;    // retrying requests by (time their backoff ends, id)
