@@ -296,6 +296,42 @@ void Scheduler::submit_many(std::size_t n, const std::int64_t* prompt_tokens,
     }
 }
 
+void Scheduler::set_static_key(Request& r) const noexcept {
+    // The part of the policy key that does not depend on `now` (docs/policies.md).
+    const PolicyConfig& o = cfg_.order;
+    const double tokens = static_cast<double>(r.prompt_tokens) + static_cast<double>(r.max_new_tokens);
+    switch (o.policy) {
+        case Policy::Fcfs: r.score_base = r.arrival; break;
+        case Policy::Priority: r.score_base = -r.priority + o.aging_priority * r.arrival; break;
+        case Policy::Edf:
+            r.score_base = (std::isinf(r.deadline) ? r.arrival + o.no_deadline_horizon : r.deadline) +
+                           o.aging_edf * r.arrival;
+            break;
+        case Policy::Srtf: r.score_base = tokens + o.aging_srtf * r.arrival; break;
+        case Policy::Weighted: {
+            const double u = std::min(1.0, tokens / o.resource_scale_tokens);
+            const double resource = 0.1 / (u + 0.1);
+            r.score_base = o.w_urgency * r.priority + o.w_resource * resource;
+            break;
+        }
+    }
+}
+
+void Scheduler::add_edge(Handle dependency, Handle dependent) {
+    // dependent waits on dependency: one more edge in dependency's list of dependents.
+    std::uint32_t e;
+    if (free_edge_ != kNoIndex) {
+        e = free_edge_;
+        free_edge_ = edges_[e].next;
+    } else {
+        e = static_cast<std::uint32_t>(edges_.size());
+        edges_.emplace_back();
+    }
+    edges_[e] = Edge{slab_[dependent].id, dependent, slab_[dependency].dependents};
+    slab_[dependency].dependents = e;
+    ++slab_[dependent].deps_remaining;
+}
+
 std::uint64_t Scheduler::accept(const RequestSpec& s, double now) {
     const Handle h = alloc_request();
     const std::uint64_t id = next_id_++;
@@ -324,39 +360,11 @@ std::uint64_t Scheduler::accept(const RequestSpec& s, double now) {
     if (s.request_class >= classes_.size()) classes_.resize(s.request_class + std::size_t{1});
     r.batchable = s.batchable;
 
-    // The part of the policy key that does not depend on `now` (docs/policies.md).
-    const PolicyConfig& o = cfg_.order;
-    const double tokens = static_cast<double>(s.prompt_tokens) + static_cast<double>(s.max_new_tokens);
-    switch (o.policy) {
-        case Policy::Fcfs: r.score_base = r.arrival; break;
-        case Policy::Priority: r.score_base = -r.priority + o.aging_priority * r.arrival; break;
-        case Policy::Edf:
-            r.score_base = (std::isinf(r.deadline) ? r.arrival + o.no_deadline_horizon : r.deadline) +
-                           o.aging_edf * r.arrival;
-            break;
-        case Policy::Srtf: r.score_base = tokens + o.aging_srtf * r.arrival; break;
-        case Policy::Weighted: {
-            const double u = std::min(1.0, tokens / o.resource_scale_tokens);
-            const double resource = 0.1 / (u + 0.1);
-            r.score_base = o.w_urgency * r.priority + o.w_resource * resource;
-            break;
-        }
-    }
+    set_static_key(r);
 
     for (std::size_t i = 0; i < s.n_depends_on; ++i) {
         const Handle dh = ids_.find(s.depends_on[i], id_of());
-        if (dh == kNoHandle) continue;  // completed already (validated)
-        std::uint32_t e;
-        if (free_edge_ != kNoIndex) {
-            e = free_edge_;
-            free_edge_ = edges_[e].next;
-        } else {
-            e = static_cast<std::uint32_t>(edges_.size());
-            edges_.emplace_back();
-        }
-        edges_[e] = Edge{id, h, slab_[dh].dependents};
-        slab_[dh].dependents = e;
-        ++r.deps_remaining;
+        if (dh != kNoHandle) add_edge(dh, h);  // (not found: completed already, validated)
     }
 
     ++counters_.accepted;
@@ -2016,22 +2024,7 @@ void Scheduler::import_state(const StateSnapshot& in) {
         r.retries = static_cast<std::uint16_t>(q.retries);
         r.preemptions = static_cast<std::uint16_t>(q.preemptions);
         r.progress = q.progress;
-        const double tokens = static_cast<double>(q.prompt_tokens) + static_cast<double>(q.max_new_tokens);
-        const PolicyConfig& o = cfg_.order;
-        switch (o.policy) {  // the same static key as accept()
-            case Policy::Fcfs: r.score_base = r.arrival; break;
-            case Policy::Priority: r.score_base = -r.priority + o.aging_priority * r.arrival; break;
-            case Policy::Edf:
-                r.score_base = (std::isinf(r.deadline) ? r.arrival + o.no_deadline_horizon : r.deadline) +
-                               o.aging_edf * r.arrival;
-                break;
-            case Policy::Srtf: r.score_base = tokens + o.aging_srtf * r.arrival; break;
-            case Policy::Weighted: {
-                const double u = std::min(1.0, tokens / o.resource_scale_tokens);
-                r.score_base = o.w_urgency * r.priority + o.w_resource * (0.1 / (u + 0.1));
-                break;
-            }
-        }
+        set_static_key(r);
         if (r.sched_class == SchedClass::Deadline) {
             r.dl_device = q.dl_device;
             r.dl_bw = q.dl_bw;
@@ -2081,20 +2074,7 @@ void Scheduler::import_state(const StateSnapshot& in) {
     }
     for (const RequestSnapshot& q : in.requests) {
         const Handle h = ids_.find(q.id, id_of());
-        for (const std::uint64_t dep : q.waits_on) {
-            const Handle dh = ids_.find(dep, id_of());
-            std::uint32_t e;
-            if (free_edge_ != kNoIndex) {
-                e = free_edge_;
-                free_edge_ = edges_[e].next;
-            } else {
-                e = static_cast<std::uint32_t>(edges_.size());
-                edges_.emplace_back();
-            }
-            edges_[e] = Edge{q.id, h, slab_[dh].dependents};
-            slab_[dh].dependents = e;
-            ++slab_[h].deps_remaining;
-        }
+        for (const std::uint64_t dep : q.waits_on) add_edge(ids_.find(dep, id_of()), h);
     }
 }
 

@@ -225,6 +225,8 @@ class Scheduler {
     std::uint64_t accept(const RequestSpec& s, double now);
     Handle alloc_request();
     void make_ready(Handle h, double now);
+    void set_static_key(Request& r) const noexcept;
+    void add_edge(Handle dependency, Handle dependent);
     void set_level(Handle h, double now);
     HeapKey ready_key(const Request& r) const noexcept;
     double level_time(const Request& r, std::uint32_t k) const noexcept;
