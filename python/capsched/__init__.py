@@ -44,6 +44,7 @@ from .scheduler import Batch, OpenAutoGLMScheduler, Scheduler, StepResult
 from .specs import AcceleratorSpec
 from .specs import lookup as lookup_accelerator
 from .tokens import estimate_tokens
+from .jobs import JobCycleError, JobFileError, JobRunner, load_job, propagate_deadlines, topological_order
 
 __version__ = "0.1.0"
 
@@ -79,4 +80,10 @@ __all__ = [
     "lookup_accelerator",
     "parse_devices",
     "__version__",
+    "JobCycleError",
+    "JobFileError",
+    "JobRunner",
+    "load_job",
+    "propagate_deadlines",
+    "topological_order",
 ]

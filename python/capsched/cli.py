@@ -236,6 +236,136 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 }
 
 
+# --------------------------------------------------------------------------- jobs
+
+
+def _jobs_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="jobs_command", metavar="ACTION")
+    sub.required = True
+    for name, help_text in (
+        ("validate", "check a job file; print its tasks in dependency order with propagated deadlines"),
+        ("submit", "run a job file on a simulated fleet (virtual time); print each task's start and end"),
+    ):
+        q = sub.add_parser(name, help=help_text, description=help_text)
+        q.add_argument("file", metavar="FILE", help="job file: JSON (a list, or {\"tasks\": [...]}) or JSONL")
+        q.add_argument("--format", choices=("json", "jsonl"), default=None,
+                       help="file format (default: from the name; .jsonl/.ndjson are JSONL)")
+        q.add_argument("--deadline", type=float, default=None, metavar="T",
+                       help="a deadline for the whole job (seconds on the scheduler clock)")
+        q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        if name == "submit":
+            q.add_argument("--fleet", default=None,
+                           help="ACCELERATOR:COUNT,... (default H100-SXM:2,A100-SXM-80GB:2,L4:4)")
+            q.add_argument("--model", default="Llama-3-8B", help="served model (default Llama-3-8B)")
+            q.add_argument("--policy", default="edf", help="the Scheduler's policy (default edf)")
+            q.add_argument("--sched-class", default="normal", choices=("normal", "background", "strict", "deadline"),
+                           help="the tasks' scheduling class (default normal)")
+            q.add_argument("--max-batch-size", type=int, default=32, help="requests per batch (default 32)")
+        q.set_defaults(_jobs_parser=q)
+
+
+def _num(x: Optional[float], spec: str = ".3f") -> str:
+    import math
+
+    return "-" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
+    """``capsched jobs validate|submit FILE``: offline job files (``capsched.jobs``)."""
+    import math
+
+    from .errors import ConfigError, DependencyError, InvalidArgumentError
+    from .jobs import load_job, propagate_deadlines, simulate_job
+
+    parser: argparse.ArgumentParser = args._jobs_parser
+    if args.deadline is not None and not math.isfinite(args.deadline):
+        parser.error(f"--deadline must be a finite number of seconds, got {args.deadline}")
+    try:
+        tasks = load_job(args.file, format=args.format)
+        latest = propagate_deadlines(tasks, args.deadline)
+    except (ConfigError, DependencyError, InvalidArgumentError) as exc:
+        parser.error(str(exc))  # exits with status 2
+    by_id = {t.task_id: t for t in tasks}
+
+    def fin(x: float) -> Optional[float]:
+        return x if math.isfinite(x) else None
+
+    if args.jobs_command == "validate":
+        # Earliest finish by duration_estimate: the job's critical path from time 0.
+        ef: dict[str, float] = {}
+        for tid in latest:
+            t = by_id[tid]
+            start = max([t.schedule_time or 0.0] + [ef[d] for d in t.depends_on])
+            ef[tid] = start + t.duration_estimate
+        rows_d = [
+            {
+                "task_id": tid,
+                "depends_on": list(by_id[tid].depends_on),
+                "schedule_time": by_id[tid].schedule_time,
+                "duration_estimate": by_id[tid].duration_estimate,
+                "earliest_finish": ef[tid],
+                "latest_finish": fin(lf),
+                "latest_start": fin(lf - by_id[tid].duration_estimate),
+            }
+            for tid, lf in latest.items()
+        ]
+        critical = max(ef.values(), default=0.0)
+        late = [r["task_id"] for r in rows_d if r["latest_finish"] is not None and r["earliest_finish"] > r["latest_finish"]]
+        if args.json:
+            json.dump({"file": args.file, "tasks": rows_d, "critical_path": critical, "infeasible": late}, out, indent=2)
+            print(file=out)
+            return 0
+        rows = [["#", "task_id", "depends_on", "not before", "duration", "latest start", "latest finish"]]
+        for i, r in enumerate(rows_d):
+            deps = ",".join(r["depends_on"])
+            rows.append([
+                str(i), r["task_id"], deps if len(deps) <= 40 else deps[:37] + "...",
+                _num(r["schedule_time"]), _num(r["duration_estimate"]),
+                _num(r["latest_start"]), _num(r["latest_finish"]),
+            ])
+        _table(rows, out)
+        print(f"{len(rows_d)} task(s) valid; critical path {critical:.3f} s by duration_estimate", file=out)
+        if late:
+            print(f"warning: {len(late)} task(s) cannot finish by their latest finish even on the critical "
+                  f"path: {', '.join(late[:10])}{' ...' if len(late) > 10 else ''}", file=out)
+        return 0
+
+    from .sim.cost import model_spec
+    from .sim.fleet import DEFAULT_FLEET, Fleet, parse_fleet
+
+    try:
+        model = model_spec(args.model)
+        fleet = Fleet(DEFAULT_FLEET.groups, model) if args.fleet is None else parse_fleet(args.fleet, model)
+        run = simulate_job(
+            tasks, fleet=fleet, policy=args.policy, sched_class=args.sched_class, job_deadline=args.deadline,
+            max_batch_size=args.max_batch_size,
+        )
+    except (ConfigError, DependencyError, InvalidArgumentError) as exc:
+        parser.error(str(exc))
+    if args.json:
+        json.dump({"file": args.file, **run.to_dict()}, out, indent=2)
+        print(file=out)
+        return 0
+    rows = [["task_id", "status", "device", "submitted", "start", "end", "latest finish", "note"]]
+    for r in run.tasks:
+        rows.append([
+            r.task_id, r.status, r.device or "-", _num(r.submitted), _num(r.start), _num(r.end),
+            _num(r.latest_finish), (r.reason or "")[:60],
+        ])
+    _table(rows, out)
+    counts = run.to_dict()["counts"]
+    print(f"makespan {run.makespan:.3f} s on {run.fleet}; "
+          + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), file=out)
+    return 0
+
+
+COMMANDS["jobs"] = (
+    "offline job files: validate one, or run it on a simulated fleet (capsched jobs validate|submit FILE)",
+    _jobs_args,
+    cmd_jobs,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand in :data:`COMMANDS`."""
     from . import __version__

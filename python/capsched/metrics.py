@@ -1,0 +1,386 @@
+"""Prometheus metrics for a :class:`capsched.Scheduler` (optional extra ``metrics``).
+
+Install with ``pip install "capsched[metrics]"`` (it needs ``prometheus-client``).
+
+:class:`SchedulerCollector` is a custom collector: it reads :meth:`Scheduler.stats` at
+scrape time (one call, one lock of the core) and turns every numeric key into a metric,
+so keys the core adds later are exported without a change here. The naming rule
+(``docs/operations.md`` lists every metric of the current core):
+
+Scheduler-wide keys (``stats()[key]``):
+
+* the queue gauges in :data:`SCHEDULER_GAUGES` (``waiting``, ``queued``, ``in_flight``,
+  ``retrying``, ``max_batch_size``) -> gauge ``<prefix>_<key>``;
+* any other integer -> counter ``<prefix>_<key>_total`` (``accepted``, ``completed``,
+  ``failed``, ``expired``, ``cancelled``, ``retried``, ``dispatched``, ``batches``,
+  ``placed_fitting``, ``placed_fallback``, ``misfits``, ``migrated``, ``readmitted``,
+  ``held``, ``trimmed``, ``preempted``, ``deferred``, ``breaker_trips``, ...);
+* any other real number -> gauge ``<prefix>_<key>``;
+* ``now`` -> gauge ``<prefix>_clock_seconds`` (absent before the first call with a time);
+  ``conservation_ok`` -> gauge ``<prefix>_conservation_ok`` (1 or 0); ``policy`` and
+  ``dynamic_batching`` -> info ``<prefix>_scheduler_info``.
+
+Per-device keys (``stats()['devices'][i][key]``), each labelled ``device=<name>``:
+
+* integers named ``dispatched_*``, ``completed_*``, ``preempted_*``, ``failed_*``,
+  ``expired_*``, ``migrated_*``, ``retried_*`` or ``*_trips`` -> counter
+  ``<prefix>_device_<key>_total``;
+* any other real number -> gauge ``<prefix>_device_<key>`` (``capacity``,
+  ``capacity_orig``, ``clock_scale``, ``pressure``, ``util_avg``, ``placed_util``,
+  ``dl_bw``, ``kv_budget`` (unlimited = ``+Inf``), ``kv_used``, ``inflight_batches``,
+  ``inflight_requests``, ``batch_limit``, ``max_inflight_batches``,
+  ``consecutive_failures``, ``fail_rate``, ``service_samples``, ...);
+* a tuple or list of numbers -> gauge ``<prefix>_device_<key>`` with a further label
+  ``index`` (0, 1, ...);
+* a string -> state gauge ``<prefix>_device_<key>_state`` with a further label
+  ``state``: 1 for the current state, 0 for the others (for ``breaker``: ``closed``,
+  ``open``, ``half_open``; for a key not known here, every value seen so far).
+
+Booleans are exported as 0/1 gauges wherever they appear. ``name`` is the label, not a
+metric. Histograms of queue wait, end-to-end latency and batch size cannot come from
+``stats()`` (it holds no per-request times): :class:`RequestTimer` records them from the
+calls a server makes.
+
+>>> from prometheus_client import CollectorRegistry, generate_latest   # doctest: +SKIP
+>>> registry = CollectorRegistry()                                      # doctest: +SKIP
+>>> register(scheduler, registry)                                       # doctest: +SKIP
+>>> print(generate_latest(registry).decode())                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Optional
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+    from prometheus_client import start_http_server as _prom_start_http_server
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        InfoMetricFamily,
+        Metric,
+    )
+except ImportError as _exc:  # pragma: no cover - exercised by a test that hides the module
+    raise ImportError(
+        "capsched.metrics needs prometheus-client, which is not installed: "
+        'pip install "capsched[metrics]" (or pip install prometheus-client). '
+        f"Original error: {_exc}"
+    ) from _exc
+
+__all__ = [
+    "SchedulerCollector",
+    "RequestTimer",
+    "register",
+    "start_http_server",
+    "SCHEDULER_GAUGES",
+    "DEVICE_STATES",
+]
+
+#: Scheduler-wide integer keys that are levels (gauges), not running totals.
+SCHEDULER_GAUGES = frozenset({"waiting", "queued", "in_flight", "retrying", "max_batch_size"})
+
+#: The states of per-device string keys known in advance (each exported, 0 or 1, at
+#: every scrape, so that a dashboard sees an ``open`` series at 0 before the first trip).
+DEVICE_STATES: Mapping[str, tuple[str, ...]] = {"breaker": ("closed", "open", "half_open")}
+
+#: Per-device integer keys matching this are counters; other numbers are gauges.
+_DEVICE_COUNTER = re.compile(r"^(dispatched|completed|preempted|failed|expired|migrated|retried)_|_trips$")
+
+#: Scheduler-wide keys handled specially (not by the generic rule).
+_SPECIAL = frozenset({"devices", "now", "conservation_ok", "policy", "dynamic_batching"})
+
+_DOC = {
+    "accepted": "Requests accepted by submit",
+    "completed": "Requests that completed",
+    "failed": "Requests that ended failed (server failures, dependency failures, exhausted retries)",
+    "expired": "Requests that passed their deadline before being dispatched",
+    "cancelled": "Requests cancelled",
+    "retried": "Retryable failures that were queued again after a backoff",
+    "dispatched": "Requests dispatched to a device (retries and re-dispatches included)",
+    "batches": "Batches dispatched",
+    "placed_fitting": "Placements on a device the request fitted",
+    "placed_fallback": "Placements on the device with the most spare capacity when none fitted",
+    "misfits": "Requests found not to fit their device after its capacity dropped",
+    "migrated": "In-flight requests moved to a bigger device",
+    "readmitted": "Queued deadline-class requests whose reserved bandwidth moved to another device",
+    "held": "Batches held back to fill (dynamic batching; each step counts)",
+    "trimmed": "Requests put back to cut a batch to a preferred size",
+    "preempted": "Running requests evicted for more urgent work (continuous mode)",
+    "deferred": "Placements passed over because only devices too slow for the deadline had room (each step counts)",
+    "breaker_trips": "Times a device's circuit breaker opened",
+    "waiting": "Requests waiting on their dependencies",
+    "queued": "Requests ready and queued",
+    "in_flight": "Requests dispatched and not yet ended",
+    "retrying": "Requests waiting out a retry backoff",
+    "max_batch_size": "Configured most requests per batch",
+    "capacity": "Usable capacity (strongest device = 1024, after clock and pressure)",
+    "capacity_orig": "Capacity before clock scaling and pressure",
+    "clock_scale": "Current clock over max clock",
+    "pressure": "Share of capacity taken by foreign work",
+    "util_avg": "PELT utilization (capacity units)",
+    "placed_util": "Sum of the in-flight requests' utilization",
+    "dl_bw": "Bandwidth reserved by admitted deadline-class requests",
+    "kv_budget": "KV-cache budget in tokens (+Inf: unlimited)",
+    "kv_used": "KV-cache tokens held by in-flight requests",
+    "inflight_batches": "Batches in flight",
+    "inflight_requests": "Requests in flight",
+    "batch_limit": "Current batch size limit (adapted to latency)",
+    "max_inflight_batches": "Most batches in flight at once",
+    "dispatched_requests": "Requests dispatched to the device",
+    "dispatched_batches": "Batches dispatched to the device",
+    "completed_requests": "Requests completed on the device",
+    "preempted_requests": "Requests evicted from the device",
+    "consecutive_failures": "Consecutive failures (circuit breaker)",
+    "fail_rate": "Decayed failure rate (degraded-device capacity scaling)",
+    "service_samples": "Completions the service-time model learned from",
+    "service_multipliers": "Learned service-time multipliers (prefill, decode step, decode per sequence)",
+    "breaker": "Circuit breaker state (1 = current)",
+}
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _name_ok(name: str) -> bool:
+    return re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name) is not None
+
+
+class SchedulerCollector:
+    """A Prometheus collector reading ``scheduler.stats()`` at each scrape.
+
+    Args:
+        scheduler: the :class:`capsched.Scheduler` (anything with a ``stats()`` of the
+            same shape).
+        prefix: metric name prefix (default ``"capsched"``).
+        labels: constant labels added to every metric, e.g. ``{"scheduler": "east"}`` to
+            register several schedulers in one registry.
+
+    Register it with :func:`register` (or ``registry.register(collector)``).
+    """
+
+    def __init__(self, scheduler: Any, prefix: str = "capsched", labels: Optional[Mapping[str, str]] = None) -> None:
+        if not isinstance(prefix, str) or not _name_ok(prefix):
+            raise ValueError(f"prefix must be a Prometheus metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*), got {prefix!r}")
+        labels = dict(labels or {})
+        for k, v in labels.items():
+            if not isinstance(k, str) or not _name_ok(k) or k.startswith("__") or k in ("device", "state", "index"):
+                raise ValueError(f"bad constant label name {k!r}")
+            if not isinstance(v, str):
+                raise ValueError(f"constant label {k!r} must have a str value, got {v!r}")
+        if not callable(getattr(scheduler, "stats", None)):
+            raise TypeError(f"scheduler must have a stats() method, got {type(scheduler).__name__}")
+        self._scheduler = scheduler
+        self._prefix = prefix
+        self._labels = labels
+        self._seen_states: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    # The registry calls describe() when the collector is registered, to detect name
+    # clashes; without it, it would call collect(). Returning nothing keeps registering
+    # cheap and lets new stats keys appear at any time.
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def _doc(self, key: str, device: bool = False) -> str:
+        d = _DOC.get(key)
+        return d if d is not None else f"{'device ' if device else ''}stats()[{key!r}]"
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._scheduler.stats()
+        p = self._prefix
+        cl = list(self._labels)
+        cv = list(self._labels.values())
+
+        # -- scheduler-wide
+        for key in sorted(s):
+            if key in _SPECIAL or not _name_ok(key):
+                continue
+            v = s[key]
+            if isinstance(v, bool):
+                m = GaugeMetricFamily(f"{p}_{key}", self._doc(key), labels=cl)
+                m.add_metric(cv, 1.0 if v else 0.0)
+            elif _is_int(v) and key not in SCHEDULER_GAUGES:
+                m = CounterMetricFamily(f"{p}_{key}", self._doc(key), labels=cl)
+                m.add_metric(cv, float(v))
+            elif _is_real(v):
+                m = GaugeMetricFamily(f"{p}_{key}", self._doc(key), labels=cl)
+                m.add_metric(cv, float(v))
+            else:
+                continue
+            yield m
+        now = s.get("now")
+        if _is_real(now) and math.isfinite(now):
+            m = GaugeMetricFamily(f"{p}_clock_seconds", "Latest time the scheduler has seen (its clock)", labels=cl)
+            m.add_metric(cv, float(now))
+            yield m
+        if "conservation_ok" in s:
+            m = GaugeMetricFamily(
+                f"{p}_conservation_ok", "1 if accepted = ended + live (every request accounted for)", labels=cl
+            )
+            m.add_metric(cv, 1.0 if s["conservation_ok"] else 0.0)
+            yield m
+        info = {k: str(s[k]) for k in ("policy", "dynamic_batching") if k in s}
+        if info:
+            m = InfoMetricFamily(f"{p}_scheduler", "The scheduler's policy and batching mode", labels=cl)
+            m.add_metric(cv, info)
+            yield m
+
+        # -- per device
+        devices = s.get("devices") or []
+        families: dict[str, Metric] = {}
+        order: list[str] = []
+
+        def family(name: str, kind: str, doc: str, extra: tuple[str, ...] = ()) -> Metric:
+            m = families.get(name)
+            if m is None:
+                cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                m = families[name] = cls(name, doc, labels=cl + ["device", *extra])
+                order.append(name)
+            return m
+
+        for i, d in enumerate(devices):
+            dev = str(d.get("name", i))
+            for key in sorted(d):
+                if key == "name" or not _name_ok(key):
+                    continue
+                v = d[key]
+                if isinstance(v, bool):
+                    family(f"{p}_device_{key}", "gauge", self._doc(key, True)).add_metric(cv + [dev], 1.0 if v else 0.0)
+                elif _is_int(v) and _DEVICE_COUNTER.search(key):
+                    family(f"{p}_device_{key}", "counter", self._doc(key, True)).add_metric(cv + [dev], float(v))
+                elif _is_real(v):
+                    x = float(v)
+                    if key == "kv_budget" and x < 0:
+                        x = math.inf  # -1: unlimited
+                    family(f"{p}_device_{key}", "gauge", self._doc(key, True)).add_metric(cv + [dev], x)
+                elif isinstance(v, (tuple, list)) and v and all(_is_real(x) for x in v):
+                    m = family(f"{p}_device_{key}", "gauge", self._doc(key, True), ("index",))
+                    for j, x in enumerate(v):
+                        m.add_metric(cv + [dev, str(j)], float(x))
+                elif isinstance(v, str):
+                    with self._lock:
+                        seen = self._seen_states.setdefault(key, set(DEVICE_STATES.get(key, ())))
+                        seen.add(v)
+                        states = sorted(seen)
+                    m = family(f"{p}_device_{key}_state", "gauge", self._doc(key, True), ("state",))
+                    for st in states:
+                        m.add_metric(cv + [dev, st], 1.0 if st == v else 0.0)
+        for name in order:
+            yield families[name]
+
+
+def register(
+    scheduler: Any,
+    registry: Optional[CollectorRegistry] = None,
+    *,
+    prefix: str = "capsched",
+    labels: Optional[Mapping[str, str]] = None,
+) -> SchedulerCollector:
+    """Register a :class:`SchedulerCollector` for ``scheduler`` in ``registry`` (default:
+    prometheus-client's global ``REGISTRY``); returns it (``registry.unregister(c)``
+    removes it)."""
+    c = SchedulerCollector(scheduler, prefix=prefix, labels=labels)
+    (REGISTRY if registry is None else registry).register(c)
+    return c
+
+
+def start_http_server(
+    scheduler: Any,
+    port: int,
+    addr: str = "127.0.0.1",
+    *,
+    registry: Optional[CollectorRegistry] = None,
+    prefix: str = "capsched",
+) -> Any:
+    """Serve ``/metrics`` for ``scheduler`` on ``addr:port`` from a daemon thread.
+
+    Uses a fresh registry unless one is given (so the process's default collectors are
+    not mixed in). Binds to localhost by default; pass ``addr="0.0.0.0"`` to expose it.
+    Returns what ``prometheus_client.start_http_server`` returns (``(server, thread)``
+    in recent versions; ``server.shutdown()`` stops it).
+    """
+    reg = CollectorRegistry() if registry is None else registry
+    register(scheduler, reg, prefix=prefix)
+    return _prom_start_http_server(port, addr=addr, registry=reg)
+
+
+#: Histogram buckets (seconds) for queue wait and latency: 1 ms .. ~17 min.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000)
+#: Histogram buckets for batch sizes.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class RequestTimer:
+    """Histograms of queue wait, end-to-end latency and batch size, fed by the server.
+
+    ``stats()`` holds counters and levels only; a server that wants distributions calls
+    this next to the scheduler::
+
+        timer = RequestTimer(registry)
+        rid = scheduler.submit(req, now=t); timer.submitted(rid, t)
+        res = scheduler.step(t);            timer.stepped(res)
+        scheduler.complete(rid, t);         timer.ended(rid, t)
+
+    Metrics: ``<prefix>_queue_wait_seconds`` (submit to first dispatch),
+    ``<prefix>_latency_seconds`` (submit to completion, completed requests only) and
+    ``<prefix>_batch_size`` (requests per dispatched batch). It keeps one entry per live
+    request; ``ended`` (called for completed, failed, cancelled) and ``stepped`` (for
+    expired and dependency-failed ids) drop it. Thread-safe.
+    """
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None, *, prefix: str = "capsched") -> None:
+        reg = REGISTRY if registry is None else registry
+        self.queue_wait = Histogram(
+            f"{prefix}_queue_wait_seconds", "Seconds from submit to first dispatch", buckets=LATENCY_BUCKETS, registry=reg
+        )
+        self.latency = Histogram(
+            f"{prefix}_latency_seconds",
+            "Seconds from submit to completion (completed requests)",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            f"{prefix}_batch_size", "Requests per dispatched batch", buckets=BATCH_BUCKETS, registry=reg
+        )
+        self._submitted: dict[int, float] = {}
+        self._dispatched: set[int] = set()
+        self._lock = threading.Lock()
+
+    def submitted(self, request_id: int, now: float) -> None:
+        with self._lock:
+            self._submitted[int(request_id)] = float(now)
+
+    def stepped(self, result: Any) -> None:
+        """Record a :class:`capsched.StepResult`: batch sizes, first dispatches, and the
+        requests it ended (expired, dependency failures)."""
+        now = float(result.now)
+        with self._lock:
+            for b in result.batches:
+                self.batch_size.observe(len(b.request_ids))
+                for rid in b.request_ids:
+                    t0 = self._submitted.get(rid)
+                    if t0 is not None and rid not in self._dispatched:
+                        self._dispatched.add(rid)
+                        self.queue_wait.observe(max(0.0, now - t0))
+            for rid in list(result.expired) + [i for i, _ in result.failed]:
+                self._submitted.pop(rid, None)
+                self._dispatched.discard(rid)
+
+    def ended(self, request_id: int, now: float, *, completed: bool = True) -> None:
+        """A request ended (``completed=False`` for failed or cancelled ones: no latency)."""
+        with self._lock:
+            rid = int(request_id)
+            t0 = self._submitted.pop(rid, None)
+            self._dispatched.discard(rid)
+            if completed and t0 is not None:
+                self.latency.observe(max(0.0, float(now) - t0))
