@@ -92,9 +92,11 @@ def summarize(result: SimResult, load: float, offered_rate: float, wall_s: float
         s = result.scheduler_stats
         extra["scheduler"] = {
             k: s[k]
-            for k in ("accepted", "completed", "failed", "expired", "retried", "dispatched", "conservation_ok")
+            for k in ("accepted", "completed", "failed", "expired", "retried", "dispatched", "conservation_ok",
+                      "deferred", "breaker_trips", "misfits", "migrated", "preempted")
             if k in s
         }
+        extra["scheduler"]["breakers"] = {d["name"]: d.get("breaker") for d in s.get("devices", [])}
         extra["scheduler"]["placed_fallback"] = s.get("placed_fallback")
         extra["scheduler"]["placed_fitting"] = s.get("placed_fitting")
         extra["continuous_api"] = result.continuous_api
