@@ -152,6 +152,26 @@ def _call_cases(ids: dict[str, int]) -> list:
          InvalidRequestError, "element 1: timeout"),
         ("submit_many strings", lambda s: s.submit_many(["a"], now=1.0), RequestTypeError, "integers"),
         ("reserve negative", lambda s: s.reserve(-1), InvalidArgumentError, "-1"),
+        ("complete negative output", lambda s: s.complete(ids["flight"], now=1.0, output_tokens=-3),
+         InvalidArgumentError, "output_tokens"),
+        ("complete huge output", lambda s: s.complete(ids["flight"], now=1.0, output_tokens=10**9),
+         InvalidArgumentError, "output_tokens"),
+        ("complete text output", lambda s: s.complete(ids["flight"], now=1.0, output_tokens="5"),
+         InvalidArgumentError, "output_tokens"),
+        ("continuous unknown device", lambda s: s.step(now=1.0, free_slots={"gpu9": 1}), InvalidArgumentError,
+         "gpu9"),
+        ("continuous negative slots", lambda s: s.step(now=1.0, free_slots={"big": -1}), InvalidArgumentError,
+         "free_slots"),
+        ("continuous kv without slots", lambda s: s.step(now=1.0, free_kv_tokens={"big": 5}), InvalidArgumentError,
+         "free_kv_tokens"),
+        ("continuous float kv", lambda s: s.step(now=1.0, free_slots={"big": 1}, free_kv_tokens={"big": 2.5}),
+         InvalidArgumentError, "integer"),
+        ("estimate unknown device", lambda s: s.estimate_service("gpu9", 10, 10), InvalidArgumentError, "gpu9"),
+        ("estimate nan steps", lambda s: s.estimate_service("big", 10, math.nan), InvalidArgumentError, "steps"),
+        ("estimate zero batch", lambda s: s.estimate_service("big", 10, 10, 0), InvalidArgumentError, "batch"),
+        ("preemptions of an ended request", lambda s: s.preemptions(ids["done"]), RequestStateError,
+         "already ended"),
+        ("preemptions unknown", lambda s: s.preemptions(never), UnknownRequestError, "never issued"),
     ]
 
 
@@ -197,6 +217,20 @@ def test_submitting_the_same_object_twice_is_refused() -> None:
         (dict(devices=["a"], config={"no_such_knob": 1}), "no_such_knob"),
         (dict(devices=["a"], config=42), "config"),
         (dict(devices=["a"], clock=5), "clock"),
+        (dict(devices=["a"], config={"max_batch_tokens": -1}), "max_batch_tokens"),
+        (dict(devices=["a"], config={"preferred_batch_sizes": [4, 2]}), "ascending"),
+        (dict(devices=["a"], max_batch_size=4, config={"preferred_batch_sizes": [8]}), "preferred_batch_sizes"),
+        (dict(devices=["a"], config={"max_queue_delay": math.inf}), "max_queue_delay"),
+        (dict(devices=["a"], config={"latency_target": -1.0}), "latency_target"),
+        (dict(devices=["a"], config={"preemption": "yes"}), "preemption"),
+        (dict(devices=["a"], config={"retry_base": -0.1}), "retry_base"),
+        (dict(devices=["a"], config={"retry_seed": -1}), "retry_seed"),
+        (dict(devices=["a"], config={"breaker_failures": 1.5}), "breaker_failures"),
+        (dict(devices=["a"], config={"breaker_cooldown": math.nan}), "breaker_cooldown"),
+        (dict(devices=["a"], config={"max_queued_per_tenant": -5}), "max_queued_per_tenant"),
+        (dict(devices=["a"], config={"wait_for_fit": 1}), "wait_for_fit"),
+        (dict(devices=[{"name": "a", "decode_step_s": -0.1}]), "decode_step_s"),
+        (dict(devices=[{"name": "a", "prefill_s_per_token": math.inf}]), "prefill_s_per_token"),
     ],
 )
 def test_bad_configuration_is_refused(kwargs: dict, fragment: str) -> None:
@@ -215,3 +249,13 @@ def test_config_from_toml(tmp_path) -> None:
         Config.from_toml(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         Config.from_toml(tmp_path / "missing.toml")
+
+
+def test_a_second_journal_is_refused(tmp_path) -> None:
+    s, ids = _fleet()
+    s.open_journal(tmp_path / "j.log", sync=False)
+    before = _snapshot(s, ids)
+    with pytest.raises(InvalidArgumentError, match="already open"):
+        s.open_journal(tmp_path / "k.log")
+    assert _snapshot(s, ids) == before and not (tmp_path / "k.log").exists()
+    s.close_journal()
