@@ -467,3 +467,32 @@ def test_background_work_fills_idle_capacity_and_yields_to_online_requests() -> 
     assert r.preempted == [(job[0], "g")] and r.dispatched == [late]
     assert s.status(job[0]) == "queued" and s.preemptions(job[0])[0] == 1
     assert s.check_invariants()
+
+
+def test_pools_route_requests_and_fall_back_while_a_pool_is_down() -> None:
+    from capsched.errors import InvalidRequestError
+
+    cfg = Config(breaker_failures=1, breaker_cooldown=10.0, retry_base=0.0, breaker_degrade=False)
+    s = Scheduler([Device("h1", 4.0, pool="h100"), Device("a1", 2.0, pool="a100"), Device("x", 1.0)],
+                  policy="fcfs", max_batch_size=1, config=cfg)
+    a = s.submit(InferenceRequest(prompt_tokens=5, pool="h100", fallback_pool="a100"), now=0.0)
+    b = s.submit(InferenceRequest(prompt_tokens=5, pool="h100"), now=0.0)
+    c = s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
+    # b waits for its pool without holding back c (which may use any device).
+    r = s.step(now=0.0)
+    assert [(x.device, x.request_ids) for x in r.batches] == [("h1", [a]), ("a1", [c])]
+    s.complete(c, now=0.1)
+    # a fails: h1's breaker opens, the h100 pool is down; a falls back to the a100 pool,
+    # while b (no fallback) keeps waiting for its own.
+    s.fail(a, now=0.1, retryable=True)
+    r = s.step(now=0.2)
+    assert [(x.device, x.request_ids) for x in r.batches] == [("a1", [a])]
+    assert s.status(b) == "queued"
+    s.complete(a, now=0.3)
+    r = s.step(now=10.2)  # h1 half-open: b is its probe
+    assert [(x.device, x.request_ids) for x in r.batches] == [("h1", [b])]
+    with pytest.raises(InvalidRequestError, match="'l4' has no device"):
+        s.submit(InferenceRequest(prompt_tokens=5, pool="l4"), now=11.0)
+    with pytest.raises(InvalidRequestError, match="fallback_pool"):
+        InferenceRequest(prompt_tokens=5, fallback_pool="a100")
+    assert s.check_invariants()

@@ -132,7 +132,9 @@ request_extras = st.one_of(
               st.sampled_from([None, None, None, "t1", "t2"]),
               st.sampled_from(["normal"] * 5 + ["strict", "deadline", "deadline", "background"]),
               st.sampled_from([(0.0, 1.0)] * 6 + [(0.5, 1.0), (0.0, 0.19), (0.9, 1.0),
-                                                  (0.0, 0.0), (0.3, 0.6), (1.0, 1.0)])),
+                                                  (0.0, 0.0), (0.3, 0.6), (1.0, 1.0)]),
+              # Device pools (dropped when the fleet has no such pool).
+              st.sampled_from([(None, None)] * 5 + [("p1", None), ("p1", "p2"), ("p2", "p1")])),
 )
 
 op_submit = st.tuples(st.just("submit"), dts, prompt_tokens, max_new_tokens, priorities,
@@ -208,6 +210,7 @@ def fleets(draw, kinds=("equal", "plain", "rich", "rich"), min_size=1):
                                                                ("t1", "t2")]))
             # Service-time model seeds (docs/batching.md): prefill per token, decode step,
             # decode per sequence.
+            spec["pool"] = draw(st.sampled_from([None, None, "p1", "p2"]))
             seeds = draw(st.sampled_from([None, None, (1e-4, 0.01, 1e-4), (5e-5, 0.02, 0.0),
                                           (0.0, 0.005, 2e-4)]))
             if seeds is not None:
@@ -373,9 +376,9 @@ DEVICE_FLOAT_KEYS = ("capacity", "capacity_orig", "clock_scale", "pressure", "ut
                      "placed_util", "dl_bw", "batch_limit", "fail_rate")
 REQUEST_CLASSES = (None, "chat", "code")
 REQUEST_DEFAULTS = dict(request_class=None, tenant=None, sched_class="normal",
-                        uclamp_min=0.0, uclamp_max=1.0)
+                        uclamp_min=0.0, uclamp_max=1.0, pool=None, fallback_pool=None)
 DEVICE_EXTRAS = ("kv_tokens", "max_clock_mhz", "clock_mhz", "power_w", "tenants",
-                 "prefill_s_per_token", "decode_step_s", "decode_s_per_seq")
+                 "prefill_s_per_token", "decode_step_s", "decode_s_per_seq", "pool")
 
 _device_classes: Dict[tuple, type] = {}
 
@@ -495,11 +498,18 @@ class Harness:
                 deps.append(dep)
         kw: Dict[str, Any] = {}
         if extras is not None:
-            rclass, tenant, sched, (umin, umax) = extras
+            rclass, tenant, sched, (umin, umax), (pool, fallback) = extras
             if sched == "deadline" and timing is None:
                 sched = "normal"  # a deadline-class request needs a timeout or deadline
+            pools = {d.get("pool") for d in self.fleet} - {None}
+            if pool not in pools:
+                pool = fallback = None
+            if fallback not in pools:
+                fallback = None
             kw = dict(request_class=rclass, tenant=tenant, sched_class=sched,
-                      uclamp_min=umin, uclamp_max=umax)
+                      uclamp_min=umin, uclamp_max=umax, pool=pool, fallback_pool=fallback)
+            if pool is not None:
+                self.event("request with a pool" + (" and a fallback" if fallback else ""))
             kw = {k: v for k, v in kw.items() if v != REQUEST_DEFAULTS[k]}  # for the log
         self.record(f"submit(pt={pt}, mnt={mnt}, p={prio!r}, timeout={timeout!r}, "
                     f"deadline={deadline!r}, deps={deps}, batchable={batchable}, "

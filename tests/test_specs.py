@@ -272,7 +272,7 @@ def test_parse_devices_dicts_with_new_fields():
         Device("d", model="L4"),
     ])
     assert [d.effective_capacity for d in devs] == [989.4, 100.0, 1.0, 121.0]
-    with pytest.raises(ConfigError, match=r"device 0: a device dict needs 'name' and may have 'capacity', .*'decode_s_per_seq'; got keys \['flops', 'name'\]"):
+    with pytest.raises(ConfigError, match=r"device 0: a device dict needs 'name' and may have 'capacity', .*'pool'; got keys \['flops', 'name'\]"):
         parse_devices([{"name": "a", "flops": 1}])
     with pytest.raises(ConfigError, match="device 'a': model: unknown accelerator"):
         parse_devices([{"name": "a", "model": "nope"}])

@@ -98,6 +98,8 @@ py::dict snapshot_dict(const StateSnapshot& s) {
         d["retry_at"] = q.retry_at;
         d["dl_device"] = q.dl_device;
         d["dl_bw"] = q.dl_bw;
+        d["pool"] = q.pool;
+        d["fallback_pool"] = q.fallback_pool;
         d["waits_on"] = q.waits_on;
         d["batch"] = q.batch;
         d["util"] = q.util;
@@ -191,6 +193,8 @@ StateSnapshot snapshot_from(const py::dict& in) {
         q.retry_at = d["retry_at"].cast<double>();
         q.dl_device = d["dl_device"].cast<std::uint32_t>();
         q.dl_bw = d["dl_bw"].cast<double>();
+        q.pool = d["pool"].cast<std::uint32_t>();
+        q.fallback_pool = d["fallback_pool"].cast<std::uint32_t>();
         q.waits_on = d["waits_on"].cast<std::vector<std::uint64_t>>();
         q.batch = d["batch"].cast<std::uint32_t>();
         q.util = d["util"].cast<double>();
@@ -360,7 +364,8 @@ void register_scheduler(py::module_& m) {
         .def_readwrite("prefill_s_per_token", &DeviceSpec::prefill_s_per_token)
         .def_readwrite("decode_step_s", &DeviceSpec::decode_step_s)
         .def_readwrite("decode_s_per_seq", &DeviceSpec::decode_s_per_seq)
-        .def_readwrite("tenants", &DeviceSpec::tenants);
+        .def_readwrite("tenants", &DeviceSpec::tenants)
+        .def_readwrite("pool", &DeviceSpec::pool);
 
     py::class_<Scheduler>(m, "Core", "The C++ scheduler (see capsched.Scheduler).")
         .def(py::init<const SchedulerConfig&, const std::vector<DeviceSpec>&>(), py::arg("config"),
@@ -371,7 +376,8 @@ void register_scheduler(py::module_& m) {
             [](Scheduler& s, std::int64_t prompt_tokens, std::int64_t max_new_tokens, double priority,
                double timeout, double deadline, std::uint32_t tenant, std::uint32_t request_class,
                std::uint8_t sched_class, bool batchable,
-               double uclamp_min, double uclamp_max, const std::optional<U64Array>& depends_on, double now) {
+               double uclamp_min, double uclamp_max, std::uint32_t pool, std::uint32_t fallback_pool,
+               const std::optional<U64Array>& depends_on, double now) {
                 RequestSpec spec;
                 spec.prompt_tokens = prompt_tokens;
                 spec.max_new_tokens = max_new_tokens;
@@ -384,6 +390,8 @@ void register_scheduler(py::module_& m) {
                 spec.batchable = batchable;
                 spec.uclamp_min = uclamp_min;
                 spec.uclamp_max = uclamp_max;
+                spec.pool = pool;
+                spec.fallback_pool = fallback_pool;
                 if (depends_on) {
                     spec.depends_on = depends_on->data();
                     spec.n_depends_on = static_cast<std::size_t>(depends_on->size());
@@ -395,7 +403,7 @@ void register_scheduler(py::module_& m) {
             py::arg("deadline"), py::arg("tenant"), py::arg("request_class"), py::arg("sched_class"),
             py::arg("batchable"),
             py::arg("uclamp_min"),
-            py::arg("uclamp_max"), py::arg("depends_on"), py::arg("now"))
+            py::arg("uclamp_max"), py::arg("pool"), py::arg("fallback_pool"), py::arg("depends_on"), py::arg("now"))
         .def(
             "submit_many",
             [](Scheduler& s, const I64Array& prompt_tokens, const I64Array& max_new_tokens,

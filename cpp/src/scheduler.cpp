@@ -85,6 +85,8 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
             if (!std::isfinite(seeds[k]) || seeds[k] < 0.0)
                 throw ConfigError(where + seed_names[k] + " must be a finite number >= 0, got " +
                                   format_number(seeds[k]));
+        if (d.pool > kMaxPools)
+            throw ConfigError(where + "pool must be in 0.." + std::to_string(kMaxPools) + ", got " + std::to_string(d.pool));
         for (std::uint32_t t : d.tenants) max_tenant = std::max(max_tenant, t + 1);
         max_cap = std::max(max_cap, d.capacity);
     }
@@ -99,6 +101,9 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
         d.kv_budget = spec.kv_tokens;
         d.energy_per_token = spec.energy_per_token;
         d.tenants = spec.tenants;
+        d.pool = spec.pool;
+        if (d.pool >= pool_exists_.size()) pool_exists_.resize(d.pool + std::size_t{1}, 0);
+        pool_exists_[d.pool] = 1;
         d.max_inflight_batches = spec.max_inflight_batches;
         d.service.seed[0] = spec.prefill_s_per_token;
         d.service.seed[1] = spec.decode_step_s;
@@ -131,6 +136,7 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
         if (devices_[dev].tenants.empty()) group_devices_[0].push_back(dev);
     group_symmetric_.assign(group_devices_.size(), 0);
     group_cursor_.assign(group_devices_.size(), 0);
+    pool_down_.assign(pool_exists_.size(), 0);
     group_queued_.assign(group_devices_.size(), 0);
     group_blocked_.assign(group_devices_.size(), 0);
 }
@@ -192,6 +198,12 @@ void Scheduler::validate_spec(const RequestSpec& s, double now) const {
     if (s.request_class >= kMaxClasses)
         throw InvalidRequest("request class " + std::to_string(s.request_class) + " is beyond the limit of " +
                              std::to_string(kMaxClasses) + " classes");
+    if (s.pool != 0 && (s.pool >= pool_exists_.size() || !pool_exists_[s.pool]))
+        throw InvalidRequest("pool " + std::to_string(s.pool) + " has no device");
+    if (s.fallback_pool != 0 && (s.pool == 0 || s.fallback_pool == s.pool || s.fallback_pool >= pool_exists_.size() ||
+                                 !pool_exists_[s.fallback_pool]))
+        throw InvalidRequest("fallback pool " + std::to_string(s.fallback_pool) +
+                             " must be a pool with devices, other than the request's pool (and needs one)");
     if (s.n_depends_on > kMaxDependencies)
         throw InvalidRequest("depends_on lists " + std::to_string(s.n_depends_on) +
                              " requests (limit " + std::to_string(kMaxDependencies) + ")");
@@ -350,6 +362,8 @@ std::uint64_t Scheduler::accept(const RequestSpec& s, double now) {
     r.tenant = s.tenant;
     r.request_class = s.request_class;
     r.sched_class = s.sched_class;
+    r.pool = static_cast<std::uint16_t>(s.pool);
+    r.fallback_pool = static_cast<std::uint16_t>(s.fallback_pool);
     if (s.sched_class == SchedClass::Deadline) {
         r.dl_device = admit(s, r.deadline, now);
         r.dl_bw = util_of(s.request_class,
@@ -496,6 +510,10 @@ void Scheduler::run_step(double t, StepOutput& out) {
             d.probe_out = false;
         }
     }
+    // A pool is down while every device of it has an open breaker.
+    std::fill(pool_down_.begin(), pool_down_.end(), 1);
+    for (const Device& d : devices_)
+        if (d.breaker != Breaker::Open) pool_down_[d.pool] = 0;
     step_batches_.clear();
     step_members_.clear();
     refresh_groups();
@@ -580,7 +598,7 @@ std::uint32_t Scheduler::admit(const RequestSpec& s, double deadline, double now
     double best_room = -kInf;
     for (const std::uint32_t dev : device_order_) {
         const Device& d = devices_[dev];
-        if (!eligible(d, s.tenant)) continue;
+        if (!eligible(d, s.tenant, s.pool, s.fallback_pool)) continue;
         const double room = cfg_.placement.dl_bandwidth_limit * d.capacity - d.dl_bw - u;
         if (room >= 0.0 && room > best_room) {
             best = dev;
@@ -592,7 +610,7 @@ std::uint32_t Scheduler::admit(const RequestSpec& s, double deadline, double now
     std::size_t listed = 0;
     for (const std::uint32_t dev : device_order_) {
         const Device& d = devices_[dev];
-        if (!eligible(d, s.tenant)) continue;
+        if (!eligible(d, s.tenant, s.pool, s.fallback_pool)) continue;
         if (listed++ == 8) {
             free += ", ...";
             break;
@@ -673,7 +691,11 @@ std::uint32_t Scheduler::group_of(std::uint32_t tenant) const noexcept {
     return tenant < tenant_group_.size() ? tenant_group_[tenant] : 0;
 }
 
-bool Scheduler::eligible(const Device& d, std::uint32_t tenant) const noexcept {
+bool Scheduler::eligible(const Device& d, std::uint32_t tenant, std::uint32_t pool, std::uint32_t fallback) const noexcept {
+    if (pool != 0) {  // its pool, or its fallback pool while every device of its pool is open
+        const std::uint32_t use = fallback != 0 && pool < pool_down_.size() && pool_down_[pool] ? fallback : pool;
+        if (d.pool != use) return false;
+    }
     if (group_of(tenant) == 0) return d.tenants.empty();
     return std::find(d.tenants.begin(), d.tenants.end(), tenant) != d.tenants.end();
 }
@@ -949,7 +971,7 @@ void Scheduler::preempt(double now, StepOutput& out) {
         std::uint32_t victim_dev = kNoIndex;
         for (std::uint32_t dev = 0; dev < devices_.size(); ++dev) {
             const Device& d = devices_[dev];
-            if (ur.sched_class == SchedClass::Deadline ? dev != ur.dl_device : !eligible(d, ur.tenant)) continue;
+            if (ur.sched_class == SchedClass::Deadline ? dev != ur.dl_device : !eligible(d, ur)) continue;
             // Not on a device the server did not report (slots -1) nor one whose breaker is not closed.
             if (step_solo_[dev] || d.breaker != Breaker::Closed || step_slots_[dev] < 0) continue;
             const std::int64_t kv_left = step_kv_[dev] >= 0 ? step_kv_[dev]
@@ -1029,7 +1051,7 @@ bool Scheduler::has_room(std::uint32_t dev, const Request& r) const noexcept {
     // A candidate: open to r's tenant, room for r in this step (batch size, token budget;
     // in continuous mode the free slots reported), KV memory for r.
     const Device& d = devices_[dev];
-    if (!eligible(d, r.tenant) || device_closed(dev)) return false;
+    if (!eligible(d, r) || device_closed(dev)) return false;
     const std::uint32_t sb = step_batch_[dev];
     if (!r.batchable && (sb != kNoIndex || (continuous_ && d.inflight_requests > 0))) return false;
     const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
@@ -1054,7 +1076,7 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
     for (const std::uint32_t dev : device_order_) {
         const Device& d = devices_[dev];
         if (bigger_than != nullptr && !(d.capacity > bigger_than->capacity)) continue;
-        if (d.capacity < min_capacity || !eligible(d, r.tenant)) continue;
+        if (d.capacity < min_capacity || !eligible(d, r)) continue;
         const bool timely = in_time(d, r);
         any_timely = any_timely || timely;
         if (!has_room(dev, r)) continue;
@@ -1138,7 +1160,7 @@ void Scheduler::readmit_deadline(std::uint32_t dev) {
         double best_room = -kInf;
         for (const std::uint32_t to : device_order_) {
             const Device& e = devices_[to];
-            if (to == dev || !eligible(e, r.tenant)) continue;
+            if (to == dev || !eligible(e, r)) continue;
             const double room = limit_share * e.capacity - e.dl_bw - r.dl_bw;
             if (room >= 0.0 && room > best_room) {
                 best = to;
@@ -1243,6 +1265,13 @@ void Scheduler::place_by_fitness(double now) {
             q.pop();
             --open;
             ++counters_.deferred;
+            continue;
+        }
+        if (dev == kNoIndex && r.pool != 0) {  // its pool is full: it waits, holding back no one
+            IndexedHeap<>& q = queue_of(r);
+            skipped_.push_back({h, q.top().key});
+            q.pop();
+            --open;
             continue;
         }
         if (dev == kNoIndex) {  // its group is full: keep the order within the group
@@ -1800,6 +1829,8 @@ void Scheduler::export_state(StateSnapshot& out) const {
         q.retry_at = r.state == State::Retrying ? retries_.key_of(h).key : 0.0;
         q.dl_device = r.dl_device;
         q.dl_bw = r.dl_bw;
+        q.pool = r.pool;
+        q.fallback_pool = r.fallback_pool;
         q.waits_on = std::move(waits[h]);
         std::sort(q.waits_on.begin(), q.waits_on.end());
         if (r.state == State::InFlight) {
@@ -1908,6 +1939,9 @@ void Scheduler::import_state(const StateSnapshot& in) {
             (q.dl_device >= devices_.size() || !std::isfinite(q.dl_bw) || q.dl_bw < 0.0))
             bad(who + "bad deadline-class reservation");
         if (st == State::Retrying && !std::isfinite(q.retry_at)) bad(who + "bad retry time");
+        if ((q.pool != 0 && (q.pool >= pool_exists_.size() || !pool_exists_[q.pool])) ||
+            (q.fallback_pool != 0 && (q.fallback_pool >= pool_exists_.size() || !pool_exists_[q.fallback_pool])))
+            bad(who + "names a pool with no device");
         if ((st == State::Waiting) != !q.waits_on.empty()) bad(who + "waiting exactly when it waits on something");
         for (const std::uint64_t dep : q.waits_on) {
             const auto it = std::lower_bound(in.requests.begin(), in.requests.end(), dep,
@@ -2024,6 +2058,8 @@ void Scheduler::import_state(const StateSnapshot& in) {
         r.retries = static_cast<std::uint16_t>(q.retries);
         r.preemptions = static_cast<std::uint16_t>(q.preemptions);
         r.progress = q.progress;
+        r.pool = static_cast<std::uint16_t>(q.pool);
+        r.fallback_pool = static_cast<std::uint16_t>(q.fallback_pool);
         set_static_key(r);
         if (r.sched_class == SchedClass::Deadline) {
             r.dl_device = q.dl_device;

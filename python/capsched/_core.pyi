@@ -77,6 +77,7 @@ class DeviceSpec:
     decode_step_s: float
     decode_s_per_seq: float
     tenants: list[int]
+    pool: int
     def __init__(self) -> None: ...
 
 _StepTuple = tuple[
@@ -111,6 +112,8 @@ class Core:
         batchable: bool,
         uclamp_min: float,
         uclamp_max: float,
+        pool: int,
+        fallback_pool: int,
         depends_on: npt.NDArray[np.uint64] | None,
         now: float,
     ) -> int: ...

@@ -66,6 +66,10 @@ class Device:
             the wait-or-go rule and to keep a request with a deadline off a device that
             could not finish it in time (``docs/batching.md``). ``None`` (the default):
             estimates come from the request classes' learned work per token.
+        pool: the device pool (class) it belongs to, e.g. ``"h100"``: requests that name
+            a pool run only on its devices (``InferenceRequest(pool=...)``, with an
+            optional ``fallback_pool`` while the whole pool's breakers are open).
+            ``None`` (the default): in no pool.
 
     Raises:
         ConfigError: a bad value; the message names the device and the field.
@@ -85,6 +89,7 @@ class Device:
     prefill_s_per_token: Optional[float] = None
     decode_step_s: Optional[float] = None
     decode_s_per_seq: Optional[float] = None
+    pool: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -115,6 +120,8 @@ class Device:
                 isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0
             ):
                 raise ConfigError(f"device {self.name!r}: {field} must be a finite number > 0, got {v!r}")
+        if self.pool is not None and (not isinstance(self.pool, str) or not self.pool):
+            raise ConfigError(f"device {self.name!r}: pool must be a non-empty str or None, got {self.pool!r}")
         for field in ("prefill_s_per_token", "decode_step_s", "decode_s_per_seq"):
             v = getattr(self, field)
             if v is not None and (

@@ -55,6 +55,10 @@ class InferenceRequest:
             work, like Linux's SCHED_IDLE: first come first served, placed only when no
             online request is left queued and only on a device it fits; in continuous
             mode any queued online request may evict it).
+        pool: the device pool (``Device(pool=...)``, a device class such as ``"h100"``)
+            it must run in; ``None`` (the default): any device.
+        fallback_pool: the pool it may use instead while every device of ``pool`` has an
+            open circuit breaker (needs ``pool``).
 
     Invalid values raise :class:`~capsched.errors.InvalidRequestError` (wrong types:
     :class:`~capsched.errors.RequestTypeError`, also a ``TypeError``) naming the field.
@@ -76,6 +80,8 @@ class InferenceRequest:
         "uclamp_max",
         "request_class",
         "sched_class",
+        "pool",
+        "fallback_pool",
         "id",
     )
 
@@ -95,6 +101,8 @@ class InferenceRequest:
         uclamp_max: float = 1.0,
         request_class: Optional[str] = None,
         sched_class: str = "normal",
+        pool: Optional[str] = None,
+        fallback_pool: Optional[str] = None,
     ) -> None:
         if prompt is not None and type(prompt) is not str and not isinstance(prompt, str):
             raise RequestTypeError(f"prompt must be a str or None, got {type(prompt).__name__}")
@@ -133,6 +141,15 @@ class InferenceRequest:
         if sched_class == "deadline" and timeout is None and deadline is None:
             raise InvalidRequestError("a deadline-class request needs a timeout or a deadline")
         self.sched_class = sched_class
+        for name, value in (("pool", pool), ("fallback_pool", fallback_pool)):
+            if value is not None and (type(value) is not str and not isinstance(value, str) or not value):
+                raise RequestTypeError(f"{name} must be a non-empty str or None, got {value!r}")
+        if fallback_pool is not None and (pool is None or fallback_pool == pool):
+            raise InvalidRequestError(
+                f"fallback_pool {fallback_pool!r} needs a pool of its own, other than it (pool {pool!r})"
+            )
+        self.pool = pool
+        self.fallback_pool = fallback_pool
         self.id: Optional[int] = None
 
     def __repr__(self) -> str:

@@ -173,6 +173,10 @@ class Scheduler:
                 self._index.setdefault(d.parent, []).append(i)
         self._index.update({name: [i] for i, name in enumerate(self._names)})
         self._clocked = [False] * len(self._devices)  # set_clock has given it a max clock
+        self._pools: dict[str, int] = {}  # pool name -> id (1, 2, ... in device order)
+        for d in self._devices:
+            if d.pool is not None and d.pool not in self._pools:
+                self._pools[d.pool] = len(self._pools) + 1
         self._journal_seq = 0  # the last journal entry reflected in this state
         self._lock = threading.Lock()  # guards the submitted-object check and the tenant table
 
@@ -200,6 +204,7 @@ class Scheduler:
         # constant that is the same for every device, which is all a comparison needs).
         spec.energy_per_token = 0.0 if power is None else float(power) / spec.capacity
         spec.tenants = [self._tenant_id(t) for t in d.tenants]
+        spec.pool = 0 if d.pool is None else self._pools[d.pool]
         spec.prefill_s_per_token = float(d.prefill_s_per_token or 0.0)
         spec.decode_step_s = float(d.decode_step_s or 0.0)
         spec.decode_s_per_seq = float(d.decode_s_per_seq or 0.0)
@@ -260,6 +265,15 @@ class Scheduler:
         if tokens is None:
             tokens = self._estimate(request.prompt)
         deps = _dependency_ids(request.depends_on) if request.depends_on else None
+        pool = fallback = 0
+        if request.pool is not None or request.fallback_pool is not None:
+            for name in (request.pool, request.fallback_pool):
+                if name is not None and name not in self._pools:
+                    raise InvalidRequestError(
+                        f"pool {name!r} has no device; pools: {sorted(self._pools) or 'none'}"
+                    )
+            pool = self._pools[request.pool] if request.pool is not None else 0
+            fallback = self._pools[request.fallback_pool] if request.fallback_pool is not None else 0
         with self._lock:
             if request.id is not None:
                 raise DuplicateRequestError(
@@ -289,6 +303,8 @@ class Scheduler:
                 request.batchable,
                 request.uclamp_min,
                 request.uclamp_max,
+                pool,
+                fallback,
                 deps,
                 t,
             )

@@ -223,6 +223,7 @@ class RefDeviceSpec:
     prefill_s_per_token: Optional[float] = None
     decode_step_s: Optional[float] = None
     decode_s_per_seq: Optional[float] = None
+    pool: Optional[str] = None
 
 
 @dataclass
@@ -252,6 +253,8 @@ class RefRequest:
     preemptions: int = 0
     progress: float = 0.0             # seconds it ran before its evictions
     retry_at: float = 0.0             # retrying: when its backoff ends
+    pool: Optional[str] = None        # the device pool it must run in (None: any)
+    fallback_pool: Optional[str] = None
 
     @property
     def tokens(self) -> float:
@@ -331,6 +334,7 @@ class RefDevice:
     open_until: float = 0.0
     breaker_trips: int = 0
     degrade_on: bool = True            # Config.breaker_degrade
+    pool: Optional[str] = None
 
     def degrade(self) -> float:
         return min(0.9, self.fail_rate) if self.degrade_on else 0.0
@@ -454,6 +458,7 @@ class ReferenceScheduler:
                                          float(s.decode_s_per_seq or 0.0))),
                 batch_limit=float(max_batch_size),
                 degrade_on=bool(cfg["breaker_degrade"]),
+                pool=s.pool,
             )
             if s.max_clock_mhz is not None:
                 d.max_clock = float(s.max_clock_mhz)
@@ -482,6 +487,9 @@ class ReferenceScheduler:
                              held=0, trimmed=0, preempted=0, deferred=0, breaker_trips=0)
         self._wait = False
         self._rng = int(cfg.get("retry_seed", 0)) & ((1 << 64) - 1)
+        # Device pools: a pool is down while every device of it has an open breaker.
+        self.pools = {d.pool for d in self.devices if d.pool is not None}
+        self.pool_down: Dict[str, bool] = {p: False for p in self.pools}
         # Continuous mode of the current step: slots and KV left per device (KV < 0:
         # not reported, the device's own budget applies).
         self._continuous = False
@@ -594,9 +602,15 @@ class ReferenceScheduler:
         occupancy = min(1.0, float(d.inflight_requests) / slots)
         d.pelt.update(now, occupancy * d.clock_scale * d.capacity_orig)
 
-    def eligible(self, d: RefDevice, tenant: Optional[str]) -> bool:
+    def eligible(self, d: RefDevice, tenant: Optional[str], pool: Optional[str] = None,
+                 fallback: Optional[str] = None) -> bool:
         """Open to the tenant: a pinned tenant only on devices listing it; any other
-        tenant only on devices that list no tenant."""
+        tenant only on devices that list no tenant. A request with a pool: only its
+        pool's devices, or its fallback pool's while its pool is down."""
+        if pool is not None:
+            use = fallback if fallback is not None and self.pool_down.get(pool, False) else pool
+            if d.pool != use:
+                return False
         if tenant not in self.pinned:
             return not d.tenants
         return tenant in d.tenants
@@ -656,7 +670,7 @@ class ReferenceScheduler:
         """A candidate: open to r's tenant, room for r in this step (batch size, token
         budget; in continuous mode the free slots reported), KV memory for r."""
         d = self.devices[di]
-        if not self.eligible(d, r.tenant) or self.device_closed(di):
+        if not self.eligible(d, r.tenant, r.pool, r.fallback_pool) or self.device_closed(di):
             return False
         bid = self._step_batch.get(di)
         if not r.batchable and (bid is not None or (self._continuous and d.inflight_requests > 0)):
@@ -689,7 +703,7 @@ class ReferenceScheduler:
             d = self.devices[di]
             if bigger_than is not None and not d.capacity > bigger_than:
                 continue
-            if d.capacity < min_capacity or not self.eligible(d, r.tenant):
+            if d.capacity < min_capacity or not self.eligible(d, r.tenant, r.pool, r.fallback_pool):
                 continue
             timely = self.in_time(d, r)
             any_timely = any_timely or timely
@@ -927,7 +941,7 @@ class ReferenceScheduler:
                 if ur.sched_class == "deadline":
                     if di != ur.dl_device:
                         continue
-                elif not self.eligible(d, ur.tenant):
+                elif not self.eligible(d, ur.tenant, ur.pool, ur.fallback_pool):
                     continue
                 if di in self._step_solo or d.breaker != "closed" or self._slots[di] < 0:
                     continue  # (slots -1: a device the server did not report)
@@ -1064,13 +1078,14 @@ class ReferenceScheduler:
             raise RefUnknownRequest(f"unknown request id {rid}")
         return r
 
-    def admit(self, u: float, tenant: Optional[str]) -> int:
+    def admit(self, u: float, tenant: Optional[str], pool: Optional[str] = None,
+              fallback: Optional[str] = None) -> int:
         """Deadline-class admission: worst fit over the devices open to the tenant,
         room = dl_bandwidth_limit x capacity - dl_bw - u >= 0; ties in device order."""
         best, best_room = None, -INF
         for di in self.device_order:
             d = self.devices[di]
-            if not self.eligible(d, tenant):
+            if not self.eligible(d, tenant, pool, fallback):
                 continue
             room = self.cfg["dl_bandwidth_limit"] * d.capacity - d.dl_bw - u
             if room >= 0.0 and room > best_room:
@@ -1086,7 +1101,8 @@ class ReferenceScheduler:
                depends_on: Iterable[int] = (), batchable: bool = True, *,
                tenant: Optional[str] = None, request_class: Optional[str] = None,
                sched_class: str = "normal", uclamp_min: float = 0.0,
-               uclamp_max: float = 1.0) -> int:
+               uclamp_max: float = 1.0, pool: Optional[str] = None,
+               fallback_pool: Optional[str] = None) -> int:
         now = self._clamp(now)
         deps = list(depends_on)
         # Validate everything before changing anything.
@@ -1102,6 +1118,9 @@ class ReferenceScheduler:
             d = float(deadline)
         else:
             d = INF
+        if (pool is not None and pool not in self.pools) or (fallback_pool is not None and (
+                pool is None or fallback_pool == pool or fallback_pool not in self.pools)):
+            raise RefInvalidRequest("bad pool or fallback pool")
         if not (0.0 <= uclamp_min <= uclamp_max <= 1.0):
             raise RefInvalidRequest("bad uclamp")
         if sched_class not in SCHED_CLASSES:
@@ -1121,7 +1140,7 @@ class ReferenceScheduler:
         dl_device, dl_bw = None, 0.0
         if sched_class == "deadline":
             dl_bw = self.util_of(request_class, tokens, d, uclamp_min, uclamp_max, now)
-            dl_device = self.admit(dl_bw, tenant)  # raises RefAdmissionError
+            dl_device = self.admit(dl_bw, tenant, pool, fallback_pool)  # raises RefAdmissionError
         live = {dep for dep in deps if self.requests[dep].state in LIVE_STATES}
         rid = self.next_id
         self.next_id += 1
@@ -1131,7 +1150,8 @@ class ReferenceScheduler:
                        batchable=bool(batchable), state="waiting" if live else "queued",
                        deps=live, tenant=tenant, request_class=request_class,
                        sched_class=sched_class, uclamp_min=float(uclamp_min),
-                       uclamp_max=float(uclamp_max), dl_device=dl_device, dl_bw=dl_bw)
+                       uclamp_max=float(uclamp_max), dl_device=dl_device, dl_bw=dl_bw,
+                       pool=pool, fallback_pool=fallback_pool)
         if dl_device is not None:
             self.devices[dl_device].dl_bw += dl_bw
         for dep in sorted(live):
@@ -1189,6 +1209,8 @@ class ReferenceScheduler:
             if d.breaker == "open" and now >= d.open_until:
                 d.breaker = "half_open"  # its cool-down ended: one probe
                 d.probe_out = False
+        self.pool_down = {p: all(d.breaker == "open" for d in self.devices if d.pool == p)
+                          for p in self.pools}
         self._step_batch = {}
         self._step_solo = set()
         self._step_batches = []
@@ -1278,7 +1300,7 @@ class ReferenceScheduler:
             best, best_room = None, -INF
             for to in self.device_order:
                 e = self.devices[to]
-                if to == di or not self.eligible(e, r.tenant):
+                if to == di or not self.eligible(e, r.tenant, r.pool, r.fallback_pool):
                     continue
                 room = lim * e.capacity - e.dl_bw - r.dl_bw
                 if room >= 0.0 and room > best_room:
@@ -1332,6 +1354,8 @@ class ReferenceScheduler:
             if di is None and not symmetric[g] and self._wait:
                 self.counters["deferred"] += 1  # waits for a device that is in time
                 continue
+            if di is None and r.pool is not None:
+                continue  # its pool is full: it waits, holding back no one
             if di is None:
                 blocked.add(g)  # its group is full: nothing of it overtakes r
                 continue

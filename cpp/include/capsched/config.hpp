@@ -138,6 +138,7 @@ inline constexpr std::uint32_t kMaxDeadlineLevels = 1024;
 inline constexpr std::uint32_t kMaxClasses = 1u << 20;
 inline constexpr std::int64_t kMaxBatchTokens = 1'000'000'000;
 inline constexpr std::uint64_t kMaxQueued = 1'000'000'000'000ull;
+inline constexpr std::uint32_t kMaxPools = 65535;
 inline constexpr std::size_t kMaxPreferredSizes = 64;
 
 // Throws ConfigError naming the first bad field.

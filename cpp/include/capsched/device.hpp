@@ -28,6 +28,8 @@ struct DeviceSpec {
     double prefill_s_per_token = 0.0;
     double decode_step_s = 0.0;
     double decode_s_per_seq = 0.0;
+    // Its pool (device class) for requests that ask for one; 0 = none (1..kMaxPools).
+    std::uint32_t pool = 0;
     // Tenants pinned to this device (a slice). Empty: a shared device, open to every
     // tenant that is not pinned anywhere.
     std::vector<std::uint32_t> tenants;
@@ -85,6 +87,7 @@ struct Device {
     double dl_bw = 0.0;                     // sum of admitted deadline-class bandwidths
     double energy_per_token = 0.0;
     std::vector<std::uint32_t> tenants;
+    std::uint32_t pool = 0;
     PeltSignal util;                        // occupancy, frequency- and capacity-invariant
     Handle inflight_head = kNoHandle;       // its in-flight requests (intrusive list)
     bool misfit_check = false;              // capacity dropped: check its requests next step

@@ -32,6 +32,10 @@ struct RequestSpec {
     bool batchable = true;
     double uclamp_min = 0.0;  // 0..1, <= uclamp_max; used by capacity-aware placement
     double uclamp_max = 1.0;
+    // Device pool (class) it must run in, 0 = any; when every device of that pool has an
+    // open breaker, its fallback pool (0 = none) instead.
+    std::uint32_t pool = 0;
+    std::uint32_t fallback_pool = 0;
     const std::uint64_t* depends_on = nullptr;
     std::size_t n_depends_on = 0;
 };
@@ -80,6 +84,8 @@ struct Request {
     std::uint16_t retries = 0;
     std::uint16_t level = 0;  // weighted: current deadline level L (0..Q)
     std::uint16_t preemptions = 0;  // times evicted (continuous mode)
+    std::uint16_t pool = 0;         // device pool it must run in (0 = any)
+    std::uint16_t fallback_pool = 0;
     double progress = 0.0;          // seconds it ran before its evictions
     State state = State::Free;
     SchedClass sched_class = SchedClass::Normal;

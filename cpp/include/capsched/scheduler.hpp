@@ -262,7 +262,10 @@ class Scheduler {
     void class_enter(const Request& r, const Device& d, double now) noexcept;
     void class_leave(const Request& r, const Device& d, double now) noexcept;
     void readmit_deadline(std::uint32_t dev);
-    bool eligible(const Device& d, std::uint32_t tenant) const noexcept;
+    bool eligible(const Device& d, std::uint32_t tenant, std::uint32_t pool, std::uint32_t fallback) const noexcept;
+    bool eligible(const Device& d, const Request& r) const noexcept {
+        return eligible(d, r.tenant, r.pool, r.fallback_pool);
+    }
     std::uint32_t open_batch(std::uint32_t device);
     void dispatch(Handle h, std::uint32_t batch, double util, double now, std::uint8_t kind);
     void undispatch(StepMember& m, double now);
@@ -311,6 +314,8 @@ class Scheduler {
     // devices cannot be told apart (same usable capacity, KV budget and energy) is
     // placed by the symmetric fast path; recomputed at each step.
     std::vector<std::uint32_t> tenant_group_;   // by tenant id; 0 = shared
+    std::vector<std::uint8_t> pool_exists_;     // by pool id
+    std::vector<std::uint8_t> pool_down_;       // by pool id: every device's breaker is open (per step)
     std::vector<std::vector<std::uint32_t>> group_devices_;
     std::vector<std::uint8_t> group_symmetric_;
     std::vector<std::uint32_t> group_cursor_;   // per step: first device that may have room

@@ -31,6 +31,7 @@ struct RequestSnapshot {
     double retry_at = 0.0;           // Retrying: when its backoff ends
     std::uint32_t dl_device = kNoIndex;
     double dl_bw = 0.0;
+    std::uint32_t pool = 0, fallback_pool = 0;
     std::vector<std::uint64_t> waits_on;  // Waiting: live dependencies not completed yet
     // InFlight: its batch (index into StateSnapshot::batches), utilization, dispatch time.
     std::uint32_t batch = kNoIndex;
