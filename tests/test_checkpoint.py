@@ -223,3 +223,65 @@ def test_a_damaged_journal_line_is_refused(tmp_path) -> None:
     jn.write_text("\n".join(lines))
     with pytest.raises(CheckpointError, match="line 2 is damaged"):
         Scheduler.restore(ck, journal=jn)
+
+
+_BUSY_CHILD = r"""
+import sys, random
+from capsched import Scheduler, InferenceRequest, Config
+ck, jn = sys.argv[1], sys.argv[2]
+s = Scheduler(["a", "b"], policy="weighted", max_batch_size=4, config=Config(retry_base=0.0))
+s.checkpoint(ck)
+s.open_journal(jn)  # fsync per accepted change
+rnd = random.Random(1)
+t = 0.0
+print("ready", flush=True)
+while True:
+    t += 0.001
+    rid = s.submit(InferenceRequest(prompt_tokens=rnd.randint(1, 100)), now=t)
+    print(rid, flush=True)  # after submit returned: accepted (and journaled)
+    if rid % 7 == 0:
+        r = s.step(now=t)
+        for x in r.dispatched[::2]:
+            s.complete(x, now=t)
+        for x in r.dispatched[1::2]:
+            s.fail(x, now=t, retryable=True)
+"""
+
+
+def test_journal_survives_sigkill_in_a_busy_run(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ck, jn = tmp_path / "state.json", tmp_path / "journal.log"
+    script = tmp_path / "busy.py"
+    script.write_text(_BUSY_CHILD)
+    proc = subprocess.Popen([sys.executable, str(script), str(ck), str(jn)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        accepted = []
+        deadline = time.monotonic() + 30
+        while len(accepted) < 300 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, f"the child stopped early (exit code {proc.poll()})"
+            accepted.append(int(line))
+        os.kill(proc.pid, signal.SIGKILL)  # in the middle of the run, no clean-up
+        proc.wait(timeout=30)
+        accepted += [int(x) for x in proc.stdout.read().split()]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert len(accepted) >= 300
+    r = Scheduler.restore(ck, journal=jn)
+    st = r.stats()
+    # Every request the killed process had accepted is accounted for, each in exactly one
+    # state, and the books balance.
+    assert st["accepted"] >= max(accepted)
+    for rid in accepted:  # known to the restored scheduler (never UnknownRequestError)
+        assert r.status(rid) in ("queued", "waiting", "retrying", "completed", "failed")
+    assert st["in_flight"] == 0 and st["conservation_ok"] and r.check_invariants()
+    r.close_journal()
