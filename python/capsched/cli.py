@@ -137,6 +137,9 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
                    help="take a device down for an interval, e.g. H100-SXM-0@20+30 (repeatable)")
     p.add_argument("--slowdown", action="append", default=[], metavar="DEVICE@START+DURATION:SCALE",
                    help="drop a device's clock to SCALE of its max for an interval, e.g. H100-SXM-0@20+30:0.5")
+    p.add_argument("--restart-at", type=float, default=None, metavar="SECONDS",
+                   help="capsched only: at this simulated time, checkpoint the Scheduler, restore it from the "
+                        "file and go on with the restored one (what was in flight runs again)")
     p.add_argument("--capsched-policy", default="edf", help="the capsched Scheduler's policy (default edf)")
     p.add_argument("--capsched-class", default="normal", choices=("normal", "deadline"),
                    help="sched_class of capsched's requests: normal (default) or deadline (admission control: "
@@ -188,6 +191,7 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
             slowdowns=tuple(parse_slowdown(s) for s in args.slowdown),
             capsched_policy=args.capsched_policy,
             capsched_request={"sched_class": args.capsched_class} if args.capsched_class != "normal" else {},
+            restart_at=args.restart_at,
         )
         exp = simrun.run_experiment(config, progress=not args.no_progress and not args.json)
     except (ConfigError, KeyError) as exc:

@@ -75,7 +75,7 @@ PENDING, DONE, FAILED, EXPIRED = 0, 1, 2, 3
 #: Pressure given to the Scheduler for a device that is down (its capacity x 0.001).
 _DOWN_PRESSURE = 0.999
 
-_ARRIVAL, _ITER_END, _FAULT_START, _FAULT_END, _SLOW_START, _SLOW_END, _WAKE = range(7)
+_ARRIVAL, _ITER_END, _FAULT_START, _FAULT_END, _SLOW_START, _SLOW_END, _WAKE, _RESTART = range(8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +179,7 @@ class SimResult:
     continuous_api: Optional[bool] = None
     preempted: int = 0
     migrated: int = 0
+    restarts: int = 0  # scheduler restarts from a checkpoint (restart_at)
 
 
 class _Dev:
@@ -253,6 +254,7 @@ class Simulation:
         capsched_config: Optional[dict[str, Any]] = None,
         capsched_request: Optional[dict[str, Any]] = None,
         continuous: Optional[bool] = None,
+        restart_at: Optional[float] = None,
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
@@ -277,6 +279,12 @@ class Simulation:
         self.capsched_config = dict(capsched_config or {})
         self.capsched_request = dict(capsched_request or {})
         self.continuous = continuous
+        if restart_at is not None and not (
+            isinstance(restart_at, (int, float)) and not isinstance(restart_at, bool) and math.isfinite(restart_at)
+            and restart_at >= 0
+        ):
+            raise ConfigError(f"restart_at must be a time in seconds >= 0, got {restart_at!r}")
+        self.restart_at = restart_at
 
     # ------------------------------------------------------------------ setup
 
@@ -316,6 +324,10 @@ class Simulation:
         for k, s in enumerate(self.slowdowns):
             self._push(s.start_s, _SLOW_START, self._by_name[s.device], k)
             self._push(s.start_s + s.duration_s, _SLOW_END, self._by_name[s.device], k)
+        self.restarts = 0
+        self.requeued_on_restart = 0
+        if self.restart_at is not None and self.sched is not None:
+            self._push(float(self.restart_at), _RESTART, 0, 0)
 
     def _setup_capsched(self) -> None:
         from ..config import Config
@@ -550,6 +562,33 @@ class Simulation:
             if d.pending:
                 self._maybe_start(d, now)
 
+    def _restart(self, now: float) -> None:
+        """The scheduler process dies and comes back: checkpoint, restore from the file
+        (what was in flight is queued again), and stop on the devices everything the old
+        scheduler had placed, since the restored one will place it again."""
+        import os
+        import tempfile
+
+        from ..scheduler import Scheduler
+
+        assert self.sched is not None
+        fd, path = tempfile.mkstemp(suffix=".json", prefix="capsched-sim-")
+        os.close(fd)
+        try:
+            self.sched.checkpoint(path)
+            restored = Scheduler.restore(path, clock=lambda: 0.0)
+        finally:
+            os.unlink(path)
+        placed = [r for r in range(len(self.P)) if self.where[r] >= 0]
+        for r in placed:
+            self._stop(r)
+        self.requeued_on_restart += len(placed)
+        self.restarts += 1
+        self.sched = restored
+        self._dispatch(now)
+        for d in self.devs:
+            self._maybe_start(d, now)
+
     def _fail_capsched(self, r: int, now: float, error: str) -> None:
         assert self.sched is not None
         requeued = self.sched.fail(self.sid_of[r], now, retryable=True, error=error)
@@ -633,7 +672,10 @@ class Simulation:
                 break
             now, _, kind, a, b = heapq.heappop(ev)
             d = devs[a]
-            if kind == _WAKE:
+            if kind == _RESTART:
+                self._restart(now)
+                sched = self.sched  # the restored one from now on
+            elif kind == _WAKE:
                 if now >= self._wake_at:
                     self._wake_at = math.inf
                 if sched is not None:
@@ -697,6 +739,7 @@ class Simulation:
             continuous_api=self.continuous if sched is not None else None,
             preempted=self.preempted,
             migrated=self.migrated,
+            restarts=self.restarts,
         )
 
 

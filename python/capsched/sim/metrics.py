@@ -102,6 +102,7 @@ def summarize(result: SimResult, load: float, offered_rate: float, wall_s: float
         extra["continuous_api"] = result.continuous_api
         extra["preempted"] = result.preempted
         extra["migrated"] = result.migrated
+        extra["restarts"] = getattr(result, "restarts", 0)
     per_dev = np.bincount(result.device[done], minlength=len(result.device_names)) if n else []
     extra["completed_per_device"] = {name: int(c) for name, c in zip(result.device_names, per_dev)}
     return RunMetrics(

@@ -87,6 +87,7 @@ class SimConfig:
     capsched_policy: str = "edf"
     capsched_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     capsched_request: dict[str, Any] = dataclasses.field(default_factory=dict)
+    restart_at: Optional[float] = None
 
     def __post_init__(self) -> None:
         if not self.loads:
@@ -201,6 +202,7 @@ def run_experiment(config: SimConfig, *, progress: bool = False, stream: Optiona
                 capsched_policy=config.capsched_policy,
                 capsched_config=config.capsched_config,
                 capsched_request=config.capsched_request,
+                restart_at=config.restart_at,
             )
             res = sim.run()
             runs.append(summarize(res, load, rate, time.perf_counter() - t))
