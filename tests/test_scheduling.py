@@ -319,3 +319,16 @@ def test_back_pressure_bounds_the_queue_in_all_and_per_tenant() -> None:
     assert st["queued"] == 5 and st["conservation_ok"] and s.check_invariants()
     with pytest.raises(ConfigError, match="max_queued"):
         Config(max_queued=-1)
+
+
+def test_queue_depth_by_scheduling_class() -> None:
+    s = Scheduler(["gpu"], max_batch_size=1)
+    for cls, n in (("normal", 3), ("strict", 2), ("deadline", 1), ("background", 4)):
+        for _ in range(n):
+            s.submit(req(sched_class=cls, timeout=50.0), now=0.0)
+    st = s.stats()
+    assert (st["queued_deadline"], st["queued_strict"], st["queued_normal"], st["queued_background"]) == (1, 2, 3, 4)
+    s.step(now=0.0)  # the deadline-class one goes first
+    st = s.stats()
+    assert st["queued_deadline"] == 0 and st["queued"] == 9 == sum(
+        st[f"queued_{c}"] for c in ("deadline", "strict", "normal", "background"))

@@ -548,6 +548,10 @@ void register_scheduler(py::module_& m) {
             out["queued"] = st.queued;
             out["in_flight"] = st.in_flight;
             out["retrying"] = st.retrying;
+            out["queued_deadline"] = st.queued_by_class[0];
+            out["queued_strict"] = st.queued_by_class[1];
+            out["queued_normal"] = st.queued_by_class[2];
+            out["queued_background"] = st.queued_by_class[3];
             out["now"] = st.now;
             py::list devices;
             for (const Device& d : st.devices) devices.append(device_dict(d));

@@ -1685,6 +1685,10 @@ Stats Scheduler::stats() const {
     s.queued = queued_;
     s.in_flight = in_flight_;
     s.retrying = retrying_;
+    s.queued_by_class[0] = dl_ready_.size();
+    s.queued_by_class[1] = rt_ready_.size();
+    s.queued_by_class[2] = ready_.size();
+    s.queued_by_class[3] = bg_ready_.size();
     s.now = now_;
     s.devices = devices_;
     return s;

@@ -82,7 +82,10 @@ __all__ = [
 ]
 
 #: Scheduler-wide integer keys that are levels (gauges), not running totals.
-SCHEDULER_GAUGES = frozenset({"waiting", "queued", "in_flight", "retrying", "max_batch_size"})
+SCHEDULER_GAUGES = frozenset(
+    {"waiting", "queued", "in_flight", "retrying", "max_batch_size", "queued_deadline", "queued_strict",
+     "queued_normal", "queued_background"}
+)
 
 #: The states of per-device string keys known in advance (each exported, 0 or 1, at
 #: every scrape, so that a dashboard sees an ``open`` series at 0 before the first trip).
@@ -117,6 +120,10 @@ _DOC = {
     "queued": "Requests ready and queued",
     "in_flight": "Requests dispatched and not yet ended",
     "retrying": "Requests waiting out a retry backoff",
+    "queued_deadline": "Queued deadline-class requests",
+    "queued_strict": "Queued strict-class requests",
+    "queued_normal": "Queued normal-class requests",
+    "queued_background": "Queued background-class requests",
     "max_batch_size": "Configured most requests per batch",
     "capacity": "Usable capacity (strongest device = 1024, after clock and pressure)",
     "capacity_orig": "Capacity before clock scaling and pressure",

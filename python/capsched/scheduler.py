@@ -605,6 +605,16 @@ class Scheduler:
         reduced capacity can no longer hold), ``migrated`` the in-flight ones moved to a
         bigger device, ``readmitted`` the queued deadline-class ones whose reserved
         bandwidth moved to another device.
+
+        Also: ``retrying`` (waiting out a retry backoff), ``queued_deadline``,
+        ``queued_strict``, ``queued_normal``, ``queued_background`` (queued requests by
+        scheduling class), ``held`` and ``trimmed`` (batches held back to fill, requests
+        cut by a preferred size), ``preempted``, ``deferred`` (placements passed over
+        for a device in time), ``breaker_trips``; and per device ``breaker``
+        (``'closed'``, ``'open'``, ``'half_open'``), ``consecutive_failures``,
+        ``fail_rate``, ``breaker_trips``, ``batch_limit`` (adaptive batch size limit),
+        ``preempted_requests``, ``service_samples`` and ``service_multipliers`` (the
+        service-time model, docs/batching.md), ``dl_bw`` (admitted deadline bandwidth).
         """
         s = self._core.stats()
         for name, d in zip(self._names, s["devices"]):

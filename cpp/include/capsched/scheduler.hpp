@@ -105,6 +105,8 @@ struct Stats {
     std::uint64_t queued = 0;
     std::uint64_t in_flight = 0;
     std::uint64_t retrying = 0;  // waiting out a retry backoff
+    // Queued requests by scheduling class: deadline, strict, normal, background.
+    std::uint64_t queued_by_class[4] = {0, 0, 0, 0};
     double now = 0.0;  // latest time seen
     std::vector<Device> devices;
 };
