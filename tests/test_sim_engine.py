@@ -239,3 +239,25 @@ def test_a_scheduler_restart_from_its_checkpoint_keeps_the_accounting(small):
     assert s["in_flight"] == 0 and s["queued"] == 0
     base = simulate(devices, w, "capsched")
     assert (r.status == DONE).sum() >= 0.95 * (base.status == DONE).sum()
+
+
+@pytest.mark.parametrize("policy", ["least_load", "round_robin", "capsched"])
+def test_agent_chains_complete_in_dependency_order(small, policy):
+    devices, w = small
+    K = 3
+    r = simulate(devices, w, policy, chain=K)
+    n = len(w)
+    assert set(np.unique(r.status)) <= {DONE, FAILED, EXPIRED}
+    for s0 in range(0, n, K):
+        steps = list(range(s0, min(s0 + K, n)))
+        assert np.all(r.arrival_s[steps] == r.arrival_s[s0])  # the chain arrives as one
+        for a, b in zip(steps, steps[1:]):
+            if r.status[b] == DONE:
+                assert r.status[a] == DONE and r.finish_s[a] <= r.finish_s[b], (policy, a, b)
+            if r.status[a] != DONE:
+                assert r.status[b] != DONE, (policy, a, b)
+            assert r.deadline_s[b] > r.deadline_s[a]
+    assert (r.status == DONE).mean() > 0.9, policy
+    if policy == "capsched":
+        s = r.scheduler_stats
+        assert s["accepted"] == n and s["conservation_ok"]

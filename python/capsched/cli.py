@@ -140,6 +140,9 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart-at", type=float, default=None, metavar="SECONDS",
                    help="capsched only: at this simulated time, checkpoint the Scheduler, restore it from the "
                         "file and go on with the restored one (what was in flight runs again)")
+    p.add_argument("--chain", type=int, default=1, metavar="K",
+                   help="agent-style workload: consecutive requests form chains of K steps, each step "
+                        "running after the one before (capsched gets them as a DAG with depends_on)")
     p.add_argument("--capsched-policy", default="edf", help="the capsched Scheduler's policy (default edf)")
     p.add_argument("--capsched-class", default="normal", choices=("normal", "deadline"),
                    help="sched_class of capsched's requests: normal (default) or deadline (admission control: "
@@ -192,6 +195,7 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
             capsched_policy=args.capsched_policy,
             capsched_request={"sched_class": args.capsched_class} if args.capsched_class != "normal" else {},
             restart_at=args.restart_at,
+            chain=args.chain,
         )
         exp = simrun.run_experiment(config, progress=not args.no_progress and not args.json)
     except (ConfigError, KeyError) as exc:

@@ -255,6 +255,7 @@ class Simulation:
         capsched_request: Optional[dict[str, Any]] = None,
         continuous: Optional[bool] = None,
         restart_at: Optional[float] = None,
+        chain: int = 1,
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
@@ -285,6 +286,9 @@ class Simulation:
         ):
             raise ConfigError(f"restart_at must be a time in seconds >= 0, got {restart_at!r}")
         self.restart_at = restart_at
+        if isinstance(chain, bool) or not isinstance(chain, int) or not 1 <= chain <= 1000:
+            raise ConfigError(f"chain must be an integer in 1..1000, got {chain!r}")
+        self.chain = chain
 
     # ------------------------------------------------------------------ setup
 
@@ -296,6 +300,19 @@ class Simulation:
         self.T = [p + o for p, o in zip(self.P, self.O)]
         self.arr = w.arrival_s.tolist()
         self.dl = self.deadlines.tolist()
+        # Agent-style chains (chain > 1): consecutive requests form chains of `chain` steps;
+        # a chain arrives with its first step, step j runs after step j-1 has completed,
+        # and step j's deadline is the chain's arrival plus the sum of the steps' budgets
+        # (deadline - arrival) up to j.
+        K = self.chain
+        self.arr_eff = list(self.arr)
+        if K > 1:
+            dl = list(self.dl)
+            for r in range(n):
+                s0 = r - r % K
+                self.arr_eff[r] = self.arr[s0]
+                budget = dl[r] - self.arr[r]
+                self.dl[r] = (self.dl[r - 1] if r > s0 else self.arr[s0]) + budget
         self.status = [PENDING] * n
         self.finish = [math.nan] * n
         self.first = [math.nan] * n
@@ -464,6 +481,15 @@ class Simulation:
         self.where[r] = -1
         if status == DONE:
             self.finish[r] = now
+        K = self.chain
+        nxt = r + 1
+        if K > 1 and self.sched is None and nxt % K != 0 and nxt < len(self.P) and self.status[nxt] == PENDING:
+            # Baselines: the simulator's front end releases the chain's next step, or
+            # fails the rest of the chain (capsched does both itself, through depends_on).
+            if status == DONE:
+                self._bind(nxt, now)
+            else:
+                self._end(nxt, FAILED, now)
 
     def _stop(self, r: int) -> None:
         """Take request r off the device it is on (pending, prefilling or running)."""
@@ -651,20 +677,29 @@ class Simulation:
                 now = arr[k]
                 r = k
                 k += 1
+                K = self.chain
+                if K > 1 and r % K != 0:
+                    continue  # a later step of a chain: released by its predecessor
                 if sched is None:
                     self._bind(r, now)
                 else:
-                    req = self._Request(
-                        prompt_tokens=self.P[r], max_new_tokens=self.O[r], deadline=self.dl[r], **self.capsched_request
-                    )
-                    try:
-                        sid = sched.submit(req, now=now)
-                    except AdmissionError:  # deadline class: no device can admit it
-                        self.rejected += 1
-                        self._end(r, EXPIRED, now)
-                        continue
-                    self.sid_of[r] = sid
-                    self.rid_of[sid] = r
+                    steps = range(r, min(r + K, n)) if K > 1 else (r,)
+                    prev_sid = None
+                    for x in steps:  # a chain: each step depends on the one before
+                        req = self._Request(
+                            prompt_tokens=self.P[x], max_new_tokens=self.O[x], deadline=self.dl[x],
+                            depends_on=() if prev_sid is None else (prev_sid,), **self.capsched_request
+                        )
+                        try:
+                            sid = sched.submit(req, now=now)
+                        except AdmissionError:  # deadline class: no device can admit it
+                            self.rejected += 1
+                            for y in range(x, steps[-1] + 1):
+                                self._end(y, EXPIRED if y == x else FAILED, now)
+                            break
+                        self.sid_of[x] = sid
+                        self.rid_of[sid] = x
+                        prev_sid = sid
                     if self._any_idle():
                         self._dispatch(now)
                 continue
@@ -720,8 +755,8 @@ class Simulation:
                 self.status[r] = FAILED
         return SimResult(
             policy=self.policy,
-            arrival_s=self.workload.arrival_s,
-            deadline_s=self.deadlines,
+            arrival_s=np.array(self.arr_eff, dtype=np.float64),
+            deadline_s=np.array(self.dl, dtype=np.float64),
             prompt_tokens=self.workload.prompt_tokens,
             output_tokens=self.workload.output_tokens,
             status=np.array(self.status, dtype=np.int8),

@@ -88,6 +88,7 @@ class SimConfig:
     capsched_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     capsched_request: dict[str, Any] = dataclasses.field(default_factory=dict)
     restart_at: Optional[float] = None
+    chain: int = 1
 
     def __post_init__(self) -> None:
         if not self.loads:
@@ -203,6 +204,7 @@ def run_experiment(config: SimConfig, *, progress: bool = False, stream: Optiona
                 capsched_config=config.capsched_config,
                 capsched_request=config.capsched_request,
                 restart_at=config.restart_at,
+                chain=config.chain,
             )
             res = sim.run()
             runs.append(summarize(res, load, rate, time.perf_counter() - t))
