@@ -304,11 +304,12 @@ def test_back_pressure_bounds_the_queue_in_all_and_per_tenant() -> None:
     before = s.stats()
     with pytest.raises(QueueFullError, match="tenant 'alice'.*max_queued_per_tenant = 2"):
         s.submit(req(tenant="alice"), now=0.0)
-    assert s.stats() == before  # nothing accepted, no id used
+    after = s.stats()
+    assert after.pop("rejected") == 1 and {**after, "rejected": 0} == before  # nothing accepted, no id used
     s.submit(req(tenant="bob"), now=0.0)
     with pytest.raises(QueueFullError, match="max_queued = 4"):
         s.submit_many([10, 10], now=0.0)  # all or none: 3 + 2 > 4
-    assert s.stats()["accepted"] == 3
+    assert s.stats()["accepted"] == 3 and s.stats()["rejected"] == 3
     s.submit_many([10], now=0.0)  # 4 of 4
     # In flight does not count: dispatching one frees a place, and a retry that comes
     # back is never refused, even over the bound.

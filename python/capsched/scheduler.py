@@ -17,6 +17,7 @@ from . import _core
 from .config import POLICIES, Config
 from .devices import Device, parse_devices
 from .errors import (
+    AdmissionError,
     ConfigError,
     DependencyError,
     DuplicateRequestError,
@@ -178,6 +179,7 @@ class Scheduler:
             if d.pool is not None and d.pool not in self._pools:
                 self._pools[d.pool] = len(self._pools) + 1
         self._journal_seq = 0  # the last journal entry reflected in this state
+        self._rejected = 0  # submits refused by back-pressure or admission (stats()['rejected'])
         self._lock = threading.Lock()  # guards the submitted-object check and the tenant table
 
         cc = _core.CoreConfig()
@@ -313,9 +315,14 @@ class Scheduler:
             raise RequestTypeError(f"request has a field of the wrong type: {exc}") from exc
         except QueueFullError as exc:  # name the tenant as the caller knows it
             request.id = None
+            self._count_rejected(1)
             raise QueueFullError(
                 str(exc).replace(f"for tenant {tenant}:", f"for tenant {request.tenant!r}:")
             ) from None
+        except AdmissionError:
+            request.id = None
+            self._count_rejected(1)
+            raise
         except BaseException:
             request.id = None
             raise
@@ -348,7 +355,15 @@ class Scheduler:
         pr = _float_array("priority", priority, n)
         to = _float_array("timeout", _NAN if timeout is None else timeout, n)
         dl = _float_array("deadline", _NAN if deadline is None else deadline, n)
-        return self._core.submit_many(p, q, pr, to, dl, t)
+        try:
+            return self._core.submit_many(p, q, pr, to, dl, t)
+        except QueueFullError:
+            self._count_rejected(int(n))
+            raise
+
+    def _count_rejected(self, n: int) -> None:
+        with self._lock:
+            self._rejected += n
 
     # ------------------------------------------------------------------ the loop
 
@@ -606,7 +621,8 @@ class Scheduler:
         bigger device, ``readmitted`` the queued deadline-class ones whose reserved
         bandwidth moved to another device.
 
-        Also: ``retrying`` (waiting out a retry backoff), ``queued_deadline``,
+        Also: ``rejected`` (submits refused by back-pressure or deadline admission;
+        the only thing a refused call changes), ``retrying`` (waiting out a retry backoff), ``queued_deadline``,
         ``queued_strict``, ``queued_normal``, ``queued_background`` (queued requests by
         scheduling class), ``held`` and ``trimmed`` (batches held back to fill, requests
         cut by a preferred size), ``preempted``, ``deferred`` (placements passed over
@@ -622,6 +638,8 @@ class Scheduler:
         if not math.isfinite(s["now"]):
             s["now"] = None
         s["policy"] = self._policy
+        with self._lock:
+            s["rejected"] = self._rejected
         s["max_batch_size"] = self._max_batch_size
         s["dynamic_batching"] = self._dynamic_batching
         ended = s["completed"] + s["failed"] + s["expired"] + s["cancelled"]
