@@ -266,8 +266,8 @@ def _jobs_args(p: argparse.ArgumentParser) -> None:
                            help="ACCELERATOR:COUNT,... (default H100-SXM:2,A100-SXM-80GB:2,L4:4)")
             q.add_argument("--model", default="Llama-3-8B", help="served model (default Llama-3-8B)")
             q.add_argument("--policy", default="edf", help="the Scheduler's policy (default edf)")
-            q.add_argument("--sched-class", default="normal", choices=("normal", "background", "strict", "deadline"),
-                           help="the tasks' scheduling class (default normal)")
+            q.add_argument("--sched-class", default="background", choices=("normal", "background", "strict", "deadline"),
+                           help="the tasks' scheduling class (default background: offline work fills idle capacity)")
             q.add_argument("--max-batch-size", type=int, default=32, help="requests per batch (default 32)")
         q.set_defaults(_jobs_parser=q)
 

@@ -704,9 +704,10 @@ class JobRunner:
         tasks: :class:`Task` objects (from :func:`read_job`/:func:`load_job`/
             :func:`parse_tasks`) or task dicts; shards are expanded here.
         job_deadline: a deadline for the whole job (absolute, scheduler clock).
-        sched_class: the tasks' scheduling class (``"background"`` fills capacity that
-            online traffic leaves idle; ``"deadline"`` needs every task to have a finite
-            latest finish).
+        sched_class: the tasks' scheduling class: ``"background"`` (the default, offline
+            work) fills capacity that online traffic leaves idle; ``"normal"`` competes
+            with online work; ``"deadline"`` needs every task to have a finite latest
+            finish.
 
     :meth:`poll` submits every task whose ``schedule_time`` has come and whose
     dependencies were all submitted (so its ``depends_on`` can name their scheduler ids;
@@ -729,7 +730,7 @@ class JobRunner:
         tasks: Iterable[Union[Task, Mapping[str, Any]]],
         *,
         job_deadline: Optional[float] = None,
-        sched_class: str = "normal",
+        sched_class: str = "background",
     ) -> None:
         tasks = list(tasks)
         if any(not isinstance(t, Task) for t in tasks):
@@ -920,7 +921,7 @@ def simulate_job(
     *,
     fleet: Any = None,
     policy: str = "edf",
-    sched_class: str = "normal",
+    sched_class: str = "background",
     job_deadline: Optional[float] = None,
     max_batch_size: int = 32,
     max_events: int = 10_000_000,
