@@ -786,10 +786,7 @@ void Scheduler::undispatch(StepMember& m, double now) {
         --d.dispatched_batches;
         --counters_.batches;
     }
-    leave_batch(r);
-    --in_flight_;
-    pending(r.tenant, true);
-    if (std::isfinite(r.deadline)) deadlines_.push(m.handle, HeapKey{r.deadline, r.id});
+    off_device(m.handle);
     make_ready(m.handle, now);
     m.kept = false;
 }
@@ -1012,10 +1009,7 @@ void Scheduler::preempt(double now, StepOutput& out) {
         v.progress += now - v.dispatched_at;
         ++v.preemptions;
         batches_[v.batch].clean = false;
-        leave_batch(v);
-        --in_flight_;
-        pending(v.tenant, true);
-        if (std::isfinite(v.deadline)) deadlines_.push(victim, HeapKey{v.deadline, v.id});
+        off_device(victim);
         make_ready(victim, now);
         ++step_slots_[victim_dev];
         if (step_kv_[victim_dev] >= 0) step_kv_[victim_dev] += freed;
@@ -1540,6 +1534,16 @@ void Scheduler::batch_finished(Batch& b, Device& d) {
     }
 }
 
+void Scheduler::off_device(Handle h) {
+    // An in-flight request leaves its device and is counted as pending again, its deadline
+    // timer back on; the caller queues it (make_ready) or starts its retry backoff.
+    Request& r = slab_[h];
+    leave_batch(r);
+    --in_flight_;
+    pending(r.tenant, true);
+    if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, r.id});
+}
+
 void Scheduler::complete_locked(Handle h, std::int64_t output_tokens) {
     const Request& r = slab_[h];
     Batch& b = batches_[r.batch];
@@ -1621,12 +1625,9 @@ bool Scheduler::fail(std::uint64_t id, double now, bool retryable, std::string_v
         // The jitter stream advances for every retry considered, so that a run replays.
         const double at = t + retry_delay(static_cast<std::uint32_t>(r.retries) + 1u);
         if (at < r.deadline) {
-            leave_batch(r);
-            --in_flight_;
-            pending(r.tenant, true);
+            off_device(h);
             ++r.retries;
             ++counters_.retried;
-            if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, r.id});
             if (at <= t) {
                 make_ready(h, t);
             } else {
@@ -1900,10 +1901,7 @@ std::uint64_t Scheduler::requeue_in_flight(double now) {
     for (const Handle h : handle_scratch_) {
         Request& r = slab_[h];
         batches_[r.batch].clean = false;
-        leave_batch(r);
-        --in_flight_;
-        pending(r.tenant, true);
-        if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, r.id});
+        off_device(h);
         make_ready(h, t);
     }
     return handle_scratch_.size();
@@ -2070,12 +2068,8 @@ void Scheduler::import_state(const StateSnapshot& in) {
             r.dl_bw = q.dl_bw;
             devices_[q.dl_device].dl_bw += q.dl_bw;
         }
-        pending(r.tenant, true);
-        if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, r.id});
         if (static_cast<State>(q.state) == State::InFlight) {
             // Joins its batch; the device list is rebuilt below, in the saved order.
-            pending(r.tenant, false);
-            deadlines_.erase(h);
             r.state = State::InFlight;
             r.batch = slot_of[q.batch];
             r.util = q.util;
@@ -2087,6 +2081,8 @@ void Scheduler::import_state(const StateSnapshot& in) {
             d.kv_used += static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
             continue;
         }
+        pending(r.tenant, true);
+        if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, r.id});
         switch (static_cast<State>(q.state)) {
             case State::Waiting:
                 r.state = State::Waiting;

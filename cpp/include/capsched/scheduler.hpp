@@ -235,6 +235,7 @@ class Scheduler {
     Handle find_live(std::uint64_t id, const char* what) const;
     Handle find_in_flight(std::uint64_t id, const char* what) const;
     void leave_batch(Request& r);
+    void off_device(Handle h);
     // Removes a live request from every structure, counts its outcome and frees its slot;
     // returns the head of its dependents list.
     std::uint32_t detach(Handle h, Outcome how);
