@@ -4,7 +4,8 @@
 
 Runs the same experiment as ``capsched simulate`` (default fleet and trace, loads 0.3,
 0.5, 0.7, 0.9 and 1.5 of fleet capacity) for least-load and capsched, then prints each
-ratio next to its target. Takes about 10 s on a 2-core VM.
+ratio next to its target, then the cost model's largest error against the Vidur GPU
+figures. Takes about 10 s on a 2-core VM.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import platform
 import sys
 
+from capsched.sim.cost import validate_against_vidur
 from capsched.sim.run import SimConfig, run_experiment
 
 
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     ok &= gc >= 1.5 * gb and gc > 0
     print("targets (mean <= 0.75x, p99 <= 0.5x, SLO >= least-load's and >= 90 % up to 0.7, goodput >= 1.5x, "
           f"overload throughput >= 1.5x): {'all met' if ok else 'NOT all met'}")
+    rows = validate_against_vidur()
+    worst = max(rows, key=lambda r: abs(r.error))
+    print(f"cost model against Vidur's Llama-2-7B figures: {len(rows)} points, largest error "
+          f"{worst.error:+.1%} ({worst.what}, {worst.gpu})")
     return 0
 
 
