@@ -11,6 +11,12 @@ namespace capsched {
 
 namespace {
 
+// std heap order for the timer heap: a min-heap by (at, id).
+template <class T>
+bool timer_later(const T& a, const T& b) noexcept {
+    return a.at > b.at || (a.at == b.at && a.id > b.id);
+}
+
 const char* outcome_name(Outcome how) noexcept {
     switch (how) {
         case Outcome::Completed: return "completed";
@@ -147,8 +153,12 @@ void Scheduler::reserve(std::size_t n) {
     free_handles_.reserve(n);
     ids_.reserve(n, id_of());
     ready_.reserve(n);
-    deadlines_.reserve(n);
-    if (cfg_.order.policy == Policy::Weighted) levels_.reserve(n);
+    timers_.reserve(2 * n + 1024);
+    // In-flight requests each hold a RequestExt: room for every device's full batches.
+    std::size_t flight = 0;
+    for (const Device& d : devices_) flight += std::size_t{d.max_inflight_batches} * cfg_.max_batch_size;
+    ext_.reserve(std::min(n, flight) + 64);
+    free_ext_.reserve(ext_.capacity());
     batches_.reserve(n / cfg_.max_batch_size + devices_.size() + 1);
     free_batches_.reserve(batches_.capacity());
 }
@@ -263,6 +273,21 @@ Handle Scheduler::alloc_request() {
     return static_cast<Handle>(slab_.size() - 1);
 }
 
+RequestExt& Scheduler::ext_of(Handle h) {
+    Request& r = slab_[h];
+    if (r.ext == kNoIndex) {
+        if (!free_ext_.empty()) {
+            r.ext = free_ext_.back();
+            free_ext_.pop_back();
+            ext_[r.ext] = RequestExt{};
+        } else {
+            ext_.emplace_back();
+            r.ext = static_cast<std::uint32_t>(ext_.size() - 1);
+        }
+    }
+    return ext_[r.ext];
+}
+
 std::uint64_t Scheduler::submit(const RequestSpec& spec, double now) {
     std::lock_guard<std::mutex> lock(mu_);
     const double t = advance_clock(now);
@@ -308,25 +333,23 @@ void Scheduler::submit_many(std::size_t n, const std::int64_t* prompt_tokens,
     }
 }
 
-void Scheduler::set_static_key(Request& r) const noexcept {
+double Scheduler::static_key(const Request& r) const noexcept {
     // The part of the policy key that does not depend on `now` (docs/policies.md).
     const PolicyConfig& o = cfg_.order;
     const double tokens = static_cast<double>(r.prompt_tokens) + static_cast<double>(r.max_new_tokens);
     switch (o.policy) {
-        case Policy::Fcfs: r.score_base = r.arrival; break;
-        case Policy::Priority: r.score_base = -r.priority + o.aging_priority * r.arrival; break;
+        case Policy::Fcfs: return r.arrival;
+        case Policy::Priority: return -r.priority + o.aging_priority * r.arrival;
         case Policy::Edf:
-            r.score_base = (std::isinf(r.deadline) ? r.arrival + o.no_deadline_horizon : r.deadline) +
-                           o.aging_edf * r.arrival;
-            break;
-        case Policy::Srtf: r.score_base = tokens + o.aging_srtf * r.arrival; break;
+            return (std::isinf(r.deadline) ? r.arrival + o.no_deadline_horizon : r.deadline) + o.aging_edf * r.arrival;
+        case Policy::Srtf: return tokens + o.aging_srtf * r.arrival;
         case Policy::Weighted: {
             const double u = std::min(1.0, tokens / o.resource_scale_tokens);
             const double resource = 0.1 / (u + 0.1);
-            r.score_base = o.w_urgency * r.priority + o.w_resource * resource;
-            break;
+            return o.w_urgency * r.priority + o.w_resource * resource;
         }
     }
+    return 0.0;
 }
 
 void Scheduler::add_edge(Handle dependency, Handle dependent) {
@@ -339,9 +362,10 @@ void Scheduler::add_edge(Handle dependency, Handle dependent) {
         e = static_cast<std::uint32_t>(edges_.size());
         edges_.emplace_back();
     }
-    edges_[e] = Edge{slab_[dependent].id, dependent, slab_[dependency].dependents};
-    slab_[dependency].dependents = e;
-    ++slab_[dependent].deps_remaining;
+    RequestExt& x = ext_of(dependency);
+    edges_[e] = Edge{slab_[dependent].id, dependent, x.dependents};
+    x.dependents = e;
+    ++slab_[dependent].slot;  // (Waiting: its live dependencies)
 }
 
 std::uint64_t Scheduler::accept(const RequestSpec& s, double now) {
@@ -357,24 +381,26 @@ std::uint64_t Scheduler::accept(const RequestSpec& s, double now) {
     r.priority = s.priority;
     r.prompt_tokens = static_cast<std::uint32_t>(s.prompt_tokens);
     r.max_new_tokens = static_cast<std::uint32_t>(s.max_new_tokens);
-    r.uclamp_min = s.uclamp_min;
-    r.uclamp_max = s.uclamp_max;
     r.tenant = s.tenant;
     r.request_class = s.request_class;
     r.sched_class = s.sched_class;
-    r.pool = static_cast<std::uint16_t>(s.pool);
-    r.fallback_pool = static_cast<std::uint16_t>(s.fallback_pool);
-    if (s.sched_class == SchedClass::Deadline) {
-        r.dl_device = admit(s, r.deadline, now);
-        r.dl_bw = util_of(s.request_class,
-                          static_cast<double>(s.prompt_tokens) + static_cast<double>(s.max_new_tokens), r.deadline,
-                          s.uclamp_min, s.uclamp_max, now);
-        devices_[r.dl_device].dl_bw += r.dl_bw;
+    if (s.uclamp_min != 0.0 || s.uclamp_max != 1.0 || s.pool != 0 || s.fallback_pool != 0 ||
+        s.sched_class == SchedClass::Deadline) {
+        RequestExt& x = ext_of(h);
+        x.uclamp_min = s.uclamp_min;
+        x.uclamp_max = s.uclamp_max;
+        x.pool = static_cast<std::uint16_t>(s.pool);
+        x.fallback_pool = static_cast<std::uint16_t>(s.fallback_pool);
+        if (s.sched_class == SchedClass::Deadline) {
+            x.dl_device = admit(s, r.deadline, now);
+            x.dl_bw = util_of(s.request_class,
+                              static_cast<double>(s.prompt_tokens) + static_cast<double>(s.max_new_tokens), r.deadline,
+                              s.uclamp_min, s.uclamp_max, now);
+            devices_[x.dl_device].dl_bw += x.dl_bw;
+        }
     }
     if (s.request_class >= classes_.size()) classes_.resize(s.request_class + std::size_t{1});
     r.batchable = s.batchable;
-
-    set_static_key(r);
 
     for (std::size_t i = 0; i < s.n_depends_on; ++i) {
         const Handle dh = ids_.find(s.depends_on[i], id_of());
@@ -383,10 +409,10 @@ std::uint64_t Scheduler::accept(const RequestSpec& s, double now) {
 
     ++counters_.accepted;
     pending(r.tenant, true);
-    if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, id});
-    if (r.deps_remaining > 0) {
+    if (r.slot > 0) {
         r.state = State::Waiting;
         ++waiting_;
+        arm_timer(h);
     } else {
         make_ready(h, now);
     }
@@ -406,11 +432,11 @@ void Scheduler::set_level(Handle h, double now) {
     const std::uint32_t q = cfg_.order.deadline_levels;
     // Estimate from the closed form, then correct against the exact c_k comparisons.
     const double est = std::floor(static_cast<double>(q) / (r.deadline - now + 1.0));
-    std::uint32_t level = r.level;
+    std::uint32_t level = r.slot;
     if (est > static_cast<double>(level)) level = est >= static_cast<double>(q) ? q : static_cast<std::uint32_t>(est);
-    while (level > r.level && now < level_time(r, level)) --level;
+    while (level > r.slot && now < level_time(r, level)) --level;
     while (level < q && now >= level_time(r, level + 1)) ++level;
-    r.level = static_cast<std::uint16_t>(level);
+    r.slot = level;
 }
 
 HeapKey Scheduler::ready_key(const Request& r) const noexcept {
@@ -418,26 +444,56 @@ HeapKey Scheduler::ready_key(const Request& r) const noexcept {
     if (r.sched_class == SchedClass::Background) return HeapKey{r.arrival, r.id};
     if (r.sched_class == SchedClass::Strict)
         return HeapKey{-r.priority + cfg_.order.aging_priority * r.arrival, r.id};
-    if (cfg_.order.policy != Policy::Weighted) return HeapKey{r.score_base, r.id};
+    if (cfg_.order.policy != Policy::Weighted) return HeapKey{static_key(r), r.id};
     const PolicyConfig& o = cfg_.order;
-    const double proximity = static_cast<double>(r.level) / static_cast<double>(o.deadline_levels);
-    return HeapKey{-(r.score_base + o.w_deadline * proximity) + o.aging_weighted * r.arrival, r.id};
+    const double proximity = static_cast<double>(r.slot) / static_cast<double>(o.deadline_levels);
+    return HeapKey{-(static_key(r) + o.w_deadline * proximity) + o.aging_weighted * r.arrival, r.id};
 }
 
 void Scheduler::make_ready(Handle h, double now) {
     Request& r = slab_[h];
     r.state = State::Queued;
+    r.slot = 0;  // its level, computed afresh below (weighted)
     ++queued_;
     if (r.sched_class == SchedClass::Normal || r.sched_class == SchedClass::Strict) ++group_queued_[group_of(r.tenant)];
     if (r.sched_class != SchedClass::Normal) {
         queue_of(r).push(h, ready_key(r));
+        arm_timer(h);
         return;
     }
     if (cfg_.order.policy == Policy::Weighted) set_level(h, now);
     ready_.push(h, ready_key(r));
-    if (cfg_.order.policy == Policy::Weighted && std::isfinite(r.deadline) &&
-        r.level < cfg_.order.deadline_levels)
-        levels_.push(h, HeapKey{level_time(r, r.level + 1u), r.id});
+    arm_timer(h);
+}
+
+void Scheduler::arm_timer(Handle h) {
+    Request& r = slab_[h];
+    if (!std::isfinite(r.deadline)) return;
+    if (timers_.size() >= 2 * (waiting_ + queued_ + retrying_) + 1024) {
+        // Compact: drop the stale entries (amortised O(1): at least as many arms as live
+        // entries happened since the last compaction).
+        timers_.erase(std::remove_if(timers_.begin(), timers_.end(),
+                                     [this](const Timer& e) { return !timer_current(e); }),
+                      timers_.end());
+        std::make_heap(timers_.begin(), timers_.end(), timer_later<Timer>);
+    }
+    const std::uint32_t q = cfg_.order.deadline_levels;
+    const bool level = r.state == State::Queued && r.sched_class == SchedClass::Normal &&
+                       cfg_.order.policy == Policy::Weighted && r.slot < q;
+    ++r.timer_gen;
+    timers_.push_back(Timer{level ? level_time(r, r.slot + 1u) : r.deadline, r.id, h, r.timer_gen});
+    std::push_heap(timers_.begin(), timers_.end(), timer_later<Timer>);
+}
+
+bool Scheduler::timer_current(const Timer& e) const noexcept {
+    const Request& r = slab_[e.handle];
+    return r.id == e.id && r.timer_gen == e.gen &&
+           (r.state == State::Queued || r.state == State::Waiting || r.state == State::Retrying);
+}
+
+void Scheduler::pop_timer() noexcept {
+    std::pop_heap(timers_.begin(), timers_.end(), timer_later<Timer>);
+    timers_.pop_back();
 }
 
 // ---------------------------------------------------------------- step
@@ -475,13 +531,30 @@ void Scheduler::run_step(double t, StepOutput& out) {
     // 1. Expire waiting and queued requests whose deadline has come, in (deadline, id)
     //    order; then fail the dependents of those that expired. Expiring all first means a
     //    dependent that is itself past its deadline is reported as expired, not failed.
+    //    Deadline-level changes that are due (weighted policy) come off the same timer
+    //    heap; they only change queued requests' keys, so doing them here is the same as
+    //    doing them after the retries below.
     expired_heads_.clear();
-    while (!deadlines_.empty() && deadlines_.top().key.key <= t) {
-        const Handle h = deadlines_.pop();
-        const std::uint64_t id = slab_[h].id;
-        out.expired.push_back(id);
-        const std::uint32_t dependents = detach(h, Outcome::Expired);
-        if (dependents != kNoIndex) expired_heads_.push_back({dependents, id});
+    while (!timers_.empty() && timers_.front().at <= t) {
+        const Timer e = timers_.front();
+        pop_timer();
+        if (!timer_current(e)) continue;
+        const Handle h = e.handle;
+        Request& r = slab_[h];
+        if (r.deadline <= t) {
+            if (e.at < r.deadline) {  // a level change overtaken by its deadline: expire in deadline order
+                timers_.push_back(Timer{r.deadline, e.id, h, e.gen});
+                std::push_heap(timers_.begin(), timers_.end(), timer_later<Timer>);
+                continue;
+            }
+            out.expired.push_back(e.id);
+            const std::uint32_t dependents = detach(h, Outcome::Expired);
+            if (dependents != kNoIndex) expired_heads_.push_back({dependents, e.id});
+            continue;
+        }
+        set_level(h, t);
+        ready_.update(h, ready_key(r));
+        arm_timer(h);
     }
     for (const auto& [dependents, id] : expired_heads_) fail_dependents(dependents, id, Outcome::Expired, "");
 
@@ -490,15 +563,6 @@ void Scheduler::run_step(double t, StepOutput& out) {
         const Handle h = retries_.pop();
         --retrying_;
         make_ready(h, t);
-    }
-
-    // 2. Deadline-level changes that are due (weighted policy only).
-    while (!levels_.empty() && levels_.top().key.key <= t) {
-        const Handle h = levels_.pop();
-        set_level(h, t);
-        Request& r = slab_[h];
-        ready_.update(h, ready_key(r));
-        if (r.level < cfg_.order.deadline_levels) levels_.push(h, HeapKey{level_time(r, r.level + 1u), r.id});
     }
 
     // 3. Placement and batch assembly, in policy order. Breakers whose cool-down ended
@@ -586,7 +650,7 @@ double Scheduler::util_of(std::uint32_t request_class, double tokens, double due
 double Scheduler::request_util(const Request& r, double now) const noexcept {
     const double due = std::isinf(r.deadline) ? r.arrival + cfg_.order.no_deadline_horizon : r.deadline;
     return util_of(r.request_class, static_cast<double>(r.prompt_tokens) + static_cast<double>(r.max_new_tokens),
-                   due, r.uclamp_min, r.uclamp_max, now);
+                   due, cold(r).uclamp_min, cold(r).uclamp_max, now);
 }
 
 std::uint32_t Scheduler::admit(const RequestSpec& s, double deadline, double now) const {
@@ -641,7 +705,6 @@ void Scheduler::erase_ready(Handle h) noexcept {
     const Request& r = slab_[h];
     if (r.sched_class == SchedClass::Normal || r.sched_class == SchedClass::Strict) --group_queued_[group_of(r.tenant)];
     queue_of(r).erase(h);
-    levels_.erase(h);
 }
 
 Handle Scheduler::next_ready() const noexcept {
@@ -728,22 +791,21 @@ std::uint32_t Scheduler::open_batch(std::uint32_t device) {
 void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now, std::uint8_t kind) {
     if (slab_[h].state == State::Queued) {  // (a migrant is already in flight)
         erase_ready(h);
-        deadlines_.erase(h);
         --queued_;
         ++in_flight_;
         pending(slab_[h].tenant, false);
     }
+    RequestExt& x = ext_of(h);
     Request& r = slab_[h];
     Batch& batch = batches_[b];
     Device& d = devices_[batch.device];
     r.state = State::InFlight;
-    r.batch = b;
-    r.dev_prev = kNoHandle;
-    r.dev_next = d.inflight_head;
-    if (d.inflight_head != kNoHandle) slab_[d.inflight_head].dev_prev = h;
+    r.slot = b;
+    x.dev_prev = kNoHandle;
+    x.dev_next = d.inflight_head;
+    if (d.inflight_head != kNoHandle) ext_[slab_[d.inflight_head].ext].dev_prev = h;
     d.inflight_head = h;
-    r.util = util;
-    r.dispatched_at = now;
+    x.util = util;
     const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
     ++batch.remaining;
     ++batch.size;
@@ -772,7 +834,7 @@ void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now, std
 void Scheduler::undispatch(StepMember& m, double now) {
     // Puts a request placed in this step back in its queue, as if it had not been placed.
     Request& r = slab_[m.handle];
-    Batch& b = batches_[r.batch];
+    Batch& b = batches_[r.slot];
     Device& d = devices_[b.device];
     const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
     --b.size;
@@ -899,7 +961,7 @@ double Scheduler::estimate_service(std::uint32_t device, double prompt_tokens, d
 std::pair<std::uint32_t, double> Scheduler::preemption_info(std::uint64_t id) const {
     std::lock_guard<std::mutex> lock(mu_);
     const Handle h = find_live(id, "inspect");
-    return {slab_[h].preemptions, slab_[h].progress};
+    return {cold(slab_[h]).preemptions, cold(slab_[h]).progress};
 }
 
 void Scheduler::hold_batches(double now, StepOutput& out) {
@@ -968,7 +1030,7 @@ void Scheduler::preempt(double now, StepOutput& out) {
         std::uint32_t victim_dev = kNoIndex;
         for (std::uint32_t dev = 0; dev < devices_.size(); ++dev) {
             const Device& d = devices_[dev];
-            if (ur.sched_class == SchedClass::Deadline ? dev != ur.dl_device : !eligible(d, ur)) continue;
+            if (ur.sched_class == SchedClass::Deadline ? dev != cold(ur).dl_device : !eligible(d, ur)) continue;
             // Not on a device the server did not report (slots -1) nor one whose breaker is not closed.
             if (step_solo_[dev] || d.breaker != Breaker::Closed || step_slots_[dev] < 0) continue;
             const std::int64_t kv_left = step_kv_[dev] >= 0 ? step_kv_[dev]
@@ -979,10 +1041,10 @@ void Scheduler::preempt(double now, StepOutput& out) {
             const std::int64_t budget = cfg_.batching.max_batch_tokens;
             if (budget > 0 && joiners != kNoIndex && batches_[joiners].tokens + need > budget)
                 continue;  // the step's token budget, not room, holds it back: no eviction helps
-            for (Handle h = d.inflight_head; h != kNoHandle; h = slab_[h].dev_next) {
+            for (Handle h = d.inflight_head; h != kNoHandle; h = ext_[slab_[h].ext].dev_next) {
                 const Request& v = slab_[h];
                 const bool bg = v.sched_class == SchedClass::Background;
-                if ((!bg && (online_head || v.sched_class != SchedClass::Normal)) || v.batch == joiners) continue;
+                if ((!bg && (online_head || v.sched_class != SchedClass::Normal)) || v.slot == joiners) continue;
                 const std::int64_t freed = static_cast<std::int64_t>(v.prompt_tokens) + static_cast<std::int64_t>(v.max_new_tokens);
                 if (step_slots_[dev] + 1 <= 0 || kv_left + freed < need) continue;
                 if (victim != kNoHandle) {
@@ -990,7 +1052,7 @@ void Scheduler::preempt(double now, StepOutput& out) {
                     const bool wbg = w.sched_class == SchedClass::Background;
                     const bool better = bg != wbg                    ? bg
                                         : v.priority != w.priority ? v.priority < w.priority
-                                        : v.dispatched_at != w.dispatched_at ? v.dispatched_at > w.dispatched_at
+                                        : batches_[v.slot].dispatched_at != batches_[w.slot].dispatched_at ? batches_[v.slot].dispatched_at > batches_[w.slot].dispatched_at
                                                                              : v.id > w.id;
                     if (!better) continue;
                 }
@@ -1006,9 +1068,9 @@ void Scheduler::preempt(double now, StepOutput& out) {
         out.preempted_from.push_back(victim_dev);
         ++counters_.preempted;
         ++d.preempted_requests;
-        v.progress += now - v.dispatched_at;
-        ++v.preemptions;
-        batches_[v.batch].clean = false;
+        ext_[v.ext].progress += now - batches_[v.slot].dispatched_at;
+        ++ext_[v.ext].preemptions;
+        batches_[v.slot].clean = false;
         off_device(victim);
         make_ready(victim, now);
         ++step_slots_[victim_dev];
@@ -1018,7 +1080,7 @@ void Scheduler::preempt(double now, StepOutput& out) {
         if (!has_room(victim_dev, r)) return;  // (cannot happen: the victim freed enough)
         const std::uint32_t sb = step_batch_[victim_dev];
         const std::uint32_t b = sb == kNoIndex ? open_batch(victim_dev) : step_batches_[sb];
-        dispatch(u, b, r.sched_class == SchedClass::Deadline ? r.dl_bw : request_util(r, now), now, 0);
+        dispatch(u, b, r.sched_class == SchedClass::Deadline ? cold(r).dl_bw : request_util(r, now), now, 0);
     }
 }
 
@@ -1122,11 +1184,11 @@ void Scheduler::place_deadline(double now) {
     while (!dl_ready_.empty()) {
         const Handle h = dl_ready_.top().handle;
         const Request& r = slab_[h];
-        if (!has_room(r.dl_device, r)) break;
-        const std::uint32_t sb = step_batch_[r.dl_device];
-        const std::uint32_t b = sb == kNoIndex ? open_batch(r.dl_device) : step_batches_[sb];
-        if (!r.batchable) step_solo_[r.dl_device] = 1;
-        dispatch(h, b, r.dl_bw, now, 0);
+        if (!has_room(cold(r).dl_device, r)) break;
+        const std::uint32_t sb = step_batch_[cold(r).dl_device];
+        const std::uint32_t b = sb == kNoIndex ? open_batch(cold(r).dl_device) : step_batches_[sb];
+        if (!r.batchable) step_solo_[cold(r).dl_device] = 1;
+        dispatch(h, b, cold(r).dl_bw, now, 0);
     }
 }
 
@@ -1140,7 +1202,7 @@ void Scheduler::readmit_deadline(std::uint32_t dev) {
     if (d.dl_bw <= limit_share * d.capacity) return;
     handle_scratch_.clear();
     for (const auto& e : dl_ready_.entries())
-        if (slab_[e.handle].dl_device == dev) handle_scratch_.push_back(e.handle);
+        if (cold(slab_[e.handle]).dl_device == dev) handle_scratch_.push_back(e.handle);
     std::sort(handle_scratch_.begin(), handle_scratch_.end(), [this](Handle a, Handle b) {
         const Request& x = slab_[a];
         const Request& y = slab_[b];
@@ -1155,17 +1217,17 @@ void Scheduler::readmit_deadline(std::uint32_t dev) {
         for (const std::uint32_t to : device_order_) {
             const Device& e = devices_[to];
             if (to == dev || !eligible(e, r)) continue;
-            const double room = limit_share * e.capacity - e.dl_bw - r.dl_bw;
+            const double room = limit_share * e.capacity - e.dl_bw - cold(r).dl_bw;
             if (room >= 0.0 && room > best_room) {
                 best = to;
                 best_room = room;
             }
         }
         if (best == kNoIndex) continue;
-        d.dl_bw -= r.dl_bw;
+        d.dl_bw -= cold(r).dl_bw;
         if (d.dl_bw < 1e-9) d.dl_bw = 0.0;
-        devices_[best].dl_bw += r.dl_bw;
-        r.dl_device = best;
+        devices_[best].dl_bw += cold(r).dl_bw;
+        ext_[r.ext].dl_device = best;
         ++counters_.readmitted;
     }
 }
@@ -1183,24 +1245,24 @@ void Scheduler::migrate_misfits(double now, StepOutput& out) {
         Handle h = d.inflight_head;
         while (h != kNoHandle) {
             Request& r = slab_[h];
-            const Handle next = r.dev_next;
-            if (!(r.util * cfg_.placement.fit_margin < d.capacity)) {
+            const Handle next = cold(r).dev_next;
+            if (!(cold(r).util * cfg_.placement.fit_margin < d.capacity)) {
                 ++counters_.misfits;
                 bool fitted = false;
-                const std::uint32_t to = choose_device(r, r.util, &d, 0.0, &fitted, nullptr);
+                const std::uint32_t to = choose_device(r, cold(r).util, &d, 0.0, &fitted, nullptr);
                 if (to != kNoIndex && fitted) {
-                    batches_[r.batch].clean = false;
+                    batches_[r.slot].clean = false;
                     leave_batch(r);
                     if (r.sched_class == SchedClass::Deadline) {  // its bandwidth moves with it
-                        d.dl_bw -= r.dl_bw;
+                        d.dl_bw -= cold(r).dl_bw;
                         if (d.dl_bw < 1e-9) d.dl_bw = 0.0;
-                        devices_[to].dl_bw += r.dl_bw;
-                        r.dl_device = to;
+                        devices_[to].dl_bw += cold(r).dl_bw;
+                        ext_[r.ext].dl_device = to;
                     }
                     const std::uint32_t sb = step_batch_[to];
                     const std::uint32_t b = sb == kNoIndex ? open_batch(to) : step_batches_[sb];
                     if (!r.batchable) step_solo_[to] = 1;
-                    dispatch(h, b, r.util, now, 2);
+                    dispatch(h, b, cold(r).util, now, 2);
                     ++counters_.migrated;
                     out.migrated.push_back(r.id);
                     out.migrated_from.push_back(dev);
@@ -1248,7 +1310,7 @@ void Scheduler::place_by_fitness(double now) {
         } else if (r.sched_class == SchedClass::Strict) {
             // RT-like: a device with capacity >= uclamp_min; if none has room, strict
             // priority alone decides (any device).
-            dev = choose_device(r, u, nullptr, r.uclamp_min * kCapacityScale, &fitted, &wait);
+            dev = choose_device(r, u, nullptr, cold(r).uclamp_min * kCapacityScale, &fitted, &wait);
             if (dev == kNoIndex && !wait) dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait);
         } else {
             dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait);
@@ -1261,7 +1323,7 @@ void Scheduler::place_by_fitness(double now) {
             ++counters_.deferred;
             continue;
         }
-        if (dev == kNoIndex && r.pool != 0) {  // its pool is full: it waits, holding back no one
+        if (dev == kNoIndex && cold(r).pool != 0) {  // its pool is full: it waits, holding back no one
             IndexedHeap<>& q = queue_of(r);
             skipped_.push_back({h, q.top().key});
             q.pop();
@@ -1301,10 +1363,10 @@ void Scheduler::set_clock(std::uint32_t device, double cur, double max, double n
                               format_number(cur));
     now_ = t;
     touch(d, t);  // the time so far counts at the old clock
-    for (Handle h = d.inflight_head; h != kNoHandle; h = slab_[h].dev_next) class_leave(slab_[h], d, t);
+    for (Handle h = d.inflight_head; h != kNoHandle; h = ext_[slab_[h].ext].dev_next) class_leave(slab_[h], d, t);
     d.max_clock = m;
     d.clock_scale = cur / m;
-    for (Handle h = d.inflight_head; h != kNoHandle; h = slab_[h].dev_next) class_enter(slab_[h], d, t);
+    for (Handle h = d.inflight_head; h != kNoHandle; h = ext_[slab_[h].ext].dev_next) class_enter(slab_[h], d, t);
     const double before = d.capacity;
     refresh_capacity(d);
     if (d.capacity < before) d.misfit_check = true;
@@ -1372,27 +1434,28 @@ Outcome Scheduler::outcome(std::uint64_t id) const noexcept {
 }
 
 void Scheduler::leave_batch(Request& r) {
-    Batch& b = batches_[r.batch];
+    Batch& b = batches_[r.slot];
     Device& d = devices_[b.device];
     touch(d, now_);
     class_leave(r, d, now_);
-    d.placed_util -= r.util;
+    RequestExt& x = ext_[r.ext];
+    d.placed_util -= x.util;
     if (d.placed_util < 1e-9) d.placed_util = 0.0;  // rounding left over when it empties
     d.kv_used -= static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
-    if (r.dev_prev != kNoHandle)
-        slab_[r.dev_prev].dev_next = r.dev_next;
+    if (x.dev_prev != kNoHandle)
+        ext_[slab_[x.dev_prev].ext].dev_next = x.dev_next;
     else
-        d.inflight_head = r.dev_next;
-    if (r.dev_next != kNoHandle) slab_[r.dev_next].dev_prev = r.dev_prev;
-    r.dev_prev = r.dev_next = kNoHandle;
+        d.inflight_head = x.dev_next;
+    if (x.dev_next != kNoHandle) ext_[slab_[x.dev_next].ext].dev_prev = x.dev_prev;
+    x.dev_prev = x.dev_next = kNoHandle;
     --d.inflight_requests;
     if (--b.remaining == 0) {
         if (b.counted) --d.inflight_batches;
         if (b.clean && b.counted) batch_finished(b, d);
         if (b.probe && d.breaker == Breaker::HalfOpen) d.probe_out = false;  // no verdict: probe again
-        free_batches_.push_back(r.batch);
+        free_batches_.push_back(r.slot);
     }
-    r.batch = kNoIndex;
+    r.slot = kNoIndex;
 }
 
 std::uint32_t Scheduler::detach(Handle h, Outcome how) {
@@ -1400,24 +1463,21 @@ std::uint32_t Scheduler::detach(Handle h, Outcome how) {
     switch (r.state) {
         case State::Waiting:
             --waiting_;
-            deadlines_.erase(h);
             pending(r.tenant, false);
             break;
         case State::Queued:
             --queued_;
             erase_ready(h);
-            deadlines_.erase(h);
             pending(r.tenant, false);
             break;
         case State::InFlight:
             --in_flight_;
-            if (how != Outcome::Completed) batches_[r.batch].clean = false;
+            if (how != Outcome::Completed) batches_[r.slot].clean = false;
             leave_batch(r);
             break;
         case State::Retrying:
             --retrying_;
             retries_.erase(h);
-            deadlines_.erase(h);
             pending(r.tenant, false);
             break;
         case State::Free: break;
@@ -1429,15 +1489,18 @@ std::uint32_t Scheduler::detach(Handle h, Outcome how) {
         case Outcome::Cancelled: ++counters_.cancelled; break;
     }
     if (r.sched_class == SchedClass::Deadline) {
-        Device& d = devices_[r.dl_device];
-        d.dl_bw -= r.dl_bw;
+        Device& d = devices_[cold(r).dl_device];
+        d.dl_bw -= cold(r).dl_bw;
         if (d.dl_bw < 1e-9) d.dl_bw = 0.0;  // rounding left over when it empties
     }
     set_outcome(r.id, how);
     ids_.erase(r.id, id_of());
-    const std::uint32_t dependents = r.dependents;
+    const std::uint32_t dependents = cold(r).dependents;
     r.state = State::Free;
-    r.dependents = kNoIndex;
+    if (r.ext != kNoIndex) {
+        free_ext_.push_back(r.ext);
+        r.ext = kNoIndex;
+    }
     free_handles_.push_back(h);
     return dependents;
 }
@@ -1464,7 +1527,7 @@ void Scheduler::release_dependents(std::uint32_t e) {
         e = edge.next;
         Request& d = slab_[edge.dependent];
         if (d.id != edge.dependent_id || d.state != State::Waiting) continue;
-        if (--d.deps_remaining == 0) {
+        if (--d.slot == 0) {  // (Waiting: its live dependencies)
             --waiting_;
             make_ready(edge.dependent, now_);
         }
@@ -1535,18 +1598,17 @@ void Scheduler::batch_finished(Batch& b, Device& d) {
 }
 
 void Scheduler::off_device(Handle h) {
-    // An in-flight request leaves its device and is counted as pending again, its deadline
-    // timer back on; the caller queues it (make_ready) or starts its retry backoff.
+    // An in-flight request leaves its device and is counted as pending again; the caller
+    // queues it (make_ready) or starts its retry backoff, either of which arms its timer.
     Request& r = slab_[h];
     leave_batch(r);
     --in_flight_;
     pending(r.tenant, true);
-    if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, r.id});
 }
 
 void Scheduler::complete_locked(Handle h, std::int64_t output_tokens) {
     const Request& r = slab_[h];
-    Batch& b = batches_[r.batch];
+    Batch& b = batches_[r.slot];
     Device& d = devices_[b.device];
     ++d.completed_requests;
     device_outcome(d, false, now_);
@@ -1554,12 +1616,12 @@ void Scheduler::complete_locked(Handle h, std::int64_t output_tokens) {
     if (out_steps > b.steps) b.steps = out_steps;
     if (!b.counted && d.service.known())  // continuous mode: learn from each request
         d.service.learn(static_cast<double>(r.prompt_tokens), static_cast<double>(out_steps),
-                        static_cast<double>(d.inflight_requests), (now_ - r.dispatched_at) * d.clock_scale);
+                        static_cast<double>(d.inflight_requests), (now_ - batches_[r.slot].dispatched_at) * d.clock_scale);
     // util_est sample: the request's share of the batch's device time, made frequency- and
     // capacity-invariant, per token.
     // Shared with the others of its batch (batch mode) or with everything running on the
     // device at its end (continuous mode).
-    const double service = now_ - r.dispatched_at;
+    const double service = now_ - batches_[r.slot].dispatched_at;
     const double sharers = b.counted ? static_cast<double>(b.size) : static_cast<double>(d.inflight_requests);
     const double work = service * d.clock_scale * (d.capacity_orig / kCapacityScale) / sharers;
     const double tokens = static_cast<double>(r.prompt_tokens) + static_cast<double>(r.max_new_tokens);
@@ -1619,14 +1681,14 @@ bool Scheduler::fail(std::uint64_t id, double now, bool retryable, std::string_v
     const Handle h = find_in_flight(id, "fail");
     now_ = t;
     Request& r = slab_[h];
-    batches_[r.batch].clean = false;
-    device_outcome(devices_[batches_[r.batch].device], true, t);
-    if (retryable && r.retries < cfg_.max_retries) {
+    batches_[r.slot].clean = false;
+    device_outcome(devices_[batches_[r.slot].device], true, t);
+    if (retryable && cold(r).retries < cfg_.max_retries) {
         // The jitter stream advances for every retry considered, so that a run replays.
-        const double at = t + retry_delay(static_cast<std::uint32_t>(r.retries) + 1u);
+        const double at = t + retry_delay(static_cast<std::uint32_t>(cold(r).retries) + 1u);
         if (at < r.deadline) {
             off_device(h);
-            ++r.retries;
+            ++ext_[r.ext].retries;
             ++counters_.retried;
             if (at <= t) {
                 make_ready(h, t);
@@ -1634,6 +1696,7 @@ bool Scheduler::fail(std::uint64_t id, double now, bool retryable, std::string_v
                 r.state = State::Retrying;
                 ++retrying_;
                 retries_.push(h, HeapKey{at, r.id});
+                arm_timer(h);
             }
             return true;
         }
@@ -1698,9 +1761,21 @@ Stats Scheduler::stats() const {
 bool Scheduler::check_invariants() const {
     std::lock_guard<std::mutex> lock(mu_);
     if (!ready_.check_invariants() || !rt_ready_.check_invariants() || !dl_ready_.check_invariants() ||
-        !bg_ready_.check_invariants() ||
-        !deadlines_.check_invariants() || !levels_.check_invariants() || !retries_.check_invariants())
+        !bg_ready_.check_invariants() || !retries_.check_invariants())
         return false;
+    // Timers: a heap; exactly one current entry per timed waiting, queued or retrying
+    // request, at its next level change or its deadline.
+    if (!std::is_heap(timers_.begin(), timers_.end(), timer_later<Timer>)) return false;
+    std::vector<std::uint32_t> armed(slab_.size(), 0);
+    for (const Timer& e : timers_) {
+        if (e.handle >= slab_.size()) return false;
+        if (!timer_current(e)) continue;
+        const Request& r = slab_[e.handle];
+        ++armed[e.handle];
+        const bool level = r.state == State::Queued && r.sched_class == SchedClass::Normal &&
+                           cfg_.order.policy == Policy::Weighted && r.slot < cfg_.order.deadline_levels;
+        if (e.at != (level ? level_time(r, r.slot + 1u) : r.deadline)) return false;
+    }
     std::uint64_t retrying = 0;
     const auto queued_anywhere = [this](Handle h) {
         return ready_.contains(h) || rt_ready_.contains(h) || dl_ready_.contains(h) || bg_ready_.contains(h);
@@ -1711,35 +1786,31 @@ bool Scheduler::check_invariants() const {
         const Request& r = slab_[h];
         if (r.state == State::Free) {
             ++free_slots;
-            if (queued_anywhere(h) || deadlines_.contains(h) || levels_.contains(h) || retries_.contains(h))
-                return false;
+            if (queued_anywhere(h) || retries_.contains(h)) return false;
             continue;
         }
         if (ids_.find(r.id, id_of()) != h) return false;
         const bool timed = std::isfinite(r.deadline);
+        if (armed[h] != (timed && r.state != State::InFlight ? 1u : 0u)) return false;
         switch (r.state) {
             case State::Waiting:
                 ++waiting;
-                if (r.deps_remaining == 0 || queued_anywhere(h) || levels_.contains(h)) return false;
-                if (deadlines_.contains(h) != timed) return false;
+                if (r.slot == 0 || queued_anywhere(h)) return false;
                 break;
             case State::Queued:
                 ++queued;
-                if (!queue_of(r).contains(h) || deadlines_.contains(h) != timed)
-                    return false;
+                if (!queue_of(r).contains(h)) return false;
                 if (queue_of(r).key_of(h).key != ready_key(r).key) return false;
-                if (levels_.contains(h) && r.sched_class != SchedClass::Normal) return false;
                 break;
             case State::InFlight:
                 ++in_flight;
-                if (queued_anywhere(h) || deadlines_.contains(h) || levels_.contains(h)) return false;
-                if (r.batch >= batches_.size()) return false;
-                ++device_requests[batches_[r.batch].device];
+                if (queued_anywhere(h)) return false;
+                if (r.slot >= batches_.size()) return false;
+                ++device_requests[batches_[r.slot].device];
                 break;
             case State::Retrying:
                 ++retrying;
-                if (queued_anywhere(h) || levels_.contains(h) || !retries_.contains(h)) return false;
-                if (deadlines_.contains(h) != timed) return false;
+                if (queued_anywhere(h) || !retries_.contains(h)) return false;
                 break;
             case State::Free: break;
         }
@@ -1758,12 +1829,12 @@ bool Scheduler::check_invariants() const {
         std::int64_t kv = 0;
         double util = 0.0;
         Handle prev = kNoHandle;
-        for (Handle h = d.inflight_head; h != kNoHandle; h = slab_[h].dev_next) {
+        for (Handle h = d.inflight_head; h != kNoHandle; h = ext_[slab_[h].ext].dev_next) {
             const Request& r = slab_[h];
-            if (r.state != State::InFlight || batches_[r.batch].device != i || r.dev_prev != prev) return false;
+            if (r.state != State::InFlight || batches_[r.slot].device != i || cold(r).dev_prev != prev) return false;
             if (++listed > in_flight_) return false;  // a cycle
             kv += static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
-            util += r.util;
+            util += cold(r).util;
             prev = h;
         }
         if (listed != d.inflight_requests || kv != d.kv_used) return false;
@@ -1805,7 +1876,7 @@ void Scheduler::export_state(StateSnapshot& out) const {
     for (Handle h = 0; h < slab_.size(); ++h) {
         const Request& r = slab_[h];
         if (r.state == State::Free) continue;
-        for (std::uint32_t e = r.dependents; e != kNoIndex; e = edges_[e].next) {
+        for (std::uint32_t e = cold(r).dependents; e != kNoIndex; e = edges_[e].next) {
             const Edge& edge = edges_[e];
             const Request& d = slab_[edge.dependent];
             if (d.id == edge.dependent_id && d.state == State::Waiting) waits[edge.dependent].push_back(r.id);
@@ -1822,27 +1893,27 @@ void Scheduler::export_state(StateSnapshot& out) const {
         q.priority = r.priority;
         q.prompt_tokens = r.prompt_tokens;
         q.max_new_tokens = r.max_new_tokens;
-        q.uclamp_min = r.uclamp_min;
-        q.uclamp_max = r.uclamp_max;
+        q.uclamp_min = cold(r).uclamp_min;
+        q.uclamp_max = cold(r).uclamp_max;
         q.tenant = r.tenant;
         q.request_class = r.request_class;
         q.sched_class = static_cast<std::uint8_t>(r.sched_class);
         q.batchable = r.batchable;
-        q.retries = r.retries;
-        q.preemptions = r.preemptions;
-        q.progress = r.progress;
+        q.retries = cold(r).retries;
+        q.preemptions = cold(r).preemptions;
+        q.progress = cold(r).progress;
         q.retry_at = r.state == State::Retrying ? retries_.key_of(h).key : 0.0;
-        q.dl_device = r.dl_device;
-        q.dl_bw = r.dl_bw;
-        q.pool = r.pool;
-        q.fallback_pool = r.fallback_pool;
+        q.dl_device = cold(r).dl_device;
+        q.dl_bw = cold(r).dl_bw;
+        q.pool = cold(r).pool;
+        q.fallback_pool = cold(r).fallback_pool;
         q.waits_on = std::move(waits[h]);
         std::sort(q.waits_on.begin(), q.waits_on.end());
         if (r.state == State::InFlight) {
             // Batches are numbered in the order their first member is met (by id below).
-            q.batch = r.batch;  // slot index for now; renumbered after sorting
-            q.util = r.util;
-            q.dispatched_at = r.dispatched_at;
+            q.batch = r.slot;  // slot index for now; renumbered after sorting
+            q.util = cold(r).util;
+            q.dispatched_at = batches_[r.slot].dispatched_at;
         }
         out.requests.push_back(std::move(q));
     }
@@ -1864,7 +1935,7 @@ void Scheduler::export_state(StateSnapshot& out) const {
         DeviceSnapshot ds;
         ds.probe_out = d.probe_out;
         ds.placed_util = d.placed_util;
-        for (Handle h = d.inflight_head; h != kNoHandle; h = slab_[h].dev_next) ds.inflight.push_back(slab_[h].id);
+        for (Handle h = d.inflight_head; h != kNoHandle; h = ext_[slab_[h].ext].dev_next) ds.inflight.push_back(slab_[h].id);
         ds.clock_scale = d.clock_scale;
         ds.max_clock = d.max_clock;
         ds.pressure = d.pressure;
@@ -1900,7 +1971,7 @@ std::uint64_t Scheduler::requeue_in_flight(double now) {
               [this](Handle a, Handle b) { return slab_[a].id < slab_[b].id; });
     for (const Handle h : handle_scratch_) {
         Request& r = slab_[h];
-        batches_[r.batch].clean = false;
+        batches_[r.slot].clean = false;
         off_device(h);
         make_ready(h, t);
     }
@@ -2051,47 +2122,53 @@ void Scheduler::import_state(const StateSnapshot& in) {
         r.priority = q.priority;
         r.prompt_tokens = q.prompt_tokens;
         r.max_new_tokens = q.max_new_tokens;
-        r.uclamp_min = q.uclamp_min;
-        r.uclamp_max = q.uclamp_max;
         r.tenant = q.tenant;
         r.request_class = q.request_class;
         r.sched_class = static_cast<SchedClass>(q.sched_class);
         r.batchable = q.batchable;
-        r.retries = static_cast<std::uint16_t>(q.retries);
-        r.preemptions = static_cast<std::uint16_t>(q.preemptions);
-        r.progress = q.progress;
-        r.pool = static_cast<std::uint16_t>(q.pool);
-        r.fallback_pool = static_cast<std::uint16_t>(q.fallback_pool);
-        set_static_key(r);
-        if (r.sched_class == SchedClass::Deadline) {
-            r.dl_device = q.dl_device;
-            r.dl_bw = q.dl_bw;
-            devices_[q.dl_device].dl_bw += q.dl_bw;
+        const bool flying = static_cast<State>(q.state) == State::InFlight;
+        if (q.uclamp_min != 0.0 || q.uclamp_max != 1.0 || q.retries != 0 || q.preemptions != 0 ||
+            q.progress != 0.0 || q.pool != 0 || q.fallback_pool != 0 || r.sched_class == SchedClass::Deadline ||
+            flying) {
+            RequestExt& x = ext_of(h);
+            x.uclamp_min = q.uclamp_min;
+            x.uclamp_max = q.uclamp_max;
+            x.retries = static_cast<std::uint16_t>(q.retries);
+            x.preemptions = static_cast<std::uint16_t>(q.preemptions);
+            x.progress = q.progress;
+            x.pool = static_cast<std::uint16_t>(q.pool);
+            x.fallback_pool = static_cast<std::uint16_t>(q.fallback_pool);
+            if (r.sched_class == SchedClass::Deadline) {
+                x.dl_device = q.dl_device;
+                x.dl_bw = q.dl_bw;
+                devices_[q.dl_device].dl_bw += q.dl_bw;
+            }
+            if (flying) x.util = q.util;
         }
-        if (static_cast<State>(q.state) == State::InFlight) {
-            // Joins its batch; the device list is rebuilt below, in the saved order.
+        if (flying) {
+            // Joins its batch (whose dispatch time is its own); the device list is rebuilt
+            // below, in the saved order.
             r.state = State::InFlight;
-            r.batch = slot_of[q.batch];
-            r.util = q.util;
-            r.dispatched_at = q.dispatched_at;
-            ++batches_[r.batch].remaining;
+            r.slot = slot_of[q.batch];
+            ++batches_[r.slot].remaining;
             ++in_flight_;
-            Device& d = devices_[batches_[r.batch].device];
+            Device& d = devices_[batches_[r.slot].device];
             ++d.inflight_requests;
             d.kv_used += static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
             continue;
         }
         pending(r.tenant, true);
-        if (std::isfinite(r.deadline)) deadlines_.push(h, HeapKey{r.deadline, r.id});
         switch (static_cast<State>(q.state)) {
             case State::Waiting:
                 r.state = State::Waiting;
                 ++waiting_;
+                arm_timer(h);
                 break;
             case State::Retrying:
                 r.state = State::Retrying;
                 ++retrying_;
                 retries_.push(h, HeapKey{q.retry_at, r.id});
+                arm_timer(h);
                 break;
             default: make_ready(h, now_); break;
         }
@@ -2101,10 +2178,10 @@ void Scheduler::import_state(const StateSnapshot& in) {
         const auto& order = in.devices[dv].inflight;
         for (std::size_t k = order.size(); k-- > 0;) {  // push to the head, last first
             const Handle h = ids_.find(order[k], id_of());
-            Request& r = slab_[h];
-            r.dev_prev = kNoHandle;
-            r.dev_next = d.inflight_head;
-            if (d.inflight_head != kNoHandle) slab_[d.inflight_head].dev_prev = h;
+            RequestExt& x = ext_[slab_[h].ext];
+            x.dev_prev = kNoHandle;
+            x.dev_next = d.inflight_head;
+            if (d.inflight_head != kNoHandle) ext_[slab_[d.inflight_head].ext].dev_prev = h;
             d.inflight_head = h;
         }
     }

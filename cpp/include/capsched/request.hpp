@@ -60,37 +60,47 @@ enum class RequestStatus : std::uint8_t {
 
 inline constexpr std::uint32_t kNoIndex = std::numeric_limits<std::uint32_t>::max();
 
+// A live request, 64 bytes: what every queued request needs. Fields that most requests
+// never use, and those of in-flight requests, live in a RequestExt (below) allocated on
+// demand: a queued request with default uclamp, no pool, no dependents, not in the
+// deadline class and never dispatched has none.
 struct Request {
     std::uint64_t id = 0;
-    double arrival = 0.0;   // first submit (kept across retries), s
-    double deadline = kInf; // absolute, s; +inf when none
-    double score_base = 0.0;  // weighted: w_u*p + w_r*R; other policies: their static key
+    double arrival = 0.0;    // first submit (kept across retries), s
+    double deadline = kInf;  // absolute, s; +inf when none
     double priority = 0.0;
     std::uint32_t prompt_tokens = 0;
     std::uint32_t max_new_tokens = 0;
-    double uclamp_min = 0.0;
-    double uclamp_max = 1.0;
     std::uint32_t tenant = 0;
     std::uint32_t request_class = 0;
-    double util = 0.0;                     // utilization it was placed with (0..1024)
-    double dl_bw = 0.0;                    // deadline class: admitted bandwidth (0..1024)
-    std::uint32_t dl_device = kNoIndex;    // deadline class: the device that admitted it
-    double dispatched_at = 0.0;            // time of its latest dispatch, s
-    std::uint32_t batch = kNoIndex;        // batch slot while in flight
-    Handle dev_prev = kNoHandle;           // neighbours in its device's in-flight list
-    Handle dev_next = kNoHandle;
-    std::uint32_t deps_remaining = 0;      // live dependencies not yet completed
-    std::uint32_t dependents = kNoIndex;   // head of this request's dependents list
-    std::uint16_t retries = 0;
-    std::uint16_t level = 0;  // weighted: current deadline level L (0..Q)
-    std::uint16_t preemptions = 0;  // times evicted (continuous mode)
-    std::uint16_t pool = 0;         // device pool it must run in (0 = any)
-    std::uint16_t fallback_pool = 0;
-    double progress = 0.0;          // seconds it ran before its evictions
+    std::uint32_t timer_gen = 0;    // generation of its current timer entry
+    std::uint32_t ext = kNoIndex;   // its RequestExt, if any
+    // By state: Waiting: live dependencies not yet completed; Queued (weighted): its
+    // deadline level L (0..Q); InFlight: its batch slot.
+    std::uint32_t slot = 0;
     State state = State::Free;
     SchedClass sched_class = SchedClass::Normal;
     bool batchable = true;
-    bool mark = false;        // scratch flag for duplicate detection in bulk calls
+    bool mark = false;  // scratch flag for duplicate detection in bulk calls
+};
+static_assert(sizeof(Request) == 64, "a queued request's record is one cache line");
+
+// The rest of a request, allocated when first needed (non-default fields at submit, its
+// first dependent, its first dispatch) and freed when it ends.
+struct RequestExt {
+    double uclamp_min = 0.0;
+    double uclamp_max = 1.0;
+    double util = 0.0;      // utilization it was placed with while in flight (0..1024)
+    double dl_bw = 0.0;     // deadline class: admitted bandwidth (0..1024)
+    double progress = 0.0;  // seconds it ran before its evictions
+    std::uint32_t dl_device = kNoIndex;  // deadline class: the device that admitted it
+    std::uint32_t dependents = kNoIndex; // head of this request's dependents list
+    std::uint32_t dev_prev = kNoIndex;   // neighbours in its device's in-flight list
+    std::uint32_t dev_next = kNoIndex;
+    std::uint16_t retries = 0;
+    std::uint16_t preemptions = 0;  // times evicted (continuous mode)
+    std::uint16_t pool = 0;         // device pool it must run in (0 = any)
+    std::uint16_t fallback_pool = 0;
 };
 
 }  // namespace capsched

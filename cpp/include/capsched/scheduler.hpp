@@ -192,6 +192,13 @@ class Scheduler {
     void import_state(const StateSnapshot& in);
 
   private:
+    // An entry of the timer heap (timers_).
+    struct Timer {
+        double at;
+        std::uint64_t id;
+        Handle handle;
+        std::uint32_t gen;
+    };
     struct Edge {
         std::uint64_t dependent_id;
         Handle dependent;
@@ -227,7 +234,15 @@ class Scheduler {
     std::uint64_t accept(const RequestSpec& s, double now);
     Handle alloc_request();
     void make_ready(Handle h, double now);
-    void set_static_key(Request& r) const noexcept;
+    // Pushes the request's current timer (see timers_), making any earlier one stale.
+    void arm_timer(Handle h);
+    bool timer_current(const Timer& e) const noexcept;
+    void pop_timer() noexcept;
+    double static_key(const Request& r) const noexcept;
+    // A request's RequestExt, allocated (with defaults) if it has none yet.
+    RequestExt& ext_of(Handle h);
+    // Its RequestExt, or the defaults when it has none.
+    const RequestExt& cold(const Request& r) const noexcept { return r.ext == kNoIndex ? default_ext_ : ext_[r.ext]; }
     void add_edge(Handle dependency, Handle dependent);
     void set_level(Handle h, double now);
     HeapKey ready_key(const Request& r) const noexcept;
@@ -267,7 +282,8 @@ class Scheduler {
     void readmit_deadline(std::uint32_t dev);
     bool eligible(const Device& d, std::uint32_t tenant, std::uint32_t pool, std::uint32_t fallback) const noexcept;
     bool eligible(const Device& d, const Request& r) const noexcept {
-        return eligible(d, r.tenant, r.pool, r.fallback_pool);
+        const RequestExt& x = cold(r);
+        return eligible(d, r.tenant, x.pool, x.fallback_pool);
     }
     std::uint32_t open_batch(std::uint32_t device);
     void dispatch(Handle h, std::uint32_t batch, double util, double now, std::uint8_t kind);
@@ -344,13 +360,22 @@ class Scheduler {
 
     std::vector<Request> slab_;
     std::vector<Handle> free_handles_;
+    std::vector<RequestExt> ext_;
+    std::vector<std::uint32_t> free_ext_;
+    const RequestExt default_ext_{};
     IdMap ids_;
     IndexedHeap<> ready_;      // queued normal-class requests by policy key
     IndexedHeap<> rt_ready_;   // queued strict-class requests: (-priority + aging x arrival, id)
     IndexedHeap<> dl_ready_;   // queued deadline-class requests: (deadline, id)
     IndexedHeap<> bg_ready_;   // queued background-class requests: (arrival, id)
-    IndexedHeap<> deadlines_;  // waiting + queued requests with a deadline
-    IndexedHeap<> levels_;     // weighted: next deadline-level change of queued requests
+    // Timers of waiting, queued and retrying requests with a deadline, a min-heap by
+    // (at, id): each such request has exactly one current entry, at its next
+    // deadline-level change (weighted policy, queued normal class, level < Q) or else at
+    // its deadline. Entries are never erased in place: one whose request left those
+    // states, or was re-armed since (gen differs), is stale and skipped when it comes to
+    // the top; the heap is compacted when stale entries outnumber the live ones, so it
+    // holds at most about twice as many entries as there are timed requests.
+    std::vector<Timer> timers_;
     IndexedHeap<> retries_;    // retrying requests by (time their backoff ends, id)
     std::uint64_t rng_ = 0;    // splitmix64 state of the retry jitter
     std::vector<Edge> edges_;
