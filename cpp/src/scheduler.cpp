@@ -14,7 +14,7 @@ namespace {
 // std heap order for the timer heap: a min-heap by (at, id).
 template <class T>
 bool timer_later(const T& a, const T& b) noexcept {
-    return a.at > b.at || (a.at == b.at && a.id > b.id);
+    return a.at > b.at || (a.at == b.at && a.id_lo > b.id_lo);
 }
 
 const char* outcome_name(Outcome how) noexcept {
@@ -153,7 +153,7 @@ void Scheduler::reserve(std::size_t n) {
     free_handles_.reserve(n);
     ids_.reserve(n, id_of());
     ready_.reserve(n);
-    timers_.reserve(2 * n + 1024);
+    timers_.reserve(n);
     // In-flight requests each hold a RequestExt: room for every device's full batches.
     std::size_t flight = 0;
     for (const Device& d : devices_) flight += std::size_t{d.max_inflight_batches} * cfg_.max_batch_size;
@@ -477,18 +477,21 @@ void Scheduler::arm_timer(Handle h) {
                       timers_.end());
         std::make_heap(timers_.begin(), timers_.end(), timer_later<Timer>);
     }
-    const std::uint32_t q = cfg_.order.deadline_levels;
-    const bool level = r.state == State::Queued && r.sched_class == SchedClass::Normal &&
-                       cfg_.order.policy == Policy::Weighted && r.slot < q;
-    ++r.timer_gen;
-    timers_.push_back(Timer{level ? level_time(r, r.slot + 1u) : r.deadline, r.id, h, r.timer_gen});
+    timers_.push_back(Timer{timer_at(r), static_cast<std::uint32_t>(r.id), h});
     std::push_heap(timers_.begin(), timers_.end(), timer_later<Timer>);
 }
 
 bool Scheduler::timer_current(const Timer& e) const noexcept {
     const Request& r = slab_[e.handle];
-    return r.id == e.id && r.timer_gen == e.gen &&
-           (r.state == State::Queued || r.state == State::Waiting || r.state == State::Retrying);
+    return static_cast<std::uint32_t>(r.id) == e.id_lo &&
+           (r.state == State::Queued || r.state == State::Waiting || r.state == State::Retrying) &&
+           (e.at == r.deadline || e.at == timer_at(r));
+}
+
+double Scheduler::timer_at(const Request& r) const noexcept {
+    const bool level = r.state == State::Queued && r.sched_class == SchedClass::Normal &&
+                       cfg_.order.policy == Policy::Weighted && r.slot < cfg_.order.deadline_levels;
+    return level ? level_time(r, r.slot + 1u) : r.deadline;
 }
 
 void Scheduler::pop_timer() noexcept {
@@ -543,13 +546,14 @@ void Scheduler::run_step(double t, StepOutput& out) {
         Request& r = slab_[h];
         if (r.deadline <= t) {
             if (e.at < r.deadline) {  // a level change overtaken by its deadline: expire in deadline order
-                timers_.push_back(Timer{r.deadline, e.id, h, e.gen});
+                timers_.push_back(Timer{r.deadline, e.id_lo, h});
                 std::push_heap(timers_.begin(), timers_.end(), timer_later<Timer>);
                 continue;
             }
-            out.expired.push_back(e.id);
+            const std::uint64_t id = r.id;
+            out.expired.push_back(id);
             const std::uint32_t dependents = detach(h, Outcome::Expired);
-            if (dependents != kNoIndex) expired_heads_.push_back({dependents, e.id});
+            if (dependents != kNoIndex) expired_heads_.push_back({dependents, id});
             continue;
         }
         set_level(h, t);
@@ -1766,15 +1770,10 @@ bool Scheduler::check_invariants() const {
     // Timers: a heap; exactly one current entry per timed waiting, queued or retrying
     // request, at its next level change or its deadline.
     if (!std::is_heap(timers_.begin(), timers_.end(), timer_later<Timer>)) return false;
-    std::vector<std::uint32_t> armed(slab_.size(), 0);
+    std::vector<std::uint8_t> armed(slab_.size(), 0);
     for (const Timer& e : timers_) {
         if (e.handle >= slab_.size()) return false;
-        if (!timer_current(e)) continue;
-        const Request& r = slab_[e.handle];
-        ++armed[e.handle];
-        const bool level = r.state == State::Queued && r.sched_class == SchedClass::Normal &&
-                           cfg_.order.policy == Policy::Weighted && r.slot < cfg_.order.deadline_levels;
-        if (e.at != (level ? level_time(r, r.slot + 1u) : r.deadline)) return false;
+        if (timer_current(e) && e.at == timer_at(slab_[e.handle])) armed[e.handle] = 1;
     }
     std::uint64_t retrying = 0;
     const auto queued_anywhere = [this](Handle h) {
@@ -1791,7 +1790,7 @@ bool Scheduler::check_invariants() const {
         }
         if (ids_.find(r.id, id_of()) != h) return false;
         const bool timed = std::isfinite(r.deadline);
-        if (armed[h] != (timed && r.state != State::InFlight ? 1u : 0u)) return false;
+        if (timed && r.state != State::InFlight && !armed[h]) return false;  // its timer is set
         switch (r.state) {
             case State::Waiting:
                 ++waiting;

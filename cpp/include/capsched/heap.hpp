@@ -162,16 +162,20 @@ class IndexedHeap {
         place(i, e);
     }
 
+    // The index of the smallest of the children [first, last) (cmov-friendly).
+    std::size_t min_child(std::size_t first, std::size_t last) const noexcept {
+        std::size_t best = first;
+        for (std::size_t c = first + 1; c < last; ++c) best = heap_[c].key < heap_[best].key ? c : best;
+        return best;
+    }
+
     void sift_down(std::uint32_t i) noexcept {
         const Entry e = heap_[i];
         const std::size_t n = heap_.size();
         for (;;) {
             const std::size_t first = static_cast<std::size_t>(i) * D + 1;
             if (first >= n) break;
-            const std::size_t last = first + D < n ? first + D : n;
-            std::size_t best = first;
-            for (std::size_t c = first + 1; c < last; ++c)
-                if (heap_[c].key < heap_[best].key) best = c;
+            const std::size_t best = min_child(first, first + D < n ? first + D : n);
             if (!(heap_[best].key < e.key)) break;
             place(i, heap_[best]);
             i = static_cast<std::uint32_t>(best);

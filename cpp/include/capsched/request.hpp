@@ -73,11 +73,11 @@ struct Request {
     std::uint32_t max_new_tokens = 0;
     std::uint32_t tenant = 0;
     std::uint32_t request_class = 0;
-    std::uint32_t timer_gen = 0;    // generation of its current timer entry
     std::uint32_t ext = kNoIndex;   // its RequestExt, if any
     // By state: Waiting: live dependencies not yet completed; Queued (weighted): its
     // deadline level L (0..Q); InFlight: its batch slot.
     std::uint32_t slot = 0;
+    std::uint32_t spare = 0;  // (padding: the record is one cache line)
     State state = State::Free;
     SchedClass sched_class = SchedClass::Normal;
     bool batchable = true;

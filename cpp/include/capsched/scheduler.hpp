@@ -195,9 +195,8 @@ class Scheduler {
     // An entry of the timer heap (timers_).
     struct Timer {
         double at;
-        std::uint64_t id;
+        std::uint32_t id_lo;  // the low 32 bits of its id: the tie-break (see timers_)
         Handle handle;
-        std::uint32_t gen;
     };
     struct Edge {
         std::uint64_t dependent_id;
@@ -237,6 +236,7 @@ class Scheduler {
     // Pushes the request's current timer (see timers_), making any earlier one stale.
     void arm_timer(Handle h);
     bool timer_current(const Timer& e) const noexcept;
+    double timer_at(const Request& r) const noexcept;  // its expected timer time
     void pop_timer() noexcept;
     double static_key(const Request& r) const noexcept;
     // A request's RequestExt, allocated (with defaults) if it has none yet.
@@ -368,13 +368,17 @@ class Scheduler {
     IndexedHeap<> rt_ready_;   // queued strict-class requests: (-priority + aging x arrival, id)
     IndexedHeap<> dl_ready_;   // queued deadline-class requests: (deadline, id)
     IndexedHeap<> bg_ready_;   // queued background-class requests: (arrival, id)
-    // Timers of waiting, queued and retrying requests with a deadline, a min-heap by
-    // (at, id): each such request has exactly one current entry, at its next
-    // deadline-level change (weighted policy, queued normal class, level < Q) or else at
-    // its deadline. Entries are never erased in place: one whose request left those
-    // states, or was re-armed since (gen differs), is stale and skipped when it comes to
-    // the top; the heap is compacted when stale entries outnumber the live ones, so it
-    // holds at most about twice as many entries as there are timed requests.
+    // Timers of waiting, queued and retrying requests with a deadline: a min-heap by
+    // (at, low 32 bits of the id), 16 bytes an entry. Each such request has an entry at
+    // its expected time: its next deadline-level change (weighted policy, queued normal
+    // class, level < Q), else its deadline. Entries are never erased in place: an entry is
+    // current while its slot holds a timed request (same low id bits) whose expected time
+    // or deadline is the entry's time, and stale otherwise (skipped when it surfaces; the
+    // heap is compacted when stale entries outnumber live ones, so it holds at most about
+    // twice as many entries as there are timed requests). A deadline entry is always
+    // right to act on (the request expires then), so a duplicate is harmless: the first
+    // ends the request and the next finds it gone. Ties are broken by the low 32 bits of
+    // the id, which is id order unless the tied ids straddle a multiple of 2^32.
     std::vector<Timer> timers_;
     IndexedHeap<> retries_;    // retrying requests by (time their backoff ends, id)
     std::uint64_t rng_ = 0;    // splitmix64 state of the retry jitter
