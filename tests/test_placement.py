@@ -497,3 +497,22 @@ def test_pools_route_requests_and_fall_back_while_a_pool_is_down() -> None:
     with pytest.raises(InvalidRequestError, match="fallback_pool"):
         InferenceRequest(prompt_tokens=5, fallback_pool="a100")
     assert s.check_invariants()
+
+
+def test_a_waiting_pooled_request_does_not_hide_another_tenants_work() -> None:
+    # Found by the reference-model property test: a pooled request that found no room was
+    # counted as passed over, then counted again when its group (the shared devices)
+    # filled up, so the step stopped before reaching a pinned tenant's request.
+    s = Scheduler(
+        [Device("shared", capacity=0.25), Device("pinned", capacity=0.25, tenants=("t2",), pool="p1")],
+        policy="fcfs",
+        max_batch_size=1,
+    )
+    for _ in range(3):
+        s.submit(InferenceRequest(prompt_tokens=100, max_new_tokens=1), now=0.0)
+    assert [b.request_ids for b in s.step(now=0.0).batches] == [[1]]
+    s.submit(InferenceRequest(prompt_tokens=100, max_new_tokens=1, sched_class="strict", pool="p1"), now=0.0)
+    rid = s.submit(InferenceRequest(prompt_tokens=100, max_new_tokens=1, tenant="t2"), now=0.0)
+    res = s.step(now=1.0)
+    assert [(b.device, b.request_ids) for b in res.batches] == [("pinned", [rid])]
+    assert s.check_invariants()

@@ -145,6 +145,7 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
     pool_down_.assign(pool_exists_.size(), 0);
     group_queued_.assign(group_devices_.size(), 0);
     group_blocked_.assign(group_devices_.size(), 0);
+    group_skipped_.assign(group_devices_.size(), 0);
 }
 
 void Scheduler::reserve(std::size_t n) {
@@ -1288,6 +1289,7 @@ void Scheduler::place_by_fitness(double now) {
     std::uint64_t open = 0;  // queued requests of groups not yet blocked in this step
     for (std::size_t g = 0; g < group_devices_.size(); ++g) {
         group_blocked_[g] = 0;
+        group_skipped_[g] = 0;
         open += group_queued_[g];
     }
     skipped_.clear();
@@ -1324,6 +1326,7 @@ void Scheduler::place_by_fitness(double now) {
             skipped_.push_back({h, q.top().key});
             q.pop();
             --open;
+            ++group_skipped_[group];
             ++counters_.deferred;
             continue;
         }
@@ -1332,11 +1335,12 @@ void Scheduler::place_by_fitness(double now) {
             skipped_.push_back({h, q.top().key});
             q.pop();
             --open;
+            ++group_skipped_[group];
             continue;
         }
         if (dev == kNoIndex) {  // its group is full: keep the order within the group
             group_blocked_[group] = 1;
-            open -= group_queued_[group];
+            open -= group_queued_[group] - group_skipped_[group];  // (those passed over are counted already)
             continue;  // (h is still at the top: the next round skips it)
         }
         const std::uint32_t sb = step_batch_[dev];

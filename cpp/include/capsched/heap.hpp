@@ -175,6 +175,15 @@ class IndexedHeap {
         for (;;) {
             const std::size_t first = static_cast<std::size_t>(i) * D + 1;
             if (first >= n) break;
+#if defined(__GNUC__)
+            // The grandchildren are read next; fetch them while the children are compared
+            // (hides the cache misses of the lower levels of a large heap).
+            const std::size_t grand = first * D + 1;
+            if (grand < n) {
+                __builtin_prefetch(heap_.data() + grand);
+                __builtin_prefetch(heap_.data() + (grand + D * D < n ? grand + D * D - 1 : n - 1));
+            }
+#endif
             const std::size_t best = min_child(first, first + D < n ? first + D : n);
             if (!(heap_[best].key < e.key)) break;
             place(i, heap_[best]);

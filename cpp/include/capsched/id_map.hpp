@@ -1,4 +1,5 @@
-// Open-addressing map from request id (u64, never 0) to slab handle (u32).
+// Open-addressing map from request id (u64, never 0, issued 1, 2, 3, ...) to slab handle
+// (u32).
 //
 // The table holds only handles (4 bytes a slot); a slot's id is read from the slab through
 // the `id_of` callable the caller passes, so memory is 4 / load bytes per live request
@@ -8,9 +9,13 @@
 // Fibonacci hashing (multiply by 2^64 / golden ratio, keep the top bits) spreads them
 // evenly but makes every insert a cache miss. So ids go in groups of 16 consecutive ids:
 // a group's slots are one 64-byte line, and the groups are spread by Fibonacci hashing.
-// Deletion shifts later members of the run back (no tombstones), so lookups stay short
-// however long it lives.
-// Allocation: only when the table doubles; reserve() up front keeps the hot path free of it.
+// Which ids are live is kept in a bitset over the ids inserted so far (1 bit per id, like
+// the scheduler's 2-bit outcome record): a lookup of an id that is not live answers
+// without probing, and a live id is always found, so probing never needs an "empty"
+// marker to stop at. So erasing just frees the slot and clears the bit: no backward
+// shift, which would read the id (a slab access) of every later member of the run.
+// Allocation: when the table doubles, and one bitset word per 64 ids issued; reserve()
+// up front keeps the table's growth off the hot path.
 #pragma once
 
 #include <cstddef>
@@ -26,7 +31,9 @@ class IdMap {
     IdMap() { slots_.assign(64, kNoHandle); }  // (at least 4 groups: see home())
 
     std::size_t size() const noexcept { return size_; }
-    std::size_t memory_bytes() const noexcept { return slots_.capacity() * sizeof(Handle); }
+    std::size_t memory_bytes() const noexcept {
+        return slots_.capacity() * sizeof(Handle) + live_.capacity() * sizeof(std::uint64_t);
+    }
 
     template <class IdOf>
     void reserve(std::size_t n, IdOf id_of) {
@@ -35,43 +42,32 @@ class IdMap {
         if (cap != slots_.size()) rehash(cap, id_of);
     }
 
+    bool contains(std::uint64_t id) const noexcept {
+        const std::uint64_t w = id / 64;
+        return w < live_.size() && ((live_[w] >> (id % 64)) & 1u) != 0;
+    }
+
     template <class IdOf>
     Handle find(std::uint64_t id, IdOf id_of) const noexcept {
-        const std::size_t mask = slots_.size() - 1;
-        for (std::size_t i = home(id); ; i = (i + 1) & mask) {
-            const Handle h = slots_[i];
-            if (h == kNoHandle || id_of(h) == id) return h;
-        }
+        return contains(id) ? slots_[slot_of(id, id_of)] : kNoHandle;
     }
 
     // Precondition: id_of(h) is the id, and it is not present.
     template <class IdOf>
     void insert(Handle h, IdOf id_of) {
+        const std::uint64_t id = id_of(h);
+        if (id / 64 >= live_.size()) live_.resize(static_cast<std::size_t>(id / 64) + 1, 0);  // (amortised)
         if ((size_ + 1) * 2 > slots_.size()) rehash(slots_.size() * 2, id_of);
-        put(h, id_of(h));
+        put(h, id);
+        live_[id / 64] |= std::uint64_t{1} << (id % 64);
         ++size_;
     }
 
     template <class IdOf>
     bool erase(std::uint64_t id, IdOf id_of) noexcept {
-        const std::size_t mask = slots_.size() - 1;
-        std::size_t i = home(id);
-        for (;; i = (i + 1) & mask) {
-            if (slots_[i] == kNoHandle) return false;
-            if (id_of(slots_[i]) == id) break;
-        }
-        // Backward shift: pull later members of the run into the hole unless their home
-        // lies cyclically in (hole, j].
-        std::size_t hole = i;
-        for (std::size_t j = (i + 1) & mask; slots_[j] != kNoHandle; j = (j + 1) & mask) {
-            const std::size_t h = home(id_of(slots_[j]));
-            const bool stays = hole <= j ? (hole < h && h <= j) : (hole < h || h <= j);
-            if (!stays) {
-                slots_[hole] = slots_[j];
-                hole = j;
-            }
-        }
-        slots_[hole] = kNoHandle;
+        if (!contains(id)) return false;
+        slots_[slot_of(id, id_of)] = kNoHandle;
+        live_[id / 64] &= ~(std::uint64_t{1} << (id % 64));
         --size_;
         return true;
     }
@@ -81,6 +77,19 @@ class IdMap {
         // shift_ = 64 - log2(slots): the group's hash keeps log2(slots) - 4 top bits.
         const std::uint64_t group = ((id >> 4) * 0x9E3779B97F4A7C15ull) >> (shift_ + 4);
         return static_cast<std::size_t>((group << 4) | (id & 15u));
+    }
+
+    // The slot of a live id: the first from its home that holds it (free slots passed
+    // over: a member of the run may have left after the id was placed beyond it).
+    template <class IdOf>
+    std::size_t slot_of(std::uint64_t id, IdOf id_of) const noexcept {
+        const std::size_t mask = slots_.size() - 1;
+        std::size_t i = home(id);
+        for (std::size_t n = 0; n < slots_.size(); ++n, i = (i + 1) & mask) {
+            const Handle h = slots_[i];
+            if (h != kNoHandle && id_of(h) == id) return i;
+        }
+        return 0;  // (unreachable: a live id is in the table)
     }
 
     void put(Handle h, std::uint64_t id) noexcept {
@@ -101,6 +110,7 @@ class IdMap {
     }
 
     std::vector<Handle> slots_;
+    std::vector<std::uint64_t> live_;  // bit per id inserted so far: live
     unsigned shift_ = 58;  // 64 - log2(slots_.size())
     std::size_t size_ = 0;
 };

@@ -340,6 +340,7 @@ class Scheduler {
     std::vector<std::uint32_t> group_cursor_;   // per step: first device that may have room
     std::vector<std::uint64_t> group_queued_;   // queued normal + strict requests per group
     std::vector<std::uint8_t> group_blocked_;   // per step: its head found no device
+    std::vector<std::uint64_t> group_skipped_;  // per step: its queued requests passed over (still queued)
     std::vector<std::pair<Handle, HeapKey>> skipped_;  // per step: passed over, put back
     // Per step scratch: the batch each device opened in this step (kNoIndex if none),
     // whether it is a lone non-batchable one, and (step batch, id) of each placement.
