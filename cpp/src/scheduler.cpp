@@ -440,15 +440,15 @@ void Scheduler::set_level(Handle h, double now) {
     r.slot = level;
 }
 
-HeapKey Scheduler::ready_key(const Request& r) const noexcept {
-    if (r.sched_class == SchedClass::Deadline) return HeapKey{r.deadline, r.id};
-    if (r.sched_class == SchedClass::Background) return HeapKey{r.arrival, r.id};
+ReadyKey Scheduler::ready_key(const Request& r) const noexcept {
+    if (r.sched_class == SchedClass::Deadline) return ReadyKey{r.deadline, static_cast<std::uint32_t>(r.id)};
+    if (r.sched_class == SchedClass::Background) return ReadyKey{r.arrival, static_cast<std::uint32_t>(r.id)};
     if (r.sched_class == SchedClass::Strict)
-        return HeapKey{-r.priority + cfg_.order.aging_priority * r.arrival, r.id};
-    if (cfg_.order.policy != Policy::Weighted) return HeapKey{static_key(r), r.id};
+        return ReadyKey{-r.priority + cfg_.order.aging_priority * r.arrival, static_cast<std::uint32_t>(r.id)};
+    if (cfg_.order.policy != Policy::Weighted) return ReadyKey{static_key(r), static_cast<std::uint32_t>(r.id)};
     const PolicyConfig& o = cfg_.order;
     const double proximity = static_cast<double>(r.slot) / static_cast<double>(o.deadline_levels);
-    return HeapKey{-(static_key(r) + o.w_deadline * proximity) + o.aging_weighted * r.arrival, r.id};
+    return ReadyKey{-(static_key(r) + o.w_deadline * proximity) + o.aging_weighted * r.arrival, static_cast<std::uint32_t>(r.id)};
 }
 
 void Scheduler::make_ready(Handle h, double now) {
@@ -692,7 +692,7 @@ std::uint32_t Scheduler::admit(const RequestSpec& s, double deadline, double now
                          (free.empty() ? std::string("no device is open to its tenant") : free) + ")");
 }
 
-IndexedHeap<>& Scheduler::queue_of(const Request& r) noexcept {
+IndexedHeap<ReadyKey>& Scheduler::queue_of(const Request& r) noexcept {
     switch (r.sched_class) {
         case SchedClass::Deadline: return dl_ready_;
         case SchedClass::Strict: return rt_ready_;
@@ -702,7 +702,7 @@ IndexedHeap<>& Scheduler::queue_of(const Request& r) noexcept {
     return ready_;
 }
 
-const IndexedHeap<>& Scheduler::queue_of(const Request& r) const noexcept {
+const IndexedHeap<ReadyKey>& Scheduler::queue_of(const Request& r) const noexcept {
     return const_cast<Scheduler*>(this)->queue_of(r);
 }
 
@@ -1297,7 +1297,7 @@ void Scheduler::place_by_fitness(double now) {
         const Request& r = slab_[h];
         const std::uint32_t group = group_of(r.tenant);
         if (group_blocked_[group]) {
-            IndexedHeap<>& q = queue_of(r);
+            IndexedHeap<ReadyKey>& q = queue_of(r);
             skipped_.push_back({h, q.top().key});
             q.pop();
             continue;
@@ -1322,7 +1322,7 @@ void Scheduler::place_by_fitness(double now) {
             dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait);
         }
         if (wait) {  // only too-slow devices have room: it waits for one in time
-            IndexedHeap<>& q = queue_of(r);
+            IndexedHeap<ReadyKey>& q = queue_of(r);
             skipped_.push_back({h, q.top().key});
             q.pop();
             --open;
@@ -1331,7 +1331,7 @@ void Scheduler::place_by_fitness(double now) {
             continue;
         }
         if (dev == kNoIndex && cold(r).pool != 0) {  // its pool is full: it waits, holding back no one
-            IndexedHeap<>& q = queue_of(r);
+            IndexedHeap<ReadyKey>& q = queue_of(r);
             skipped_.push_back({h, q.top().key});
             q.pop();
             --open;

@@ -41,6 +41,22 @@ struct HeapKey {
     }
 };
 
+// A 12-byte key for the scheduler's ready queues: (key, low 32 bits of the id), so that a
+// heap entry (key + handle) is 16 bytes and four siblings share one 64-byte line. Ties
+// are broken by the low 32 bits of the id: id order, unless two requests with the very
+// same key have ids that straddle a multiple of 2^32.
+#pragma pack(push, 4)
+struct ReadyKey {
+    double key;
+    std::uint32_t seq;
+    friend bool operator<(const ReadyKey& a, const ReadyKey& b) noexcept {
+        const double ak = a.key, bk = b.key;
+        return ak < bk || (ak == bk && a.seq < b.seq);
+    }
+};
+#pragma pack(pop)
+static_assert(sizeof(ReadyKey) == 12, "ReadyKey packs to 12 bytes");
+
 template <class Key = HeapKey, unsigned D = 4>
 class IndexedHeap {
     static_assert(D >= 2, "a d-ary heap needs D >= 2");

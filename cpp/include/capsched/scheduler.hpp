@@ -245,7 +245,7 @@ class Scheduler {
     const RequestExt& cold(const Request& r) const noexcept { return r.ext == kNoIndex ? default_ext_ : ext_[r.ext]; }
     void add_edge(Handle dependency, Handle dependent);
     void set_level(Handle h, double now);
-    HeapKey ready_key(const Request& r) const noexcept;
+    ReadyKey ready_key(const Request& r) const noexcept;
     double level_time(const Request& r, std::uint32_t k) const noexcept;
     Handle find_live(std::uint64_t id, const char* what) const;
     Handle find_in_flight(std::uint64_t id, const char* what) const;
@@ -267,8 +267,8 @@ class Scheduler {
     double util_of(std::uint32_t request_class, double tokens, double due, double uclamp_min, double uclamp_max,
                    double now) const noexcept;
     std::uint32_t admit(const RequestSpec& s, double deadline, double now) const;
-    IndexedHeap<>& queue_of(const Request& r) noexcept;
-    const IndexedHeap<>& queue_of(const Request& r) const noexcept;
+    IndexedHeap<ReadyKey>& queue_of(const Request& r) noexcept;
+    const IndexedHeap<ReadyKey>& queue_of(const Request& r) const noexcept;
     void erase_ready(Handle h) noexcept;
     bool has_room(std::uint32_t dev, const Request& r) const noexcept;
     void place_deadline(double now);
@@ -341,7 +341,7 @@ class Scheduler {
     std::vector<std::uint64_t> group_queued_;   // queued normal + strict requests per group
     std::vector<std::uint8_t> group_blocked_;   // per step: its head found no device
     std::vector<std::uint64_t> group_skipped_;  // per step: its queued requests passed over (still queued)
-    std::vector<std::pair<Handle, HeapKey>> skipped_;  // per step: passed over, put back
+    std::vector<std::pair<Handle, ReadyKey>> skipped_;  // per step: passed over, put back
     // Per step scratch: the batch each device opened in this step (kNoIndex if none),
     // whether it is a lone non-batchable one, and (step batch, id) of each placement.
     std::vector<std::uint32_t> step_batch_;
@@ -365,10 +365,10 @@ class Scheduler {
     std::vector<std::uint32_t> free_ext_;
     const RequestExt default_ext_{};
     IdMap ids_;
-    IndexedHeap<> ready_;      // queued normal-class requests by policy key
-    IndexedHeap<> rt_ready_;   // queued strict-class requests: (-priority + aging x arrival, id)
-    IndexedHeap<> dl_ready_;   // queued deadline-class requests: (deadline, id)
-    IndexedHeap<> bg_ready_;   // queued background-class requests: (arrival, id)
+    IndexedHeap<ReadyKey> ready_;      // queued normal-class requests by policy key
+    IndexedHeap<ReadyKey> rt_ready_;   // queued strict-class requests: (-priority + aging x arrival, id)
+    IndexedHeap<ReadyKey> dl_ready_;   // queued deadline-class requests: (deadline, id)
+    IndexedHeap<ReadyKey> bg_ready_;   // queued background-class requests: (arrival, id)
     // Timers of waiting, queued and retrying requests with a deadline: a min-heap by
     // (at, low 32 bits of the id), 16 bytes an entry. Each such request has an entry at
     // its expected time: its next deadline-level change (weighted policy, queued normal
