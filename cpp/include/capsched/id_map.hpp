@@ -52,6 +52,17 @@ class IdMap {
         return contains(id) ? slots_[slot_of(id, id_of)] : kNoHandle;
     }
 
+    // Prefetch hints for a lookup soon: the id's home slot, and the handle found there now
+    // (usually the id's own; only a hint, never dereferenced here).
+    void prefetch(std::uint64_t id) const noexcept {
+#if defined(__GNUC__)
+        __builtin_prefetch(slots_.data() + home(id));
+#else
+        (void)id;
+#endif
+    }
+    Handle home_handle(std::uint64_t id) const noexcept { return slots_[home(id)]; }
+
     // Precondition: id_of(h) is the id, and it is not present.
     template <class IdOf>
     void insert(Handle h, IdOf id_of) {
