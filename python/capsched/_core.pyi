@@ -81,20 +81,23 @@ class DeviceSpec:
     def __init__(self) -> None: ...
 
 _StepTuple = tuple[
-    npt.NDArray[np.uint32],  # batch devices
-    npt.NDArray[np.uint64],  # batch offsets
-    npt.NDArray[np.uint64],  # request ids
-    npt.NDArray[np.uint64],  # expired
-    npt.NDArray[np.uint64],  # failed
+    list[int],  # batch devices
+    list[int],  # batch offsets (one more than batches)
+    list[int],  # request ids
+    list[int],  # expired
+    list[int],  # failed
     list[str],  # failure reasons
     float,  # now
-    npt.NDArray[np.uint64],  # migrated
-    npt.NDArray[np.uint32],  # migrated from
-    npt.NDArray[np.uint64],  # preempted
-    npt.NDArray[np.uint32],  # preempted from
+    list[int],  # migrated
+    list[int],  # migrated from
+    list[int],  # preempted
+    list[int],  # preempted from
     float,  # next_step_at
     int,  # held
 ]
+
+# (max_new_tokens, priority, timeout, deadline, sched_class, batchable, uclamp_min, uclamp_max)
+_Spec = tuple[int, float, float, float, int, bool, float, float]
 
 class Core:
     def __init__(self, config: CoreConfig, devices: list[DeviceSpec]) -> None: ...
@@ -116,6 +119,10 @@ class Core:
         fallback_pool: int,
         depends_on: npt.NDArray[np.uint64] | None,
         now: float,
+        /,
+    ) -> int: ...
+    def submit_spec(
+        self, prompt_tokens: int, spec: _Spec, tenant: int, request_class: int, now: float, /
     ) -> int: ...
     def submit_many(
         self,
@@ -132,7 +139,7 @@ class Core:
     ) -> _StepTuple: ...
     def estimate_service(self, device: int, prompt_tokens: float, steps: float, batch: float) -> float: ...
     def preemption_info(self, id: int) -> tuple[int, float]: ...
-    def complete(self, id: int, now: float, output_tokens: int = -1) -> None: ...
+    def complete(self, id: int, now: float, output_tokens: int = -1, /) -> None: ...
     def complete_many(self, ids: npt.NDArray[np.uint64], now: float) -> None: ...
     def fail(self, id: int, now: float, retryable: bool, error: str) -> bool: ...
     def set_clock(self, device: int, cur: float, max: float, now: float) -> None: ...

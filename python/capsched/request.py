@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Optional, Union
+from operator import attrgetter
+from typing import TYPE_CHECKING, Optional, Union
 
 from .errors import InvalidRequestError, RequestTypeError
 
@@ -19,6 +20,28 @@ SCHED_CLASSES = ("deadline", "strict", "normal", "background")
 MAX_TOKENS = 10_000_000
 #: Most requests one request may depend on.
 MAX_DEPENDENCIES = 1024
+
+# The fields, in repr order (id follows them).
+_FIELDS = (
+    "prompt",
+    "prompt_tokens",
+    "max_new_tokens",
+    "priority",
+    "timeout",
+    "deadline",
+    "tenant",
+    "batchable",
+    "depends_on",
+    "uclamp_min",
+    "uclamp_max",
+    "request_class",
+    "sched_class",
+    "pool",
+    "fallback_pool",
+)
+# Scheduling classes as the core numbers them (capsched::SchedClass).
+_SCHED_CODES = {"normal": 0, "strict": 1, "deadline": 2, "background": 3}
+_NAN = float("nan")
 
 
 class InferenceRequest:
@@ -66,24 +89,29 @@ class InferenceRequest:
     can be submitted once.
     """
 
-    __slots__ = (
-        "prompt",
-        "prompt_tokens",
-        "max_new_tokens",
-        "priority",
-        "timeout",
-        "deadline",
-        "tenant",
-        "batchable",
-        "depends_on",
-        "uclamp_min",
-        "uclamp_max",
-        "request_class",
-        "sched_class",
-        "pool",
-        "fallback_pool",
-        "id",
-    )
+    # Each field lives in a private slot behind a property (below the class), so that
+    # setting one after construction can drop ``_spec``: the validated values the
+    # scheduler's fast path passes to the core as they are. ``_claim`` holds one item
+    # while no submit call holds the object: a call takes it with one atomic pop() and
+    # puts it back when it returns, so two threads cannot both pass the ``id`` check.
+    __slots__ = tuple(f"_{name}" for name in _FIELDS) + ("_spec", "_claim", "id")
+
+    if TYPE_CHECKING:  # the properties' types
+        prompt: Optional[str]
+        prompt_tokens: Optional[int]
+        max_new_tokens: int
+        priority: float
+        timeout: Optional[float]
+        deadline: Optional[float]
+        tenant: Optional[str]
+        batchable: bool
+        depends_on: tuple[Union[int, "InferenceRequest"], ...]
+        uclamp_min: float
+        uclamp_max: float
+        request_class: Optional[str]
+        sched_class: str
+        pool: Optional[str]
+        fallback_pool: Optional[str]
 
     def __init__(
         self,
@@ -108,57 +136,116 @@ class InferenceRequest:
             raise RequestTypeError(f"prompt must be a str or None, got {type(prompt).__name__}")
         if prompt is None and prompt_tokens is None:
             raise InvalidRequestError("give a prompt or prompt_tokens")
-        self.prompt = prompt
-        self.prompt_tokens = (
-            None if prompt_tokens is None else _int("prompt_tokens", prompt_tokens, 0, MAX_TOKENS)
-        )
-        self.max_new_tokens = _int("max_new_tokens", max_new_tokens, 1, MAX_TOKENS)
-        self.priority = _real("priority", priority, 0.0, 1.0)
+        self._prompt = prompt
+        # Each check below inlines its helper's fast path (the common exact types in
+        # range) and calls the helper for everything else.
+        if prompt_tokens is not None and not (type(prompt_tokens) is int and 0 <= prompt_tokens <= MAX_TOKENS):
+            prompt_tokens = _int("prompt_tokens", prompt_tokens, 0, MAX_TOKENS)
+        self._prompt_tokens = prompt_tokens
+        if not (type(max_new_tokens) is int and 1 <= max_new_tokens <= MAX_TOKENS):
+            max_new_tokens = _int("max_new_tokens", max_new_tokens, 1, MAX_TOKENS)
+        self._max_new_tokens = max_new_tokens
+        if not (type(priority) is float and 0.0 <= priority <= 1.0):
+            priority = _real("priority", priority, 0.0, 1.0)
+        self._priority = priority
         if timeout is not None and deadline is not None:
             raise InvalidRequestError(
                 f"give timeout or deadline, not both (timeout {timeout!r}, deadline {deadline!r})"
             )
-        self.timeout = None if timeout is None else _positive("timeout", timeout)
-        self.deadline = None if deadline is None else _finite("deadline", deadline)
+        if timeout is not None and not (type(timeout) is float and 0.0 < timeout < math.inf):
+            timeout = _positive("timeout", timeout)
+        self._timeout = timeout
+        self._deadline = deadline = None if deadline is None else _finite("deadline", deadline)
         if tenant is not None and type(tenant) is not str and not isinstance(tenant, str):
             raise RequestTypeError(f"tenant must be a str or None, got {type(tenant).__name__}")
-        self.tenant = tenant
+        self._tenant = tenant
         if batchable is not True and batchable is not False:
             raise RequestTypeError(f"batchable must be a bool, got {type(batchable).__name__}")
-        self.batchable = batchable
-        self.depends_on = _dependencies(depends_on)
-        self.uclamp_min = _real("uclamp_min", uclamp_min, 0.0, 1.0)
-        self.uclamp_max = _real("uclamp_max", uclamp_max, 0.0, 1.0)
-        if self.uclamp_min > self.uclamp_max:  # both already in [0, 1]
+        self._batchable = batchable
+        self._depends_on = depends_on = () if depends_on == () else _dependencies(depends_on)
+        lo, hi = uclamp_min, uclamp_max
+        if not (type(lo) is float and 0.0 <= lo <= 1.0):
+            lo = _real("uclamp_min", uclamp_min, 0.0, 1.0)
+        if not (type(hi) is float and 0.0 <= hi <= 1.0):
+            hi = _real("uclamp_max", uclamp_max, 0.0, 1.0)
+        self._uclamp_min = lo
+        self._uclamp_max = hi
+        if lo > hi:  # both already in [0, 1]
             raise InvalidRequestError(
                 f"uclamp_min {uclamp_min!r} exceeds uclamp_max {uclamp_max!r}"
             )
         if request_class is not None and type(request_class) is not str and not isinstance(request_class, str):
             raise RequestTypeError(f"request_class must be a str or None, got {type(request_class).__name__}")
-        self.request_class = request_class
-        if sched_class not in SCHED_CLASSES:
+        self._request_class = request_class
+        code = _SCHED_CODES.get(sched_class) if type(sched_class) is str or isinstance(sched_class, str) else None
+        if code is None:
             raise InvalidRequestError(f"sched_class must be one of {SCHED_CLASSES}, got {sched_class!r}")
-        if sched_class == "deadline" and timeout is None and deadline is None:
+        if code == 2 and timeout is None and deadline is None:
             raise InvalidRequestError("a deadline-class request needs a timeout or a deadline")
-        self.sched_class = sched_class
-        for name, value in (("pool", pool), ("fallback_pool", fallback_pool)):
-            if value is not None and (type(value) is not str and not isinstance(value, str) or not value):
-                raise RequestTypeError(f"{name} must be a non-empty str or None, got {value!r}")
-        if fallback_pool is not None and (pool is None or fallback_pool == pool):
-            raise InvalidRequestError(
-                f"fallback_pool {fallback_pool!r} needs a pool of its own, other than it (pool {pool!r})"
-            )
-        self.pool = pool
-        self.fallback_pool = fallback_pool
+        self._sched_class = sched_class
+        if pool is not None or fallback_pool is not None:
+            for name, value in (("pool", pool), ("fallback_pool", fallback_pool)):
+                if value is not None and (type(value) is not str and not isinstance(value, str) or not value):
+                    raise RequestTypeError(f"{name} must be a non-empty str or None, got {value!r}")
+            if fallback_pool is not None and (pool is None or fallback_pool == pool):
+                raise InvalidRequestError(
+                    f"fallback_pool {fallback_pool!r} needs a pool of its own, other than it (pool {pool!r})"
+                )
+        self._pool = pool
+        self._fallback_pool = fallback_pool
         self.id: Optional[int] = None
+        # What Scheduler.submit passes to the core for a request without dependencies or
+        # pools (those name other requests and devices, resolved at submit): the values
+        # validated above, in the core's terms. None once a field is set again.
+        self._spec: Optional[tuple] = (
+            (max_new_tokens, priority, _NAN if timeout is None else timeout, _NAN if deadline is None else deadline,
+             code, batchable, lo, hi)
+            if not depends_on and pool is None
+            else None
+        )
+        self._claim = [None]
+
+    def __setstate__(self, state: object) -> None:
+        """Copies and unpickled objects keep the fields, ``_spec`` and ``id``, and get a
+        claim of their own. ``state`` is what pickle's default gives: ``(instance dict or
+        None, slots)``; slots named by the public fields (pickles from before they were
+        properties) go through the properties, which drop ``_spec``."""
+        parts = state if isinstance(state, tuple) else (state,)
+        self._spec = None
+        for part in parts:
+            for name, value in (part or {}).items():
+                setattr(self, name, value)
+        self._claim = [None]
 
     def __repr__(self) -> str:
         fields = ", ".join(
             f"{name}={getattr(self, name)!r}"
-            for name in self.__slots__
+            for name in _FIELDS + ("id",)
             if getattr(self, name) not in (None, ())
         )
         return f"InferenceRequest({fields})"
+
+
+def _field(name: str) -> property:
+    """The property of a field: reads its slot; setting or deleting it drops ``_spec``."""
+    slot = getattr(InferenceRequest, f"_{name}")
+    store, drop = slot.__set__, slot.__delete__
+    clear = InferenceRequest._spec.__set__
+
+    def set_(self: InferenceRequest, value: object) -> None:
+        store(self, value)
+        clear(self, None)
+
+    def del_(self: InferenceRequest) -> None:
+        drop(self)
+        clear(self, None)
+
+    return property(attrgetter(f"_{name}"), set_, del_, f"The request's {name} (see the class).")
+
+
+for _name in _FIELDS:
+    setattr(InferenceRequest, _name, _field(_name))
+del _name
 
 
 def _int(name: str, value: object, lo: int, hi: int) -> int:

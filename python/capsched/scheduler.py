@@ -28,14 +28,18 @@ from .errors import (
     QueueFullError,
     CheckpointError,
 )
-from .request import InferenceRequest
+from .request import _SCHED_CODES, InferenceRequest
 from .tokens import estimate_tokens
 
 __all__ = ["Scheduler", "OpenAutoGLMScheduler", "StepResult", "Batch"]
 
 _NAN = float("nan")
-_SCHED_CLASS = {"normal": 0, "strict": 1, "deadline": 2, "background": 3}
 _STATUS = ("waiting", "queued", "in_flight", "completed", "failed", "expired", "cancelled", "retrying")
+_SUBMITTING = "this InferenceRequest was already submitted (by another thread, just now); create a new one"
+
+
+def _submitted(rid: int) -> str:
+    return f"this InferenceRequest was already submitted (id {rid}); create a new one"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +105,44 @@ class StepResult:
         return bool(self.batches or self.expired or self.failed or self.migrated or self.preempted)
 
 
+# Fast constructors for the two frozen dataclasses above, for step(): the same objects
+# their generated __init__ makes (no __post_init__, every field given), filled through
+# the instance dict instead of one object.__setattr__ call per field.
+def _batch(device: str, device_index: int, request_ids: list[int]) -> Batch:
+    b = _new(Batch)
+    d = b.__dict__
+    d["device"] = device
+    d["device_index"] = device_index
+    d["request_ids"] = request_ids
+    return b
+
+
+def _step_result(
+    batches: list[Batch],
+    expired: list[int],
+    failed: list[tuple[int, str]],
+    now: float,
+    migrated: list[tuple[int, str]],
+    preempted: list[tuple[int, str]],
+    next_step_at: float,
+    held: int,
+) -> StepResult:
+    r = _new(StepResult)
+    d = r.__dict__
+    d["batches"] = batches
+    d["expired"] = expired
+    d["failed"] = failed
+    d["now"] = now
+    d["migrated"] = migrated
+    d["preempted"] = preempted
+    d["next_step_at"] = next_step_at
+    d["held"] = held
+    return r
+
+
+_new = object.__new__
+
+
 class Scheduler:
     """A capacity-aware scheduler for LLM inference requests.
 
@@ -124,7 +166,8 @@ class Scheduler:
             (default ``time.monotonic``). Pass virtual time as ``now=`` to simulate.
 
     Thread safety: any number of threads may call any method; the core serialises them
-    behind one mutex and releases the GIL while it works.
+    behind one mutex and releases the GIL while it works, except in :meth:`submit` and
+    :meth:`complete`, whose core work is shorter than releasing and re-acquiring it.
 
     Errors: bad input raises a subclass of :class:`capsched.errors.CapschedError` naming
     the bad value, and the scheduler is left unchanged.
@@ -180,7 +223,7 @@ class Scheduler:
                 self._pools[d.pool] = len(self._pools) + 1
         self._journal_seq = 0  # the last journal entry reflected in this state
         self._rejected = 0  # submits refused by back-pressure or admission (stats()['rejected'])
-        self._lock = threading.Lock()  # guards the submitted-object check and the tenant table
+        self._lock = threading.Lock()  # guards the tenant and class tables and the rejected count
 
         cc = _core.CoreConfig()
         cc.policy = policy
@@ -190,6 +233,7 @@ class Scheduler:
         cc.max_batch_size = self._max_batch_size
         cc.dynamic_batching = enable_dynamic_batching
         self._core = _core.Core(cc, [self._device_spec(d) for d in self._devices])
+        self._direct: Optional[Any] = self._core  # the core itself; None while a journal wraps it
 
     def _device_spec(self, d: Device) -> Any:
         spec = _core.DeviceSpec()
@@ -260,6 +304,45 @@ class Scheduler:
             QueueFullError: ``Config.max_queued`` or ``max_queued_per_tenant`` would be
                 exceeded (nothing was accepted).
         """
+        # Fast path: an InferenceRequest whose fields are as validated at construction
+        # (``_spec``; None once one is set again, or with dependencies or pools) goes to
+        # the core as that tuple. Everything else, and any journaled scheduler, takes
+        # _submit(), which checks and converts each field here.
+        spec = request._spec if type(request) is InferenceRequest else None
+        core = self._direct
+        if spec is None or core is None:
+            return self._submit(request, now)
+        t = now if type(now) is float else self._time(now)
+        tokens = request._prompt_tokens
+        if tokens is None:
+            tokens = self._estimate(request._prompt)
+        claim = request._claim
+        try:
+            claim.pop()  # atomic: one call at a time holds the object
+        except IndexError:
+            raise DuplicateRequestError(_SUBMITTING) from None
+        try:
+            if request.id is not None:
+                raise DuplicateRequestError(_submitted(request.id))
+            name, class_name = request._tenant, request._request_class
+            if name is None and class_name is None:  # both tables number None 0
+                tenant = rclass = 0
+            else:
+                tenant = self._tenants.get(name)
+                rclass = self._classes.get(class_name)
+                if tenant is None or rclass is None:
+                    tenant, rclass = self._name_ids(name, class_name)
+            try:
+                rid = core.submit_spec(tokens, spec, tenant, rclass, t)
+            except (QueueFullError, AdmissionError) as exc:
+                raise self._refused(exc, request.tenant, tenant) from None
+            request.id = rid
+            return rid
+        finally:
+            claim.append(None)
+
+    def _submit(self, request: InferenceRequest, now: Optional[float]) -> int:
+        """submit() for any request: each field checked and converted here."""
         if type(request) is not InferenceRequest and not isinstance(request, InferenceRequest):
             raise RequestTypeError(f"submit() takes an InferenceRequest, got {type(request).__name__}")
         t = self._time(now)
@@ -276,58 +359,67 @@ class Scheduler:
                     )
             pool = self._pools[request.pool] if request.pool is not None else 0
             fallback = self._pools[request.fallback_pool] if request.fallback_pool is not None else 0
-        with self._lock:
+        claim = request._claim
+        try:
+            claim.pop()
+        except IndexError:
+            raise DuplicateRequestError(_SUBMITTING) from None
+        try:
             if request.id is not None:
-                raise DuplicateRequestError(
-                    "this InferenceRequest was already submitted"
-                    + (f" (id {request.id})" if request.id else " (by another thread, just now)")
-                    + "; create a new one"
-                )
-            request.id = 0  # reserved: a concurrent submit of the same object now fails
+                raise DuplicateRequestError(_submitted(request.id))
             tenant = self._tenants.get(request.tenant)
             rclass = self._classes.get(request.request_class)
             if tenant is None or rclass is None:
-                if tenant is None:
-                    tenant = self._tenants[request.tenant] = len(self._tenants)
-                if rclass is None:
-                    rclass = self._classes[request.request_class] = len(self._classes)
+                tenant, rclass = self._name_ids(request.tenant, request.request_class)
+            timeout = request.timeout
+            deadline = request.deadline
+            try:
+                rid = self._core.submit(
+                    tokens,
+                    request.max_new_tokens,
+                    request.priority,
+                    _NAN if timeout is None else timeout,
+                    _NAN if deadline is None else deadline,
+                    tenant,
+                    rclass,
+                    _SCHED_CODES.get(request.sched_class, 255),
+                    request.batchable,
+                    request.uclamp_min,
+                    request.uclamp_max,
+                    pool,
+                    fallback,
+                    deps,
+                    t,
+                )
+            except TypeError as exc:  # fields set to the wrong type after construction
+                raise RequestTypeError(f"request has a field of the wrong type: {exc}") from exc
+            except (QueueFullError, AdmissionError) as exc:
+                raise self._refused(exc, request.tenant, tenant) from None
+            request.id = rid
+            return rid
+        finally:
+            claim.append(None)
+
+    def _refused(self, exc: Exception, tenant: Optional[str], tenant_id: int) -> Exception:
+        """Counts a submit refused by back-pressure or admission; the error to raise (a
+        QueueFullError names the tenant as the caller knows it)."""
+        self._count_rejected(1)
+        if isinstance(exc, QueueFullError):
+            return QueueFullError(str(exc).replace(f"for tenant {tenant_id}:", f"for tenant {tenant!r}:"))
+        return exc
+
+    def _name_ids(self, tenant: Optional[str], request_class: Optional[str]) -> tuple[int, int]:
+        """The ids of a tenant and a request class, numbering (and journaling) new names."""
+        with self._lock:
+            t = self._tenants.get(tenant)
+            c = self._classes.get(request_class)
+            if t is None or c is None:
+                if t is None:
+                    t = self._tenants[tenant] = len(self._tenants)
+                if c is None:
+                    c = self._classes[request_class] = len(self._classes)
                 self._journal_names()
-        try:
-            rid = self._core.submit(
-                tokens,
-                request.max_new_tokens,
-                request.priority,
-                _NAN if request.timeout is None else request.timeout,
-                _NAN if request.deadline is None else request.deadline,
-                tenant,
-                rclass,
-                _SCHED_CLASS.get(request.sched_class, 255),
-                request.batchable,
-                request.uclamp_min,
-                request.uclamp_max,
-                pool,
-                fallback,
-                deps,
-                t,
-            )
-        except TypeError as exc:  # fields mutated to the wrong type after construction
-            request.id = None
-            raise RequestTypeError(f"request has a field of the wrong type: {exc}") from exc
-        except QueueFullError as exc:  # name the tenant as the caller knows it
-            request.id = None
-            self._count_rejected(1)
-            raise QueueFullError(
-                str(exc).replace(f"for tenant {tenant}:", f"for tenant {request.tenant!r}:")
-            ) from None
-        except AdmissionError:
-            request.id = None
-            self._count_rejected(1)
-            raise
-        except BaseException:
-            request.id = None
-            raise
-        request.id = rid
-        return rid
+            return t, c
 
     def submit_many(
         self,
@@ -406,17 +498,19 @@ class Scheduler:
             slots = self._per_device("free_slots", free_slots, -1)  # -1: not reported
             kv = self._per_device("free_kv_tokens", {} if free_kv_tokens is None else free_kv_tokens, -1)
             res = self._core.step_continuous(t, slots, kv)
+        # Lists from the core: batch b is ids[offsets[b]:offsets[b + 1]] on device devs[b].
         devs, offsets, ids, expired, failed, reasons, t, moved, moved_from, pre, pre_from, next_at, held = res
-        id_list = ids.tolist()
-        off = offsets.tolist()
         names = self._names
-        batches = [
-            Batch(names[d], d, id_list[off[i] : off[i + 1]]) for i, d in enumerate(devs.tolist())
-        ]
-        migrated = [(i, names[d]) for i, d in zip(moved.tolist(), moved_from.tolist())] if len(moved) else []
-        preempted = [(i, names[d]) for i, d in zip(pre.tolist(), pre_from.tolist())] if len(pre) else []
-        return StepResult(
-            batches, expired.tolist(), list(zip(failed.tolist(), reasons)), t, migrated, preempted, next_at, held
+        batches = [_batch(names[d], d, ids[offsets[i] : offsets[i + 1]]) for i, d in enumerate(devs)]
+        return _step_result(
+            batches,
+            expired,
+            list(zip(failed, reasons)) if failed else [],
+            t,
+            [(i, names[d]) for i, d in zip(moved, moved_from)] if moved else [],
+            [(i, names[d]) for i, d in zip(pre, pre_from)] if pre else [],
+            next_at,
+            held,
         )
 
     def _per_device(self, what: str, values: object, default: int) -> np.ndarray:
@@ -450,6 +544,9 @@ class Scheduler:
             RequestStateError: the request is not in flight (queued, or already ended).
             InvalidArgumentError: a bad ``output_tokens``.
         """
+        if type(request_id) is int and output_tokens is None and 0 < request_id < 18446744073709551616:
+            # fast path: what the checks below pass unchanged
+            return self._core.complete(request_id, now if type(now) is float else self._time(now), -1)
         out = -1
         if output_tokens is not None:
             if isinstance(output_tokens, bool) or not isinstance(output_tokens, numbers.Integral) or output_tokens < 0:
@@ -712,6 +809,7 @@ class Scheduler:
         if isinstance(self._core, JournalCore):
             raise InvalidArgumentError("a journal is already open; close_journal() first")
         self._core = JournalCore(self._core, Journal(path, sync=sync, first_seq=self._journal_seq + 1))
+        self._direct = None
         self._journal_names(all_names=True)
 
     def close_journal(self) -> None:
@@ -722,6 +820,7 @@ class Scheduler:
             self._journal_seq = self._core.journal.seq
             self._core.journal.close()
             self._core = self._core._inner
+            self._direct = self._core
 
     def _journal_names(self, all_names: bool = False) -> None:
         from .journal import JournalCore
