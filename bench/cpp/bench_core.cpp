@@ -1,28 +1,46 @@
 // capsched_bench: the core's cost in C++ alone, against std::priority_queue.
 //
 // Built by CMake with -DCAPSCHED_BENCH=ON (bench/run_cpp_bench.py does it); prints plain
-// tables. Every figure is the median of `--repeats` runs (default 5). Sections:
+// tables, and with --json PATH the same figures as JSON. Every figure is the median of
+// `--repeats` runs (default 5; 1 with --quick, which also runs shorter loops and fewer
+// fleet sizes) unless it says otherwise. Sections:
 //
 //   floor    std::priority_queue<pair<double, u64>> held at n entries: one push and one pop
-//            per operation (random keys drifting upward, so the queue turns over); the same
-//            mix on capsched::IndexedHeap<ReadyKey> (the core's ready queue).
-//   queued   the core held at n queued requests (weighted policy, 1 device, batches of 32,
-//            half of the requests with a timeout, random priorities): each round submits 32
-//            requests, steps (one batch of 32 is dispatched) and completes that batch with
-//            complete_many. Cost per request = round time / 32, and its ratio to the floor.
-//   devices  the same loop at n = 1e5 on 1 .. 1024 equal devices, each of which holds one
-//            batch in flight: each round completes one device's batch, submits 32 and steps,
-//            so each step dispatches exactly one batch of 32 however many devices there are.
-//            Per dispatched request: step time / 32 (the per-step work over all devices
-//            included). The fleet is symmetric (the placement fast path).
-//   latency  the devices loop at n = 1e5 and 64 devices, each step() timed on its own:
-//            p50 / p99 / max of thousands of steps that each dispatch one batch of 32.
-//   memory   live heap bytes (a counting operator new/delete in this driver) after queuing
-//            n requests into a fresh scheduler, minus before, over n; with and without
-//            Scheduler::reserve(n), with and without timeouts.
+//            per operation (random keys drifting upward, so the queue turns over instead
+//            of silting up with the largest keys); the same mix on capsched::IndexedHeap<>
+//            (HeapKey: double + 64-bit tie) and on IndexedHeap<ReadyKey> (the core's ready
+//            queue: double + 32-bit tie, 16-byte entries).
+//   queued   the core held at n queued requests (weighted policy, SchedulerConfig defaults,
+//            batch mode, 1 device with max_batch_size 32 and max_inflight_batches 1): each
+//            round completes the batch in flight (complete_many), submits 32 requests and
+//            steps (which dispatches one batch of 32). Cost per request = round time / 32
+//            (submit + dispatch + complete), its split into the three calls (from the median
+//            run), and its ratio to the priority_queue floor.
+//   devices  the same loop at n = 1e5 on D devices (D = 1 .. 1024), each of which holds one
+//            batch of 32 in flight: each round completes one device's batch (round robin),
+//            submits 32 and steps, so every step finds exactly one device with room and
+//            dispatches exactly one batch of 32 however large the fleet. Reported: step()
+//            time / 32 (per dispatched request, the step's per-device work included) and
+//            round time / 32 (complete + submit + step per request). "equal" fleets take
+//            the symmetric placement fast path; "mixed" fleets (capacities 1, 0.75, 0.5,
+//            0.25 in turn) go through capacity-aware placement (choose_device).
+//   latency  the devices loop at n = 1e5 on 64 equal devices, each step() timed on its own
+//            (63 devices busy, one free; completing and submitting are untimed): p50 /
+//            p99 / max over all samples of all repeats, each step dispatching one batch of
+//            32.
+//   memory   live heap bytes (a counting operator new/delete in this driver) after creating
+//            a scheduler (8 devices) and queuing n requests, minus before, over n; with and
+//            without Scheduler::reserve(n), without timeouts and with half of the requests
+//            timed. Bytes requested from operator new (reserved capacity included, malloc's
+//            own overhead not).
 //
-// Request inputs are generated before the timed loops (the generator is not timed). Time is
-// virtual: each round advances it by 100 us, and timeouts are long, so nothing expires.
+// Workload: prompt 0..3999 tokens, 1..1023 new tokens, priority uniform in [0, 1), half of
+// the requests with a timeout. Inputs are generated before the timed loops. Time is
+// virtual: the driver passes `now`, advancing it by 100 us per round. Timeouts are drawn
+// from [span + 1, span + 31] s, where span is the run's virtual length, so no request can
+// expire during a run (checked), but those queued within 15 s of their deadline change
+// deadline level as time passes: the timer heap pops entries (due level changes and stale
+// entries of dispatched requests) and the ready heap re-keys.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -52,6 +70,8 @@ constexpr std::size_t kHeader = 16;
 #else
 #define CAPSCHED_BENCH_NOINLINE
 #endif
+// The other replaceable forms (new[], nothrow, sized delete[]) default to these two.
+// Over-aligned forms are not counted; the core allocates none.
 CAPSCHED_BENCH_NOINLINE void* operator new(std::size_t n) {
     void* p = std::malloc(n + kHeader);
     if (p == nullptr) throw std::bad_alloc();
@@ -72,9 +92,14 @@ CAPSCHED_BENCH_NOINLINE void operator delete(void* p, std::size_t) noexcept { op
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using capsched::DeviceSpec;
 using capsched::RequestSpec;
 using capsched::Scheduler;
+using capsched::SchedulerConfig;
 using capsched::StepOutput;
+
+constexpr std::size_t kBatch = 32;
+constexpr double kDt = 1e-4;  // virtual seconds per round
 
 double ns_since(Clock::time_point t0) {
     return std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
@@ -86,9 +111,15 @@ double median(std::vector<double> v) {
     return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
 }
 
+// The q-quantile (nearest rank); q = 1 is the maximum.
 double quantile(std::vector<double> v, double q) {
     std::sort(v.begin(), v.end());
     return v[std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size())))];
+}
+
+[[noreturn]] void fail(const char* what) {
+    std::fprintf(stderr, "capsched_bench: %s\n", what);
+    std::abort();
 }
 
 // splitmix64: a fast, seeded generator for the inputs.
@@ -103,16 +134,59 @@ struct Rng {
     double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
 };
 
-std::vector<RequestSpec> make_specs(std::size_t n, std::uint64_t seed, bool timeouts = true) {
+// Half of the requests (when `timeouts`) get a timeout in [min_timeout, min_timeout + 30) s.
+std::vector<RequestSpec> make_specs(std::size_t n, std::uint64_t seed, bool timeouts, double min_timeout) {
     Rng rng{seed};
     std::vector<RequestSpec> v(n);
     for (RequestSpec& r : v) {
         r.prompt_tokens = static_cast<std::int64_t>(rng.uniform() * 4000.0);
         r.max_new_tokens = 1 + static_cast<std::int64_t>(rng.uniform() * 1023.0);
         r.priority = rng.uniform();
-        if (timeouts && rng.uniform() < 0.5) r.timeout = 1e6 + rng.uniform() * 1e6;
+        if (timeouts && rng.uniform() < 0.5) r.timeout = min_timeout + rng.uniform() * 30.0;
     }
     return v;
+}
+
+// ------------------------------------------------------------------ JSON (--json)
+
+struct Json {
+    std::string text;
+    bool first_section = true;
+    bool first_row = true;
+    void section(const char* name) {
+        text += first_section ? "\n  \"" : "\n  ],\n  \"";
+        text += name;
+        text += "\": [";
+        first_section = false;
+        first_row = true;
+    }
+    // One object; `fields` is a comma-separated list of "key": value pairs, already formatted.
+    void row(const std::string& fields) {
+        text += first_row ? "\n    {" : ",\n    {";
+        text += fields;
+        text += "}";
+        first_row = false;
+    }
+    std::string finish(int repeats, bool quick) const {
+        return "{\n  \"repeats\": " + std::to_string(repeats) + ",\n  \"quick\": " + (quick ? "true" : "false") +
+               "," + text + (first_section ? "\n}\n" : "\n  ]\n}\n");
+    }
+};
+
+std::string kv(const char* key, double v) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "\"%s\": %.6g", key, v);
+    return buf;
+}
+std::string kv(const char* key, std::uint64_t v) {
+    return std::string("\"") + key + "\": " + std::to_string(v);
+}
+std::string kv(const char* key, const char* v) { return std::string("\"") + key + "\": \"" + v + "\""; }
+template <class... Rest>
+std::string fields(const std::string& first, const Rest&... rest) {
+    std::string s = first;
+    ((s += ", ", s += rest), ...);
+    return s;
 }
 
 // ------------------------------------------------------------------ floor
@@ -122,7 +196,9 @@ double pq_push_pop(std::size_t n, std::size_t ops, std::uint64_t seed) {
     std::vector<double> keys(ops);
     Rng rng{seed};
     for (double& k : keys) k = rng.uniform();
-    std::priority_queue<E, std::vector<E>, std::greater<E>> q;
+    std::vector<E> storage;
+    storage.reserve(n + 1);
+    std::priority_queue<E, std::vector<E>, std::greater<E>> q(std::greater<E>{}, std::move(storage));
     std::uint64_t seq = 0;
     for (std::size_t i = 0; i < n; ++i) q.push({rng.uniform(), seq++});
     double base = 0.0;
@@ -133,111 +209,155 @@ double pq_push_pop(std::size_t n, std::size_t ops, std::uint64_t seed) {
         q.pop();
     }
     const double ns = ns_since(t0) / static_cast<double>(ops);
-    if (q.size() != n) std::abort();
+    if (q.size() != n) fail("priority_queue size changed");
     return ns;
 }
 
-double indexed_push_pop(std::size_t n, std::size_t ops, std::uint64_t seed) {
+template <class Key, class MakeKey>
+double indexed_push_pop(std::size_t n, std::size_t ops, std::uint64_t seed, MakeKey make_key) {
     std::vector<double> keys(ops);
     Rng rng{seed};
     for (double& k : keys) k = rng.uniform();
-    capsched::IndexedHeap<capsched::ReadyKey> q;
+    capsched::IndexedHeap<Key> q;
     q.reserve(n + 1);
-    std::uint32_t seq = 0;
-    for (std::size_t i = 0; i < n; ++i) q.push(static_cast<capsched::Handle>(i), {rng.uniform(), seq++});
+    std::uint64_t seq = 0;
+    for (std::size_t i = 0; i < n; ++i) q.push(static_cast<capsched::Handle>(i), make_key(rng.uniform(), seq++));
     double base = 0.0;
     capsched::Handle free_handle = static_cast<capsched::Handle>(n);
     const auto t0 = Clock::now();
     for (std::size_t i = 0; i < ops; ++i) {
         base += 1e-6;
-        q.push(free_handle, {base + keys[i], seq++});
+        q.push(free_handle, make_key(base + keys[i], seq++));
         free_handle = q.pop();
     }
     const double ns = ns_since(t0) / static_cast<double>(ops);
-    if (q.size() != n) std::abort();
+    if (q.size() != n) fail("IndexedHeap size changed");
     return ns;
+}
+
+double heapkey_push_pop(std::size_t n, std::size_t ops, std::uint64_t seed) {
+    return indexed_push_pop<capsched::HeapKey>(n, ops, seed, [](double k, std::uint64_t s) {
+        return capsched::HeapKey{k, s};
+    });
+}
+
+double readykey_push_pop(std::size_t n, std::size_t ops, std::uint64_t seed) {
+    return indexed_push_pop<capsched::ReadyKey>(n, ops, seed, [](double k, std::uint64_t s) {
+        return capsched::ReadyKey{k, static_cast<std::uint32_t>(s)};
+    });
 }
 
 // ------------------------------------------------------------------ the core
 
+std::vector<DeviceSpec> fleet(std::uint32_t devices, bool mixed) {
+    std::vector<DeviceSpec> v(devices);
+    for (std::uint32_t i = 0; i < devices; ++i) {
+        v[i].max_inflight_batches = 1;
+        if (mixed) v[i].capacity = 1.0 - 0.25 * static_cast<double>(i % 4);
+    }
+    return v;
+}
+
+SchedulerConfig config() {
+    SchedulerConfig cfg;  // defaults: weighted policy, batch mode
+    cfg.max_batch_size = static_cast<std::uint32_t>(kBatch);
+    return cfg;
+}
+
 struct Loop {
-    Scheduler s;
     std::vector<RequestSpec> specs;
+    Scheduler s;
     std::size_t next = 0;
     std::vector<std::vector<std::uint64_t>> running;  // per device: its batch in flight
     StepOutput out;
     double now = 0.0;
 
-    Loop(std::size_t n, std::uint32_t devices, std::size_t rounds, std::uint64_t seed)
-        : s(capsched::SchedulerConfig{}, std::vector<capsched::DeviceSpec>(devices)),
-          specs(make_specs(n + 32 * (devices + rounds + 1), seed)),
+    // n queued, every device holding one full batch; room for `rounds` rounds.
+    Loop(std::size_t n, std::uint32_t devices, bool mixed, std::size_t rounds, std::uint64_t seed)
+        : specs(make_specs(n + kBatch * (devices + rounds + 1), seed, true,
+                           static_cast<double>(rounds + 2) * kDt + 1.0)),
+          s(config(), fleet(devices, mixed)),
           running(devices) {
-        s.reserve(n + 32 * (devices + 1));
-        for (std::size_t i = 0; i < n; ++i) s.submit(specs[next++], now);
+        s.reserve(n + kBatch * (devices + 1));
+        for (std::size_t i = 0; i < n + kBatch * devices; ++i) s.submit(specs[next++], now);
         s.step(now, out);  // fills every device
+        if (out.num_batches() != devices || out.request_ids.size() != kBatch * devices)
+            fail("the first step did not give every device a full batch");
         take();
-        submit(out.request_ids.size());  // back to n queued
     }
     void submit(std::size_t k) {
         for (std::size_t i = 0; i < k; ++i) s.submit(specs[next++], now);
     }
     void take() {
         for (std::size_t b = 0; b < out.num_batches(); ++b)
-            running[out.batch_device[b]].assign(out.request_ids.begin() + static_cast<std::ptrdiff_t>(out.batch_offsets[b]),
-                                                out.request_ids.begin() + static_cast<std::ptrdiff_t>(out.batch_offsets[b + 1]));
+            running[out.batch_device[b]].assign(
+                out.request_ids.begin() + static_cast<std::ptrdiff_t>(out.batch_offsets[b]),
+                out.request_ids.begin() + static_cast<std::ptrdiff_t>(out.batch_offsets[b + 1]));
     }
+    double complete_ns = 0.0, submit_ns = 0.0;  // summed over rounds
     // One round on device d: complete its batch, submit as many, step. Returns step ns.
     double round(std::uint32_t d) {
-        now += 1e-4;
+        now += kDt;
         std::vector<std::uint64_t>& done = running[d];
-        s.complete_many(done.data(), done.size(), now);
-        submit(done.size());
         const auto t0 = Clock::now();
+        s.complete_many(done.data(), done.size(), now);
+        const auto t1 = Clock::now();
+        submit(done.size());
+        const auto t2 = Clock::now();
         s.step(now, out);
-        const double ns = ns_since(t0);
-        if (out.request_ids.size() != done.size()) {
-            std::fprintf(stderr, "a step dispatched %zu requests, expected %zu\n", out.request_ids.size(), done.size());
-            std::abort();
-        }
+        const auto t3 = Clock::now();
+        complete_ns += std::chrono::duration<double, std::nano>(t1 - t0).count();
+        submit_ns += std::chrono::duration<double, std::nano>(t2 - t1).count();
+        const double ns = std::chrono::duration<double, std::nano>(t3 - t2).count();
+        if (out.num_batches() != 1 || out.batch_device[0] != d || out.request_ids.size() != kBatch)
+            fail("a step did not dispatch exactly one full batch to the free device");
         take();
         return ns;
     }
+    void check() const {
+        if (!s.check_invariants()) fail("check_invariants failed");
+        const capsched::Stats st = s.stats();
+        if (st.counters.expired != 0 || st.counters.failed != 0) fail("a request expired or failed");
+    }
 };
 
-// ns per request of submit + dispatch + complete, n queued, 1 device.
-double core_round_trip(std::size_t n, std::size_t rounds, std::uint64_t seed) {
-    Loop loop(n, 1, rounds, seed);
-    const auto t0 = Clock::now();
-    for (std::size_t i = 0; i < rounds; ++i) loop.round(0);
-    const double ns = ns_since(t0) / static_cast<double>(rounds * 32);
-    if (!loop.s.check_invariants()) std::abort();
-    return ns;
-}
+struct StepRun {
+    double step_ns_per_request = 0.0;   // sum of step() times / dispatched
+    double round_ns_per_request = 0.0;  // wall time of all rounds / dispatched
+    double submit_ns_per_request = 0.0;
+    double complete_ns_per_request = 0.0;
+    std::vector<double> samples;        // each step(), ns
+};
 
-// (ns per dispatched request in step, all step samples).
-std::pair<double, std::vector<double>> core_steps(std::size_t n, std::uint32_t devices, std::size_t rounds,
-                                                  std::uint64_t seed) {
-    Loop loop(n, devices, rounds, seed);
-    std::vector<double> samples;
-    samples.reserve(rounds);
+StepRun core_steps(std::size_t n, std::uint32_t devices, bool mixed, std::size_t rounds, std::uint64_t seed) {
+    Loop loop(n, devices, mixed, rounds, seed);
+    StepRun r;
+    r.samples.reserve(rounds);
     double total = 0.0;
+    const auto t0 = Clock::now();
     for (std::size_t i = 0; i < rounds; ++i) {
         const double ns = loop.round(static_cast<std::uint32_t>(i % devices));
-        samples.push_back(ns);
+        r.samples.push_back(ns);
         total += ns;
     }
-    if (!loop.s.check_invariants()) std::abort();
-    return {total / static_cast<double>(rounds * 32), samples};
+    const double all = ns_since(t0);
+    loop.check();
+    r.step_ns_per_request = total / static_cast<double>(rounds * kBatch);
+    r.round_ns_per_request = all / static_cast<double>(rounds * kBatch);
+    r.submit_ns_per_request = loop.submit_ns / static_cast<double>(rounds * kBatch);
+    r.complete_ns_per_request = loop.complete_ns / static_cast<double>(rounds * kBatch);
+    return r;
 }
 
 double bytes_per_queued(std::size_t n, bool reserve, bool timeouts) {
-    const std::vector<RequestSpec> specs = make_specs(n, 7, timeouts);
+    const std::vector<RequestSpec> specs = make_specs(n, 7, timeouts, 1.0);
     const std::size_t before = g_live_bytes;
     double per = 0.0;
     {
-        Scheduler s(capsched::SchedulerConfig{}, std::vector<capsched::DeviceSpec>(8));
+        Scheduler s(config(), fleet(8, false));
         if (reserve) s.reserve(n);
         for (const RequestSpec& r : specs) s.submit(r, 0.0);
+        if (s.stats().queued != n) fail("not every request was queued");
         per = static_cast<double>(g_live_bytes - before) / static_cast<double>(n);
     }
     return per;
@@ -253,75 +373,127 @@ double median_of(int repeats, F f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    int repeats = 5;
+    int repeats = -1;
     bool quick = false;
+    std::string json_path;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--quick") {
             quick = true;
-            repeats = 1;
         } else if (a == "--repeats" && i + 1 < argc) {
             repeats = std::max(1, std::atoi(argv[++i]));
+        } else if (a == "--json" && i + 1 < argc) {
+            json_path = argv[++i];
         } else {
-            std::fprintf(stderr, "usage: capsched_bench [--quick] [--repeats N]\n");
+            std::fprintf(stderr, "usage: capsched_bench [--quick] [--repeats N] [--json PATH]\n");
             return 2;
         }
     }
-    const std::vector<std::size_t> sizes = quick ? std::vector<std::size_t>{1000, 100000}
-                                                 : std::vector<std::size_t>{1000, 10000, 100000, 1000000};
-    std::printf("capsched_bench: medians of %d runs; ns per operation\n\n", repeats);
+    if (repeats < 0) repeats = quick ? 1 : 5;
+    Json js;
+    const std::vector<std::size_t> sizes{1000, 10000, 100000, 1000000};
+    std::printf("capsched_bench%s: medians of %d runs; times in ns unless marked\n\n", quick ? " --quick" : "", repeats);
 
-    std::printf("## floor and queued: submit + dispatch + complete per request, 1 device, batches of 32\n\n");
-    std::printf("| queued | priority_queue push+pop | IndexedHeap push+pop | core per request | core / priority_queue |\n");
-    std::printf("|---:|---:|---:|---:|---:|\n");
+    std::printf("## floor and queued: n queued; one push+pop per op (floor); per request: complete + submit + "
+                "step dispatching one batch of 32 (core, 1 device)\n\n");
+    std::printf("| queued | priority_queue push+pop | IndexedHeap<> push+pop | IndexedHeap<ReadyKey> push+pop | "
+                "core per request | of which submit / step / complete | core / priority_queue |\n");
+    std::printf("|---:|---:|---:|---:|---:|---:|---:|\n");
+    js.section("floor_and_queued");
     for (const std::size_t n : sizes) {
         const std::size_t ops = quick ? 200000 : 1000000;
-        const std::size_t rounds = quick ? 2000 : (n >= 1000000 ? 8000 : 20000);
+        const std::size_t rounds = quick ? 1000 : (n >= 1000000 ? 8000 : 20000);
         const double pq = median_of(repeats, [&](std::uint64_t s) { return pq_push_pop(n, ops, s); });
-        const double ih = median_of(repeats, [&](std::uint64_t s) { return indexed_push_pop(n, ops, s); });
-        const double core = median_of(repeats, [&](std::uint64_t s) { return core_round_trip(n, rounds, s); });
-        std::printf("| %zu | %.0f | %.0f | %.0f | %.2fx |\n", n, pq, ih, core, core / pq);
+        const double hk = median_of(repeats, [&](std::uint64_t s) { return heapkey_push_pop(n, ops, s); });
+        const double rk = median_of(repeats, [&](std::uint64_t s) { return readykey_push_pop(n, ops, s); });
+        std::vector<StepRun> runs;
+        for (int i = 0; i < repeats; ++i) runs.push_back(core_steps(n, 1, false, rounds, static_cast<std::uint64_t>(i + 1)));
+        std::sort(runs.begin(), runs.end(),
+                  [](const StepRun& a, const StepRun& b) { return a.round_ns_per_request < b.round_ns_per_request; });
+        const StepRun& mid = runs[runs.size() / 2];  // the median run (the upper one of an even count)
+        const double core = mid.round_ns_per_request;
+        std::printf("| %zu | %.0f | %.0f | %.0f | %.0f | %.0f / %.0f / %.0f | %.2fx |\n", n, pq, hk, rk, core,
+                    mid.submit_ns_per_request, mid.step_ns_per_request, mid.complete_ns_per_request, core / pq);
         std::fflush(stdout);
+        js.row(fields(kv("queued", std::uint64_t{n}), kv("priority_queue_ns", pq), kv("indexed_heap_ns", hk),
+                      kv("indexed_heap_readykey_ns", rk), kv("core_ns_per_request", core),
+                      kv("submit_ns_per_request", mid.submit_ns_per_request),
+                      kv("step_ns_per_request", mid.step_ns_per_request),
+                      kv("complete_ns_per_request", mid.complete_ns_per_request),
+                      kv("core_over_priority_queue", core / pq)));
     }
 
-    std::printf("\n## devices: step cost per dispatched request, 1e5 queued, one batch of 32 per step\n\n");
-    std::printf("| devices | step per dispatched request | step p50 (us) |\n|---:|---:|---:|\n");
+    std::printf("\n## devices: 1e5 queued, D devices each holding one batch of 32; each round completes one "
+                "device's batch, submits 32, steps (one batch of 32 dispatched)\n\n");
+    std::printf("| devices | fleet | rounds | step per dispatched request | round per request | step p50 (us) |\n");
+    std::printf("|---:|---|---:|---:|---:|---:|\n");
+    js.section("devices");
     const std::vector<std::uint32_t> fleets = quick ? std::vector<std::uint32_t>{1, 64, 1024}
                                                     : std::vector<std::uint32_t>{1, 4, 16, 64, 256, 1024};
-    for (const std::uint32_t d : fleets) {
-        std::vector<double> per, p50;
-        for (int i = 0; i < repeats; ++i) {
-            auto [ns, samples] = core_steps(100000, d, quick ? 2000 : 10000, static_cast<std::uint64_t>(i + 1));
-            per.push_back(ns);
-            p50.push_back(quantile(samples, 0.5) / 1e3);
+    for (const bool mixed : {false, true}) {
+        for (const std::uint32_t d : fleets) {
+            if (mixed && d == 1) continue;
+            // (capacity-aware placement on a large fleet costs about 1 ms a step: fewer rounds)
+            const std::size_t rounds = (quick ? 1000 : 10000) / (mixed && d >= 256 ? 4 : 1);
+            std::vector<double> step, round, p50;
+            for (int i = 0; i < repeats; ++i) {
+                const StepRun r = core_steps(100000, d, mixed, rounds, static_cast<std::uint64_t>(i + 1));
+                step.push_back(r.step_ns_per_request);
+                round.push_back(r.round_ns_per_request);
+                p50.push_back(quantile(r.samples, 0.5) / 1e3);
+            }
+            const char* kind = mixed ? "mixed (capacity-aware placement)" : "equal (symmetric fast path)";
+            std::printf("| %u | %s | %zu | %.0f | %.0f | %.2f |\n", d, kind, rounds, median(step), median(round),
+                        median(p50));
+            std::fflush(stdout);
+            js.row(fields(kv("devices", std::uint64_t{d}), kv("fleet", mixed ? "mixed" : "equal"), kv("rounds", std::uint64_t{rounds}),
+                          kv("step_ns_per_dispatched_request", median(step)),
+                          kv("round_ns_per_request", median(round)), kv("step_p50_us", median(p50))));
         }
-        std::printf("| %u | %.0f | %.2f |\n", d, median(per), median(p50));
-        std::fflush(stdout);
     }
 
-    std::printf("\n## latency: one step dispatching one batch of 32, 1e5 queued, 64 devices\n\n");
+    std::printf("\n## latency: each step() dispatching one batch of 32, 1e5 queued, 64 equal devices (63 busy)\n\n");
+    js.section("latency");
     {
-        std::vector<double> all;
-        double per = 0.0;
-        std::vector<double> pers;
+        std::vector<double> all, pers;
         for (int i = 0; i < repeats; ++i) {
-            auto [ns, samples] = core_steps(100000, 64, quick ? 3000 : 20000, static_cast<std::uint64_t>(i + 11));
-            pers.push_back(ns);
-            all.insert(all.end(), samples.begin(), samples.end());
+            StepRun r = core_steps(100000, 64, false, quick ? 2000 : 20000, static_cast<std::uint64_t>(i + 11));
+            pers.push_back(r.step_ns_per_request);
+            all.insert(all.end(), r.samples.begin(), r.samples.end());
         }
-        per = median(pers);
-        std::printf("| steps | p50 (us) | p99 (us) | max (us) | per dispatched request (ns) |\n|---:|---:|---:|---:|---:|\n");
-        std::printf("| %zu | %.2f | %.2f | %.2f | %.0f |\n", all.size(), quantile(all, 0.5) / 1e3, quantile(all, 0.99) / 1e3,
-                    quantile(all, 1.0) / 1e3, per);
+        const double p50 = quantile(all, 0.5) / 1e3, p99 = quantile(all, 0.99) / 1e3, mx = quantile(all, 1.0) / 1e3;
+        std::printf("| steps | p50 (us) | p99 (us) | max (us) | mean per dispatched request (ns) |\n");
+        std::printf("|---:|---:|---:|---:|---:|\n");
+        std::printf("| %zu | %.2f | %.2f | %.2f | %.0f |\n", all.size(), p50, p99, mx, median(pers));
+        js.row(fields(kv("steps", std::uint64_t{all.size()}), kv("p50_us", p50), kv("p99_us", p99),
+                      kv("max_us", mx), kv("ns_per_dispatched_request", median(pers))));
     }
 
-    std::printf("\n## memory: live heap bytes per queued request (sizeof(Request) = %zu)\n\n", sizeof(capsched::Request));
+    std::printf("\n## memory: live heap bytes per queued request (sizeof(capsched::Request) = %zu)\n\n",
+                sizeof(capsched::Request));
     std::printf("| queued | reserve(n) | timeouts | bytes per request |\n|---:|---|---|---:|\n");
+    js.section("memory");
     for (const std::size_t n : std::vector<std::size_t>{100000, 1000000}) {
         for (const bool reserve : {true, false})
-            for (const bool timeouts : {false, true})
-                std::printf("| %zu | %s | %s | %.1f |\n", n, reserve ? "yes" : "no", timeouts ? "half" : "none",
-                            bytes_per_queued(n, reserve, timeouts));
+            for (const bool timeouts : {false, true}) {
+                const double b = bytes_per_queued(n, reserve, timeouts);
+                std::printf("| %zu | %s | %s | %.1f |\n", n, reserve ? "yes" : "no", timeouts ? "half" : "none", b);
+                js.row(fields(kv("queued", std::uint64_t{n}), kv("reserve", reserve ? "yes" : "no"),
+                              kv("timeouts", timeouts ? "half" : "none"), kv("bytes_per_request", b)));
+            }
+    }
+    js.section("sizes");
+    js.row(fields(kv("sizeof_request", std::uint64_t{sizeof(capsched::Request)})));
+
+    if (!json_path.empty()) {
+        std::FILE* f = std::fopen(json_path.c_str(), "w");
+        if (f == nullptr) {
+            std::fprintf(stderr, "capsched_bench: cannot write %s\n", json_path.c_str());
+            return 1;
+        }
+        const std::string text = js.finish(repeats, quick);
+        std::fwrite(text.data(), 1, text.size(), f);
+        std::fclose(f);
     }
     return 0;
 }
