@@ -77,7 +77,6 @@ struct Request {
     // By state: Waiting: live dependencies not yet completed; Queued (weighted): its
     // deadline level L (0..Q); InFlight: its batch slot.
     std::uint32_t slot = 0;
-    std::uint32_t spare = 0;  // (padding: the record is one cache line)
     State state = State::Free;
     SchedClass sched_class = SchedClass::Normal;
     bool batchable = true;
