@@ -283,6 +283,15 @@ def configs(draw):
                        ("dynamic_batching", [True, False])):
         if draw(st.integers(0, 2)) == 0:
             cfg[name] = draw(st.sampled_from(alts))
+    # Fair share between tenants (docs/policies.md): on a third of the time, with the
+    # charge weights and tenant weights varied.
+    if draw(st.integers(0, 2)) == 0:
+        cfg["fair_share"] = True
+        for name, alts in (("fair_input_weight", [1.0, 0.0, 3.0, 0.25]),
+                           ("fair_output_weight", [2.0, 0.0, 0.5]),
+                           ("tenant_weights", [{}, {"t1": 2.0}, {None: 0.5, "t2": 3.0}, {"t1": 1e6}])):
+            if draw(st.booleans()):
+                cfg[name] = draw(st.sampled_from(alts))
     return cfg
 
 
@@ -846,6 +855,13 @@ class Harness:
                         f"class_estimate({cls!r})[{k!r}] is {got[k]!r}, reference {want[k]!r}")
             got_u, want_u = real.class_util(cls), ref.class_util(cls)
             assert close(got_u, want_u), f"class_util({cls!r}) is {got_u!r}, reference {want_u!r}"
+        fair = real.fair_share()
+        assert fair["enabled"] == ref.fair
+        assert fair["virtual_time"] == ref.vtime, f"fair virtual time {fair['virtual_time']!r}, reference {ref.vtime!r}"
+        for name, t in fair["tenants"].items():
+            want_c = ref.vtc.get(name, 0.0)
+            assert t["counter"] == want_c, f"fair counter of tenant {name!r} is {t['counter']!r}, reference {want_c!r}"
+            assert t["weight"] == ref.tenant_weights.get(name, 1.0)
 
 
 def run_scenario(sc: Dict[str, Any], real: bool) -> Harness:

@@ -432,6 +432,7 @@ void register_scheduler(py::module_& m) {
     m.attr("MAX_TOKENS") = kMaxTokens;
     m.attr("MAX_DEPENDENCIES") = kMaxDependencies;
     m.attr("MAX_BATCH_SIZE") = kMaxBatchSize;
+    m.attr("MAX_TENANT_WEIGHT") = kMaxTenantWeight;
     m.attr("MAX_DEVICES") = kMaxDevices;
     m.attr("MAX_DEADLINE_LEVELS") = kMaxDeadlineLevels;
     m.attr("CAPACITY_SCALE") = kCapacityScale;
@@ -515,6 +516,15 @@ void register_scheduler(py::module_& m) {
         .def_property(
             "preemption", [](const SchedulerConfig& c) { return c.batching.preemption; },
             [](SchedulerConfig& c, bool v) { c.batching.preemption = v; })
+        .def_property(
+            "fair_share", [](const SchedulerConfig& c) { return c.fair.enabled; },
+            [](SchedulerConfig& c, bool v) { c.fair.enabled = v; })
+        .def_property(
+            "fair_input_weight", [](const SchedulerConfig& c) { return c.fair.input_weight; },
+            [](SchedulerConfig& c, double v) { c.fair.input_weight = v; })
+        .def_property(
+            "fair_output_weight", [](const SchedulerConfig& c) { return c.fair.output_weight; },
+            [](SchedulerConfig& c, double v) { c.fair.output_weight = v; })
         .def_readwrite("max_batch_size", &SchedulerConfig::max_batch_size)
         .def_readwrite("max_retries", &SchedulerConfig::max_retries)
         .def_readwrite("breaker_failures", &SchedulerConfig::breaker_failures)
@@ -632,6 +642,12 @@ void register_scheduler(py::module_& m) {
             py::arg("request_class"))
         .def("class_util", &Scheduler::class_util, py::arg("request_class"),
              py::call_guard<py::gil_scoped_release>())
+        .def("set_tenant_weight", &Scheduler::set_tenant_weight, py::arg("tenant"), py::arg("weight"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("tenant_weight", &Scheduler::tenant_weight, py::arg("tenant"), py::call_guard<py::gil_scoped_release>())
+        .def("tenant_counter", &Scheduler::tenant_counter, py::arg("tenant"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("fair_virtual_time", &Scheduler::fair_virtual_time, py::call_guard<py::gil_scoped_release>())
         .def("cancel", &Scheduler::cancel, py::arg("id"), py::call_guard<py::gil_scoped_release>())
         .def(
             "export_state",

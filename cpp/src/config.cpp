@@ -101,6 +101,8 @@ void validate(const SchedulerConfig& cfg) {
     require_nonneg(cfg.retry_cap, "retry_cap");
     if (cfg.max_retries > 1000)
         throw ConfigError("max_retries must be in 0..1000, got " + std::to_string(cfg.max_retries));
+    require_nonneg(cfg.fair.input_weight, "fair_input_weight");
+    require_nonneg(cfg.fair.output_weight, "fair_output_weight");
 }
 
 }  // namespace capsched

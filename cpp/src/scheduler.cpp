@@ -58,7 +58,7 @@ void StepOutput::clear() noexcept {
 }
 
 Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& devices)
-    : cfg_(cfg), pelt_(cfg.placement.pelt_period), rng_(cfg.retry_seed) {
+    : cfg_(cfg), pelt_(cfg.placement.pelt_period), fair_on_(cfg.fair.enabled), rng_(cfg.retry_seed) {
     validate(cfg_);
     if (devices.empty()) throw ConfigError("the device list is empty: give at least one device");
     if (devices.size() > kMaxDevices)
@@ -153,7 +153,10 @@ void Scheduler::reserve(std::size_t n) {
     slab_.reserve(n);
     free_handles_.reserve(n);
     ids_.reserve(n, id_of());
-    ready_.reserve(n);
+    if (fair_on_)
+        fair_.reserve(n);
+    else
+        ready_.reserve(n);
     timers_.reserve(n);
     // In-flight requests each hold a RequestExt: room for every device's full batches.
     std::size_t flight = 0;
@@ -463,8 +466,61 @@ void Scheduler::make_ready(Handle h, double now) {
         return;
     }
     if (cfg_.order.policy == Policy::Weighted) set_level(h, now);
-    ready_.push(h, ready_key(r));
+    push_normal(h, ready_key(r));
     arm_timer(h);
+}
+
+void Scheduler::push_normal(Handle h, const ReadyKey& key) {
+    if (!fair_on_) {
+        ready_.push(h, key);
+        return;
+    }
+    // A tenant whose backlog starts now starts from the virtual time at least: service it
+    // was not given while it had nothing queued is not banked (VTC's counter lift).
+    const std::uint32_t t = slab_[h].tenant;
+    if (fair_.tenant_size(t) == 0 && fair_.counter(t) < fair_vtime_) fair_.set_counter(t, fair_vtime_);
+    fair_.push(t, h, key);
+}
+
+const ReadyKey& Scheduler::queued_key(const Request& r, Handle h) const noexcept {
+    if (fair_on_ && r.sched_class == SchedClass::Normal) return fair_.key_of(r.tenant, h);
+    return queue_of(r).key_of(h);
+}
+
+void Scheduler::pass_over(const Request& r, Handle h) {
+    if (fair_on_ && r.sched_class == SchedClass::Normal) {
+        skipped_.push_back({h, fair_.key_of(r.tenant, h)});
+        fair_.erase(r.tenant, h);
+        return;
+    }
+    IndexedHeap<ReadyKey>& q = queue_of(r);
+    skipped_.push_back({h, q.top().key});
+    q.pop();
+}
+
+void Scheduler::put_back(Handle h, const ReadyKey& key) {
+    const Request& r = slab_[h];
+    if (fair_on_ && r.sched_class == SchedClass::Normal)
+        fair_.push(r.tenant, h, key);  // (no lift: it never left the tenant's backlog)
+    else
+        queue_of(r).push(h, key);
+}
+
+Handle Scheduler::normal_head() const noexcept {
+    if (fair_on_) return fair_.empty() ? kNoHandle : fair_.top().handle;
+    return ready_.empty() ? kNoHandle : ready_.top().handle;
+}
+
+double Scheduler::fair_cost(const Request& r) const noexcept {
+    const double w = r.tenant < tenant_weight_.size() ? tenant_weight_[r.tenant] : 1.0;
+    return (cfg_.fair.input_weight * static_cast<double>(r.prompt_tokens) +
+            cfg_.fair.output_weight * static_cast<double>(r.max_new_tokens)) / w;
+}
+
+void Scheduler::fair_charge(const Request& r, double sign) {
+    const double c = fair_.counter(r.tenant);
+    if (sign > 0.0 && c > fair_vtime_) fair_vtime_ = c;
+    fair_.set_counter(r.tenant, sign > 0.0 ? c + fair_cost(r) : c - fair_cost(r));
 }
 
 void Scheduler::arm_timer(Handle h) {
@@ -558,7 +614,10 @@ void Scheduler::run_step(double t, StepOutput& out) {
             continue;
         }
         set_level(h, t);
-        ready_.update(h, ready_key(r));
+        if (fair_on_)
+            fair_.update(r.tenant, h, ready_key(r));
+        else
+            ready_.update(h, ready_key(r));
         arm_timer(h);
     }
     for (const auto& [dependents, id] : expired_heads_) fail_dependents(dependents, id, Outcome::Expired, "");
@@ -709,13 +768,15 @@ const IndexedHeap<ReadyKey>& Scheduler::queue_of(const Request& r) const noexcep
 void Scheduler::erase_ready(Handle h) noexcept {
     const Request& r = slab_[h];
     if (r.sched_class == SchedClass::Normal || r.sched_class == SchedClass::Strict) --group_queued_[group_of(r.tenant)];
-    queue_of(r).erase(h);
+    if (fair_on_ && r.sched_class == SchedClass::Normal)
+        fair_.erase(r.tenant, h);
+    else
+        queue_of(r).erase(h);
 }
 
 Handle Scheduler::next_ready() const noexcept {
     if (!rt_ready_.empty()) return rt_ready_.top().handle;
-    if (!ready_.empty()) return ready_.top().handle;
-    return kNoHandle;
+    return normal_head();
 }
 
 void Scheduler::refresh_groups() noexcept {
@@ -799,8 +860,13 @@ void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now, std
 #if defined(__GNUC__)
         // The next request placement reads is likely the new head of this queue: start
         // fetching its record now, while the rest of this dispatch runs.
-        const IndexedHeap<ReadyKey>& q = queue_of(slab_[h]);
-        if (!q.empty()) __builtin_prefetch(&slab_[q.top().handle]);
+        if (slab_[h].sched_class == SchedClass::Normal) {
+            const Handle next = normal_head();
+            if (next != kNoHandle) __builtin_prefetch(&slab_[next]);
+        } else {
+            const IndexedHeap<ReadyKey>& q = queue_of(slab_[h]);
+            if (!q.empty()) __builtin_prefetch(&slab_[q.top().handle]);
+        }
 #endif
         --queued_;
         ++in_flight_;
@@ -860,6 +926,7 @@ void Scheduler::undispatch(StepMember& m, double now) {
         --counters_.batches;
     }
     off_device(m.handle);
+    if (fair_on_ && r.sched_class == SchedClass::Normal) fair_charge(r, -1.0);  // (before make_ready's lift)
     make_ready(m.handle, now);
     m.kept = false;
 }
@@ -1030,8 +1097,7 @@ void Scheduler::preempt(double now, StepOutput& out) {
     for (std::size_t round = 0; round < devices_.size(); ++round) {
         Handle u = !dl_ready_.empty()   ? dl_ready_.top().handle
                    : !rt_ready_.empty() ? rt_ready_.top().handle
-                   : !ready_.empty()    ? ready_.top().handle
-                                        : kNoHandle;
+                                        : normal_head();
         if (u == kNoHandle) return;
         const Request& ur = slab_[u];
         const bool online_head = ur.sched_class == SchedClass::Normal;  // may evict background work only
@@ -1099,7 +1165,7 @@ void Scheduler::place_background(double now) {
     // Background class (offline jobs): only when no online request is left queued, first
     // come first served, each on the best device it fits (no fallback); the first that
     // fits nowhere with room ends the step for the class.
-    if (!ready_.empty() || !rt_ready_.empty() || !dl_ready_.empty()) return;
+    if (normal_head() != kNoHandle || !rt_ready_.empty() || !dl_ready_.empty()) return;
     while (!bg_ready_.empty()) {
         const Handle h = bg_ready_.top().handle;
         const Request& r = slab_[h];
@@ -1303,9 +1369,7 @@ void Scheduler::place_by_fitness(double now) {
         const Request& r = slab_[h];
         const std::uint32_t group = group_of(r.tenant);
         if (group_blocked_[group]) {
-            IndexedHeap<ReadyKey>& q = queue_of(r);
-            skipped_.push_back({h, q.top().key});
-            q.pop();
+            pass_over(r, h);
             continue;
         }
         const double u = request_util(r, now);
@@ -1328,18 +1392,14 @@ void Scheduler::place_by_fitness(double now) {
             dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait);
         }
         if (wait) {  // only too-slow devices have room: it waits for one in time
-            IndexedHeap<ReadyKey>& q = queue_of(r);
-            skipped_.push_back({h, q.top().key});
-            q.pop();
+            pass_over(r, h);
             --open;
             ++group_skipped_[group];
             ++counters_.deferred;
             continue;
         }
         if (dev == kNoIndex && cold(r).pool != 0) {  // its pool is full: it waits, holding back no one
-            IndexedHeap<ReadyKey>& q = queue_of(r);
-            skipped_.push_back({h, q.top().key});
-            q.pop();
+            pass_over(r, h);
             --open;
             ++group_skipped_[group];
             continue;
@@ -1353,9 +1413,10 @@ void Scheduler::place_by_fitness(double now) {
         const std::uint32_t b = sb == kNoIndex ? open_batch(dev) : step_batches_[sb];
         if (!r.batchable) step_solo_[dev] = 1;
         dispatch(h, b, u, now, fitted ? 0 : 1);
+        if (fair_on_ && r.sched_class == SchedClass::Normal) fair_charge(r, 1.0);
         --open;
     }
-    for (const auto& [h, key] : skipped_) queue_of(slab_[h]).push(h, key);
+    for (const auto& [h, key] : skipped_) put_back(h, key);
 }
 
 void Scheduler::check_device(std::uint32_t device) const {
@@ -1640,6 +1701,13 @@ void Scheduler::complete_locked(Handle h, std::int64_t output_tokens) {
     const double work = service * d.clock_scale * (d.capacity_orig / kCapacityScale) / sharers;
     const double tokens = static_cast<double>(r.prompt_tokens) + static_cast<double>(r.max_new_tokens);
     classes_[r.request_class].est.sample(work / tokens);
+    if (fair_on_ && r.sched_class == SchedClass::Normal && output_tokens >= 0 &&
+        output_tokens < static_cast<std::int64_t>(r.max_new_tokens)) {
+        // Fair share: give back the charge for the output it did not generate.
+        const double w = r.tenant < tenant_weight_.size() ? tenant_weight_[r.tenant] : 1.0;
+        const double unused = static_cast<double>(static_cast<std::int64_t>(r.max_new_tokens) - output_tokens);
+        fair_.set_counter(r.tenant, fair_.counter(r.tenant) - cfg_.fair.output_weight * unused / w);
+    }
     end(h, Outcome::Completed, "");
 }
 
@@ -1746,6 +1814,30 @@ bool Scheduler::cancel(std::uint64_t id) {
 
 // ---------------------------------------------------------------- queries
 
+void Scheduler::set_tenant_weight(std::uint32_t tenant, double weight) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!(weight > 0.0 && weight <= kMaxTenantWeight))
+        throw InvalidArgument("tenant weight must be in (0, " + format_number(kMaxTenantWeight) + "], got " +
+                              format_number(weight));
+    if (tenant >= tenant_weight_.size()) tenant_weight_.resize(tenant + std::size_t{1}, 1.0);
+    tenant_weight_[tenant] = weight;
+}
+
+double Scheduler::tenant_weight(std::uint32_t tenant) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tenant < tenant_weight_.size() ? tenant_weight_[tenant] : 1.0;
+}
+
+double Scheduler::tenant_counter(std::uint32_t tenant) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fair_.counter(tenant);
+}
+
+double Scheduler::fair_virtual_time() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fair_vtime_;
+}
+
 RequestStatus Scheduler::status(std::uint64_t id) const {
     std::lock_guard<std::mutex> lock(mu_);
     const Handle h = ids_.find(id, id_of());
@@ -1773,7 +1865,7 @@ Stats Scheduler::stats() const {
     s.retrying = retrying_;
     s.queued_by_class[0] = dl_ready_.size();
     s.queued_by_class[1] = rt_ready_.size();
-    s.queued_by_class[2] = ready_.size();
+    s.queued_by_class[2] = fair_on_ ? fair_.size() : ready_.size();
     s.queued_by_class[3] = bg_ready_.size();
     s.now = now_;
     s.devices = devices_;
@@ -1783,8 +1875,9 @@ Stats Scheduler::stats() const {
 bool Scheduler::check_invariants() const {
     std::lock_guard<std::mutex> lock(mu_);
     if (!ready_.check_invariants() || !rt_ready_.check_invariants() || !dl_ready_.check_invariants() ||
-        !bg_ready_.check_invariants() || !retries_.check_invariants())
+        !bg_ready_.check_invariants() || !retries_.check_invariants() || !fair_.check_invariants())
         return false;
+    if (fair_on_ ? !ready_.empty() : !fair_.empty()) return false;
     // Timers: a heap; exactly one current entry per timed waiting, queued or retrying
     // request, at its next level change or its deadline.
     if (!std::is_heap(timers_.begin(), timers_.end(), timer_later<Timer>)) return false;
@@ -1795,7 +1888,8 @@ bool Scheduler::check_invariants() const {
     }
     std::uint64_t retrying = 0;
     const auto queued_anywhere = [this](Handle h) {
-        return ready_.contains(h) || rt_ready_.contains(h) || dl_ready_.contains(h) || bg_ready_.contains(h);
+        return ready_.contains(h) || fair_.contains(h) || rt_ready_.contains(h) || dl_ready_.contains(h) ||
+               bg_ready_.contains(h);
     };
     std::uint64_t waiting = 0, queued = 0, in_flight = 0, free_slots = 0;
     std::vector<std::uint64_t> device_requests(devices_.size(), 0);
@@ -1816,8 +1910,9 @@ bool Scheduler::check_invariants() const {
                 break;
             case State::Queued:
                 ++queued;
-                if (!queue_of(r).contains(h)) return false;
-                if (queue_of(r).key_of(h).key != ready_key(r).key) return false;
+                if (fair_on_ && r.sched_class == SchedClass::Normal ? !fair_.contains(h) : !queue_of(r).contains(h))
+                    return false;
+                if (queued_key(r, h).key != ready_key(r).key) return false;
                 break;
             case State::InFlight:
                 ++in_flight;

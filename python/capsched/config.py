@@ -8,17 +8,20 @@ import numbers
 import os
 import re
 import sys
+import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from .errors import ConfigError
 
-__all__ = ["Config", "POLICIES", "SchedulerConfig", "ENV_PREFIX", "MAX_BATCH_SIZE"]
+__all__ = ["Config", "POLICIES", "SchedulerConfig", "ENV_PREFIX", "MAX_BATCH_SIZE", "MAX_TENANT_WEIGHT"]
 
 POLICIES = ("fcfs", "priority", "edf", "srtf", "weighted")
 #: Largest ``max_batch_size`` (the core's ``MAX_BATCH_SIZE``).
 MAX_BATCH_SIZE = 65536
+#: Largest fair-share weight of a tenant (``Config.tenant_weights``).
+MAX_TENANT_WEIGHT = 1e6
 #: Prefix of the environment variables :meth:`SchedulerConfig.from_env` reads.
 ENV_PREFIX = "CAPSCHED_"
 
@@ -107,6 +110,19 @@ class Config:
             over it.
         preemption: continuous mode: let a queued deadline- or strict-class request with
             no room evict the lowest-priority normal request in flight (default True).
+        fair_share: order the normal class by tenant with a weighted fair share (a
+            virtual token counter, as VTC): the tenant with queued work that has been
+            given the least service goes first, the policy's order within a tenant, so a
+            tenant flooding the queue cannot starve the others (default False: the
+            policy's order alone, across tenants). ``docs/policies.md`` gives the rule.
+        fair_input_weight, fair_output_weight: service charged to a tenant per dispatch:
+            ``fair_input_weight x prompt tokens + fair_output_weight x max_new_tokens``,
+            over the tenant's weight (defaults 1 and 2, VTC's; finite, >= 0). A
+            completion that reports its output tokens gives back the unused part.
+        tenant_weights: fair-share weight of each tenant by name (default 1 for a tenant
+            not listed; each in (0, 1e6]): a tenant of weight 2 gets twice the service of
+            a tenant of weight 1 when both have work queued. ``None`` names the requests
+            without a tenant.
         tokenizer: callable ``str -> int`` counting a prompt's tokens; ``None`` uses
             :func:`capsched.estimate_tokens`.
     """
@@ -144,6 +160,10 @@ class Config:
     max_queue_delay: float = 0.0
     latency_target: float = 0.0
     preemption: bool = True
+    fair_share: bool = False
+    fair_input_weight: float = 1.0
+    fair_output_weight: float = 2.0
+    tenant_weights: Mapping[Optional[str], float] = dataclasses.field(default_factory=dict, hash=False)
     tokenizer: Optional[Callable[[str], int]] = None
 
     def __post_init__(self) -> None:
@@ -186,6 +206,22 @@ class Config:
                 raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.preemption, bool):
             raise ConfigError(f"preemption must be a bool, got {self.preemption!r}")
+        if not isinstance(self.fair_share, bool):
+            raise ConfigError(f"fair_share must be a bool, got {self.fair_share!r}")
+        for name in ("fair_input_weight", "fair_output_weight"):
+            _check_real(name, getattr(self, name), minimum=0.0, inclusive=True)
+        weights = self.tenant_weights
+        if not isinstance(weights, Mapping):
+            raise ConfigError(f"tenant_weights must be a mapping of tenant name to weight, got {weights!r}")
+        checked: dict[Optional[str], float] = {}
+        for tenant, w in weights.items():
+            if tenant is not None and not isinstance(tenant, str):
+                raise ConfigError(f"tenant_weights: a tenant name must be a str or None, got {tenant!r}")
+            _check_real(f"tenant_weights[{tenant!r}]", w, minimum=0.0, inclusive=False)
+            if float(w) > MAX_TENANT_WEIGHT:
+                raise ConfigError(f"tenant_weights[{tenant!r}] must be in (0, {MAX_TENANT_WEIGHT:g}], got {w!r}")
+            checked[tenant] = float(w)
+        object.__setattr__(self, "tenant_weights", types.MappingProxyType(checked))
         sizes = self.preferred_batch_sizes
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (list, tuple)):
             raise ConfigError(f"preferred_batch_sizes must be a list of integers, got {sizes!r}")

@@ -228,12 +228,13 @@ class Scheduler:
         cc = _core.CoreConfig()
         cc.policy = policy
         for f in dataclasses.fields(Config):
-            if f.name != "tokenizer":
+            if f.name not in ("tokenizer", "tenant_weights"):
                 setattr(cc, f.name, getattr(config, f.name))
         cc.max_batch_size = self._max_batch_size
         cc.dynamic_batching = enable_dynamic_batching
         self._core = _core.Core(cc, [self._device_spec(d) for d in self._devices])
         self._direct: Optional[Any] = self._core  # the core itself; None while a journal wraps it
+        self._apply_tenant_weights()
 
     def _device_spec(self, d: Device) -> Any:
         spec = _core.DeviceSpec()
@@ -261,6 +262,16 @@ class Scheduler:
         if t is None:
             t = self._tenants[tenant] = len(self._tenants)
         return t
+
+    def _apply_tenant_weights(self) -> None:
+        """Give the core the fair-share weight (Config.tenant_weights) of every tenant
+        numbered so far. Weights are configuration, not state: re-applying is harmless."""
+        weights = self._config.tenant_weights
+        if weights:
+            for name, idx in list(self._tenants.items()):
+                w = weights.get(name)
+                if w is not None:
+                    self._core.set_tenant_weight(idx, w)
 
     # ------------------------------------------------------------------ properties
 
@@ -416,6 +427,9 @@ class Scheduler:
             if t is None or c is None:
                 if t is None:
                     t = self._tenants[tenant] = len(self._tenants)
+                    w = self._config.tenant_weights.get(tenant)
+                    if w is not None:
+                        self._core.set_tenant_weight(t, w)
                 if c is None:
                     c = self._classes[request_class] = len(self._classes)
                 self._journal_names()
@@ -681,6 +695,27 @@ class Scheduler:
         idx = self._classes.get(request_class)
         return 0.0 if idx is None else float(self._core.class_util(idx))
 
+    def fair_share(self) -> dict[str, Any]:
+        """The state of the fair share between tenants (``Config.fair_share``):
+        ``{"enabled": bool, "virtual_time": float, "tenants": {name: {"weight": float,
+        "counter": float}}}``. A tenant's counter is the service it has been given
+        (``fair_input_weight x prompt tokens + fair_output_weight x max_new_tokens`` per
+        dispatch, less unused output reported at completion, over its weight); the
+        virtual time is where a tenant whose backlog starts again resumes from
+        (docs/policies.md). Counters are not checkpointed: a restored scheduler starts
+        every tenant at 0."""
+        with self._lock:
+            tenants = list(self._tenants.items())
+        core = self._core
+        return {
+            "enabled": bool(self._config.fair_share),
+            "virtual_time": float(core.fair_virtual_time()),
+            "tenants": {
+                name: {"weight": float(core.tenant_weight(idx)), "counter": float(core.tenant_counter(idx))}
+                for name, idx in tenants
+            },
+        }
+
     def _device_indices(self, device: object) -> list[int]:
         if isinstance(device, str):
             indices = self._index.get(device)
@@ -839,6 +874,7 @@ class Scheduler:
 
         cfg = {f.name: getattr(self._config, f.name) for f in dataclasses.fields(Config) if f.name != "tokenizer"}
         cfg["preferred_batch_sizes"] = list(cfg["preferred_batch_sizes"])
+        cfg["tenant_weights"] = [[k, v] for k, v in cfg["tenant_weights"].items()]  # (None is no JSON key)
         with self._lock:
             tenants = [[k, v] for k, v in self._tenants.items()]
             classes = [[k, v] for k, v in self._classes.items()]
@@ -861,6 +897,10 @@ class Scheduler:
     ) -> "Scheduler":
         cfg = dict(payload["config"])
         cfg["preferred_batch_sizes"] = tuple(cfg.get("preferred_batch_sizes", ()))
+        weights = cfg.get("tenant_weights", [])
+        if not isinstance(weights, list) or not all(isinstance(p, list) and len(p) == 2 for p in weights):
+            raise CheckpointError(f"config.tenant_weights must be a list of [tenant, weight] pairs, got {weights!r}")
+        cfg["tenant_weights"] = {k: v for k, v in weights}
         devices = [Device(**{**d, "tenants": tuple(d.get("tenants") or ())}) for d in payload["devices"]]
         s = cls(
             devices,
@@ -886,6 +926,7 @@ class Scheduler:
             raise CheckpointError("'clocked' needs one flag per device")
         s._tenants = tenants
         s._classes = classes
+        s._apply_tenant_weights()
         s._clocked = [bool(c) for c in clocked]
         state = payload["core"]
         if state.get("version") != 1:
@@ -908,6 +949,7 @@ class Scheduler:
             if e["op"] == "names":
                 self._tenants = {k: int(v) for k, v in e["tenants"]}
                 self._classes = {k: int(v) for k, v in e["classes"]}
+                self._apply_tenant_weights()
             else:
                 from .journal import MUTATING_CALLS
 

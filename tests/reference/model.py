@@ -87,6 +87,11 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "latency_target": 0.0,
     "preemption": True,
     "dynamic_batching": True,
+    # Fair share between tenants (docs/policies.md; config.hpp FairShareConfig).
+    "fair_share": False,
+    "fair_input_weight": 1.0,
+    "fair_output_weight": 2.0,
+    "tenant_weights": {},
 }
 PLACEMENT_KEYS = ("fit_margin", "score_compute", "score_memory", "energy_aware", "pelt_period",
                   "default_work_per_token", "dl_bandwidth_limit")
@@ -487,6 +492,11 @@ class ReferenceScheduler:
                              held=0, trimmed=0, preempted=0, deferred=0, breaker_trips=0)
         self._wait = False
         self._rng = int(cfg.get("retry_seed", 0)) & ((1 << 64) - 1)
+        # Fair share (docs/policies.md): per-tenant service counters and the virtual time.
+        self.fair = bool(cfg["fair_share"])
+        self.vtc: Dict[Optional[str], float] = {}
+        self.vtime = 0.0
+        self.tenant_weights: Dict[Optional[str], float] = dict(cfg["tenant_weights"] or {})
         # Device pools: a pool is down while every device of it has an open breaker.
         self.pools = {d.pool for d in self.devices if d.pool is not None}
         self.pool_down: Dict[str, bool] = {p: False for p in self.pools}
@@ -554,6 +564,73 @@ class ReferenceScheduler:
                  if r.state == "queued" and r.sched_class == "normal"]
         ready.sort(key=lambda r: (self.key(r, now), r.id))
         return [r.id for r in ready]
+
+    # --- fair share between tenants (docs/policies.md) -------------------------------
+
+    def _lift(self, tenant: Optional[str], sched_class: str, exclude: Optional[RefRequest] = None) -> None:
+        """A normal-class request is about to be queued: if its tenant has no other queued
+        normal-class request, its counter starts from the virtual time at least."""
+        if not self.fair or sched_class != "normal":
+            return
+        if any(x.state == "queued" and x.sched_class == "normal" and x.tenant == tenant and x is not exclude
+               for x in self.requests.values()):
+            return
+        self.vtc[tenant] = max(self.vtc.get(tenant, 0.0), self.vtime)
+
+    def _enqueue(self, r: RefRequest) -> None:
+        """r becomes queued (with the fair-share lift)."""
+        self._lift(r.tenant, r.sched_class, r)
+        r.state = "queued"
+
+    def fair_cost(self, r: RefRequest) -> float:
+        w = self.tenant_weights.get(r.tenant, 1.0)
+        c = self.cfg
+        return (c["fair_input_weight"] * float(r.prompt_tokens) + c["fair_output_weight"] * float(r.max_new_tokens)) / w
+
+    def _fair_charge(self, r: RefRequest) -> None:
+        c = self.vtc.get(r.tenant, 0.0)
+        if c > self.vtime:
+            self.vtime = c
+        self.vtc[r.tenant] = c + self.fair_cost(r)
+
+    def _fair_by_tenant(self, now: float) -> Dict[Optional[str], List[RefRequest]]:
+        """Queued normal-class requests per tenant, each list in (key at now, id) order."""
+        out: Dict[Optional[str], List[RefRequest]] = {}
+        for r in self.requests.values():
+            if r.state == "queued" and r.sched_class == "normal":
+                out.setdefault(r.tenant, []).append(r)
+        for lst in out.values():
+            lst.sort(key=lambda r: (self.key(r, now), r.id))
+        return out
+
+    def _fair_pick(self, by_tenant: Dict[Optional[str], List[RefRequest]], now: float) -> RefRequest:
+        """The tenant with the smallest (counter, head key, head id); its head."""
+        t = min(by_tenant, key=lambda t: (self.vtc.get(t, 0.0), self.key(by_tenant[t][0], now), by_tenant[t][0].id))
+        return by_tenant[t][0]
+
+    def normal_head(self, now: float) -> Optional[int]:
+        """The first normal-class request a placement would take."""
+        if not self.fair:
+            order = self.ready_order(now)
+            return order[0] if order else None
+        by_tenant = self._fair_by_tenant(now)
+        return self._fair_pick(by_tenant, now).id if by_tenant else None
+
+    def _fair_placement_order(self, now: float) -> Iterable[int]:
+        """Strict-class requests, then normal ones chosen one at a time by tenant counter
+        (lazily: the counters change as the step dispatches)."""
+        strict = [r for r in self.requests.values() if r.state == "queued" and r.sched_class == "strict"]
+        strict.sort(key=lambda r: (self.strict_key(r), r.id))
+        by_tenant = self._fair_by_tenant(now)
+        for r in strict:
+            yield r.id
+        while by_tenant:
+            r = self._fair_pick(by_tenant, now)
+            lst = by_tenant[r.tenant]
+            lst.pop(0)
+            if not lst:
+                del by_tenant[r.tenant]
+            yield r.id
 
     def placement_order(self, now: float) -> List[int]:
         """Strict-class requests by (strict key, id), then normal ones in policy order."""
@@ -823,7 +900,9 @@ class ReferenceScheduler:
             d.dispatched_batches -= 1
             self.counters["batches"] -= 1
         self._leave_batch(r)
-        r.state = "queued"
+        if self.fair and r.sched_class == "normal":  # give the charge back (before the lift)
+            self.vtc[r.tenant] = self.vtc.get(r.tenant, 0.0) - self.fair_cost(r)
+        self._enqueue(r)
         m[3] = False
 
     def batch_limit(self, d: RefDevice) -> int:
@@ -927,8 +1006,7 @@ class ReferenceScheduler:
             if dl or strict:
                 u = dl[0] if dl else strict[0]
             else:
-                normal = self.ready_order(now)
-                u = normal[0] if normal else None
+                u = self.normal_head(now)
             if u is None:
                 return
             ur = self.requests[u]
@@ -990,7 +1068,7 @@ class ReferenceScheduler:
             v.preemptions += 1
             self.batches[v.batch].clean = False
             self._leave_batch(v)
-            v.state = "queued"
+            self._enqueue(v)
             self._slots[vdev] += 1
             if self._kv[vdev] >= 0:
                 self._kv[vdev] += v.kv_tokens
@@ -1142,6 +1220,8 @@ class ReferenceScheduler:
             dl_bw = self.util_of(request_class, tokens, d, uclamp_min, uclamp_max, now)
             dl_device = self.admit(dl_bw, tenant, pool, fallback_pool)  # raises RefAdmissionError
         live = {dep for dep in deps if self.requests[dep].state in LIVE_STATES}
+        if not live:
+            self._lift(tenant, sched_class)
         rid = self.next_id
         self.next_id += 1
         self.now = now
@@ -1202,7 +1282,7 @@ class ReferenceScheduler:
         # Retries whose backoff has ended are queued again.
         for r in self.requests.values():
             if r.state == "retrying" and r.retry_at <= now:
-                r.state = "queued"
+                self._enqueue(r)
         # (3) placement: PELT up to date, misfits, deadline class, then the rest.
         for d in self.devices:
             self._touch(d, now)
@@ -1218,7 +1298,7 @@ class ReferenceScheduler:
         self.last_migrated = self._migrate_misfits(now)
         self._place_deadline(now)
         # (2) key every ready request at now.
-        order = self.placement_order(now)
+        order = self._fair_placement_order(now) if self.fair else self.placement_order(now)
         self._place_by_fitness(order, now)
         self._place_background(now)
         if self._continuous and self.cfg["preemption"]:
@@ -1326,14 +1406,13 @@ class ReferenceScheduler:
                 self._step_solo.add(r.dl_device)
             self._dispatch(r, bid, r.dl_bw, now, 0)
 
-    def _place_by_fitness(self, order: List[int], now: float) -> None:
+    def _place_by_fitness(self, order: Iterable[int], now: float) -> None:
         """Each request in order: in a symmetric group, the first device of its group
         (strongest first) with room; otherwise choose_device's pick, strict ones first
         among devices with capacity >= 1024 x uclamp_min (any device if none is a
         candidate). A request with no device closes its group for the step: nothing of
         that group overtakes it, other groups go on."""
-        symmetric = {g: self.symmetric(g) for g in {self.group_key(self.requests[i].tenant)
-                                                     for i in order}}
+        symmetric = {g: self.symmetric(g) for g in {self.group_key(r.tenant) for r in self.requests.values()}}
         blocked: set = set()
         margin = self.cfg["fit_margin"]
         for rid in order:
@@ -1363,6 +1442,8 @@ class ReferenceScheduler:
             if not r.batchable:
                 self._step_solo.add(di)
             self._dispatch(r, bid, u, now, 0 if fitted else 1)
+            if self.fair and r.sched_class == "normal":
+                self._fair_charge(r)
 
     def complete(self, rid: int, now: float, output_tokens: Optional[int] = None) -> None:
         r = self._get(rid)
@@ -1385,6 +1466,11 @@ class ReferenceScheduler:
         sharers = float(b.size) if b.counted else float(dev.inflight_requests)
         work = service * dev.clock_scale * (dev.capacity_orig / CAPACITY_SCALE) / sharers
         self.classes.setdefault(r.request_class, RefUtilEst()).sample(work / r.tokens)
+        if self.fair and r.sched_class == "normal" and output_tokens is not None and \
+                int(output_tokens) < r.max_new_tokens:  # give back the unused output's charge
+            w = self.tenant_weights.get(r.tenant, 1.0)
+            self.vtc[r.tenant] = self.vtc.get(r.tenant, 0.0) - \
+                self.cfg["fair_output_weight"] * float(r.max_new_tokens - int(output_tokens)) / w
         self._leave_batch(r)
         self._end(r, "completed")
         for did in r.dependents:
@@ -1393,7 +1479,7 @@ class ReferenceScheduler:
                 continue
             d.deps.discard(rid)
             if not d.deps:
-                d.state = "queued"
+                self._enqueue(d)
 
     def fail(self, rid: int, now: float, retryable: bool = False, error: str = "") -> bool:
         r = self._get(rid)
@@ -1410,7 +1496,7 @@ class ReferenceScheduler:
                 r.retries += 1
                 self.counters["retried"] += 1
                 if at <= now:
-                    r.state = "queued"
+                    self._enqueue(r)
                 else:
                     r.state = "retrying"
                     r.retry_at = at

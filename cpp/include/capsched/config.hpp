@@ -93,8 +93,23 @@ struct BatchingConfig {
     bool preemption = true;
 };
 
+// Weighted fair share between tenants (a virtual token counter, as VTC); docs/policies.md
+// gives the exact rule. Off by default: the policy's order alone decides across tenants.
+struct FairShareConfig {
+    // Order the normal class by tenant: the tenant that has been given the least service
+    // (its counter) goes first; within a tenant the policy's order.
+    bool enabled = false;
+    // Service charged per dispatch: input_weight x prompt tokens + output_weight x
+    // max_new_tokens, over the tenant's weight (defaults 1 and 2, VTC's w_p and w_q;
+    // finite, >= 0). A completion that reports its output tokens gives back the
+    // output_weight x the unused max_new_tokens.
+    double input_weight = 1.0;
+    double output_weight = 2.0;
+};
+
 struct SchedulerConfig {
     PolicyConfig order;
+    FairShareConfig fair;
     PlacementConfig placement;
     BatchingConfig batching;
     // Requests per batch (default 32, 1..65536).
@@ -140,6 +155,7 @@ inline constexpr std::int64_t kMaxBatchTokens = 1'000'000'000;
 inline constexpr std::uint64_t kMaxQueued = 1'000'000'000'000ull;
 inline constexpr std::uint32_t kMaxPools = 65535;
 inline constexpr std::size_t kMaxPreferredSizes = 64;
+inline constexpr double kMaxTenantWeight = 1e6;  // a tenant's fair-share weight: (0, 1e6]
 
 // Throws ConfigError naming the first bad field.
 void validate(const SchedulerConfig& cfg);

@@ -57,7 +57,28 @@ struct ReadyKey {
 #pragma pack(pop)
 static_assert(sizeof(ReadyKey) == 12, "ReadyKey packs to 12 bytes");
 
-template <class Key = HeapKey, unsigned D = 4>
+// Storage of a heap's position index (handle -> slot in the heap array). By default each
+// heap owns its index; heaps whose handle sets are disjoint (the per-tenant heaps of
+// FairQueue) can share one through SharedPositions, so that their index costs 4 bytes
+// per handle in all rather than per heap.
+struct OwnPositions : std::vector<std::uint32_t> {
+    static constexpr bool kOwned = true;
+};
+
+class SharedPositions {
+  public:
+    static constexpr bool kOwned = false;
+    explicit SharedPositions(std::vector<std::uint32_t>* v = nullptr) noexcept : v_(v) {}
+    std::uint32_t& operator[](std::size_t i) noexcept { return (*v_)[i]; }
+    const std::uint32_t& operator[](std::size_t i) const noexcept { return (*v_)[i]; }
+    std::size_t size() const noexcept { return v_->size(); }
+    void resize(std::size_t n, std::uint32_t fill) { v_->resize(n, fill); }
+
+  private:
+    std::vector<std::uint32_t>* v_;
+};
+
+template <class Key = HeapKey, unsigned D = 4, class Pos = OwnPositions>
 class IndexedHeap {
     static_assert(D >= 2, "a d-ary heap needs D >= 2");
 
@@ -67,6 +88,9 @@ class IndexedHeap {
         Handle handle;
     };
     static constexpr std::uint32_t kNpos = std::numeric_limits<std::uint32_t>::max();
+
+    IndexedHeap() = default;
+    explicit IndexedHeap(Pos positions) : pos_(positions) {}
 
     std::size_t size() const noexcept { return heap_.size(); }
     bool empty() const noexcept { return heap_.empty(); }
@@ -136,9 +160,12 @@ class IndexedHeap {
             if (heap_[i].handle >= pos_.size() || pos_[heap_[i].handle] != i) return false;
             if (i > 0 && heap_[i].key < heap_[(i - 1) / D].key) return false;
         }
-        std::size_t held = 0;
-        for (std::uint32_t p : pos_) held += (p != kNpos);
-        return held == heap_.size();
+        if constexpr (Pos::kOwned) {  // (a shared index is checked by its owner)
+            std::size_t held = 0;
+            for (std::uint32_t p : pos_) held += (p != kNpos);
+            return held == heap_.size();
+        }
+        return true;
     }
 
   private:
@@ -209,7 +236,7 @@ class IndexedHeap {
     }
 
     std::vector<Entry> heap_;
-    std::vector<std::uint32_t> pos_;
+    Pos pos_;
 };
 
 }  // namespace capsched

@@ -25,6 +25,7 @@
 
 #include "capsched/config.hpp"
 #include "capsched/device.hpp"
+#include "capsched/fair_queue.hpp"
 #include "capsched/heap.hpp"
 #include "capsched/id_map.hpp"
 #include "capsched/pelt.hpp"
@@ -174,6 +175,13 @@ class Scheduler {
     // (evictions, seconds run before them) of a live request.
     std::pair<std::uint32_t, double> preemption_info(std::uint64_t id) const;
 
+    // Fair share (SchedulerConfig::fair): a tenant's weight, (0, kMaxTenantWeight]
+    // (default 1); its service counter; and the virtual time new backlogs start from.
+    void set_tenant_weight(std::uint32_t tenant, double weight);
+    double tenant_weight(std::uint32_t tenant) const;
+    double tenant_counter(std::uint32_t tenant) const;
+    double fair_virtual_time() const;
+
     RequestStatus status(std::uint64_t id) const;
     Stats stats() const;
     std::size_t num_devices() const noexcept { return devices_.size(); }
@@ -270,6 +278,19 @@ class Scheduler {
     IndexedHeap<ReadyKey>& queue_of(const Request& r) noexcept;
     const IndexedHeap<ReadyKey>& queue_of(const Request& r) const noexcept;
     void erase_ready(Handle h) noexcept;
+    // The normal class's queue is ready_, or fair_ under fair share: these go to the one
+    // in use.
+    void push_normal(Handle h, const ReadyKey& key);
+    const ReadyKey& queued_key(const Request& r, Handle h) const noexcept;
+    // Takes the head of r's queue (h) out for the rest of the step (placement passed it
+    // over); put_back() returns it.
+    void pass_over(const Request& r, Handle h);
+    void put_back(Handle h, const ReadyKey& key);
+    Handle normal_head() const noexcept;
+    // Fair share: a dispatch charges the tenant (and moves the virtual time up to the
+    // tenant's counter before the charge); an undispatch gives the charge back.
+    double fair_cost(const Request& r) const noexcept;
+    void fair_charge(const Request& r, double sign);
     bool has_room(std::uint32_t dev, const Request& r) const noexcept;
     void place_deadline(double now);
     Handle next_ready() const noexcept;
@@ -366,6 +387,11 @@ class Scheduler {
     const RequestExt default_ext_{};
     IdMap ids_;
     IndexedHeap<ReadyKey> ready_;      // queued normal-class requests by policy key
+    // Under fair share, queued normal-class requests instead, by tenant (ready_ is empty).
+    FairQueue fair_;
+    bool fair_on_ = false;
+    double fair_vtime_ = 0.0;              // virtual time: see docs/policies.md
+    std::vector<double> tenant_weight_;    // by tenant id; missing = 1
     IndexedHeap<ReadyKey> rt_ready_;   // queued strict-class requests: (-priority + aging x arrival, id)
     IndexedHeap<ReadyKey> dl_ready_;   // queued deadline-class requests: (deadline, id)
     IndexedHeap<ReadyKey> bg_ready_;   // queued background-class requests: (arrival, id)
