@@ -781,11 +781,11 @@ class Scheduler:
                 inconsistent (the message says which); a damaged journal line.
         """
         from .checkpoint import load_checkpoint
-        from .journal import read_journal
+        from .journal import replay_journal
 
         s = load_checkpoint(path, clock=clock)
         if journal is not None and os.path.exists(journal):
-            s._replay(read_journal(journal))
+            replay_journal(s, journal)
         st = s._core.stats()
         if st["in_flight"]:
             s._core.requeue_in_flight(st["now"])  # the server lost them: run them again
