@@ -108,7 +108,7 @@ def save_checkpoint(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> Non
             tmp.unlink()
         except OSError:
             pass
-        raise CheckpointError(f"cannot write checkpoint {str(target)!r}: {exc}") from exc
+        raise CheckpointError(f"cannot write checkpoint {str(target)!r}: {exc.strerror or exc}") from exc
 
 
 def load_checkpoint(path: Union[str, "os.PathLike[str]"], *, clock: Optional[Callable[[], float]] = None) -> Any:
@@ -177,8 +177,8 @@ def load_checkpoint(path: Union[str, "os.PathLike[str]"], *, clock: Optional[Cal
         # pybind11 reports a value the core cannot hold (wrong type, negative or too
         # large for an unsigned field) as a RuntimeError; a hostile size as MemoryError.
         raise CheckpointError(
-            f"checkpoint {where!r} is malformed: its core state holds a value of the wrong type or out of "
-            f"range ({type(exc).__name__}: {exc})"
+            f"checkpoint {where!r} is malformed: its core state holds a value of the wrong type, or out of "
+            "range (negative or too large) for the core"
         ) from None
 
 

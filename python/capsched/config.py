@@ -14,11 +14,33 @@ from typing import Any, Optional, Union
 
 from .errors import ConfigError
 
-__all__ = ["Config", "POLICIES", "SchedulerConfig", "ENV_PREFIX", "MAX_BATCH_SIZE", "MAX_CONFIG_BYTES"]
+__all__ = [
+    "Config",
+    "POLICIES",
+    "SchedulerConfig",
+    "ENV_PREFIX",
+    "MAX_BATCH_SIZE",
+    "MAX_CONFIG_BYTES",
+    "MAX_TENANTS",
+    "MAX_REQUEST_CLASSES",
+    "MAX_PROMPT_CHARS",
+    "MAX_RESERVE",
+]
 
 POLICIES = ("fcfs", "priority", "edf", "srtf", "weighted")
 #: Largest ``max_batch_size`` (the core's ``MAX_BATCH_SIZE``).
 MAX_BATCH_SIZE = 65536
+#: Most tenants one scheduler numbers, the default tenant (None) included: a submit
+#: naming one more new tenant raises InvalidRequestError (docs/limits.md).
+MAX_TENANTS = 65536
+#: Most request classes, the default class (None) included (the core's kMaxClasses).
+MAX_REQUEST_CLASSES = 2**20
+#: Longest prompt (characters) the scheduler counts tokens of: 10 characters for each
+#: of the MAX_TOKENS tokens a request may have. Longer prompts are refused before the
+#: tokenizer runs.
+MAX_PROMPT_CHARS = 100_000_000
+#: Largest ``Scheduler.reserve(n)``: 2**27 (134 million) live requests, about 16 GB.
+MAX_RESERVE = 2**27
 #: Largest config file :meth:`Config.from_toml` reads (bytes): 1 MiB.
 MAX_CONFIG_BYTES = 2**20
 #: Prefix of the environment variables :meth:`SchedulerConfig.from_env` reads.

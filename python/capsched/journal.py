@@ -271,8 +271,11 @@ def replay_journal(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> int:
         raise CheckpointError(f"journal {where!r}: {exc}") from None
     except (CapschedError, TypeError, ValueError, KeyError, IndexError, OverflowError, RuntimeError,
             AttributeError, MemoryError) as exc:
-        seq = current[0].get("seq") if current else None
-        op = current[0].get("op") if current else None
+        entry = current[0] if current else {}
+        head = f"journal {where!r} seq {entry.get('seq')}: cannot replay {entry.get('op')!r}"
+        if isinstance(exc, CapschedError):
+            raise CheckpointError(f"{head}: {type(exc).__name__}: {exc}") from None
+        # The bindings' own words (a signature listing) say less than the arguments.
         raise CheckpointError(
-            f"journal {where!r} seq {seq}: cannot replay {op!r}: {type(exc).__name__}: {exc}"
+            f"{head}: the core cannot take its arguments {_short(entry.get('args'))} ({type(exc).__name__})"
         ) from None
