@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -33,6 +34,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -42,7 +44,7 @@ import pytest
 
 import capsched
 from capsched import Config, Device, InferenceRequest, Scheduler
-from capsched.checkpoint import _canonical
+from capsched.checkpoint import _canonical, _encode
 from capsched.config import SchedulerConfig
 from capsched.errors import (
     CapschedError,
@@ -70,13 +72,14 @@ class Ctx:
     """What a row's call acts on: a scheduler with one request in each state, its ids,
     and a directory (the current one) holding the sample files the loader rows read."""
 
-    def __init__(self, directory: Path, *, samples: bool = True) -> None:
+    def __init__(self, directory: Path, *, samples: tuple[str, ...] = ()) -> None:
         self.dir = directory
         self.s, self.ids = fleet()
         self.submitted = InferenceRequest(prompt_tokens=3)  # id 7, queued
         self.ids["again"] = self.s.submit(self.submitted, now=0.5)
-        if samples:
-            _write_samples(directory)
+        all_samples = sample_files()
+        for name in samples:
+            (directory / name).write_bytes(all_samples[name])
 
     def files(self) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted(self.dir.iterdir()) if p.is_file()}
@@ -100,11 +103,10 @@ def fleet() -> tuple[Scheduler, dict[str, int]]:
 
 
 def snapshot(s: Scheduler, ids: dict[str, int], where: Path) -> tuple[Any, ...]:
-    """Everything observable about ``s``: stats, statuses, and its checkpoint's bytes."""
-    path = where / ".snapshot.ckpt"
-    s.checkpoint(path)
-    data = path.read_bytes()
-    path.unlink()
+    """Everything observable about ``s``: stats, statuses, and the bytes of the payload
+    its checkpoint would hold (``Scheduler.checkpoint`` writes exactly these bytes,
+    checksummed; taken without the file and its fsync to keep 370 snapshots cheap)."""
+    data = _canonical(_encode(s._checkpoint_payload()))
     return s.stats(), {k: s.status(v) for k, v in ids.items()}, data
 
 
@@ -116,6 +118,14 @@ def _resign(doc: dict[str, Any]) -> dict[str, Any]:
 def _journal_line(seq: int, op: str, **fields: Any) -> str:
     body = json.dumps({"seq": seq, "op": op, **fields}, separators=(",", ":"))
     return f"{body}\t{hashlib.sha256(body.encode()).hexdigest()[:16]}\n"
+
+
+@functools.lru_cache(maxsize=None)
+def sample_files() -> dict[str, bytes]:
+    """Name -> contents of every sample file (made once per process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_samples(Path(tmp))
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
 
 
 def _write_samples(d: Path) -> None:
@@ -243,6 +253,7 @@ class Row:
         state: how "unchanged" is proven: ``"scheduler"``, ``"files"``, ``"none"`` or
             ``"rejected"`` (back-pressure: as ``"scheduler"``, but ``stats()['rejected']``,
             the count of refused submits, went up: the one change a refusal makes).
+        samples: the sample files the call reads (written to its directory first).
     """
 
     group: str
@@ -252,6 +263,7 @@ class Row:
     exc: type
     match: str
     state: str = "scheduler"
+    samples: tuple[str, ...] = ()
 
 
 def _rows() -> list[Row]:
@@ -309,9 +321,10 @@ def _rows() -> list[Row]:
         ("not UTF-8", "latin1.toml", r"'latin1\.toml' is not UTF-8"),
         ("over 1 MiB", "big.toml", r"'big\.toml' is over the limit of 1048576 bytes"),
     ]:
-        add(R(g, "`Config.from_toml(path)`", bad, lambda c, f=f: Config.from_toml(f), ConfigError, match, "files"))
+        add(R(g, "`Config.from_toml(path)`", bad, lambda c, f=f: Config.from_toml(f), ConfigError, match, "files",
+              (f,)))
     add(R(g, "`SchedulerConfig.from_toml(path)`", "negative device capacity", lambda c: SchedulerConfig.from_toml(
-        "devices.toml"), ConfigError, r"'devices\.toml'.*'gpu0'.*capacity.*-1", "files"))
+        "devices.toml"), ConfigError, r"'devices\.toml'.*'gpu0'.*capacity.*-1", "files", ("devices.toml",)))
     for bad, env, match in [
         ("not an integer", {"CAPSCHED_MAX_BATCH_SIZE": "16.0"}, r"CAPSCHED_MAX_BATCH_SIZE='16\.0'"),
         ("NaN", {"CAPSCHED_WEIGHT_URGENCY": "nan"}, r"CAPSCHED_WEIGHT_URGENCY='nan'"),
@@ -545,7 +558,8 @@ def _rows() -> list[Row]:
         ("re-signed, a huge max_batch_size", "hugebatch.ckpt",
          r"'hugebatch\.ckpt' cannot be restored: max_batch_size .*1000000000000000000000000000000"),
     ]:
-        add(R(g, "`Scheduler.restore(path)`", bad, lambda c, f=f: Scheduler.restore(f), CheckpointError, match, "files"))
+        add(R(g, "`Scheduler.restore(path)`", bad, lambda c, f=f: Scheduler.restore(f), CheckpointError, match, "files",
+              (f,)))
     for bad, f, match in [
         ("a damaged line before the last", "damaged.journal", r"'damaged\.journal' line 2 is damaged"),
         ("a gap in seq", "gap.journal", r"'gap\.journal' line 2: seq 5 does not follow 1"),
@@ -558,7 +572,8 @@ def _rows() -> list[Row]:
         ("JSON nested 100,000 deep", "deep.journal", r"'deep\.journal' line 2 is damaged"),
     ]:
         add(R(g, "`Scheduler.restore(ckpt, journal=path)`", bad,
-              lambda c, f=f: Scheduler.restore("good.ckpt", journal=f), CheckpointError, match, "files"))
+              lambda c, f=f: Scheduler.restore("good.ckpt", journal=f), CheckpointError, match, "files",
+              ("good.ckpt", f)))
     add(R(g, "`checkpoint(path)`", "a directory that does not exist",
           lambda c: c.s.checkpoint("no-such-dir/state.ckpt"), CheckpointError,
           r"cannot write checkpoint 'no-such-dir/state\.ckpt': No such file or directory", "files"))
@@ -582,7 +597,7 @@ def _rows() -> list[Row]:
         ("truncated", "truncated.json", JobFileError, r"truncated\.json, line 1: not valid JSON"),
         ("JSON nested 100,000 deep", "deep.json", JobFileError, r"deep\.json: JSON nested too deeply"),
     ]:
-        add(R(g, "`load_job(path)`", bad, lambda c, f=f: load_job(f), exc, match, "files"))
+        add(R(g, "`load_job(path)`", bad, lambda c, f=f: load_job(f), exc, match, "files", (f,)))
     add(R(g, "`parse_tasks(data)`", "not a list", lambda c: parse_tasks("tasks"), JobFileError, "got a string",
           "none"))
 
@@ -599,7 +614,7 @@ def _rows() -> list[Row]:
         ("an unknown subcommand", ("launch",), "invalid choice: 'launch'"),
     ]:
         add(R(g, "`capsched " + " ".join(argv[:2] if argv[0] == "jobs" else argv[:1]) + "`", bad,
-              lambda c, argv=argv: cli(*argv), CliExit, match, "files"))
+              lambda c, argv=argv: cli(*argv), CliExit, match, "files", ("cycle.json",)))
     return rows
 
 
@@ -618,7 +633,7 @@ class Outcome:
 def run_row(row: Row, directory: Path) -> tuple[Outcome, bool, Ctx]:
     """Run ``row`` on a fresh context in ``directory`` (the current directory); returns
     what it raised, whether the state was unchanged, and the context."""
-    ctx = Ctx(directory, samples=row.state == "files")
+    ctx = Ctx(directory, samples=tuple(n for n in row.samples if n in sample_files()))
     before = snapshot(ctx.s, ctx.ids, directory)
     files_before = ctx.files()
     result: Any = None
