@@ -53,6 +53,7 @@ PAYLOAD_KEYS: dict[str, tuple[type, ...]] = {
     "journal_seq": (int,),
     "core": (dict,),
 }
+_MAX_INT_DIGITS = 4300  # Python's int conversion limit (sys.get_int_max_str_digits() default)
 _JSON_KIND = {dict: "an object", list: "a list", str: "a string", int: "an integer", bool: "a boolean"}
 
 
@@ -133,8 +134,13 @@ def load_checkpoint(path: Union[str, "os.PathLike[str]"], *, clock: Optional[Cal
         raise CheckpointError(f"cannot read checkpoint {where!r}: {exc}") from exc
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {where!r} is not valid JSON (truncated or corrupt?): {exc}") from None
+    except ValueError:  # Python refuses to convert an integer of more than 4300 digits
+        raise CheckpointError(
+            f"checkpoint {where!r} is not valid JSON (truncated or corrupt?): an integer of more than "
+            f"{_MAX_INT_DIGITS} digits"
+        ) from None
     except RecursionError:
         raise CheckpointError(f"checkpoint {where!r} is not a capsched checkpoint: JSON nested too deeply") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:

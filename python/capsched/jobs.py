@@ -536,8 +536,8 @@ def read_job(path: Union[str, "os.PathLike[str]"], *, format: Optional[str] = No
             data = _DECODER.decode(text)
         except json.JSONDecodeError as exc:
             raise JobFileError(f"not valid JSON: {exc.msg} (column {exc.colno})", path=p, line=exc.lineno) from None
-        except ValueError as exc:  # an integer of more digits than Python converts
-            raise JobFileError(f"not valid JSON: {exc}", path=p) from None
+        except ValueError:  # an integer of more digits than Python converts
+            raise JobFileError("not valid JSON: an integer of more than 4300 digits", path=p) from None
         except RecursionError:
             raise JobFileError("JSON nested too deeply", path=p) from None
         return parse_tasks(data, path=p, lines=_element_lines(text))
@@ -551,8 +551,8 @@ def read_job(path: Union[str, "os.PathLike[str]"], *, format: Optional[str] = No
             d = _DECODER.decode(line)
         except json.JSONDecodeError as exc:
             raise JobFileError(f"not valid JSON: {exc.msg} (column {exc.colno})", path=p, line=lineno) from None
-        except ValueError as exc:  # an integer of more digits than Python converts
-            raise JobFileError(f"not valid JSON: {exc}", path=p, line=lineno) from None
+        except ValueError:  # an integer of more digits than Python converts
+            raise JobFileError("not valid JSON: an integer of more than 4300 digits", path=p, line=lineno) from None
         except RecursionError:
             raise JobFileError("JSON nested too deeply", path=p, line=lineno) from None
         try:
