@@ -1,4 +1,10 @@
-"""Bad input gets a precise exception naming the bad value, and changes nothing."""
+"""Bad input gets a precise exception naming the bad value, and changes nothing.
+
+The full catalogue, one row per entry point and bad value with the real messages, is
+tests/test_bad_input_catalogue.py (docs/bad_inputs.md is generated from it); the cases
+here are the original hand-written set, kept as they check a few things the catalogue
+does not (a mutated request can be fixed and submitted again, its id is not taken).
+"""
 
 from __future__ import annotations
 

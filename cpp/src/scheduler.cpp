@@ -2148,14 +2148,21 @@ void Scheduler::import_state(const StateSnapshot& in) {
             bad("batch " + std::to_string(i) + " has a bad device or member count");
     }
     for (std::size_t dv = 0; dv < in.devices.size(); ++dv) {
+        double util = 0.0;
         for (const std::uint64_t id : in.devices[dv].inflight) {
             const auto it = std::lower_bound(in.requests.begin(), in.requests.end(), id,
                                              [](const RequestSnapshot& a, std::uint64_t x) { return a.id < x; });
             if (it == in.requests.end() || it->id != id || it->batch == kNoIndex || in.batches[it->batch].device != dv)
                 bad("device " + std::to_string(dv) + " lists request " + std::to_string(id) +
                     " in flight, which is not in flight there");
+            if (!(it->util >= 0.0) || !std::isfinite(it->util))
+                bad("request " + std::to_string(id) + " has a bad utilization");
+            util += it->util;
             ++listed;
         }
+        // (the same tolerance as check_invariants)
+        if (std::fabs(util - in.devices[dv].placed_util) > 1e-6 * (1.0 + util))
+            bad("device " + std::to_string(dv) + "'s placed utilization does not match its in-flight requests'");
     }
     std::size_t in_flight = 0;
     for (const std::uint32_t m : members) in_flight += m;

@@ -30,13 +30,31 @@ from typing import Any, Callable, Optional, Union
 
 from .errors import CheckpointError, CapschedError
 
-__all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "MAX_CHECKPOINT_BYTES"]
+__all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "MAX_CHECKPOINT_BYTES", "DOCUMENT_KEYS", "PAYLOAD_KEYS"]
 
 FORMAT = "capsched-checkpoint"
 #: The version this capsched writes; a file with a higher one is refused.
 VERSION = 1
 #: Largest checkpoint file read (bytes): 16 GiB.
 MAX_CHECKPOINT_BYTES = 16 * 2**30
+#: The keys of the file's top-level object (any other is refused).
+DOCUMENT_KEYS = frozenset({"format", "version", "sha256", "payload"})
+#: The payload's keys and the JSON type each must have (any other key is refused;
+#: ``journal_seq`` may be missing: 0).
+PAYLOAD_KEYS: dict[str, tuple[type, ...]] = {
+    "devices": (list,),
+    "policy": (str,),
+    "max_batch_size": (int,),
+    "dynamic_batching": (bool,),
+    "config": (dict,),
+    "tenants": (list,),
+    "classes": (list,),
+    "clocked": (list,),
+    "journal_seq": (int,),
+    "core": (dict,),
+}
+_MAX_INT_DIGITS = 4300  # Python's int conversion limit (sys.get_int_max_str_digits() default)
+_JSON_KIND = {dict: "an object", list: "a list", str: "a string", int: "an integer", bool: "a boolean"}
 
 
 def _encode(x: Any) -> Any:
@@ -63,7 +81,7 @@ def _canonical(payload: Any) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
-def save_checkpoint(scheduler: Any, path: Union[str, os.PathLike]) -> None:
+def save_checkpoint(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> None:
     """Write ``scheduler``'s state to ``path`` atomically (see the module docstring)."""
     payload = _encode(scheduler._checkpoint_payload())
     body = _canonical(payload)
@@ -91,10 +109,10 @@ def save_checkpoint(scheduler: Any, path: Union[str, os.PathLike]) -> None:
             tmp.unlink()
         except OSError:
             pass
-        raise CheckpointError(f"cannot write checkpoint {str(target)!r}: {exc}") from exc
+        raise CheckpointError(f"cannot write checkpoint {str(target)!r}: {exc.strerror or exc}") from exc
 
 
-def load_checkpoint(path: Union[str, os.PathLike], *, clock: Optional[Callable[[], float]] = None) -> Any:
+def load_checkpoint(path: Union[str, "os.PathLike[str]"], *, clock: Optional[Callable[[], float]] = None) -> Any:
     """Read a checkpoint and build the scheduler it describes (a new
     :class:`capsched.Scheduler`); ``clock`` replaces the default ``time.monotonic``.
 
@@ -116,10 +134,20 @@ def load_checkpoint(path: Union[str, os.PathLike], *, clock: Optional[Callable[[
         raise CheckpointError(f"cannot read checkpoint {where!r}: {exc}") from exc
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {where!r} is not valid JSON (truncated or corrupt?): {exc}") from None
+    except ValueError:  # Python refuses to convert an integer of more than 4300 digits
+        raise CheckpointError(
+            f"checkpoint {where!r} is not valid JSON (truncated or corrupt?): an integer of more than "
+            f"{_MAX_INT_DIGITS} digits"
+        ) from None
+    except RecursionError:
+        raise CheckpointError(f"checkpoint {where!r} is not a capsched checkpoint: JSON nested too deeply") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{where!r} is not a capsched checkpoint (no 'format': {FORMAT!r})")
+    extra = sorted(set(doc) - DOCUMENT_KEYS)
+    if extra:
+        raise CheckpointError(f"checkpoint {where!r} has unknown top-level key(s) {extra}; expected {sorted(DOCUMENT_KEYS)}")
     version = doc.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise CheckpointError(f"checkpoint {where!r} has no integer 'version'")
@@ -140,18 +168,54 @@ def load_checkpoint(path: Union[str, os.PathLike], *, clock: Optional[Callable[[
         raise CheckpointError(f"checkpoint {where!r} holds numbers JSON cannot state: {exc}") from None
     if hashlib.sha256(body).hexdigest() != digest:
         raise CheckpointError(f"checkpoint {where!r} is corrupt: its checksum does not match its contents")
+    _check_payload(where, payload)
     try:
         return Scheduler._from_checkpoint_payload(_decode(payload), clock=clock)
-    except CheckpointError:
-        raise
+    except CheckpointError as exc:
+        if where in str(exc):
+            raise
+        raise CheckpointError(f"checkpoint {where!r} cannot be restored: {exc}") from None
     except CapschedError as exc:
         raise CheckpointError(f"checkpoint {where!r} cannot be restored: {exc}") from None
-    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {where!r} is malformed: {type(exc).__name__}: {exc}") from None
+    except (RuntimeError, MemoryError) as exc:
+        # pybind11 reports a value the core cannot hold (wrong type, negative or too
+        # large for an unsigned field) as a RuntimeError; a hostile size as MemoryError.
+        raise CheckpointError(
+            f"checkpoint {where!r} is malformed: its core state holds a value of the wrong type, or out of "
+            "range (negative or too large) for the core"
+        ) from None
+
+
+def _check_payload(where: str, payload: dict[str, Any]) -> None:
+    """The payload's keys and their JSON types (the core state is checked by the core)."""
+    unknown = sorted(set(payload) - set(PAYLOAD_KEYS))
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint {where!r} is malformed: unknown payload key(s) {unknown}; expected {sorted(PAYLOAD_KEYS)}"
+        )
+    for key, kinds in PAYLOAD_KEYS.items():
+        if key not in payload:
+            if key == "journal_seq":
+                continue
+            raise CheckpointError(f"checkpoint {where!r} is malformed: it lacks payload key {key!r}")
+        value = payload[key]
+        ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+        if not ok:
+            want = " or ".join(_JSON_KIND[k] for k in kinds)
+            raise CheckpointError(
+                f"checkpoint {where!r} is malformed: payload key {key!r} must be {want}, got {type(value).__name__} {_short(value)}"
+            )
+
+
+def _short(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _device_dicts(devices: Any) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for d in devices:
         dd = dataclasses.asdict(d)
         dd["tenants"] = list(dd.get("tenants") or ())

@@ -15,13 +15,38 @@ from typing import Any, Optional, Union
 
 from .errors import ConfigError
 
-__all__ = ["Config", "POLICIES", "SchedulerConfig", "ENV_PREFIX", "MAX_BATCH_SIZE", "MAX_TENANT_WEIGHT"]
+__all__ = [
+    "Config",
+    "POLICIES",
+    "SchedulerConfig",
+    "ENV_PREFIX",
+    "MAX_BATCH_SIZE",
+    "MAX_CONFIG_BYTES",
+    "MAX_TENANTS",
+    "MAX_REQUEST_CLASSES",
+    "MAX_PROMPT_CHARS",
+    "MAX_RESERVE",
+    "MAX_TENANT_WEIGHT",
+]
 
 POLICIES = ("fcfs", "priority", "edf", "srtf", "weighted")
 #: Largest ``max_batch_size`` (the core's ``MAX_BATCH_SIZE``).
 MAX_BATCH_SIZE = 65536
 #: Largest fair-share weight of a tenant (``Config.tenant_weights``).
 MAX_TENANT_WEIGHT = 1e6
+#: Most tenants one scheduler numbers, the default tenant (None) included: a submit
+#: naming one more new tenant raises InvalidRequestError (docs/limits.md).
+MAX_TENANTS = 65536
+#: Most request classes, the default class (None) included (the core's kMaxClasses).
+MAX_REQUEST_CLASSES = 2**20
+#: Longest prompt (characters) the scheduler counts tokens of: 10 characters for each
+#: of the MAX_TOKENS tokens a request may have. Longer prompts are refused before the
+#: tokenizer runs.
+MAX_PROMPT_CHARS = 100_000_000
+#: Largest ``Scheduler.reserve(n)``: 2**27 (134 million) live requests, about 16 GB.
+MAX_RESERVE = 2**27
+#: Largest config file :meth:`Config.from_toml` reads (bytes): 1 MiB.
+MAX_CONFIG_BYTES = 2**20
 #: Prefix of the environment variables :meth:`SchedulerConfig.from_env` reads.
 ENV_PREFIX = "CAPSCHED_"
 
@@ -246,7 +271,16 @@ class Config:
 
     @classmethod
     def from_toml(cls, path: "str | Path") -> "Config":
-        """Read the ``[scheduler]`` table of a TOML file (or the whole file if it has none)."""
+        """Read the ``[scheduler]`` table of a TOML file (or the whole file if it has none).
+
+        The file is parsed as data (``tomllib``; nothing is evaluated), must be UTF-8 and
+        at most :data:`MAX_CONFIG_BYTES` long.
+
+        Raises:
+            ConfigError: the file cannot be read, is too large, is not UTF-8 or not
+                valid TOML (the message names the file), or holds a bad value (the
+                message names the key).
+        """
         if sys.version_info >= (3, 11):
             import tomllib
         else:  # pragma: no cover - exercised on Python < 3.11 only
@@ -254,13 +288,24 @@ class Config:
                 import tomli as tomllib
             except ImportError as exc:
                 raise ConfigError("reading TOML on Python < 3.11 needs 'pip install tomli'") from exc
+        where = str(path)
         try:
             with open(path, "rb") as fh:
-                data = tomllib.load(fh)
+                raw = fh.read(MAX_CONFIG_BYTES + 1)
         except OSError as exc:
-            raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from exc
+            raise ConfigError(f"cannot read config file {where!r}: {exc}") from exc
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {where!r} is over the limit of {MAX_CONFIG_BYTES} bytes")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {where!r} is not UTF-8 text (byte {exc.start})") from None
+        try:
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+            raise ConfigError(f"config file {where!r} is not valid TOML: {exc}") from exc
+        except RecursionError:
+            raise ConfigError(f"config file {where!r} is not valid TOML: nested too deeply") from None
         table = data.get("scheduler", data)
         return cls.from_dict(table)
 

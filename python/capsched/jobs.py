@@ -78,6 +78,7 @@ __all__ = [
     "topological_order",
     "propagate_deadlines",
     "MAX_TASKS",
+    "MAX_JOB_FILE_BYTES",
     "MAX_SHARDS",
     "MAX_TASK_ID_LENGTH",
     "TASK_FIELDS",
@@ -86,6 +87,10 @@ __all__ = [
     "TaskRun",
 ]
 
+#: Largest job file :func:`read_job` reads (bytes): 256 MiB (a million tasks of about
+#: 250 bytes each; a file this size cannot list more than about 50 million dependency
+#: edges, the fan-out bound of a job).
+MAX_JOB_FILE_BYTES = 256 * 2**20
 #: Most tasks in one job, after shard expansion.
 MAX_TASKS = 1_000_000
 #: Most shards of one task.
@@ -216,10 +221,11 @@ def _constant(name: str) -> float:
     return float(name.replace("Infinity", "inf"))
 
 
-class _JObj(dict):
+class _JObj(dict[str, Any]):
     """A JSON object; ``dup`` is the first key it had twice (the last value is kept)."""
 
     __slots__ = ("dup",)
+    dup: Optional[str]
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -423,8 +429,9 @@ def parse_tasks(data: Any, *, path: str = "<data>", lines: Optional[Sequence[Opt
         JobFileError: a bad task or job (the message names the task's position and field).
     """
     if isinstance(data, dict):
-        if getattr(data, "dup", None) is not None:
-            raise JobFileError("given twice", path=path, line=1 if lines is not None else None, field=data.dup)
+        dup = getattr(data, "dup", None)
+        if dup is not None:
+            raise JobFileError("given twice", path=path, line=1 if lines is not None else None, field=dup)
         extra = [k for k in data if k != "tasks"]
         if extra or "tasks" not in data:
             raise JobFileError(
@@ -497,9 +504,11 @@ def _element_lines(text: str) -> list[Optional[int]]:
 def _read_text(path: str) -> str:
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(MAX_JOB_FILE_BYTES + 1)
     except OSError as exc:
         raise JobFileError(f"cannot read the file: {exc.strerror or exc}", path=path) from None
+    if len(raw) > MAX_JOB_FILE_BYTES:
+        raise JobFileError(f"the file is over the limit of {MAX_JOB_FILE_BYTES:,} bytes", path=path)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -527,10 +536,12 @@ def read_job(path: Union[str, "os.PathLike[str]"], *, format: Optional[str] = No
             data = _DECODER.decode(text)
         except json.JSONDecodeError as exc:
             raise JobFileError(f"not valid JSON: {exc.msg} (column {exc.colno})", path=p, line=exc.lineno) from None
+        except ValueError:  # an integer of more digits than Python converts
+            raise JobFileError("not valid JSON: an integer of more than 4300 digits", path=p) from None
         except RecursionError:
             raise JobFileError("JSON nested too deeply", path=p) from None
         return parse_tasks(data, path=p, lines=_element_lines(text))
-    tasks = []
+    tasks: list[Task] = []
     total = 0
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -540,6 +551,8 @@ def read_job(path: Union[str, "os.PathLike[str]"], *, format: Optional[str] = No
             d = _DECODER.decode(line)
         except json.JSONDecodeError as exc:
             raise JobFileError(f"not valid JSON: {exc.msg} (column {exc.colno})", path=p, line=lineno) from None
+        except ValueError:  # an integer of more digits than Python converts
+            raise JobFileError("not valid JSON: an integer of more than 4300 digits", path=p, line=lineno) from None
         except RecursionError:
             raise JobFileError("JSON nested too deeply", path=p, line=lineno) from None
         try:
@@ -732,14 +745,16 @@ class JobRunner:
         job_deadline: Optional[float] = None,
         sched_class: str = "background",
     ) -> None:
-        tasks = list(tasks)
-        if any(not isinstance(t, Task) for t in tasks):
-            if not all(isinstance(t, Mapping) for t in tasks):
+        given = list(tasks)
+        checked: list[Task] = [t for t in given if isinstance(t, Task)]
+        if len(checked) != len(given):
+            dicts = [t for t in given if isinstance(t, Mapping)]
+            if len(dicts) != len(given):
                 raise JobFileError("tasks must all be Task objects or all task dicts")
-            tasks = parse_tasks([dict(t) for t in tasks])
+            checked = parse_tasks([dict(t) for t in dicts])
         if sched_class not in SCHED_CLASSES:
             raise ConfigError(f"sched_class must be one of {SCHED_CLASSES}, got {sched_class!r}")
-        self._tasks = expand_shards(tasks)
+        self._tasks = expand_shards(checked)
         if len(self._tasks) > MAX_TASKS:
             raise JobFileError(f"the job has {len(self._tasks):,} tasks (limit {MAX_TASKS:,})")
         self.latest_finish = propagate_deadlines(self._tasks, job_deadline)  # also checks the graph

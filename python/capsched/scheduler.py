@@ -14,6 +14,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from . import _core
+from . import config as _limits
 from .config import POLICIES, Config
 from .devices import Device, parse_devices
 from .errors import (
@@ -425,6 +426,16 @@ class Scheduler:
             t = self._tenants.get(tenant)
             c = self._classes.get(request_class)
             if t is None or c is None:
+                if t is None and len(self._tenants) >= _limits.MAX_TENANTS:
+                    raise InvalidRequestError(
+                        f"tenant {tenant!r} would be tenant number {len(self._tenants) + 1}, over the limit of "
+                        f"{_limits.MAX_TENANTS} tenants"
+                    )
+                if c is None and len(self._classes) >= _limits.MAX_REQUEST_CLASSES:
+                    raise InvalidRequestError(
+                        f"request_class {request_class!r} would be class number {len(self._classes) + 1}, over "
+                        f"the limit of {_limits.MAX_REQUEST_CLASSES} classes"
+                    )
                 if t is None:
                     t = self._tenants[tenant] = len(self._tenants)
                     w = self._config.tenant_weights.get(tenant)
@@ -816,11 +827,11 @@ class Scheduler:
                 inconsistent (the message says which); a damaged journal line.
         """
         from .checkpoint import load_checkpoint
-        from .journal import read_journal
+        from .journal import replay_journal
 
         s = load_checkpoint(path, clock=clock)
         if journal is not None and os.path.exists(journal):
-            s._replay(read_journal(journal))
+            replay_journal(s, journal)
         st = s._core.stats()
         if st["in_flight"]:
             s._core.requeue_in_flight(st["now"])  # the server lost them: run them again
@@ -970,6 +981,8 @@ class Scheduler:
         """Pre-size storage for ``n`` live requests so that submitting does not allocate."""
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise InvalidArgumentError(f"reserve() takes a count >= 0, got {n!r}")
+        if n > _limits.MAX_RESERVE:
+            raise InvalidArgumentError(f"reserve() takes a count up to {_limits.MAX_RESERVE}, got {n!r}")
         self._core.reserve(int(n))
 
     # ------------------------------------------------------------------ helpers
@@ -986,6 +999,10 @@ class Scheduler:
     def _estimate(self, prompt: Optional[str]) -> int:
         if prompt is None:
             raise InvalidRequestError("give a prompt or prompt_tokens")
+        if len(prompt) > _limits.MAX_PROMPT_CHARS:
+            raise InvalidRequestError(
+                f"prompt has {len(prompt)} characters, over the limit of {_limits.MAX_PROMPT_CHARS}"
+            )
         n = self._count_tokens(prompt)
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise InvalidRequestError(f"the tokenizer returned {n!r} for a prompt; expected an int >= 0")
