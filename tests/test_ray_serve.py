@@ -54,12 +54,17 @@ def test_accelerator_models_rank_by_the_spec_table() -> None:
 
 
 def test_a_loaded_fast_replica_yields_to_an_idle_slow_one_at_capsched_spare() -> None:
-    # spare = capacity x (1 - ongoing / max_ongoing): 4 x (1 - 3/4) = 1.0 ties the idle
-    # slow replica (ties go to the larger original capacity), 4 x (1 - 7/8) = 0.5 loses.
-    fast3 = _view("fast", capacity=4.0, ongoing=3, max_ongoing=4)
-    assert rank_replicas([_view("slow", capacity=1.0), fast3], rng=random.Random(0)) == [1, 0]
+    # spare = capacity x (1 - ongoing / max_ongoing): 4 x (1 - 5/8) = 1.5 beats the idle
+    # slow replica's 1.0, 4 x (1 - 7/8) = 0.5 loses to it.
+    slow = _view("slow", capacity=1.0)
+    fast5 = _view("fast", capacity=4.0, ongoing=5, max_ongoing=8)
+    assert rank_replicas([slow, fast5], rng=random.Random(0)) == [1, 0]
     fast7 = _view("fast", capacity=4.0, ongoing=7, max_ongoing=8)
-    assert rank_replicas([_view("slow", capacity=1.0), fast7], rng=random.Random(0)) == [0, 1]
+    assert rank_replicas([slow, fast7], rng=random.Random(0)) == [0, 1]
+    # 4 x (1 - 3/4) = 1.0 ties it exactly: either order
+    fast6 = _view("fast", capacity=4.0, ongoing=6, max_ongoing=8)
+    firsts = {rank_replicas([slow, fast6], rng=random.Random(seed))[0] for seed in range(40)}
+    assert firsts == {0, 1}
 
 
 def test_load_is_pressure_plus_the_larger_of_observed_and_committed() -> None:
@@ -94,6 +99,28 @@ def test_equal_replicas_come_in_a_random_order() -> None:
     assert min(firsts.values()) > 20  # about 50 each
     again = [rank_replicas(views, rng=random.Random(7)) for _ in range(2)]
     assert again[0] == again[1] and sorted(again[0]) == [0, 1, 2, 3]
+
+
+def test_a_kept_ranker_follows_changes_and_rebuilds(monkeypatch: pytest.MonkeyPatch) -> None:
+    ranker = ray_serve._Ranker()
+    monkeypatch.setattr(ray_serve._Ranker, "REBUILD_AFTER", 3)
+    rng = random.Random(0)
+
+    def rank(*views: ReplicaView) -> list[int]:
+        return ranker.rank(views, [parse_replica_stats(v.name, v.stats) for v in views], rng)
+
+    slow, fast = _view("slow", capacity=1.0), _view("fast", capacity=4.0)
+    built = []
+    for _ in range(7):  # the same devices: kept, rebuilt after 3 rankings
+        assert rank(slow, fast) == [1, 0]
+        built.append(id(ranker._sched))
+    assert len(set(built)) == 3
+    assert rank(slow, _view("fast", capacity=4.0, ongoing=4, max_ongoing=4)) == [0, 1]  # load: same devices
+    assert rank(slow, _view("fast", capacity=0.5)) == [0, 1]  # capacity changed: a new scheduler
+    assert rank(slow, fast, _view("mid", capacity=2.0)) == [1, 2, 0]  # a replica more
+    assert ranker._sched is not None and ranker._sched.check_invariants()
+    stats = ranker._sched.stats()
+    assert stats["conservation_ok"] and all(d["inflight_requests"] == 0 for d in stats["devices"])
 
 
 def test_unreported_replicas_get_the_mean_reported_capacity() -> None:
@@ -253,14 +280,15 @@ class _FakeReplica:
 
 
 def _bare_router() -> Any:
-    """The router class without a running Serve: only what ``rank`` uses is set up."""
+    """The router as a handle builds it, without a running Serve (no replicas yet)."""
     _ray_or_skip()
-    from ray.serve._private.request_router.common import ReplicaQueueLengthCache
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
 
-    cls = ray_serve.CapschedRequestRouter
-    router = cls.__new__(cls)
-    router._replica_queue_len_cache = ReplicaQueueLengthCache()
-    router._capsched_warned = set()
+    router = ray_serve.CapschedRequestRouter(
+        deployment_id=DeploymentID(name="d", app_name="app"),
+        handle_source=DeploymentHandleSource.UNKNOWN,
+        use_replica_queue_len_cache=True,
+    )
     router.initialize_state(seed=3)
     return router
 
@@ -270,6 +298,10 @@ def test_router_ranks_one_replica_per_rank_with_rays_queue_lengths() -> None:
     slow, fast = _FakeReplica("slow", {STATS_KEY: {"capacity": 1.0}}), _FakeReplica("fast", {STATS_KEY: {"capacity": 4.0}})
     assert router.rank([slow, fast]) == [[fast], [slow]]
     router.replica_queue_len_cache.update("fast", 4)  # full, as Ray's cache says
+    assert router.rank([slow, fast]) == [[slow], [fast]]
+    router.replica_queue_len_cache.update("fast", 0)
+    assert router.rank([slow, fast]) == [[fast], [slow]]
+    fast.routing_stats = {STATS_KEY: {"capacity": 0.5}}  # new stats from Serve: read again
     assert router.rank([slow, fast]) == [[slow], [fast]]
 
 

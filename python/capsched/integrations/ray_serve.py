@@ -23,7 +23,7 @@ capsched's spare capacity of replica *i* is::
     capacity_i x (1 - min(0.999, pressure_i + max(utilization_i, ongoing_i / max_ongoing_i)))
 
 and the placement rule of ``docs/placement.md`` (fit with margin, best score, else most
-spare; equal devices in a random order) picks the replicas one after another. Only this
+spare; exact ties broken at random) picks the replicas one after another. Only this
 module imports Ray, and only when the router is asked for: the ranking and the
 replica-side helper work without Ray. ``docs/ray.md`` describes the whole setup.
 """
@@ -52,6 +52,7 @@ __all__ = [
     "STATS_KEY",
     "MAX_PRESSURE",
     "RAY_EXTRA_HINT",
+    "TIE_JITTER",
     "CapacityReporter",
     "CapschedRequestRouter",
     "ReplicaCapacity",
@@ -195,35 +196,59 @@ def _load(view: ReplicaView, cap: ReplicaCapacity) -> float:
     return min(MAX_PRESSURE, cap.pressure + max(observed, committed))
 
 
-def _rank(views: Sequence[ReplicaView], caps: Sequence[ReplicaCapacity], rng: random.Random) -> list[int]:
-    n = len(views)
-    if n == 0:
-        return []
-    known = [c.device.effective_capacity for c in caps if c.reported]
-    default = statistics.fmean(known) if known else 1.0
-    order = list(range(n))
-    rng.shuffle(order)  # capsched breaks exact ties by device order: make that order random
-    devices = [
-        dataclasses.replace(
-            caps[i].device,
-            name=f"r{i}",
-            capacity=caps[i].device.capacity if caps[i].reported else default,
-            max_inflight_batches=1,
+#: Ties between replicas are broken by adding up to this much to each one's pressure,
+#: drawn at random per ranking: far below any real difference in load.
+TIE_JITTER = 1e-6
+
+
+class _Ranker:
+    """Ranks replicas with one capsched Scheduler, kept while the replicas' devices stay
+    the same (building one costs several times more than a ranking).
+
+    Each ranking sets every device's pressure to its replica's load, submits one small
+    request per device and steps at the same instant: with one batch of one request per
+    device, the step hands the requests out one by one by the placement rule, so the
+    order in which devices open batches is the ranking. The requests then complete at
+    that instant too, so nothing stays in flight and no time passes for the utilization
+    signals; the scheduler is rebuilt every ``REBUILD_AFTER`` rankings so that its record
+    of ended requests stays small.
+    """
+
+    REBUILD_AFTER = 10_000
+
+    def __init__(self) -> None:
+        self._key: Optional[tuple[tuple[Any, ...], ...]] = None
+        self._sched: Optional[Scheduler] = None
+        self._uses = 0
+
+    def rank(self, views: Sequence[ReplicaView], caps: Sequence[ReplicaCapacity], rng: random.Random) -> list[int]:
+        n = len(views)
+        if n == 0:
+            return []
+        known = [c.device.effective_capacity for c in caps if c.reported]
+        default = statistics.fmean(known) if known else 1.0
+        key = tuple(
+            (c.device.capacity if c.reported else default, c.device.model, c.device.clock_mhz, c.device.max_clock_mhz)
+            for c in caps
         )
-        for i in order
-    ]
-    # One batch of one request per device: the step hands the probes out one by one by
-    # the placement rule, so the order in which devices open batches is the ranking.
-    sched = Scheduler(devices, policy="fcfs", max_batch_size=1, enable_dynamic_batching=False)
-    for i in order:
-        load = _load(views[i], caps[i])
-        if load > 0.0:
+        sched = self._sched
+        if sched is None or key != self._key or self._uses >= self.REBUILD_AFTER:
+            devices = [
+                dataclasses.replace(c.device, name=f"r{i}", capacity=k[0], max_inflight_batches=1)
+                for i, (c, k) in enumerate(zip(caps, key))
+            ]
+            sched = Scheduler(devices, policy="fcfs", max_batch_size=1, enable_dynamic_batching=False)
+            self._sched, self._key, self._uses = sched, key, 0
+        self._uses += 1
+        for i in range(n):
+            load = min(MAX_PRESSURE, _load(views[i], caps[i]) + TIE_JITTER * rng.random())
             sched.set_pressure(f"r{i}", load, now=0.0)
-    sched.submit_many(np.ones(n, dtype=np.int64), max_new_tokens=1, now=0.0)
-    ranked = [int(b.device[1:]) for b in sched.step(now=0.0).batches]
-    if sorted(ranked) != list(range(n)):  # pragma: no cover - every device has room for one
-        raise RuntimeError(f"capsched placed probes on {ranked!r}, expected every one of {n} replicas once")
-    return ranked
+        ids = sched.submit_many(np.ones(n, dtype=np.int64), max_new_tokens=1, now=0.0)
+        ranked = [int(b.device[1:]) for b in sched.step(now=0.0).batches]
+        sched.complete_many(ids, now=0.0)
+        if sorted(ranked) != list(range(n)):  # pragma: no cover - every device has room for one
+            raise RuntimeError(f"capsched placed probes on {ranked!r}, expected every one of {n} replicas once")
+        return ranked
 
 
 def rank_replicas(replicas: Sequence[ReplicaView], *, rng: Optional[random.Random] = None) -> list[int]:
@@ -234,14 +259,14 @@ def rank_replicas(replicas: Sequence[ReplicaView], *, rng: Optional[random.Rando
     capacities) whose pressure is its load (``MAX_PRESSURE`` at most; see the module
     docstring); capsched then places one small request after another, each on the
     device its placement rule picks among those without one: the order is the ranking.
-    Replicas that are exactly alike come in a random order (``rng``; default the
-    ``random`` module's generator).
+    Ties are broken at random (``rng``; default a generator seeded from the ``random``
+    module's) by a pressure jitter of at most ``TIE_JITTER``.
 
     Raises:
         ConfigError: a replica's routing stats are bad (see :func:`parse_replica_stats`).
     """
     caps = [parse_replica_stats(v.name, v.stats) for v in replicas]
-    return _rank(replicas, caps, rng if rng is not None else random.Random(random.getrandbits(64)))
+    return _Ranker().rank(replicas, caps, rng if rng is not None else random.Random(random.getrandbits(64)))
 
 
 # --------------------------------------------------------------------------- replica side
@@ -413,6 +438,9 @@ def _build_router_class() -> type:
             super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # Ray's mixins are untyped
             self._capsched_rng = random.Random()
             self._capsched_warned: set[str] = set()
+            self._capsched_ranker = _Ranker()
+            # replica name -> (its capsched stats as delivered, parsed): they change once a period
+            self._capsched_parsed: dict[str, tuple[Any, ReplicaCapacity]] = {}
 
         def initialize_state(self, seed: Optional[int] = None, **kwargs: Any) -> None:
             """Ray passes ``request_router_kwargs`` here."""
@@ -430,11 +458,19 @@ def _build_router_class() -> type:
             views: list[ReplicaView] = []
             caps: list[ReplicaCapacity] = []
             bad: list[Any] = []
+            parsed = self._capsched_parsed
             for r in replicas:
                 name = str(r.replica_id)
                 try:
                     view = ReplicaView(name, r.routing_stats, cache.get(r.replica_id), max(1, r.max_ongoing_requests))
-                    cap = parse_replica_stats(name, view.stats)
+                    fields = view.stats.get(STATS_KEY) if isinstance(view.stats, Mapping) else None
+                    hit = parsed.get(name)
+                    if hit is not None and fields is not None and hit[0] == fields:
+                        cap = hit[1]
+                    else:
+                        cap = parse_replica_stats(name, view.stats)
+                        if isinstance(fields, Mapping):
+                            parsed[name] = (dict(fields), cap)
                 except CapschedError as exc:
                     msg = str(exc)
                     if msg not in self._capsched_warned:
@@ -445,7 +481,11 @@ def _build_router_class() -> type:
                 good.append(r)
                 views.append(view)
                 caps.append(cap)
-            ranks = [[good[i]] for i in _rank(views, caps, self._capsched_rng)]
+            if len(parsed) > 2 * len(replicas) + 16:  # forget replicas that are gone
+                live = {str(r.replica_id) for r in replicas}
+                for name in [k for k in parsed if k not in live]:
+                    del parsed[name]
+            ranks = [[good[i]] for i in self._capsched_ranker.rank(views, caps, self._capsched_rng)]
             if bad:
                 ranks.append(bad)
             return ranks

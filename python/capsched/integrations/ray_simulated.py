@@ -56,7 +56,7 @@ class SimulatedReplica(CapacityReporter):
         if isinstance(speeds, (str, bytes)) or not isinstance(speeds, Sequence) or not speeds:
             raise ConfigError(f"SimulatedReplica: speeds must be a non-empty list of numbers, got {speeds!r}")
         clean = [_positive("speeds[]", s) for s in speeds]
-        self.base_s = _positive("base_s", base_s)
+        self.base_s: float = _positive("base_s", base_s)
         if isinstance(slots, bool) or not isinstance(slots, numbers.Integral) or slots < 1:
             raise ConfigError(f"SimulatedReplica: slots must be an integer >= 1, got {slots!r}")
         if isinstance(slowdown, bool) or not isinstance(slowdown, numbers.Real) or not 0 <= slowdown < math.inf:
@@ -65,9 +65,9 @@ class SimulatedReplica(CapacityReporter):
 
         rank = serve.get_replica_context().rank
         self.rank: int = int(getattr(rank, "rank", rank))
-        self.speed = clean[self.rank % len(clean)]
-        self.slots = int(slots)
-        self.slowdown = float(slowdown)
+        self.speed: float = clean[self.rank % len(clean)]
+        self.slots: int = int(slots)
+        self.slowdown: float = float(slowdown)
         self.capsched = ReplicaStats(capacity=self.speed, slots=self.slots)
 
     async def __call__(self, payload: Any = None) -> dict[str, Any]:
