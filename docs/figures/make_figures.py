@@ -140,7 +140,7 @@ def placement_example(timeouts: tuple[float, ...] = PLACEMENT_TIMEOUTS) -> dict[
     cfg = Config(default_work_per_token=1e-4, wait_for_fit=True)
     s = Scheduler(fleet, policy="edf", max_batch_size=3, config=cfg)
     work = cfg.default_work_per_token * 1000
-    reqs = []
+    reqs: list[dict[str, Any]] = []
     for timeout in timeouts:
         rid = s.submit(InferenceRequest(prompt_tokens=500, max_new_tokens=500, timeout=timeout), now=0.0)
         reqs.append({"id": rid, "timeout": timeout, "u": 1024.0 * work / timeout, "device": None})
