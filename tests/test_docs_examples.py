@@ -186,3 +186,28 @@ def test_slug_matches_github() -> None:
     assert _slug(" `capsched.sim`: the simulator") == "capschedsim-the-simulator"
     assert _slug(" PELT (`pelt.hpp`)") == "pelt-pelthpp"
     assert _slug(" util_est per request class") == "util_est-per-request-class"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_every_exported_metric_is_in_operations_md() -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry
+
+    from capsched import Device, InferenceRequest, Scheduler
+    from capsched.metrics import RequestTimer, register
+
+    s = Scheduler([Device("gpu0"), Device("gpu1", capacity=0.5)])
+    s.submit(InferenceRequest(prompt_tokens=10), now=0.0)
+    s.step(now=0.0)
+    registry = CollectorRegistry()
+    register(s, registry)
+    RequestTimer(registry)
+    text = (DOCS / "operations.md").read_text(encoding="utf-8")
+    missing = []
+    for family in registry.collect():
+        name = family.name + {"counter": "_total", "info": "_info"}.get(family.type, "")
+        if f"`{name}`" not in text:
+            missing.append(name)
+    assert missing == [], f"metrics exported but not described in docs/operations.md: {missing}"
