@@ -781,6 +781,7 @@ class JobRunner:
         return list(self._tasks)
 
     def task(self, task_id: str) -> Task:
+        """The task with this task_id (a shard is ``task_id#k``); KeyError if there is none."""
         return self._by_id[task_id]
 
     def task_of(self, request_id: int) -> Optional[str]:
@@ -903,6 +904,7 @@ class TaskRun:
     reason: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (an infinite latest finish as None)."""
         d = dataclasses.asdict(self)
         d["latest_finish"] = None if not math.isfinite(self.latest_finish) else self.latest_finish
         return d
@@ -919,6 +921,7 @@ class JobRun:
     stats: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: fleet, makespan, task counts by status, tasks and stats."""
         counts: dict[str, int] = {}
         for t in self.tasks:
             counts[t.status] = counts.get(t.status, 0) + 1

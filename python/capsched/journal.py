@@ -127,9 +127,11 @@ class Journal:
         return json.dumps({"seq": self.seq + 1, "op": op, **fields}, separators=(",", ":"), allow_nan=False)
 
     def append(self, op: str, **fields: Any) -> None:
+        """Write the line for ``op`` with ``fields`` (see :meth:`encode`)."""
         self.write(self.encode(op, **fields))
 
     def write(self, body: str) -> None:
+        """Append an encoded line with its checksum, flushed (and fsynced with ``sync``)."""
         self.seq += 1
         self._fh.write(f"{body}\t{_digest(body)}\n")
         self._fh.flush()
@@ -137,6 +139,7 @@ class Journal:
             os.fsync(self._fh.fileno())
 
     def close(self) -> None:
+        """Close the file."""
         self._fh.close()
 
 

@@ -196,6 +196,7 @@ class SchedulerCollector:
     # clashes; without it, it would call collect(). Returning nothing keeps registering
     # cheap and lets new stats keys appear at any time.
     def describe(self) -> Iterable[Metric]:
+        """Nothing: registering stays cheap and new ``stats()`` keys may appear later."""
         return []
 
     def _doc(self, key: str, device: bool = False) -> str:
@@ -203,6 +204,7 @@ class SchedulerCollector:
         return d if d is not None else f"{'device ' if device else ''}stats()[{key!r}]"
 
     def collect(self) -> Iterator[Metric]:
+        """The metrics of one ``stats()`` call (the registry calls it at each scrape)."""
         s = self._scheduler.stats()
         p = self._prefix
         cl = list(self._labels)
@@ -364,6 +366,7 @@ class RequestTimer:
         self._lock = threading.Lock()
 
     def submitted(self, request_id: int, now: float) -> None:
+        """Record that ``request_id`` was submitted at ``now``."""
         with self._lock:
             self._submitted[int(request_id)] = float(now)
 

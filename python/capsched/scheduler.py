@@ -283,14 +283,17 @@ class Scheduler:
 
     @property
     def policy(self) -> str:
+        """The ordering policy of normal-class requests (one of ``POLICIES``)."""
         return self._policy
 
     @property
     def config(self) -> Config:
+        """The tunables the scheduler was built with."""
         return self._config
 
     @property
     def max_batch_size(self) -> int:
+        """Most requests per batch."""
         return self._max_batch_size
 
     def __repr__(self) -> str:

@@ -146,6 +146,7 @@ class Fleet:
 
     @property
     def size(self) -> int:
+        """Number of devices."""
         return sum(c for _, c in self.groups)
 
     def build(self, mean_prompt: float, mean_output: float) -> list[SimDevice]:

@@ -68,6 +68,7 @@ class RunMetrics:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (non-finite numbers as None)."""
         out = dataclasses.asdict(self)
         for k, v in list(out.items()):
             if isinstance(v, float) and not math.isfinite(v):

@@ -50,10 +50,13 @@ class BindingPolicy:
         self.rng = rng
 
     def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:  # pragma: no cover
+        """The index of the device for the next request (one that is up, if any is)."""
         raise NotImplementedError
 
 
 class RoundRobin(BindingPolicy):
+    """The devices in turn, skipping those that are down."""
+
     name = "round_robin"
 
     def __init__(self, rng: np.random.Generator) -> None:
@@ -73,6 +76,8 @@ class RoundRobin(BindingPolicy):
 
 
 class LeastLoad(BindingPolicy):
+    """The device with the fewest outstanding requests (ties to the first)."""
+
     name = "least_load"
 
     def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:
@@ -84,6 +89,8 @@ class LeastLoad(BindingPolicy):
 
 
 class RandomChoice(BindingPolicy):
+    """A device that is up, uniformly at random."""
+
     name = "random"
 
     def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:
@@ -92,6 +99,8 @@ class RandomChoice(BindingPolicy):
 
 
 class PowerOfTwoChoices(BindingPolicy):
+    """Two distinct devices at random, the one with fewer outstanding requests."""
+
     name = "power_of_two_choices"
 
     def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:

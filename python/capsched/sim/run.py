@@ -117,6 +117,7 @@ class Experiment:
     wall_s: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``results.json``: configuration, workload, capacity, runs, goodput."""
         c = self.config
         s = self.workload.summary()
         return {
