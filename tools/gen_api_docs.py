@@ -73,9 +73,12 @@ def public_modules() -> list[types.ModuleType]:
     modules = [pkg]
     for name in sorted(names):
         try:
-            modules.append(importlib.import_module(name))
+            module = importlib.import_module(name)
+            for public in public_names(module):  # (a name may import an extra lazily)
+                getattr(module, public)
         except ImportError as exc:
             raise ModuleImportError(name, exc) from exc
+        modules.append(module)
     return modules
 
 

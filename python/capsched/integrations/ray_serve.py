@@ -38,6 +38,7 @@ import numbers
 import random
 import statistics
 import threading
+import warnings
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
@@ -407,7 +408,11 @@ class CapacityReporter:
 
 def _import_ray() -> Any:
     try:
-        import ray.serve.request_router as rr
+        # Ray's own import raises pydantic DeprecationWarnings (Ray 2.60); they are Ray's
+        # business, not the caller's (and an error under warnings-as-errors).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import ray.serve.request_router as rr
     except ImportError as exc:
         raise ImportError(
             f"capsched's Ray Serve router needs Ray Serve, which is not installed: {RAY_EXTRA_HINT}. "

@@ -237,6 +237,9 @@ class Simulation:
             request (``priority``, ``uclamp_max``, ``request_class``...).
         continuous: use ``Scheduler.step(now, free_slots=..., free_kv_tokens=...)``
             (``None``: when the installed Scheduler has it).
+        tenants: a tenant name (or None) per request, in workload order, passed to
+            capsched as ``InferenceRequest.tenant`` (for ``Config(fair_share=True)``);
+            the baselines ignore it.
     """
 
     def __init__(
@@ -256,6 +259,7 @@ class Simulation:
         continuous: Optional[bool] = None,
         restart_at: Optional[float] = None,
         chain: int = 1,
+        tenants: Optional[Sequence[Optional[str]]] = None,
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
@@ -289,6 +293,14 @@ class Simulation:
         if isinstance(chain, bool) or not isinstance(chain, int) or not 1 <= chain <= 1000:
             raise ConfigError(f"chain must be an integer in 1..1000, got {chain!r}")
         self.chain = chain
+        if tenants is not None:
+            tenants = list(tenants)
+            if len(tenants) != len(workload):
+                raise ConfigError(f"tenants has {len(tenants)} names, the workload {len(workload)} requests")
+            for i, t in enumerate(tenants):
+                if t is not None and not isinstance(t, str):
+                    raise ConfigError(f"tenants[{i}] must be a str or None, got {t!r}")
+        self.tenants = tenants
 
     # ------------------------------------------------------------------ setup
 
@@ -686,9 +698,12 @@ class Simulation:
                     steps = range(r, min(r + K, n)) if K > 1 else (r,)
                     prev_sid = None
                     for x in steps:  # a chain: each step depends on the one before
+                        extra = self.capsched_request
+                        if self.tenants is not None:
+                            extra = {**extra, "tenant": self.tenants[x]}
                         req = self._Request(
                             prompt_tokens=self.P[x], max_new_tokens=self.O[x], deadline=self.dl[x],
-                            depends_on=() if prev_sid is None else (prev_sid,), **self.capsched_request
+                            depends_on=() if prev_sid is None else (prev_sid,), **extra
                         )
                         try:
                             sid = sched.submit(req, now=now)
