@@ -13,7 +13,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Optional, TextIO
+from typing import Any, Optional, TextIO, Union
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -168,6 +168,7 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
             fleet = Fleet(DEFAULT_FLEET.groups, model, args.max_num_seqs)
         else:
             fleet = parse_fleet(args.fleet, model, args.max_num_seqs)
+        loads: Union[tuple[float, ...], list[float]]
         if args.load is None:
             loads = simrun.DEFAULT_LOADS
         else:
@@ -225,7 +226,7 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 #: Subcommand name -> (help line, function adding its arguments, function running it).
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, TextIO], int]]] = {
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], object], Callable[[argparse.Namespace, TextIO], int]]] = {
     "devices": (
         "list the GPUs discovery finds (NVML, else nvidia-smi)",
         lambda p: p.add_argument("--json", action="store_true", help="print a JSON list instead of a table"),
@@ -305,7 +306,7 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
             t = by_id[tid]
             start = max([t.schedule_time or 0.0] + [ef[d] for d in t.depends_on])
             ef[tid] = start + t.duration_estimate
-        rows_d = [
+        rows_d: list[dict[str, Any]] = [
             {
                 "task_id": tid,
                 "depends_on": list(by_id[tid].depends_on),
@@ -324,6 +325,7 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
             print(file=out)
             return 0
         rows = [["#", "task_id", "depends_on", "not before", "duration", "latest start", "latest finish"]]
+        r: Any  # a row of rows_d here, a TaskRun further down
         for i, r in enumerate(rows_d):
             deps = ",".join(r["depends_on"])
             rows.append([

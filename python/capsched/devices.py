@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Union
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Optional, Union, cast
 
 from .errors import ConfigError
 from .specs import AcceleratorSpec, UnknownAcceleratorError, lookup
@@ -84,7 +84,7 @@ class Device:
     max_clock_mhz: Optional[float] = None
     clock_mhz: Optional[float] = None
     power_w: Optional[float] = None
-    tenants: tuple = ()
+    tenants: Collection[str] = ()
     parent: Optional[str] = None
     prefill_s_per_token: Optional[float] = None
     decode_step_s: Optional[float] = None
@@ -236,7 +236,7 @@ class Slice:
     name: str
     compute: float
     memory: float
-    tenants: tuple = ()
+    tenants: Collection[str] = ()
     max_inflight_batches: int = 1
 
     def __post_init__(self) -> None:
@@ -244,7 +244,7 @@ class Slice:
             raise ConfigError(f"slice name must be a non-empty str without '/', got {self.name!r}")
         for what in ("compute", "memory"):
             v = getattr(self, what)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 < v <= 1.0:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 < cast(float, v) <= 1.0:
                 raise ConfigError(f"slice {self.name!r}: {what} share must be in (0, 1], got {v!r}")
 
 

@@ -32,7 +32,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 from .errors import CapschedError
 from .specs import AcceleratorSpec, UnknownAcceleratorError, lookup
@@ -286,7 +286,7 @@ def discover_with_reason() -> tuple[list[DiscoveredDevice], str]:
 def _probe() -> tuple[list[_Gpu], str]:
     why_not_nvml: str
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         why_not_nvml = "nvidia-ml-py (pynvml) is not installed"
     else:
@@ -550,10 +550,10 @@ def _resolve(token: str, gpus: list[_Gpu]) -> Optional[tuple[int, Optional[int]]
                         return pos, s["index"]
         return None
     if low.startswith("mig-"):
-        hits = [
+        mig_hits: list[tuple[int, Optional[int]]] = [
             (pos, s["index"]) for pos, g in enumerate(gpus) for s in g.mig if s["uuid"].lower().startswith(low)
         ]
-        return hits[0] if len(hits) == 1 else None
+        return mig_hits[0] if len(mig_hits) == 1 else None
     return None
 
 
@@ -618,7 +618,7 @@ class ClockFeed:
         if self._nvml is not None:
             return self._nvml
         try:
-            import pynvml  # type: ignore[import-not-found]
+            import pynvml
         except ImportError as exc:
             raise NVMLUnavailableError(
                 "ClockFeed needs NVML: pip install nvidia-ml-py (capsched's 'nvml' extra)"
@@ -628,7 +628,7 @@ class ClockFeed:
         except Exception as exc:
             raise NVMLUnavailableError(f"ClockFeed: NVML did not start ({_describe(exc)})") from exc
         self._nvml = pynvml
-        return pynvml
+        return cast(ModuleType, pynvml)
 
     def _read(self, pynvml: ModuleType, d: DiscoveredDevice) -> Optional[tuple[float, float]]:
         h = self._handles.get(d.uuid)
@@ -650,7 +650,7 @@ class ClockFeed:
         )
         if fn is None:
             return False
-        idle_bit = getattr(pynvml, "nvmlClocksEventReasonGpuIdle", None)
+        idle_bit: Any = getattr(pynvml, "nvmlClocksEventReasonGpuIdle", None)
         if idle_bit is None:
             idle_bit = getattr(pynvml, "nvmlClocksThrottleReasonGpuIdle", 0x1)
         try:

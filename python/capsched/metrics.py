@@ -54,7 +54,7 @@ import numbers
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Histogram
@@ -209,6 +209,7 @@ class SchedulerCollector:
         p = self._prefix
         cl = list(self._labels)
         cv = list(self._labels.values())
+        m: Metric  # each assignment below narrows it to the family it makes
 
         # -- scheduler-wide
         for key in sorted(s):
@@ -246,10 +247,12 @@ class SchedulerCollector:
 
         # -- per device
         devices = s.get("devices") or []
-        families: dict[str, Metric] = {}
+        families: dict[str, Union[CounterMetricFamily, GaugeMetricFamily]] = {}
         order: list[str] = []
 
-        def family(name: str, kind: str, doc: str, extra: tuple[str, ...] = ()) -> Metric:
+        def family(
+            name: str, kind: str, doc: str, extra: tuple[str, ...] = ()
+        ) -> Union[CounterMetricFamily, GaugeMetricFamily]:
             m = families.get(name)
             if m is None:
                 cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily

@@ -6,7 +6,7 @@ import math
 import numbers
 from collections.abc import Iterable
 from operator import attrgetter
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .errors import InvalidRequestError, RequestTypeError
 
@@ -197,7 +197,7 @@ class InferenceRequest:
         # What Scheduler.submit passes to the core for a request without dependencies or
         # pools (those name other requests and devices, resolved at submit): the values
         # validated above, in the core's terms. None once a field is set again.
-        self._spec: Optional[tuple] = (
+        self._spec: Optional[tuple[Any, ...]] = (
             (max_new_tokens, priority, _NAN if timeout is None else timeout, _NAN if deadline is None else deadline,
              code, batchable, lo, hi)
             if not depends_on and pool is None
@@ -230,7 +230,7 @@ def _field(name: str) -> property:
     """The property of a field: reads its slot; setting or deleting it drops ``_spec``."""
     slot = getattr(InferenceRequest, f"_{name}")
     store, drop = slot.__set__, slot.__delete__
-    clear = InferenceRequest._spec.__set__
+    clear = getattr(InferenceRequest, "_spec").__set__
 
     def set_(self: InferenceRequest, value: object) -> None:
         store(self, value)
@@ -290,7 +290,7 @@ def _finite(name: str, value: object) -> float:
     return v
 
 
-def _dependencies(deps: object) -> tuple:
+def _dependencies(deps: object) -> tuple[Any, ...]:
     if deps == ():
         return ()
     if isinstance(deps, (str, bytes)) or not isinstance(deps, Iterable):

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from .errors import (
 )
 from .request import _SCHED_CODES, InferenceRequest
 from .tokens import estimate_tokens
+
+if TYPE_CHECKING:
+    from .journal import JournalCore
 
 __all__ = ["Scheduler", "OpenAutoGLMScheduler", "StepResult", "Batch"]
 
@@ -200,14 +203,14 @@ class Scheduler:
             raise ConfigError(f"config must be a capsched.Config or a dict, got {type(config).__name__}")
         if not callable(clock):
             raise ConfigError(f"clock must be callable (returning seconds), got {clock!r}")
-        self._devices = parse_devices(devices)
-        self._policy = policy
-        self._config = config
-        self._max_batch_size = int(max_batch_size)
-        self._dynamic_batching = enable_dynamic_batching
-        self._clock = clock
-        self._count_tokens = config.tokenizer or estimate_tokens
-        self._names = [d.name for d in self._devices]
+        self._devices: tuple[Device, ...] = parse_devices(devices)
+        self._policy: str = policy
+        self._config: Config = config
+        self._max_batch_size: int = int(max_batch_size)
+        self._dynamic_batching: bool = enable_dynamic_batching
+        self._clock: Callable[[], float] = clock
+        self._count_tokens: Callable[[str], int] = config.tokenizer or estimate_tokens
+        self._names: list[str] = [d.name for d in self._devices]
         self._tenants: dict[Optional[str], int] = {None: 0}
         self._classes: dict[Optional[str], int] = {None: 0}
         # Names set_clock/set_pressure accept: each device, and each parent of slices
@@ -217,14 +220,14 @@ class Scheduler:
             if d.parent is not None and d.parent not in self._names:
                 self._index.setdefault(d.parent, []).append(i)
         self._index.update({name: [i] for i, name in enumerate(self._names)})
-        self._clocked = [False] * len(self._devices)  # set_clock has given it a max clock
+        self._clocked: list[bool] = [False] * len(self._devices)  # set_clock has given it a max clock
         self._pools: dict[str, int] = {}  # pool name -> id (1, 2, ... in device order)
         for d in self._devices:
             if d.pool is not None and d.pool not in self._pools:
                 self._pools[d.pool] = len(self._pools) + 1
-        self._journal_seq = 0  # the last journal entry reflected in this state
-        self._rejected = 0  # submits refused by back-pressure or admission (stats()['rejected'])
-        self._lock = threading.Lock()  # guards the tenant and class tables and the rejected count
+        self._journal_seq: int = 0  # the last journal entry reflected in this state
+        self._rejected: int = 0  # submits refused by back-pressure or admission (stats()['rejected'])
+        self._lock: threading.Lock = threading.Lock()  # guards the tenant and class tables and the rejected count
 
         cc = _core.CoreConfig()
         cc.policy = policy
@@ -233,8 +236,8 @@ class Scheduler:
                 setattr(cc, f.name, getattr(config, f.name))
         cc.max_batch_size = self._max_batch_size
         cc.dynamic_batching = enable_dynamic_batching
-        self._core = _core.Core(cc, [self._device_spec(d) for d in self._devices])
-        self._direct: Optional[Any] = self._core  # the core itself; None while a journal wraps it
+        self._core: Union[_core.Core, JournalCore] = _core.Core(cc, [self._device_spec(d) for d in self._devices])
+        self._direct: Optional[_core.Core] = self._core  # the core itself; None while a journal wraps it
         self._apply_tenant_weights()
 
     def _device_spec(self, d: Device) -> Any:
@@ -340,6 +343,8 @@ class Scheduler:
             if request.id is not None:
                 raise DuplicateRequestError(_submitted(request.id))
             name, class_name = request._tenant, request._request_class
+            tenant: Optional[int]
+            rclass: Optional[int]
             if name is None and class_name is None:  # both tables number None 0
                 tenant = rclass = 0
             else:
@@ -574,7 +579,8 @@ class Scheduler:
         """
         if type(request_id) is int and output_tokens is None and 0 < request_id < 18446744073709551616:
             # fast path: what the checks below pass unchanged
-            return self._core.complete(request_id, now if type(now) is float else self._time(now), -1)
+            self._core.complete(request_id, now if type(now) is float else self._time(now), -1)
+            return
         out = -1
         if output_tokens is not None:
             if isinstance(output_tokens, bool) or not isinstance(output_tokens, numbers.Integral) or output_tokens < 0:
@@ -832,7 +838,7 @@ class Scheduler:
         from .checkpoint import load_checkpoint
         from .journal import replay_journal
 
-        s = load_checkpoint(path, clock=clock)
+        s: Scheduler = load_checkpoint(path, clock=clock)
         if journal is not None and os.path.exists(journal):
             replay_journal(s, journal)
         st = s._core.stats()
@@ -868,8 +874,9 @@ class Scheduler:
         if isinstance(self._core, JournalCore):
             self._journal_seq = self._core.journal.seq
             self._core.journal.close()
-            self._core = self._core._inner
-            self._direct = self._core
+            inner: _core.Core = self._core._inner
+            self._core = inner
+            self._direct = inner
 
     def _journal_names(self, all_names: bool = False) -> None:
         from .journal import JournalCore
@@ -1043,7 +1050,7 @@ def _id_array(ids: Iterable[int]) -> np.ndarray:
     return np.fromiter((_request_id(i) for i in ids), dtype=np.uint64)
 
 
-def _dependency_ids(deps: tuple) -> np.ndarray:
+def _dependency_ids(deps: tuple[Any, ...]) -> np.ndarray:
     out = []
     for d in deps:
         if isinstance(d, InferenceRequest):

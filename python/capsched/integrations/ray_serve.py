@@ -429,7 +429,9 @@ def _build_router_class() -> type:
     _import_ray()  # the clear ImportError first
     from ray.serve.request_router import FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter
 
-    class CapschedRequestRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
+    # (Ray is Any to mypy here: pyproject's [tool.mypy] skips it so that the result does
+    # not depend on whether the extra is installed.)
+    class CapschedRequestRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):  # type: ignore[misc]
         """Ray Serve request router that ranks replicas with capsched's placement.
 
         Candidates are narrowed as Ray's default router does (multiplexed model, then
@@ -440,7 +442,7 @@ def _build_router_class() -> type:
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # Ray's mixins are untyped
+            super().__init__(*args, **kwargs)
             self._capsched_rng = random.Random()
             self._capsched_warned: set[str] = set()
             self._capsched_ranker = _Ranker()

@@ -47,7 +47,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from importlib import resources
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -337,14 +337,14 @@ class CostModel:
             math.isfinite(step_overhead_s) and step_overhead_s >= 0
         ):
             raise ConfigError(f"step_overhead_s must be a finite number >= 0, got {step_overhead_s!r}")
-        self._overhead = float(step_overhead_s)
+        self._overhead: float = float(step_overhead_s)
         p = roofline_exponent
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or math.isnan(p) or p < 1:
             raise ConfigError(f"roofline_exponent must be a number >= 1 (or inf), got {roofline_exponent!r}")
-        self._p = float(p)
-        self._clock = _positive_real("clock_scale", clock_scale, upper=1.0)
-        self._peak = spec.peak_tflops * 1e12
-        self._bw = spec.memory_bandwidth_gbs * 1e9
+        self._p: float = float(p)
+        self._clock: float = _positive_real("clock_scale", clock_scale, upper=1.0)
+        self._peak: float = spec.peak_tflops * 1e12
+        self._bw: float = spec.memory_bandwidth_gbs * 1e9
 
     # -- parameters -------------------------------------------------------------------
 
@@ -428,11 +428,11 @@ class CostModel:
 
     def _smax(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Smooth maximum ``(a^p + b^p)^(1/p)``, computed as ``hi (1 + (lo/hi)^p)^(1/p)``."""
-        hi = np.maximum(a, b)
+        hi: np.ndarray = np.maximum(a, b)
         if math.isinf(self._p):
             return hi
         lo = np.minimum(a, b)
-        ratio = np.divide(lo, hi, out=np.zeros(np.broadcast(lo, hi).shape), where=hi > 0)
+        ratio: np.ndarray = np.divide(lo, hi, out=np.zeros(np.broadcast(lo, hi).shape), where=hi > 0)
         return hi * (1.0 + ratio**self._p) ** (1.0 / self._p)
 
     def _smax1(self, a: float, b: float) -> float:
@@ -440,7 +440,8 @@ class CostModel:
         hi, lo = (a, b) if a >= b else (b, a)
         if math.isinf(self._p) or hi <= 0:
             return hi
-        return hi * (1.0 + (lo / hi) ** self._p) ** (1.0 / self._p)
+        out: float = hi * (1.0 + (lo / hi) ** self._p) ** (1.0 / self._p)  # float ** float is Any to mypy
+        return out
 
     def _step1(self, tokens: float, prefill_flops: float, prefill_bytes: float, decode_flops: float, decode_bytes: float) -> float:
         """Scalar step time from its token count and attention work (0 tokens: 0)."""
@@ -466,8 +467,9 @@ class CostModel:
     def _attention(self, flops: np.ndarray, kv_bytes: np.ndarray) -> np.ndarray:
         return self._smax(flops / (self.effective_flops * self._attn_eff), kv_bytes / self.effective_bandwidth)
 
-    def _attention_flops(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
-        """Causal attention FLOPs of ``new`` tokens after ``cached`` ones (QK^T and PV)."""
+    def _attention_flops(self, new: Union[float, np.ndarray], cached: Union[float, np.ndarray]) -> Any:
+        """Causal attention FLOPs of ``new`` tokens after ``cached`` ones (QK^T and PV):
+        a float for floats, an array when either is an array."""
         m = self._model
         return 4.0 * m.hidden * m.layers * (new * cached + new * (new + 1) / 2.0)
 

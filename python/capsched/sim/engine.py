@@ -39,7 +39,7 @@ import math
 import re
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from .cost import CostModel
 from .fleet import Fleet, SimDevice
 from .policies import POLICIES, make_policy
 from .workload import Workload
+
+if TYPE_CHECKING:
+    from ..scheduler import Scheduler
 
 __all__ = [
     "Fault",
@@ -342,7 +345,7 @@ class Simulation:
         self._wake_at = math.inf  # the earliest wake-up event pending (capsched)
         pid = POLICIES.index(self.policy)
         self.rng = np.random.default_rng([self.seed, pid])
-        self.sched = None
+        self.sched: Optional[Scheduler] = None
         if self.policy == "capsched":
             self._setup_capsched()
         else:

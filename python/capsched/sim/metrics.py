@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -104,7 +104,7 @@ def summarize(result: SimResult, load: float, offered_rate: float, wall_s: float
         extra["preempted"] = result.preempted
         extra["migrated"] = result.migrated
         extra["restarts"] = getattr(result, "restarts", 0)
-    per_dev = np.bincount(result.device[done], minlength=len(result.device_names)) if n else []
+    per_dev: Union[np.ndarray, list[int]] = np.bincount(result.device[done], minlength=len(result.device_names)) if n else []
     extra["completed_per_device"] = {name: int(c) for name, c in zip(result.device_names, per_dev)}
     return RunMetrics(
         policy=result.policy,

@@ -150,7 +150,7 @@ def _progress(total: int, enabled: bool, stream: TextIO) -> Callable[[str], None
     if not enabled:
         return lambda label: None
     try:
-        from tqdm import tqdm  # type: ignore[import-not-found]
+        from tqdm import tqdm
     except ImportError:
         count = [0]
 
