@@ -295,8 +295,8 @@ def _common(body: Mapping[str, Any], allowed: frozenset[str], models: tuple[str,
     if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
         raise bad_request("metadata", f"metadata must be an object, got {body['metadata']!r}", "invalid_type")
     sampling = {k: _number(k, body[k]) for k in SAMPLING_FIELDS if body.get(k) is not None}
-    priority = 0.5 if body.get("priority") is None else _number("priority", body["priority"])
-    timeout = None if body.get("timeout") is None else _number("timeout", body["timeout"])
+    priority = 0.5 if body.get("priority") is None else body["priority"]  # JobSpec checks both
+    timeout = body.get("timeout")
     return {"model": model, "stream": stream, "include_usage": include_usage, "sampling": sampling,
             "priority": priority, "timeout": timeout}
 
