@@ -120,8 +120,7 @@ def run_serve(args: argparse.Namespace, out: TextIO) -> int:
         return usage(f"--port must be in 0..65535, got {args.port}")
     try:
         if args.daemon is not None:
-            engine_check = _engine(args)  # validates the fleet before binding
-            del engine_check
+            _engine(args)  # validates the fleet before anything binds the socket
             asyncio.run(_run_daemon(args, out))
             return 0
         keys = _api_keys(args)
@@ -135,7 +134,7 @@ def run_serve(args: argparse.Namespace, out: TextIO) -> int:
         from .app import ServerConfig, create_app
 
         app = create_app(backend, ServerConfig(api_keys=keys, max_body_bytes=args.max_body_bytes))
-    except ConfigError as exc:
+    except (ConfigError, ImportError) as exc:  # ImportError: the message names the server extra
         return usage(str(exc))
     try:
         import uvicorn

@@ -40,8 +40,10 @@ __all__ = [
 SAMPLING_FIELDS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
 
 # Fields accepted and checked but with no effect beyond the check.
+# (``user`` is accepted and ignored; the others must have their default values, except
+# ``n`` = 1 and ``stream_options``.)
 _INERT = ("user", "n", "logprobs", "echo", "best_of", "stream_options", "stop", "logit_bias", "suffix",
-          "top_logprobs", "store", "metadata", "parallel_tool_calls")
+          "top_logprobs")
 
 _COMMON = ("model", "max_tokens", "stream", "priority", "timeout") + SAMPLING_FIELDS + _INERT
 _COMPLETION_FIELDS = frozenset(_COMMON + ("prompt",))
@@ -289,11 +291,6 @@ def _common(body: Mapping[str, Any], allowed: frozenset[str], models: tuple[str,
         raise bad_request("stop", f"stop sequences are not supported by this server, got {stop!r}", "unsupported_parameter")
     if body.get("user") is not None:
         _string("user", body["user"])
-    for name in ("store", "parallel_tool_calls"):
-        if body.get(name) not in (None, False, True):
-            raise bad_request(name, f"{name} must be a boolean, got {body[name]!r}", "invalid_type")
-    if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
-        raise bad_request("metadata", f"metadata must be an object, got {body['metadata']!r}", "invalid_type")
     sampling = {k: _number(k, body[k]) for k in SAMPLING_FIELDS if body.get(k) is not None}
     priority = 0.5 if body.get("priority") is None else body["priority"]  # JobSpec checks both
     timeout = body.get("timeout")
