@@ -125,8 +125,10 @@ class Gated:
         self.inner = inner
         self.name = inner.name
         self.gate = threading.Event()
+        self.prompts: list[str] = []  # of each request, in the order the device ran them
 
     async def generate(self, batch: Any) -> Any:
+        self.prompts.extend(r.prompt for r in batch)
         while not self.gate.is_set():
             await asyncio.sleep(0.002)
         async for ev in self.inner.generate(batch):
@@ -142,6 +144,12 @@ def gated(engine: FleetEngine) -> tuple[FleetEngine, threading.Event]:
     g = Gated(engine.workers[name])
     engine.workers[name] = g
     return engine, g.gate
+
+
+def run_order(engine: FleetEngine) -> list[str]:
+    (worker,) = engine.workers.values()
+    assert isinstance(worker, Gated)
+    return list(worker.prompts)
 
 
 # ---------------------------------------------------------------- answers
@@ -372,12 +380,12 @@ def test_api_keys_and_tenants() -> None:
 # ---------------------------------------------------------------- scheduling
 
 
-def single_device() -> tuple[FleetEngine, threading.Event]:
-    return gated(simulated_engine("H100-SXM:1", time_scale=0.2, max_batch_size=1, policy="priority"))
+def single_device(time_scale: float = 0.2) -> tuple[FleetEngine, threading.Event]:
+    return gated(simulated_engine("H100-SXM:1", time_scale=time_scale, max_batch_size=1, policy="priority"))
 
 
 def test_priority_jumps_the_backlog() -> None:
-    engine, gate = single_device()
+    engine, gate = single_device(time_scale=1.0)  # ~0.2 s per request: margins for the ordering below
     with serving(engine) as s, s.client() as c:
         lows = [in_thread(lambda i=i: c.completions.create(model=MODEL, prompt=f"low {i}", max_tokens=24,
                                                              extra_body={"priority": 0.1}))
@@ -394,10 +402,14 @@ def test_priority_jumps_the_backlog() -> None:
             assert out["value"].choices[0].text == expected(f"low {i}", 24)
         assert high[1]["value"].choices[0].text == expected("urgent", 24)
         # The device runs one request at a time in priority order: the urgent request,
-        # submitted last, runs right after the one already running, before the five
-        # low-priority requests queued before it.
+        # submitted last, ran right after the one already running, before the five
+        # low-priority requests queued before it ...
+        order = run_order(engine)
+        assert len(order) == 7 and order[1] == "urgent" and order[0].startswith("low"), order
+        # ... and so its client had its answer before theirs (each request runs ~0.2 s,
+        # so the third of them ends ~0.6 s after it: a generous margin).
         finished_after = [out["done_at"] for _, out in lows if out["done_at"] > high[1]["done_at"]]
-        assert len(finished_after) >= 4, (high[1]["done_at"], [out["done_at"] for _, out in lows])
+        assert len(finished_after) >= 3, (high[1]["done_at"], [out["done_at"] for _, out in lows])
 
 
 def test_timeout_that_cannot_be_met_gets_408() -> None:
@@ -489,15 +501,38 @@ def test_client_going_away_cancels_its_request() -> None:
     engine, gate = single_device()
     gate.set()
     with serving(engine) as s, s.client() as c:
-        stream = c.completions.create(model=MODEL, prompt="bye", max_tokens=200, stream=True)
+        stream = c.completions.create(model=MODEL, prompt="bye", max_tokens=2000, stream=True)
         it = iter(stream)
         assert next(it).choices[0].text == simulated_text("bye", 0)
         stream.close()
         st = s.wait_for(lambda st: st["cancelled"] == 1 and st["devices"]["H100-SXM-0"]["running_batches"] == 0)
         assert st["completed"] == 0 and st["capsched"]["cancelled"] == 1 and st["capsched"]["conservation_ok"]
-        assert st["devices"]["H100-SXM-0"]["worker"]["tokens"] < 200
+        assert st["devices"]["H100-SXM-0"]["worker"]["tokens"] < 2000
         # The device is free again.
         assert c.completions.create(model=MODEL, prompt="next", max_tokens=2).choices[0].text == expected("next", 2)
+
+
+def test_client_giving_up_on_a_plain_request_cancels_it() -> None:
+    engine, gate = single_device()
+    gate.set()
+    with serving(engine) as s:
+        with httpx.Client(base_url=s.base, timeout=httpx.Timeout(30, read=0.3)) as h:
+            with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+                h.post("/v1/completions", json={"model": MODEL, "prompt": "slow", "max_tokens": 5000})
+        st = s.wait_for(lambda st: st["cancelled"] == 1 and st["open_jobs"] == 0
+                        and st["devices"]["H100-SXM-0"]["running_batches"] == 0)
+        assert st["completed"] == 0 and st["capsched"]["cancelled"] == 1 and st["capsched"]["conservation_ok"]
+
+
+def test_engine_refuses_an_unknown_model_from_a_raw_peer() -> None:
+    async def go() -> None:
+        async with simulated_engine("L4:1", time_scale=0.01) as engine:
+            with pytest.raises(APIError) as info:
+                engine.submit(JobSpec("p", 2, "other-model"))
+            assert info.value.status == 404 and info.value.param == "model"
+            assert engine.stats()["submitted"] == 0
+
+    asyncio.run(go())
 
 
 # ---------------------------------------------------------------- units

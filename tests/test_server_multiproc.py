@@ -9,7 +9,9 @@ more than its capacity at once and no request ran or completed twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import os
 import selectors
 import shutil
@@ -33,7 +35,7 @@ httpx = pytest.importorskip("httpx")
 from capsched.server.workers import simulated_text  # noqa: E402
 
 MODEL = "capsched-simulated"
-FLEET = ["--fleet", "H100-SXM:1,L4:1", "--time-scale", "0.2", "--max-batch-size", "4"]
+FLEET = ["--fleet", "H100-SXM:1,L4:1", "--time-scale", "0.5", "--max-batch-size", "4"]
 
 
 def expected(prompt: str, n: int) -> str:
@@ -127,10 +129,14 @@ def fleet() -> Iterator[Fleet]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def ask(url: str, key: str, i: int) -> tuple[str, str, int]:
+def client(url: str, key: str) -> Any:
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def ask(url: str, key: str, i: int, c: Any = None, n: Optional[int] = None) -> tuple[str, str, int]:
     prompt = f"request {i} via {url}"
-    n = 4 + i % 9
-    with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120) as c:
+    n = 4 + i % 9 if n is None else n
+    with (client(url, key) if c is None else contextlib.nullcontext(c)) as c:
         if i % 3 == 0:
             text = "".join(ch.choices[0].text for ch in c.completions.create(
                 model=MODEL, prompt=prompt, max_tokens=n, stream=True, extra_body={"priority": (i % 5) / 4}))
@@ -146,8 +152,19 @@ def ask(url: str, key: str, i: int) -> tuple[str, str, int]:
 def test_three_front_ends_share_one_fleet_without_double_booking(fleet: Fleet) -> None:
     before = fleet.stats()
     jobs = 36
+    clients = [client(fleet.urls[i % 3], f"sk-front-{i % 3}") for i in range(12)]
+    start = threading.Barrier(12)
+
+    def one(i: int) -> tuple[str, str, int]:
+        if i < 12:
+            start.wait(60)  # the first twelve at once, so that they queue together
+        # 20..36 tokens: ~0.1 s on the H100 and ~1 s on the L4 at this time scale.
+        return ask(fleet.urls[i % 3], f"sk-front-{i % 3}", i, clients[i % 12], 20 + 2 * (i % 9))
+
     with ThreadPoolExecutor(12) as pool:
-        results = list(pool.map(lambda i: ask(fleet.urls[i % 3], f"sk-front-{i % 3}", i), range(jobs)))
+        results = list(pool.map(one, range(jobs)))
+    for c in clients:
+        c.close()
     for prompt, text, n in results:
         assert text == expected(prompt, n)  # each client got its own answer, whole
     # Every front end sees the same fleet: the daemon's books.

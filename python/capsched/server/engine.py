@@ -29,6 +29,7 @@ completions reported twice (0).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import heapq
 import logging
@@ -240,15 +241,18 @@ class FleetEngine:
         """
         if self._closed or self._wake is None:
             raise APIError(503, "the scheduler is not running", type="server_error", code="not_running")
-        req = InferenceRequest(
-            spec.prompt,
-            max_new_tokens=spec.max_tokens,
-            priority=float(spec.priority),
-            timeout=None if spec.timeout is None else float(spec.timeout),
-            tenant=spec.tenant,
-        )
+        if spec.model not in self.models:
+            raise APIError(404, f"the model {spec.model!r} does not exist; this fleet serves "
+                           f"{', '.join(map(repr, self.models))}", param="model", code="model_not_found")
         now = time.monotonic()
         try:
+            req = InferenceRequest(
+                spec.prompt,
+                max_new_tokens=spec.max_tokens,
+                priority=float(spec.priority),
+                timeout=None if spec.timeout is None else float(spec.timeout),
+                tenant=spec.tenant,
+            )
             rid = self.scheduler.submit(req, now=now)
         except QueueFullError as exc:
             self._counters["rejected"] += 1
@@ -400,8 +404,9 @@ class FleetEngine:
         ]
         last: Optional[tuple[_Job, WorkerFinished]] = None
         error: Optional[BaseException] = None
+        events = worker.generate(batch)
         try:
-            async for ev in worker.generate(batch):
+            async for ev in events:
                 job = pending.get(ev.request_id)
                 if job is None:
                     raise RuntimeError(f"worker {worker.name} sent an event for request {ev.request_id}, "
@@ -422,6 +427,11 @@ class FleetEngine:
             raise
         except Exception as exc:  # the worker failed: retry what it had not finished
             error = exc
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:  # an async generator left early: let it clean up now
+                with contextlib.suppress(Exception):
+                    await aclose()
         books.batches -= 1
         books.requests -= len(jobs)
         if last is not None:
