@@ -137,12 +137,17 @@ class FleetDaemon:
         self._connections.add(task)
         streams: dict[int, JobStream] = {}
         forwarders: set[asyncio.Task[None]] = set()
+        draining = asyncio.Lock()  # one drain() at a time (Python < 3.10 asserts so)
+
+        async def drain() -> None:
+            async with draining:
+                await writer.drain()
 
         async def forward(tag: int, stream: JobStream) -> None:
             try:
                 async for ev in stream:
                     writer.write(_line({"tag": tag, **ev.to_dict()}))
-                    await writer.drain()
+                    await drain()
             except (ConnectionError, OSError):
                 stream.cancel()
             finally:
@@ -203,7 +208,7 @@ class FleetDaemon:
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                     writer.write(_error_line(None, APIError(400, f"a protocol line is not JSON: {exc}",
                                                             code="bad_message")))
-                await writer.drain()
+                await drain()
         except (ConnectionError, OSError):
             pass
         finally:
@@ -261,6 +266,7 @@ class RemoteFleet:
         self._writer: Optional[asyncio.StreamWriter] = None
         self._read_task: Optional[asyncio.Task[None]] = None
         self._lock: Optional[asyncio.Lock] = None
+        self._draining: Optional[asyncio.Lock] = None  # one drain() at a time (Python < 3.10 asserts so)
         self._tags = itertools.count(1)
         self._queues: dict[int, asyncio.Queue[Event]] = {}
         self._stats: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -357,9 +363,15 @@ class RemoteFleet:
         tag = next(self._tags)
         q: asyncio.Queue[Event] = asyncio.Queue()
         self._queues[tag] = q
-        writer.write(_line({"op": "submit", "tag": tag, "job": spec.to_dict()}))
-        await writer.drain()
+        await self._send(writer, {"op": "submit", "tag": tag, "job": spec.to_dict()})
         return RemoteStream(self, tag, q)
+
+    async def _send(self, writer: asyncio.StreamWriter, obj: Any) -> None:
+        writer.write(_line(obj))
+        if self._draining is None:
+            self._draining = asyncio.Lock()
+        async with self._draining:
+            await writer.drain()
 
     def _cancel(self, tag: int) -> None:
         if tag in self._queues and self._writer is not None and not self._writer.is_closing():
@@ -376,6 +388,5 @@ class RemoteFleet:
         tag = next(self._tags)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._stats[tag] = fut
-        writer.write(_line({"op": "stats", "tag": tag}))
-        await writer.drain()
+        await self._send(writer, {"op": "stats", "tag": tag})
         return await fut
