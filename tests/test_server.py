@@ -635,7 +635,10 @@ def test_serve_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     for argv, fragment in [(["serve", "--api-key", "nokey"], "KEY=TENANT"),
                            (["serve", "--fleet", "Z9000:1"], "Z9000"),
                            (["serve", "--port", "70000"], "--port"),
-                           (["serve", "--daemon", "/tmp/x.sock", "--remote", "/tmp/x.sock"], "not allowed")]:
+                           (["serve", "--daemon", "/tmp/x.sock", "--remote", "/tmp/x.sock"], "not allowed"),
+                           (["serve", "--remote", "/tmp/x.sock", "--fleet", "L4:1"], "--fleet cannot be used with --remote"),
+                           (["serve", "--daemon", "/tmp/x.sock", "--api-key", "k=t"],
+                            "--api-key cannot be used with --daemon")]:
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2

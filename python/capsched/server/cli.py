@@ -118,6 +118,19 @@ def run_serve(args: argparse.Namespace, out: TextIO) -> int:
 
     if not 0 <= args.port <= 65535:
         return usage(f"--port must be in 0..65535, got {args.port}")
+    # Flags that the chosen mode would ignore are refused rather than ignored.
+    defaults = argparse.ArgumentParser()
+    add_serve_arguments(defaults)
+    unused = {
+        "--remote": ("fleet", "model", "served_model", "time_scale", "policy", "max_batch_size", "inflight_batches",
+                     "scheduler_config"),
+        "--daemon": ("host", "port", "api_key", "api_keys_file", "max_body_bytes"),
+    }
+    for flag, names in unused.items():
+        if getattr(args, flag[2:]) is not None:
+            given = [n for n in names if getattr(args, n) != defaults.get_default(n)]
+            if given:
+                return usage(f"{', '.join('--' + n.replace('_', '-') for n in given)} cannot be used with {flag}")
     try:
         if args.daemon is not None:
             _engine(args)  # validates the fleet before anything binds the socket
