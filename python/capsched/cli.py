@@ -376,6 +376,29 @@ COMMANDS["jobs"] = (
 )
 
 
+# --------------------------------------------------------------------------- serve
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    from .server.cli import add_serve_arguments
+
+    add_serve_arguments(p)
+
+
+def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    """``capsched serve``: the OpenAI-compatible server (``docs/server.md``)."""
+    from .server.cli import run_serve
+
+    return run_serve(args, out)
+
+
+COMMANDS["serve"] = (
+    "run the OpenAI-compatible HTTP server over a simulated fleet, a fleet daemon (--daemon) or a front end (--remote)",
+    _serve_args,
+    cmd_serve,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand in :data:`COMMANDS`."""
     from . import __version__

@@ -1,0 +1,176 @@
+"""``capsched serve``: run the OpenAI-compatible server, a fleet daemon, or a front end.
+
+Three modes (``docs/server.md``):
+
+* ``capsched serve``: one process, the HTTP server and the fleet (simulated workers);
+* ``capsched serve --daemon SOCKET``: the fleet daemon alone (no HTTP), on a Unix socket;
+* ``capsched serve --remote SOCKET``: an HTTP front end of that daemon (run several).
+
+The process prints one line once it is ready (``capsched serve: listening on
+http://HOST:PORT`` or ``capsched serve: fleet daemon listening on SOCKET``), so that
+``--port 0`` (any free port) can be used by scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import socket
+from typing import Any, Optional, TextIO
+
+from ..errors import ConfigError
+
+__all__ = ["add_serve_arguments", "run_serve"]
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``serve`` subcommand's arguments."""
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--daemon", metavar="SOCKET", default=None,
+                      help="run only the fleet daemon, on this Unix socket (front ends use --remote)")
+    mode.add_argument("--remote", metavar="SOCKET", default=None,
+                      help="run an HTTP front end of the fleet daemon on this Unix socket")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0: any free port, printed)")
+    fleet = p.add_argument_group("fleet (not with --remote)")
+    fleet.add_argument("--fleet", default="H100-SXM:1,L4:2",
+                       help="simulated devices, ACCELERATOR:COUNT,... (default H100-SXM:1,L4:2)")
+    fleet.add_argument("--model", default="Llama-3-8B", help="the cost model's model: Llama-3-8B or Llama-2-7B")
+    fleet.add_argument("--served-model", default="capsched-simulated",
+                       help="the model name clients ask for (default capsched-simulated)")
+    fleet.add_argument("--time-scale", type=float, default=1.0,
+                       help="real seconds per modelled second of the simulated workers (default 1.0)")
+    fleet.add_argument("--policy", default="weighted", help="capsched policy (default weighted)")
+    fleet.add_argument("--max-batch-size", type=int, default=8, help="requests per batch (default 8)")
+    fleet.add_argument("--inflight-batches", type=int, default=1, help="batches each device runs at once (default 1)")
+    fleet.add_argument("--scheduler-config", metavar="TOML", default=None,
+                       help="capsched Config tunables (the [scheduler] table of a TOML file)")
+    http = p.add_argument_group("HTTP (not with --daemon)")
+    http.add_argument("--api-key", action="append", default=[], metavar="KEY=TENANT",
+                      help="accept this API key, for this tenant (repeatable); none: no key needed")
+    http.add_argument("--api-keys-file", metavar="JSON", default=None,
+                      help="a JSON object of API key -> tenant")
+    http.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get 413 (default 1 MiB)")
+    p.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
+
+
+def _api_keys(args: argparse.Namespace) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    if args.api_keys_file is not None:
+        try:
+            with open(args.api_keys_file, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--api-keys-file {args.api_keys_file!r}: {exc}") from None
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise ConfigError(f"--api-keys-file {args.api_keys_file!r} must hold a JSON object of key -> tenant strings")
+        keys.update(data)
+    for item in args.api_key:
+        key, sep, tenant = item.partition("=")
+        if not sep or not key or not tenant:
+            raise ConfigError(f"--api-key {item!r}: expected KEY=TENANT")
+        keys[key] = tenant
+    return keys
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from ..config import Config
+    from .engine import simulated_engine
+
+    config = None if args.scheduler_config is None else Config.from_toml(args.scheduler_config)
+    return simulated_engine(
+        args.fleet, model=args.model, served_model=args.served_model, time_scale=args.time_scale,
+        inflight_batches=args.inflight_batches, policy=args.policy, max_batch_size=args.max_batch_size,
+        config=config,
+    )
+
+
+async def _run_daemon(args: argparse.Namespace, out: TextIO) -> None:
+    from .daemon import FleetDaemon
+
+    daemon = FleetDaemon(_engine(args), args.daemon)
+    await daemon.start()
+    print(f"capsched serve: fleet daemon listening on {args.daemon}", file=out, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await daemon.close()
+
+
+def run_serve(args: argparse.Namespace, out: TextIO) -> int:
+    """Run ``capsched serve`` with parsed ``args``; returns the exit status.
+
+    Raises:
+        SystemExit: a usage error (argparse's status 2), naming the bad value.
+    """
+    parser: Optional[argparse.ArgumentParser] = getattr(args, "_parser", None)
+
+    def usage(msg: str) -> int:
+        if parser is not None:
+            parser.error(msg)
+        raise SystemExit(f"capsched serve: {msg}")
+
+    if not 0 <= args.port <= 65535:
+        return usage(f"--port must be in 0..65535, got {args.port}")
+    # Flags that the chosen mode would ignore are refused rather than ignored.
+    defaults = argparse.ArgumentParser()
+    add_serve_arguments(defaults)
+    unused = {
+        "--remote": ("fleet", "model", "served_model", "time_scale", "policy", "max_batch_size", "inflight_batches",
+                     "scheduler_config"),
+        "--daemon": ("host", "port", "api_key", "api_keys_file", "max_body_bytes"),
+    }
+    for flag, names in unused.items():
+        if getattr(args, flag[2:]) is not None:
+            given = [n for n in names if getattr(args, n) != defaults.get_default(n)]
+            if given:
+                return usage(f"{', '.join('--' + n.replace('_', '-') for n in given)} cannot be used with {flag}")
+    try:
+        if args.daemon is not None:
+            _engine(args)  # validates the fleet before anything binds the socket
+            asyncio.run(_run_daemon(args, out))
+            return 0
+        keys = _api_keys(args)
+        backend: Any
+        if args.remote is not None:
+            from .daemon import RemoteFleet
+
+            backend = RemoteFleet(args.remote)
+        else:
+            backend = _engine(args)
+        from .app import ServerConfig, create_app
+
+        app = create_app(backend, ServerConfig(api_keys=keys, max_body_bytes=args.max_body_bytes))
+    except (ConfigError, ImportError) as exc:  # ImportError: the message names the server extra
+        return usage(str(exc))
+    try:
+        import uvicorn
+    except ImportError:
+        return usage('capsched serve needs uvicorn: pip install "capsched[server]"')
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        sock.close()
+        return usage(f"cannot listen on {args.host}:{args.port}: {exc}")
+    host, port = sock.getsockname()[:2]
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, lifespan="on"))
+
+    async def serve() -> None:
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            shown = f"[{host}]" if ":" in host else host
+            print(f"capsched serve: listening on http://{shown}:{port}", file=out, flush=True)
+        await task
+
+    asyncio.run(serve())
+    return 0 if server.started else 1

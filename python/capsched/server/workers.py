@@ -1,0 +1,315 @@
+"""Workers: what runs a batch that capsched dispatched to a device.
+
+A worker implements :class:`Worker`: ``generate(batch)`` is an async iterator over
+:class:`WorkerToken` and :class:`WorkerFinished` events for the requests of the batch;
+raising from it means the worker failed (the engine reports every unfinished request of
+the batch to capsched as a retryable failure). Two are provided:
+
+* :class:`SimulatedWorker`: no GPU. It sleeps for the time capsched's GPU cost model
+  (:class:`capsched.sim.cost.CostModel`) gives for each step of the batch, times a
+  ``time_scale``, and emits deterministic fake tokens. It can be told to die after a
+  number of tokens (``die_after_tokens``) to exercise failure handling.
+* :class:`VLLMWorker`: a thin adapter over a vLLM ``AsyncLLMEngine`` (``pip install
+  "capsched[vllm]"``, needs a GPU; not tested here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Optional, Protocol, Union, runtime_checkable
+
+from ..errors import ConfigError
+from ..sim.cost import CostModel
+
+__all__ = [
+    "GenerationRequest",
+    "WorkerToken",
+    "WorkerFinished",
+    "WorkerEvent",
+    "Worker",
+    "WorkerDied",
+    "SimulatedWorker",
+    "VLLMWorker",
+    "simulated_text",
+]
+
+
+@dataclasses.dataclass
+class GenerationRequest:
+    """One request of a batch, as a worker sees it.
+
+    Attributes:
+        request_id: capsched's id (events name it).
+        prompt: the prompt text.
+        prompt_tokens: capsched's estimate of the prompt's tokens.
+        max_tokens: total tokens to generate, counting ``resume_tokens``.
+        resume_tokens: text of tokens already generated (and already sent to the
+            client) by an earlier run that failed; the worker continues after them and
+            emits only the remaining ``max_tokens - len(resume_tokens)``.
+        sampling: sampling parameters (temperature, top_p, seed, ...).
+        cancelled: set when the client went away: stop generating it and finish it
+            with reason ``"cancelled"``.
+    """
+
+    request_id: int
+    prompt: str
+    prompt_tokens: int
+    max_tokens: int
+    resume_tokens: tuple[str, ...] = ()
+    sampling: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    cancelled: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerToken:
+    """Request ``request_id`` produced ``text`` (one token)."""
+
+    request_id: int
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerFinished:
+    """Request ``request_id`` is done: ``finish_reason`` is ``"length"``, ``"stop"`` or
+    ``"cancelled"``; ``prompt_tokens`` is the engine's own count when it has one."""
+
+    request_id: int
+    finish_reason: str
+    prompt_tokens: Optional[int] = None
+
+
+WorkerEvent = Union[WorkerToken, WorkerFinished]
+
+
+@runtime_checkable
+class Worker(Protocol):
+    """Runs batches on one device.
+
+    ``generate`` yields events for the batch's requests, each request's tokens in order
+    and then exactly one :class:`WorkerFinished` for it; it returns once every request of
+    the batch is finished. Raising any exception means the run failed: the engine fails
+    the unfinished requests (retryable) and capsched retries them elsewhere or gives up.
+    """
+
+    name: str
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> AsyncIterator[WorkerEvent]:
+        """Run ``batch``; see the class docstring."""
+        ...
+
+
+class WorkerDied(RuntimeError):
+    """A worker process died (or, for :class:`SimulatedWorker`, pretends to)."""
+
+
+# 64 plain words: the simulated worker's vocabulary.
+_VOCAB = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "
+    "rho sigma tau upsilon phi chi psi omega red orange yellow green blue indigo violet "
+    "black white grey north south east west spring summer autumn winter river lake sea "
+    "ocean hill valley mountain forest desert island harbour bridge tower castle garden "
+    "meadow field road path"
+).split()
+
+
+def simulated_text(prompt: str, index: int) -> str:
+    """Token ``index`` (0-based) of :class:`SimulatedWorker`'s output for ``prompt``:
+    ``" "`` + a word chosen by a hash of the prompt and the index (deterministic, so a
+    retried run continues exactly where the failed one stopped)."""
+    h = hashlib.blake2b(f"{index}\x00{prompt}".encode(), digest_size=2).digest()
+    return " " + _VOCAB[h[0] % len(_VOCAB)]
+
+
+class SimulatedWorker:
+    """A simulated worker (no GPU): sleeps per capsched's GPU cost model and emits
+    deterministic fake tokens (:func:`simulated_text`).
+
+    A batch first pays one prefill step for all its prompts (plus any resumed tokens,
+    recomputed as a real engine would), which yields each request's first token, then one
+    decode step per further token for the requests still running
+    (``CostModel.decode_step_time(active, mean context)``); each step sleeps
+    ``model time x time_scale`` real seconds.
+
+    Args:
+        name: the device name.
+        cost: the device's cost model (accelerator and served model).
+        time_scale: real seconds per modelled second (``0.1``: ten times faster).
+        die_after_tokens: the worker "dies" after emitting this many tokens in all
+            (raising :class:`WorkerDied` mid-batch) and stays dead, every later batch
+            failing at once, until :meth:`revive`. ``None``: never.
+
+    Attributes (counters, for tests and ``/healthz``): ``batches``, ``tokens``,
+    ``active_batches`` (running now), ``max_active_batches`` (most at once), ``dead``.
+    """
+
+    def __init__(
+        self, name: str, cost: CostModel, *, time_scale: float = 1.0, die_after_tokens: Optional[int] = None
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"SimulatedWorker name must be a non-empty str, got {name!r}")
+        if not isinstance(cost, CostModel):
+            raise ConfigError(f"SimulatedWorker cost must be a capsched.sim.cost.CostModel, got {cost!r}")
+        if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not (
+            math.isfinite(time_scale) and time_scale >= 0
+        ):
+            raise ConfigError(f"SimulatedWorker time_scale must be a finite number >= 0, got {time_scale!r}")
+        if die_after_tokens is not None and (
+            isinstance(die_after_tokens, bool) or not isinstance(die_after_tokens, int) or die_after_tokens < 0
+        ):
+            raise ConfigError(f"SimulatedWorker die_after_tokens must be an integer >= 0 or None, got {die_after_tokens!r}")
+        self.name = name
+        self.cost = cost
+        self.time_scale = float(time_scale)
+        self.die_after_tokens = die_after_tokens
+        self.dead = False
+        self.batches = 0
+        self.tokens = 0
+        self.active_batches = 0
+        self.max_active_batches = 0
+
+    def revive(self) -> None:
+        """Bring a dead worker back (and stop it dying again)."""
+        self.dead = False
+        self.die_after_tokens = None
+
+    def stats(self) -> dict[str, Any]:
+        """The counters as a dict."""
+        return {
+            "kind": "simulated",
+            "batches": self.batches,
+            "tokens": self.tokens,
+            "active_batches": self.active_batches,
+            "max_active_batches": self.max_active_batches,
+            "dead": self.dead,
+        }
+
+    async def _sleep(self, model_seconds: float) -> None:
+        await asyncio.sleep(model_seconds * self.time_scale)
+
+    def _emit(self) -> None:
+        if self.dead:
+            raise WorkerDied(f"simulated worker {self.name} is dead")
+        if self.die_after_tokens is not None and self.tokens >= self.die_after_tokens:
+            self.dead = True
+            raise WorkerDied(f"simulated worker {self.name} died after {self.tokens} tokens")
+        self.tokens += 1
+
+    async def generate(self, batch: Sequence[GenerationRequest]) -> AsyncIterator[WorkerEvent]:
+        """Run ``batch`` in simulated time (see the class docstring)."""
+        self.batches += 1
+        self.active_batches += 1
+        self.max_active_batches = max(self.max_active_batches, self.active_batches)
+        try:
+            if self.dead:
+                await asyncio.sleep(0)
+                raise WorkerDied(f"simulated worker {self.name} is dead")
+            done = {r.request_id: len(r.resume_tokens) for r in batch}
+            context = {r.request_id: max(1, r.prompt_tokens) + len(r.resume_tokens) for r in batch}
+            active = [r for r in batch]
+            for r in list(active):
+                if r.cancelled.is_set() or done[r.request_id] >= r.max_tokens:
+                    active.remove(r)
+                    yield WorkerFinished(r.request_id, "cancelled" if r.cancelled.is_set() else "length", r.prompt_tokens)
+            if active:
+                await self._sleep(self.cost.step_time([context[r.request_id] for r in active]))
+            while active:
+                for r in list(active):
+                    rid = r.request_id
+                    if r.cancelled.is_set():
+                        active.remove(r)
+                        yield WorkerFinished(rid, "cancelled", r.prompt_tokens)
+                        continue
+                    self._emit()
+                    yield WorkerToken(rid, simulated_text(r.prompt, done[rid]))
+                    done[rid] += 1
+                    context[rid] += 1
+                    if done[rid] >= r.max_tokens:
+                        active.remove(r)
+                        yield WorkerFinished(rid, "length", r.prompt_tokens)
+                if active:
+                    mean_ctx = sum(context[r.request_id] for r in active) / len(active)
+                    await self._sleep(float(self.cost.decode_step_time(len(active), mean_ctx)))
+        finally:
+            self.active_batches -= 1
+
+
+class VLLMWorker:
+    """A worker backed by a vLLM ``AsyncLLMEngine`` on one GPU (``pip install
+    "capsched[vllm]"``).
+
+    Thin by design: each request of the batch becomes one ``engine.generate`` call with
+    ``SamplingParams(max_tokens=..., **sampling)``, run concurrently (vLLM batches them
+    itself, continuously), and its text deltas are streamed back. A resumed request's
+    already-sent text is appended to its prompt. Not tested in this repository (no GPU
+    here); vLLM's Python API changes between releases, so check it against yours.
+
+    Args:
+        name: the device name.
+        engine: an ``AsyncLLMEngine`` (or anything with its ``generate(prompt,
+            sampling_params, request_id)`` async-iterator method); if None,
+            ``engine_args`` build one.
+        engine_args: keyword arguments of ``vllm.AsyncEngineArgs`` (``model=...``).
+
+    Raises:
+        ImportError: vllm is not installed (the message names the ``vllm`` extra).
+    """
+
+    def __init__(self, name: str, engine: Any = None, **engine_args: Any) -> None:
+        try:
+            import vllm  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise ImportError(
+                "VLLMWorker needs vLLM and a GPU: pip install \"capsched[vllm]\" "
+                f"(original error: {exc})"
+            ) from exc
+        self.name = name
+        self._vllm: Any = vllm
+        self._engine: Any = (
+            engine if engine is not None else vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**engine_args))
+        )
+
+    async def generate(self, batch: Sequence[GenerationRequest]) -> AsyncIterator[WorkerEvent]:
+        """Run each request through the engine concurrently; yield text deltas as they come."""
+        queue: asyncio.Queue[Union[WorkerEvent, BaseException]] = asyncio.Queue()
+
+        async def one(r: GenerationRequest) -> None:
+            params = self._vllm.SamplingParams(max_tokens=r.max_tokens - len(r.resume_tokens), **dict(r.sampling))
+            sent = 0
+            reason = "length"
+            prompt_tokens: Optional[int] = None
+            try:
+                async for out in self._engine.generate(
+                    r.prompt + "".join(r.resume_tokens), params, f"capsched-{r.request_id}-{len(r.resume_tokens)}"
+                ):
+                    if r.cancelled.is_set():
+                        await self._engine.abort(f"capsched-{r.request_id}-{len(r.resume_tokens)}")
+                        reason = "cancelled"
+                        break
+                    text = out.outputs[0].text
+                    if len(text) > sent:
+                        queue.put_nowait(WorkerToken(r.request_id, text[sent:]))
+                        sent = len(text)
+                    if out.finished:
+                        reason = out.outputs[0].finish_reason or "stop"
+                        prompt_tokens = len(out.prompt_token_ids or ())
+                queue.put_nowait(WorkerFinished(r.request_id, reason, prompt_tokens))
+            except BaseException as exc:  # reported to the consumer below
+                queue.put_nowait(exc)
+
+        tasks = [asyncio.ensure_future(one(r)) for r in batch]
+        try:
+            left = len(batch)
+            while left:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise WorkerDied(f"vLLM worker {self.name} failed: {item!r}") from item
+                if isinstance(item, WorkerFinished):
+                    left -= 1
+                yield item
+        finally:
+            for t in tasks:
+                t.cancel()
