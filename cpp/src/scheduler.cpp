@@ -712,7 +712,12 @@ double Scheduler::util_of(std::uint32_t request_class, double tokens, double due
 }
 
 double Scheduler::request_util(const Request& r, double now) const noexcept {
-    const double due = std::isinf(r.deadline) ? r.arrival + cfg_.order.no_deadline_horizon : r.deadline;
+    // Without a deadline a request is paced as due no_deadline_horizon after its arrival;
+    // a background one (never urgent) as due that long from now, so that waiting past the
+    // horizon cannot make it fit no device at all (docs/placement.md).
+    const double due = !std::isinf(r.deadline) ? r.deadline
+                       : r.sched_class == SchedClass::Background ? now + cfg_.order.no_deadline_horizon
+                                                                 : r.arrival + cfg_.order.no_deadline_horizon;
     return util_of(r.request_class, static_cast<double>(r.prompt_tokens) + static_cast<double>(r.max_new_tokens),
                    due, cold(r).uclamp_min, cold(r).uclamp_max, now);
 }

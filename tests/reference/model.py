@@ -667,8 +667,12 @@ class ReferenceScheduler:
         return u
 
     def request_util(self, r: RefRequest, now: float) -> float:
-        due = r.arrival + self.cfg["no_deadline_horizon"] if math.isinf(r.deadline) \
-            else r.deadline
+        if not math.isinf(r.deadline):
+            due = r.deadline
+        elif r.sched_class == "background":  # never urgent: paced from now
+            due = now + self.cfg["no_deadline_horizon"]
+        else:
+            due = r.arrival + self.cfg["no_deadline_horizon"]
         return self.util_of(r.request_class, r.tokens, due, r.uclamp_min, r.uclamp_max, now)
 
     # --- devices ---------------------------------------------------------------------
