@@ -1,0 +1,900 @@
+"""Long-run soak of the real capsched.Scheduler in a simulated fleet (issue 8, part 3).
+
+    python bench/soak.py --requests 10_000_000 [--seed S] [--json F]
+
+Pushes N synthetic requests through one real :class:`capsched.Scheduler` driven the way
+a server drives it, in virtual time, with injected faults, and checks two things at the
+end (``docs/soak.md`` has the full description and the numbers of a 10-million run):
+
+* **accounting is exact**: every accepted request ended exactly once, and the tallies by
+  outcome (completed / failed for good / expired / cancelled) agree three ways: the
+  driver's own per-id ledger, the events it saw (return values and StepResult lists), and
+  the scheduler's ``stats()`` and Prometheus counters; a sample of ended ids is
+  re-checked with ``status()`` at the end of the run;
+* **memory is flat**: resident memory sampled through the run; with the queue drained,
+  its growth over the last 80 % of the run stays within the documented per-id records
+  (3 bits per id ever issued; doubled, for the vectors' growth) plus a fixed allowance,
+  and the number of Python objects tracked by the garbage collector does not grow.
+
+The simulated fleet: 8 devices of three speeds, batch mode (``step(now)``), each device
+running up to 2 batches; a batch takes ``(0.05 + 0.004 x size) / capacity / clock`` virtual
+seconds, with lognormal noise. Arrivals are Poisson with a periodic burst above the
+fleet's capacity (arrays drawn with numpy a chunk at a time, so the driver holds O(chunk)
+memory). Faults, all simulated (:mod:`capsched.sim.faults`): devices go down for tens of
+seconds (every batch fails, the breaker trips, probes and recovers), random request
+failures (retryable or not), clock throttling (``set_clock``), and clock drops in the
+times the server reads (stalls, far forward jumps, backward steps: the driver clamps
+them, as a server should, and now and then passes a backward reading on to check the
+documented clamp, and a NaN to check it is refused). Requests carry timeouts (they
+expire in bursts), some are cancelled, a share goes one by one through ``submit`` with
+tenants, classes and dependencies, the rest through ``submit_many``; back-pressure
+(``max_queued``) refuses submits during bursts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import heapq
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Optional
+
+import numpy as np
+
+import capsched
+from capsched import Device, InferenceRequest, Scheduler
+from capsched.errors import (
+    DependencyError,
+    InvalidArgumentError,
+    InvalidRequestError,
+    QueueFullError,
+    RequestStateError,
+)
+from capsched.sim.faults import (
+    ClockDropRates,
+    DeviceFaultRates,
+    SimulatedClockSource,
+    SimulatedDeviceFaults,
+)
+
+__all__ = ["SoakConfig", "SoakError", "IdLedger", "run_soak", "failed_checks", "main"]
+
+#: Bytes per id ever issued that the core documents keeping (2 outcome bits + 1 live bit).
+DOCUMENTED_BYTES_PER_ID = 3 / 8
+
+# Outcome codes of the ledger (0 = live).
+COMPLETED, FAILED, EXPIRED, CANCELLED = 1, 2, 3, 4
+KINDS = {COMPLETED: "completed", FAILED: "failed", EXPIRED: "expired", CANCELLED: "cancelled"}
+
+#: The simulated fleet: (name, relative capacity, batches in flight at once).
+SIM_FLEET = (
+    ("sim-fast-0", 1.0, 2),
+    ("sim-fast-1", 1.0, 2),
+    ("sim-mid-0", 0.5, 2),
+    ("sim-mid-1", 0.5, 2),
+    ("sim-slow-0", 0.25, 2),
+    ("sim-slow-1", 0.25, 2),
+    ("sim-slow-2", 0.25, 2),
+    ("sim-slow-3", 0.25, 2),
+)
+_MAX_CLOCK_MHZ = 1980.0
+_TENANTS = ("tenant-a", "tenant-b", "tenant-c", None)
+_CLASSES = ("chat", "code", None)
+
+
+class SoakError(AssertionError):
+    """The soak's oracle found an inconsistency while running (the message says which)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SoakConfig:
+    """Parameters of a soak run (times are virtual seconds).
+
+    Attributes:
+        requests: requests offered (arrivals); those refused by back-pressure or a
+            dependency error are not accepted.
+        seed: seed of every random stream.
+        chunk: arrivals drawn per numpy chunk.
+        warmup: share of the offered requests after which memory is the baseline.
+        batch_size: the scheduler's ``max_batch_size``.
+        base_load, burst_load: offered load (share of the simulated fleet's capacity)
+            outside and inside bursts; a burst lasts ``burst_s`` of every ``cycle_s``.
+        max_queued: the scheduler's back-pressure bound.
+        timeout_share: share of requests with a timeout (lognormal, median
+            ``timeout_median_s``); the others have none.
+        per_request_share: share submitted one by one as :class:`InferenceRequest`
+            (tenants, classes, and a dependency for ``depends_share`` of them).
+        cancel_share: share cancelled 0..``cancel_within_s`` after arrival (if still live).
+        per_request_complete_share: share of healthy batches completed one ``complete``
+            call per request (with ``output_tokens``) instead of one ``complete_many``.
+        throttle_every_s, throttle_for_s: a random device's clock drops to half for
+            ``throttle_for_s`` about every ``throttle_every_s`` (``set_clock``).
+        device_faults, clock_drops: the simulated fault rates.
+        breaker_cooldown: the scheduler's breaker cooldown.
+        poll_s: longest time the server loop sleeps between steps.
+        bad_input_every: every this many loop turns, feed one bad call and check it is
+            refused with nothing changed.
+        memory_samples: resident-memory samples over the run.
+    """
+
+    requests: int = 10_000_000
+    seed: int = 0
+    chunk: int = 65_536
+    warmup: float = 0.2
+    batch_size: int = 64
+    base_load: float = 0.75
+    burst_load: float = 2.0
+    burst_s: float = 8.0
+    cycle_s: float = 30.0
+    max_queued: int = 12_000
+    timeout_share: float = 0.7
+    timeout_median_s: float = 6.0
+    per_request_share: float = 0.03
+    depends_share: float = 0.3
+    cancel_share: float = 0.005
+    cancel_within_s: float = 5.0
+    per_request_complete_share: float = 0.05
+    throttle_every_s: float = 40.0
+    throttle_for_s: float = 10.0
+    device_faults: DeviceFaultRates = DeviceFaultRates(down_every_s=400.0, down_for_s=(15.0, 60.0))
+    clock_drops: ClockDropRates = ClockDropRates(jump_s=45.0)
+    breaker_cooldown: float = 10.0
+    poll_s: float = 0.05
+    bad_input_every: int = 5_000
+    memory_samples: int = 200
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+class IdLedger:
+    """Per-id outcomes of the live window of ids (the driver's own books).
+
+    Ids are issued 1, 2, 3, ...; each must end exactly once. A ring buffer of one byte
+    per id holds the outcome of ids from the oldest not yet retired on; :meth:`retire`
+    tallies and forgets the prefix of ended ids. So memory is O(span of live ids),
+    however many ids the run issues (the ring doubles if the span outgrows it).
+    """
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        cap = 1
+        while cap < capacity:
+            cap *= 2
+        self.ring = np.zeros(cap, dtype=np.uint8)
+        self.base = 1  # oldest id not yet retired
+        self.next_id = 1  # the next id the scheduler will issue
+        self.tally = dict.fromkeys(KINDS, 0)
+        self.max_span = 0
+        self.samples: list[tuple[int, int]] = []  # (id, kind) kept to re-check at the end
+        self._sample_cursor = 0
+
+    @property
+    def live_span(self) -> int:
+        return self.next_id - self.base
+
+    def issued(self, ids: np.ndarray) -> None:
+        """Record ids just issued: they must be the next ones, in order."""
+        n = int(ids.size)
+        if n == 0:
+            return
+        first, last = int(ids[0]), int(ids[-1])
+        if first != self.next_id or last != self.next_id + n - 1 or (n > 1 and not bool((np.diff(ids) == 1).all())):
+            raise SoakError(f"ids issued out of sequence: got {first}..{last}, expected from {self.next_id}")
+        self.next_id += n
+        span = self.next_id - self.base
+        self.max_span = max(self.max_span, span)
+        if span > self.ring.size:
+            self._grow(span)
+
+    def _grow(self, span: int) -> None:
+        cap = self.ring.size
+        new = cap
+        while new < span:
+            new *= 2
+        old_ids = np.arange(self.base, self.base + cap, dtype=np.uint64)
+        ring = np.zeros(new, dtype=np.uint8)
+        ring[(old_ids & np.uint64(new - 1)).astype(np.intp)] = self.ring[(old_ids & np.uint64(cap - 1)).astype(np.intp)]
+        self.ring = ring
+
+    def ended(self, ids: np.ndarray, kind: int) -> None:
+        """Record that ``ids`` ended as ``kind``; raises SoakError on an id that is
+        unknown, already ended, or listed twice."""
+        if ids.size == 0:
+            return
+        lo, hi = int(ids.min()), int(ids.max())
+        if hi >= self.next_id:
+            raise SoakError(f"request {hi} ended as {KINDS[kind]} but was never issued (next id {self.next_id})")
+        if lo < self.base:
+            raise SoakError(f"request {lo} ended as {KINDS[kind]} but had already ended (and was retired)")
+        pos = (ids & np.uint64(self.ring.size - 1)).astype(np.intp)
+        prev = self.ring[pos]
+        if prev.any():
+            j = int(np.flatnonzero(prev)[0])
+            raise SoakError(f"request {int(ids[j])} ended twice: {KINDS[int(prev[j])]}, then {KINDS[kind]}")
+        if ids.size > 1 and np.unique(pos).size != ids.size:
+            raise SoakError(f"an id is listed twice among {ids.size} ids ending as {KINDS[kind]}")
+        self.ring[pos] = kind
+
+    def ended_one(self, rid: int, kind: int) -> None:
+        """:meth:`ended` for one id."""
+        if not self.base <= rid < self.next_id:
+            raise SoakError(f"request {rid} ended as {KINDS[kind]}: unknown or already retired")
+        p = rid & (self.ring.size - 1)
+        if self.ring[p]:
+            raise SoakError(f"request {rid} ended twice: {KINDS[int(self.ring[p])]}, then {KINDS[kind]}")
+        self.ring[p] = kind
+
+    def kind_of(self, rid: int) -> int:
+        """The recorded outcome of a not yet retired id (0 = live)."""
+        return int(self.ring[rid & (self.ring.size - 1)]) if self.base <= rid < self.next_id else -1
+
+    def retire(self, keep_samples: int = 8, rng: Optional[np.random.Generator] = None) -> int:
+        """Tally and forget the ended ids from the oldest on, up to the first live one;
+        keeps a few ``(id, kind)`` samples. Returns how many were retired."""
+        n = self.next_id - self.base
+        if n == 0:
+            return 0
+        cap = self.ring.size
+        start = self.base & (cap - 1)
+        first = self.ring[start : min(cap, start + n)]
+        segs = [first, self.ring[: n - first.size]] if first.size < n else [first]
+        seg = np.concatenate(segs) if len(segs) > 1 else first
+        live = np.flatnonzero(seg == 0)
+        k = int(live[0]) if live.size else n
+        if k == 0:
+            return 0
+        done = seg[:k]
+        counts = np.bincount(done, minlength=5)
+        for kind in KINDS:
+            self.tally[kind] += int(counts[kind])
+        if rng is not None and keep_samples:
+            for off in rng.integers(0, k, size=keep_samples):
+                self.samples.append((self.base + int(off), int(done[int(off)])))
+            if len(self.samples) > 4096:  # keep a bounded, spread-out sample
+                self.samples = self.samples[::2]
+        pos = (np.arange(self.base, self.base + k, dtype=np.uint64) & np.uint64(cap - 1)).astype(np.intp)
+        self.ring[pos] = 0
+        self.base += k
+        return k
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def rss_bytes() -> Optional[int]:
+    """Resident set size of this process in bytes (Linux ``/proc/self/statm``), or None."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# --------------------------------------------------------------------------- the fleet
+
+
+@dataclasses.dataclass
+class _Flight:
+    """A batch running on a simulated device."""
+
+    finish: float
+    seq: int
+    device: int
+    ids: np.ndarray
+    alive: np.ndarray
+
+    def __lt__(self, other: "_Flight") -> bool:
+        return (self.finish, self.seq) < (other.finish, other.seq)
+
+
+class _Arrivals:
+    """Synthetic arrivals drawn a chunk at a time (simulated workload)."""
+
+    def __init__(self, cfg: SoakConfig, fleet_rate: float, rng: np.random.Generator) -> None:
+        self.cfg = cfg
+        self.rng = rng
+        self.rate_burst = cfg.burst_load * fleet_rate
+        self.rate_base = cfg.base_load * fleet_rate
+        self.per_cycle = self.rate_burst * cfg.burst_s + self.rate_base * (cfg.cycle_s - cfg.burst_s)
+        self.cum = 0.0  # cumulative intensity drawn so far
+        self.offered = 0  # arrivals drawn so far
+        self.pos = 0
+        self.arr: dict[str, np.ndarray] = {}
+        self.n = 0
+        self._draw()
+
+    def _time_of(self, lam: np.ndarray) -> np.ndarray:
+        # invert the cumulative intensity of the periodic piecewise-constant rate
+        c = self.cfg
+        k = np.floor(lam / self.per_cycle)
+        rem = lam - k * self.per_cycle
+        in_burst = rem < self.rate_burst * c.burst_s
+        t_in = np.where(in_burst, rem / self.rate_burst, c.burst_s + (rem - self.rate_burst * c.burst_s) / self.rate_base)
+        out: np.ndarray = k * c.cycle_s + t_in
+        return out
+
+    def _draw(self) -> None:
+        c, rng = self.cfg, self.rng
+        self.n = max(0, min(c.chunk, c.requests - self.offered))
+        self.pos = 0
+        if self.n == 0:
+            return  # (the last chunk's arrays stay: the driver's footprint is the same at the end)
+        # every chunk's arrays have the full chunk size, so that the driver's own memory
+        # is the same from the first chunk to the end; only the first n are used
+        n = c.chunk
+        lam = self.cum + np.cumsum(rng.exponential(1.0, n))
+        self.cum = float(lam[self.n - 1])
+        timeout = np.where(
+            rng.random(n) < c.timeout_share, c.timeout_median_s * rng.lognormal(0.0, 0.6, n), np.nan
+        )
+        self.arr = {
+            "t": self._time_of(lam),
+            "prompt": np.clip(rng.lognormal(6.0, 1.0, n), 1, 8000).astype(np.int64),
+            "new": np.clip(rng.lognormal(5.0, 0.8, n), 1, 2000).astype(np.int64),
+            "priority": rng.random(n),
+            "timeout": timeout,
+            "single": rng.random(n) < c.per_request_share,
+            "cancel_at": np.where(rng.random(n) < c.cancel_share, rng.random(n) * c.cancel_within_s, np.nan),
+        }
+        self.offered += self.n
+
+    def done(self) -> bool:
+        return self.n == 0
+
+    def next_time(self) -> float:
+        return float(self.arr["t"][self.pos]) if self.n else math.inf
+
+    def take_until(self, t: float) -> Optional[dict[str, np.ndarray]]:
+        """Arrivals up to time ``t`` in this chunk (the caller loops until it returns None)."""
+        if not self.n:
+            return None
+        if self.pos >= self.n:
+            self._draw()
+            if not self.n:
+                return None
+        end = min(self.n, int(np.searchsorted(self.arr["t"][: self.n], t, side="right")))
+        if end <= self.pos:
+            return None
+        sl = slice(self.pos, end)
+        self.pos = end
+        return {k: v[sl] for k, v in self.arr.items()}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _fleet_rate(batch: int) -> float:
+    """Requests per virtual second the simulated fleet serves at full batches."""
+    return sum(inflight * batch * cap / (0.05 + 0.004 * batch) for _, cap, inflight in SIM_FLEET)
+
+
+def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+    """Run the soak; returns its report (a JSON-able dict; ``failed_checks`` lists what
+    failed). Raises :class:`SoakError` as soon as the books disagree mid-run."""
+    wall0 = time.perf_counter()
+    rng = np.random.default_rng([cfg.seed, 1])
+    names = [n for n, _, _ in SIM_FLEET]
+    caps = np.array([c for _, c, _ in SIM_FLEET])
+    config = capsched.Config(
+        max_queued=cfg.max_queued,
+        breaker_cooldown=cfg.breaker_cooldown,
+        retry_seed=cfg.seed,
+    )
+    sched = Scheduler(
+        [Device(n, capacity=c, max_inflight_batches=m, max_clock_mhz=_MAX_CLOCK_MHZ) for n, c, m in SIM_FLEET],
+        max_batch_size=cfg.batch_size,
+        enable_dynamic_batching=False,
+        config=config,
+    )
+    inflight_cap = sum(m for _, _, m in SIM_FLEET) * cfg.batch_size
+    sched.reserve(cfg.max_queued + inflight_cap)
+    clock = SimulatedClockSource(cfg.clock_drops, seed=cfg.seed)
+    faults = SimulatedDeviceFaults(names, cfg.device_faults, seed=cfg.seed)
+    arrivals = _Arrivals(cfg, _fleet_rate(cfg.batch_size), rng)
+    ledger = IdLedger()
+
+    ev = dict.fromkeys(
+        (
+            "completed", "failed_final", "failed_dependency", "expired", "cancelled", "cancel_noop",
+            "retried", "dispatched", "batches", "migrated", "rejected", "dependency_refused",
+            "submitted_bulk", "submitted_single", "completed_single_calls", "batches_failed_down",
+            "request_failures_random", "backward_checked", "nonfinite_checked", "bad_input_checked",
+            "throttles", "steps", "loop_turns",
+        ),
+        0,
+    )
+    flights: list[_Flight] = []
+    seq = 0
+    cancels: list[tuple[float, int]] = []  # (time, id)
+    clock_scale = np.ones(len(names))
+    throttled_until = np.full(len(names), -math.inf)
+    next_throttle = float(rng.exponential(cfg.throttle_every_s))
+    last_single: Optional[int] = None
+    jumped_s = 0.0
+
+    # memory samples: (offered, ids issued, rss)
+    samples: list[tuple[int, int, int]] = []
+    sample_every = max(1, cfg.requests // max(1, cfg.memory_samples))
+    next_sample = sample_every
+    warm_at = max(1, int(cfg.requests * cfg.warmup))
+    warm: Optional[dict[str, int]] = None
+    progress_every = max(cfg.chunk, cfg.requests // 50)
+    next_progress = progress_every
+
+    t_true = 0.0
+    now = -math.inf  # the last time passed to the scheduler (the driver's clamp)
+    next_step_at = math.inf
+
+    def end_ids(ids: np.ndarray, kind: int) -> None:
+        ledger.ended(ids, kind)
+
+    def find_inflight(rid: int, device: Optional[int] = None) -> Optional[tuple[_Flight, int]]:
+        for f in flights:
+            if device is not None and f.device != device:
+                continue
+            hit = np.flatnonzero(f.ids == rid)
+            if hit.size and f.alive[hit[0]]:
+                return f, int(hit[0])
+        return None
+
+    def counters() -> tuple[int, ...]:
+        s = sched.stats()
+        return tuple(s[k] for k in ("accepted", "completed", "failed", "expired", "cancelled", "queued", "in_flight"))
+
+    def bad_input_checks() -> None:
+        # A bulk submit with one NaN priority is refused whole, naming the value.
+        before = counters()
+        try:
+            sched.submit_many([10, 20, 30], priority=[0.1, float("nan"), 0.2], now=now)
+        except InvalidRequestError as exc:
+            if "nan" not in str(exc).lower():
+                raise SoakError(f"the error for a NaN priority does not name it: {exc}") from None
+        else:
+            raise SoakError("submit_many accepted a NaN priority")
+        # Completing an id that is not in flight (the newest, queued or ended) is refused.
+        if ledger.next_id > 1:
+            rid = ledger.next_id - 1
+            if find_inflight(rid) is None:
+                try:
+                    sched.complete(rid, now=now)
+                except RequestStateError:
+                    pass
+                else:
+                    raise SoakError(f"complete({rid}) of a request not in flight was accepted")
+        if counters() != before:
+            raise SoakError(f"a refused call changed the scheduler: {before} -> {counters()}")
+        ev["bad_input_checked"] += 1
+
+    def submit_arrivals(a: dict[str, np.ndarray]) -> None:
+        nonlocal last_single
+        single = a["single"]
+        bulk = ~single
+        t_now = now
+        if bulk.any():
+            p, q, pr, to = a["prompt"][bulk], a["new"][bulk], a["priority"][bulk], a["timeout"][bulk]
+            cancel_at = a["cancel_at"][bulk]
+            for s in range(0, p.size, 512):  # a backlog goes in pieces: some may be refused
+                e = s + 512
+                try:
+                    ids = sched.submit_many(p[s:e], max_new_tokens=q[s:e], priority=pr[s:e], timeout=to[s:e], now=t_now)
+                except QueueFullError:
+                    ev["rejected"] += int(p[s:e].size)
+                    continue
+                ledger.issued(ids)
+                ev["submitted_bulk"] += int(ids.size)
+                c = cancel_at[s:e]
+                for j in np.flatnonzero(~np.isnan(c)):
+                    heapq.heappush(cancels, (t_now + float(c[j]), int(ids[j])))
+        for j in np.flatnonzero(single):
+            k = int(j)
+            deps: tuple[int, ...] = ()
+            if last_single is not None and rng.random() < cfg.depends_share:
+                deps = (last_single,)
+            to1 = float(a["timeout"][k])
+            req = InferenceRequest(
+                prompt_tokens=int(a["prompt"][k]),
+                max_new_tokens=int(a["new"][k]),
+                priority=float(a["priority"][k]),
+                timeout=None if math.isnan(to1) else to1,
+                tenant=_TENANTS[k % len(_TENANTS)],
+                request_class=_CLASSES[k % len(_CLASSES)],
+                depends_on=deps,
+            )
+            try:
+                rid = sched.submit(req, now=t_now)
+            except QueueFullError:
+                ev["rejected"] += 1
+                continue
+            except DependencyError as exc:
+                # documented: a dependency that ended without completing is refused
+                assert deps and ledger.kind_of(deps[0]) in (FAILED, EXPIRED, CANCELLED, -1), exc
+                ev["dependency_refused"] += 1
+                continue
+            ledger.issued(np.array([rid], dtype=np.uint64))
+            ev["submitted_single"] += 1
+            last_single = rid
+            ca = float(a["cancel_at"][k])
+            if not math.isnan(ca):
+                heapq.heappush(cancels, (t_now + ca, rid))
+
+    def finish_flight(f: _Flight) -> None:
+        ids = f.ids[f.alive]
+        if ids.size == 0:
+            return
+        d = f.device
+        if faults.is_down(d, f.finish):
+            ev["batches_failed_down"] += 1
+            retry = faults.draw_retryable(ids.size)
+            for rid, r in zip(ids.tolist(), retry.tolist()):
+                if sched.fail(rid, now=now, retryable=r, error="simulated device down"):
+                    ev["retried"] += 1
+                else:
+                    ev["failed_final"] += 1
+                    ledger.ended_one(rid, FAILED)
+            return
+        fails, retry = faults.draw_failures(ids.size)
+        if fails.any():
+            for rid, r in zip(ids[fails].tolist(), retry[fails].tolist()):
+                ev["request_failures_random"] += 1
+                if sched.fail(rid, now=now, retryable=r, error="simulated request failure"):
+                    ev["retried"] += 1
+                else:
+                    ev["failed_final"] += 1
+                    ledger.ended_one(rid, FAILED)
+            ids = ids[~fails]
+        if ids.size == 0:
+            return
+        if rng.random() < cfg.per_request_complete_share:
+            for rid in ids.tolist():
+                sched.complete(rid, now=now, output_tokens=int(rng.integers(1, 500)))
+            ev["completed_single_calls"] += int(ids.size)
+        else:
+            sched.complete_many(ids, now=now)
+        ev["completed"] += int(ids.size)
+        end_ids(ids, COMPLETED)
+
+    def _absorb(res: capsched.StepResult) -> None:
+        nonlocal seq
+        if res.expired:
+            ev["expired"] += len(res.expired)
+            end_ids(np.array(res.expired, dtype=np.uint64), EXPIRED)
+        if res.failed:
+            ev["failed_dependency"] += len(res.failed)
+            end_ids(np.array([i for i, _ in res.failed], dtype=np.uint64), FAILED)
+        if res.preempted:
+            raise SoakError(f"batch mode preempted {res.preempted[:3]}")
+        for rid, old in res.migrated:
+            hit = find_inflight(rid, names.index(old))
+            if hit is None:
+                raise SoakError(f"request {rid} migrated from {old}, where it was not running")
+            hit[0].alive[hit[1]] = False
+            ev["migrated"] += 1
+        for b in res.batches:
+            n = len(b.request_ids)
+            d = b.device_index
+            dur = (0.05 + 0.004 * n) / caps[d] / clock_scale[d] * float(rng.lognormal(0.0, 0.2))
+            seq += 1
+            ids = np.array(b.request_ids, dtype=np.uint64)
+            heapq.heappush(flights, _Flight(t_true + dur, seq, d, ids, np.ones(n, dtype=bool)))
+            ev["dispatched"] += n
+            ev["batches"] += 1
+
+    def take_memory_sample(offered: int) -> None:
+        r = rss_bytes()
+        if r is not None:
+            samples.append((offered, ledger.next_id - 1, r))
+
+    draining = False
+    drain_turns = 0
+    while True:
+        ev["loop_turns"] += 1
+        # ---- the server sleeps until the next batch ends, a held/backoff step is due, or the poll period
+        wake = t_true + cfg.poll_s
+        if flights:
+            wake = min(wake, flights[0].finish)
+        if next_step_at < wake:
+            wake = max(t_true, next_step_at)
+        reading = clock.read(max(wake, t_true))
+        t_true = reading.true_s
+        jumped_s += reading.jumped_s
+        if reading.kind == "backward" and reading.reading_s < now:
+            # documented: a `now` earlier than the latest seen is treated as the latest
+            latest = sched.stats()["now"]
+            back = sched.step(reading.reading_s)
+            if back.now != latest:
+                raise SoakError(f"step({reading.reading_s}) after now={latest} ran at {back.now}, not clamped")
+            ev["backward_checked"] += 1
+            ev["steps"] += 1
+            _absorb(back)
+        # the driver clamps its clock readings, as a server on a non-monotonic clock should
+        now = max(now, reading.reading_s)
+
+        # ---- batches that ended
+        while flights and flights[0].finish <= t_true:
+            finish_flight(heapq.heappop(flights))
+        # ---- cancellations due
+        while cancels and cancels[0][0] <= t_true:
+            _, rid = heapq.heappop(cancels)
+            hit = find_inflight(rid)
+            if sched.cancel(rid):
+                ev["cancelled"] += 1
+                ledger.ended_one(rid, CANCELLED)
+                if hit is not None:
+                    hit[0].alive[hit[1]] = False
+            else:
+                ev["cancel_noop"] += 1
+                if hit is not None:
+                    raise SoakError(f"cancel({rid}) of an in-flight request returned False")
+        # ---- device clock throttling (simulated thermal events)
+        if t_true >= next_throttle:
+            d = int(rng.integers(len(names)))
+            sched.set_clock(names[d], _MAX_CLOCK_MHZ * 0.5, now=now)
+            clock_scale[d] = 0.5
+            throttled_until[d] = t_true + cfg.throttle_for_s
+            next_throttle = t_true + float(rng.exponential(cfg.throttle_every_s))
+            ev["throttles"] += 1
+        for dd in np.flatnonzero(clock_scale < 1.0).tolist():
+            if t_true >= throttled_until[dd]:
+                sched.set_clock(names[dd], _MAX_CLOCK_MHZ, now=now)
+                clock_scale[dd] = 1.0
+        # ---- arrivals since the last turn
+        while True:
+            a = arrivals.take_until(t_true)
+            if a is None:
+                break
+            submit_arrivals(a)
+        # ---- the step
+        res = sched.step(now)
+        ev["steps"] += 1
+        _absorb(res)
+        next_step_at = res.next_step_at
+
+        # ---- bookkeeping once in a while
+        if cfg.bad_input_every and ev["loop_turns"] % cfg.bad_input_every == 0:
+            bad_input_checks()
+            before = counters()
+            try:  # a non-finite now is refused, naming the value, and changes nothing
+                sched.step(float("nan"))
+            except InvalidArgumentError as exc:
+                if "nan" not in str(exc).lower():
+                    raise SoakError(f"the error for now=NaN does not name it: {exc}") from None
+                ev["nonfinite_checked"] += 1
+            else:
+                raise SoakError("step(NaN) was accepted")
+            if counters() != before:
+                raise SoakError("a refused step(NaN) changed the scheduler")
+        offered = arrivals.offered - (arrivals.n - arrivals.pos)
+        if offered >= next_sample:
+            take_memory_sample(offered)
+            if warm is None and offered >= warm_at:
+                ledger.retire(rng=rng)
+                gc.collect()
+                r = rss_bytes()
+                warm = {"offered": offered, "ids": ledger.next_id - 1, "rss": r or 0,
+                        "gc_objects": len(gc.get_objects()), "ring_bytes": int(ledger.ring.nbytes)}
+            next_sample = (offered // sample_every + 1) * sample_every
+        if offered >= next_progress:
+            ledger.retire(rng=rng)
+            next_progress = (offered // progress_every + 1) * progress_every
+            if progress is not None:
+                el = time.perf_counter() - wall0
+                r = rss_bytes()
+                progress(
+                    f"soak: {offered:,}/{cfg.requests:,} offered ({100 * offered / cfg.requests:.0f} %), "
+                    f"{offered / el:,.0f} req/s wall, {el:.0f} s, virtual {t_true:,.0f} s, "
+                    f"RSS {0 if r is None else r / 2**20:.1f} MiB, live id span {ledger.live_span:,}"
+                )
+        if arrivals.done() and not draining:
+            draining = True
+        if draining:
+            drain_turns += 1
+            if not flights and not cancels:
+                s = sched.stats()
+                if s["queued"] + s["waiting"] + s["in_flight"] + s["retrying"] == 0:
+                    break
+            if drain_turns > 2_000_000:
+                raise SoakError("the queue did not drain")
+
+    # ---- the end: everything ended; the books
+    wall = time.perf_counter() - wall0
+    ledger.retire(rng=rng)
+    gc.collect()
+    rss_end = rss_bytes()
+    gc_end = len(gc.get_objects())
+    take_memory_sample(cfg.requests)
+    stats = sched.stats()
+    per_device = stats.pop("devices")
+    metrics = _metric_counters(sched)
+    status_mismatch = [(i, KINDS[k], sched.status(i)) for i, k in ledger.samples if sched.status(i) != KINDS[k]]
+
+    accepted = ledger.next_id - 1
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, ok: bool, detail: Any = None) -> None:
+        checks.append({"name": name, "ok": bool(ok), "detail": detail})
+
+    check("every accepted id retired (ended exactly once)", ledger.base == ledger.next_id,
+          {"oldest_live": ledger.base, "next_id": ledger.next_id})
+    check("offered = accepted + rejected + dependency-refused",
+          cfg.requests == accepted + ev["rejected"] + ev["dependency_refused"],
+          {"offered": cfg.requests, "accepted": accepted, "rejected": ev["rejected"],
+           "dependency_refused": ev["dependency_refused"]})
+    ledger_by_kind = {KINDS[k]: v for k, v in ledger.tally.items()}
+    events_by_kind = {"completed": ev["completed"], "failed": ev["failed_final"] + ev["failed_dependency"],
+                      "expired": ev["expired"], "cancelled": ev["cancelled"]}
+    stats_by_kind = {k: stats[k] for k in KINDS.values()}
+    check("ledger tallies = event counts", ledger_by_kind == events_by_kind,
+          {"ledger": ledger_by_kind, "events": events_by_kind})
+    check("ledger tallies = stats()", ledger_by_kind == stats_by_kind, {"stats": stats_by_kind})
+    check("stats accepted = ids issued", stats["accepted"] == accepted, {"stats": stats["accepted"]})
+    check("queue drained", stats["queued"] + stats["waiting"] + stats["in_flight"] + stats["retrying"] == 0,
+          {k: stats[k] for k in ("queued", "waiting", "in_flight", "retrying")})
+    check("stats conservation_ok", stats["conservation_ok"])
+    check("check_invariants()", sched.check_invariants())
+    check("stats retried = requeued failures", stats["retried"] == ev["retried"],
+          {"stats": stats["retried"], "events": ev["retried"]})
+    check("stats dispatched = ids dispatched", stats["dispatched"] == ev["dispatched"],
+          {"stats": stats["dispatched"], "events": ev["dispatched"]})
+    check("stats rejected = submits refused", stats["rejected"] == ev["rejected"],
+          {"stats": stats["rejected"], "events": ev["rejected"]})
+    check("per-device dispatched add up", sum(d["dispatched_requests"] for d in per_device) == stats["dispatched"])
+    check("per-device completed add up", sum(d["completed_requests"] for d in per_device) == stats["completed"])
+    if metrics is not None:
+        want = {k: float(stats[k]) for k in ("accepted", "completed", "failed", "expired", "cancelled", "retried",
+                                            "dispatched", "rejected")}
+        check("Prometheus counters = stats()", metrics == want, {"metrics": metrics})
+    check("status() of sampled ended ids = ledger", not status_mismatch,
+          {"sampled": len(ledger.samples), "mismatches": status_mismatch[:5]})
+    check("a backward now was clamped (checked)", ev["backward_checked"] > 0, ev["backward_checked"])
+    check("faults were injected", ev["batches_failed_down"] > 0 and ev["request_failures_random"] > 0
+          and stats["breaker_trips"] > 0 and ev["throttles"] > 0,
+          {"batches_failed_down": ev["batches_failed_down"], "breaker_trips": stats["breaker_trips"]})
+    check("every outcome occurred", all(v > 0 for v in events_by_kind.values()) and ev["retried"] > 0
+          and ev["rejected"] > 0, events_by_kind)
+
+    memory = _memory_report(samples, warm, rss_end, gc_end, ledger, accepted)
+    if memory["rss_bound_bytes"] is not None:
+        check("RSS growth after warm-up within bound", memory["rss_growth_bytes"] <= memory["rss_bound_bytes"],
+              {k: memory[k] for k in ("rss_growth_bytes", "rss_bound_bytes")})
+        check("RSS slope after warm-up within bound", memory["rss_slope_bytes_per_id"] <= memory["slope_bound_bytes_per_id"],
+              {k: memory[k] for k in ("rss_slope_bytes_per_id", "slope_bound_bytes_per_id")})
+    check("Python objects do not grow", memory["gc_objects_growth"] <= memory["gc_objects_bound"],
+          {k: memory[k] for k in ("gc_objects_growth", "gc_objects_bound")})
+
+    return {
+        "config": _jsonable(dataclasses.asdict(cfg)),
+        "capsched_version": capsched.__version__ if hasattr(capsched, "__version__") else None,
+        "wall_s": round(wall, 2),
+        "rate_offered_per_wall_s": round(cfg.requests / wall, 1),
+        "virtual_s": round(t_true, 1),
+        "accepted": accepted,
+        "outcomes": ledger_by_kind,
+        "events": ev,
+        "stats": {k: v for k, v in stats.items() if not isinstance(v, float) or math.isfinite(v)},
+        "breakers": {d["name"]: {"trips": d["breaker_trips"], "state": d["breaker"]} for d in per_device},
+        "device_down_windows": dict(zip(names, faults.windows_started)),
+        "clock_readings": clock.counts,
+        "clock_jumped_s": round(jumped_s, 1),
+        "ledger_max_live_span": ledger.max_span,
+        "memory": memory,
+        "checks": checks,
+    }
+
+
+def _metric_counters(sched: Scheduler) -> Optional[dict[str, float]]:
+    """The scheduler's Prometheus counters (None when prometheus-client is missing)."""
+    try:
+        from prometheus_client import CollectorRegistry
+
+        from capsched.metrics import register
+    except ImportError:
+        return None
+    reg = CollectorRegistry()
+    register(sched, reg)
+    out: dict[str, float] = {}
+    for k in ("accepted", "completed", "failed", "expired", "cancelled", "retried", "dispatched", "rejected"):
+        v = reg.get_sample_value(f"capsched_{k}_total")
+        out[k] = math.nan if v is None else float(v)
+    return out
+
+
+def _memory_report(
+    samples: list[tuple[int, int, int]],
+    warm: Optional[dict[str, int]],
+    rss_end: Optional[int],
+    gc_end: int,
+    ledger: IdLedger,
+    accepted: int,
+) -> dict[str, Any]:
+    """RSS after warm-up against the bound (see the module docstring and docs/soak.md)."""
+    out: dict[str, Any] = {"samples": len(samples), "rss_bound_bytes": None}
+    gc_warm = warm["gc_objects"] if warm else gc_end
+    out["gc_objects_warm"] = gc_warm
+    out["gc_objects_end"] = gc_end
+    out["gc_objects_growth"] = gc_end - gc_warm
+    out["gc_objects_bound"] = 1000
+    if warm is None or rss_end is None or not samples:
+        return out
+    ids_window = accepted - warm["ids"]
+    per_id = 2 * DOCUMENTED_BYTES_PER_ID * ids_window  # documented 3 bits per id, x2 for vector doubling
+    ring_growth = max(0, int(ledger.ring.nbytes) - warm["ring_bytes"])
+    fixed = 4 * 2**20
+    after = [s for s in samples if s[0] >= warm["offered"]]
+    rss_after = [s[2] for s in after] or [rss_end]
+    out.update(
+        rss_warm_bytes=warm["rss"],
+        rss_end_bytes=rss_end,
+        rss_max_after_warm_bytes=max(rss_after),
+        rss_min_after_warm_bytes=min(rss_after),
+        rss_growth_bytes=rss_end - warm["rss"],
+        rss_growth_pct=round(100.0 * (rss_end - warm["rss"]) / warm["rss"], 3),
+        ids_in_window=ids_window,
+        documented_per_id_bytes_in_window=int(DOCUMENTED_BYTES_PER_ID * ids_window),
+        rss_bound_bytes=int(per_id + ring_growth + fixed),
+        rss_bound_formula="2 x 3/8 B x ids issued after warm-up + ledger ring growth + 4 MiB",
+        ring_bytes_end=int(ledger.ring.nbytes),
+    )
+    if len(after) >= 3:
+        x = np.array([s[1] for s in after], dtype=float)
+        y = np.array([s[2] for s in after], dtype=float)
+        slope = float(np.polyfit(x, y, 1)[0]) if np.ptp(x) > 0 else 0.0
+    else:
+        slope = 0.0
+    out["rss_slope_bytes_per_id"] = round(slope, 4)
+    # slope of RSS against ids issued after warm-up: the documented records, doubled, plus
+    # what a 4 MiB step over the window would add (allocator granularity)
+    out["slope_bound_bytes_per_id"] = round(2 * DOCUMENTED_BYTES_PER_ID + fixed / max(1, ids_window), 4)
+    out["curve"] = [[s[0], s[1], s[2]] for s in samples[:: max(1, len(samples) // 50)]]
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def failed_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The checks of a :func:`run_soak` report that failed."""
+    return [c for c in report["checks"] if not c["ok"]]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Command line: run a soak, print a summary (and write the JSON report)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=lambda s: int(s.replace("_", "")), default=10_000_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", dest="json_path", default=None, help="write the report here")
+    args = ap.parse_args(argv)
+    if args.requests < 1000:
+        ap.error(f"--requests must be >= 1000, got {args.requests}")
+    cfg = SoakConfig(requests=args.requests, seed=args.seed)
+    report = run_soak(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json_path:
+        with open(args.json_path, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+            f.write("\n")
+    m = report["memory"]
+    print(f"{cfg.requests:,} requests offered, {report['accepted']:,} accepted in {report['wall_s']} s "
+          f"({report['rate_offered_per_wall_s']:,.0f} req/s), virtual {report['virtual_s']:,} s")
+    print("outcomes:", report["outcomes"])
+    if m.get("rss_bound_bytes") is not None:
+        print(f"RSS warm {m['rss_warm_bytes'] / 2**20:.1f} MiB -> end {m['rss_end_bytes'] / 2**20:.1f} MiB "
+              f"(growth {m['rss_growth_bytes'] / 2**20:+.2f} MiB, bound {m['rss_bound_bytes'] / 2**20:.2f} MiB; "
+              f"slope {m['rss_slope_bytes_per_id']} B/id)")
+    bad = failed_checks(report)
+    for c in report["checks"]:
+        print(("ok   " if c["ok"] else "FAIL ") + c["name"] + ("" if c["ok"] else f": {c['detail']}"))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
