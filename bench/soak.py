@@ -497,6 +497,9 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
     next_throttle = float(rng.uniform(0.0, cfg.throttle_every_s))
     last_single: Optional[int] = None
     jumped_s = 0.0
+    # per device: batches that failed because it was down, and healthy batches after one
+    down_batches = [0] * len(names)
+    recovered_batches = [0] * len(names)
 
     # memory samples: (accepted = ids issued, offered, RSS, malloc'd bytes); -1 = unknown
     samples: list[tuple[int, int, int, int]] = []
@@ -602,7 +605,8 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
                 continue
             except DependencyError as exc:
                 # documented: a dependency that ended without completing is refused
-                assert deps and ledger.kind_of(deps[0]) in (FAILED, EXPIRED, CANCELLED, -1), exc
+                if not deps or ledger.kind_of(deps[0]) not in (FAILED, EXPIRED, CANCELLED, -1):
+                    raise SoakError(f"submit refused a dependency on a request that did not fail: {exc}") from None
                 ev["dependency_refused"] += 1
                 continue
             ledger.issued(np.array([rid], dtype=np.uint64))
@@ -619,6 +623,7 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
         d = f.device
         if faults.is_down(d, f.finish):
             ev["batches_failed_down"] += 1
+            down_batches[d] += 1
             retry = faults.draw_retryable(ids.size)
             for rid, r in zip(ids.tolist(), retry.tolist()):
                 if sched.fail(rid, now=now, retryable=r, error="simulated device down"):
@@ -627,6 +632,8 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
                     ev["failed_final"] += 1
                     ledger.ended_one(rid, FAILED)
             return
+        if down_batches[d]:
+            recovered_batches[d] += 1
         fails, retry = faults.draw_failures(ids.size)
         if fails.any():
             for rid, r in zip(ids[fails].tolist(), retry[fails].tolist()):
@@ -843,9 +850,11 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
     check("status() of sampled ended ids = ledger", not status_mismatch,
           {"sampled": len(ledger.samples), "mismatches": status_mismatch[:5]})
     check("a backward now was clamped (checked)", ev["backward_checked"] > 0, ev["backward_checked"])
-    check("faults were injected", ev["batches_failed_down"] > 0 and ev["request_failures_random"] > 0
-          and stats["breaker_trips"] > 0 and ev["throttles"] > 0,
-          {"batches_failed_down": ev["batches_failed_down"], "breaker_trips": stats["breaker_trips"]})
+    check("faults were injected, and a device came back", ev["batches_failed_down"] > 0
+          and ev["request_failures_random"] > 0 and stats["breaker_trips"] > 0 and ev["throttles"] > 0
+          and sum(recovered_batches) > 0,
+          {"batches_failed_down": ev["batches_failed_down"], "breaker_trips": stats["breaker_trips"],
+           "throttles": ev["throttles"], "batches_after_a_down_window": sum(recovered_batches)})
     check("every outcome occurred", all(v > 0 for v in events_by_kind.values()) and ev["retried"] > 0
           and ev["rejected"] > 0, events_by_kind)
 
@@ -873,6 +882,8 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
         "stats": {k: v for k, v in stats.items() if not isinstance(v, float) or math.isfinite(v)},
         "breakers": {d["name"]: {"trips": d["breaker_trips"], "state": d["breaker"]} for d in per_device},
         "device_down_windows": dict(zip(names, faults.windows_started)),
+        "device_batches_failed_down": dict(zip(names, down_batches)),
+        "device_batches_after_first_down": dict(zip(names, recovered_batches)),
         "clock_readings": clock.counts,
         "clock_jumped_s": round(jumped_s, 1),
         "ledger_max_live_span": ledger.max_span,

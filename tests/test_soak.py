@@ -80,8 +80,9 @@ def test_soak_ci_scale_accounting_exact_and_memory_flat(soak: ModuleType) -> Non
     assert sum(out.values()) == report["accepted"] == report["stats"]["accepted"]
     assert ev["retried"] > 0 and ev["rejected"] > 0 and ev["failed_dependency"] > 0
     assert ev["batches_failed_down"] > 0 and report["stats"]["breaker_trips"] > 0
-    # a tripped breaker recovered: every device ends closed or was probed again
-    assert all(b["state"] == "closed" or b["trips"] > 0 for b in report["breakers"].values())
+    # devices whose breaker tripped got work again once they were back (probe, close)
+    tripped = [n for n, b in report["breakers"].items() if b["trips"] > 0]
+    assert tripped and any(report["device_batches_after_first_down"][n] > 0 for n in tripped)
     # clock drops of every kind were driven through, and the checks of the documented
     # clock behaviour ran
     assert all(report["clock_readings"][k] > 0 for k in ("stall", "jump", "backward"))
