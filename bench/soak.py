@@ -12,10 +12,12 @@ end (``docs/soak.md`` has the full description and the numbers of a 10-million r
   driver's own per-id ledger, the events it saw (return values and StepResult lists), and
   the scheduler's ``stats()`` and Prometheus counters; a sample of ended ids is
   re-checked with ``status()`` at the end of the run;
-* **memory is flat**: resident memory sampled through the run; with the queue drained,
-  its growth over the last 80 % of the run stays within the documented per-id records
-  (3 bits per id ever issued; doubled, for the vectors' growth) plus a fixed allowance,
-  and the number of Python objects tracked by the garbage collector does not grow.
+* **memory is flat**: resident memory (RSS) and malloc'd bytes (glibc ``mallinfo2``)
+  sampled through the run; with the queue drained, their growth over the last 80 % of
+  the run stays within the core's documented per-id records (3 bits per id ever issued,
+  allocated by doubling, so up to twice that) plus a fixed allowance, and so does the
+  slope of memory against ids issued; the number of Python objects tracked by the
+  garbage collector does not grow.
 
 The simulated fleet: 8 devices of three speeds, batch mode (``step(now)``), each device
 running up to 2 batches; a batch takes ``(0.05 + 0.004 x size) / capacity / clock`` virtual
