@@ -54,6 +54,7 @@ import numpy as np
 import capsched
 from capsched import Device, InferenceRequest, Scheduler
 from capsched.errors import (
+    ConfigError,
     DependencyError,
     InvalidArgumentError,
     InvalidRequestError,
@@ -101,6 +102,10 @@ class SoakConfig:
     """Parameters of a soak run (times are virtual seconds).
 
     Attributes:
+        mode: ``"batch"`` (``step(now)``: each device runs up to 2 batches of up to
+            ``batch_size``) or ``"continuous"`` (``step(now, free_slots=...)``: each
+            device runs up to ``max_seqs`` sequences, each ending on its own; strict-class
+            requests preempt).
         requests: requests accepted: arrivals are offered until this many were accepted
             (those refused by back-pressure or a dependency error are counted apart).
         seed: seed of every random stream.
@@ -124,11 +129,27 @@ class SoakConfig:
         poll_s: longest time the server loop sleeps between steps.
         bad_input_every: every this many loop turns, feed one bad call and check it is
             refused with nothing changed.
+        max_seqs: continuous mode: sequences per device.
+        seq_service_s: continuous mode: median seconds one sequence runs on a device of
+            capacity 1.0 at full clock (lognormal, sigma 0.5).
+        strict_share, background_share: shares of the one-by-one requests submitted with
+            ``sched_class="strict"`` (served before normal ones) and ``"background"``
+            (served on capacity the others leave idle). In continuous mode a queued strict
+            request evicts a running normal or background one when no slot is free, and a
+            queued normal request evicts a running background one.
+        background_timeout_s: timeout of a background request drawn without one
+            (default 600 s; 0: none). A background request without a deadline that has
+            been queued longer than ``Config.no_deadline_horizon`` is never dispatched, and
+            holds back every background request behind it (docs/soak.md: a core bug this
+            soak found); 0 reproduces it (the run then fails: the queue does not drain).
+        stuck_after_s: virtual seconds of draining with nothing running and nothing
+            changing after which the run fails with the stuck requests named.
         memory_samples: resident-memory samples over the run.
     """
 
     requests: int = 10_000_000
     seed: int = 0
+    mode: str = "batch"
     chunk: int = 65_536
     warmup: float = 0.2
     batch_size: int = 64
@@ -152,6 +173,18 @@ class SoakConfig:
     poll_s: float = 0.05
     bad_input_every: int = 5_000
     memory_samples: int = 200
+    max_seqs: int = 128
+    seq_service_s: float = 0.25
+    strict_share: float = 0.2
+    background_share: float = 0.2
+    background_timeout_s: float = 600.0
+    stuck_after_s: float = 1000.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("batch", "continuous"):
+            raise ConfigError(f"mode must be 'batch' or 'continuous', got {self.mode!r}")
+        if isinstance(self.requests, bool) or not isinstance(self.requests, int) or self.requests < 1:
+            raise ConfigError(f"requests must be an integer >= 1, got {self.requests!r}")
 
 
 # --------------------------------------------------------------------------- the ledger
@@ -451,9 +484,12 @@ class _Arrivals:
 # --------------------------------------------------------------------------- the run
 
 
-def _fleet_rate(batch: int) -> float:
-    """Requests per virtual second the simulated fleet serves at full batches."""
-    return sum(inflight * batch * cap / (0.05 + 0.004 * batch) for _, cap, inflight in SIM_FLEET)
+def _fleet_rate(cfg: SoakConfig) -> float:
+    """Requests per virtual second the simulated fleet serves when kept full."""
+    if cfg.mode == "continuous":  # (mean of the lognormal service: median x e^(sigma^2 / 2))
+        return sum(cfg.max_seqs * cap / (cfg.seq_service_s * math.exp(0.125)) for _, cap, _ in SIM_FLEET)
+    b = cfg.batch_size
+    return sum(inflight * b * cap / (0.05 + 0.004 * b) for _, cap, inflight in SIM_FLEET)
 
 
 def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
@@ -478,7 +514,10 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
     sched.reserve(cfg.max_queued + inflight_cap)
     clock = SimulatedClockSource(cfg.clock_drops, seed=cfg.seed)
     faults = SimulatedDeviceFaults(names, cfg.device_faults, seed=cfg.seed)
-    arrivals = _Arrivals(cfg, _fleet_rate(cfg.batch_size), rng)
+    arrivals = _Arrivals(cfg, _fleet_rate(cfg), rng)
+    continuous = cfg.mode == "continuous"
+    where: dict[int, tuple[_Flight, int]] = {}  # continuous: running request -> (flight, index)
+    running = [0] * len(names)  # continuous: sequences running per device
     ledger = IdLedger()
 
     ev = dict.fromkeys(
@@ -487,7 +526,7 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
             "retried", "dispatched", "batches", "migrated", "rejected", "dependency_refused",
             "offered", "submitted_bulk", "submitted_single", "completed_single_calls", "batches_failed_down",
             "request_failures_random", "backward_checked", "nonfinite_checked", "bad_input_checked",
-            "throttles", "steps", "loop_turns",
+            "throttles", "steps", "loop_turns", "preempted", "submitted_strict", "submitted_background",
         ),
         0,
     )
@@ -520,6 +559,9 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
         ledger.ended(ids, kind)
 
     def find_inflight(rid: int, device: Optional[int] = None) -> Optional[tuple[_Flight, int]]:
+        if continuous:
+            g = where.get(rid)
+            return None if g is None or (device is not None and g[0].device != device) else g
         for f in flights:
             if device is not None and f.device != device:
                 continue
@@ -527,6 +569,20 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
             if hit.size and f.alive[hit[0]]:
                 return f, int(hit[0])
         return None
+
+    def stop_running(hit: tuple[_Flight, int]) -> None:
+        """The server stops a running request (cancelled, migrated away, preempted)."""
+        f, j = hit
+        f.alive[j] = False
+        if continuous:
+            running[f.device] -= 1
+            del where[int(f.ids[j])]
+
+    def do_step(t: float) -> capsched.StepResult:
+        if continuous:
+            free = {names[d]: max(0, cfg.max_seqs - running[d]) for d in range(len(names))}
+            return sched.step(t, free_slots=free)
+        return sched.step(t)
 
     def counters() -> tuple[int, ...]:
         s = sched.stats()
@@ -591,6 +647,14 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
             if last_single is not None and rng.random() < cfg.depends_share:
                 deps = (last_single,)
             to1 = float(a["timeout"][k])
+            u_class = rng.random()
+            sched_class = (
+                "strict" if u_class < cfg.strict_share
+                else "background" if u_class < cfg.strict_share + cfg.background_share
+                else "normal"
+            )
+            if sched_class == "background" and math.isnan(to1) and cfg.background_timeout_s > 0:
+                to1 = cfg.background_timeout_s
             req = InferenceRequest(
                 prompt_tokens=int(a["prompt"][k]),
                 max_new_tokens=int(a["new"][k]),
@@ -599,6 +663,7 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
                 tenant=_TENANTS[k % len(_TENANTS)],
                 request_class=_CLASSES[k % len(_CLASSES)],
                 depends_on=deps,
+                sched_class=sched_class,
             )
             try:
                 rid = sched.submit(req, now=t_now)
@@ -613,6 +678,8 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
                 continue
             ledger.issued(np.array([rid], dtype=np.uint64))
             ev["submitted_single"] += 1
+            ev["submitted_strict"] += int(sched_class == "strict")
+            ev["submitted_background"] += int(sched_class == "background")
             last_single = rid
             ca = float(a["cancel_at"][k])
             if not math.isnan(ca):
@@ -665,23 +732,46 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
         if res.failed:
             ev["failed_dependency"] += len(res.failed)
             end_ids(np.array([i for i, _ in res.failed], dtype=np.uint64), FAILED)
-        if res.preempted:
+        if res.preempted and not continuous:
             raise SoakError(f"batch mode preempted {res.preempted[:3]}")
+        for rid, dev in res.preempted:
+            hit = find_inflight(rid, names.index(dev))
+            if hit is None:
+                raise SoakError(f"request {rid} preempted on {dev}, where it was not running")
+            stop_running(hit)
+            ev["preempted"] += 1
         for rid, old in res.migrated:
             hit = find_inflight(rid, names.index(old))
             if hit is None:
                 raise SoakError(f"request {rid} migrated from {old}, where it was not running")
-            hit[0].alive[hit[1]] = False
+            stop_running(hit)
             ev["migrated"] += 1
         for b in res.batches:
             n = len(b.request_ids)
             d = b.device_index
-            dur = (0.05 + 0.004 * n) / caps[d] / clock_scale[d] * float(rng.lognormal(0.0, 0.2))
-            seq += 1
-            ids = np.array(b.request_ids, dtype=np.uint64)
-            heapq.heappush(flights, _Flight(t_true + dur, seq, d, ids, np.ones(n, dtype=bool)))
             ev["dispatched"] += n
             ev["batches"] += 1
+            ids = np.array(b.request_ids, dtype=np.uint64)
+            if continuous:
+                # each sequence runs on its own; the server sees exits at its iteration
+                # boundaries (every poll_s), so sequences ending in the same one share a flight
+                durs = rng.lognormal(0.0, 0.5, n) * (cfg.seq_service_s / caps[d] / clock_scale[d])
+                ticks = np.ceil((t_true + durs) / cfg.poll_s)
+                uniq, inv = np.unique(ticks, return_inverse=True)
+                for g in range(uniq.size):
+                    members = ids[inv == g]
+                    seq += 1
+                    f = _Flight(float(uniq[g]) * cfg.poll_s, seq, d, members, np.ones(members.size, dtype=bool))
+                    heapq.heappush(flights, f)
+                    for j, rid in enumerate(members.tolist()):
+                        if rid in where:
+                            raise SoakError(f"request {rid} dispatched while it was running")
+                        where[rid] = (f, j)
+                running[d] += n
+                continue
+            dur = (0.05 + 0.004 * n) / caps[d] / clock_scale[d] * float(rng.lognormal(0.0, 0.2))
+            seq += 1
+            heapq.heappush(flights, _Flight(t_true + dur, seq, d, ids, np.ones(n, dtype=bool)))
 
     def take_memory_sample(accepted: int) -> None:
         r = rss_bytes()
@@ -690,11 +780,13 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
 
     draining = False
     drain_turns = 0
+    drain_live = -1  # live requests at the last change while draining
+    drain_since = 0.0
     while True:
         ev["loop_turns"] += 1
         # ---- the server sleeps until the next batch ends, a held/backoff step is due, or the poll period
         wake = t_true + cfg.poll_s
-        if flights:
+        if flights and not continuous:  # (continuous: the server works in iterations of poll_s)
             wake = min(wake, flights[0].finish)
         if next_step_at < wake:
             wake = max(t_true, next_step_at)
@@ -704,7 +796,7 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
         if reading.kind == "backward" and reading.reading_s < now:
             # documented: a `now` earlier than the latest seen is treated as the latest
             latest = sched.stats()["now"]
-            back = sched.step(reading.reading_s)
+            back = do_step(reading.reading_s)
             if back.now != latest:
                 raise SoakError(f"step({reading.reading_s}) after now={latest} ran at {back.now}, not clamped")
             ev["backward_checked"] += 1
@@ -713,7 +805,20 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
         # the driver clamps its clock readings, as a server on a non-monotonic clock should
         now = max(now, reading.reading_s)
 
-        # ---- batches that ended
+        # ---- batches (continuous: sequences) that ended
+        if continuous:
+            ended: dict[int, list[np.ndarray]] = {}
+            while flights and flights[0].finish <= t_true:
+                f = heapq.heappop(flights)
+                live = f.ids[f.alive]
+                if live.size:
+                    running[f.device] -= int(live.size)
+                    for rid in live.tolist():
+                        del where[rid]
+                    ended.setdefault(f.device, []).append(live)
+            for d, parts in ended.items():  # reported per device, as one iteration's exits
+                ids = np.concatenate(parts)
+                finish_flight(_Flight(t_true, 0, d, ids, np.ones(ids.size, dtype=bool)))
         while flights and flights[0].finish <= t_true:
             finish_flight(heapq.heappop(flights))
         # ---- cancellations due
@@ -724,7 +829,7 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
                 ev["cancelled"] += 1
                 ledger.ended_one(rid, CANCELLED)
                 if hit is not None:
-                    hit[0].alive[hit[1]] = False
+                    stop_running(hit)
             else:
                 ev["cancel_noop"] += 1
                 if hit is not None:
@@ -748,7 +853,7 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
                 break
             submit_arrivals(a)
         # ---- the step
-        res = sched.step(now)
+        res = do_step(now)
         ev["steps"] += 1
         _absorb(res)
         next_step_at = res.next_step_at
@@ -796,10 +901,18 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
             drain_turns += 1
             if not flights and not cancels:
                 s = sched.stats()
-                if s["queued"] + s["waiting"] + s["in_flight"] + s["retrying"] == 0:
+                live = s["queued"] + s["waiting"] + s["in_flight"] + s["retrying"]
+                if live == 0:
                     break
-            if drain_turns > 2_000_000:
-                raise SoakError("the queue did not drain")
+                if live != drain_live:
+                    drain_live, drain_since = live, t_true
+                elif t_true - drain_since > cfg.stuck_after_s:
+                    stuck = [i for i in range(ledger.base, ledger.next_id) if ledger.kind_of(i) == 0][:10]
+                    raise SoakError(
+                        f"the queue does not drain: {live} requests live ({ {k: s[k] for k in ('queued', 'waiting', 'retrying', 'queued_background', 'queued_strict', 'queued_normal')} }) "
+                        f"for {cfg.stuck_after_s:g} virtual s with nothing running; e.g. "
+                        + ", ".join(f"{i}: {sched.status(i)}" for i in stuck)
+                    )
 
     # ---- the end: everything ended; the books
     wall = time.perf_counter() - wall0
@@ -843,6 +956,11 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
           {"stats": stats["dispatched"], "events": ev["dispatched"]})
     check("stats rejected = submits refused", stats["rejected"] == ev["rejected"],
           {"stats": stats["rejected"], "events": ev["rejected"]})
+    check("stats preempted and migrated = evictions and moves seen",
+          stats["preempted"] == ev["preempted"] and stats["migrated"] == ev["migrated"],
+          {"stats": [stats["preempted"], stats["migrated"]], "events": [ev["preempted"], ev["migrated"]]})
+    if continuous:
+        check("running requests were preempted (continuous)", ev["preempted"] > 0, ev["preempted"])
     check("per-device dispatched add up", sum(d["dispatched_requests"] for d in per_device) == stats["dispatched"])
     check("per-device completed add up", sum(d["completed_requests"] for d in per_device) == stats["completed"])
     if metrics is not None:
@@ -994,11 +1112,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=lambda s: int(s.replace("_", "")), default=10_000_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mode", choices=("batch", "continuous"), default="batch",
+                    help="batch: step(now); continuous: step(now, free_slots=...) with preemption")
     ap.add_argument("--json", dest="json_path", default=None, help="write the report here")
     args = ap.parse_args(argv)
     if args.requests < 1000:
         ap.error(f"--requests must be >= 1000, got {args.requests}")
-    cfg = SoakConfig(requests=args.requests, seed=args.seed)
+    cfg = SoakConfig(requests=args.requests, seed=args.seed, mode=args.mode)
     report = run_soak(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as f:

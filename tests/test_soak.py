@@ -10,6 +10,7 @@ documented bound, Python objects do not grow. No timing is asserted.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -47,12 +48,13 @@ def soak() -> ModuleType:
     return mod
 
 
-def ci_config(soak: ModuleType, requests: int, seed: int = 1) -> Any:
+def ci_config(soak: ModuleType, requests: int, seed: int = 1, mode: str = "batch") -> Any:
     # faults and clock drops more frequent than in the 10M run so that a short run
     # (about 150 virtual seconds) sees every kind
     return soak.SoakConfig(
         requests=requests,
         seed=seed,
+        mode=mode,
         chunk=16_384,
         device_faults=DeviceFaultRates(down_every_s=60.0, down_for_s=(10.0, 40.0)),
         clock_drops=ClockDropRates(jump=0.002, jump_s=15.0, backward=0.01),
@@ -90,6 +92,16 @@ def test_soak_ci_scale_accounting_exact_and_memory_flat(soak: ModuleType) -> Non
     assert ev["submitted_single"] > 0 and ev["completed_single_calls"] > 0 and ev["throttles"] > 0
 
 
+def test_soak_continuous_mode_with_preemption(soak: ModuleType) -> None:
+    report = soak.run_soak(ci_config(soak, 100_000, mode="continuous"))
+    failed = soak.failed_checks(report)
+    assert not failed, failed
+    ev = report["events"]
+    assert ev["preempted"] > 0 and ev["preempted"] == report["stats"]["preempted"]
+    assert ev["submitted_strict"] > 0 and ev["submitted_background"] > 0
+    assert min(report["outcomes"].values()) > 0 and report["stats"]["breaker_trips"] > 0
+
+
 def test_soak_replays_with_its_seed(soak: ModuleType) -> None:
     a = soak.run_soak(ci_config(soak, 20_000, seed=7))
     b = soak.run_soak(ci_config(soak, 20_000, seed=7))
@@ -120,6 +132,53 @@ def test_soak_oracle_catches_a_lost_outcome(soak: ModuleType, monkeypatch: pytes
     failed = {c["name"] for c in soak.failed_checks(report)}
     assert "every accepted id retired (ended exactly once)" in failed
     assert "ledger tallies = stats()" in failed
+
+
+class _DropsABatch(Scheduler):
+    """A scheduler whose step result loses one batch: its requests stay in flight and
+    the server never hears of them, so the queue never drains."""
+
+    dropped: list[int] = []
+
+    def step(self, now: Any = None, **kw: Any) -> Any:
+        r = super().step(now, **kw)
+        if r.batches and not self.dropped:
+            self.dropped.extend(r.batches[0].request_ids)
+            r.__dict__["batches"] = r.batches[1:]
+        return r
+
+
+def test_soak_names_requests_that_never_end(soak: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    _DropsABatch.dropped = []
+    monkeypatch.setattr(soak, "Scheduler", _DropsABatch)
+    with pytest.raises(soak.SoakError, match=r"the queue does not drain: (\d+) requests live") as info:
+        soak.run_soak(dataclasses.replace(ci_config(soak, 5_000), stuck_after_s=100.0))
+    dropped = _DropsABatch.dropped
+    assert dropped and f"{len(dropped)} requests live" in str(info.value)
+    assert f"e.g. {min(dropped)}: in_flight" in str(info.value)
+
+
+# --------------------------------------------------------------------------- a core bug the soak found
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "core bug (cpp/src/scheduler.cpp, place_background + request_util): a background request "
+        "without a deadline is due at arrival + no_deadline_horizon; once that has passed its "
+        "utilization is +inf, clamped to uclamp_max (1024), so it fits no device, and "
+        "place_background has no fallback: it is never dispatched, even on an idle fleet, and "
+        "holds back every background request behind it (docs/soak.md)"
+    ),
+)
+@pytest.mark.parametrize("continuous", [False, True], ids=["batch", "continuous"])
+def test_background_request_runs_after_the_no_deadline_horizon(continuous: bool) -> None:
+    s = Scheduler(["gpu0"])
+    rid = s.submit(InferenceRequest(prompt_tokens=100, sched_class="background"), now=0.0)
+    later = s.submit(InferenceRequest(prompt_tokens=100, sched_class="background"), now=0.0)
+    # the server's first step comes 61 s later (no_deadline_horizon is 60 s): the fleet is idle
+    r = s.step(61.0, free_slots={"gpu0": 8}) if continuous else s.step(61.0)
+    assert r.dispatched == [rid, later]
 
 
 # --------------------------------------------------------------------------- the ledger
