@@ -138,7 +138,7 @@ class SoakConfig:
             request evicts a running normal or background one when no slot is free, and a
             queued normal request evicts a running background one.
         background_timeout_s: timeout of a background request drawn without one
-            (default 600 s; 0: none). A background request without a deadline that has
+            (default 300 s; 0: none). A background request without a deadline that has
             been queued longer than ``Config.no_deadline_horizon`` is never dispatched, and
             holds back every background request behind it (docs/soak.md: a core bug this
             soak found); 0 reproduces it (the run then fails: the queue does not drain).
@@ -177,7 +177,7 @@ class SoakConfig:
     seq_service_s: float = 0.25
     strict_share: float = 0.2
     background_share: float = 0.2
-    background_timeout_s: float = 600.0
+    background_timeout_s: float = 300.0
     stuck_after_s: float = 1000.0
 
     def __post_init__(self) -> None:
@@ -188,6 +188,9 @@ class SoakConfig:
 
 
 # --------------------------------------------------------------------------- the ledger
+
+
+_BLOCK = 1 << 15  # elements per block of the ledger's scans (32 KiB temporaries at most)
 
 
 class IdLedger:
@@ -234,10 +237,22 @@ class IdLedger:
         new = cap
         while new < span:
             new *= 2
-        old_ids = np.arange(self.base, self.base + cap, dtype=np.uint64)
         ring = np.zeros(new, dtype=np.uint8)
-        ring[(old_ids & np.uint64(new - 1)).astype(np.intp)] = self.ring[(old_ids & np.uint64(cap - 1)).astype(np.intp)]
+        window = np.concatenate([self.ring[a:b] for a, b in self._slices(self.base, cap, cap)])
+        at = 0
+        for a, b in self._slices(self.base, cap, new):
+            ring[a:b] = window[at : at + b - a]
+            at += b - a
         self.ring = ring
+
+    @staticmethod
+    def _slices(first_id: int, n: int, size: int) -> list[tuple[int, int]]:
+        """Ring positions of ids first_id .. first_id + n - 1 in a ring of ``size``: one or
+        two contiguous ``(start, stop)`` ranges, in id order."""
+        start = first_id & (size - 1)
+        if start + n <= size:
+            return [(start, start + n)]
+        return [(start, size), (0, start + n - size)]
 
     def ended(self, ids: np.ndarray, kind: int) -> None:
         """Record that ``ids`` ended as ``kind``; raises SoakError on an id that is
@@ -277,29 +292,19 @@ class IdLedger:
         n = self.next_id - self.base
         if n == 0:
             return 0
-        cap = self.ring.size
-        start = self.base & (cap - 1)
-        # the window in ring order is one or two contiguous slices (views: no copies)
-        segs = [self.ring[start : min(cap, start + n)]]
-        if segs[0].size < n:
-            segs.append(self.ring[: n - segs[0].size])
+        # the window in ring order is one or two contiguous slices (views: no copies); it
+        # is scanned in blocks so that no temporary is large (large temporaries come and
+        # go through the heap and would show in this process's RSS, blurring the curve)
+        segs = [self.ring[a:b] for a, b in self._slices(self.base, n, self.ring.size)]
         k = 0
         for seg in segs:
-            z = int(np.argmin(seg)) if seg.size else 0  # first live (0) entry, if any
-            if seg.size and seg[z] == 0:
+            z = int(np.argmin(seg))  # first live (0) entry, if any
+            if seg[z] == 0:
                 k += z
                 break
             k += seg.size
         if k == 0:
             return 0
-        counts = np.zeros(5, dtype=np.int64)
-        left = k
-        for seg in segs:
-            part = seg[: min(left, seg.size)]
-            counts += np.bincount(part, minlength=5)
-            left -= part.size
-        for kind in KINDS:
-            self.tally[kind] += int(counts[kind])
         if rng is not None and keep_samples:
             for off in rng.integers(0, k, size=keep_samples).tolist():
                 self.samples.append((self.base + off, self.kind_of(self.base + off)))
@@ -308,6 +313,10 @@ class IdLedger:
         left = k
         for seg in segs:
             part = seg[: min(left, seg.size)]
+            for lo in range(0, part.size, _BLOCK):
+                block = part[lo : lo + _BLOCK]
+                for kind in KINDS:
+                    self.tally[kind] += int(np.count_nonzero(block == kind))
             part[:] = 0
             left -= part.size
         self.base += k
