@@ -546,6 +546,7 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
     throttled_until = np.full(len(names), -math.inf)
     next_throttle = float(rng.uniform(0.0, cfg.throttle_every_s))
     last_single: Optional[int] = None
+    unreported_deps: list[int] = []  # refused as dependencies before a step reported their end
     jumped_s = 0.0
     # per device: batches that failed because it was down, and healthy batches after one
     down_batches = [0] * len(names)
@@ -680,8 +681,13 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
                 ev["rejected"] += 1
                 continue
             except DependencyError as exc:
-                # documented: a dependency that ended without completing is refused
-                if not deps or ledger.kind_of(deps[0]) not in (FAILED, EXPIRED, CANCELLED, -1):
+                # documented: a dependency that ended without completing is refused. It may
+                # have failed through its own dependency since the last step (the step
+                # reports it): then it must be among the next step's failures.
+                kind = ledger.kind_of(deps[0]) if deps else COMPLETED
+                if kind == 0:
+                    unreported_deps.append(deps[0])
+                elif kind not in (FAILED, EXPIRED, CANCELLED, -1):
                     raise SoakError(f"submit refused a dependency on a request that did not fail: {exc}") from None
                 ev["dependency_refused"] += 1
                 continue
@@ -865,6 +871,10 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
         res = do_step(now)
         ev["steps"] += 1
         _absorb(res)
+        for dep in unreported_deps:
+            if ledger.kind_of(dep) not in (FAILED, -1):
+                raise SoakError(f"submit refused a dependency on {dep}, and the step did not report it failed")
+        unreported_deps.clear()
         next_step_at = res.next_step_at
 
         # ---- bookkeeping once in a while
