@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from capsched import Device, InferenceRequest, Scheduler
-from capsched.errors import ConfigError, InvalidArgumentError
+from capsched.errors import ConfigError, DependencyError, InvalidArgumentError
 from capsched.sim.faults import (
     ClockDropRates,
     DeviceFaultRates,
@@ -156,6 +156,24 @@ def test_soak_names_requests_that_never_end(soak: ModuleType, monkeypatch: pytes
     dropped = _DropsABatch.dropped
     assert dropped and f"{len(dropped)} requests live" in str(info.value)
     assert f"e.g. {min(dropped)}: in_flight" in str(info.value)
+
+
+def test_dependency_failed_by_cascade_is_refused_before_the_step_reports_it() -> None:
+    """What the soak's ledger must allow for: a request that failed because its own
+    dependency failed has ended at once (a new dependent is refused), though the server
+    hears of it only in the next step's ``failed`` list."""
+    s = Scheduler(["gpu0"])
+    a = s.submit(InferenceRequest(prompt_tokens=10), now=0.0)
+    b = s.submit(InferenceRequest(prompt_tokens=10, depends_on=(a,)), now=0.0)
+    assert s.step(1.0).dispatched == [a]
+    assert s.fail(a, now=2.0, error="boom") is False
+    assert s.status(b) == "failed"
+    with pytest.raises(DependencyError, match=f"request {b}, which already ended as failed"):
+        s.submit(InferenceRequest(prompt_tokens=10, depends_on=(b,)), now=2.0)
+    r = s.step(3.0)
+    assert [i for i, _ in r.failed] == [b] and str(a) in r.failed[0][1]
+    st = s.stats()
+    assert st["accepted"] == 2 and st["failed"] == 2 and st["conservation_ok"]
 
 
 # --------------------------------------------------------------------------- a core bug the soak found
