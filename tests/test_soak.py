@@ -179,16 +179,9 @@ def test_dependency_failed_by_cascade_is_refused_before_the_step_reports_it() ->
 # --------------------------------------------------------------------------- a core bug the soak found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug (cpp/src/scheduler.cpp, place_background + request_util): a background request "
-        "without a deadline is due at arrival + no_deadline_horizon; once that has passed its "
-        "utilization is +inf, clamped to uclamp_max (1024), so it fits no device, and "
-        "place_background has no fallback: it is never dispatched, even on an idle fleet, and "
-        "holds back every background request behind it (docs/soak.md)"
-    ),
-)
+# Regression: a background request without a deadline used to be paced from its arrival,
+# so past no_deadline_horizon its utilization was infinite and it fit no device (never
+# dispatched, holding back the class); it is now paced from now (docs/placement.md).
 @pytest.mark.parametrize("continuous", [False, True], ids=["batch", "continuous"])
 def test_background_request_runs_after_the_no_deadline_horizon(continuous: bool) -> None:
     s = Scheduler(["gpu0"])
