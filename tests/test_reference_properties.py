@@ -556,6 +556,18 @@ class Harness:
     def submit_many(self, dt, items) -> None:
         t = self.advance(dt)
         self.record(f"submit_many({items!r}, now={t!r})")
+        # All or none; checked before room, as the core does.
+        if any(self.ref.never_fits(pt, mnt) for pt, mnt, _, _ in items):
+            self.record("  -> ref refuses: an element needs more KV than any device holds")
+            if self.real is None:
+                return
+            import numpy as np
+
+            with pytest.raises(capsched.errors.InvalidRequestError, match="KV tokens"):
+                self.real.submit_many(np.array([x[0] for x in items], dtype=np.int64),
+                                      max_new_tokens=np.array([x[1] for x in items], dtype=np.int64),
+                                      now=t)
+            return
         try:
             self.ref.check_room(None, len(items))  # all or none
         except RefQueueFull as exc:

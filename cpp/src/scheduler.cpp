@@ -146,6 +146,8 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
     group_queued_.assign(group_devices_.size(), 0);
     group_blocked_.assign(group_devices_.size(), 0);
     group_skipped_.assign(group_devices_.size(), 0);
+    for (const Device& d : devices_)
+        if (d.kv_budget != kUnlimitedTokens) min_kv_budget_ = std::min(min_kv_budget_, d.kv_budget);
 }
 
 void Scheduler::reserve(std::size_t n) {
@@ -221,6 +223,23 @@ void Scheduler::validate_spec(const RequestSpec& s, double now) const {
     if (s.n_depends_on > kMaxDependencies)
         throw InvalidRequest("depends_on lists " + std::to_string(s.n_depends_on) +
                              " requests (limit " + std::to_string(kMaxDependencies) + ")");
+    // A request that no device open to it could ever hold in KV memory would wait forever
+    // and hold back its placement group: refused. (Only checked when some device's budget
+    // is below its tokens, so the usual submit does not scan the devices.)
+    const std::int64_t tokens = s.prompt_tokens + s.max_new_tokens;
+    if (tokens > min_kv_budget_) {
+        std::int64_t largest = -1;
+        for (const std::uint32_t dev : group_devices_[group_of(s.tenant)]) {
+            const Device& d = devices_[dev];
+            if (s.pool != 0 && d.pool != s.pool && d.pool != s.fallback_pool) continue;
+            if (d.kv_budget == kUnlimitedTokens) return;
+            if (d.kv_budget > largest) largest = d.kv_budget;
+        }
+        if (largest >= 0 && tokens > largest)
+            throw InvalidRequest("the request needs " + std::to_string(tokens) +
+                                 " KV tokens (prompt_tokens + max_new_tokens), more than any device open to it "
+                                 "holds (the largest kv_tokens is " + std::to_string(largest) + ")");
+    }
 }
 
 void Scheduler::validate_dependencies(const RequestSpec& s) {

@@ -1178,6 +1178,17 @@ class ReferenceScheduler:
 
     # --- public API ----------------------------------------------------------------
 
+    def never_fits(self, prompt_tokens: int, max_new_tokens: int, tenant: Optional[str] = None,
+                   pool: Optional[str] = None, fallback_pool: Optional[str] = None) -> bool:
+        """No device open to the request could ever hold it in KV memory (submit refuses
+        it: it would block its placement group for good)."""
+        open_to = [x for x in self.devices
+                   if (tenant in x.tenants if tenant in self.pinned else not x.tenants)
+                   and (pool is None or x.pool in (pool, fallback_pool))]
+        budgets = [x.kv_budget for x in open_to]
+        return bool(budgets) and None not in budgets and \
+            int(prompt_tokens) + int(max_new_tokens) > max(b for b in budgets if b is not None)
+
     def submit(self, prompt_tokens: int, max_new_tokens: int, priority: float,
                timeout: Optional[float], deadline: Optional[float], now: float,
                depends_on: Iterable[int] = (), batchable: bool = True, *,
@@ -1209,6 +1220,8 @@ class ReferenceScheduler:
             raise RefInvalidRequest(f"unknown scheduling class {sched_class!r}")
         if sched_class == "deadline" and math.isinf(d):
             raise RefInvalidRequest("a deadline-class request needs a timeout or a deadline")
+        if self.never_fits(prompt_tokens, max_new_tokens, tenant, pool, fallback_pool):
+            raise RefInvalidRequest("more KV tokens than any device open to it holds")
         if len(set(deps)) != len(deps):
             raise RefDependencyError("depends_on lists an id twice")
         for dep in deps:

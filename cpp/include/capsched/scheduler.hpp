@@ -421,6 +421,7 @@ class Scheduler {
     std::uint64_t in_flight_ = 0;
     std::uint64_t retrying_ = 0;
     std::vector<std::uint64_t> tenant_pending_;  // per tenant: waiting + queued + retrying
+    std::int64_t min_kv_budget_ = INT64_MAX;  // smallest KV budget of a device with one
 
     // Failures that happened outside step() (dependency cascades), reported by the next
     // step; and a scratch stack for cascades.
