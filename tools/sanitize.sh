@@ -94,8 +94,10 @@ fi
 
 echo "== running ${#tests[@]} test files under $mode sanitizers; log: $log" >&2
 set +e
+# The atheris run is a subprocess with its own libFuzzer runtime: not under the sanitizers.
 env LD_PRELOAD="$preload" "$py" tools/sanitized_pytest.py "$out/site" \
-  "${tests[@]}" -q -p no:cacheprovider --benchmark-disable 2>&1 | tee "$log"
+  "${tests[@]}" -q -p no:cacheprovider --benchmark-disable \
+  --deselect tests/test_fuzz_smoke.py::test_a_bounded_atheris_run_finds_nothing 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 
