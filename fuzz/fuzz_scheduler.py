@@ -10,8 +10,7 @@ capsched's Python modules instrumented for coverage. Needs ``pip install atheris
     python fuzz/fuzz_scheduler.py crash-<sha1>                                      # replay one
 
 A crash (an oracle failure or an unexpected exception) stops the run and leaves the input
-in ``crash-<sha1>``; replay it without atheris with
-``python -c "import sys; sys.path.insert(0, 'fuzz'); import harness; harness.run_one(open('crash-...', 'rb').read())"``
+in ``crash-<sha1>``; replay it without atheris with ``python fuzz/replay.py crash-<sha1>``
 and keep it as a test in tests/test_fuzz_regressions.py. docs/reliability.md has more.
 """
 

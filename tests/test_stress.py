@@ -315,9 +315,8 @@ def drain(st: Stress) -> None:
         s.set_pressure(dev, 0.0, now=st.now())
         s.set_clock(dev, 1800.0, now=st.now())
     for _ in range(100_000):
-        snap = s.stats()
-        if snap["waiting"] + snap["queued"] + snap["in_flight"] + snap["retrying"] == 0:
-            return
+        # Step before looking: a step reports the dependency failures that the workers'
+        # last calls caused (stats() counts them at once, StepResult.failed at the next step).
         res = s.step(st.now())
         st.expired.extend(res.expired)
         st.dep_failed.extend(rid for rid, _ in res.failed)
@@ -328,7 +327,11 @@ def drain(st: Stress) -> None:
         if res.dispatched:
             s.complete_many(res.dispatched, st.now())
             st.ended[0].extend((rid, "completed") for rid in res.dispatched)
-        elif not res and snap["in_flight"] and not snap["retrying"] and not snap["queued"]:
+            continue
+        snap = s.stats()
+        if snap["waiting"] + snap["queued"] + snap["in_flight"] + snap["retrying"] == 0:
+            return
+        if not res and snap["in_flight"] and not snap["retrying"] and not snap["queued"]:
             pytest.fail(f"drain is stuck: {snap['in_flight']} in flight that no thread holds")
     pytest.fail("drain did not finish")
 

@@ -78,24 +78,35 @@ export TSAN_OPTIONS="halt_on_error=1:exitcode=88:second_deadlock_stack=1:suppres
 export PYTHONMALLOC=malloc
 export CAPSCHED_PROPERTY_SCALE="${CAPSCHED_PROPERTY_SCALE:-0.3}"
 
-if [ "$mode" = address ]; then
-  # The set-up must catch a known bug before a clean run may count as clean.
-  set +e
-  canary="$(env LD_PRELOAD="$preload" "$py" tools/asan_canary.py 2>&1)"
-  crc=$?
-  set -e
-  if [ "$crc" -ne 86 ] || ! grep -q "ERROR: AddressSanitizer: heap-use-after-free" <<<"$canary"; then
-    echo "$canary" >&2
-    echo "the ASan canary was not caught (exit $crc): the sanitizer set-up is broken" >&2
-    exit 1
-  fi
-  echo "== ASan canary caught (exit 86): the runtime is live" >&2
+# ThreadSanitizer needs a memory layout that high mmap randomisation (newer kernels'
+# vm.mmap_rnd_bits) can break ("FATAL: ThreadSanitizer: unexpected memory mapping"):
+# run it with address-space randomisation off where setarch can do that.
+launch=()
+if [ "$mode" = thread ] && command -v setarch >/dev/null && setarch "$(uname -m)" -R true 2>/dev/null; then
+  launch=(setarch "$(uname -m)" -R)
 fi
+
+# The set-up must catch a known bug before a clean run may count as clean.
+if [ "$mode" = address ]; then
+  canary_script=tools/asan_canary.py canary_code=86 canary_text="ERROR: AddressSanitizer: heap-use-after-free"
+else
+  canary_script=tools/tsan_canary.py canary_code=88 canary_text="WARNING: ThreadSanitizer: data race"
+fi
+set +e
+canary="$("${launch[@]}" env LD_PRELOAD="$preload" "$py" "$canary_script" 2>&1)"
+crc=$?
+set -e
+if [ "$crc" -ne "$canary_code" ] || ! grep -q "$canary_text" <<<"$canary"; then
+  echo "$canary" >&2
+  echo "the $mode canary ($canary_script) was not caught (exit $crc): the sanitizer set-up is broken" >&2
+  exit 1
+fi
+echo "== $mode canary caught (exit $crc): the runtime is live" >&2
 
 echo "== running ${#tests[@]} test files under $mode sanitizers; log: $log" >&2
 set +e
 # The atheris run is a subprocess with its own libFuzzer runtime: not under the sanitizers.
-env LD_PRELOAD="$preload" "$py" tools/sanitized_pytest.py "$out/site" \
+"${launch[@]}" env LD_PRELOAD="$preload" "$py" tools/sanitized_pytest.py "$out/site" \
   "${tests[@]}" -q -p no:cacheprovider --benchmark-disable \
   --deselect tests/test_fuzz_smoke.py::test_a_bounded_atheris_run_finds_nothing 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
