@@ -49,9 +49,9 @@ from capsched.errors import (
 
 N_SUBMITTERS = 8
 N_WORKERS = 3
-SUBMITS_PER_THREAD = 120
-CANCELS = 200
-CHAOS_OPS = 150
+SUBMITS_PER_THREAD = 300
+CANCELS = 400
+CHAOS_OPS = 300
 JOIN_TIMEOUT = 120.0  # seconds; generous for a sanitizer build on a loaded 2-core machine
 DEVICES = ("big", "mid", "small")
 
