@@ -172,8 +172,10 @@ void Scheduler::reserve(std::size_t n) {
 // ---------------------------------------------------------------- time and validation
 
 double Scheduler::advance_clock(double now) {
-    if (!std::isfinite(now))
-        throw InvalidArgument("now must be a finite number of seconds, got " + format_number(now));
+    // |now| <= 1e15 s (31 million years): beyond it the PELT arithmetic overflows (a jump
+    // to 1e308 made every device's util_avg NaN and nothing was dispatched again).
+    if (!std::isfinite(now) || !(std::fabs(now) <= 1e15))
+        throw InvalidArgument("now must be a finite number of seconds within +-1e15, got " + format_number(now));
     return now > now_ ? now : now_;
 }
 

@@ -1058,7 +1058,10 @@ def _dependency_ids(deps: tuple[Any, ...]) -> np.ndarray:
                 raise DependencyError(f"depends_on names an InferenceRequest that was not submitted: {d!r}")
             out.append(d.id)
         else:
-            out.append(int(d))
+            v = int(d)
+            if not 1 <= v < 2**64:  # numpy would raise a bare OverflowError
+                raise DependencyError(f"depends_on names request {v}, which this scheduler never issued")
+            out.append(v)
     return np.array(out, dtype=np.uint64)
 
 
