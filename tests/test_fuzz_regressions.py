@@ -2,8 +2,9 @@
 
 Each bug has a direct test of the behaviour, and the fuzz input that found it is replayed
 through the harness (fuzz/regressions/*.bin), so the oracle that caught it checks it again.
-One known bug is not fixed yet; its test is a strict xfail that starts passing, and so
-fails the suite, once it is fixed. (The KV one is fixed: submit refuses such a request.)
+The two bugs it found outside this work's files are fixed too: submit refuses a request
+larger than every KV budget, and a checkpoint keeps the dependency failures a step has
+not reported yet.
 """
 
 from __future__ import annotations
@@ -91,8 +92,6 @@ def test_a_request_larger_than_every_kv_budget_does_not_block_the_queue() -> Non
     assert small in dispatched
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, not fixed here: a dependency failure not yet reported "
-                   "by a step is not in the checkpoint, so no step after restore reports it")
 def test_a_dependency_failure_pending_at_checkpoint_is_reported_after_restore(tmp_path: Path) -> None:
     # Found by fuzzing: cancel(a) fails b (which depends on a) at once in stats() and
     # status(), but StepResult.failed reports it at the next step. Checkpoint + restore

@@ -72,6 +72,10 @@ py::dict snapshot_dict(const StateSnapshot& s) {
     out["rng"] = s.rng;
     out["counters"] = s.counters;
     out["outcomes"] = s.outcomes;
+    py::list pending;
+    for (std::size_t i = 0; i < s.pending_failed.size(); ++i)
+        pending.append(py::make_tuple(s.pending_failed[i], s.pending_reasons[i]));
+    out["pending_failed"] = pending;
     py::list reqs;
     for (const RequestSnapshot& q : s.requests) {
         py::dict d;
@@ -167,6 +171,14 @@ StateSnapshot snapshot_from(const py::dict& in) {
     s.rng = in["rng"].cast<std::uint64_t>();
     s.counters = in["counters"].cast<std::vector<std::uint64_t>>();
     s.outcomes = in["outcomes"].cast<std::vector<std::uint64_t>>();
+    if (in.contains("pending_failed")) {  // (absent from checkpoints written before it was kept)
+        for (const py::handle h : in["pending_failed"].cast<py::list>()) {
+            const py::sequence pair = h.cast<py::sequence>();
+            if (pair.size() != 2) throw py::value_error("pending_failed entries are [id, reason] pairs");
+            s.pending_failed.push_back(pair[0].cast<std::uint64_t>());
+            s.pending_reasons.push_back(pair[1].cast<std::string>());
+        }
+    }
     for (const py::handle h : in["requests"].cast<py::list>()) {
         const py::dict d = h.cast<py::dict>();
         RequestSnapshot q;

@@ -2009,6 +2009,8 @@ void Scheduler::export_state(StateSnapshot& out) const {
     Counters c = counters_;
     for (std::uint64_t* f : counter_fields(c)) out.counters.push_back(*f);
     out.outcomes = outcomes_;
+    out.pending_failed = pending_failed_;
+    out.pending_reasons = pending_reasons_;
     // Live dependency edges: for each dependency, its waiting dependents.
     std::vector<std::vector<std::uint64_t>> waits(slab_.size());
     for (Handle h = 0; h < slab_.size(); ++h) {
@@ -2193,6 +2195,19 @@ void Scheduler::import_state(const StateSnapshot& in) {
     std::size_t in_flight = 0;
     for (const std::uint32_t m : members) in_flight += m;
     if (listed != in_flight) bad("the devices' in-flight lists do not match the requests in flight");
+    if (in.pending_reasons.size() != in.pending_failed.size())
+        bad("the pending failures and their reasons differ in number");
+    {
+        std::vector<std::uint64_t> ids = in.pending_failed;
+        std::sort(ids.begin(), ids.end());
+        if (std::adjacent_find(ids.begin(), ids.end()) != ids.end()) bad("a pending failure is listed twice");
+    }
+    for (const std::uint64_t id : in.pending_failed) {
+        if (id == 0 || id >= in.next_id) bad("a pending failure names request " + std::to_string(id) + ", never issued");
+        const auto it = std::lower_bound(in.requests.begin(), in.requests.end(), id,
+                                         [](const RequestSnapshot& a, std::uint64_t x) { return a.id < x; });
+        if (it != in.requests.end() && it->id == id) bad("a pending failure names request " + std::to_string(id) + ", which is live");
+    }
 
     // Load.
     now_ = in.now;
@@ -2201,6 +2216,8 @@ void Scheduler::import_state(const StateSnapshot& in) {
     auto fields = counter_fields(counters_);
     for (std::size_t i = 0; i < fields.size(); ++i) *fields[i] = in.counters[i];
     outcomes_ = in.outcomes;
+    pending_failed_ = in.pending_failed;
+    pending_reasons_ = in.pending_reasons;
     for (std::size_t i = 0; i < devices_.size(); ++i) {
         const DeviceSnapshot& s = in.devices[i];
         Device& d = devices_[i];

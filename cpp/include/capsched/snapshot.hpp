@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "capsched/request.hpp"
@@ -87,6 +88,9 @@ struct StateSnapshot {
     std::vector<BatchSnapshot> batches;
     std::vector<DeviceSnapshot> devices;
     std::vector<ClassSnapshot> classes;
+    // Dependency failures not yet reported by a step (StepOutput::failed), with reasons.
+    std::vector<std::uint64_t> pending_failed;
+    std::vector<std::string> pending_reasons;
 };
 
 }  // namespace capsched
