@@ -2127,6 +2127,8 @@ void Scheduler::import_state(const StateSnapshot& in) {
         bad("it has " + std::to_string(in.devices.size()) + " devices, this scheduler " +
             std::to_string(devices_.size()));
     if (in.next_id < 1 || in.next_id - 1 > in.outcomes.size() * 32) bad("next_id does not match the outcome record");
+    if (in.now == -kInf ? in.next_id != 1 : !(std::fabs(in.now) <= 1e15))  // (as advance_clock; -inf: no call yet)
+        bad("its time " + format_number(in.now) + " is not a finite number of seconds within +-1e15");
     if (in.counters.size() != 18) bad("it has " + std::to_string(in.counters.size()) + " counters, expected 18");
     if (in.classes.size() > kMaxClasses) bad("too many request classes");
     std::uint64_t prev = 0;
@@ -2195,6 +2197,16 @@ void Scheduler::import_state(const StateSnapshot& in) {
     std::size_t in_flight = 0;
     for (const std::uint32_t m : members) in_flight += m;
     if (listed != in_flight) bad("the devices' in-flight lists do not match the requests in flight");
+    {
+        // Conservation (check_invariants): accepted = ended + live, by the counters.
+        Counters c;
+        auto fields = counter_fields(c);
+        for (std::size_t i = 0; i < fields.size(); ++i) *fields[i] = in.counters[i];
+        const std::uint64_t ended = c.completed + c.failed + c.expired + c.cancelled;
+        if (ended < c.completed || c.accepted != ended + in.requests.size())
+            bad("its counters do not balance: accepted " + std::to_string(c.accepted) + " != ended + " +
+                std::to_string(in.requests.size()) + " live");
+    }
     if (in.pending_reasons.size() != in.pending_failed.size())
         bad("the pending failures and their reasons differ in number");
     {
