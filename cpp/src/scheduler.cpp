@@ -533,7 +533,7 @@ Handle Scheduler::normal_head() const noexcept {
 }
 
 double Scheduler::fair_cost(const Request& r) const noexcept {
-    const double w = r.tenant < tenant_weight_.size() ? tenant_weight_[r.tenant] : 1.0;
+    const double w = weight_of(r.tenant);
     return (cfg_.fair.input_weight * static_cast<double>(r.prompt_tokens) +
             cfg_.fair.output_weight * static_cast<double>(r.max_new_tokens)) / w;
 }
@@ -1730,7 +1730,7 @@ void Scheduler::complete_locked(Handle h, std::int64_t output_tokens) {
     if (fair_on_ && r.sched_class == SchedClass::Normal && output_tokens >= 0 &&
         output_tokens < static_cast<std::int64_t>(r.max_new_tokens)) {
         // Fair share: give back the charge for the output it did not generate.
-        const double w = r.tenant < tenant_weight_.size() ? tenant_weight_[r.tenant] : 1.0;
+        const double w = weight_of(r.tenant);
         const double unused = static_cast<double>(static_cast<std::int64_t>(r.max_new_tokens) - output_tokens);
         fair_.set_counter(r.tenant, fair_.counter(r.tenant) - cfg_.fair.output_weight * unused / w);
     }
@@ -1851,7 +1851,7 @@ void Scheduler::set_tenant_weight(std::uint32_t tenant, double weight) {
 
 double Scheduler::tenant_weight(std::uint32_t tenant) const {
     std::lock_guard<std::mutex> lock(mu_);
-    return tenant < tenant_weight_.size() ? tenant_weight_[tenant] : 1.0;
+    return weight_of(tenant);
 }
 
 double Scheduler::tenant_counter(std::uint32_t tenant) const {

@@ -270,12 +270,15 @@ class Scheduler:
     def _apply_tenant_weights(self) -> None:
         """Give the core the fair-share weight (Config.tenant_weights) of every tenant
         numbered so far. Weights are configuration, not state: re-applying is harmless."""
-        weights = self._config.tenant_weights
-        if weights:
+        if self._config.tenant_weights:
             for name, idx in list(self._tenants.items()):
-                w = weights.get(name)
-                if w is not None:
-                    self._core.set_tenant_weight(idx, w)
+                self._weigh_tenant(name, idx)
+
+    def _weigh_tenant(self, name: Optional[str], idx: int) -> None:
+        """Give the core tenant idx's configured fair-share weight, if it has one."""
+        w = self._config.tenant_weights.get(name)
+        if w is not None:
+            self._core.set_tenant_weight(idx, w)
 
     # ------------------------------------------------------------------ properties
 
@@ -446,9 +449,7 @@ class Scheduler:
                     )
                 if t is None:
                     t = self._tenants[tenant] = len(self._tenants)
-                    w = self._config.tenant_weights.get(tenant)
-                    if w is not None:
-                        self._core.set_tenant_weight(t, w)
+                    self._weigh_tenant(tenant, t)
                 if c is None:
                     c = self._classes[request_class] = len(self._classes)
                 self._journal_names()

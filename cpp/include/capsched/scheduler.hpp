@@ -290,6 +290,9 @@ class Scheduler {
     // Fair share: a dispatch charges the tenant (and moves the virtual time up to the
     // tenant's counter before the charge); an undispatch gives the charge back.
     double fair_cost(const Request& r) const noexcept;
+    double weight_of(std::uint32_t tenant) const noexcept {
+        return tenant < tenant_weight_.size() ? tenant_weight_[tenant] : 1.0;
+    }
     void fair_charge(const Request& r, double sign);
     bool has_room(std::uint32_t dev, const Request& r) const noexcept;
     void place_deadline(double now);
