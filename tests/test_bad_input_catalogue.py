@@ -88,7 +88,7 @@ class Ctx:
 def fleet() -> tuple[Scheduler, dict[str, int]]:
     """A scheduler (tenant-bounded queue) with a request in each state."""
     s = Scheduler([Device("big", 2.0), Device("small", 1.0)], max_batch_size=2,
-                  config=Config(max_queued=100, max_queued_per_tenant=3))
+                  config=Config(max_queued=100, max_queued_per_tenant=3, max_dependents=1))
     ids: dict[str, int] = {}
     ids["done"] = s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
     ids["flight"] = s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
@@ -412,6 +412,9 @@ def _rows() -> list[Row]:
     add(R(g, "`submit(req)`", "the same dependency twice",
           lambda c: c.s.submit(InferenceRequest(prompt_tokens=1, depends_on=[c.ids["queued"]] * 2), now=1.0),
           DependencyError, "3.*twice"))
+    add(R(g, "`submit(req)`", "depends on a request that already has max_dependents (1) waiting on it",
+          lambda c: c.s.submit(InferenceRequest(prompt_tokens=1, depends_on=[c.ids["flight"]]), now=1.0),
+          DependencyError, r"request 2, which already has 1 requests waiting on it \(max_dependents = 1\)"))
     add(R(g, "`submit(req)`", "depends on an unsubmitted request object",
           lambda c: c.s.submit(InferenceRequest(prompt_tokens=1, depends_on=[InferenceRequest(prompt_tokens=2)]),
                                now=1.0),
@@ -706,7 +709,7 @@ def render(directory: Path) -> str:
         "stderr and exits with status 2.",
         "",
         "The rows run against a scheduler with devices `big` (capacity 2) and `small` (1),",
-        "`max_batch_size=2`, `Config(max_queued=100, max_queued_per_tenant=3)` and these",
+        "`max_batch_size=2`, `Config(max_queued=100, max_queued_per_tenant=3, max_dependents=1)` and these",
         "requests: 1 completed, 2 in flight, 3 queued (tenant `alice`), 4 cancelled, 5",
         "waiting on 2 (tenant `alice`), 6 queued (tenant `alice`), 7 queued. File names are",
         "relative to the directory the loader ran in.",

@@ -19,7 +19,10 @@ import capsched.config as config_mod
 import capsched.jobs as jobs_mod
 from capsched import Config, Device, InferenceRequest, Scheduler
 from capsched.config import (
+    DEFAULT_MAX_DEPENDENTS,
+    DEFAULT_MAX_QUEUED,
     MAX_BATCH_SIZE,
+    MAX_DEPENDENTS,
     MAX_CONFIG_BYTES,
     MAX_PROMPT_CHARS,
     MAX_REQUEST_CLASSES,
@@ -27,7 +30,7 @@ from capsched.config import (
     MAX_TENANTS,
 )
 from capsched.checkpoint import MAX_CHECKPOINT_BYTES
-from capsched.errors import ConfigError, InvalidArgumentError, InvalidRequestError, QueueFullError
+from capsched.errors import ConfigError, DependencyError, InvalidArgumentError, InvalidRequestError, QueueFullError
 from capsched.jobs import MAX_JOB_FILE_BYTES, MAX_SHARDS, MAX_TASK_ID_LENGTH, MAX_TASKS, JobFileError, load_job
 from capsched.journal import MAX_JOURNAL_BYTES, MAX_JOURNAL_LINE_BYTES
 from capsched.request import MAX_DEPENDENCIES, MAX_TOKENS
@@ -171,6 +174,77 @@ def test_queue_bounds_range(name: str) -> None:
     assert getattr(Config(**{name: 10**12}), name) == 10**12
     with pytest.raises(ConfigError, match=f"{name} must be in 0..1000000000000, got 1000000000001"):
         Config(**{name: 10**12 + 1})
+
+
+def test_queue_is_bounded_by_default() -> None:
+    # The default bound is the same in Config and in the core's own config (C++ users).
+    # Reaching 2^24 takes 2 GB; test_queue_length checks the same check at 10.
+    from capsched import _core
+
+    assert Config().max_queued == DEFAULT_MAX_QUEUED == 2**24
+    assert _core.CoreConfig().max_queued == DEFAULT_MAX_QUEUED
+    assert _core.CoreConfig().max_dependents == DEFAULT_MAX_DEPENDENTS
+
+
+def _waiting_on(s: Scheduler, dep: int, n: int) -> list[int]:
+    return [s.submit(InferenceRequest(prompt_tokens=1, depends_on=(dep,)), now=0.0) for _ in range(n)]
+
+
+def test_fan_out_at_and_past_the_bound() -> None:
+    s = Scheduler(["a"], config=Config(max_dependents=3))
+    root = s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+    other = s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+    _waiting_on(s, root, 3)  # at the bound
+    before = _state(s)
+    req = InferenceRequest(prompt_tokens=1, depends_on=(other, root))
+    with pytest.raises(DependencyError, match=rf"request {root}, which already has 3 requests waiting on it "
+                                              r"\(max_dependents = 3\)"):
+        s.submit(req, now=0.0)
+    assert _state(s) == before and req.id is None
+    _waiting_on(s, other, 3)  # other requests' fan-out is their own
+
+
+def test_fan_out_counts_only_requests_still_waiting() -> None:
+    # A dependent that was cancelled, or failed with its other dependency, frees its place.
+    s = Scheduler(["a"], config=Config(max_dependents=2))
+    root = s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+    side = s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+    a = s.submit(InferenceRequest(prompt_tokens=1, depends_on=(root,)), now=0.0)
+    b = s.submit(InferenceRequest(prompt_tokens=1, depends_on=(root, side)), now=0.0)
+    with pytest.raises(DependencyError, match="max_dependents = 2"):
+        _waiting_on(s, root, 1)
+    s.cancel(a)
+    c = _waiting_on(s, root, 1)[0]  # a's place
+    with pytest.raises(DependencyError, match="already has 2 requests"):
+        _waiting_on(s, root, 1)
+    s.cancel(side)  # b fails with it
+    first = s.step(now=0.5)
+    assert s.status(b) == "failed"
+    d = _waiting_on(s, root, 1)[0]  # b's place
+    with pytest.raises(DependencyError, match="already has 2 requests"):
+        _waiting_on(s, root, 1)
+    # Once root completes, its dependents run and it bounds nothing any more.
+    res = s.step(now=1.0)
+    assert root in [i for r in (first, res) for batch in r.batches for i in batch.request_ids]
+    s.complete(root, now=1.5)
+    assert s.status(c) == s.status(d) == "queued"
+    _waiting_on(s, root, 3)  # (completed: no edge at all)
+
+
+def test_fan_out_default_bound() -> None:
+    assert Config().max_dependents == DEFAULT_MAX_DEPENDENTS == 65536
+    s = Scheduler(["a"])
+    root = s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+    _waiting_on(s, root, DEFAULT_MAX_DEPENDENTS)
+    with pytest.raises(DependencyError, match=f"max_dependents = {DEFAULT_MAX_DEPENDENTS}"):
+        _waiting_on(s, root, 1)
+
+
+def test_fan_out_bound_range() -> None:
+    assert Config(max_dependents=MAX_DEPENDENTS).max_dependents == MAX_DEPENDENTS
+    for bad in (0, MAX_DEPENDENTS + 1):
+        with pytest.raises(ConfigError, match=f"max_dependents must be in 1..{MAX_DEPENDENTS}, got {bad}"):
+            Config(max_dependents=bad)
 
 
 def test_number_of_tenants(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -280,6 +280,7 @@ def configs(draw):
                        ("breaker_cooldown", [30.0, 0.0, 0.05, 1.0]),
                        ("breaker_degrade", [True, False]),
                        ("max_queued_per_tenant", [0, 2, 5]),
+                       ("max_dependents", [65536, 1, 2]),
                        ("dynamic_batching", [True, False])):
         if draw(st.integers(0, 2)) == 0:
             cfg[name] = draw(st.sampled_from(alts))
@@ -358,6 +359,28 @@ misfit_scenarios = st.fixed_dictionaries({
     "ops": st.lists(st.one_of(op_misfit_submit, op_misfit_submit, op_short_step,
                               op_short_step, op_throttle, op_complete),
                     min_size=10, max_size=40),
+})
+
+
+# Fan-out: many requests waiting on the same few (the first three issued), with a small
+# Config.max_dependents, so submits past the bound are refused and the bound frees up
+# as dependents are cancelled or fail and their dependencies end.
+op_fanout_submit = st.tuples(
+    st.just("submit"), st.sampled_from([0.0, 0.0, 0.01]), prompt_tokens, max_new_tokens, priorities,
+    st.sampled_from([None, None, None, ("timeout", 0.05), ("timeout", 3.0)]),
+    st.lists(st.tuples(st.just("early"), st.integers(0, 2)), min_size=1, max_size=2),
+    batchables, st.just(None))
+op_fanout_step = st.tuples(st.just("step"), st.sampled_from([0.0, 0.01, 0.1]))
+fanout_scenarios = st.fixed_dictionaries({
+    "policy": st.sampled_from(POLICIES),
+    "fleet": fleets(),
+    "max_batch_size": st.integers(min_value=1, max_value=4),
+    "config": st.sampled_from([1, 2, 3]).map(lambda k: {"max_dependents": k}),
+    "max_retries": st.sampled_from([0, 1]),
+    "t0": st.just(0.0),
+    "ops": st.lists(st.one_of(op_fanout_submit, op_fanout_submit, op_fanout_submit, op_fanout_step,
+                              op_complete, op_fail, op_cancel, op_cancel),
+                    min_size=10, max_size=50),
 })
 
 
@@ -502,6 +525,8 @@ class Harness:
                 # Mostly recent ids (more likely still live), sometimes any.
                 n = len(self.issued)
                 dep = self.issued[-1 - k % min(n, 4)] if k % 3 else self.issued[k % n]
+            elif kind == "early" and self.issued:
+                dep = self.issued[k % min(len(self.issued), 3)]  # one of the first three
             elif kind == "unknown":
                 dep = self.ref.next_id + k
             else:
@@ -538,6 +563,8 @@ class Harness:
         except RefError as exc:
             self.record(f"  -> ref raises {type(exc).__name__}: {exc}")
             self.event(f"refused submit: {type(exc).__name__}")
+            if "max_dependents" in str(exc):
+                self.event("refused submit: fan-out bound (max_dependents)")
             req = real_request() if self.real is not None else None
             self.expect_same_error(exc, lambda: self.real.submit(req, now=t))
             if req is not None:
@@ -915,6 +942,15 @@ def test_real_scheduler_matches_reference_placement(sc):
 @given(sc=misfit_scenarios)
 def test_real_scheduler_matches_reference_misfits(sc):
     """The same, where throttled devices leave misfits that can move to a bigger one."""
+    run_scenario(sc, real=True)
+
+
+@needs_capsched
+@prop_settings(60)
+@given(sc=fanout_scenarios)
+def test_real_scheduler_matches_reference_fanout(sc):
+    """The same, with many dependents on few requests and a small max_dependents: the
+    fan-out bound refuses the same submits, and cancelled dependents stop counting."""
     run_scenario(sc, real=True)
 
 

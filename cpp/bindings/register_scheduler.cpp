@@ -544,6 +544,7 @@ void register_scheduler(py::module_& m) {
         .def_readwrite("breaker_degrade", &SchedulerConfig::breaker_degrade)
         .def_readwrite("max_queued", &SchedulerConfig::max_queued)
         .def_readwrite("max_queued_per_tenant", &SchedulerConfig::max_queued_per_tenant)
+        .def_readwrite("max_dependents", &SchedulerConfig::max_dependents)
         .def_readwrite("retry_base", &SchedulerConfig::retry_base)
         .def_readwrite("retry_cap", &SchedulerConfig::retry_cap)
         .def_readwrite("retry_seed", &SchedulerConfig::retry_seed)

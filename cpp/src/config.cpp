@@ -93,6 +93,9 @@ void validate(const SchedulerConfig& cfg) {
     if (cfg.max_queued_per_tenant > kMaxQueued)
         throw ConfigError("max_queued_per_tenant must be in 0.." + std::to_string(kMaxQueued) +
                           " (0 = no bound), got " + std::to_string(cfg.max_queued_per_tenant));
+    if (cfg.max_dependents < 1 || cfg.max_dependents > kMaxDependentsLimit)
+        throw ConfigError("max_dependents must be in 1.." + std::to_string(kMaxDependentsLimit) + ", got " +
+                          std::to_string(cfg.max_dependents));
     if (cfg.breaker_failures > 1000000)
         throw ConfigError("breaker_failures must be in 0..1000000 (0 = no breaker), got " +
                           std::to_string(cfg.breaker_failures));

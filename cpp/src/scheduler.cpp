@@ -165,6 +165,7 @@ void Scheduler::reserve(std::size_t n) {
     for (const Device& d : devices_) flight += std::size_t{d.max_inflight_batches} * cfg_.max_batch_size;
     ext_.reserve(std::min(n, flight) + 64);
     free_ext_.reserve(ext_.capacity());
+    ext_dependents_.reserve(ext_.capacity());
     batches_.reserve(n / cfg_.max_batch_size + devices_.size() + 1);
     free_batches_.reserve(batches_.capacity());
 }
@@ -268,6 +269,13 @@ void Scheduler::validate_dependencies(const RequestSpec& s) {
             problem = "depends_on lists request " + id_text(dep) + " twice";
             break;
         }
+        const std::uint32_t x = slab_[h].ext;
+        if (x != kNoIndex && ext_dependents_[x] >= cfg_.max_dependents && prune_dependents(h) >= cfg_.max_dependents) {
+            problem = "depends_on names request " + id_text(dep) + ", which already has " +
+                      std::to_string(ext_dependents_[x]) + " requests waiting on it (max_dependents = " +
+                      std::to_string(cfg_.max_dependents) + ")";
+            break;
+        }
         slab_[h].mark = true;
     }
     for (std::size_t i = 0; i < checked; ++i) {
@@ -305,8 +313,10 @@ RequestExt& Scheduler::ext_of(Handle h) {
             r.ext = free_ext_.back();
             free_ext_.pop_back();
             ext_[r.ext] = RequestExt{};
+            ext_dependents_[r.ext] = 0;
         } else {
             ext_.emplace_back();
+            ext_dependents_.push_back(0);
             r.ext = static_cast<std::uint32_t>(ext_.size() - 1);
         }
     }
@@ -390,7 +400,29 @@ void Scheduler::add_edge(Handle dependency, Handle dependent) {
     RequestExt& x = ext_of(dependency);
     edges_[e] = Edge{slab_[dependent].id, dependent, x.dependents};
     x.dependents = e;
+    ++ext_dependents_[slab_[dependency].ext];
     ++slab_[dependent].slot;  // (Waiting: its live dependencies)
+}
+
+std::uint32_t Scheduler::prune_dependents(Handle h) noexcept {
+    // Unlinks (and frees) the edges whose dependent ended or was replaced; the order of
+    // the edges left is kept. Runs only when a list reaches max_dependents.
+    RequestExt& x = ext_[slab_[h].ext];
+    std::uint32_t* link = &x.dependents;
+    std::uint32_t kept = 0;
+    while (*link != kNoIndex) {
+        const std::uint32_t e = *link;
+        const Request& d = slab_[edges_[e].dependent];
+        if (d.id == edges_[e].dependent_id && d.state == State::Waiting) {
+            ++kept;
+            link = &edges_[e].next;
+        } else {
+            *link = edges_[e].next;
+            free_edge(e);
+        }
+    }
+    ext_dependents_[slab_[h].ext] = kept;
+    return kept;
 }
 
 std::uint64_t Scheduler::accept(const RequestSpec& s, double now) {

@@ -65,6 +65,7 @@ class CoreConfig:
     breaker_degrade: bool
     max_queued: int
     max_queued_per_tenant: int
+    max_dependents: int
     retry_base: float
     retry_cap: float
     retry_seed: int

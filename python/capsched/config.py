@@ -45,6 +45,12 @@ MAX_REQUEST_CLASSES = 2**20
 MAX_PROMPT_CHARS = 100_000_000
 #: Largest ``Scheduler.reserve(n)``: 2**27 (134 million) live requests, about 16 GB.
 MAX_RESERVE = 2**27
+# Default back-pressure bound (``Config.max_queued``): 2^24 requests not in flight, about
+# 2 GB of core records. 0 lifts it.
+DEFAULT_MAX_QUEUED = 2**24
+# Default and largest ``Config.max_dependents`` (fan-out of one request).
+DEFAULT_MAX_DEPENDENTS = 65536
+MAX_DEPENDENTS = 2**24
 #: Largest config file :meth:`Config.from_toml` reads (bytes): 1 MiB.
 MAX_CONFIG_BYTES = 2**20
 #: Prefix of the environment variables :meth:`SchedulerConfig.from_env` reads.
@@ -86,11 +92,16 @@ class Config:
             its failure rate being an EWMA (weight 1/8) of its requests' failures, so an
             intermittently failing device gets less work rather than none (default True).
         max_queued, max_queued_per_tenant: back-pressure bounds on the requests not in
-            flight (waiting, queued or retrying), in all and per tenant (default 0: no
-            bound; else up to 1e12). A submit beyond either raises
+            flight (waiting, queued or retrying), in all and per tenant (1 to 1e12, or
+            0 for no bound; defaults ``DEFAULT_MAX_QUEUED`` = 2^24 in all, about 2 GB of
+            core records, and no bound per tenant). A submit beyond either raises
             :class:`capsched.errors.QueueFullError` and accepts nothing
             (``submit_many``: none of the batch). Re-queued requests (retries,
             preemption) are never refused.
+        max_dependents: fan-out bound: the live requests that may wait on one request
+            (default 65536, 1..2^24). A submit whose ``depends_on`` names a request
+            that already has this many raises :class:`capsched.errors.DependencyError`
+            and accepts nothing.
         retry_base, retry_cap: backoff before the k-th retry is
             ``min(retry_cap, retry_base x 2^(k-1)) x (1 + u) / 2`` seconds, ``u`` uniform in
             [0, 1) ("equal jitter"; defaults 0.1 s and 10 s, >= 0; ``retry_base=0``
@@ -166,8 +177,9 @@ class Config:
     breaker_failures: int = 5
     breaker_cooldown: float = 30.0
     breaker_degrade: bool = True
-    max_queued: int = 0
+    max_queued: int = DEFAULT_MAX_QUEUED
     max_queued_per_tenant: int = 0
+    max_dependents: int = DEFAULT_MAX_DEPENDENTS
     retry_base: float = 0.1
     retry_cap: float = 10.0
     retry_seed: int = 0
@@ -220,6 +232,7 @@ class Config:
             raise ConfigError(f"breaker_degrade must be a bool, got {self.breaker_degrade!r}")
         _check_int("max_queued", self.max_queued, 0, 10**12)
         _check_int("max_queued_per_tenant", self.max_queued_per_tenant, 0, 10**12)
+        _check_int("max_dependents", self.max_dependents, 1, MAX_DEPENDENTS)
         _check_real("retry_base", self.retry_base, minimum=0.0, inclusive=True)
         _check_real("retry_cap", self.retry_cap, minimum=0.0, inclusive=True)
         _check_int("retry_seed", self.retry_seed, 0, 2**64 - 1)

@@ -48,7 +48,8 @@ class RequestStateError(CapschedError, RuntimeError):
 
 
 class DependencyError(CapschedError, ValueError):
-    """``depends_on`` names an unknown request, or one that ended without completing."""
+    """``depends_on`` names an unknown request, or one that ended without completing, or
+    one that already has ``Config.max_dependents`` requests waiting on it."""
 
 
 class AdmissionError(CapschedError, ValueError):

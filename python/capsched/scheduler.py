@@ -319,7 +319,8 @@ class Scheduler:
             DuplicateRequestError: this object was submitted before.
             InvalidRequestError: a field is out of range (the message names it).
             DependencyError: ``depends_on`` names an unknown request or one that ended
-                without completing, or lists one twice.
+                without completing, lists one twice, or names one that already has
+                ``Config.max_dependents`` requests waiting on it.
             AdmissionError: a deadline-class request needs more bandwidth than any device
                 has free.
             QueueFullError: ``Config.max_queued`` or ``max_queued_per_tenant`` would be

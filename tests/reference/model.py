@@ -65,8 +65,9 @@ CONFIG_DEFAULTS: Dict[str, Any] = {
     "breaker_failures": 5,
     "breaker_cooldown": 30.0,
     "breaker_degrade": True,
-    "max_queued": 0,
+    "max_queued": 2**24,
     "max_queued_per_tenant": 0,
+    "max_dependents": 65536,
     "retry_base": 0.1,
     "retry_cap": 10.0,
     "retry_seed": 0,
@@ -1230,6 +1231,10 @@ class ReferenceScheduler:
                 raise RefDependencyError(f"depends_on names unknown request {dep}")
             if r.state in ("failed", "expired", "cancelled"):
                 raise RefDependencyError(f"dependency {dep} ended as {r.state}")
+            # Fan-out bound: the live requests already waiting on a live dependency.
+            if r.state in LIVE_STATES and sum(
+                    1 for d in r.dependents if self.requests[d].state == "waiting") >= int(self.cfg["max_dependents"]):
+                raise RefDependencyError(f"dependency {dep} already has max_dependents requests waiting on it")
         self.check_room(tenant, 1)
         tokens = float(prompt_tokens) + float(max_new_tokens)
         dl_device, dl_bw = None, 0.0

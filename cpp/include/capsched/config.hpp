@@ -120,11 +120,15 @@ struct SchedulerConfig {
     // u uniform in [0, 1) from a splitmix64 stream seeded with retry_seed ("equal
     // jitter"). Seconds, >= 0; retry_base 0 re-queues at once.
     // Back-pressure: requests not in flight (waiting, queued, retrying) in all and per
-    // tenant; a submit beyond either raises QueueFull and accepts nothing (0 = no bound,
-    // the default; else 1..kMaxQueued). Re-queued requests (retries, preemption) are
-    // never refused.
-    std::uint64_t max_queued = 0;
+    // tenant; a submit beyond either raises QueueFull and accepts nothing (1..kMaxQueued,
+    // or 0 = no bound; defaults kDefaultMaxQueued in all and no bound per tenant).
+    // Re-queued requests (retries, preemption) are never refused.
+    std::uint64_t max_queued = 16'777'216;  // kDefaultMaxQueued
     std::uint64_t max_queued_per_tenant = 0;
+    // Fan-out: live requests waiting on one request (its dependents); a submit whose
+    // depends_on names a request that already has this many raises DependencyError
+    // (1..kMaxDependentsLimit, default 65536).
+    std::uint32_t max_dependents = 65'536;
     // Circuit breaker per device: this many consecutive failures (fail()) of requests on
     // it open it for breaker_cooldown seconds; then one probe batch (one request in
     // continuous mode) decides: a completion closes it, a failure opens it again
@@ -153,6 +157,8 @@ inline constexpr std::uint32_t kMaxDeadlineLevels = 1024;
 inline constexpr std::uint32_t kMaxClasses = 1u << 20;
 inline constexpr std::int64_t kMaxBatchTokens = 1'000'000'000;
 inline constexpr std::uint64_t kMaxQueued = 1'000'000'000'000ull;
+inline constexpr std::uint64_t kDefaultMaxQueued = 16'777'216;  // 2^24: about 2 GB of records
+inline constexpr std::uint32_t kMaxDependentsLimit = 1u << 24;   // the largest max_dependents
 inline constexpr std::uint32_t kMaxPools = 65535;
 inline constexpr std::size_t kMaxPreferredSizes = 64;
 inline constexpr double kMaxTenantWeight = 1e6;  // a tenant's fair-share weight: (0, 1e6]

@@ -267,6 +267,8 @@ class Scheduler {
     void release_dependents(std::uint32_t edges);
     void fail_dependents(std::uint32_t edges, std::uint64_t cause, Outcome how, std::string_view detail);
     void free_edge(std::uint32_t e) noexcept;
+    // Drops the edges of dependents no longer waiting from h's list; returns those left.
+    std::uint32_t prune_dependents(Handle h) noexcept;
     void complete_locked(Handle h, std::int64_t output_tokens);
     void check_device(std::uint32_t device) const;
     void touch(Device& d, double now) noexcept;
@@ -387,6 +389,9 @@ class Scheduler {
     std::vector<Handle> free_handles_;
     std::vector<RequestExt> ext_;
     std::vector<std::uint32_t> free_ext_;
+    // By ext slot: edges in that request's dependents list (RequestExt is one cache line
+    // and full). Edges of dependents that ended early stay until the list is pruned.
+    std::vector<std::uint32_t> ext_dependents_;
     const RequestExt default_ext_{};
     IdMap ids_;
     IndexedHeap<ReadyKey> ready_;      // queued normal-class requests by policy key
