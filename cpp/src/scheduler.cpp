@@ -11,11 +11,6 @@ namespace capsched {
 
 namespace {
 
-// std heap order for the timer heap: a min-heap by (at, id).
-template <class T>
-bool timer_later(const T& a, const T& b) noexcept {
-    return a.at > b.at || (a.at == b.at && a.id_lo > b.id_lo);
-}
 
 const char* outcome_name(Outcome how) noexcept {
     switch (how) {
@@ -582,13 +577,9 @@ void Scheduler::arm_timer(Handle h) {
     if (timers_.size() >= 2 * (waiting_ + queued_ + retrying_) + 1024) {
         // Compact: drop the stale entries (amortised O(1): at least as many arms as live
         // entries happened since the last compaction).
-        timers_.erase(std::remove_if(timers_.begin(), timers_.end(),
-                                     [this](const Timer& e) { return !timer_current(e); }),
-                      timers_.end());
-        std::make_heap(timers_.begin(), timers_.end(), timer_later<Timer>);
+        timers_.drop_if([this](const Timer& e) { return !timer_current(e); });
     }
-    timers_.push_back(Timer{timer_at(r), static_cast<std::uint32_t>(r.id), h});
-    std::push_heap(timers_.begin(), timers_.end(), timer_later<Timer>);
+    timers_.push(Timer{timer_at(r), static_cast<std::uint32_t>(r.id), h});
 }
 
 bool Scheduler::timer_current(const Timer& e) const noexcept {
@@ -605,8 +596,7 @@ double Scheduler::timer_at(const Request& r) const noexcept {
 }
 
 void Scheduler::pop_timer() noexcept {
-    std::pop_heap(timers_.begin(), timers_.end(), timer_later<Timer>);
-    timers_.pop_back();
+    timers_.pop();
 }
 
 // ---------------------------------------------------------------- step
@@ -656,8 +646,7 @@ void Scheduler::run_step(double t, StepOutput& out) {
         Request& r = slab_[h];
         if (r.deadline <= t) {
             if (e.at < r.deadline) {  // a level change overtaken by its deadline: expire in deadline order
-                timers_.push_back(Timer{r.deadline, e.id_lo, h});
-                std::push_heap(timers_.begin(), timers_.end(), timer_later<Timer>);
+                timers_.push(Timer{r.deadline, e.id_lo, h});
                 continue;
             }
             const std::uint64_t id = r.id;
@@ -1788,6 +1777,8 @@ void Scheduler::complete_many(const std::uint64_t* ids, std::size_t n, double no
     std::size_t checked = 0;
     std::string problem;
     bool unknown = false;
+    complete_scratch_.clear();  // (the handles found: one lookup per id, not three)
+    complete_scratch_.reserve(n);
     for (; checked < n; ++checked) {
 #if defined(__GNUC__)
         // Lookups ahead: the id map's slot 16 ids on, the slab record 8 ids on.
@@ -1804,6 +1795,7 @@ void Scheduler::complete_many(const std::uint64_t* ids, std::size_t n, double no
                 break;
             }
             slab_[h].mark = true;
+            complete_scratch_.push_back(h);
         } catch (const UnknownRequest& e) {
             problem = e.what();
             unknown = true;
@@ -1813,14 +1805,14 @@ void Scheduler::complete_many(const std::uint64_t* ids, std::size_t n, double no
             break;
         }
     }
-    for (std::size_t i = 0; i < checked; ++i) slab_[ids_.find(ids[i], id_of())].mark = false;
+    for (const Handle h : complete_scratch_) slab_[h].mark = false;
     if (!problem.empty()) {
         problem = "complete_many: element " + std::to_string(checked) + ": " + problem + " (nothing was completed)";
         if (unknown) throw UnknownRequest(problem);
         throw RequestStateError(problem);
     }
     now_ = t;
-    for (std::size_t i = 0; i < n; ++i) complete_locked(ids_.find(ids[i], id_of()), -1);
+    for (const Handle h : complete_scratch_) complete_locked(h, -1);
 }
 
 bool Scheduler::fail(std::uint64_t id, double now, bool retryable, std::string_view error) {
@@ -1938,7 +1930,7 @@ bool Scheduler::check_invariants() const {
     if (fair_on_ ? !ready_.empty() : !fair_.empty()) return false;
     // Timers: a heap; exactly one current entry per timed waiting, queued or retrying
     // request, at its next level change or its deadline.
-    if (!std::is_heap(timers_.begin(), timers_.end(), timer_later<Timer>)) return false;
+    if (!timers_.valid()) return false;
     std::vector<std::uint8_t> armed(slab_.size(), 0);
     for (const Timer& e : timers_) {
         if (e.handle >= slab_.size()) return false;

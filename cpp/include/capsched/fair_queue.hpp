@@ -91,7 +91,7 @@ class FairQueue {
     // Every counter, by tenant id (tenants never seen: 0).
     const std::vector<double>& counters() const noexcept { return vtc_; }
     // The entries of a tenant's heap, in heap order (for checks and snapshots).
-    const std::vector<Entry>& entries(std::uint32_t t) const noexcept { return heaps_[t].entries(); }
+    typename Heap::View entries(std::uint32_t t) const noexcept { return heaps_[t].entries(); }
     std::size_t num_tenants() const noexcept { return heaps_.size(); }
 
     bool check_invariants() const noexcept {

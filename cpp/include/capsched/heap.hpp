@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <new>
 #include <vector>
 
 #ifdef CAPSCHED_DEBUG
@@ -78,6 +79,106 @@ class SharedPositions {
     std::vector<std::uint32_t>* v_;
 };
 
+// Allocates on 64-byte (cache line) boundaries, so that a heap can place each group of
+// siblings in one line (see IndexedHeap::kPad).
+template <class T>
+struct LineAllocator {
+    using value_type = T;
+    static constexpr std::align_val_t kAlign{64};
+    LineAllocator() noexcept = default;
+    template <class U>
+    LineAllocator(const LineAllocator<U>&) noexcept {}
+    T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+    void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, kAlign); }
+    template <class U>
+    bool operator==(const LineAllocator<U>&) const noexcept { return true; }
+    template <class U>
+    bool operator!=(const LineAllocator<U>&) const noexcept { return false; }
+};
+
+// A plain (not indexed) d-ary min-heap of small values under `Less`, laid out as
+// IndexedHeap's array (D - 1 unused entries in a line-aligned allocation when D values
+// fill whole lines, so the children of a node share one line). For the scheduler's timer
+// heap, whose entries go stale rather than being erased: push, pop, rebuild after
+// dropping entries. Pops come out in `Less` order whatever D is.
+template <class T, class Less, unsigned D = 4>
+class MinHeap {
+    static_assert(D >= 2, "a d-ary heap needs D >= 2");
+    static constexpr std::size_t kPad = (D * sizeof(T)) % 64 == 0 ? D - 1 : 0;
+
+  public:
+    MinHeap() : v_(kPad) {}
+
+    std::size_t size() const noexcept { return v_.size() - kPad; }
+    bool empty() const noexcept { return v_.size() == kPad; }
+    void reserve(std::size_t n) { v_.reserve(n + kPad); }
+    const T& front() const noexcept { return v_[kPad]; }
+    const T* begin() const noexcept { return v_.data() + kPad; }
+    const T* end() const noexcept { return v_.data() + v_.size(); }
+
+    void push(const T& x) {
+        v_.push_back(x);
+        std::size_t i = size() - 1;
+        while (i > 0) {
+            const std::size_t parent = (i - 1) / D;
+            if (!less_(x, at(parent))) break;
+            at(i) = at(parent);
+            i = parent;
+        }
+        at(i) = x;
+    }
+
+    void pop() noexcept {
+        CAPSCHED_ASSERT(!empty());
+        const T last = v_.back();
+        v_.pop_back();
+        if (!empty()) sift_down(0, last);
+    }
+
+    // Drops the values for which drop(value) is true, then restores the order: O(n).
+    template <class Drop>
+    void drop_if(Drop drop) {
+        std::size_t kept = kPad;
+        for (std::size_t i = kPad; i < v_.size(); ++i)
+            if (!drop(static_cast<const T&>(v_[i]))) v_[kept++] = v_[i];
+        v_.resize(kept);
+        const std::size_t n = size();
+        for (std::size_t i = n / D + 1; i-- > 0;)
+            if (i < n) sift_down(i, at(i));
+    }
+
+    // The heap order holds (for tests).
+    bool valid() const noexcept {
+        for (std::size_t i = 1; i < size(); ++i)
+            if (less_(at(i), at((i - 1) / D))) return false;
+        return true;
+    }
+
+  private:
+    T& at(std::size_t i) noexcept { return v_[i + kPad]; }
+    const T& at(std::size_t i) const noexcept { return v_[i + kPad]; }
+
+    // Moves `x` (to be stored at i) down to its place.
+    void sift_down(std::size_t i, const T x) noexcept {
+        const std::size_t n = size();
+        for (;;) {
+            const std::size_t first = i * D + 1;
+            if (first >= n) break;
+            const std::size_t last = first + D < n ? first + D : n;
+            std::size_t best = first;
+            for (std::size_t c = first + 1; c < last; ++c) best = less_(at(c), at(best)) ? c : best;
+            if (!less_(at(best), x)) break;
+            at(i) = at(best);
+            i = best;
+        }
+        at(i) = x;
+    }
+
+    static bool less_(const T& a, const T& b) noexcept { return Less{}(a, b); }
+
+    std::vector<T, LineAllocator<T>> v_;
+};
+
 template <class Key = HeapKey, unsigned D = 4, class Pos = OwnPositions>
 class IndexedHeap {
     static_assert(D >= 2, "a d-ary heap needs D >= 2");
@@ -88,41 +189,55 @@ class IndexedHeap {
         Handle handle;
     };
     static constexpr std::uint32_t kNpos = std::numeric_limits<std::uint32_t>::max();
+    // When D entries fill whole cache lines (4 x 16 bytes: one), the array starts with
+    // D - 1 unused entries in a line-aligned allocation: the children of i (D i + 1 ..
+    // D i + D) then sit at D (i + 1) .. D (i + 1) + D - 1 of the array, whole lines, and
+    // a sift-down touches one line per level (for D = 4) instead of two.
+    static constexpr std::size_t kPad = (D * sizeof(Entry)) % 64 == 0 ? D - 1 : 0;
+    // (the entries, in heap order, without the padding)
+    struct View {
+        const Entry* first;
+        const Entry* last;
+        const Entry* begin() const noexcept { return first; }
+        const Entry* end() const noexcept { return last; }
+        std::size_t size() const noexcept { return static_cast<std::size_t>(last - first); }
+        const Entry& operator[](std::size_t i) const noexcept { return first[i]; }
+    };
 
-    IndexedHeap() = default;
-    explicit IndexedHeap(Pos positions) : pos_(positions) {}
+    IndexedHeap() : heap_(kPad) {}
+    explicit IndexedHeap(Pos positions) : heap_(kPad), pos_(positions) {}
 
-    std::size_t size() const noexcept { return heap_.size(); }
-    bool empty() const noexcept { return heap_.empty(); }
+    std::size_t size() const noexcept { return heap_.size() - kPad; }
+    bool empty() const noexcept { return heap_.size() == kPad; }
 
     // Reserve room for `n` entries and handles below `n`.
     void reserve(std::size_t n) {
-        heap_.reserve(n);
+        heap_.reserve(n + kPad);
         if (pos_.size() < n) pos_.resize(n, kNpos);
     }
 
     bool contains(Handle h) const noexcept { return h < pos_.size() && pos_[h] != kNpos; }
 
     const Entry& top() const noexcept {
-        CAPSCHED_ASSERT(!heap_.empty());
-        return heap_.front();
+        CAPSCHED_ASSERT(!empty());
+        return heap_[kPad];
     }
 
     const Key& key_of(Handle h) const noexcept {
         CAPSCHED_ASSERT(contains(h));
-        return heap_[pos_[h]].key;
+        return at(pos_[h]).key;
     }
 
     void push(Handle h, const Key& key) {
         CAPSCHED_ASSERT(!contains(h));
         if (h >= pos_.size()) pos_.resize(grow_to(h), kNpos);
         heap_.push_back(Entry{key, h});
-        sift_up(static_cast<std::uint32_t>(heap_.size() - 1));
+        sift_up(static_cast<std::uint32_t>(size() - 1));
     }
 
     Handle pop() noexcept {
-        CAPSCHED_ASSERT(!heap_.empty());
-        const Handle h = heap_.front().handle;
+        CAPSCHED_ASSERT(!empty());
+        const Handle h = top().handle;
         remove_at(0);
         return h;
     }
@@ -131,8 +246,8 @@ class IndexedHeap {
     void update(Handle h, const Key& key) noexcept {
         CAPSCHED_ASSERT(contains(h));
         const std::uint32_t i = pos_[h];
-        const bool up = key < heap_[i].key;
-        heap_[i].key = key;
+        const bool up = key < at(i).key;
+        at(i).key = key;
         if (up)
             sift_up(i);
         else
@@ -147,23 +262,25 @@ class IndexedHeap {
     }
 
     void clear() noexcept {
-        for (const Entry& e : heap_) pos_[e.handle] = kNpos;
-        heap_.clear();
+        for (const Entry& e : entries()) pos_[e.handle] = kNpos;
+        heap_.resize(kPad);
     }
 
-    // Read-only view of the array (heap order, not sorted); for checks and checkpoints.
-    const std::vector<Entry>& entries() const noexcept { return heap_; }
+    // Read-only view of the entries (heap order, not sorted); for checks and checkpoints.
+    View entries() const noexcept { return View{heap_.data() + kPad, heap_.data() + heap_.size()}; }
 
-    // Verifies both invariants; O(n). For tests.
+    // Verifies both invariants (and the padding's alignment); O(n). For tests.
     bool check_invariants() const noexcept {
-        for (std::size_t i = 0; i < heap_.size(); ++i) {
-            if (heap_[i].handle >= pos_.size() || pos_[heap_[i].handle] != i) return false;
-            if (i > 0 && heap_[i].key < heap_[(i - 1) / D].key) return false;
+        if (kPad != 0 && reinterpret_cast<std::uintptr_t>(heap_.data() + kPad + 1) % 64 != 0) return false;
+        const View v = entries();
+        for (std::size_t i = 0; i < v.size(); ++i) {
+            if (v[i].handle >= pos_.size() || pos_[v[i].handle] != i) return false;
+            if (i > 0 && v[i].key < v[(i - 1) / D].key) return false;
         }
         if constexpr (Pos::kOwned) {  // (a shared index is checked by its owner)
             std::size_t held = 0;
             for (std::uint32_t p : pos_) held += (p != kNpos);
-            return held == heap_.size();
+            return held == v.size();
         }
         return true;
     }
@@ -175,31 +292,34 @@ class IndexedHeap {
         return n;
     }
 
+    Entry& at(std::size_t i) noexcept { return heap_[i + kPad]; }
+    const Entry& at(std::size_t i) const noexcept { return heap_[i + kPad]; }
+
     void place(std::uint32_t i, const Entry& e) noexcept {
-        heap_[i] = e;
+        at(i) = e;
         pos_[e.handle] = i;
     }
 
     void remove_at(std::uint32_t i) noexcept {
-        pos_[heap_[i].handle] = kNpos;
+        pos_[at(i).handle] = kNpos;
         const Entry last = heap_.back();
         heap_.pop_back();
-        if (i == heap_.size()) return;
+        if (i == size()) return;
         // Put the last entry in the hole, then restore order in whichever direction.
-        heap_[i] = last;
+        at(i) = last;
         pos_[last.handle] = i;
-        if (i > 0 && last.key < heap_[(i - 1) / D].key)
+        if (i > 0 && last.key < at((i - 1) / D).key)
             sift_up(i);
         else
             sift_down(i);
     }
 
     void sift_up(std::uint32_t i) noexcept {
-        const Entry e = heap_[i];
+        const Entry e = at(i);
         while (i > 0) {
             const std::uint32_t parent = (i - 1) / D;
-            if (!(e.key < heap_[parent].key)) break;
-            place(i, heap_[parent]);
+            if (!(e.key < at(parent).key)) break;
+            place(i, at(parent));
             i = parent;
         }
         place(i, e);
@@ -208,34 +328,41 @@ class IndexedHeap {
     // The index of the smallest of the children [first, last) (cmov-friendly).
     std::size_t min_child(std::size_t first, std::size_t last) const noexcept {
         std::size_t best = first;
-        for (std::size_t c = first + 1; c < last; ++c) best = heap_[c].key < heap_[best].key ? c : best;
+        for (std::size_t c = first + 1; c < last; ++c) best = at(c).key < at(best).key ? c : best;
         return best;
     }
 
     void sift_down(std::uint32_t i) noexcept {
-        const Entry e = heap_[i];
-        const std::size_t n = heap_.size();
+        const Entry e = at(i);
+        const std::size_t n = size();
         for (;;) {
             const std::size_t first = static_cast<std::size_t>(i) * D + 1;
             if (first >= n) break;
 #if defined(__GNUC__)
             // The grandchildren are read next; fetch them while the children are compared
-            // (hides the cache misses of the lower levels of a large heap).
+            // (hides the cache misses of the lower levels of a large heap). Padded: they
+            // are whole lines, all fetched; else the first and the last entry.
             const std::size_t grand = first * D + 1;
             if (grand < n) {
-                __builtin_prefetch(heap_.data() + grand);
-                __builtin_prefetch(heap_.data() + (grand + D * D < n ? grand + D * D - 1 : n - 1));
+                const Entry* g = heap_.data() + kPad + grand;
+                if constexpr (kPad != 0) {
+                    constexpr std::size_t kPerLine = 64 / sizeof(Entry);
+                    for (std::size_t k = 0; k < D * D; k += kPerLine) __builtin_prefetch(g + k);
+                } else {
+                    __builtin_prefetch(g);
+                    __builtin_prefetch(heap_.data() + kPad + (grand + D * D < n ? grand + D * D - 1 : n - 1));
+                }
             }
 #endif
             const std::size_t best = min_child(first, first + D < n ? first + D : n);
-            if (!(heap_[best].key < e.key)) break;
-            place(i, heap_[best]);
+            if (!(at(best).key < e.key)) break;
+            place(i, at(best));
             i = static_cast<std::uint32_t>(best);
         }
         place(i, e);
     }
 
-    std::vector<Entry> heap_;
+    std::vector<Entry, LineAllocator<Entry>> heap_;  // kPad unused entries, then the heap
     Pos pos_;
 };
 

@@ -206,6 +206,11 @@ class Scheduler {
         std::uint32_t id_lo;  // the low 32 bits of its id: the tie-break (see timers_)
         Handle handle;
     };
+    struct TimerEarlier {  // the timer heap's order: (at, id_lo)
+        bool operator()(const Timer& a, const Timer& b) const noexcept {
+            return a.at < b.at || (a.at == b.at && a.id_lo < b.id_lo);
+        }
+    };
     struct Edge {
         std::uint64_t dependent_id;
         Handle dependent;
@@ -380,6 +385,7 @@ class Scheduler {
     std::vector<std::size_t> cursor_;
     std::vector<std::uint64_t> dep_scratch_;
     std::vector<Handle> handle_scratch_;
+    std::vector<Handle> complete_scratch_;  // complete_many: the handles its check found
 
     mutable std::mutex mu_;
     double now_ = -kInf;
@@ -414,7 +420,7 @@ class Scheduler {
     // right to act on (the request expires then), so a duplicate is harmless: the first
     // ends the request and the next finds it gone. Ties are broken by the low 32 bits of
     // the id, which is id order unless the tied ids straddle a multiple of 2^32.
-    std::vector<Timer> timers_;
+    MinHeap<Timer, TimerEarlier> timers_;
     IndexedHeap<> retries_;    // retrying requests by (time their backoff ends, id)
     std::uint64_t rng_ = 0;    // splitmix64 state of the retry jitter
     std::vector<Edge> edges_;
