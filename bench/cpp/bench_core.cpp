@@ -375,7 +375,7 @@ double median_of(int repeats, F f) {
 int main(int argc, char** argv) {
     int repeats = -1;
     bool quick = false;
-    std::string json_path;
+    std::string json_path, only;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--quick") {
@@ -384,8 +384,11 @@ int main(int argc, char** argv) {
             repeats = std::max(1, std::atoi(argv[++i]));
         } else if (a == "--json" && i + 1 < argc) {
             json_path = argv[++i];
+        } else if (a == "--only" && i + 1 < argc) {
+            only = argv[++i];
         } else {
-            std::fprintf(stderr, "usage: capsched_bench [--quick] [--repeats N] [--json PATH]\n");
+            std::fprintf(stderr, "usage: capsched_bench [--quick] [--repeats N] [--json PATH] "
+                                 "[--only floor|devices|latency|memory]\n");
             return 2;
         }
     }
@@ -401,6 +404,7 @@ int main(int argc, char** argv) {
     std::printf("|---:|---:|---:|---:|---:|---:|---:|\n");
     js.section("floor_and_queued");
     for (const std::size_t n : sizes) {
+        if (!only.empty() && only != "floor") break;
         const std::size_t ops = quick ? 200000 : 1000000;
         const std::size_t rounds = quick ? 1000 : (n >= 1000000 ? 8000 : 20000);
         const double pq = median_of(repeats, [&](std::uint64_t s) { return pq_push_pop(n, ops, s); });
@@ -431,6 +435,7 @@ int main(int argc, char** argv) {
     const std::vector<std::uint32_t> fleets = quick ? std::vector<std::uint32_t>{1, 64, 1024}
                                                     : std::vector<std::uint32_t>{1, 4, 16, 64, 256, 1024};
     for (const bool mixed : {false, true}) {
+        if (!only.empty() && only != "devices") break;
         for (const std::uint32_t d : fleets) {
             if (mixed && d == 1) continue;
             // (capacity-aware placement on a large fleet costs about 1 ms a step: fewer rounds)
@@ -454,7 +459,7 @@ int main(int argc, char** argv) {
 
     std::printf("\n## latency: each step() dispatching one batch of 32, 1e5 queued, 64 equal devices (63 busy)\n\n");
     js.section("latency");
-    {
+    if (only.empty() || only == "latency") {
         std::vector<double> all, pers;
         for (int i = 0; i < repeats; ++i) {
             StepRun r = core_steps(100000, 64, false, quick ? 2000 : 20000, static_cast<std::uint64_t>(i + 11));
@@ -474,6 +479,7 @@ int main(int argc, char** argv) {
     std::printf("| queued | reserve(n) | timeouts | bytes per request |\n|---:|---|---|---:|\n");
     js.section("memory");
     for (const std::size_t n : std::vector<std::size_t>{100000, 1000000}) {
+        if (!only.empty() && only != "memory") break;
         for (const bool reserve : {true, false})
             for (const bool timeouts : {false, true}) {
                 const double b = bytes_per_queued(n, reserve, timeouts);
