@@ -7,8 +7,8 @@ per step so that the run spans 19 s of virtual time: half of the requests have a
 of 20..60 s, so none expires but many change deadline level on the way (the weighted
 policy's timer heap does real work). The four contenders:
 
-* ``core_bulk``: the core's bulk path, ``submit_many`` (numpy arrays) / ``step`` /
-  ``complete_many`` (the step's ids as a uint64 array);
+* ``core_bulk``: the core's bulk path, ``submit_many`` (numpy arrays) / ``step_many``
+  (the step's ids as a uint64 array) / ``complete_many`` (that array);
 * ``core_python``: the per-request Python path, ``submit(InferenceRequest(...))`` /
   ``step`` / ``complete(id)`` per id (building each InferenceRequest is timed too);
 * ``core_python_prebuilt``: the same with the request objects built beforehand (the
@@ -101,8 +101,8 @@ def roundtrip_core_bulk(s: Scheduler, w: Dict[str, np.ndarray]) -> int:
     done = steps = 0
     while done < n:
         t = steps * dt
-        ids = s.step(t).dispatched
-        s.complete_many(np.array(ids, dtype=np.uint64), t)
+        ids = s.step_many(t).request_ids  # (a uint64 array: complete_many takes it as it is)
+        s.complete_many(ids, t)
         done += len(ids)
         steps += 1
         if steps > 2 * n_steps(n):

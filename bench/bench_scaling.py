@@ -3,11 +3,12 @@
 Groups (``python -m pytest bench/bench_scaling.py --benchmark-only``):
 
 * ``bulk_2e5``: the ``roundtrip`` loop of bench_core.py with N = 200,000: the core's bulk
-  path (``submit_many`` / ``step`` / ``complete_many``) against the same weighted policy in
+  path (``submit_many`` / ``step_many`` / ``complete_many``) against the same weighted policy in
   pure Python (``heapq_weighted.py``). Requests per second = N / median.
 * ``scaling_queued``: steady state through the bulk path with n requests queued (1e3 to
   1e6): each round completes the 256 requests in flight with ``complete_many``, submits
-  256 with ``submit_many`` and steps (8 devices take one batch of 32 each). Per request
+  256 with ``submit_many`` and steps with ``step_many`` (8 devices take one batch of 32
+  each). Per request
   = median / (rounds x 256), in ``extra_info["median_ns_per_request"]``. The curve should
   grow as ``log n``.
 * ``scaling_devices``: the same at n = 1e5 with 1 to 1024 equal devices (each one batch in
@@ -151,7 +152,7 @@ class SteadyState:
         done = self.in_flight
         self.s.complete_many(done, now=self.now)
         self.submit(len(done))
-        self.in_flight = np.array(self.s.step(now=self.now).dispatched, dtype=np.uint64)
+        self.in_flight = self.s.step_many(now=self.now).request_ids
         return len(done)
 
     def round_one(self, d: int) -> float:

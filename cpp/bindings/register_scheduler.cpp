@@ -2,6 +2,7 @@
 // Every call into the core but the per-request ones (submit, submit_spec, complete)
 // releases the GIL: the core touches no Python object and guards its own state with a
 // mutex, so other Python threads may run meanwhile. The per-request ones keep it (below).
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -258,6 +259,23 @@ StateSnapshot snapshot_from(const py::dict& in) {
 py::tuple step_tuple(const StepOutput& out) {
     return py::make_tuple(py::cast(out.batch_device), py::cast(out.batch_offsets), py::cast(out.request_ids),
                           py::cast(out.expired), py::cast(out.failed), py::cast(out.failed_reasons), out.now,
+                          py::cast(out.migrated), py::cast(out.migrated_from), py::cast(out.preempted),
+                          py::cast(out.preempted_from), out.next_step_at, out.held);
+}
+
+// The same with numpy arrays for the four per-request fields (batch devices and offsets,
+// dispatched and expired ids): one copy each, no Python int per id. For the bulk path
+// (Scheduler.step_many), whose caller hands the ids on as an array.
+template <class T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+    py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+    if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
+    return a;
+}
+
+py::tuple step_arrays_tuple(const StepOutput& out) {
+    return py::make_tuple(to_array(out.batch_device), to_array(out.batch_offsets), to_array(out.request_ids),
+                          to_array(out.expired), py::cast(out.failed), py::cast(out.failed_reasons), out.now,
                           py::cast(out.migrated), py::cast(out.migrated_from), py::cast(out.preempted),
                           py::cast(out.preempted_from), out.next_step_at, out.held);
 }
@@ -616,6 +634,33 @@ void register_scheduler(py::module_& m) {
                     s.step_continuous(now, slots, kv, out);
                 }
                 return step_tuple(out);
+            },
+            py::arg("now"), py::arg("free_slots"), py::arg("free_kv"))
+        .def(
+            "step_arrays",
+            [](Scheduler& s, double now) {
+                StepOutput out;
+                {
+                    py::gil_scoped_release release;
+                    s.step(now, out);
+                }
+                return step_arrays_tuple(out);
+            },
+            py::arg("now"))
+        .def(
+            "step_continuous_arrays",
+            [](Scheduler& s, double now, const I64Array& free_slots, const I64Array& free_kv) {
+                if (static_cast<std::size_t>(free_slots.size()) != s.num_devices() ||
+                    static_cast<std::size_t>(free_kv.size()) != s.num_devices())
+                    throw py::value_error("step_continuous: one free_slots and one free_kv value per device");
+                StepOutput out;
+                const std::int64_t* slots = free_slots.data();
+                const std::int64_t* kv = free_kv.data();
+                {
+                    py::gil_scoped_release release;  // arrays are kept alive by this frame
+                    s.step_continuous(now, slots, kv, out);
+                }
+                return step_arrays_tuple(out);
             },
             py::arg("now"), py::arg("free_slots"), py::arg("free_kv"))
         .def("estimate_service", &Scheduler::estimate_service, py::arg("device"), py::arg("prompt_tokens"),

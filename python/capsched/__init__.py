@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
 from .config import POLICIES, Config, SchedulerConfig
 from .devices import Device, Slice, discover, parse_devices
 from .request import MAX_DEPENDENCIES, MAX_TOKENS, InferenceRequest
-from .scheduler import Batch, OpenAutoGLMScheduler, Scheduler, StepResult
+from .scheduler import Batch, OpenAutoGLMScheduler, Scheduler, StepArrays, StepResult
 from .specs import AcceleratorSpec
 from .specs import lookup as lookup_accelerator
 from .tokens import estimate_tokens
@@ -72,6 +72,7 @@ __all__ = [
     "Scheduler",
     "Slice",
     "SchedulerConfig",
+    "StepArrays",
     "StepResult",
     "UnknownRequestError",
     "discover",

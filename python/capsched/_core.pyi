@@ -102,6 +102,22 @@ _StepTuple = tuple[
     int,  # held
 ]
 
+_StepArraysTuple = tuple[
+    npt.NDArray[np.uint32],  # batch devices
+    npt.NDArray[np.uint64],  # batch offsets (one more than batches)
+    npt.NDArray[np.uint64],  # request ids
+    npt.NDArray[np.uint64],  # expired
+    list[int],  # failed
+    list[str],  # failure reasons
+    float,  # now
+    list[int],  # migrated
+    list[int],  # migrated from
+    list[int],  # preempted
+    list[int],  # preempted from
+    float,  # next_step_at
+    int,  # held
+]
+
 # (max_new_tokens, priority, timeout, deadline, sched_class, batchable, uclamp_min, uclamp_max)
 _Spec = tuple[int, float, float, float, int, bool, float, float]
 
@@ -143,6 +159,10 @@ class Core:
     def step_continuous(
         self, now: float, free_slots: npt.NDArray[np.int64], free_kv: npt.NDArray[np.int64]
     ) -> _StepTuple: ...
+    def step_arrays(self, now: float) -> _StepArraysTuple: ...
+    def step_continuous_arrays(
+        self, now: float, free_slots: npt.NDArray[np.int64], free_kv: npt.NDArray[np.int64]
+    ) -> _StepArraysTuple: ...
     def estimate_service(self, device: int, prompt_tokens: float, steps: float, batch: float) -> float: ...
     def preemption_info(self, id: int) -> tuple[int, float]: ...
     def complete(self, id: int, now: float, output_tokens: int = -1, /) -> None: ...

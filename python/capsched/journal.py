@@ -56,8 +56,8 @@ ARRAY_DTYPES = frozenset({"<i8", "<u8", "<f8", "<i4", "<u4", "<f4", "|b1", "|u1"
 
 #: Core calls that change state, and so are journaled.
 MUTATING_CALLS = frozenset(
-    {"submit", "submit_many", "step", "step_continuous", "complete", "complete_many", "fail", "cancel",
-     "set_clock", "set_pressure"}
+    {"submit", "submit_many", "step", "step_continuous", "step_arrays", "step_continuous_arrays", "complete",
+     "complete_many", "fail", "cancel", "set_clock", "set_pressure"}
 )
 
 

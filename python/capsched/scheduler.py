@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _core
 from . import config as _limits
@@ -107,6 +108,53 @@ class StepResult:
 
     def __bool__(self) -> bool:
         return bool(self.batches or self.expired or self.failed or self.migrated or self.preempted)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepArrays:
+    """What one :meth:`Scheduler.step_many` decided: the same as :class:`StepResult`,
+    with the dispatched and expired ids as numpy arrays (no Python object per id), for
+    servers that hand them on in bulk (:meth:`Scheduler.complete_many` takes
+    ``request_ids`` as it is).
+
+    Attributes:
+        request_ids: every dispatched id, batch after batch (``uint64``); batch ``b`` is
+            ``request_ids[batch_offsets[b]:batch_offsets[b + 1]]``.
+        batch_offsets: ``uint64``, one more than there are batches (``[0]`` when none).
+        batch_device: ``uint32``, the index of each batch's device.
+        devices: the name of each batch's device.
+        expired: ids that passed their deadline (``uint64``).
+        failed, now, migrated, preempted, next_step_at, held: as :class:`StepResult`.
+    """
+
+    request_ids: npt.NDArray[np.uint64]
+    batch_offsets: npt.NDArray[np.uint64]
+    batch_device: npt.NDArray[np.uint32]
+    devices: list[str]
+    expired: npt.NDArray[np.uint64]
+    failed: list[tuple[int, str]]
+    now: float
+    migrated: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    preempted: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    next_step_at: float = math.inf
+    held: int = 0
+
+    @property
+    def dispatched(self) -> npt.NDArray[np.uint64]:
+        """All dispatched ids, batch after batch (``request_ids``)."""
+        return self.request_ids
+
+    def batches(self) -> list[Batch]:
+        """The batches as :class:`Batch` objects (ids as Python ints), as :meth:`Scheduler.step` gives them."""
+        ids = self.request_ids.tolist()
+        offs = self.batch_offsets.tolist()
+        return [
+            _batch(name, int(d), ids[offs[i] : offs[i + 1]])
+            for i, (name, d) in enumerate(zip(self.devices, self.batch_device.tolist()))
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(len(self.request_ids) or len(self.expired) or self.failed or self.migrated or self.preempted)
 
 
 # Fast constructors for the two frozen dataclasses above, for step(): the same objects
@@ -524,17 +572,10 @@ class Scheduler:
             InvalidArgumentError: an unknown device name, a slot count outside
                 0..65536, a KV figure that is not an integer.
         """
-        t = self._time(now)
-        if free_slots is None:
-            if free_kv_tokens is not None:
-                raise InvalidArgumentError("free_kv_tokens is only used with free_slots (continuous mode)")
-            res = self._core.step(t)
-        else:
-            slots = self._per_device("free_slots", free_slots, -1)  # -1: not reported
-            kv = self._per_device("free_kv_tokens", {} if free_kv_tokens is None else free_kv_tokens, -1)
-            res = self._core.step_continuous(t, slots, kv)
         # Lists from the core: batch b is ids[offsets[b]:offsets[b + 1]] on device devs[b].
-        devs, offsets, ids, expired, failed, reasons, t, moved, moved_from, pre, pre_from, next_at, held = res
+        devs, offsets, ids, expired, failed, reasons, t, moved, moved_from, pre, pre_from, next_at, held = (
+            self._core_step(now, free_slots, free_kv_tokens, arrays=False)
+        )
         names = self._names
         batches = [_batch(names[d], d, ids[offsets[i] : offsets[i + 1]]) for i, d in enumerate(devs)]
         return _step_result(
@@ -547,6 +588,60 @@ class Scheduler:
             next_at,
             held,
         )
+
+    def step_many(
+        self,
+        now: Optional[float] = None,
+        *,
+        free_slots: Optional[Mapping[str, int]] = None,
+        free_kv_tokens: Optional[Mapping[str, int]] = None,
+    ) -> StepArrays:
+        """:meth:`step` for the bulk path: the same decisions, with the dispatched and
+        expired ids as numpy arrays (:class:`StepArrays`) instead of a Python int each,
+        so a server that submits with :meth:`submit_many` and completes with
+        :meth:`complete_many` never builds one object per request. One step, the same
+        arguments, errors and effects as :meth:`step` (journaled the same way).
+
+        Raises:
+            InvalidArgumentError: as :meth:`step`.
+        """
+        devs, offsets, ids, expired, failed, reasons, t, moved, moved_from, pre, pre_from, next_at, held = (
+            self._core_step(now, free_slots, free_kv_tokens, arrays=True)
+        )
+        names = self._names
+        r = _new(StepArrays)
+        d = r.__dict__
+        d["request_ids"] = ids
+        d["batch_offsets"] = offsets
+        d["batch_device"] = devs
+        d["devices"] = [names[i] for i in devs.tolist()]
+        d["expired"] = expired
+        d["failed"] = list(zip(failed, reasons)) if failed else []
+        d["now"] = t
+        d["migrated"] = [(i, names[k]) for i, k in zip(moved, moved_from)] if moved else []
+        d["preempted"] = [(i, names[k]) for i, k in zip(pre, pre_from)] if pre else []
+        d["next_step_at"] = next_at
+        d["held"] = held
+        return r
+
+    def _core_step(
+        self,
+        now: Optional[float],
+        free_slots: Optional[Mapping[str, int]],
+        free_kv_tokens: Optional[Mapping[str, int]],
+        *,
+        arrays: bool,
+    ) -> Any:
+        t = self._time(now)
+        if free_slots is None:
+            if free_kv_tokens is not None:
+                raise InvalidArgumentError("free_kv_tokens is only used with free_slots (continuous mode)")
+            return self._core.step_arrays(t) if arrays else self._core.step(t)
+        slots = self._per_device("free_slots", free_slots, -1)  # -1: not reported
+        kv = self._per_device("free_kv_tokens", {} if free_kv_tokens is None else free_kv_tokens, -1)
+        if arrays:
+            return self._core.step_continuous_arrays(t, slots, kv)
+        return self._core.step_continuous(t, slots, kv)
 
     def _per_device(self, what: str, values: object, default: int) -> np.ndarray:
         if not isinstance(values, Mapping):
