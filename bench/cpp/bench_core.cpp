@@ -43,6 +43,7 @@
 // entries of dispatched requests) and the ready heap re-keys.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -70,8 +71,9 @@ constexpr std::size_t kHeader = 16;
 #else
 #define CAPSCHED_BENCH_NOINLINE
 #endif
-// The other replaceable forms (new[], nothrow, sized delete[]) default to these two.
-// Over-aligned forms are not counted; the core allocates none.
+// The other replaceable forms (new[], nothrow, sized delete[]) default to these two; the
+// over-aligned ones (the core's line-aligned arrays, capsched/heap.hpp LineAllocator)
+// are counted below.
 CAPSCHED_BENCH_NOINLINE void* operator new(std::size_t n) {
     void* p = std::malloc(n + kHeader);
     if (p == nullptr) throw std::bad_alloc();
@@ -88,6 +90,30 @@ CAPSCHED_BENCH_NOINLINE void operator delete(void* p) noexcept {
     std::free(base);
 }
 CAPSCHED_BENCH_NOINLINE void operator delete(void* p, std::size_t) noexcept { operator delete(p); }
+// Over-aligned: the size is stored just before the block, which starts `align` bytes
+// into what malloc returned (aligned_alloc's result, rounded to a whole alignment).
+CAPSCHED_BENCH_NOINLINE void* operator new(std::size_t n, std::align_val_t al) {
+    const std::size_t a = std::max(static_cast<std::size_t>(al), kHeader);
+    void* p = std::aligned_alloc(a, (n + a + a - 1) / a * a);
+    if (p == nullptr) throw std::bad_alloc();
+    char* user = static_cast<char*>(p) + a;
+    std::memcpy(user - kHeader, &n, sizeof n);
+    std::memcpy(user - kHeader + sizeof n, &a, sizeof a);
+    g_live_bytes += n;
+    return user;
+}
+CAPSCHED_BENCH_NOINLINE void operator delete(void* p, std::align_val_t) noexcept {
+    if (p == nullptr) return;
+    char* user = static_cast<char*>(p);
+    std::size_t n, a;
+    std::memcpy(&n, user - kHeader, sizeof n);
+    std::memcpy(&a, user - kHeader + sizeof n, sizeof a);
+    g_live_bytes -= n;
+    std::free(user - a);
+}
+CAPSCHED_BENCH_NOINLINE void operator delete(void* p, std::size_t, std::align_val_t al) noexcept {
+    operator delete(p, al);
+}
 
 namespace {
 
@@ -349,6 +375,59 @@ StepRun core_steps(std::size_t n, std::uint32_t devices, bool mixed, std::size_t
     return r;
 }
 
+// The Python bulk loop (bench/bench_core.py roundtrip_core_bulk, bench_scaling.py
+// bulk_2e5) in C++: n requests by submit_many at t = 0 (prompt 0..3999, 1..1023 new
+// tokens, priority uniform, half with a timeout uniform in [20, 60) s), then step and
+// complete_many of what it dispatched until all completed; 8 devices, batches of 32, time
+// advancing so that the run spans 19 s. Nanoseconds per request, each call and in all.
+struct BulkRun {
+    double submit_ns = 0.0, step_ns = 0.0, complete_ns = 0.0, total_ms = 0.0;
+};
+
+BulkRun bulk(std::size_t n, std::uint64_t seed) {
+    Rng rng{seed};
+    std::vector<std::int64_t> prompt(n), max_new(n);
+    std::vector<double> priority(n), timeout(n), deadline(n, std::nan(""));
+    for (std::size_t i = 0; i < n; ++i) {
+        prompt[i] = static_cast<std::int64_t>(rng.uniform() * 4000.0);
+        max_new[i] = 1 + static_cast<std::int64_t>(rng.uniform() * 1023.0);
+        priority[i] = rng.uniform();
+        timeout[i] = rng.uniform() < 0.5 ? 20.0 + rng.uniform() * 40.0 : std::nan("");
+    }
+    std::vector<std::uint64_t> ids(n);
+    Scheduler s(config(), fleet(8, false));
+    const std::size_t per_step = 8 * kBatch;
+    const std::size_t steps = (n + per_step - 1) / per_step;
+    const double dt = 19.0 / static_cast<double>(steps);
+    StepOutput out;
+    BulkRun r;
+    const auto t0 = Clock::now();
+    s.submit_many(n, prompt.data(), max_new.data(), priority.data(), timeout.data(), deadline.data(), 0.0, ids.data());
+    const auto t1 = Clock::now();
+    r.submit_ns = std::chrono::duration<double, std::nano>(t1 - t0).count();
+    std::size_t done = 0, k = 0;
+    while (done < n) {
+        const double now = static_cast<double>(k++) * dt;
+        const auto a = Clock::now();
+        s.step(now, out);
+        const auto b = Clock::now();
+        s.complete_many(out.request_ids.data(), out.request_ids.size(), now);
+        const auto c = Clock::now();
+        r.step_ns += std::chrono::duration<double, std::nano>(b - a).count();
+        r.complete_ns += std::chrono::duration<double, std::nano>(c - b).count();
+        done += out.request_ids.size();
+        if (k > 2 * steps) fail("the bulk loop does not finish");
+    }
+    r.total_ms = ns_since(t0) / 1e6;
+    const capsched::Stats st = s.stats();
+    if (st.counters.completed != n || st.counters.expired != 0) fail("the bulk loop lost or expired requests");
+    const double per = static_cast<double>(n);
+    r.submit_ns /= per;
+    r.step_ns /= per;
+    r.complete_ns /= per;
+    return r;
+}
+
 double bytes_per_queued(std::size_t n, bool reserve, bool timeouts) {
     const std::vector<RequestSpec> specs = make_specs(n, 7, timeouts, 1.0);
     const std::size_t before = g_live_bytes;
@@ -388,7 +467,7 @@ int main(int argc, char** argv) {
             only = argv[++i];
         } else {
             std::fprintf(stderr, "usage: capsched_bench [--quick] [--repeats N] [--json PATH] "
-                                 "[--only floor|devices|latency|memory]\n");
+                                 "[--only floor|devices|latency|bulk|memory]\n");
             return 2;
         }
     }
@@ -472,6 +551,24 @@ int main(int argc, char** argv) {
         std::printf("| %zu | %.2f | %.2f | %.2f | %.0f |\n", all.size(), p50, p99, mx, median(pers));
         js.row(fields(kv("steps", std::uint64_t{all.size()}), kv("p50_us", p50), kv("p99_us", p99),
                       kv("max_us", mx), kv("ns_per_dispatched_request", median(pers))));
+    }
+
+    std::printf("\n## bulk: the Python bulk loop (bench_core.py core_bulk) in C++, 8 devices\n\n");
+    js.section("bulk");
+    if (only.empty() || only == "bulk") {
+        std::printf("| requests | total (ms) | requests/s | submit / step / complete per request |\n");
+        std::printf("|---:|---:|---:|---:|\n");
+        for (const std::size_t n : std::vector<std::size_t>{200000}) {
+            std::vector<BulkRun> runs;
+            for (int i = 0; i < repeats; ++i) runs.push_back(bulk(n, static_cast<std::uint64_t>(i + 1)));
+            std::sort(runs.begin(), runs.end(), [](const BulkRun& a, const BulkRun& b) { return a.total_ms < b.total_ms; });
+            const BulkRun& m = runs[runs.size() / 2];
+            std::printf("| %zu | %.1f | %.0f | %.0f / %.0f / %.0f |\n", n, m.total_ms,
+                        static_cast<double>(n) / (m.total_ms / 1e3), m.submit_ns, m.step_ns, m.complete_ns);
+            js.row(fields(kv("requests", std::uint64_t{n}), kv("total_ms", m.total_ms),
+                          kv("submit_ns_per_request", m.submit_ns), kv("step_ns_per_request", m.step_ns),
+                          kv("complete_ns_per_request", m.complete_ns)));
+        }
     }
 
     std::printf("\n## memory: live heap bytes per queued request (sizeof(capsched::Request) = %zu)\n\n",

@@ -353,6 +353,11 @@ void Scheduler::submit_many(std::size_t n, const std::int64_t* prompt_tokens,
     }
     check_room(0, n);
     now_ = t;
+    // Room for all n at once (growing geometrically, as one-by-one pushes would), so the
+    // loop below does not reallocate the slab and the ready heap several times over.
+    const std::size_t live = slab_.size() - free_handles_.size();
+    if (live + n > slab_.capacity()) slab_.reserve(std::max(live + n, 2 * slab_.capacity()));
+    if (!fair_on_ && live + n > ready_.capacity()) ready_.reserve(std::max(live + n, 2 * ready_.capacity()));
     for (std::size_t i = 0; i < n; ++i) {
         s.prompt_tokens = prompt_tokens[i];
         s.max_new_tokens = max_new_tokens[i];
@@ -903,6 +908,15 @@ std::uint32_t Scheduler::open_batch(std::uint32_t device) {
 
 void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now, std::uint8_t kind) {
     if (slab_[h].state == State::Queued) {  // (a migrant is already in flight)
+#if defined(__GNUC__)
+        // The next head of the ready heap is one of the top's children: fetch their
+        // records while the top is erased (the distance a prefetch after the erase lacks).
+        if (!fair_on_ && slab_[h].sched_class == SchedClass::Normal && !ready_.empty() && ready_.top().handle == h) {
+            const auto v = ready_.entries();
+            const std::size_t last = std::min<std::size_t>(v.size(), 5);
+            for (std::size_t c = 1; c < last; ++c) __builtin_prefetch(&slab_[v[c].handle]);
+        }
+#endif
         erase_ready(h);
 #if defined(__GNUC__)
         // The next request placement reads is likely the new head of this queue: start

@@ -20,6 +20,9 @@
 #include <limits>
 #include <new>
 #include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #ifdef CAPSCHED_DEBUG
 #define CAPSCHED_ASSERT(x) assert(x)
@@ -58,11 +61,60 @@ struct ReadyKey {
 #pragma pack(pop)
 static_assert(sizeof(ReadyKey) == 12, "ReadyKey packs to 12 bytes");
 
+// Allocates on 64-byte (cache line) boundaries, so that a heap can place each group of
+// siblings in one line (see IndexedHeap::kPad). On Linux, a block of 4 MiB or more is
+// aligned to 2 MiB and advised to use transparent huge pages (madvise; nothing happens
+// where THP is off): the core's big arrays (request slab, heaps, position and id
+// indexes) are read at random, and with 4 KiB pages most of those reads also miss the
+// TLB once the arrays pass a few MiB.
+namespace detail {
+inline constexpr std::size_t kHugePage = std::size_t{2} << 20;
+inline constexpr std::size_t kHugeFrom = std::size_t{4} << 20;
+
+inline void* allocate_lines(std::size_t bytes) {
+#if defined(__linux__)
+    if (bytes >= kHugeFrom) {
+        // (the whole huge pages of the block; the tail keeps small pages, so nothing is
+        // allocated beyond what was asked for)
+        void* p = ::operator new(bytes, std::align_val_t{kHugePage});
+        (void)::madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);  // advice: failure changes nothing
+        return p;
+    }
+#endif
+    return ::operator new(bytes, std::align_val_t{64});
+}
+
+inline void deallocate_lines(void* p, std::size_t bytes) noexcept {
+#if defined(__linux__)
+    if (bytes >= kHugeFrom) {
+        ::operator delete(p, std::align_val_t{kHugePage});
+        return;
+    }
+#endif
+    (void)bytes;
+    ::operator delete(p, std::align_val_t{64});
+}
+}  // namespace detail
+
+template <class T>
+struct LineAllocator {
+    using value_type = T;
+    LineAllocator() noexcept = default;
+    template <class U>
+    LineAllocator(const LineAllocator<U>&) noexcept {}
+    T* allocate(std::size_t n) { return static_cast<T*>(detail::allocate_lines(n * sizeof(T))); }
+    void deallocate(T* p, std::size_t n) noexcept { detail::deallocate_lines(p, n * sizeof(T)); }
+    template <class U>
+    bool operator==(const LineAllocator<U>&) const noexcept { return true; }
+    template <class U>
+    bool operator!=(const LineAllocator<U>&) const noexcept { return false; }
+};
+
 // Storage of a heap's position index (handle -> slot in the heap array). By default each
 // heap owns its index; heaps whose handle sets are disjoint (the per-tenant heaps of
 // FairQueue) can share one through SharedPositions, so that their index costs 4 bytes
 // per handle in all rather than per heap.
-struct OwnPositions : std::vector<std::uint32_t> {
+struct OwnPositions : std::vector<std::uint32_t, LineAllocator<std::uint32_t>> {
     static constexpr bool kOwned = true;
 };
 
@@ -79,22 +131,6 @@ class SharedPositions {
     std::vector<std::uint32_t>* v_;
 };
 
-// Allocates on 64-byte (cache line) boundaries, so that a heap can place each group of
-// siblings in one line (see IndexedHeap::kPad).
-template <class T>
-struct LineAllocator {
-    using value_type = T;
-    static constexpr std::align_val_t kAlign{64};
-    LineAllocator() noexcept = default;
-    template <class U>
-    LineAllocator(const LineAllocator<U>&) noexcept {}
-    T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
-    void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, kAlign); }
-    template <class U>
-    bool operator==(const LineAllocator<U>&) const noexcept { return true; }
-    template <class U>
-    bool operator!=(const LineAllocator<U>&) const noexcept { return false; }
-};
 
 // A plain (not indexed) d-ary min-heap of small values under `Less`, laid out as
 // IndexedHeap's array (D - 1 unused entries in a line-aligned allocation when D values
@@ -107,7 +143,7 @@ class MinHeap {
     static constexpr std::size_t kPad = (D * sizeof(T)) % 64 == 0 ? D - 1 : 0;
 
   public:
-    MinHeap() : v_(kPad) {}
+    MinHeap() : v_(kPad) { v_.reserve(kPad + 1); }  // (see IndexedHeap())
 
     std::size_t size() const noexcept { return v_.size() - kPad; }
     bool empty() const noexcept { return v_.size() == kPad; }
@@ -204,11 +240,14 @@ class IndexedHeap {
         const Entry& operator[](std::size_t i) const noexcept { return first[i]; }
     };
 
-    IndexedHeap() : heap_(kPad) {}
-    explicit IndexedHeap(Pos positions) : heap_(kPad), pos_(positions) {}
+    // (room for kPad + 1 from the start, so that growth by doubling lands on powers of
+    // two: capacity kPad x 2^k would overshoot by up to half again)
+    IndexedHeap() : heap_(kPad) { heap_.reserve(kPad + 1); }
+    explicit IndexedHeap(Pos positions) : heap_(kPad), pos_(positions) { heap_.reserve(kPad + 1); }
 
     std::size_t size() const noexcept { return heap_.size() - kPad; }
     bool empty() const noexcept { return heap_.size() == kPad; }
+    std::size_t capacity() const noexcept { return heap_.capacity() - kPad; }
 
     // Reserve room for `n` entries and handles below `n`.
     void reserve(std::size_t n) {

@@ -112,7 +112,7 @@ class IdMap {
 
     template <class IdOf>
     void rehash(std::size_t cap, IdOf id_of) {
-        std::vector<Handle> old(cap, kNoHandle);
+        std::vector<Handle, LineAllocator<Handle>> old(cap, kNoHandle);
         old.swap(slots_);
         shift_ = 64;
         for (std::size_t c = cap; c > 1; c >>= 1) --shift_;
@@ -120,7 +120,7 @@ class IdMap {
             if (h != kNoHandle) put(h, id_of(h));
     }
 
-    std::vector<Handle> slots_;
+    std::vector<Handle, LineAllocator<Handle>> slots_;
     std::vector<std::uint64_t> live_;  // bit per id inserted so far: live
     unsigned shift_ = 58;  // 64 - log2(slots_.size())
     std::size_t size_ = 0;

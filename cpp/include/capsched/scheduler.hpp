@@ -391,7 +391,7 @@ class Scheduler {
     double now_ = -kInf;
     std::uint64_t next_id_ = 1;
 
-    std::vector<Request> slab_;
+    std::vector<Request, LineAllocator<Request>> slab_;  // (huge pages when large)
     std::vector<Handle> free_handles_;
     std::vector<RequestExt> ext_;
     std::vector<std::uint32_t> free_ext_;
