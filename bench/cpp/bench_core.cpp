@@ -442,6 +442,37 @@ double bytes_per_queued(std::size_t n, bool reserve, bool timeouts) {
     return per;
 }
 
+// Timings of a fixed register-only loop calibrated to take about `target_ns` (the
+// latency section's control).
+std::vector<double> control_samples(double target_ns, std::size_t count) {
+    volatile std::uint64_t sink = 0;
+    const auto spin = [&](std::uint64_t iters) {
+        std::uint64_t x = 0x9E3779B97F4A7C15ull;
+        for (std::uint64_t i = 0; i < iters; ++i) x ^= (x << 13) ^ (x >> 7) ^ i;
+        sink = x;
+    };
+    std::uint64_t iters = 1000;
+    for (int k = 0; k < 20; ++k) {  // calibrate: the median of 200 runs near the target
+        std::vector<double> t;
+        for (int j = 0; j < 200; ++j) {
+            const auto t0 = Clock::now();
+            spin(iters);
+            t.push_back(ns_since(t0));
+        }
+        const double m = median(t);
+        iters = std::max<std::uint64_t>(1, static_cast<std::uint64_t>(static_cast<double>(iters) * target_ns / m));
+    }
+    std::vector<double> out;
+    out.reserve(count);
+    for (std::size_t j = 0; j < count; ++j) {
+        const auto t0 = Clock::now();
+        spin(iters);
+        out.push_back(ns_since(t0));
+    }
+    (void)sink;
+    return out;
+}
+
 template <class F>
 double median_of(int repeats, F f) {
     std::vector<double> v;
@@ -551,6 +582,15 @@ int main(int argc, char** argv) {
         std::printf("| %zu | %.2f | %.2f | %.2f | %.0f |\n", all.size(), p50, p99, mx, median(pers));
         js.row(fields(kv("steps", std::uint64_t{all.size()}), kv("p50_us", p50), kv("p99_us", p99),
                       kv("max_us", mx), kv("ns_per_dispatched_request", median(pers))));
+        // Control: a fixed amount of register-only arithmetic (no memory, no allocation),
+        // sized to take about the step's p50, timed the same way as many times. Its tail
+        // is the machine's (interrupts, the hypervisor, frequency changes), not the core's.
+        const std::vector<double> ctl = control_samples(p50 * 1e3, all.size());
+        const double c50 = quantile(ctl, 0.5) / 1e3, c99 = quantile(ctl, 0.99) / 1e3, cmx = quantile(ctl, 1.0) / 1e3;
+        std::printf("\ncontrol (fixed arithmetic of about the same length, timed alike): p50 %.2f us, p99 %.2f us, "
+                    "max %.2f us; p99 / p50: steps %.2f, control %.2f\n",
+                    c50, c99, cmx, p99 / p50, c99 / c50);
+        js.row(fields(kv("control_p50_us", c50), kv("control_p99_us", c99), kv("control_max_us", cmx)));
     }
 
     std::printf("\n## bulk: the Python bulk loop (bench_core.py core_bulk) in C++, 8 devices\n\n");
