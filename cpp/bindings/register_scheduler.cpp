@@ -280,6 +280,26 @@ py::tuple step_arrays_tuple(const StepOutput& out) {
                           py::cast(out.preempted_from), out.next_step_at, out.held);
 }
 
+// A step (or continuous-mode step) with the GIL released; the caller converts the output.
+StepOutput run_step(Scheduler& s, double now) {
+    StepOutput out;
+    py::gil_scoped_release release;
+    s.step(now, out);
+    return out;
+}
+
+StepOutput run_step_continuous(Scheduler& s, double now, const I64Array& free_slots, const I64Array& free_kv) {
+    if (static_cast<std::size_t>(free_slots.size()) != s.num_devices() ||
+        static_cast<std::size_t>(free_kv.size()) != s.num_devices())
+        throw py::value_error("step_continuous: one free_slots and one free_kv value per device");
+    StepOutput out;
+    const std::int64_t* slots = free_slots.data();
+    const std::int64_t* kv = free_kv.data();
+    py::gil_scoped_release release;  // the arrays are kept alive by the caller's frame
+    s.step_continuous(now, slots, kv, out);
+    return out;
+}
+
 // ---------------------------------------------------------------- per-request calls
 //
 // submit(), submit_spec() and complete() run once per request. pybind11's generic
@@ -609,58 +629,19 @@ void register_scheduler(py::module_& m) {
             },
             py::arg("prompt_tokens"), py::arg("max_new_tokens"), py::arg("priority"), py::arg("timeout"),
             py::arg("deadline"), py::arg("now"))
-        .def(
-            "step",
-            [](Scheduler& s, double now) {
-                StepOutput out;
-                {
-                    py::gil_scoped_release release;
-                    s.step(now, out);
-                }
-                return step_tuple(out);
-            },
-            py::arg("now"))
+        .def("step", [](Scheduler& s, double now) { return step_tuple(run_step(s, now)); }, py::arg("now"))
         .def(
             "step_continuous",
             [](Scheduler& s, double now, const I64Array& free_slots, const I64Array& free_kv) {
-                if (static_cast<std::size_t>(free_slots.size()) != s.num_devices() ||
-                    static_cast<std::size_t>(free_kv.size()) != s.num_devices())
-                    throw py::value_error("step_continuous: one free_slots and one free_kv value per device");
-                StepOutput out;
-                const std::int64_t* slots = free_slots.data();
-                const std::int64_t* kv = free_kv.data();
-                {
-                    py::gil_scoped_release release;  // arrays are kept alive by this frame
-                    s.step_continuous(now, slots, kv, out);
-                }
-                return step_tuple(out);
+                return step_tuple(run_step_continuous(s, now, free_slots, free_kv));
             },
             py::arg("now"), py::arg("free_slots"), py::arg("free_kv"))
-        .def(
-            "step_arrays",
-            [](Scheduler& s, double now) {
-                StepOutput out;
-                {
-                    py::gil_scoped_release release;
-                    s.step(now, out);
-                }
-                return step_arrays_tuple(out);
-            },
-            py::arg("now"))
+        .def("step_arrays", [](Scheduler& s, double now) { return step_arrays_tuple(run_step(s, now)); },
+             py::arg("now"))
         .def(
             "step_continuous_arrays",
             [](Scheduler& s, double now, const I64Array& free_slots, const I64Array& free_kv) {
-                if (static_cast<std::size_t>(free_slots.size()) != s.num_devices() ||
-                    static_cast<std::size_t>(free_kv.size()) != s.num_devices())
-                    throw py::value_error("step_continuous: one free_slots and one free_kv value per device");
-                StepOutput out;
-                const std::int64_t* slots = free_slots.data();
-                const std::int64_t* kv = free_kv.data();
-                {
-                    py::gil_scoped_release release;  // arrays are kept alive by this frame
-                    s.step_continuous(now, slots, kv, out);
-                }
-                return step_arrays_tuple(out);
+                return step_arrays_tuple(run_step_continuous(s, now, free_slots, free_kv));
             },
             py::arg("now"), py::arg("free_slots"), py::arg("free_kv"))
         .def("estimate_service", &Scheduler::estimate_service, py::arg("device"), py::arg("prompt_tokens"),
