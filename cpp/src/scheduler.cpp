@@ -1965,6 +1965,12 @@ bool Scheduler::check_invariants() const {
             continue;
         }
         if (ids_.find(r.id, id_of()) != h) return false;
+        if (r.ext != kNoIndex) {  // the fan-out count is the length of its dependents list
+            std::uint32_t edges = 0;
+            for (std::uint32_t e = ext_[r.ext].dependents; e != kNoIndex && edges <= edges_.size(); e = edges_[e].next)
+                ++edges;
+            if (edges != ext_dependents_[r.ext]) return false;
+        }
         const bool timed = std::isfinite(r.deadline);
         if (timed && r.state != State::InFlight && !armed[h]) return false;  // its timer is set
         switch (r.state) {
