@@ -11,7 +11,6 @@ namespace capsched {
 
 namespace {
 
-
 const char* outcome_name(Outcome how) noexcept {
     switch (how) {
         case Outcome::Completed: return "completed";
@@ -909,9 +908,13 @@ std::uint32_t Scheduler::open_batch(std::uint32_t device) {
 void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now, std::uint8_t kind) {
     if (slab_[h].state == State::Queued) {  // (a migrant is already in flight)
 #if defined(__GNUC__)
-        // The next head of the ready heap is one of the top's children: fetch their
-        // records while the top is erased (the distance a prefetch after the erase lacks).
-        if (!fair_on_ && slab_[h].sched_class == SchedClass::Normal && !ready_.empty() && ready_.top().handle == h) {
+        // The next request placement reads is likely the new head of this queue. For the
+        // normal ready heap that is one of the top's children: fetch their records while
+        // the top is erased. Otherwise fetch the new head's once the erase is done, while
+        // the rest of this dispatch runs.
+        const bool ahead =
+            !fair_on_ && slab_[h].sched_class == SchedClass::Normal && !ready_.empty() && ready_.top().handle == h;
+        if (ahead) {
             const auto v = ready_.entries();
             const std::size_t last = std::min<std::size_t>(v.size(), 5);
             for (std::size_t c = 1; c < last; ++c) __builtin_prefetch(&slab_[v[c].handle]);
@@ -919,9 +922,9 @@ void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now, std
 #endif
         erase_ready(h);
 #if defined(__GNUC__)
-        // The next request placement reads is likely the new head of this queue: start
-        // fetching its record now, while the rest of this dispatch runs.
-        if (slab_[h].sched_class == SchedClass::Normal) {
+        if (ahead) {
+            // (fetched above)
+        } else if (slab_[h].sched_class == SchedClass::Normal) {
             const Handle next = normal_head();
             if (next != kNoHandle) __builtin_prefetch(&slab_[next]);
         } else {

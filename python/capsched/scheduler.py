@@ -149,7 +149,7 @@ class StepArrays:
         ids = self.request_ids.tolist()
         offs = self.batch_offsets.tolist()
         return [
-            _batch(name, int(d), ids[offs[i] : offs[i + 1]])
+            _batch(name, d, ids[offs[i] : offs[i + 1]])
             for i, (name, d) in enumerate(zip(self.devices, self.batch_device.tolist()))
         ]
 
@@ -583,8 +583,8 @@ class Scheduler:
             expired,
             list(zip(failed, reasons)) if failed else [],
             t,
-            [(i, names[d]) for i, d in zip(moved, moved_from)] if moved else [],
-            [(i, names[d]) for i, d in zip(pre, pre_from)] if pre else [],
+            self._on_devices(moved, moved_from),
+            self._on_devices(pre, pre_from),
             next_at,
             held,
         )
@@ -618,11 +618,16 @@ class Scheduler:
         d["expired"] = expired
         d["failed"] = list(zip(failed, reasons)) if failed else []
         d["now"] = t
-        d["migrated"] = [(i, names[k]) for i, k in zip(moved, moved_from)] if moved else []
-        d["preempted"] = [(i, names[k]) for i, k in zip(pre, pre_from)] if pre else []
+        d["migrated"] = self._on_devices(moved, moved_from)
+        d["preempted"] = self._on_devices(pre, pre_from)
         d["next_step_at"] = next_at
         d["held"] = held
         return r
+
+    def _on_devices(self, ids: list[int], devices: list[int]) -> list[tuple[int, str]]:
+        """(id, device name) pairs from the core's parallel id and device-index lists."""
+        names = self._names
+        return [(i, names[d]) for i, d in zip(ids, devices)] if ids else []
 
     def _core_step(
         self,

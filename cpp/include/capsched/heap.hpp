@@ -110,6 +110,13 @@ struct LineAllocator {
     bool operator!=(const LineAllocator<U>&) const noexcept { return false; }
 };
 
+// Unused entries at the front of a line-aligned heap array when D entries fill whole
+// cache lines (4 x 16 bytes: one): D - 1 of them put the children of i (D i + 1 .. D i +
+// D) at D (i + 1) .. D (i + 1) + D - 1 of the array, whole lines, so a sift-down touches
+// one line per level (for D = 4) instead of two. Shared by MinHeap and IndexedHeap.
+template <class E, unsigned D>
+inline constexpr std::size_t kLinePad = (D * sizeof(E)) % 64 == 0 ? D - 1 : 0;
+
 // Storage of a heap's position index (handle -> slot in the heap array). By default each
 // heap owns its index; heaps whose handle sets are disjoint (the per-tenant heaps of
 // FairQueue) can share one through SharedPositions, so that their index costs 4 bytes
@@ -131,16 +138,14 @@ class SharedPositions {
     std::vector<std::uint32_t>* v_;
 };
 
-
 // A plain (not indexed) d-ary min-heap of small values under `Less`, laid out as
-// IndexedHeap's array (D - 1 unused entries in a line-aligned allocation when D values
-// fill whole lines, so the children of a node share one line). For the scheduler's timer
+// IndexedHeap's array (kLinePad unused entries first). For the scheduler's timer
 // heap, whose entries go stale rather than being erased: push, pop, rebuild after
 // dropping entries. Pops come out in `Less` order whatever D is.
 template <class T, class Less, unsigned D = 4>
 class MinHeap {
     static_assert(D >= 2, "a d-ary heap needs D >= 2");
-    static constexpr std::size_t kPad = (D * sizeof(T)) % 64 == 0 ? D - 1 : 0;
+    static constexpr std::size_t kPad = kLinePad<T, D>;
 
   public:
     MinHeap() : v_(kPad) { v_.reserve(kPad + 1); }  // (see IndexedHeap())
@@ -225,11 +230,7 @@ class IndexedHeap {
         Handle handle;
     };
     static constexpr std::uint32_t kNpos = std::numeric_limits<std::uint32_t>::max();
-    // When D entries fill whole cache lines (4 x 16 bytes: one), the array starts with
-    // D - 1 unused entries in a line-aligned allocation: the children of i (D i + 1 ..
-    // D i + D) then sit at D (i + 1) .. D (i + 1) + D - 1 of the array, whole lines, and
-    // a sift-down touches one line per level (for D = 4) instead of two.
-    static constexpr std::size_t kPad = (D * sizeof(Entry)) % 64 == 0 ? D - 1 : 0;
+    static constexpr std::size_t kPad = kLinePad<Entry, D>;  // (see kLinePad)
     // (the entries, in heap order, without the padding)
     struct View {
         const Entry* first;
