@@ -749,18 +749,14 @@ def run_soak(cfg: SoakConfig, progress: Optional[Callable[[str], None]] = None) 
             end_ids(np.array([i for i, _ in res.failed], dtype=np.uint64), FAILED)
         if res.preempted and not continuous:
             raise SoakError(f"batch mode preempted {res.preempted[:3]}")
-        for rid, dev in res.preempted:
-            hit = find_inflight(rid, names.index(dev))
-            if hit is None:
-                raise SoakError(f"request {rid} preempted on {dev}, where it was not running")
-            stop_running(hit)
-            ev["preempted"] += 1
-        for rid, old in res.migrated:
-            hit = find_inflight(rid, names.index(old))
-            if hit is None:
-                raise SoakError(f"request {rid} migrated from {old}, where it was not running")
-            stop_running(hit)
-            ev["migrated"] += 1
+        # Preempted and migrated requests both stop running on the device named.
+        for moves, event, prep in ((res.preempted, "preempted", "on"), (res.migrated, "migrated", "from")):
+            for rid, dev in moves:
+                hit = find_inflight(rid, names.index(dev))
+                if hit is None:
+                    raise SoakError(f"request {rid} {event} {prep} {dev}, where it was not running")
+                stop_running(hit)
+                ev[event] += 1
         for b in res.batches:
             n = len(b.request_ids)
             d = b.device_index
