@@ -27,6 +27,7 @@ Run: ``python -m pytest bench/ --benchmark-only`` (see bench/README.md).
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import random
@@ -204,28 +205,47 @@ CONTENDERS = {
 }
 
 
+def measure_rounds(benchmark, make, data_for_round, run, check, n: int, rounds: int) -> int:
+    """``benchmark.pedantic`` over ``rounds`` rounds, each on a fresh scheduler from
+    ``make()`` (untimed setup) fed ``data_for_round()``. Each round's scheduler is checked
+    (``check(s, n, run's result)``) in the next round's setup, untimed, and then dropped,
+    so at most two are alive at once: keeping every round's scheduler until the end made
+    each later round allocate its memory afresh (page faults in the timed region) and
+    timed the process's growth rather than the scheduler. A full collection runs in
+    each setup too, so that no round starts with the previous round's garbage pending.
+    Returns the number of rounds run and checked."""
+    pending: list = []
+    checked = [0]
+
+    def settle() -> None:
+        while pending:
+            s, result = pending.pop()
+            check(s, n, result)
+            checked[0] += 1
+
+    def setup():
+        settle()
+        gc.collect()
+        return (make(), data_for_round()), {}
+
+    def target(s, data) -> None:
+        pending.append((s, run(s, data)))
+
+    benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1)
+    settle()
+    assert checked[0] >= 1
+    return checked[0]
+
+
 @pytest.mark.benchmark(group="roundtrip")
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("contender", list(CONTENDERS))
 def test_roundtrip(benchmark, contender: str, n: int) -> None:
     make, prepare, run, check = CONTENDERS[contender]
     prepared = prepare(n) if contender != "core_python_prebuilt" else None
-    made: list = []
-    results: List[int] = []
-
-    def setup():
-        made.append(make())
-        # Request objects can be submitted once: build a fresh set per round, untimed.
-        data = prepare(n) if prepared is None else prepared
-        return (made[-1], data), {}
-
-    def target(s, data):
-        results.append(run(s, data))
-
-    benchmark.pedantic(target, setup=setup, rounds=ROUNDS[(contender, n)], iterations=1)
-    assert made and len(made) == len(results)
-    for s, steps in zip(made, results):
-        check(s, n, steps)
+    # (request objects can be submitted once: a fresh set per round, built untimed)
+    measure_rounds(benchmark, make, lambda: prepare(n) if prepared is None else prepared, run, check, n,
+                   ROUNDS[(contender, n)])
     _record(benchmark, n)
 
 

@@ -49,6 +49,7 @@ from bench_core import (  # noqa: E402
     check_heapq,
     make_core,
     make_heapq,
+    measure_rounds,
     roundtrip_core_bulk,
     roundtrip_heapq,
     workload,
@@ -75,19 +76,7 @@ def test_bulk_2e5(benchmark, request, contender: str) -> None:
         make, data, run, check = make_core, w, roundtrip_core_bulk, check_core
     else:
         make, data, run, check = make_heapq, as_lists(w), roundtrip_heapq, check_heapq
-    made: list = []
-    results: List[int] = []
-
-    def setup():
-        made.append(make())
-        return (made[-1], data), {}
-
-    def target(s, d):
-        results.append(run(s, d))
-
-    benchmark.pedantic(target, setup=setup, rounds=5 if contender == "core_bulk" else 3, iterations=1)
-    for s, steps in zip(made, results):
-        check(s, n, steps)
+    measure_rounds(benchmark, make, lambda: data, run, check, n, 5 if contender == "core_bulk" else 3)
     benchmark.extra_info["n_requests"] = n
     stats = getattr(benchmark, "stats", None)
     if stats is not None:

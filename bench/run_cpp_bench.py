@@ -11,7 +11,8 @@ It configures CMake with ``-DCAPSCHED_BENCH=ON -DCMAKE_BUILD_TYPE=Release`` (plu
 directory with ``--build-dir``), builds the ``capsched_bench`` target with the core library
 alone (no Python, no pybind11; the core's ``-Wall -Wextra -Wconversion`` apply to the
 driver too) and runs it. Every other argument goes to the driver (``--quick``,
-``--repeats N``, ``--json PATH``). Needs cmake and a C++17 compiler; uses Ninja when it is
+``--repeats N``, ``--json PATH``, ``--only SECTION``, ``--queued N``: the floor section
+at one queue size, e.g. to profile it). Needs cmake and a C++17 compiler; uses Ninja when it is
 installed and the build directory is new. What each section measures is at the top of
 bench/cpp/bench_core.cpp.
 """

@@ -3,7 +3,8 @@
 // Built by CMake with -DCAPSCHED_BENCH=ON (bench/run_cpp_bench.py does it); prints plain
 // tables, and with --json PATH the same figures as JSON. Every figure is the median of
 // `--repeats` runs (default 5; 1 with --quick, which also runs shorter loops and fewer
-// fleet sizes) unless it says otherwise. Sections:
+// fleet sizes) unless it says otherwise. `--only SECTION` runs one section; `--queued N`
+// runs the floor section at that one queue size (to profile it). Sections:
 //
 //   floor    std::priority_queue<pair<double, u64>> held at n entries: one push and one pop
 //            per operation (random keys drifting upward, so the queue turns over instead
@@ -486,6 +487,7 @@ int main(int argc, char** argv) {
     int repeats = -1;
     bool quick = false;
     std::string json_path, only;
+    std::size_t queued = 0;  // --queued N: the floor section at this one queue size
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--quick") {
@@ -496,15 +498,18 @@ int main(int argc, char** argv) {
             json_path = argv[++i];
         } else if (a == "--only" && i + 1 < argc) {
             only = argv[++i];
+        } else if (a == "--queued" && i + 1 < argc) {
+            queued = static_cast<std::size_t>(std::strtoull(argv[++i], nullptr, 10));
         } else {
             std::fprintf(stderr, "usage: capsched_bench [--quick] [--repeats N] [--json PATH] "
-                                 "[--only floor|devices|latency|bulk|memory]\n");
+                                 "[--only floor|devices|latency|bulk|memory] [--queued N]\n");
             return 2;
         }
     }
     if (repeats < 0) repeats = quick ? 1 : 5;
     Json js;
-    const std::vector<std::size_t> sizes{1000, 10000, 100000, 1000000};
+    const std::vector<std::size_t> sizes =
+        queued ? std::vector<std::size_t>{queued} : std::vector<std::size_t>{1000, 10000, 100000, 1000000};
     std::printf("capsched_bench%s: medians of %d runs; times in ns unless marked\n\n", quick ? " --quick" : "", repeats);
 
     std::printf("## floor and queued: n queued; one push+pop per op (floor); per request: complete + submit + "
