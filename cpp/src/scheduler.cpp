@@ -969,7 +969,14 @@ void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now, std
     ++counters_.dispatched;
     if (kind == 0) ++counters_.placed_fitting;
     if (kind == 1) ++counters_.placed_fallback;
-    step_members_.push_back(StepMember{step_batch_[batch.device], h, r.id, kind, true});
+    // (filled in place: a temporary built on the stack byte by byte and then copied by
+    // words stalls on store forwarding)
+    StepMember& m = step_members_.emplace_back();
+    m.step_batch = step_batch_[batch.device];
+    m.handle = h;
+    m.id = r.id;
+    m.kind = kind;
+    m.kept = true;
 }
 
 void Scheduler::undispatch(StepMember& m, double now) {
