@@ -516,3 +516,26 @@ def test_a_waiting_pooled_request_does_not_hide_another_tenants_work() -> None:
     res = s.step(now=1.0)
     assert [(b.device, b.request_ids) for b in res.batches] == [("pinned", [rid])]
     assert s.check_invariants()
+
+
+def test_a_mostly_busy_mixed_fleet_places_only_on_devices_with_room() -> None:
+    # Capacity-aware placement scans only the devices that still have room in the step
+    # (docs/internals.md): devices fill up one after another within a step, and a step
+    # after most of them are busy uses exactly the ones that were freed.
+    caps = [4.0, 3.0, 2.0, 1.0] * 4
+    names = [f"d{i}" for i in range(len(caps))]
+    s = Scheduler([Device(n, c) for n, c in zip(names, caps)], max_batch_size=2)
+    ids = [s.submit(InferenceRequest(prompt_tokens=10, max_new_tokens=10), now=0.0) for _ in range(40)]
+    first = s.step(now=0.0)
+    assert sorted(b.device for b in first.batches) == sorted(names)
+    assert all(len(b.request_ids) == 2 for b in first.batches)
+    assert sorted(i for b in first.batches for i in b.request_ids) == ids[:32]
+    on = {b.device: b.request_ids for b in first.batches}
+    assert s.step(now=0.5).batches == []  # every device is busy
+    for name in ("d14", "d5"):
+        for rid in on[name]:
+            s.complete(rid, now=1.0)
+    again = s.step(now=1.0)
+    # d5 (capacity 3) is stronger than d14 (capacity 2): it takes the next two first.
+    assert [(b.device, b.request_ids) for b in again.batches] == [("d5", ids[32:34]), ("d14", ids[34:36])]
+    assert s.stats()["queued"] == 4

@@ -691,10 +691,14 @@ void Scheduler::run_step(double t, StepOutput& out) {
     step_batches_.clear();
     step_members_.clear();
     refresh_groups();
+    placing_ = false;  // (migrations scan every device; also after a step that threw)
     migrate_misfits(t, out);
+    placing_ = true;
+    open_listed_ = false;
     place_deadline(t);
     place_by_fitness(t);
     place_background(t);
+    placing_ = false;
     if (continuous_ && cfg_.batching.preemption) preempt(t, out);
     hold_batches(t, out);
     if (!retries_.empty()) out.next_step_at = std::min(out.next_step_at, retries_.top().key.key);
@@ -1265,8 +1269,20 @@ bool Scheduler::has_room(std::uint32_t dev, const Request& r) const noexcept {
     return d.kv_budget == kUnlimitedTokens || d.kv_used + tokens <= d.kv_budget;
 }
 
+bool Scheduler::any_in_time(const Request& r, const Device* bigger_than, double min_capacity) const noexcept {
+    // Whether a device open to r (within the same bounds as choose_device's) would end it
+    // in time, whether or not it has room.
+    for (const std::uint32_t dev : device_order_) {
+        const Device& d = devices_[dev];
+        if (bigger_than != nullptr && !(d.capacity > bigger_than->capacity)) continue;
+        if (d.capacity < min_capacity || !eligible(d, r)) continue;
+        if (in_time(d, r)) return true;
+    }
+    return false;
+}
+
 std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
-                                       bool* fitted, bool* wait) const {
+                                       bool* fitted, bool* wait) {
     // docs/placement.md. "In time": the device's service model (when seeded) says r alone
     // ends by its deadline. A device r fits must be in time; the fallback prefers devices
     // in time; with defer_late, if the only devices with room would finish r late while
@@ -1277,7 +1293,24 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
     std::uint32_t best = kNoIndex, fallback = kNoIndex, late = kNoIndex;
     double best_score = -kInf, best_energy = kInf, fallback_spare = -kInf, late_spare = -kInf;
     bool any_timely = false;
-    for (const std::uint32_t dev : device_order_) {
+    // During placement: only the devices that had room when the step's list was made
+    // (a closed device has no room for anyone; any_timely, which counts devices without
+    // room too, is completed by any_in_time below when it matters).
+    const bool listed = placing_;
+    if (listed && !open_listed_) {
+        open_devices_.clear();
+        for (const std::uint32_t dev : device_order_)
+            if (!device_closed(dev)) open_devices_.push_back(dev);
+        open_listed_ = true;
+    }
+    const std::vector<std::uint32_t>& order = listed ? open_devices_ : device_order_;
+    std::size_t kept = 0;  // (listed: devices found closed are dropped as the scan goes)
+    for (std::size_t i = 0; i < order.size(); ++i) {
+        const std::uint32_t dev = order[i];
+        if (listed) {
+            if (device_closed(dev)) continue;
+            open_devices_[kept++] = dev;
+        }
         const Device& d = devices_[dev];
         if (bigger_than != nullptr && !(d.capacity > bigger_than->capacity)) continue;
         if (d.capacity < min_capacity || !eligible(d, r)) continue;
@@ -1310,6 +1343,7 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
             late_spare = spare;
         }
     }
+    if (listed) open_devices_.resize(kept);
     *fitted = best != kNoIndex;
     if (wait != nullptr) *wait = false;
     if (best != kNoIndex) return best;
@@ -1319,7 +1353,8 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
         return kNoIndex;
     }
     if (fallback != kNoIndex) return fallback;
-    if (late != kNoIndex && any_timely && wait != nullptr && cfg_.placement.defer_late) {
+    if (late != kNoIndex && wait != nullptr && cfg_.placement.defer_late &&
+        (any_timely || (listed && any_in_time(r, bigger_than, min_capacity)))) {
         *wait = true;
         return kNoIndex;
     }

@@ -343,7 +343,8 @@ class Scheduler {
     void migrate_misfits(double now, StepOutput& out);
     void emit_step(StepOutput& out);
     std::uint32_t choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
-                                bool* fitted, bool* wait) const;
+                                bool* fitted, bool* wait);
+    bool any_in_time(const Request& r, const Device* bigger_than, double min_capacity) const noexcept;
     void place_by_fitness(double now);
     void place_background(double now);
     void set_outcome(std::uint64_t id, Outcome how);
@@ -357,6 +358,15 @@ class Scheduler {
     SchedulerConfig cfg_;
     std::vector<Device> devices_;
     std::vector<std::uint32_t> device_order_;  // strongest first
+    // During a step's placement (place_deadline .. place_background): the devices, in
+    // device_order_, that were not closed (device_closed) when the list was made, on
+    // the first capacity-aware placement of the step. Within placement a device only
+    // fills up, so one closed then stays closed: choose_device scans this list instead of
+    // every device, and drops the devices it finds closed. Placement of a request on a
+    // mostly busy mixed fleet costs O(devices with room), not O(devices).
+    std::vector<std::uint32_t> open_devices_;
+    bool placing_ = false;       // placement is running (the list may be used)
+    bool open_listed_ = false;   // the list was made in this step
     PeltParams pelt_;
     std::vector<ClassState> classes_;
     // Placement groups: group 0 holds the shared devices (no tenant list); each pinned
