@@ -76,33 +76,37 @@ struct ServiceModel {
 enum class Breaker : std::uint8_t { Closed = 0, Open = 1, HalfOpen = 2 };
 
 struct Device {
+    // (Fields read for every device at every step first, so that those reads touch two
+    // cache lines of a device rather than five: the step's per-device loops (PELT,
+    // breakers, pools, placement's room checks) walk every device.)
+    PeltSignal util;                        // occupancy, frequency- and capacity-invariant
     double capacity_orig = kCapacityScale;  // normalised, (0, 1024]
     double clock_scale = 1.0;               // cur_clock / max_clock, (0, 1]
-    double max_clock = 1.0;
-    double pressure = 0.0;                  // share taken by others (foreign processes), [0, 1)
+    std::uint64_t inflight_requests = 0;
+    std::uint32_t max_inflight_batches = 1;
+    std::uint32_t inflight_batches = 0;
+    Breaker breaker = Breaker::Closed;
+    bool probe_out = false;                 // half-open: its probe is in flight
+    bool misfit_check = false;              // capacity dropped: check its requests next step
+    std::uint32_t pool = 0;
+    double open_until = 0.0;                // open: when the cool-down ends
     double capacity = kCapacityScale;       // usable: capacity_orig * clock_scale * (1 - pressure)
     std::int64_t kv_budget = kUnlimitedTokens;
     std::int64_t kv_used = 0;               // prompt + max_new of the requests in flight
     double placed_util = 0.0;               // sum of the in-flight requests' utilization
+    std::vector<std::uint32_t> tenants;
+    // (the rest)
+    double max_clock = 1.0;
+    double pressure = 0.0;                  // share taken by others (foreign processes), [0, 1)
     double dl_bw = 0.0;                     // sum of admitted deadline-class bandwidths
     double energy_per_token = 0.0;
-    std::vector<std::uint32_t> tenants;
-    std::uint32_t pool = 0;
-    PeltSignal util;                        // occupancy, frequency- and capacity-invariant
     Handle inflight_head = kNoHandle;       // its in-flight requests (intrusive list)
-    bool misfit_check = false;              // capacity dropped: check its requests next step
     ServiceModel service;
     double batch_limit = 0.0;               // adaptive batch size limit (AIMD), 1..max_batch_size
-    Breaker breaker = Breaker::Closed;
-    bool probe_out = false;                 // half-open: its probe is in flight
     std::uint32_t consecutive_failures = 0;
     double fail_rate = 0.0;                 // EWMA (1/8) of its requests' failures (1) and completions (0)
-    double open_until = 0.0;                // open: when the cool-down ends
     std::uint64_t breaker_trips = 0;
     std::uint64_t preempted_requests = 0;   // evicted from it (continuous mode)
-    std::uint32_t max_inflight_batches = 1;
-    std::uint32_t inflight_batches = 0;
-    std::uint64_t inflight_requests = 0;
     std::uint64_t dispatched_requests = 0;
     std::uint64_t dispatched_batches = 0;
     std::uint64_t completed_requests = 0;
