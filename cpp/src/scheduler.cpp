@@ -691,14 +691,11 @@ void Scheduler::run_step(double t, StepOutput& out) {
     step_batches_.clear();
     step_members_.clear();
     refresh_groups();
-    placing_ = false;  // (migrations scan every device; also after a step that threw)
     migrate_misfits(t, out);
-    placing_ = true;
     open_listed_ = false;
     place_deadline(t);
     place_by_fitness(t);
     place_background(t);
-    placing_ = false;
     if (continuous_ && cfg_.batching.preemption) preempt(t, out);
     hold_batches(t, out);
     if (!retries_.empty()) out.next_step_at = std::min(out.next_step_at, retries_.top().key.key);
@@ -1246,7 +1243,7 @@ void Scheduler::place_background(double now) {
         const Request& r = slab_[h];
         const double u = request_util(r, now);
         bool fitted = false;
-        const std::uint32_t dev = choose_device(r, u, nullptr, 0.0, &fitted, nullptr);
+        const std::uint32_t dev = choose_device(r, u, nullptr, 0.0, &fitted, nullptr, true);
         if (dev == kNoIndex || !fitted) return;
         const std::uint32_t sb = step_batch_[dev];
         const std::uint32_t b = sb == kNoIndex ? open_batch(dev) : step_batches_[sb];
@@ -1269,20 +1266,26 @@ bool Scheduler::has_room(std::uint32_t dev, const Request& r) const noexcept {
     return d.kv_budget == kUnlimitedTokens || d.kv_used + tokens <= d.kv_budget;
 }
 
+bool Scheduler::within_bounds(const Device& d, const Request& r, const Device* bigger_than,
+                              double min_capacity) const noexcept {
+    // A device choose_device considers at all: open to r, bigger than `bigger_than` (a
+    // misfit's device), at least min_capacity.
+    if (bigger_than != nullptr && !(d.capacity > bigger_than->capacity)) return false;
+    return d.capacity >= min_capacity && eligible(d, r);
+}
+
 bool Scheduler::any_in_time(const Request& r, const Device* bigger_than, double min_capacity) const noexcept {
-    // Whether a device open to r (within the same bounds as choose_device's) would end it
-    // in time, whether or not it has room.
+    // Whether a device within choose_device's bounds would end r in time, whether or not
+    // it has room.
     for (const std::uint32_t dev : device_order_) {
         const Device& d = devices_[dev];
-        if (bigger_than != nullptr && !(d.capacity > bigger_than->capacity)) continue;
-        if (d.capacity < min_capacity || !eligible(d, r)) continue;
-        if (in_time(d, r)) return true;
+        if (within_bounds(d, r, bigger_than, min_capacity) && in_time(d, r)) return true;
     }
     return false;
 }
 
 std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
-                                       bool* fitted, bool* wait) {
+                                       bool* fitted, bool* wait, bool listed) {
     // docs/placement.md. "In time": the device's service model (when seeded) says r alone
     // ends by its deadline. A device r fits must be in time; the fallback prefers devices
     // in time; with defer_late, if the only devices with room would finish r late while
@@ -1293,10 +1296,9 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
     std::uint32_t best = kNoIndex, fallback = kNoIndex, late = kNoIndex;
     double best_score = -kInf, best_energy = kInf, fallback_spare = -kInf, late_spare = -kInf;
     bool any_timely = false;
-    // During placement: only the devices that had room when the step's list was made
+    // Listed (placement): only the devices that had room when the step's list was made
     // (a closed device has no room for anyone; any_timely, which counts devices without
     // room too, is completed by any_in_time below when it matters).
-    const bool listed = placing_;
     if (listed && !open_listed_) {
         open_devices_.clear();
         for (const std::uint32_t dev : device_order_)
@@ -1312,8 +1314,7 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
             open_devices_[kept++] = dev;
         }
         const Device& d = devices_[dev];
-        if (bigger_than != nullptr && !(d.capacity > bigger_than->capacity)) continue;
-        if (d.capacity < min_capacity || !eligible(d, r)) continue;
+        if (!within_bounds(d, r, bigger_than, min_capacity)) continue;
         const bool timely = in_time(d, r);
         any_timely = any_timely || timely;
         if (!has_room(dev, r)) continue;
@@ -1432,7 +1433,7 @@ void Scheduler::migrate_misfits(double now, StepOutput& out) {
             if (!(cold(r).util * cfg_.placement.fit_margin < d.capacity)) {
                 ++counters_.misfits;
                 bool fitted = false;
-                const std::uint32_t to = choose_device(r, cold(r).util, &d, 0.0, &fitted, nullptr);
+                const std::uint32_t to = choose_device(r, cold(r).util, &d, 0.0, &fitted, nullptr, false);
                 if (to != kNoIndex && fitted) {
                     batches_[r.slot].clean = false;
                     leave_batch(r);
@@ -1492,10 +1493,10 @@ void Scheduler::place_by_fitness(double now) {
         } else if (r.sched_class == SchedClass::Strict) {
             // RT-like: a device with capacity >= uclamp_min; if none has room, strict
             // priority alone decides (any device).
-            dev = choose_device(r, u, nullptr, cold(r).uclamp_min * kCapacityScale, &fitted, &wait);
-            if (dev == kNoIndex && !wait) dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait);
+            dev = choose_device(r, u, nullptr, cold(r).uclamp_min * kCapacityScale, &fitted, &wait, true);
+            if (dev == kNoIndex && !wait) dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait, true);
         } else {
-            dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait);
+            dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait, true);
         }
         if (wait) {  // only too-slow devices have room: it waits for one in time
             pass_over(r, h);

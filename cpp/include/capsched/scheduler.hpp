@@ -342,8 +342,11 @@ class Scheduler {
     void batch_finished(Batch& b, Device& d);
     void migrate_misfits(double now, StepOutput& out);
     void emit_step(StepOutput& out);
+    // listed: scan the step's list of devices with room (placement), else every device.
     std::uint32_t choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
-                                bool* fitted, bool* wait);
+                                bool* fitted, bool* wait, bool listed);
+    bool within_bounds(const Device& d, const Request& r, const Device* bigger_than,
+                       double min_capacity) const noexcept;
     bool any_in_time(const Request& r, const Device* bigger_than, double min_capacity) const noexcept;
     void place_by_fitness(double now);
     void place_background(double now);
@@ -365,8 +368,7 @@ class Scheduler {
     // every device, and drops the devices it finds closed. Placement of a request on a
     // mostly busy mixed fleet costs O(devices with room), not O(devices).
     std::vector<std::uint32_t> open_devices_;
-    bool placing_ = false;       // placement is running (the list may be used)
-    bool open_listed_ = false;   // the list was made in this step
+    bool open_listed_ = false;  // the list was made in this step
     PeltParams pelt_;
     std::vector<ClassState> classes_;
     // Placement groups: group 0 holds the shared devices (no tenant list); each pinned
