@@ -2,7 +2,8 @@
 
 ``Scheduler.submit`` hands an InferenceRequest whose fields are as validated at
 construction to the core as one tuple; setting any field again sends it through the
-checked path, field by field. ``complete`` skips its checks for a plain int id.
+checked path, field by field. ``complete`` skips its checks for a plain int id and
+float time (``Core.complete_plain``, which returns NotImplemented for anything else).
 ``step`` builds its StepResult and Batches without their generated ``__init__``.
 """
 
@@ -15,16 +16,20 @@ import math
 import pickle
 import threading
 
+import numpy as np
 import pytest
 
-from capsched import Device, InferenceRequest, Scheduler, StepResult
+from capsched import Config, Device, InferenceRequest, Scheduler, StepResult
 from capsched import _core
 from capsched.errors import (
+    DependencyError,
     DuplicateRequestError,
     InvalidRequestError,
+    QueueFullError,
     RequestTypeError,
     UnknownRequestError,
 )
+from capsched.journal import read_journal
 from capsched.scheduler import Batch
 
 REQUESTS = [
@@ -99,6 +104,30 @@ def test_a_refused_fast_submit_leaves_the_object_unsubmitted() -> None:
         s.submit(req, now=0.0)
     with pytest.raises(DuplicateRequestError, match="id 1"):
         Scheduler(["other"]).submit(req, now=0.0)  # once, to any scheduler
+
+
+def test_a_refused_submit_on_either_path_leaves_the_object_submittable() -> None:
+    s = Scheduler(["gpu"], config=Config(max_queued=1))
+    s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+    fast = InferenceRequest(prompt_tokens=1)
+    checked = InferenceRequest(prompt_tokens=1, depends_on=[99])
+    with pytest.raises(QueueFullError):
+        s.submit(fast, now=0.0)
+    other = Scheduler(["gpu"])
+    with pytest.raises(DependencyError):
+        other.submit(checked, now=0.0)
+    assert fast.id is None and checked.id is None
+    s.step(0.0)  # room again
+    checked.depends_on = ()
+    assert s.submit(fast, now=0.0) == 2 and other.submit(checked, now=0.0) == 1
+    for req, rid in [(fast, 2), (checked, 1)]:
+        with pytest.raises(DuplicateRequestError, match=f"id {rid}"):
+            s.submit(req, now=0.0)
+    req = InferenceRequest(prompt_tokens=1)
+    req.id = 5  # an id set by hand: refused, and the object stays as it was
+    for _ in range(2):
+        with pytest.raises(DuplicateRequestError, match="id 5"):
+            s.submit(req, now=0.0)
 
 
 def test_copies_and_pickles_are_requests_of_their_own() -> None:
@@ -205,6 +234,43 @@ def test_core_per_request_calls_convert_or_raise_type_error() -> None:
     assert core.submit(1, 2, 0.5, nan, nan, 0, 0, 0, True, 0.0, 1.0, 0, 0, [1], 0.0) == 2
     with pytest.raises(InvalidRequestError, match="priority"):
         core.submit_spec(1, (2, 1.5, nan, nan, 0, True, 0.0, 1.0), 0, 0, 0.0)
+
+
+def test_complete_plain_takes_only_the_plain_call_and_does_nothing_otherwise() -> None:
+    s = Scheduler(["gpu"], max_batch_size=8)
+    ids = [s.submit(InferenceRequest(prompt_tokens=1), now=0.0) for _ in range(7)]
+    assert s.step(0.0).dispatched == ids
+    core = s._core
+    before = s.stats()
+    for args in [(True, 1.0, None), (_Index(ids[0]), 1.0, None), (float(ids[0]), 1.0, None),
+                 (ids[0], 1, None), (ids[0], None, None), (ids[0], 1.0, 5), (0, 1.0, None),
+                 (-1, 1.0, None), (2**64, 1.0, None), (2**70, 1.0, None)]:
+        assert core.complete_plain(*args) is NotImplemented, args
+    assert s.stats() == before  # nothing was done
+    assert core.complete_plain(ids[0], 1.0, None) is None
+    assert s.status(ids[0]) == "completed"
+    with pytest.raises(TypeError, match="takes 3 positional arguments"):
+        core.complete_plain(ids[1], 1.0)
+    # What falls through is checked and done by the checked path: the same outcome.
+    s.complete(ids[1], 1)  # an int time
+    s.complete(np.uint64(ids[2]), 1.0)
+    s.complete(ids[3], now=np.float64(1.0))  # (a float subclass)
+    s.complete(ids[4], 1.0, output_tokens=3)
+    s.complete(ids[5])  # the scheduler's clock
+    assert [s.status(i) for i in ids[:6]] == ["completed"] * 6
+    with pytest.raises(RequestTypeError, match="True"):
+        s.complete(True, 1.0)
+
+
+def test_complete_on_a_journaled_scheduler_is_journaled(tmp_path) -> None:
+    s = Scheduler(["gpu"])
+    s.open_journal(tmp_path / "j.log", sync=False)
+    rid = s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+    s.step(0.0)
+    s.complete(rid, 1.0)
+    s.close_journal()
+    ops = [e["op"] for e in read_journal(tmp_path / "j.log")]
+    assert ops[-1] == "complete" and s.status(rid) == "completed"
 
 
 class _Index:

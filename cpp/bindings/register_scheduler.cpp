@@ -302,7 +302,7 @@ StepOutput run_step_continuous(Scheduler& s, double now, const I64Array& free_sl
 
 // ---------------------------------------------------------------- per-request calls
 //
-// submit(), submit_spec() and complete() run once per request. pybind11's generic
+// submit(), submit_spec(), complete() and complete_plain() run once per request. pybind11's generic
 // dispatch costs more than the core's own work there (about 0.5 us for submit's 15
 // arguments, 0.3 us for complete's 3, on a 2-core VM), so these are plain METH_FASTCALL
 // methods of Core. Conversions only, and the same ones as pybind11's: exact floats, ints
@@ -461,6 +461,30 @@ PyObject* core_complete(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
     }
 }
 
+// complete_plain(id, now, output_tokens): complete() for the Python layer's common call
+// taken as it is: an exact int id in 1..2^64-1, an exact float now and output_tokens None.
+// Other arguments return NotImplemented with nothing done, and the Python layer checks
+// and converts them (its messages), then calls complete(). This spares the common call
+// those checks in Python.
+PyObject* core_complete_plain(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    try {
+        check_count("complete_plain", nargs, 3, 3);
+        if (!PyLong_CheckExact(args[0]) || !PyFloat_CheckExact(args[1]) || args[2] != Py_None)
+            Py_RETURN_NOTIMPLEMENTED;
+        const unsigned long long id = PyLong_AsUnsignedLongLong(args[0]);
+        if (id == static_cast<unsigned long long>(-1) && PyErr_Occurred() != nullptr) {
+            PyErr_Clear();  // negative or too large
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        if (id == 0) Py_RETURN_NOTIMPLEMENTED;
+        core_of(self).complete(id, PyFloat_AS_DOUBLE(args[1]), -1);
+        Py_RETURN_NONE;
+    } catch (...) {
+        set_python_error(std::current_exception());
+        return nullptr;
+    }
+}
+
 PyMethodDef per_request_methods[] = {
     {"submit", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(core_submit)), METH_FASTCALL,
      "submit($self, prompt_tokens, max_new_tokens, priority, timeout, deadline, tenant, request_class, "
@@ -473,6 +497,11 @@ PyMethodDef per_request_methods[] = {
     {"complete", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(core_complete)), METH_FASTCALL,
      "complete($self, id, now, output_tokens=-1, /)\n--\n\n"
      "Ends an in-flight request as completed (output_tokens < 0: not reported)."},
+    {"complete_plain", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(core_complete_plain)),
+     METH_FASTCALL,
+     "complete_plain($self, id, now, output_tokens, /)\n--\n\n"
+     "complete(id, now) when id is an int in 1..2**64-1, now a float and output_tokens None; "
+     "otherwise returns NotImplemented and does nothing."},
     {nullptr, nullptr, 0, nullptr},
 };
 

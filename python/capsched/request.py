@@ -92,8 +92,9 @@ class InferenceRequest:
     # Each field lives in a private slot behind a property (below the class), so that
     # setting one after construction can drop ``_spec``: the validated values the
     # scheduler's fast path passes to the core as they are. ``_claim`` holds one item
-    # while no submit call holds the object: a call takes it with one atomic pop() and
-    # puts it back when it returns, so two threads cannot both pass the ``id`` check.
+    # while no submit call holds the object and it was never accepted: a call takes it
+    # with one atomic pop(), puts it back if the request was not accepted and keeps it if
+    # it was (the object is then spent), so two threads cannot both pass the ``id`` check.
     __slots__ = tuple(f"_{name}" for name in _FIELDS) + ("_spec", "_claim", "id")
 
     if TYPE_CHECKING:  # the properties' types

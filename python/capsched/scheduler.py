@@ -47,6 +47,14 @@ def _submitted(rid: int) -> str:
     return f"this InferenceRequest was already submitted (id {rid}); create a new one"
 
 
+def _claim_failed(request: InferenceRequest) -> DuplicateRequestError:
+    """The error for a submit that found the object's claim taken (``InferenceRequest._claim``).
+    A submit takes the claim with one atomic ``pop()``, gives it back if the request was not
+    accepted, and keeps it once it was: the object is then spent, and its ``id`` is set."""
+    rid = request.id
+    return DuplicateRequestError(_SUBMITTING if rid is None else _submitted(rid))
+
+
 @dataclasses.dataclass(frozen=True)
 class Batch:
     """Requests that a step sends to one device to run together.
@@ -388,11 +396,11 @@ class Scheduler:
             tokens = self._estimate(request._prompt)
         claim = request._claim
         try:
-            claim.pop()  # atomic: one call at a time holds the object
+            claim.pop()  # atomic: one call at a time holds the object (see _claim_failed)
         except IndexError:
-            raise DuplicateRequestError(_SUBMITTING) from None
+            raise _claim_failed(request) from None
         try:
-            if request.id is not None:
+            if request.id is not None:  # (an id set by hand)
                 raise DuplicateRequestError(_submitted(request.id))
             name, class_name = request._tenant, request._request_class
             tenant: Optional[int]
@@ -407,11 +415,12 @@ class Scheduler:
             try:
                 rid = core.submit_spec(tokens, spec, tenant, rclass, t)
             except (QueueFullError, AdmissionError) as exc:
-                raise self._refused(exc, request.tenant, tenant) from None
-            request.id = rid
-            return rid
-        finally:
-            claim.append(None)
+                raise self._refused(exc, name, tenant) from None
+        except BaseException:
+            claim.append(None)  # not submitted: the object can be submitted again
+            raise
+        request.id = rid  # (the claim stays taken: the object is spent)
+        return rid
 
     def _submit(self, request: InferenceRequest, now: Optional[float]) -> int:
         """submit() for any request: each field checked and converted here."""
@@ -435,7 +444,7 @@ class Scheduler:
         try:
             claim.pop()
         except IndexError:
-            raise DuplicateRequestError(_SUBMITTING) from None
+            raise _claim_failed(request) from None
         try:
             if request.id is not None:
                 raise DuplicateRequestError(_submitted(request.id))
@@ -467,10 +476,11 @@ class Scheduler:
                 raise RequestTypeError(f"request has a field of the wrong type: {exc}") from exc
             except (QueueFullError, AdmissionError) as exc:
                 raise self._refused(exc, request.tenant, tenant) from None
-            request.id = rid
-            return rid
-        finally:
-            claim.append(None)
+        except BaseException:
+            claim.append(None)  # not submitted: the object can be submitted again
+            raise
+        request.id = rid  # (the claim stays taken: the object is spent)
+        return rid
 
     def _refused(self, exc: Exception, tenant: Optional[str], tenant_id: int) -> Exception:
         """Counts a submit refused by back-pressure or admission; the error to raise (a
@@ -679,9 +689,12 @@ class Scheduler:
             RequestStateError: the request is not in flight (queued, or already ended).
             InvalidArgumentError: a bad ``output_tokens``.
         """
-        if type(request_id) is int and output_tokens is None and 0 < request_id < 18446744073709551616:
-            # fast path: what the checks below pass unchanged
-            self._core.complete(request_id, now if type(now) is float else self._time(now), -1)
+        # Fast path: an int id, a float time and no output_tokens go to the core as they are
+        # (complete_plain returns NotImplemented, having done nothing, for anything else).
+        if now is None:
+            now = self._clock()
+        core = self._direct
+        if core is not None and core.complete_plain(request_id, now, output_tokens) is None:
             return
         out = -1
         if output_tokens is not None:
