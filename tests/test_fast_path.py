@@ -282,6 +282,6 @@ class _Index:
 
 
 def test_the_per_request_calls_are_positional_only() -> None:
-    for name in ("submit", "submit_spec", "complete"):
+    for name in ("submit", "submit_spec", "complete", "complete_plain"):
         params = list(inspect.signature(getattr(_core.Core, name)).parameters.values())[1:]
         assert params and all(p.kind is p.POSITIONAL_ONLY for p in params), name
