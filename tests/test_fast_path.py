@@ -18,6 +18,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from capsched import Config, Device, InferenceRequest, Scheduler, StepResult
 from capsched import _core
@@ -285,3 +287,55 @@ def test_the_per_request_calls_are_positional_only() -> None:
     for name in ("submit", "submit_spec", "complete", "complete_plain"):
         params = list(inspect.signature(getattr(_core.Core, name)).parameters.values())[1:]
         assert params and all(p.kind is p.POSITIONAL_ONLY for p in params), name
+
+
+# ---------------------------------------------------------------- fast path vs checked path
+
+_ANY_ID = st.one_of(
+    st.integers(-3, 12), st.integers(2**63, 2**65), st.booleans(), st.floats(allow_nan=True),
+    st.none(), st.text(max_size=2), st.builds(np.uint64, st.integers(0, 12)),
+    st.builds(np.int64, st.integers(-2, 12)),
+)
+_ANY_NOW = st.one_of(
+    st.floats(0.0, 50.0), st.sampled_from([math.nan, math.inf, -1.0]), st.integers(0, 50), st.none(),
+    st.booleans(), st.just("1.0"), st.builds(np.float64, st.floats(0.0, 50.0)),
+)
+_ANY_TOKENS = st.one_of(st.none(), st.integers(-2, 50), st.booleans(), st.just(2.5))
+
+
+def _outcome(call) -> tuple:
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - the class and message are what is compared
+        return (type(exc), str(exc))
+    return ("ok",)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(calls=st.lists(st.tuples(_ANY_ID, _ANY_NOW, _ANY_TOKENS), min_size=1, max_size=12))
+def test_complete_fast_path_matches_the_checked_path(tmp_path, calls) -> None:
+    """Any arguments: a scheduler on the fast path (``complete_plain``) and one whose
+    journal sends every call through the checked path raise the same error class and
+    message, or both complete, and end in the same state."""
+    ticks = [10.0]
+
+    def clock() -> float:  # (the same times for both: each call reads it at most once)
+        return ticks[0]
+
+    fast = Scheduler(["a", "b"], max_batch_size=4, clock=clock)
+    checked = Scheduler(["a", "b"], max_batch_size=4, clock=clock)
+    checked.open_journal(tmp_path / f"j{len(list(tmp_path.iterdir()))}.log", sync=False)
+    try:
+        for s in (fast, checked):
+            for _ in range(10):
+                s.submit(InferenceRequest(prompt_tokens=3), now=0.0)
+            s.step(1.0)
+        for rid, now, tokens in calls:
+            kw = {} if tokens is None else {"output_tokens": tokens}
+            a = _outcome(lambda: fast.complete(rid, now, **kw))
+            b = _outcome(lambda: checked.complete(rid, now, **kw))
+            assert a == b, (rid, now, tokens)
+        assert fast.stats() == checked.stats()
+        assert [fast.status(i) for i in range(1, 11)] == [checked.status(i) for i in range(1, 11)]
+    finally:
+        checked.close_journal()
