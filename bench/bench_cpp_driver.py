@@ -11,7 +11,9 @@ wrong: a step that does not dispatch one full batch, an expiry, broken invariant
 time is asserted.
 
 Needs cmake (in the ``test`` extra) and a C++17 compiler; builds into ``build/bench``
-(git-ignored), so a second run only relinks what changed.
+(git-ignored), so a second run only relinks what changed. A second test runs
+``bench/callgrind_step.py`` (instructions per dispatched request, by function) where
+valgrind is installed.
 """
 
 from __future__ import annotations
@@ -65,3 +67,21 @@ def test_the_cpp_driver_builds_warning_free_and_every_section_checks_out(tmp_pat
         assert 64 < r["bytes_per_request"] < 200
         if r["reserve"] == "yes":
             assert r["bytes_per_request"] <= 128
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("valgrind") is None
+                    or shutil.which("callgrind_annotate") is None,
+                    reason="needs cmake and valgrind (callgrind_annotate)")
+def test_callgrind_step_counts_the_steps_instructions(tmp_path: Path) -> None:
+    """bench/callgrind_step.py: the breakdown adds up, and the ready queue's erase is in it."""
+    out = tmp_path / "cg.json"
+    run = subprocess.run([sys.executable, str(RUN.parent / "callgrind_step.py"), "--werror", "--json", str(out)],
+                         capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stderr[-4000:]
+    d = json.loads(out.read_text())
+    assert d["steps"] == 2000 and d["dispatched"] == 2000 * 32
+    own = d["own"]
+    assert "Scheduler::erase_ready" in own and "Scheduler::dispatch" in own
+    assert sum(own.values()) <= d["instructions"] and sum(own.values()) >= 0.95 * d["instructions"]
+    assert 100 < d["per_dispatched_request"] < 100_000
+    assert "all of step():" in run.stdout and "| `Scheduler::erase_ready` |" in run.stdout

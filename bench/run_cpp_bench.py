@@ -29,31 +29,41 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build", "bench")
 
 
+def build(build_dir: str = BUILD, werror: bool = False) -> str:
+    """Configure and build the ``capsched_bench`` target; returns the executable's path.
+    Raises RuntimeError (with the compiler's messages) when cmake is missing or the build
+    fails."""
+    if shutil.which("cmake") is None:
+        raise RuntimeError("cmake is not installed (pip install cmake)")
+    build_dir = os.path.abspath(build_dir)
+    configure = ["cmake", "-S", ROOT, "-B", build_dir, "-DCAPSCHED_BENCH=ON", "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DCAPSCHED_WERROR={'ON' if werror else 'OFF'}"]
+    if shutil.which("ninja") is not None and not os.path.exists(os.path.join(build_dir, "CMakeCache.txt")):
+        configure += ["-G", "Ninja"]
+    print(f"building capsched_bench in {build_dir} ...", file=sys.stderr, flush=True)
+    subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
+    built = subprocess.run(["cmake", "--build", build_dir, "--target", "capsched_bench"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    # The compiler's messages (warnings included) go to stderr; build tool progress lines do not.
+    messages = [line for line in built.stdout.splitlines()
+                if not (line.startswith("[") or line.startswith("ninja: ") or line.startswith("gmake"))]
+    for line in messages:
+        print(line, file=sys.stderr)
+    if built.returncode != 0:
+        raise RuntimeError("the build of capsched_bench failed:\n" + "\n".join(messages[-40:]))
+    return os.path.join(build_dir, "capsched_bench")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=True)
     parser.add_argument("--build-dir", default=BUILD, help="CMake build directory (default: build/bench)")
     parser.add_argument("--werror", action="store_true", help="configure with -DCAPSCHED_WERROR=ON")
     ours, driver_args = parser.parse_known_args(argv)
-    if shutil.which("cmake") is None:
-        print("run_cpp_bench: cmake is not installed (pip install cmake)", file=sys.stderr)
-        return 2
-    build = os.path.abspath(ours.build_dir)
-    configure = ["cmake", "-S", ROOT, "-B", build, "-DCAPSCHED_BENCH=ON", "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DCAPSCHED_WERROR={'ON' if ours.werror else 'OFF'}"]
-    if shutil.which("ninja") is not None and not os.path.exists(os.path.join(build, "CMakeCache.txt")):
-        configure += ["-G", "Ninja"]
-    print(f"building capsched_bench in {build} ...", file=sys.stderr, flush=True)
-    subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
-    built = subprocess.run(["cmake", "--build", build, "--target", "capsched_bench"], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-    # The compiler's messages (warnings included) go to stderr; build tool progress lines do not.
-    for line in built.stdout.splitlines():
-        if not (line.startswith("[") or line.startswith("ninja: ") or line.startswith("gmake")):
-            print(line, file=sys.stderr)
-    if built.returncode != 0:
-        print("run_cpp_bench: the build failed", file=sys.stderr)
-        return built.returncode
-    exe = os.path.join(build, "capsched_bench")
+    try:
+        exe = build(ours.build_dir, ours.werror)
+    except RuntimeError as exc:
+        print(f"run_cpp_bench: {exc}", file=sys.stderr)
+        return 2 if "not installed" in str(exc) else 1
     return subprocess.run([exe, *driver_args]).returncode
 
 
