@@ -90,6 +90,9 @@ def main(argv: list[str]) -> int:
         exe = build(args.build_dir, args.werror)
         print("running the latency section under callgrind (about 10 s) ...", file=sys.stderr, flush=True)
         p = profile(exe)
+    except FileNotFoundError as exc:
+        print(f"callgrind_step: {exc}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:
         print(f"callgrind_step: {exc}", file=sys.stderr)
         return 1

@@ -31,10 +31,10 @@ BUILD = os.path.join(ROOT, "build", "bench")
 
 def build(build_dir: str = BUILD, werror: bool = False) -> str:
     """Configure and build the ``capsched_bench`` target; returns the executable's path.
-    Raises RuntimeError (with the compiler's messages) when cmake is missing or the build
-    fails."""
+    Raises FileNotFoundError when cmake is missing, RuntimeError (with the compiler's
+    messages) when the build fails."""
     if shutil.which("cmake") is None:
-        raise RuntimeError("cmake is not installed (pip install cmake)")
+        raise FileNotFoundError("cmake is not installed (pip install cmake)")
     build_dir = os.path.abspath(build_dir)
     configure = ["cmake", "-S", ROOT, "-B", build_dir, "-DCAPSCHED_BENCH=ON", "-DCMAKE_BUILD_TYPE=Release",
                  f"-DCAPSCHED_WERROR={'ON' if werror else 'OFF'}"]
@@ -61,9 +61,12 @@ def main(argv: list[str]) -> int:
     ours, driver_args = parser.parse_known_args(argv)
     try:
         exe = build(ours.build_dir, ours.werror)
+    except FileNotFoundError as exc:
+        print(f"run_cpp_bench: {exc}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:
         print(f"run_cpp_bench: {exc}", file=sys.stderr)
-        return 2 if "not installed" in str(exc) else 1
+        return 1
     return subprocess.run([exe, *driver_args]).returncode
 
 

@@ -584,9 +584,7 @@ class Scheduler:
         """
         # Lists from the core: batch b is ids[offsets[b]:offsets[b + 1]] on device devs[b].
         devs, offsets, ids, expired, failed, reasons, t, moved, moved_from, pre, pre_from, next_at, held = (
-            self._core.step(now if type(now) is float else self._time(now))
-            if free_slots is None and free_kv_tokens is None
-            else self._core_step(now, free_slots, free_kv_tokens, arrays=False)
+            self._core_step(now, free_slots, free_kv_tokens, arrays=False)
         )
         names = self._names
         batches = [_batch(names[d], d, ids[offsets[i] : offsets[i + 1]]) for i, d in enumerate(devs)]
@@ -595,8 +593,8 @@ class Scheduler:
             expired,
             list(zip(failed, reasons)) if failed else [],
             t,
-            self._on_devices(moved, moved_from) if moved else [],
-            self._on_devices(pre, pre_from) if pre else [],
+            self._on_devices(moved, moved_from),
+            self._on_devices(pre, pre_from),
             next_at,
             held,
         )
