@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_cpp_bench import BUILD, build  # noqa: E402
+from run_cpp_bench import BUILD, build, failed  # noqa: E402
 
 STEP = "capsched::Scheduler::step(double, capsched::StepOutput&)"
 BATCH = 32  # requests each step of the latency section dispatches (the driver checks it)
@@ -90,12 +90,8 @@ def main(argv: list[str]) -> int:
         exe = build(args.build_dir, args.werror)
         print("running the latency section under callgrind (about 10 s) ...", file=sys.stderr, flush=True)
         p = profile(exe)
-    except FileNotFoundError as exc:
-        print(f"callgrind_step: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        print(f"callgrind_step: {exc}", file=sys.stderr)
-        return 1
+    except (FileNotFoundError, RuntimeError) as exc:
+        return failed("callgrind_step", exc)
     n = p["dispatched"]
     print(f"## instructions in Scheduler::step per dispatched request (callgrind; {p['steps']} steps of "
           f"{BATCH}, 1e5 queued, 64 equal devices)\n")

@@ -54,6 +54,13 @@ def build(build_dir: str = BUILD, werror: bool = False) -> str:
     return os.path.join(build_dir, "capsched_bench")
 
 
+def failed(prog: str, exc: Exception) -> int:
+    """Prints a failure of build() (or of a run after it); the exit status for it: 2 for a
+    missing tool (FileNotFoundError), else 1."""
+    print(f"{prog}: {exc}", file=sys.stderr)
+    return 2 if isinstance(exc, FileNotFoundError) else 1
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=True)
     parser.add_argument("--build-dir", default=BUILD, help="CMake build directory (default: build/bench)")
@@ -61,12 +68,8 @@ def main(argv: list[str]) -> int:
     ours, driver_args = parser.parse_known_args(argv)
     try:
         exe = build(ours.build_dir, ours.werror)
-    except FileNotFoundError as exc:
-        print(f"run_cpp_bench: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        print(f"run_cpp_bench: {exc}", file=sys.stderr)
-        return 1
+    except (FileNotFoundError, RuntimeError) as exc:
+        return failed("run_cpp_bench", exc)
     return subprocess.run([exe, *driver_args]).returncode
 
 
