@@ -1050,6 +1050,30 @@ def test_refused_dependency_submit_changes_nothing():
 
 
 @needs_capsched
+@pytest.mark.parametrize("q", [1, 2, 16])
+def test_the_last_deadline_level_never_delays_expiry(q):
+    """A queued request expires at its deadline d. The weighted policy's last level
+    change, c_Q = d + 1 - Q/Q, is d in exact arithmetic but can round above it in doubles
+    (d = 1.03: 2.03 - 1.0 is 1.0300000000000002). The core's timer for that change once sat
+    there, so a request whose next change was the last one missed its expiry at d and was
+    dispatched late. Found by the CI's property run (test_real_scheduler_matches_reference_
+    misfits, deadline_levels=1); the reference model expires it at d."""
+    now = 0.01 + 0.01 + 0.01
+    d = now + 1.0
+    assert d + 1.0 - float(q) / float(q) > d  # (c_Q rounds above d)
+    s = capsched.Scheduler(["gpu0", "gpu1"], policy="weighted", max_batch_size=1,
+                           config=capsched.Config(deadline_levels=q))
+    ids = [s.submit(capsched.InferenceRequest(prompt_tokens=500, max_new_tokens=1, timeout=1.0), now=now)
+           for _ in range(3)]
+    if q > 1:  # reach level Q - 1 first (c_{Q-1} = d + 1 - Q/(Q-1) <= d - 0.001): the next change is c_Q
+        s.step(d - 0.001)
+        s.step(d - 0.001)  # (the first step dispatched two of them, one per device)
+    res = s.step(d)
+    assert [i for i in ids if s.status(i) == "queued"] == []
+    assert res.expired == [i for i in ids if s.status(i) == "expired"] and res.expired
+
+
+@needs_capsched
 def test_step_result_now_is_clamped():
     """Time never runs backwards: a step called with an earlier `now` runs at the latest
     time seen, and StepResult.now says so (as stats()['now'] does)."""

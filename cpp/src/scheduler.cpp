@@ -594,9 +594,12 @@ bool Scheduler::timer_current(const Timer& e) const noexcept {
 }
 
 double Scheduler::timer_at(const Request& r) const noexcept {
+    // The next level change, but never after the deadline: the last level's c_Q = d + 1 -
+    // Q/Q is d itself in exact arithmetic, and computed in doubles it can round above d;
+    // a timer there would miss the expiry at d.
     const bool level = r.state == State::Queued && r.sched_class == SchedClass::Normal &&
                        cfg_.order.policy == Policy::Weighted && r.slot < cfg_.order.deadline_levels;
-    return level ? level_time(r, r.slot + 1u) : r.deadline;
+    return level ? std::min(level_time(r, r.slot + 1u), r.deadline) : r.deadline;
 }
 
 void Scheduler::pop_timer() noexcept {
