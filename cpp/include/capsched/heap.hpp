@@ -394,7 +394,15 @@ class IndexedHeap {
                 }
             }
 #endif
-            const std::size_t best = min_child(first, first + D < n ? first + D : n);
+            std::size_t best;
+            if (first + D <= n) {
+                // All D children exist (every level but the last): a fixed sequence of
+                // compares the compiler unrolls, without the loop's bound and counter.
+                best = first;
+                for (unsigned c = 1; c < D; ++c) best = at(first + c).key < at(best).key ? first + c : best;
+            } else {
+                best = min_child(first, n);
+            }
             if (!(at(best).key < e.key)) break;
             place(i, at(best));
             i = static_cast<std::uint32_t>(best);
