@@ -189,16 +189,22 @@ CAPACITIES = [0.25, 0.5, 1.0, 1.0, 2.0, 4.0]
 @st.composite
 def fleets(draw, kinds=("equal", "plain", "rich", "rich"), min_size=1):
     """A list of device dicts (RefDeviceSpec's fields). "equal" fleets (one capacity, no
-    extras) take the symmetric fast path until a clock or pressure change; "plain" ones
-    have random capacities; "rich" ones add KV budgets, clocks, power and tenants."""
+    extras) take the symmetric fast path until a clock or pressure change; "equal_seeded"
+    ones have one service-time model seed too, so they take it until the devices' learned
+    models part (the core checks the symmetry again only after a device's capacity or
+    model changed); "plain" ones have random capacities; "rich" ones add KV budgets,
+    clocks, power and tenants."""
     n = draw(st.integers(min_value=min_size, max_value=4))
     kind = draw(st.sampled_from(kinds))
     cap0 = draw(st.sampled_from(CAPACITIES))
+    seeds0 = draw(st.sampled_from([(1e-4, 0.01, 1e-4), (5e-5, 0.02, 0.0), (0.0, 0.005, 2e-4)]))
     devices = []
     for _ in range(n):
         spec: Dict[str, Any] = dict(
-            capacity=cap0 if kind == "equal" else draw(st.sampled_from(CAPACITIES)),
+            capacity=cap0 if kind in ("equal", "equal_seeded") else draw(st.sampled_from(CAPACITIES)),
             max_inflight_batches=draw(st.integers(min_value=1, max_value=3)))
+        if kind == "equal_seeded":
+            (spec["prefill_s_per_token"], spec["decode_step_s"], spec["decode_s_per_seq"]) = seeds0
         if kind == "rich":
             spec["kv_tokens"] = draw(st.sampled_from([None, None, 2000, 8000, 30000, 100000]))
             mx = draw(st.sampled_from([None, None, 1000.0, 1410.0]))
@@ -359,6 +365,24 @@ misfit_scenarios = st.fixed_dictionaries({
     "ops": st.lists(st.one_of(op_misfit_submit, op_misfit_submit, op_short_step,
                               op_short_step, op_throttle, op_complete),
                     min_size=10, max_size=40),
+})
+
+
+# Learned models: equal devices with one service-time seed take the symmetric fast path
+# until the models they learn from finished batches part; after that, placement scores
+# them (and whether a request ends in time differs by device). Checks that the core
+# notices the change (it checks a group's symmetry again only after a device's capacity
+# or service model changed).
+learned_scenarios = st.fixed_dictionaries({
+    "policy": st.sampled_from(POLICIES),
+    "fleet": fleets(kinds=("equal_seeded",), min_size=2),
+    "max_batch_size": st.integers(min_value=1, max_value=4),
+    "config": st.tuples(configs(), st.booleans()).map(lambda c: dict(c[0], breaker_degrade=c[1])),
+    "max_retries": st.sampled_from([0, 3]),
+    "t0": st.just(0.0),
+    "ops": st.lists(st.one_of(op_heavy_submit, op_heavy_submit, op_short_step, op_short_step,
+                              op_complete, op_complete, op_complete_many),
+                    min_size=20, max_size=60),
 })
 
 
@@ -942,6 +966,15 @@ def test_real_scheduler_matches_reference_placement(sc):
 @given(sc=misfit_scenarios)
 def test_real_scheduler_matches_reference_misfits(sc):
     """The same, where throttled devices leave misfits that can move to a bigger one."""
+    run_scenario(sc, real=True)
+
+
+@needs_capsched
+@prop_settings(60)
+@given(sc=learned_scenarios)
+def test_real_scheduler_matches_reference_learned_models(sc):
+    """The same, on equal devices whose learned service-time models part as batches
+    finish: the symmetric fast path must end when they do."""
     run_scenario(sc, real=True)
 
 

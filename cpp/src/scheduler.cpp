@@ -715,7 +715,9 @@ void Scheduler::run_step(double t, StepOutput& out) {
 
 void Scheduler::refresh_capacity(Device& d) noexcept {
     const double degrade = cfg_.breaker_degrade ? std::min(0.9, d.fail_rate) : 0.0;
-    d.capacity = d.capacity_orig * d.clock_scale * (1.0 - d.pressure) * (1.0 - degrade);
+    const double capacity = d.capacity_orig * d.clock_scale * (1.0 - d.pressure) * (1.0 - degrade);
+    if (capacity != d.capacity) groups_stale_ = true;  // (refresh_groups)
+    d.capacity = capacity;
 }
 
 void Scheduler::device_outcome(Device& d, bool failed, double now) noexcept {
@@ -837,7 +839,13 @@ Handle Scheduler::next_ready() const noexcept {
 void Scheduler::refresh_groups() noexcept {
     // Linux's SMP-island rule, per placement group: when every device a request may use
     // has the same usable capacity (and here: the same KV budget and energy per token),
-    // fitness cannot tell them apart, so placement skips it.
+    // fitness cannot tell them apart, so placement skips it. The check reads only fields
+    // that change with a device's capacity (refresh_capacity) or its service model
+    // (learn_service), and a restore; each sets groups_stale_, so a step that follows none
+    // of them keeps the groups as they are instead of comparing every device again.
+    for (std::size_t g = 0; g < group_devices_.size(); ++g) group_cursor_[g] = 0;
+    if (!groups_stale_) return;
+    groups_stale_ = false;
     for (std::size_t g = 0; g < group_devices_.size(); ++g) {
         const auto& members = group_devices_[g];
         bool same = !members.empty();
@@ -850,7 +858,6 @@ void Scheduler::refresh_groups() noexcept {
                 same = d.service.seed[k] * d.service.m[k] == a.service.seed[k] * a.service.m[k];
         }
         group_symmetric_[g] = same ? 1 : 0;
-        group_cursor_[g] = 0;
     }
 }
 
@@ -1768,13 +1775,18 @@ Handle Scheduler::find_in_flight(std::uint64_t id, const char* what) const {
     return h;
 }
 
+void Scheduler::learn_service(Device& d, double prompt, double steps, double batch, double observed) noexcept {
+    d.service.learn(prompt, steps, batch, observed);
+    groups_stale_ = true;  // (its multipliers are part of refresh_groups' check)
+}
+
 void Scheduler::batch_finished(Batch& b, Device& d) {
     // A batch-mode batch whose members all completed: the service model learns its time
     // (made clock-invariant), and the adaptive limit moves (AIMD against latency_target).
     const double took = now_ - b.dispatched_at;
     if (d.service.known())
-        d.service.learn(static_cast<double>(b.prompt), static_cast<double>(b.steps), static_cast<double>(b.size),
-                        took * d.clock_scale);
+        learn_service(d, static_cast<double>(b.prompt), static_cast<double>(b.steps), static_cast<double>(b.size),
+                      took * d.clock_scale);
     const double target = cfg_.batching.latency_target;
     if (cfg_.dynamic_batching && target > 0.0) {
         const double top = static_cast<double>(cfg_.max_batch_size);
@@ -1800,8 +1812,8 @@ void Scheduler::complete_locked(Handle h, std::int64_t output_tokens) {
     const std::int64_t out_steps = output_tokens >= 0 ? output_tokens : static_cast<std::int64_t>(r.max_new_tokens);
     if (out_steps > b.steps) b.steps = out_steps;
     if (!b.counted && d.service.known())  // continuous mode: learn from each request
-        d.service.learn(static_cast<double>(r.prompt_tokens), static_cast<double>(out_steps),
-                        static_cast<double>(d.inflight_requests), (now_ - batches_[r.slot].dispatched_at) * d.clock_scale);
+        learn_service(d, static_cast<double>(r.prompt_tokens), static_cast<double>(out_steps),
+                      static_cast<double>(d.inflight_requests), (now_ - batches_[r.slot].dispatched_at) * d.clock_scale);
     // util_est sample: the request's share of the batch's device time, made frequency- and
     // capacity-invariant, per token.
     // Shared with the others of its batch (batch mode) or with everything running on the
@@ -2331,6 +2343,7 @@ void Scheduler::import_state(const StateSnapshot& in) {
         d.pressure = s.pressure;
         d.util.restore(s.util.started, s.util.last, s.util.sum, s.util.contrib, s.util.avg);
         for (int k = 0; k < 3; ++k) d.service.m[k] = s.service_m[k];
+        groups_stale_ = true;  // (refresh_groups)
         for (int k = 0; k < 9; ++k) d.service.cov[k / 3][k % 3] = s.service_cov[k];
         d.service.samples = s.service_samples;
         d.batch_limit = s.batch_limit;

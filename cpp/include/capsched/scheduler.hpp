@@ -305,6 +305,7 @@ class Scheduler {
     void place_deadline(double now);
     Handle next_ready() const noexcept;
     void refresh_groups() noexcept;
+    void learn_service(Device& d, double prompt, double steps, double batch, double observed) noexcept;
     std::uint32_t group_of(std::uint32_t tenant) const noexcept;
     std::uint32_t choose_symmetric(std::uint32_t group, const Request& r) noexcept;
     double class_share(const Device& d) const noexcept;
@@ -374,12 +375,14 @@ class Scheduler {
     // Placement groups: group 0 holds the shared devices (no tenant list); each pinned
     // tenant has a group of the devices that list it. Strongest first. A group whose
     // devices cannot be told apart (same usable capacity, KV budget and energy) is
-    // placed by the symmetric fast path; recomputed at each step.
+    // placed by the symmetric fast path; checked again at the next step after a device's
+    // capacity or service model changed (groups_stale_).
     std::vector<std::uint32_t> tenant_group_;   // by tenant id; 0 = shared
     std::vector<std::uint8_t> pool_exists_;     // by pool id
     std::vector<std::uint8_t> pool_down_;       // by pool id: every device's breaker is open (per step)
     std::vector<std::vector<std::uint32_t>> group_devices_;
     std::vector<std::uint8_t> group_symmetric_;
+    bool groups_stale_ = true;  // group_symmetric_ needs refresh_groups' check (set where its inputs change)
     std::vector<std::uint32_t> group_cursor_;   // per step: first device that may have room
     std::vector<std::uint64_t> group_queued_;   // queued normal + strict requests per group
     std::vector<std::uint8_t> group_blocked_;   // per step: its head found no device
