@@ -73,6 +73,9 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
         if (!(d.cur_clock > 0.0 && d.cur_clock <= d.max_clock))
             throw ConfigError(where + "current clock must be in (0, max clock " + format_number(d.max_clock) +
                               "], got " + format_number(d.cur_clock));
+        if (!std::isnormal(d.cur_clock / d.max_clock))
+            throw ConfigError(where + "current clock " + format_number(d.cur_clock) + " is too small against max clock " +
+                              format_number(d.max_clock) + ": their ratio underflows to 0");
         if (d.kv_tokens < kUnlimitedTokens)
             throw ConfigError(where + "kv_tokens must be >= 0 (or -1 for unlimited), got " +
                               std::to_string(d.kv_tokens));
@@ -1553,6 +1556,9 @@ void Scheduler::set_clock(std::uint32_t device, double cur, double max, double n
     if (!(cur > 0.0 && cur <= m))
         throw InvalidArgument("current clock must be in (0, max clock " + format_number(m) + "], got " +
                               format_number(cur));
+    if (!std::isnormal(cur / m))  // (a scale of 0 would leave the device no capacity at all)
+        throw InvalidArgument("current clock " + format_number(cur) + " is too small against max clock " +
+                              format_number(m) + ": their ratio underflows to 0");
     now_ = t;
     touch(d, t);  // the time so far counts at the old clock
     for (Handle h = d.inflight_head; h != kNoHandle; h = ext_[slab_[h].ext].dev_next) class_leave(slab_[h], d, t);
@@ -2269,10 +2275,65 @@ void Scheduler::import_state(const StateSnapshot& in) {
             if (it == in.requests.end() || it->id != dep || dep == q.id) bad(who + "waits on a request not live");
         }
     }
-    for (const DeviceSnapshot& d : in.devices)
+    {
+        // No request waits on itself through others: a cycle would wait forever, never
+        // reported. (Only waiting requests wait on anything; depth-first, iteratively.)
+        const std::size_t n = in.requests.size();
+        const auto index_of = [&in](std::uint64_t id) {
+            return static_cast<std::size_t>(
+                std::lower_bound(in.requests.begin(), in.requests.end(), id,
+                                 [](const RequestSnapshot& a, std::uint64_t x) { return a.id < x; }) -
+                in.requests.begin());
+        };
+        std::vector<std::uint8_t> color(n, 0);  // 0 unvisited, 1 on the path, 2 done
+        std::vector<std::pair<std::size_t, std::size_t>> path;  // (request, next edge)
+        for (std::size_t root = 0; root < n; ++root) {
+            if (color[root] != 0 || in.requests[root].waits_on.empty()) continue;
+            color[root] = 1;
+            path.push_back({root, 0});
+            while (!path.empty()) {
+                auto& [at, edge] = path.back();
+                const auto& deps = in.requests[at].waits_on;
+                if (edge == deps.size()) {
+                    color[at] = 2;
+                    path.pop_back();
+                    continue;
+                }
+                const std::size_t next = index_of(deps[edge++]);
+                if (color[next] == 1)
+                    bad("request " + std::to_string(in.requests[next].id) + " waits on itself through its dependencies");
+                if (color[next] == 0) {
+                    color[next] = 1;
+                    path.push_back({next, 0});
+                }
+            }
+        }
+    }
+    // A PELT signal as update() leaves it: a finite time, a sum >= 0, a part-period in
+    // [0, 1024). (A NaN sum made a device's util_avg NaN: nothing fit it again.)
+    const auto pelt_ok = [](const PeltSnapshot& p) {
+        return std::isfinite(p.last) && std::fabs(p.last) <= 1e15 && std::isfinite(p.sum) && p.sum >= 0.0 &&
+               p.contrib >= 0.0 && p.contrib < 1024.0 && std::isfinite(p.avg) && p.avg >= 0.0;
+    };
+    for (std::size_t dv = 0; dv < in.devices.size(); ++dv) {
+        const DeviceSnapshot& d = in.devices[dv];
+        const std::string who = "device " + std::to_string(dv) + ": ";
         if (!(d.clock_scale > 0.0 && d.clock_scale <= 1.0) || !(d.pressure >= 0.0 && d.pressure < 1.0) ||
             !(d.max_clock > 0.0) || d.breaker > 2 || !std::isfinite(d.fail_rate) || !std::isfinite(d.placed_util))
             bad("a device has a bad clock, pressure, breaker or utilization");
+        if (!pelt_ok(d.util)) bad(who + "bad utilization signal (PELT)");
+        if (!std::isfinite(d.open_until)) bad(who + "its breaker's cool-down end is not a finite time");
+        bool model_ok = std::isfinite(d.batch_limit) && d.batch_limit >= 1.0 &&
+                        d.batch_limit <= static_cast<double>(cfg_.max_batch_size);
+        for (int k = 0; k < 3; ++k) model_ok = model_ok && d.service_m[k] >= 1.0 / 16.0 && d.service_m[k] <= 16.0;
+        for (int k = 0; k < 9; ++k) model_ok = model_ok && std::isfinite(d.service_cov[k]);
+        if (!model_ok) bad(who + "bad service-time model or batch limit");
+    }
+    for (std::size_t i = 0; i < in.classes.size(); ++i) {
+        const ClassSnapshot& c = in.classes[i];
+        if (!pelt_ok(c.util) || !std::isfinite(c.running) || !std::isfinite(c.ewma) || !std::isfinite(c.last))
+            bad("request class " + std::to_string(i) + " has a bad utilization signal or estimate");
+    }
     std::vector<std::uint32_t> members(in.batches.size(), 0);
     for (const RequestSnapshot& q : in.requests)
         if (q.batch != kNoIndex) ++members[q.batch];

@@ -40,7 +40,8 @@ MAX_CHECKPOINT_BYTES = 16 * 2**30
 #: The keys of the file's top-level object (any other is refused).
 DOCUMENT_KEYS = frozenset({"format", "version", "sha256", "payload"})
 #: The payload's keys and the JSON type each must have (any other key is refused;
-#: ``journal_seq`` may be missing: 0).
+#: ``journal_seq`` and ``rejected`` may be missing, in files written before they were
+#: added: 0).
 PAYLOAD_KEYS: dict[str, tuple[type, ...]] = {
     "devices": (list,),
     "policy": (str,),
@@ -51,8 +52,10 @@ PAYLOAD_KEYS: dict[str, tuple[type, ...]] = {
     "classes": (list,),
     "clocked": (list,),
     "journal_seq": (int,),
+    "rejected": (int,),
     "core": (dict,),
 }
+_OPTIONAL_KEYS = frozenset({"journal_seq", "rejected"})
 _MAX_INT_DIGITS = 4300  # Python's int conversion limit (sys.get_int_max_str_digits() default)
 _JSON_KIND = {dict: "an object", list: "a list", str: "a string", int: "an integer", bool: "a boolean"}
 
@@ -197,7 +200,7 @@ def _check_payload(where: str, payload: dict[str, Any]) -> None:
         )
     for key, kinds in PAYLOAD_KEYS.items():
         if key not in payload:
-            if key == "journal_seq":
+            if key in _OPTIONAL_KEYS:
                 continue
             raise CheckpointError(f"checkpoint {where!r} is malformed: it lacks payload key {key!r}")
         value = payload[key]

@@ -4,7 +4,8 @@ With a journal, every call that changes the scheduler (submit, submit_many, step
 complete, complete_many, fail, cancel, set_clock, set_pressure) appends one line once the
 core has accepted it: ``<json>\\t<sha256 of the json, 16 hex digits>\\n``, where the json
 is ``{"seq": n, "op": name, "args": [...]}`` (and ``{"seq": n, "op": "names", ...}`` when
-the scheduler learns a new tenant or request class name). With ``sync=True`` (the default)
+the scheduler learns a new tenant or request class name, ``{"seq": n, "op": "rejected",
+"n": k}`` when it refuses k submits). With ``sync=True`` (the default)
 each line is fsynced before the call returns, so an accepted request survives a crash.
 Calls are serialised while a journal is open, so the lines are in the order the core ran
 them.

@@ -163,7 +163,9 @@ class InferenceRequest:
         if batchable is not True and batchable is not False:
             raise RequestTypeError(f"batchable must be a bool, got {type(batchable).__name__}")
         self._batchable = batchable
-        self._depends_on = depends_on = () if depends_on == () else _dependencies(depends_on)
+        if not (type(depends_on) is tuple and not depends_on):  # (the default, ())
+            depends_on = _dependencies(depends_on)
+        self._depends_on = depends_on
         lo, hi = uclamp_min, uclamp_max
         if not (type(lo) is float and 0.0 <= lo <= 1.0):
             lo = _real("uclamp_min", uclamp_min, 0.0, 1.0)
@@ -249,6 +251,29 @@ for _name in _FIELDS:
 del _name
 
 
+def _checked(request: InferenceRequest) -> InferenceRequest:
+    """A new InferenceRequest from ``request``'s fields as they are now: the
+    constructor's checks and conversions, for fields set after construction (which the
+    properties store as given). Raises what the constructor raises."""
+    return InferenceRequest(
+        request.prompt,
+        prompt_tokens=request.prompt_tokens,
+        max_new_tokens=request.max_new_tokens,
+        priority=request.priority,
+        timeout=request.timeout,
+        deadline=request.deadline,
+        tenant=request.tenant,
+        batchable=request.batchable,
+        depends_on=request.depends_on,
+        uclamp_min=request.uclamp_min,
+        uclamp_max=request.uclamp_max,
+        request_class=request.request_class,
+        sched_class=request.sched_class,
+        pool=request.pool,
+        fallback_pool=request.fallback_pool,
+    )
+
+
 def _int(name: str, value: object, lo: int, hi: int) -> int:
     if type(value) is int and lo <= value <= hi:  # fast path for the common case
         return value
@@ -292,7 +317,7 @@ def _finite(name: str, value: object) -> float:
 
 
 def _dependencies(deps: object) -> tuple[Any, ...]:
-    if deps == ():
+    if type(deps) is tuple and not deps:  # (not ``deps == ()``: a numpy array compares elementwise)
         return ()
     if isinstance(deps, (str, bytes)) or not isinstance(deps, Iterable):
         raise RequestTypeError(f"depends_on must be an iterable of request ids, got {deps!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
@@ -30,7 +31,7 @@ from .errors import (
     QueueFullError,
     CheckpointError,
 )
-from .request import _SCHED_CODES, InferenceRequest
+from .request import _SCHED_CODES, MAX_TOKENS, InferenceRequest, _checked
 from .tokens import estimate_tokens
 
 if TYPE_CHECKING:
@@ -427,19 +428,23 @@ class Scheduler:
         if type(request) is not InferenceRequest and not isinstance(request, InferenceRequest):
             raise RequestTypeError(f"submit() takes an InferenceRequest, got {type(request).__name__}")
         t = self._time(now)
-        tokens = request.prompt_tokens
+        # The fields as they are now, through the constructor's checks: one set after
+        # construction (stored as given) is refused here as the constructor refuses it,
+        # before anything changes (a new tenant name is numbered only further down).
+        fields = _checked(request)
+        tokens = fields.prompt_tokens
         if tokens is None:
-            tokens = self._estimate(request.prompt)
-        deps = _dependency_ids(request.depends_on) if request.depends_on else None
+            tokens = self._estimate(fields.prompt)
+        deps = _dependency_ids(fields.depends_on) if fields.depends_on else None
         pool = fallback = 0
-        if request.pool is not None or request.fallback_pool is not None:
-            for name in (request.pool, request.fallback_pool):
+        if fields.pool is not None or fields.fallback_pool is not None:
+            for name in (fields.pool, fields.fallback_pool):
                 if name is not None and name not in self._pools:
                     raise InvalidRequestError(
                         f"pool {name!r} has no device; pools: {sorted(self._pools) or 'none'}"
                     )
-            pool = self._pools[request.pool] if request.pool is not None else 0
-            fallback = self._pools[request.fallback_pool] if request.fallback_pool is not None else 0
+            pool = self._pools[fields.pool] if fields.pool is not None else 0
+            fallback = self._pools[fields.fallback_pool] if fields.fallback_pool is not None else 0
         claim = request._claim
         try:
             claim.pop()
@@ -448,34 +453,32 @@ class Scheduler:
         try:
             if request.id is not None:
                 raise DuplicateRequestError(_submitted(request.id))
-            tenant = self._tenants.get(request.tenant)
-            rclass = self._classes.get(request.request_class)
+            tenant = self._tenants.get(fields.tenant)
+            rclass = self._classes.get(fields.request_class)
             if tenant is None or rclass is None:
-                tenant, rclass = self._name_ids(request.tenant, request.request_class)
-            timeout = request.timeout
-            deadline = request.deadline
+                tenant, rclass = self._name_ids(fields.tenant, fields.request_class)
+            timeout = fields.timeout
+            deadline = fields.deadline
             try:
                 rid = self._core.submit(
                     tokens,
-                    request.max_new_tokens,
-                    request.priority,
+                    fields.max_new_tokens,
+                    fields.priority,
                     _NAN if timeout is None else timeout,
                     _NAN if deadline is None else deadline,
                     tenant,
                     rclass,
-                    _SCHED_CODES.get(request.sched_class, 255),
-                    request.batchable,
-                    request.uclamp_min,
-                    request.uclamp_max,
+                    _SCHED_CODES[fields.sched_class],
+                    fields.batchable,
+                    fields.uclamp_min,
+                    fields.uclamp_max,
                     pool,
                     fallback,
                     deps,
                     t,
                 )
-            except TypeError as exc:  # fields set to the wrong type after construction
-                raise RequestTypeError(f"request has a field of the wrong type: {exc}") from exc
             except (QueueFullError, AdmissionError) as exc:
-                raise self._refused(exc, request.tenant, tenant) from None
+                raise self._refused(exc, fields.tenant, tenant) from None
         except BaseException:
             claim.append(None)  # not submitted: the object can be submitted again
             raise
@@ -547,8 +550,14 @@ class Scheduler:
             raise
 
     def _count_rejected(self, n: int) -> None:
+        from .journal import JournalCore
+
         with self._lock:
             self._rejected += n
+            core = self._core
+            if isinstance(core, JournalCore):  # (a refused call writes no line of its own)
+                with core.lock:
+                    core.journal.append("rejected", n=n)
 
     # ------------------------------------------------------------------ the loop
 
@@ -671,7 +680,7 @@ class Scheduler:
             if what == "free_slots" and not 0 <= int(v) <= _core.MAX_BATCH_SIZE:
                 raise InvalidArgumentError(f"{what}[{name!r}] must be in 0..{_core.MAX_BATCH_SIZE}, got {v!r}")
             if what == "free_kv_tokens" and not 0 <= int(v) <= 2**62:
-                raise InvalidArgumentError(f"{what}[{name!r}] must be an integer >= 0, got {v!r}")
+                raise InvalidArgumentError(f"{what}[{name!r}] must be in 0..2**62, got {v!r}")
             out[idx[0]] = int(v)
         return out
 
@@ -700,6 +709,8 @@ class Scheduler:
         if output_tokens is not None:
             if isinstance(output_tokens, bool) or not isinstance(output_tokens, numbers.Integral) or output_tokens < 0:
                 raise InvalidArgumentError(f"output_tokens must be an integer >= 0 (or None), got {output_tokens!r}")
+            if output_tokens > MAX_TOKENS:
+                raise InvalidArgumentError(f"output_tokens must be in 0..{MAX_TOKENS} (or omitted), got {output_tokens!r}")
             out = int(output_tokens)
         self._core.complete(_request_id(request_id), self._time(now), out)
 
@@ -761,6 +772,8 @@ class Scheduler:
             raise InvalidArgumentError(f"retryable must be a bool, got {retryable!r}")
         if not isinstance(error, str):
             raise InvalidArgumentError(f"error must be a str, got {type(error).__name__}")
+        if not error.isascii():  # lone surrogates (from decoding with surrogateescape) cannot cross as UTF-8
+            error = error.encode("utf-8", "backslashreplace").decode("utf-8")
         return self._core.fail(_request_id(request_id), self._time(now), retryable, error)
 
     def cancel(self, request_id: int) -> bool:
@@ -812,6 +825,8 @@ class Scheduler:
         """util_est of a request class: ``{'ewma', 'last', 'estimate'}`` in invariant
         seconds of work per token (seconds on the strongest device at full clock), or
         None if no request of the class has completed yet."""
+        if request_class is not None and not isinstance(request_class, str):
+            raise InvalidArgumentError(f"request_class must be a str or None, got {request_class!r}")
         idx = self._classes.get(request_class)
         if idx is None:
             return None
@@ -1011,9 +1026,20 @@ class Scheduler:
         cfg = {f.name: getattr(self._config, f.name) for f in dataclasses.fields(Config) if f.name != "tokenizer"}
         cfg["preferred_batch_sizes"] = list(cfg["preferred_batch_sizes"])
         cfg["tenant_weights"] = [[k, v] for k, v in cfg["tenant_weights"].items()]  # (None is no JSON key)
-        with self._lock:
+        from .journal import JournalCore
+
+        core = self._core
+        # One consistent cut. With a journal open, its lock is held from before the
+        # journal's seq is read until the core's state is exported: a journaled call
+        # changes the core first and writes its line (the seq) after, so without it a
+        # checkpoint could hold a call its seq says is still to replay. (Lock order:
+        # self._lock, then the journal's, as _name_ids takes them.)
+        with self._lock, (core.lock if isinstance(core, JournalCore) else contextlib.nullcontext()):
             tenants = [[k, v] for k, v in self._tenants.items()]
             classes = [[k, v] for k, v in self._classes.items()]
+            seq = core.journal.seq if isinstance(core, JournalCore) else self._journal_seq
+            state = core.export_state()
+            rejected = self._rejected
         return {
             "devices": _device_dicts(self._devices),
             "policy": self._policy,
@@ -1023,8 +1049,9 @@ class Scheduler:
             "tenants": tenants,
             "classes": classes,
             "clocked": list(self._clocked),
-            "journal_seq": self._core.journal.seq if hasattr(self._core, "journal") else self._journal_seq,
-            "core": self._core.export_state(),
+            "journal_seq": seq,
+            "rejected": rejected,
+            "core": state,
         }
 
     @classmethod
@@ -1072,6 +1099,10 @@ class Scheduler:
         if not isinstance(seq, int) or seq < 0:
             raise CheckpointError(f"journal_seq must be an integer >= 0, got {seq!r}")
         s._journal_seq = seq
+        rejected = payload.get("rejected", 0)
+        if not isinstance(rejected, int) or rejected < 0:
+            raise CheckpointError(f"rejected must be an integer >= 0, got {rejected!r}")
+        s._rejected = rejected
         return s
 
     def _replay(self, entries: Any) -> int:
@@ -1086,6 +1117,11 @@ class Scheduler:
                 self._tenants = {k: int(v) for k, v in e["tenants"]}
                 self._classes = {k: int(v) for k, v in e["classes"]}
                 self._apply_tenant_weights()
+            elif e["op"] == "rejected":
+                n = e.get("n")
+                if type(n) is not int or n < 1:
+                    raise CheckpointError(f"journal seq {e['seq']}: 'rejected' needs a count n >= 1, got {n!r}")
+                self._rejected += n
             else:
                 from .journal import MUTATING_CALLS
 
@@ -1117,9 +1153,7 @@ class Scheduler:
             now = self._clock()
         if type(now) is float:  # fast path
             return now
-        if isinstance(now, bool) or not isinstance(now, numbers.Real):
-            raise InvalidArgumentError(f"now must be a number of seconds, got {now!r}")
-        return float(now)
+        return _real_arg("now", now, "a number of seconds")
 
     def _estimate(self, prompt: Optional[str]) -> int:
         if prompt is None:
@@ -1131,6 +1165,10 @@ class Scheduler:
         n = self._count_tokens(prompt)
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise InvalidRequestError(f"the tokenizer returned {n!r} for a prompt; expected an int >= 0")
+        if n > MAX_TOKENS:
+            raise InvalidRequestError(
+                f"prompt_tokens must be in 0..{MAX_TOKENS}, got {int(n)} (the tokenizer's count for the prompt)"
+            )
         return int(n)
 
 
@@ -1138,10 +1176,13 @@ class Scheduler:
 OpenAutoGLMScheduler = Scheduler
 
 
-def _real_arg(name: str, value: object) -> float:
+def _real_arg(name: str, value: object, what: str = "a number") -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidArgumentError(f"{name} must be a number, got {value!r}")
-    return float(value)
+        raise InvalidArgumentError(f"{name} must be {what}, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float
+        raise InvalidArgumentError(f"{name} must be {what} within the range of a float, got {value!r}") from None
 
 
 def _request_id(x: object) -> int:
@@ -1157,11 +1198,13 @@ def _request_id(x: object) -> int:
 
 def _id_array(ids: Iterable[int]) -> np.ndarray:
     if isinstance(ids, np.ndarray):
+        if ids.ndim != 1:
+            raise InvalidArgumentError(f"request ids must be a 1-d array, got shape {ids.shape}")
         if ids.dtype.kind not in "iu":
             raise RequestTypeError(f"request ids must be integers, got an array of {ids.dtype}")
         if ids.dtype.kind == "i" and ids.size and ids.min() < 1:
             raise UnknownRequestError(f"unknown request {int(ids.min())}: ids start at 1")
-        return np.ascontiguousarray(ids, dtype=np.uint64).ravel()
+        return np.ascontiguousarray(ids, dtype=np.uint64)
     return np.fromiter((_request_id(i) for i in ids), dtype=np.uint64)
 
 
@@ -1182,11 +1225,20 @@ def _dependency_ids(deps: tuple[Any, ...]) -> np.ndarray:
 
 def _int_array(name: str, value: Any, n: Optional[int]) -> np.ndarray:
     a = np.asarray(value)
+    if a.dtype == object and a.size and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in a.flat
+    ):  # ints (numpy keeps Python ints beyond int64 as objects)
+        big = next((v for v in a.flat if not -(2**63) <= v < 2**63), None)
+        if big is not None:
+            raise InvalidRequestError(f"{name} holds {int(big)}, beyond any token limit")
+        a = a.astype(np.int64)
     if a.dtype.kind == "f":
         finite = np.isfinite(a)
         if not finite.all() or (a != np.floor(a)).any():
             bad = a[~finite | (a != np.floor(np.where(finite, a, 0)))].flat[0]
             raise InvalidRequestError(f"{name} must hold whole numbers, got {bad!r}")
+        if a.size and np.abs(a).max() >= 2.0**63:  # (the cast to int64 would wrap)
+            raise InvalidRequestError(f"{name} holds {float(a.flat[np.argmax(np.abs(a))])!r}, beyond any token limit")
     elif a.dtype.kind not in "iub":
         raise RequestTypeError(f"{name} must be integers, got an array of {a.dtype}")
     if a.dtype.kind == "b":
