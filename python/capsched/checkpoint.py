@@ -182,7 +182,7 @@ def load_checkpoint(path: Union[str, "os.PathLike[str]"], *, clock: Optional[Cal
         raise CheckpointError(f"checkpoint {where!r} cannot be restored: {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {where!r} is malformed: {type(exc).__name__}: {exc}") from None
-    except (RuntimeError, MemoryError) as exc:
+    except (RuntimeError, MemoryError):
         # pybind11 reports a value the core cannot hold (wrong type, negative or too
         # large for an unsigned field) as a RuntimeError; a hostile size as MemoryError.
         raise CheckpointError(
