@@ -375,6 +375,9 @@ class Scheduler:
         Raises:
             DuplicateRequestError: this object was submitted before.
             InvalidRequestError: a field is out of range (the message names it).
+            RequestTypeError: a field has the wrong type. A field set after
+                construction is checked here as the constructor checks it, before
+                anything changes.
             DependencyError: ``depends_on`` names an unknown request or one that ended
                 without completing, lists one twice, or names one that already has
                 ``Config.max_dependents`` requests waiting on it.
