@@ -207,3 +207,44 @@ def test_class_estimate_refuses_a_name_that_is_not_a_str():
 def test_a_clock_ratio_that_underflows_is_refused_at_construction():
     with pytest.raises(CapschedError, match="underflows to 0"):
         Scheduler([Device("a", max_clock_mhz=1e300, clock_mhz=1e-300)])
+
+
+def test_close_journal_waits_for_a_journaled_call_in_progress(tmp_path):
+    """Closing the journal while another thread's journaled call has changed the core
+    but not yet written its line made that call fail (a closed file) after its change,
+    and lost the line."""
+    s = Scheduler(["a"])
+    s.checkpoint(tmp_path / "c.ckpt")
+    s.open_journal(tmp_path / "j.log", sync=False)
+    journal = s._core.journal
+    write = journal.write
+    in_window, go = threading.Event(), threading.Event()
+
+    def slow_write(body: str) -> None:
+        in_window.set()
+        go.wait(10)
+        write(body)
+
+    journal.write = slow_write
+    errors: list[BaseException] = []
+
+    def submit() -> None:
+        try:
+            s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            errors.append(exc)
+
+    submitter = threading.Thread(target=submit)
+    submitter.start()
+    assert in_window.wait(10)
+    closer = threading.Thread(target=s.close_journal)
+    closer.start()
+    time.sleep(0.2)
+    assert closer.is_alive(), "close_journal did not wait for the journaled call"
+    go.set()
+    submitter.join(10)
+    closer.join(10)
+    assert not errors, errors
+    r = Scheduler.restore(tmp_path / "c.ckpt", journal=tmp_path / "j.log")
+    r.close_journal()
+    assert r.stats()["accepted"] == s.stats()["accepted"] == 1

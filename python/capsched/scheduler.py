@@ -991,7 +991,9 @@ class Scheduler:
         """Append every accepted change to ``path`` from now on (``capsched.journal``):
         with a checkpoint, ``Scheduler.restore(checkpoint, journal=path)`` recovers
         everything accepted up to a crash. ``sync=True`` fsyncs each line before the call
-        returns. While a journal is open the scheduler's calls are serialised."""
+        returns. While a journal is open the scheduler's calls are serialised. Open it
+        (after a checkpoint) while no other thread is calling the scheduler: a call that
+        another thread makes between the two is in neither."""
         from .journal import Journal, JournalCore
 
         if isinstance(self._core, JournalCore):
@@ -1004,12 +1006,17 @@ class Scheduler:
         """Stop journaling (the file stays as it is)."""
         from .journal import JournalCore
 
-        if isinstance(self._core, JournalCore):
-            self._journal_seq = self._core.journal.seq
-            self._core.journal.close()
-            inner: _core.Core = self._core._inner
-            self._core = inner
-            self._direct = inner
+        core = self._core
+        if isinstance(core, JournalCore):
+            # (under the journal's lock: a call in progress in another thread has changed
+            # the core and still writes its line; closing the file under it would fail
+            # that call after its change was made, and lose its line)
+            with self._lock, core.lock:
+                self._journal_seq = core.journal.seq
+                core.journal.close()
+                inner: _core.Core = core._inner
+                self._core = inner
+                self._direct = inner
 
     def _journal_names(self, all_names: bool = False) -> None:
         from .journal import JournalCore
