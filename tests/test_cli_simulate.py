@@ -86,6 +86,8 @@ def test_simulate_without_matplotlib_or_tqdm(tmp_path, capsys, monkeypatch):
         (["--fault", "L4-0@x"], "bad fault"),
         (["--fault", "Z-9@1+2"], "unknown device"),
         (["--requests", "1"], "--requests"),
+        (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
+        (["--trace", "gamma:-1"], "cv must be a finite number > 0, got -1.0"),
     ],
 )
 def test_simulate_bad_input_exits_2_without_traceback(argv, message, capsys):
@@ -96,3 +98,36 @@ def test_simulate_bad_input_exits_2_without_traceback(argv, message, capsys):
     assert message in err
     assert "Traceback" not in err
     assert err.startswith("usage: capsched simulate")
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("latin1.csv", b"TIMESTAMP,ContextTokens,GeneratedTokens\n\xff\n", "is not UTF-8 text"),
+        ("notgzip.csv.gz", b"plain text", "is not a complete gzip file"),
+        ("binary.jsonl", b'{"timestamp": 1, "input_length": 5, "output_length": 5}\n\xfe\n', "is not UTF-8 text"),
+    ],
+)
+def test_simulate_unreadable_trace_file_exits_2_without_traceback(tmp_path, name, data, message, capsys):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--requests", "20", "--trace", str(path)], out=io.StringIO())
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and name in err
+    assert "Traceback" not in err
+
+
+def test_a_closed_pipe_ends_quietly():
+    """``capsched specs --json | head``: the reader goes away; no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "capsched", "specs", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child writes (it is still importing)
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(60) in (0, 141)
+    assert "Traceback" not in err and "BrokenPipeError" not in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, TextIO, Union
@@ -154,7 +155,7 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
     """``capsched simulate``: replay a trace on a simulated fleet under each policy."""
-    from .errors import ConfigError
+    from .errors import CapschedError, ConfigError
     from .sim import run as simrun
     from .sim.engine import parse_fault, parse_slowdown
     from .sim.fleet import DEFAULT_FLEET, Fleet, parse_fleet
@@ -199,7 +200,7 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
             chain=args.chain,
         )
         exp = simrun.run_experiment(config, progress=not args.no_progress and not args.json)
-    except (ConfigError, KeyError) as exc:
+    except (ConfigError, KeyError, CapschedError) as exc:  # (bad input the simulator found, e.g. in --trace)
         parser.error(str(exc))  # exits with status 2, argparse style
     written: list[str] = []
     if args.out:
@@ -421,7 +422,15 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None) 
     status. Usage errors exit through argparse (status 2), as ``--help`` does (0)."""
     args = build_parser().parse_args(None if argv is None else list(argv))
     run: Callable[[argparse.Namespace, TextIO], Any] = args._run
-    return int(run(args, out if out is not None else sys.stdout))
+    try:
+        return int(run(args, out if out is not None else sys.stdout))
+    except BrokenPipeError:
+        # The reader went away (``capsched specs --json | head``): stop quietly, as
+        # other command-line tools do. (stdout goes to devnull so that the interpreter's
+        # final flush does not fail on the closed pipe as well.)
+        if out is None:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status a shell reports for it
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -101,6 +101,8 @@ class SimConfig:
                 raise ConfigError(f"unknown policy {p!r} (known: {', '.join(POLICIES)})")
         if self.requests is not None and (not isinstance(self.requests, int) or self.requests < 2):
             raise ConfigError(f"requests must be an integer >= 2, got {self.requests!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
 
 
 @dataclasses.dataclass

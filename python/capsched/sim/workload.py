@@ -20,6 +20,7 @@ offered load of a simulation); :meth:`Workload.head` keeps the first requests.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -30,6 +31,7 @@ import math
 import numbers
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from importlib import resources
 from typing import IO, Optional, Protocol, Union, overload, runtime_checkable
@@ -572,6 +574,18 @@ def _open_text(path: PathLike) -> IO[str]:
     return open(p, encoding="utf-8", newline="")
 
 
+@contextlib.contextmanager
+def _readable(path: str) -> Iterator[None]:
+    """Bytes that are not UTF-8 (or not gzip, for a .gz name) are a TraceFormatError
+    naming the file, not a bare UnicodeDecodeError."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise TraceFormatError(path, None, None, f"is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise TraceFormatError(path, None, None, f"is not a complete gzip file ({exc})") from None
+
+
 def _parse_token_count(value: str, path: str, line: int, field: str) -> int:
     s = value.strip()
     if not s.isdigit():
@@ -652,7 +666,7 @@ def load_azure_csv(path: PathLike, *, limit: Optional[int] = None, name: Optiona
     if limit is not None:
         _check_int("limit", limit, 1)
     p = os.fspath(path)
-    with _open_text(p) as f:
+    with _readable(p), _open_text(p) as f:
         return _load_azure_stream(f, p, name or _stem(p), limit)
 
 
@@ -676,7 +690,7 @@ def load_mooncake_jsonl(path: PathLike, *, limit: Optional[int] = None, name: Op
     times: list[float] = []
     prompt: list[int] = []
     output: list[int] = []
-    with _open_text(p) as f:
+    with _readable(p), _open_text(p) as f:
         for line, text in enumerate(f, start=1):
             if not text.strip():
                 continue
