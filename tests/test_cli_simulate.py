@@ -131,3 +131,21 @@ def test_a_closed_pipe_ends_quietly():
     proc.stderr.close()
     assert proc.wait(60) in (0, 141)
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--inflight-batches", "0"], "inflight_batches must be an integer >= 1, got 0"),
+        (["--log-level", "LOUD"], "invalid choice: 'loud'"),
+    ],
+)
+def test_serve_bad_input_exits_2_without_traceback(argv, message, capsys):
+    """``capsched serve`` checks its arguments before it starts anything (these two were
+    a silent fallback to the fleet's default and a KeyError from uvicorn)."""
+    pytest.importorskip("uvicorn")
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", *argv], out=io.StringIO())
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -53,7 +53,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     http.add_argument("--api-keys-file", metavar="JSON", default=None,
                       help="a JSON object of API key -> tenant")
     http.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get 413 (default 1 MiB)")
-    p.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
+    p.add_argument("--log-level", default="warning", type=str.lower,
+                   choices=("critical", "error", "warning", "info", "debug", "trace"),
+                   help="uvicorn's log level (default warning)")
 
 
 def _api_keys(args: argparse.Namespace) -> dict[str, str]:

@@ -536,7 +536,7 @@ def simulated_engine(
         die_after_tokens: device name -> tokens after which its worker dies (tests).
 
     Raises:
-        ConfigError: a bad fleet, model, scale or device name.
+        ConfigError: a bad fleet, model, scale, in-flight batch count or device name.
     """
     from ..sim.fleet import Fleet, parse_fleet
 
@@ -544,6 +544,8 @@ def simulated_engine(
         math.isfinite(time_scale) and time_scale > 0
     ):
         raise ConfigError(f"time_scale must be a finite number > 0, got {time_scale!r}")
+    if isinstance(inflight_batches, bool) or not isinstance(inflight_batches, int) or inflight_batches < 1:
+        raise ConfigError(f"inflight_batches must be an integer >= 1, got {inflight_batches!r}")
     f = parse_fleet(fleet, model)
     sim = f.build(512, 128)
     devices = [
