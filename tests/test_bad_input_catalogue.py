@@ -536,6 +536,8 @@ def _rows() -> list[Row]:
         ("`complete(id, now=...)`", "now an int beyond any float",
          lambda c: c.s.complete(c.ids["flight"], now=2**1100), InvalidArgumentError,
          r"now must be a number of seconds within the range of a float, got 1358"),
+        ("`complete_many(ids)`", "one id, not a list of them", lambda c: c.s.complete_many(c.ids["flight"], now=1.0),
+         RequestTypeError, r"iterable of ints, got 2"),
         ("`complete_many(ids)`", "a 2-d array", lambda c: c.s.complete_many(np.array([[c.ids["flight"]]]), now=1.0),
          InvalidArgumentError, r"1-d array, got shape \(1, 1\)"),
         ("`complete_many(ids)`", "one id not in flight (element 1)",

@@ -1215,6 +1215,8 @@ def _id_array(ids: Iterable[int]) -> np.ndarray:
         if ids.dtype.kind == "i" and ids.size and ids.min() < 1:
             raise UnknownRequestError(f"unknown request {int(ids.min())}: ids start at 1")
         return np.ascontiguousarray(ids, dtype=np.uint64)
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise RequestTypeError(f"request ids must be an iterable of ints, got {ids!r}")
     return np.fromiter((_request_id(i) for i in ids), dtype=np.uint64)
 
 
