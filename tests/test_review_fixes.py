@@ -248,3 +248,11 @@ def test_close_journal_waits_for_a_journaled_call_in_progress(tmp_path):
     r = Scheduler.restore(tmp_path / "c.ckpt", journal=tmp_path / "j.log")
     r.close_journal()
     assert r.stats()["accepted"] == s.stats()["accepted"] == 1
+
+
+def test_a_capacity_ratio_that_underflows_is_refused():
+    """Capacities are normalised to the largest; one whose share underflows to 0 left a
+    device with no capacity at all."""
+    with pytest.raises(CapschedError, match="device 1: capacity 1e-308 is too small .*underflows to 0"):
+        Scheduler([Device("a", capacity=1e308), Device("b", capacity=1e-308)])
+    Scheduler([Device("a", capacity=1e6), Device("b", capacity=1e-6)])  # a wide but usable range

@@ -99,6 +99,10 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
         const DeviceSpec& spec = devices[i];
         Device& d = devices_[i];
         d.capacity_orig = spec.capacity == max_cap ? kCapacityScale : spec.capacity / max_cap * kCapacityScale;
+        if (!std::isnormal(d.capacity_orig))  // (a device of no capacity would never fit anything)
+            throw ConfigError("device " + std::to_string(i) + ": capacity " + format_number(spec.capacity) +
+                              " is too small against the largest, " + format_number(max_cap) +
+                              ": their ratio underflows to 0");
         d.max_clock = spec.max_clock;
         d.clock_scale = spec.cur_clock / spec.max_clock;
         d.kv_budget = spec.kv_tokens;
