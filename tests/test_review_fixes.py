@@ -26,13 +26,10 @@ from capsched.errors import (  # noqa: E402
 )
 
 
-def test_a_checkpoint_waits_for_a_journaled_call_in_progress(tmp_path):
-    """A journaled call changes the core, then writes its line (raising the journal's
-    seq). A checkpoint taken between the two recorded the call in its state but not in
-    its seq, and a restore replayed it a second time (a phantom request)."""
-    s = Scheduler(["a"])
-    s.open_journal(tmp_path / "j.log", sync=False)
-    s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+def _racing_journaled_submit(s: Scheduler, other) -> list[BaseException]:
+    """Submits from one thread, held after the core has taken the call and before its
+    journal line is written; runs ``other`` in a second thread meanwhile, checks that it
+    waits for the line, then lets both finish. Returns the submitting thread's errors."""
     journal = s._core.journal
     write = journal.write
     in_window, go = threading.Event(), threading.Event()
@@ -43,17 +40,37 @@ def test_a_checkpoint_waits_for_a_journaled_call_in_progress(tmp_path):
         write(body)
 
     journal.write = slow_write
-    submitter = threading.Thread(target=lambda: s.submit(InferenceRequest(prompt_tokens=1), now=0.0))
+    errors: list[BaseException] = []
+
+    def submit() -> None:
+        try:
+            s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+        except BaseException as exc:  # noqa: BLE001 - returned
+            errors.append(exc)
+
+    submitter = threading.Thread(target=submit)
     submitter.start()
     assert in_window.wait(10)
-    checkpointer = threading.Thread(target=lambda: s.checkpoint(tmp_path / "c.ckpt"))
-    checkpointer.start()
+    waiter = threading.Thread(target=other)
+    waiter.start()
     time.sleep(0.2)
-    assert checkpointer.is_alive(), "the checkpoint did not wait for the journaled call"
+    waited = waiter.is_alive()
     go.set()
     submitter.join(10)
-    checkpointer.join(10)
+    waiter.join(10)
     journal.write = write
+    assert waited, f"{other} did not wait for the journaled call"
+    return errors
+
+
+def test_a_checkpoint_waits_for_a_journaled_call_in_progress(tmp_path):
+    """A journaled call changes the core, then writes its line (raising the journal's
+    seq). A checkpoint taken between the two recorded the call in its state but not in
+    its seq, and a restore replayed it a second time (a phantom request)."""
+    s = Scheduler(["a"])
+    s.open_journal(tmp_path / "j.log", sync=False)
+    s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+    assert not _racing_journaled_submit(s, lambda: s.checkpoint(tmp_path / "c.ckpt"))
     s.close_journal()
     assert s.stats()["accepted"] == 2
     restored = Scheduler.restore(tmp_path / "c.ckpt", journal=tmp_path / "j.log")
@@ -216,34 +233,7 @@ def test_close_journal_waits_for_a_journaled_call_in_progress(tmp_path):
     s = Scheduler(["a"])
     s.checkpoint(tmp_path / "c.ckpt")
     s.open_journal(tmp_path / "j.log", sync=False)
-    journal = s._core.journal
-    write = journal.write
-    in_window, go = threading.Event(), threading.Event()
-
-    def slow_write(body: str) -> None:
-        in_window.set()
-        go.wait(10)
-        write(body)
-
-    journal.write = slow_write
-    errors: list[BaseException] = []
-
-    def submit() -> None:
-        try:
-            s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
-        except BaseException as exc:  # noqa: BLE001 - checked below
-            errors.append(exc)
-
-    submitter = threading.Thread(target=submit)
-    submitter.start()
-    assert in_window.wait(10)
-    closer = threading.Thread(target=s.close_journal)
-    closer.start()
-    time.sleep(0.2)
-    assert closer.is_alive(), "close_journal did not wait for the journaled call"
-    go.set()
-    submitter.join(10)
-    closer.join(10)
+    errors = _racing_journaled_submit(s, s.close_journal)
     assert not errors, errors
     r = Scheduler.restore(tmp_path / "c.ckpt", journal=tmp_path / "j.log")
     r.close_journal()
