@@ -106,6 +106,15 @@ def test_simulate_bad_input_exits_2_without_traceback(argv, message, capsys):
         ("latin1.csv", b"TIMESTAMP,ContextTokens,GeneratedTokens\n\xff\n", "is not UTF-8 text"),
         ("notgzip.csv.gz", b"plain text", "is not a complete gzip file"),
         ("binary.jsonl", b'{"timestamp": 1, "input_length": 5, "output_length": 5}\n\xfe\n', "is not UTF-8 text"),
+        ("superscript.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,10,\u00b2\n".encode(),
+         "must be a whole number of tokens"),
+        ("hugecount.csv", b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1," + b"9" * 30 + b",5\n",
+         "must be below 10**18 tokens"),
+        ("bigfield.csv", b'TIMESTAMP,ContextTokens,GeneratedTokens\n"' + b"x" * 200_000 + b'",1,1\n',
+         "is not a readable CSV file"),
+        ("deep.jsonl", b"[" * 100_000 + b"\n", "nested too deeply"),
+        ("bigts.jsonl", b'{"timestamp": ' + b"9" * 400 + b', "input_length": 5, "output_length": 5}\n',
+         "must be a number of milliseconds"),
     ],
 )
 def test_simulate_unreadable_trace_file_exits_2_without_traceback(tmp_path, name, data, message, capsys):

@@ -200,7 +200,7 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
             chain=args.chain,
         )
         exp = simrun.run_experiment(config, progress=not args.no_progress and not args.json)
-    except (ConfigError, KeyError, CapschedError) as exc:  # (bad input the simulator found, e.g. in --trace)
+    except (ConfigError, KeyError, CapschedError, OSError) as exc:  # (bad input the simulator found, e.g. in --trace)
         parser.error(str(exc))  # exits with status 2, argparse style
     written: list[str] = []
     if args.out:

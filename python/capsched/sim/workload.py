@@ -21,6 +21,7 @@ offered load of a simulation); :meth:`Workload.head` keeps the first requests.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import datetime
 import functools
@@ -582,14 +583,23 @@ def _readable(path: str) -> Iterator[None]:
         yield
     except UnicodeDecodeError as exc:
         raise TraceFormatError(path, None, None, f"is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except csv.Error as exc:  # (e.g. a field over the csv module's size limit)
+        raise TraceFormatError(path, None, None, f"is not a readable CSV file ({exc})") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise TraceFormatError(path, None, None, f"is not a complete gzip file ({exc})") from None
 
 
+def _cut(value: object) -> str:
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
 def _parse_token_count(value: str, path: str, line: int, field: str) -> int:
     s = value.strip()
-    if not s.isdigit():
-        raise TraceFormatError(path, line, field, f"must be a whole number of tokens, got {value!r}")
+    if not (s.isascii() and s.isdigit()):
+        raise TraceFormatError(path, line, field, f"must be a whole number of tokens, got {_cut(value)}")
+    if len(s) > 18:  # (within int64)
+        raise TraceFormatError(path, line, field, f"must be below 10**18 tokens, got {_cut(value)}")
     v = int(s)
     if v < 1:
         raise TraceFormatError(path, line, field, f"must be >= 1, got {v}")
@@ -609,7 +619,6 @@ def _finish(path: str, lines: list[int], times: list[float], prompt: list[int], 
 
 
 def _load_azure_stream(stream: IO[str], path: str, name: str, limit: Optional[int]) -> Workload:
-    import csv
 
     reader = csv.reader(stream)
     header = next(reader, None)
@@ -698,19 +707,21 @@ def load_mooncake_jsonl(path: PathLike, *, limit: Optional[int] = None, name: Op
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise TraceFormatError(p, line, None, f"is not valid JSON: {exc.msg} at column {exc.colno}") from None
+            except RecursionError:
+                raise TraceFormatError(p, line, None, "is not valid JSON: nested too deeply") from None
             if not isinstance(obj, dict):
                 raise TraceFormatError(p, line, None, f"must be a JSON object, got {type(obj).__name__}")
             ts = obj.get("timestamp")
             if ts is None:
                 raise TraceFormatError(p, line, "timestamp", "is missing")
-            if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
+            if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 <= ts <= 1e18:
                 raise TraceFormatError(p, line, "timestamp", f"must be a number of milliseconds >= 0, got {ts!r}")
             counts = []
             for key in ("input_length", "output_length"):
                 v = obj.get(key)
                 if v is None:
                     raise TraceFormatError(p, line, key, "is missing")
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < 10**18:
                     raise TraceFormatError(p, line, key, f"must be an integer >= 1, got {v!r}")
                 counts.append(v)
             times.append(ts / 1000.0)
