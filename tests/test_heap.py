@@ -1,4 +1,7 @@
-"""capsched._core.IndexedHeap against a plain-Python model.
+"""capsched._core.IndexedHeap and BucketQueue against a plain-Python model.
+
+BucketQueue is the scheduler's ready queue with a front of 8 and buckets of 4, so that
+these small cases go through its splits, refills and bucket erases.
 
 The model is a dict handle -> (key, seq); its minimum is the smallest (key, seq). Two
 handles may hold the very same (key, seq); the heap may then return either, so the model
@@ -25,7 +28,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from capsched._core import IndexedHeap
+from capsched._core import BucketQueue, IndexedHeap
+
+QUEUES = [IndexedHeap, BucketQueue]
+queues = pytest.mark.parametrize("Queue", QUEUES, ids=[q.__name__ for q in QUEUES])
 
 U64_MAX = 2**64 - 1
 NO_HANDLE = 2**32 - 1  # kNoHandle: reserved, refused by push
@@ -70,9 +76,11 @@ def check_top(h: IndexedHeap, m: Model) -> None:
 
 
 class HeapMachine(RuleBasedStateMachine):
+    queue_class = IndexedHeap
+
     def __init__(self) -> None:
         super().__init__()
-        self.h = IndexedHeap()
+        self.h = self.queue_class()
         self.m = Model()
 
     @initialize(n=st.sampled_from([0, 0, 1, 8, 200]))
@@ -171,13 +179,27 @@ TestHeapMachine.settings = settings(
 )
 
 
+class BucketQueueMachine(HeapMachine):
+    queue_class = BucketQueue
+
+
+TestBucketQueueMachine = BucketQueueMachine.TestCase
+TestBucketQueueMachine.settings = settings(
+    max_examples=60,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
 # --- whole sequences: push all, pop all gives the sorted order ---------------------------
 
 
+@queues
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(keys, seqs), max_size=80))
-def test_pop_all_is_sorted(entries) -> None:
-    h = IndexedHeap()
+def test_pop_all_is_sorted(Queue, entries) -> None:
+    h = Queue()
     m = Model()
     for handle, (k, s) in enumerate(entries):
         h.push(handle, k, s)
@@ -193,15 +215,16 @@ def test_pop_all_is_sorted(entries) -> None:
     assert out == sorted(entries)
 
 
+@queues
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.sampled_from([0.0, 1.0, 2.0]), min_size=1, max_size=60), st.randoms(use_true_random=False))
-def test_equal_keys_pop_by_seq(key_choices, rnd) -> None:
+def test_equal_keys_pop_by_seq(Queue, key_choices, rnd) -> None:
     # Identical keys, distinct seqs: seq decides. Handles are a shuffled permutation so that
     # handle order says nothing about seq order.
     n = len(key_choices)
     seq_of = list(range(n))
     rnd.shuffle(seq_of)
-    h = IndexedHeap()
+    h = Queue()
     for handle in range(n):
         h.push(handle, key_choices[handle], seq_of[handle])
     got = [h.pop() for _ in range(n)]
@@ -212,8 +235,9 @@ def test_equal_keys_pop_by_seq(key_choices, rnd) -> None:
 # --- explicit cases -------------------------------------------------------------------
 
 
-def test_empty_heap() -> None:
-    h = IndexedHeap()
+@queues
+def test_empty_heap(Queue) -> None:
+    h = Queue()
     assert len(h) == 0
     assert h.check_invariants()
     assert not h.contains(0)
@@ -230,8 +254,9 @@ def test_empty_heap() -> None:
     assert len(h) == 0 and h.check_invariants()
 
 
-def test_one_element_heap() -> None:
-    h = IndexedHeap()
+@queues
+def test_one_element_heap(Queue) -> None:
+    h = Queue()
     h.push(7, 3.5, 9)
     assert len(h) == 1 and h.contains(7) and not h.contains(6)
     assert h.top() == (7, 3.5, 9)
@@ -249,16 +274,18 @@ def test_one_element_heap() -> None:
     assert len(h) == 0 and h.check_invariants()
 
 
-def test_default_seq_is_zero() -> None:
-    h = IndexedHeap()
+@queues
+def test_default_seq_is_zero(Queue) -> None:
+    h = Queue()
     h.push(1, 2.0)
     assert h.top() == (1, 2.0, 0)
     h.update(1, 1.0)
     assert h.top() == (1, 1.0, 0)
 
 
-def test_identical_key_and_seq_on_two_handles() -> None:
-    h = IndexedHeap()
+@queues
+def test_identical_key_and_seq_on_two_handles(Queue) -> None:
+    h = Queue()
     h.push(1, 1.0, 5)
     h.push(2, 1.0, 5)
     h.push(3, 1.0, 4)
@@ -267,8 +294,9 @@ def test_identical_key_and_seq_on_two_handles() -> None:
     assert h.check_invariants()
 
 
-def test_push_present_handle_raises_value_error_and_changes_nothing() -> None:
-    h = IndexedHeap()
+@queues
+def test_push_present_handle_raises_value_error_and_changes_nothing(Queue) -> None:
+    h = Queue()
     h.push(3, 1.0, 0)
     h.push(4, 2.0, 0)
     with pytest.raises(ValueError):
@@ -276,15 +304,17 @@ def test_push_present_handle_raises_value_error_and_changes_nothing() -> None:
     assert len(h) == 2 and h.top() == (3, 1.0, 0) and h.check_invariants()
 
 
-def test_reserved_handle_is_refused() -> None:
-    h = IndexedHeap()
+@queues
+def test_reserved_handle_is_refused(Queue) -> None:
+    h = Queue()
     with pytest.raises(ValueError):
         h.push(NO_HANDLE, 0.0, 0)
     assert len(h) == 0 and h.check_invariants()
 
 
-def test_out_of_range_arguments_are_type_errors() -> None:
-    h = IndexedHeap()
+@queues
+def test_out_of_range_arguments_are_type_errors(Queue) -> None:
+    h = Queue()
     for bad in (-1, 2**32):
         with pytest.raises(TypeError):
             h.push(bad, 0.0, 0)
@@ -295,8 +325,9 @@ def test_out_of_range_arguments_are_type_errors() -> None:
     assert len(h) == 0 and h.check_invariants()
 
 
-def test_update_missing_handle_raises_key_error() -> None:
-    h = IndexedHeap()
+@queues
+def test_update_missing_handle_raises_key_error(Queue) -> None:
+    h = Queue()
     h.push(1, 1.0, 0)
     with pytest.raises(KeyError):
         h.update(2, 0.0, 0)
@@ -310,8 +341,9 @@ def test_update_missing_handle_raises_key_error() -> None:
     assert h.check_invariants()
 
 
-def test_handle_reuse_after_pop_and_erase() -> None:
-    h = IndexedHeap()
+@queues
+def test_handle_reuse_after_pop_and_erase(Queue) -> None:
+    h = Queue()
     for i in range(10):
         h.push(i, float(i), i)
     assert h.pop() == 0
@@ -325,8 +357,9 @@ def test_handle_reuse_after_pop_and_erase() -> None:
     assert order == [5, 1, 2, 3, 4, 6, 7, 8, 9, 0]
 
 
-def test_update_moves_up_and_down() -> None:
-    h = IndexedHeap()
+@queues
+def test_update_moves_up_and_down(Queue) -> None:
+    h = Queue()
     for i in range(50):
         h.push(i, float(i), 0)
     h.update(49, -1.0, 0)  # last leaf to the root
@@ -343,10 +376,11 @@ def test_update_moves_up_and_down() -> None:
     assert got == want
 
 
-def test_random_operations_long_run() -> None:
+@queues
+def test_random_operations_long_run(Queue) -> None:
     # A longer seeded run than the stateful test, with many handles, for deeper heaps.
     rnd = random.Random(20240607)
-    h = IndexedHeap()
+    h = Queue()
     m = Model()
     for _ in range(4000):
         op = rnd.random()

@@ -1,6 +1,7 @@
-// The indexed heap on its own, for tests and benchmarks.
+// The indexed heap and the bucket queue on their own, for tests and benchmarks.
 #include <cmath>
 
+#include "capsched/bucket_queue.hpp"
 #include "capsched/heap.hpp"
 #include "pybind.hpp"
 
@@ -19,9 +20,9 @@ void check_entry(Handle handle, double key) {
 }
 }  // namespace
 
-void register_heap(py::module_& m) {
-    using Heap = IndexedHeap<HeapKey, 4>;
-    py::class_<Heap>(m, "IndexedHeap", "Indexed 4-ary min-heap of integer handles keyed by (key, seq).")
+template <class Heap>
+void register_queue(py::module_& m, const char* name, const char* doc) {
+    py::class_<Heap>(m, name, doc)
         .def(py::init<>())
         .def("__len__", &Heap::size)
         .def(
@@ -65,6 +66,18 @@ void register_heap(py::module_& m) {
         .def("erase", &Heap::erase, py::arg("handle"))
         .def("clear", &Heap::clear)
         .def("check_invariants", &Heap::check_invariants);
+}
+
+void register_heap(py::module_& m) {
+    register_queue<IndexedHeap<HeapKey, 4>>(m, "IndexedHeap",
+                                            "Indexed 4-ary min-heap of integer handles keyed by (key, seq).");
+    // (small front and buckets, so that tests reach splits and refills with few entries;
+    // the scheduler's ready queues use a front of 1024 and buckets of 512)
+    register_queue<BucketQueue<HeapKey, 4, 8, 2>>(
+        m, "BucketQueue",
+        "Indexed priority queue of integer handles keyed by (key, seq): a heap front of up to 8 "
+        "entries, the rest in buckets of up to 4 by key range (the scheduler's ready queues, "
+        "with small sizes for tests).");
 }
 
 }  // namespace capsched::bindings

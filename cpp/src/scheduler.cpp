@@ -552,7 +552,7 @@ void Scheduler::pass_over(const Request& r, Handle h) {
         fair_.erase(r.tenant, h);
         return;
     }
-    IndexedHeap<ReadyKey>& q = queue_of(r);
+    ReadyQueue& q = queue_of(r);
     skipped_.push_back({h, q.top().key});
     q.pop();
 }
@@ -815,7 +815,7 @@ std::uint32_t Scheduler::admit(const RequestSpec& s, double deadline, double now
                          (free.empty() ? std::string("no device is open to its tenant") : free) + ")");
 }
 
-IndexedHeap<ReadyKey>& Scheduler::queue_of(const Request& r) noexcept {
+ReadyQueue& Scheduler::queue_of(const Request& r) noexcept {
     switch (r.sched_class) {
         case SchedClass::Deadline: return dl_ready_;
         case SchedClass::Strict: return rt_ready_;
@@ -825,7 +825,7 @@ IndexedHeap<ReadyKey>& Scheduler::queue_of(const Request& r) noexcept {
     return ready_;
 }
 
-const IndexedHeap<ReadyKey>& Scheduler::queue_of(const Request& r) const noexcept {
+const ReadyQueue& Scheduler::queue_of(const Request& r) const noexcept {
     return const_cast<Scheduler*>(this)->queue_of(r);
 }
 
@@ -933,8 +933,8 @@ void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now, std
         const bool ahead =
             !fair_on_ && slab_[h].sched_class == SchedClass::Normal && !ready_.empty() && ready_.top().handle == h;
         if (ahead) {
-            const auto v = ready_.entries();
-            const std::size_t last = std::min<std::size_t>(v.size(), 5);
+            const auto* v = ready_.front_begin();
+            const std::size_t last = std::min<std::size_t>(ready_.front_size(), 5);
             for (std::size_t c = 1; c < last; ++c) __builtin_prefetch(&slab_[v[c].handle]);
         }
 #endif
@@ -946,7 +946,7 @@ void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now, std
             const Handle next = normal_head();
             if (next != kNoHandle) __builtin_prefetch(&slab_[next]);
         } else {
-            const IndexedHeap<ReadyKey>& q = queue_of(slab_[h]);
+            const ReadyQueue& q = queue_of(slab_[h]);
             if (!q.empty()) __builtin_prefetch(&slab_[q.top().handle]);
         }
 #endif
@@ -1402,8 +1402,9 @@ void Scheduler::readmit_deadline(std::uint32_t dev) {
     const double limit_share = cfg_.placement.dl_bandwidth_limit;
     if (d.dl_bw <= limit_share * d.capacity) return;
     handle_scratch_.clear();
-    for (const auto& e : dl_ready_.entries())
+    dl_ready_.for_each([&](const ReadyQueue::Entry& e) {
         if (cold(slab_[e.handle]).dl_device == dev) handle_scratch_.push_back(e.handle);
+    });
     std::sort(handle_scratch_.begin(), handle_scratch_.end(), [this](Handle a, Handle b) {
         const Request& x = slab_[a];
         const Request& y = slab_[b];

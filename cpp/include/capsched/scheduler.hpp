@@ -26,6 +26,7 @@
 #include "capsched/config.hpp"
 #include "capsched/device.hpp"
 #include "capsched/fair_queue.hpp"
+#include "capsched/bucket_queue.hpp"
 #include "capsched/heap.hpp"
 #include "capsched/id_map.hpp"
 #include "capsched/pelt.hpp"
@@ -282,8 +283,8 @@ class Scheduler {
     double util_of(std::uint32_t request_class, double tokens, double due, double uclamp_min, double uclamp_max,
                    double now) const noexcept;
     std::uint32_t admit(const RequestSpec& s, double deadline, double now) const;
-    IndexedHeap<ReadyKey>& queue_of(const Request& r) noexcept;
-    const IndexedHeap<ReadyKey>& queue_of(const Request& r) const noexcept;
+    ReadyQueue& queue_of(const Request& r) noexcept;
+    const ReadyQueue& queue_of(const Request& r) const noexcept;
     void erase_ready(Handle h) noexcept;
     // The normal class's queue is ready_, or fair_ under fair share: these go to the one
     // in use.
@@ -415,15 +416,15 @@ class Scheduler {
     std::vector<std::uint32_t> ext_dependents_;
     const RequestExt default_ext_{};
     IdMap ids_;
-    IndexedHeap<ReadyKey> ready_;      // queued normal-class requests by policy key
+    ReadyQueue ready_;      // queued normal-class requests by policy key
     // Under fair share, queued normal-class requests instead, by tenant (ready_ is empty).
     FairQueue fair_;
     bool fair_on_ = false;
     double fair_vtime_ = 0.0;              // virtual time: see docs/policies.md
     std::vector<double> tenant_weight_;    // by tenant id; missing = 1
-    IndexedHeap<ReadyKey> rt_ready_;   // queued strict-class requests: (-priority + aging x arrival, id)
-    IndexedHeap<ReadyKey> dl_ready_;   // queued deadline-class requests: (deadline, id)
-    IndexedHeap<ReadyKey> bg_ready_;   // queued background-class requests: (arrival, id)
+    ReadyQueue rt_ready_;   // queued strict-class requests: (-priority + aging x arrival, id)
+    ReadyQueue dl_ready_;   // queued deadline-class requests: (deadline, id)
+    ReadyQueue bg_ready_;   // queued background-class requests: (arrival, id)
     // Timers of waiting, queued and retrying requests with a deadline: a min-heap by
     // (at, low 32 bits of the id), 16 bytes an entry. Each such request has an entry at
     // its expected time: its next deadline-level change (weighted policy, queued normal
