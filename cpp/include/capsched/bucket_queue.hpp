@@ -19,14 +19,13 @@
 //   * the front is a heap under <; every entry of bucket k (in bound order) is >= its
 //     bound, and <= every entry of the buckets above it; every front entry is <= every
 //     bucket entry; the queue is empty when its front is;
-//   * pos_[h] is kFront for a handle in the front, its bucket id and slot for one in a
-//     bucket, and kNpos for handles not held. Front entries are not indexed: a pop moves
-//     entries along one path of the front and writes no index (the handles are random,
-//     so each index write would be a cache miss of its own); an erase or update of a
-//     front entry other than the top finds it by a scan of the front (at most kFrontMax
-//     + 1 entries, in cache).
-// Complexity: top, contains O(1); pop O(log kFrontMax) plus an amortised O(1); erase
-// and update of a front entry other than the top O(kFrontMax), of a bucket entry O(1);
+//   * pos_[h] is kFront | i for a handle at index i of the front, its bucket id and slot
+//     for one in a bucket, and kNpos for handles not held. (Leaving the front's entries
+//     unindexed saves the index writes of its sifts, but then an erase or re-key of one
+//     scans the front, and the deadline-level changes of urgent requests, which sit in
+//     the front, made that the dearer: tried and dropped.)
+// Complexity: top, contains O(1); pop, and erase or update of a front entry,
+// O(log kFrontMax) plus an amortised O(1); erase and update of a bucket entry O(1);
 // push O(log buckets) (O(kFrontMax) when it splits the front, O(kBucketMax) when it
 // splits a bucket, each amortised O(1)); update = erase + push.
 // Allocation: a bucket's storage is kept when it empties and reused, so once a queue
@@ -36,6 +35,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -94,7 +94,7 @@ class BucketQueue {
     const Key& key_of(Handle h) const noexcept {
         CAPSCHED_ASSERT(contains(h));
         const std::uint32_t p = pos_[h];
-        if (p == kFront) return front_[find_front(h)].key;
+        if (p & kFront) return front_[p & ~kFront].key;
         return buckets_[p >> kBucketBits][p & kSlotMask].key;
     }
 
@@ -121,10 +121,10 @@ class BucketQueue {
         CAPSCHED_ASSERT(contains(h));
         reserve_split();
         const std::uint32_t p = pos_[h];
-        if (p == kFront) {
+        if (p & kFront) {
             // Within the front when it stays below the lowest bound: a sift, as in a heap.
             if (buckets_order_.empty() || key < lows_.back()) {
-                const std::uint32_t i = find_front(h);
+                const std::uint32_t i = p & ~kFront;
                 const bool up = key < front_[i].key;
                 front_[i].key = key;
                 if (up)
@@ -167,7 +167,7 @@ class BucketQueue {
     bool check_invariants() const noexcept {
         std::size_t held = 0;
         for (std::size_t i = 0; i < front_.size(); ++i) {
-            if (front_[i].handle >= pos_.size() || pos_[front_[i].handle] != kFront) return false;
+            if (front_[i].handle >= pos_.size() || pos_[front_[i].handle] != (kFront | i)) return false;
             if (i > 0 && front_[i].key < front_[(i - 1) / D].key) return false;
             ++held;
         }
@@ -210,17 +210,9 @@ class BucketQueue {
         return n;
     }
 
-    // The index of a front handle in front_ (the top first: the usual case).
-    std::uint32_t find_front(Handle h) const noexcept {
-        std::size_t i = 0;
-        while (front_[i].handle != h) ++i;
-        return static_cast<std::uint32_t>(i);
-    }
-
     // Adds an entry (size_ is the caller's). Does not allocate after reserve_split().
     void insert(const Entry& e) noexcept {
         if (buckets_order_.empty() || e.key < lows_.back()) {
-            pos_[e.handle] = kFront;
             front_.push_back(e);
             sift_up(static_cast<std::uint32_t>(front_.size() - 1));
             if (front_.size() > kFrontMax) split_front();
@@ -295,14 +287,14 @@ class BucketQueue {
 
     void heapify() noexcept {
         const std::size_t n = front_.size();
-        for (std::size_t i = 0; i < n; ++i) pos_[front_[i].handle] = kFront;
+        for (std::size_t i = 0; i < n; ++i) pos_[front_[i].handle] = kFront | static_cast<std::uint32_t>(i);
         for (std::size_t i = n / D + 1; i-- > 0;)
             if (i < n) sift_down(static_cast<std::uint32_t>(i));
     }
 
     void erase_at(std::uint32_t p, Handle h) noexcept {
-        if (p == kFront) {
-            remove_front(find_front(h));
+        if (p & kFront) {
+            remove_front(p & ~kFront);
             return;
         }
         const std::uint32_t b = p >> kBucketBits;
@@ -322,6 +314,7 @@ class BucketQueue {
         front_.pop_back();
         if (i < front_.size()) {
             front_[i] = last;
+            pos_[last.handle] = kFront | i;
             if (i > 0 && last.key < front_[(i - 1) / D].key)
                 sift_up(i);
             else
@@ -330,7 +323,10 @@ class BucketQueue {
         if (front_.empty()) refill();
     }
 
-    void place(std::uint32_t i, const Entry& e) noexcept { front_[i] = e; }
+    void place(std::uint32_t i, const Entry& e) noexcept {
+        front_[i] = e;
+        pos_[e.handle] = kFront | i;
+    }
 
     void sift_up(std::uint32_t i) noexcept {
         const Entry e = front_[i];
@@ -382,6 +378,9 @@ class BucketQueue {
     }
 
     void new_bucket() {
+        // (bucket ids and slots share the index's 31 bits below kFront)
+        if (buckets_.size() >= (std::size_t{1} << (31 - kBucketBits)))
+            throw std::length_error("BucketQueue: more than 2^31 entries");
         std::vector<Entry> v;
         v.reserve(kBucketMax);
         free_buckets_.reserve(buckets_.size() + 1);  // (so that release never allocates)
