@@ -322,3 +322,45 @@ def test_workload_without_rate():
         builtin_trace().scale_to_rate(-1)
     with pytest.raises(InvalidArgumentError, match="scale_to_rate takes a Workload"):
         scale_to_rate([1, 2], 3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cv", [1e-200, 1e-7, 1e200, 1e5])
+def test_gamma_cv_whose_shape_over_or_underflows_is_refused_with_the_range(cv):
+    """1 / cv^2 was 0 or inf for these: a ZeroDivisionError from the generator."""
+    with pytest.raises(InvalidArgumentError, match=r"cv must be in \[1e-06, 10000\]"):
+        gamma_bursty(1.0, cv, n=10)
+
+
+def test_gamma_and_poisson_rates_whose_scale_is_not_finite_are_refused():
+    with pytest.raises(InvalidArgumentError, match="gamma scale"):
+        gamma_bursty(1e308, 1e-6, n=10)  # rate x shape overflows: every gap would be 0
+    with pytest.raises(InvalidArgumentError, match="rate 5e-324 is too small"):
+        poisson(5e-324, n=10)
+    w = gamma_bursty(1.0, 1e-6, n=10)  # the ends of the range still work
+    assert np.all(np.isfinite(w.arrival_s)) and w.duration_s > 0
+    gamma_bursty(1.0, 1e4, n=10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt_mean=1e19), "prompt_mean must be at most MAX_TOKENS"),  # was int64 overflow: negative counts
+        (dict(output_mean=1e300, max_output=None), "output_mean must be at most MAX_TOKENS"),
+        (dict(prompt_cv=1e200), r"prompt_cv must be in \[0, 1e\+06\]"),
+        (dict(max_prompt=10**12), "max_prompt must be in 1..MAX_TOKENS"),
+    ],
+)
+def test_lognormal_lengths_beyond_max_tokens_are_refused(kwargs, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        LognormalLengths(**kwargs)
+
+
+def test_lognormal_draws_stay_within_max_tokens_without_a_cap():
+    from capsched import MAX_TOKENS
+
+    dist = LognormalLengths(prompt_mean=MAX_TOKENS, prompt_cv=1e3, output_mean=MAX_TOKENS, output_cv=1e3,
+                            max_prompt=None, max_output=None)
+    p, o = dist.sample(20_000, np.random.default_rng(0))
+    for x in (p, o):
+        assert x.dtype == np.int64
+        assert x.min() >= 1 and x.max() == MAX_TOKENS  # the tail is clipped at the limit, not wrapped

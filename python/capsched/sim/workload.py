@@ -40,6 +40,7 @@ from typing import IO, Optional, Protocol, Union, overload, runtime_checkable
 import numpy as np
 
 from ..errors import ConfigError, InvalidArgumentError
+from ..request import MAX_TOKENS
 
 __all__ = [
     "TraceRequest",
@@ -57,7 +58,16 @@ __all__ = [
     "builtin_trace",
     "BUILTIN_TRACES",
     "scale_to_rate",
+    "GAMMA_CV_RANGE",
+    "MAX_LENGTH_CV",
 ]
+
+#: The coefficients of variation :func:`gamma_bursty` takes, inclusive: the gamma shape
+#: ``1 / cv^2`` stays between 1e-8 and 1e12, where numpy draws finite, meaningful gaps
+#: (a smaller CV is a regular clock, a larger one puts nearly every arrival at one instant).
+GAMMA_CV_RANGE: tuple[float, float] = (1e-6, 1e4)
+#: The largest CV :class:`LognormalLengths` takes (``ln(1 + cv^2)`` stays finite).
+MAX_LENGTH_CV = 1e6
 
 PathLike = Union[str, "os.PathLike[str]"]
 Seed = Union[int, np.random.Generator, None]
@@ -373,10 +383,13 @@ class LognormalLengths:
 
     A lognormal with mean ``m`` and CV ``c`` has ``sigma^2 = ln(1 + c^2)`` and
     ``mu = ln(m) - sigma^2 / 2``. The defaults approximate the Azure conversation trace
-    (prompt mean 1,155, output mean 211).
+    (prompt mean 1,155, output mean 211). A draw is never above
+    :data:`capsched.MAX_TOKENS` (the most tokens a request may have), with or without a
+    cap (``None``).
 
     Raises:
-        InvalidArgumentError: a mean or cap not > 0 / >= 1, a CV < 0.
+        InvalidArgumentError: a mean not in ``[1, MAX_TOKENS]``, a cap not in
+            ``1..MAX_TOKENS``, a CV not in ``[0, MAX_LENGTH_CV]``.
     """
 
     prompt_mean: float = 1155.0
@@ -387,21 +400,27 @@ class LognormalLengths:
     max_output: Optional[int] = 4096
 
     def __post_init__(self) -> None:
-        _check_real("prompt_mean", self.prompt_mean, minimum=1.0, strict=False)
-        _check_real("output_mean", self.output_mean, minimum=1.0, strict=False)
-        _check_real("prompt_cv", self.prompt_cv, strict=False)
-        _check_real("output_cv", self.output_cv, strict=False)
-        if self.max_prompt is not None:
-            _check_int("max_prompt", self.max_prompt, 1)
-        if self.max_output is not None:
-            _check_int("max_output", self.max_output, 1)
+        for name in ("prompt_mean", "output_mean"):
+            m = _check_real(name, getattr(self, name), minimum=1.0, strict=False)
+            if m > MAX_TOKENS:
+                raise InvalidArgumentError(f"{name} must be at most MAX_TOKENS ({MAX_TOKENS:,}), got {m!r}")
+        for name in ("prompt_cv", "output_cv"):
+            c = _check_real(name, getattr(self, name), strict=False)
+            if c > MAX_LENGTH_CV:
+                raise InvalidArgumentError(f"{name} must be in [0, {MAX_LENGTH_CV:g}], got {c!r}")
+        for name in ("max_prompt", "max_output"):
+            cap = getattr(self, name)
+            if cap is not None and _check_int(name, cap, 1) > MAX_TOKENS:
+                raise InvalidArgumentError(f"{name} must be in 1..MAX_TOKENS ({MAX_TOKENS:,}) or None, got {cap!r}")
 
     @staticmethod
     def _draw(rng: np.random.Generator, n: int, mean: float, cv: float, cap: Optional[int]) -> np.ndarray:
         sigma2 = math.log1p(cv * cv)
         x = rng.lognormal(math.log(mean) - sigma2 / 2.0, math.sqrt(sigma2), n)
-        out = np.maximum(np.rint(x), 1).astype(np.int64)
-        return out if cap is None else np.minimum(out, cap)
+        # Capped as floats, before the conversion: a draw beyond int64 (or inf) would
+        # wrap to a negative count.
+        x = np.clip(np.rint(x), 1, MAX_TOKENS if cap is None else min(cap, MAX_TOKENS))
+        return x.astype(np.int64)
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` independent (prompt, output) draws."""
@@ -461,13 +480,25 @@ def _arrivals(
     if (n is None) == (duration_s is None):
         raise InvalidArgumentError("give exactly one of n (a request count) and duration_s")
     if cv == 1.0:
-        def gaps(k: int) -> np.ndarray:
-            return rng.exponential(1.0 / rate, k)
-    else:
-        shape = 1.0 / (cv * cv)
+        mean_gap = 1.0 / rate
+        if not (math.isfinite(mean_gap) and mean_gap > 0):
+            raise InvalidArgumentError(f"rate {rate!r} is too small: the mean gap 1 / rate is not a finite number")
 
         def gaps(k: int) -> np.ndarray:
-            return rng.gamma(shape, 1.0 / (rate * shape), k)
+            return rng.exponential(mean_gap, k)
+    else:
+        lo, hi = GAMMA_CV_RANGE
+        if not lo <= cv <= hi:
+            raise InvalidArgumentError(f"cv must be in [{lo:g}, {hi:g}] (the gamma shape 1 / cv^2 over- or underflows beyond), got {cv!r}")
+        shape = 1.0 / (cv * cv)
+        scale = 1.0 / (rate * shape)
+        if not (math.isfinite(scale) and scale > 0):
+            raise InvalidArgumentError(
+                f"rate {rate!r} with cv {cv!r}: the gamma scale cv^2 / rate is not a finite number > 0"
+            )
+
+        def gaps(k: int) -> np.ndarray:
+            return rng.gamma(shape, scale, k)
 
     if n is not None:
         return start_s + np.cumsum(gaps(n))
@@ -533,8 +564,9 @@ def poisson(
         start_s: time origin; the first request arrives one gap after it.
 
     Raises:
-        InvalidArgumentError: a value out of range (named in the message), or both or
-            neither of ``n`` and ``duration_s``.
+        InvalidArgumentError: a value out of range (named in the message; a ``rate`` so
+            small that ``1 / rate`` overflows), or both or neither of ``n`` and
+            ``duration_s``.
     """
     return _generate(f"poisson(rate={rate:g})", rate, 1.0, n, duration_s, lengths, seed, start_s)
 
@@ -553,10 +585,12 @@ def gamma_bursty(
     variation ``cv`` (shape ``1 / cv^2``). ``cv = 1`` is Poisson; ``cv > 1`` clusters
     arrivals in bursts separated by long gaps; ``cv < 1`` is more regular.
 
-    Arguments as :func:`poisson`, plus ``cv`` (> 0).
+    Arguments as :func:`poisson`, plus ``cv`` (in :data:`GAMMA_CV_RANGE`, 1e-6 to 1e4).
 
     Raises:
-        InvalidArgumentError: as :func:`poisson`, or ``cv`` not a finite number > 0.
+        InvalidArgumentError: as :func:`poisson`, ``cv`` not a finite number in
+            :data:`GAMMA_CV_RANGE`, or a ``rate`` and ``cv`` whose gamma scale
+            ``cv^2 / rate`` is not a finite number > 0.
     """
     c = _check_real("cv", cv)
     return _generate(f"gamma(rate={rate:g}, cv={c:g})", rate, c, n, duration_s, lengths, seed, start_s)
