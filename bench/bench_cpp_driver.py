@@ -54,6 +54,7 @@ def test_the_cpp_driver_builds_warning_free_and_every_section_checks_out(tmp_pat
         parts = r["submit_ns_per_request"] + r["step_ns_per_request"] + r["complete_ns_per_request"]
         assert parts <= r["core_ns_per_request"] * 1.05
         assert r["core_over_priority_queue"] == pytest.approx(r["core_ns_per_request"] / r["priority_queue_ns"], rel=1e-3)
+        assert r["ready_queue_ns"] > 0
     fleets = {(r["devices"], r["fleet"]) for r in d["devices"]}
     assert {(1, "equal"), (64, "equal"), (64, "mixed")} <= fleets
     steps, control = d["latency"]

@@ -9,8 +9,10 @@
 //   floor    std::priority_queue<pair<double, u64>> held at n entries: one push and one pop
 //            per operation (random keys drifting upward, so the queue turns over instead
 //            of silting up with the largest keys); the same mix on capsched::IndexedHeap<>
-//            (HeapKey: double + 64-bit tie) and on IndexedHeap<ReadyKey> (the core's ready
-//            queue: double + 32-bit tie, 16-byte entries).
+//            (HeapKey: double + 64-bit tie), on IndexedHeap<ReadyKey> (double + 32-bit tie,
+//            16-byte entries: the core's ready queue until 2026-11-29) and on ReadyQueue
+//            (capsched::BucketQueue<ReadyKey>, the core's ready queue: a heap front of up
+//            to 1,024 over buckets by key range).
 //   queued   the core held at n queued requests (weighted policy, SchedulerConfig defaults,
 //            batch mode, 1 device with max_batch_size 32 and max_inflight_batches 1): each
 //            round completes the batch in flight (complete_many), submits 32 requests and
@@ -240,12 +242,12 @@ double pq_push_pop(std::size_t n, std::size_t ops, std::uint64_t seed) {
     return ns;
 }
 
-template <class Key, class MakeKey>
+template <class Queue, class MakeKey>
 double indexed_push_pop(std::size_t n, std::size_t ops, std::uint64_t seed, MakeKey make_key) {
     std::vector<double> keys(ops);
     Rng rng{seed};
     for (double& k : keys) k = rng.uniform();
-    capsched::IndexedHeap<Key> q;
+    Queue q;
     q.reserve(n + 1);
     std::uint64_t seq = 0;
     for (std::size_t i = 0; i < n; ++i) q.push(static_cast<capsched::Handle>(i), make_key(rng.uniform(), seq++));
@@ -258,18 +260,24 @@ double indexed_push_pop(std::size_t n, std::size_t ops, std::uint64_t seed, Make
         free_handle = q.pop();
     }
     const double ns = ns_since(t0) / static_cast<double>(ops);
-    if (q.size() != n) fail("IndexedHeap size changed");
+    if (q.size() != n) fail("the queue's size changed");
     return ns;
 }
 
 double heapkey_push_pop(std::size_t n, std::size_t ops, std::uint64_t seed) {
-    return indexed_push_pop<capsched::HeapKey>(n, ops, seed, [](double k, std::uint64_t s) {
+    return indexed_push_pop<capsched::IndexedHeap<capsched::HeapKey>>(n, ops, seed, [](double k, std::uint64_t s) {
         return capsched::HeapKey{k, s};
     });
 }
 
 double readykey_push_pop(std::size_t n, std::size_t ops, std::uint64_t seed) {
-    return indexed_push_pop<capsched::ReadyKey>(n, ops, seed, [](double k, std::uint64_t s) {
+    return indexed_push_pop<capsched::IndexedHeap<capsched::ReadyKey>>(n, ops, seed, [](double k, std::uint64_t s) {
+        return capsched::ReadyKey{k, static_cast<std::uint32_t>(s)};
+    });
+}
+
+double ready_queue_push_pop(std::size_t n, std::size_t ops, std::uint64_t seed) {
+    return indexed_push_pop<capsched::ReadyQueue>(n, ops, seed, [](double k, std::uint64_t s) {
         return capsched::ReadyKey{k, static_cast<std::uint32_t>(s)};
     });
 }
@@ -515,8 +523,8 @@ int main(int argc, char** argv) {
     std::printf("## floor and queued: n queued; one push+pop per op (floor); per request: complete + submit + "
                 "step dispatching one batch of 32 (core, 1 device)\n\n");
     std::printf("| queued | priority_queue push+pop | IndexedHeap<> push+pop | IndexedHeap<ReadyKey> push+pop | "
-                "core per request | of which submit / step / complete | core / priority_queue |\n");
-    std::printf("|---:|---:|---:|---:|---:|---:|---:|\n");
+                "ReadyQueue push+pop | core per request | of which submit / step / complete | core / priority_queue |\n");
+    std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     js.section("floor_and_queued");
     for (const std::size_t n : sizes) {
         if (!only.empty() && only != "floor") break;
@@ -525,17 +533,18 @@ int main(int argc, char** argv) {
         const double pq = median_of(repeats, [&](std::uint64_t s) { return pq_push_pop(n, ops, s); });
         const double hk = median_of(repeats, [&](std::uint64_t s) { return heapkey_push_pop(n, ops, s); });
         const double rk = median_of(repeats, [&](std::uint64_t s) { return readykey_push_pop(n, ops, s); });
+        const double rq = median_of(repeats, [&](std::uint64_t s) { return ready_queue_push_pop(n, ops, s); });
         std::vector<StepRun> runs;
         for (int i = 0; i < repeats; ++i) runs.push_back(core_steps(n, 1, false, rounds, static_cast<std::uint64_t>(i + 1)));
         std::sort(runs.begin(), runs.end(),
                   [](const StepRun& a, const StepRun& b) { return a.round_ns_per_request < b.round_ns_per_request; });
         const StepRun& mid = runs[runs.size() / 2];  // the median run (the upper one of an even count)
         const double core = mid.round_ns_per_request;
-        std::printf("| %zu | %.0f | %.0f | %.0f | %.0f | %.0f / %.0f / %.0f | %.2fx |\n", n, pq, hk, rk, core,
+        std::printf("| %zu | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f / %.0f / %.0f | %.2fx |\n", n, pq, hk, rk, rq, core,
                     mid.submit_ns_per_request, mid.step_ns_per_request, mid.complete_ns_per_request, core / pq);
         std::fflush(stdout);
         js.row(fields(kv("queued", std::uint64_t{n}), kv("priority_queue_ns", pq), kv("indexed_heap_ns", hk),
-                      kv("indexed_heap_readykey_ns", rk), kv("core_ns_per_request", core),
+                      kv("indexed_heap_readykey_ns", rk), kv("ready_queue_ns", rq), kv("core_ns_per_request", core),
                       kv("submit_ns_per_request", mid.submit_ns_per_request),
                       kv("step_ns_per_request", mid.step_ns_per_request),
                       kv("complete_ns_per_request", mid.complete_ns_per_request),
