@@ -261,3 +261,28 @@ def test_agent_chains_complete_in_dependency_order(small, policy):
     if policy == "capsched":
         s = r.scheduler_stats
         assert s["accepted"] == n and s["conservation_ok"]
+
+
+def test_a_fleet_over_the_schedulers_device_limit_is_refused_at_parse_time():
+    """L4:100000000 was accepted and then ran out of memory building the devices."""
+    with pytest.raises(ConfigError, match=r"100,000,000 devices in all .*limit of 65,536"):
+        parse_fleet("L4:100000000")
+    with pytest.raises(ConfigError, match="65,537 devices in all"):  # the total counts, not each group
+        parse_fleet("L4:65536,H100-SXM:1")
+    with pytest.raises(ConfigError, match="65,537 devices in all"):
+        Fleet((("L4", 65535), ("H100-SXM", 2)))
+    assert parse_fleet("L4:65536").size == 65536
+
+
+def test_an_accelerator_listed_twice_is_one_group_with_unique_device_names():
+    fleet = parse_fleet("L4:1,H100-SXM:1,l4:2")
+    assert fleet.groups == (("L4", 3), ("H100-SXM", 1))
+    names = [d.name for d in fleet.build(1000, 200)]
+    assert names == ["L4-0", "L4-1", "L4-2", "H100-SXM-0"]
+
+
+def test_all_with_other_policies_is_refused_clearly():
+    for text in ("all,capsched", "capsched, all"):
+        with pytest.raises(ConfigError, match="'all' already names every policy; give it alone"):
+            parse_policies(text)
+    assert parse_policies("all") == POLICIES

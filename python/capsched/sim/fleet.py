@@ -29,7 +29,7 @@ import re
 from collections.abc import Sequence
 from typing import Optional, Union
 
-from ..devices import Device
+from ..devices import MAX_DEVICES, Device
 from ..errors import ConfigError
 from ..specs import UnknownAcceleratorError, lookup
 from .cost import LLAMA3_8B, CostModel, ModelSpec, model_spec
@@ -107,9 +107,16 @@ class Fleet:
     """Accelerator models and counts serving one model.
 
     Attributes:
-        groups: ``(spec name, count)`` pairs, in the order devices are numbered.
+        groups: ``(spec name, count)`` pairs, in the order devices are numbered. Groups
+            of the same accelerator are merged into the first one (``L4:1,H100-SXM:1,L4:1``
+            is ``L4:2,H100-SXM:1``), so that device names stay unique.
         model: the served model.
         max_num_seqs: sequences per device and iteration.
+
+    Raises:
+        ConfigError: no group, a malformed group, an unknown accelerator, a count not an
+            integer >= 1, more than :data:`capsched.devices.MAX_DEVICES` devices in all,
+            a bad ``max_num_seqs``, or a model that does not fit an accelerator.
     """
 
     groups: tuple[tuple[str, int], ...]
@@ -131,6 +138,16 @@ class Fleet:
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigError(f"fleet: the count of {name!r} must be an integer >= 1, got {count!r}")
             groups.append((spec.name, int(count)))
+        merged: dict[str, int] = {}
+        for name, count in groups:
+            merged[name] = merged.get(name, 0) + count
+        total = sum(merged.values())
+        if total > MAX_DEVICES:
+            raise ConfigError(
+                f"fleet: {total:,} devices in all ({', '.join(f'{n}:{c}' for n, c in merged.items())}), "
+                f"more than the Scheduler's limit of {MAX_DEVICES:,}"
+            )
+        groups = list(merged.items())
         object.__setattr__(self, "groups", tuple(groups))
         object.__setattr__(self, "model", model_spec(self.model))
         if isinstance(self.max_num_seqs, bool) or not isinstance(self.max_num_seqs, int) or self.max_num_seqs < 1:
@@ -197,10 +214,12 @@ _GROUP = re.compile(r"^\s*([^:]+?)\s*(?::\s*([^:]*?)\s*)?$")
 
 
 def parse_fleet(text: str, model: Union[str, ModelSpec, None] = None, max_num_seqs: int = DEFAULT_MAX_NUM_SEQS) -> Fleet:
-    """``"H100-SXM:2,A100-SXM-80GB:2,L4:4"`` as a :class:`Fleet` (a count defaults to 1).
+    """``"H100-SXM:2,A100-SXM-80GB:2,L4:4"`` as a :class:`Fleet` (a count defaults to 1;
+    an accelerator listed twice is one group with the counts added).
 
     Raises:
-        ConfigError: an empty list, an unknown accelerator (with suggestions), a bad count.
+        ConfigError: an empty list, an unknown accelerator (with suggestions), a bad count,
+            more than :data:`capsched.devices.MAX_DEVICES` devices in all.
     """
     if not isinstance(text, str) or not text.strip():
         raise ConfigError("--fleet is empty: give ACCELERATOR:COUNT pairs, e.g. 'H100-SXM:2,L4:4'")

@@ -137,7 +137,8 @@ def parse_policies(text: str) -> tuple[str, ...]:
     ``_`` are interchangeable, ``p2c`` names power_of_two_choices.
 
     Raises:
-        ConfigError: empty, an unknown name, or a name given twice.
+        ConfigError: empty, an unknown name, a name given twice (``p2c`` and
+            ``power_of_two_choices`` are the same name), or ``all`` with other names.
     """
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"--policies is empty: give some of {', '.join(POLICIES)}")
@@ -146,6 +147,8 @@ def parse_policies(text: str) -> tuple[str, ...]:
     out: list[str] = []
     for part in text.split(","):
         name = part.strip().lower().replace("-", "_")
+        if name == "all":
+            raise ConfigError(f"--policies {text.strip()!r}: 'all' already names every policy; give it alone")
         name = {"p2c": "power_of_two_choices", "rr": "round_robin", "ll": "least_load"}.get(name, name)
         if name not in POLICIES:
             raise ConfigError(f"unknown policy {part.strip()!r} (known: {', '.join(POLICIES)}, or 'all')")
