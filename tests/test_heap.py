@@ -170,26 +170,22 @@ class HeapMachine(RuleBasedStateMachine):
             check_top(self.h, self.m)
 
 
+def _machine_settings(examples: int, steps: int) -> settings:
+    return settings(max_examples=examples, stateful_step_count=steps, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
 TestHeapMachine = HeapMachine.TestCase
-TestHeapMachine.settings = settings(
-    max_examples=40,
-    stateful_step_count=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+TestHeapMachine.settings = _machine_settings(40, 30)
 
 
 class BucketQueueMachine(HeapMachine):
     queue_class = BucketQueue
 
 
+# (longer runs: its splits and refills need more entries than a heap's paths)
 TestBucketQueueMachine = BucketQueueMachine.TestCase
-TestBucketQueueMachine.settings = settings(
-    max_examples=60,
-    stateful_step_count=50,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+TestBucketQueueMachine.settings = _machine_settings(60, 50)
 
 
 # --- whole sequences: push all, pop all gives the sorted order ---------------------------
