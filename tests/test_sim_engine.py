@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from capsched.errors import ConfigError
 from capsched.sim import DEFAULT_FLEET, Fleet, parse_fleet
-from capsched.sim.engine import DONE, EXPIRED, FAILED, Fault, Simulation, Slowdown, parse_fault, parse_slowdown, simulate
+from capsched.sim.engine import (
+    DONE,
+    EXPIRED,
+    FAILED,
+    Fault,
+    Simulation,
+    Slowdown,
+    deadlines_for,
+    parse_fault,
+    parse_slowdown,
+    simulate,
+)
 from capsched.sim.metrics import goodput, summarize
 from capsched.sim.policies import POLICIES, RoundRobin, parse_policies
 from capsched.sim.run import SimConfig, run_experiment
-from capsched.sim.workload import FixedLengths, builtin_trace, poisson
+from capsched.sim.workload import FixedLengths, Workload, builtin_trace, poisson
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +299,131 @@ def test_all_with_other_policies_is_refused_clearly():
         with pytest.raises(ConfigError, match="'all' already names every policy; give it alone"):
             parse_policies(text)
     assert parse_policies("all") == POLICIES
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    w = builtin_trace("azure-conv").head(40).shift_to_zero()
+    devices = Fleet((("H100-SXM", 1), ("L4", 1))).build(1000, 200)
+    return devices, w.scale_to_rate(5.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(seed=-1), "seed must be an integer >= 0, got -1"),
+        (dict(seed=1.5), "seed must be an integer >= 0, got 1.5"),
+        (dict(seed="7"), "seed must be an integer >= 0"),
+        (dict(max_retries=-1), r"max_retries must be an integer in 0..1000, got -1"),
+        (dict(max_retries="3"), "max_retries must be an integer"),
+        (dict(faults=["L4-0@1+2"]), "a fault must be a Fault"),
+        (dict(faults="L4-0@1+2"), "faults must be a sequence of Fault"),
+        (dict(faults=[Fault("Z-9", 1.0, 2.0)]), "unknown device 'Z-9'"),
+        (dict(slowdowns=[Fault("L4-0", 1.0, 2.0)]), "a slowdown must be a Slowdown"),
+        (dict(deadlines="soon"), "deadlines must be 40 numbers"),
+        (dict(deadlines=np.full(39, 1e9)), r"deadlines has shape \(39,\)"),
+        (dict(deadlines=np.full(40, np.nan)), r"deadlines\[0\] must be a finite time"),
+        (dict(deadlines=np.full(40, -1.0)), r"deadlines\[0\] must be a finite time >= the request's arrival"),
+        (dict(capsched_policy="fastest"), "unknown capsched_policy 'fastest'"),
+        (dict(capsched_config={"no_such_field": 1}), "capsched_config: .*no_such_field"),
+        (dict(capsched_config={"max_retries": -1}), "capsched_config: max_retries"),
+        (dict(capsched_config=[("fair_share", True)]), "capsched_config must be a dict"),
+        (dict(capsched_request={"priority": 2.0}), "capsched_request: priority"),
+        (dict(capsched_request={"deadline": 3.0}), "'deadline' is set by the simulator"),
+        (dict(continuous="yes"), "continuous must be True, False or None"),
+    ],
+)
+def test_simulation_checks_its_arguments_before_it_runs(tiny, kwargs, message):
+    """These were accepted and crashed later (numpy ValueError, AttributeError, a
+    TypeError in the capsched run after the baselines) or were used as given."""
+    devices, w = tiny
+    for policy in ("round_robin", "capsched"):
+        with pytest.raises(ConfigError, match=message):
+            Simulation(devices, w, policy, **kwargs)
+        with pytest.raises(ConfigError, match=message):
+            simulate(devices, w, policy, **kwargs)
+
+
+def test_fault_slowdown_deadlines_for_and_simulate_check_their_arguments(tiny):
+    devices, w = tiny
+    with pytest.raises(ConfigError, match="START must be >= 0"):
+        Fault("L4-0", float("nan"), 1.0)
+    with pytest.raises(ConfigError, match="START \\+ DURATION must be a finite time"):
+        Fault("L4-0", 1e308, 1e308)
+    with pytest.raises(ConfigError, match=r"CLOCK_SCALE must be in \(0, 1\]"):
+        Slowdown("L4-0", 1.0, 2.0, 0.0)
+    with pytest.raises(ConfigError, match="device must be a device name"):
+        Fault("", 1.0, 2.0)
+    with pytest.raises(ConfigError, match="the fleet has no device"):
+        deadlines_for(w, [])
+    with pytest.raises(ConfigError, match="factor must be a finite number > 0"):
+        deadlines_for(w, devices, factor=float("inf"))
+    with pytest.raises(ConfigError, match="workload must be a Workload"):
+        deadlines_for([1, 2], devices)
+    with pytest.raises(ConfigError, match="unknown keyword argument 'sed'"):
+        simulate(devices, w, "round_robin", sed=1)
+    twice = [devices[0], devices[0]]
+    with pytest.raises(ConfigError, match="two devices are named 'H100-SXM-0'"):
+        Simulation(twice, w, "round_robin")
+
+
+def test_simconfig_shares_the_simulation_checks():
+    for kwargs, message in [
+        (dict(faults=("L4-0@1+2",)), "a fault must be a Fault"),
+        (dict(capsched_config={"max_retries": 5000}), "capsched_config: max_retries"),
+        (dict(capsched_policy="nope"), "unknown capsched_policy"),
+        (dict(seed=True), "seed must be an integer >= 0, got True"),
+        (dict(policies=("capsched", "capsched")), "listed twice"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            SimConfig(**kwargs)
+
+
+def _with_huge(w, idx, prompt=9_000_000):
+    p = w.prompt_tokens.copy()
+    p[list(idx)] = prompt
+    return Workload(w.arrival_s, p, w.output_tokens, "huge")
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_request_no_device_can_hold_fails_under_every_policy(tiny, policy):
+    """capsched's Scheduler refused it at submit, which aborted the whole experiment
+    after the baselines had run."""
+    devices, w = tiny
+    w = _with_huge(w, [5, 17])
+    r = simulate(devices, w, policy, seed=2)
+    assert r.unservable == 2
+    assert r.status[5] == FAILED and r.status[17] == FAILED
+    assert np.isnan(r.finish_s[5]) and r.tries[5] == 0  # never started anywhere
+    assert (r.status == DONE).sum() >= 30
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "least_load", "capsched"])
+def test_an_unservable_chain_step_fails_it_and_the_rest_of_its_chain(tiny, policy):
+    devices, w = tiny
+    w = _with_huge(w, [7])  # chains of 3: 6, 7, 8
+    r = simulate(devices, w, policy, chain=3)
+    assert r.unservable == 1
+    assert list(r.status[6:9]) == [DONE, FAILED, FAILED]
+    assert r.status[3] == DONE and r.status[9] == DONE
+
+
+def test_run_experiment_with_an_unservable_request_completes_and_warns(tmp_path):
+    path = tmp_path / "mix.jsonl"
+    with open(path, "w") as f:
+        for i in range(30):
+            f.write(json.dumps({"timestamp": i * 100, "input_length": 9_000_000 if i == 4 else 500,
+                                "output_length": 50}) + "\n")
+    warnings = []
+    exp = run_experiment(SimConfig(trace=str(path), loads=(0.5,), requests=40), warn=warnings.append)
+    assert len(exp.runs) == len(POLICIES)
+    for r in exp.runs:
+        assert r.failed >= 1 and r.completed + r.failed + r.expired == 30
+    for res in exp.results.values():
+        assert res.status[4] == FAILED and res.unservable == 1
+    assert exp.to_dict()["unservable_requests"] == 1
+    assert any("has only 30 requests: running 30, not 40" in m for m in warnings)
+    assert any("1 of the 30 requests need more KV tokens than any device holds" in m and "request 4" in m
+               for m in warnings)
+    # The capacity is that of the servable requests (the huge one would drag it to ~0).
+    assert exp.capacity_rps > 10

@@ -36,14 +36,16 @@ import dataclasses
 import heapq
 import inspect
 import math
+import numbers
 import re
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from ..errors import AdmissionError, ConfigError
+from ..errors import AdmissionError, CapschedError, ConfigError
+from ..request import MAX_TOKENS
 from .cost import CostModel
 from .fleet import Fleet, SimDevice
 from .policies import POLICIES, make_policy
@@ -61,6 +63,7 @@ __all__ = [
     "deadlines_for",
     "parse_fault",
     "parse_slowdown",
+    "unservable",
     "DEADLINE_FACTOR",
     "DONE",
     "FAILED",
@@ -81,24 +84,65 @@ _DOWN_PRESSURE = 0.999
 _ARRIVAL, _ITER_END, _FAULT_START, _FAULT_END, _SLOW_START, _SLOW_END, _WAKE, _RESTART = range(8)
 
 
+def _interval_problem(start: object, duration: object, scale: object = 1.0) -> Optional[str]:
+    """What is wrong with a fault's or slowdown's numbers (None: nothing)."""
+    for name, v in (("START", start), ("DURATION", duration), ("CLOCK_SCALE", scale)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            return f"{name} must be a number, got {v!r}"
+    assert isinstance(start, numbers.Real) and isinstance(duration, numbers.Real) and isinstance(scale, numbers.Real)
+    if not (math.isfinite(start) and start >= 0 and math.isfinite(duration) and duration > 0):
+        return "START must be >= 0 and DURATION > 0 (seconds)"
+    if not math.isfinite(float(start) + float(duration)):
+        return "START + DURATION must be a finite time"
+    if not (0 < scale <= 1):
+        return "CLOCK_SCALE must be in (0, 1]"
+    return None
+
+
+def _check_event(ev: object, kind: type) -> None:
+    if not isinstance(ev, kind):
+        raise ConfigError(f"a {kind.__name__.lower()} must be a {kind.__name__}, got {ev!r}")
+    device = getattr(ev, "device")
+    if not isinstance(device, str) or not device:
+        raise ConfigError(f"bad {kind.__name__.lower()} {ev!r}: device must be a device name, got {device!r}")
+    why = _interval_problem(getattr(ev, "start_s"), getattr(ev, "duration_s"), getattr(ev, "clock_scale", 1.0))
+    if why is not None:
+        raise ConfigError(f"bad {kind.__name__.lower()} {ev!r}: {why}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Fault:
-    """Device ``device`` is down from ``start_s`` for ``duration_s`` seconds."""
+    """Device ``device`` is down from ``start_s`` for ``duration_s`` seconds.
+
+    Raises:
+        ConfigError: an empty device name, ``start_s`` not a finite number >= 0,
+            ``duration_s`` not a finite number > 0.
+    """
 
     device: str
     start_s: float
     duration_s: float
+
+    def __post_init__(self) -> None:
+        _check_event(self, Fault)
 
 
 @dataclasses.dataclass(frozen=True)
 class Slowdown:
     """Device ``device`` runs at ``clock_scale`` of its max clock from ``start_s`` for
-    ``duration_s`` seconds (thermal throttling)."""
+    ``duration_s`` seconds (thermal throttling).
+
+    Raises:
+        ConfigError: as :class:`Fault`, or ``clock_scale`` not in ``(0, 1]``.
+    """
 
     device: str
     start_s: float
     duration_s: float
     clock_scale: float
+
+    def __post_init__(self) -> None:
+        _check_event(self, Slowdown)
 
 
 _INTERVAL = re.compile(r"^\s*([^@]+?)\s*@\s*([0-9.eE+-]+?)\s*\+\s*([0-9.eE+-]+?)\s*(?::\s*([0-9.eE+-]+)\s*)?$")
@@ -114,11 +158,128 @@ def _parse_interval(text: str, what: str, scale: bool) -> tuple[str, float, floa
         s = float(m.group(4)) if scale else None
     except ValueError:
         raise ConfigError(f"bad {what} {text!r}: expected {form} with numbers") from None
-    if not (math.isfinite(start) and start >= 0 and math.isfinite(dur) and dur > 0):
-        raise ConfigError(f"bad {what} {text!r}: START must be >= 0 and DURATION > 0 (seconds)")
-    if s is not None and not (0 < s <= 1):
-        raise ConfigError(f"bad {what} {text!r}: CLOCK_SCALE must be in (0, 1]")
+    why = _interval_problem(start, dur, 1.0 if s is None else s)
+    if why is not None:
+        raise ConfigError(f"bad {what} {text!r}: {why}")
     return m.group(1), start, dur, s
+
+
+# -- checks shared by Simulation, simulate and SimConfig ----------------------------------
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` as an int; raises :class:`ConfigError` unless it is an integer >= 0."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
+def check_max_retries(value: object) -> int:
+    """``max_retries`` as an int; raises :class:`ConfigError` unless it is an integer in
+    0..1000 (``Config.max_retries``'s range)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= 1000:
+        raise ConfigError(f"max_retries must be an integer in 0..1000, got {value!r}")
+    return int(value)
+
+
+def check_events(faults: object, slowdowns: object) -> tuple[list[Fault], list[Slowdown]]:
+    """The faults and slowdowns as lists, each checked (:class:`Fault`, :class:`Slowdown`)."""
+    out: list[list[Any]] = []
+    for what, kind, value in (("faults", Fault, faults), ("slowdowns", Slowdown, slowdowns)):
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (Sequence, set, frozenset)):
+            raise ConfigError(f"{what} must be a sequence of {kind.__name__}, got {value!r}")
+        items = list(value)
+        for ev in items:
+            _check_event(ev, kind)
+        out.append(items)
+    return out[0], out[1]
+
+
+def check_restart_at(restart_at: object) -> Optional[float]:
+    """``restart_at``: None or a finite time in seconds >= 0."""
+    if restart_at is not None and not (
+        isinstance(restart_at, numbers.Real) and not isinstance(restart_at, bool) and math.isfinite(restart_at)
+        and restart_at >= 0
+    ):
+        raise ConfigError(f"restart_at must be a time in seconds >= 0, got {restart_at!r}")
+    return None if restart_at is None else float(restart_at)
+
+
+def check_chain(chain: object) -> int:
+    """``chain``: an integer in 1..1000."""
+    if isinstance(chain, bool) or not isinstance(chain, numbers.Integral) or not 1 <= chain <= 1000:
+        raise ConfigError(f"chain must be an integer in 1..1000, got {chain!r}")
+    return int(chain)
+
+
+#: InferenceRequest fields the engine sets itself for every request.
+_ENGINE_REQUEST_FIELDS = ("prompt", "prompt_tokens", "max_new_tokens", "deadline", "timeout", "depends_on")
+
+
+def check_capsched_options(
+    policy: object, config: object, request: object
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The capsched policy, ``Config`` fields and ``InferenceRequest`` fields, checked
+    here (they would otherwise fail only when the capsched run starts, after the
+    baselines): a policy of ``capsched.config.POLICIES``, fields that ``Config`` and
+    ``InferenceRequest`` take (not those the engine sets per request), values in range."""
+    from ..config import POLICIES as SCHED_POLICIES, Config
+    from ..request import InferenceRequest
+
+    if not isinstance(policy, str) or policy not in SCHED_POLICIES:
+        raise ConfigError(f"unknown capsched_policy {policy!r}: expected one of {', '.join(map(repr, SCHED_POLICIES))}")
+    dicts: list[dict[str, Any]] = []
+    for what, value in (("capsched_config", config), ("capsched_request", request)):
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{what} must be a dict of field names to values, got {value!r}")
+        for k in value:
+            if not isinstance(k, str):
+                raise ConfigError(f"{what}: field names must be str, got {k!r}")
+        dicts.append(dict(value))
+    cfg, req = dicts
+    try:
+        Config(**{"wait_for_fit": True, **cfg})
+    except TypeError as exc:
+        raise ConfigError(f"capsched_config: {exc}") from None
+    except CapschedError as exc:
+        raise ConfigError(f"capsched_config: {exc}") from None
+    for k in req:
+        if k in _ENGINE_REQUEST_FIELDS:
+            raise ConfigError(f"capsched_request: {k!r} is set by the simulator for each request")
+    try:
+        InferenceRequest(prompt_tokens=1, max_new_tokens=1, deadline=1.0, **req)
+    except TypeError as exc:
+        raise ConfigError(f"capsched_request: {exc}") from None
+    except CapschedError as exc:
+        raise ConfigError(f"capsched_request: {exc}") from None
+    return policy, cfg, req
+
+
+def _check_workload_devices(workload: object, devices: object) -> list[SimDevice]:
+    if not isinstance(workload, Workload):
+        raise ConfigError(f"workload must be a Workload, got {type(workload).__name__}")
+    if isinstance(devices, (str, bytes, Mapping)) or not isinstance(devices, Sequence):
+        raise ConfigError(f"devices must be a sequence of SimDevice (Fleet.build), got {devices!r}")
+    out = list(devices)
+    if not out:
+        raise ConfigError("the fleet has no device")
+    for d in out:
+        if not isinstance(d, SimDevice):
+            raise ConfigError(f"devices must be SimDevice objects (Fleet.build), got {d!r}")
+    return out
+
+
+def unservable(workload: Workload, devices: Sequence[SimDevice]) -> np.ndarray:
+    """Per request, True when no device can ever run it: its ``prompt + output`` tokens
+    exceed every device's KV budget, or a length exceeds :data:`capsched.MAX_TOKENS`.
+    Every policy fails such a request at its arrival (or, in a chain, when it would be
+    released), so that it counts the same under each (status ``FAILED``)."""
+    p = workload.prompt_tokens.astype(np.float64)
+    o = workload.output_tokens.astype(np.float64)
+    cap = max((d.kv_tokens for d in devices), default=0)
+    return (p + o > cap) | (p > MAX_TOKENS) | (o > MAX_TOKENS)
 
 
 def parse_fault(text: str) -> Fault:
@@ -137,7 +298,15 @@ def parse_slowdown(text: str) -> Slowdown:
 
 def deadlines_for(workload: Workload, devices: Sequence[SimDevice], factor: float = DEADLINE_FACTOR) -> np.ndarray:
     """Absolute deadlines: ``arrival + factor x`` the request's unloaded service time on
-    the fastest device of the fleet (the smallest service time among its accelerators)."""
+    the fastest device of the fleet (the smallest service time among its accelerators).
+
+    Raises:
+        ConfigError: ``workload`` not a Workload, no device or one not a
+            :class:`SimDevice`, ``factor`` not a finite number > 0.
+    """
+    devices = _check_workload_devices(workload, devices)
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not (math.isfinite(factor) and factor > 0):
+        raise ConfigError(f"factor must be a finite number > 0, got {factor!r}")
     seen: dict[str, CostModel] = {}
     for d in devices:
         seen.setdefault(d.accelerator, d.cost)
@@ -159,7 +328,8 @@ class SimResult:
     (completion time; NaN if it did not complete), ``first_token_s`` (end of its last
     prefill; NaN if none), ``device`` (index of the device that completed it, -1),
     ``tries`` (times it was started). Per device: ``busy_s`` (time in iterations),
-    ``busy_intervals`` (merged ``(start, end)`` pairs) and names.
+    ``busy_intervals`` (merged ``(start, end)`` pairs) and names. ``unservable``: the
+    requests no device can hold (:func:`unservable`), failed at arrival.
     """
 
     policy: str
@@ -183,6 +353,7 @@ class SimResult:
     preempted: int = 0
     migrated: int = 0
     restarts: int = 0  # scheduler restarts from a checkpoint (restart_at)
+    unservable: int = 0  # requests no device can hold, failed at arrival (every policy)
 
 
 class _Dev:
@@ -221,6 +392,30 @@ class _Dev:
         self.attn4 = 4.0 * m.hidden * m.layers
 
 
+def _check_deadlines(deadlines: object, workload: Workload) -> np.ndarray:
+    n = len(workload)
+    try:
+        dl = np.array(deadlines, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"deadlines must be {n} numbers (seconds), got {_cut(deadlines)}") from None
+    if dl.shape != (n,):
+        raise ConfigError(f"deadlines has shape {dl.shape}, the workload {n} requests")
+    bad = np.flatnonzero(~np.isfinite(dl) | (dl < workload.arrival_s))
+    if bad.size:
+        i = int(bad[0])
+        raise ConfigError(
+            f"deadlines[{i}] must be a finite time >= the request's arrival ({float(workload.arrival_s[i]):g} s), "
+            f"got {dl[i]:g}"
+        )
+    dl.setflags(write=False)
+    return dl
+
+
+def _cut(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Simulation:
     """One policy on one fleet and workload.
 
@@ -243,6 +438,21 @@ class Simulation:
         tenants: a tenant name (or None) per request, in workload order, passed to
             capsched as ``InferenceRequest.tenant`` (for ``Config(fair_share=True)``);
             the baselines ignore it.
+
+    A request that no device can ever hold (:func:`unservable`) fails at its arrival
+    under every policy (``SimResult.unservable`` counts them).
+
+    Raises:
+        ConfigError: at construction, before anything runs: an unknown policy, a
+            workload or device of the wrong type, duplicate device names, deadlines not
+            one finite time >= arrival per request, a fault or slowdown that is not a
+            :class:`Fault` / :class:`Slowdown` with valid numbers or names no device,
+            ``seed`` not an integer >= 0, ``max_retries`` not in 0..1000, a
+            ``capsched_policy`` the Scheduler does not know, ``capsched_config`` fields
+            ``Config`` refuses, ``capsched_request`` fields ``InferenceRequest`` refuses
+            (or ones the engine sets: prompt, prompt_tokens, max_new_tokens, deadline,
+            timeout, depends_on), a bad ``continuous``, ``restart_at``, ``chain`` or
+            ``tenants``.
     """
 
     def __init__(
@@ -264,38 +474,39 @@ class Simulation:
         chain: int = 1,
         tenants: Optional[Sequence[Optional[str]]] = None,
     ) -> None:
-        if policy not in POLICIES:
+        if not isinstance(policy, str) or policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
-        if not devices:
-            raise ConfigError("the fleet has no device")
-        self.policy = policy
-        self.sim_devices = list(devices)
-        self.workload = workload
-        self.deadlines = deadlines_for(workload, devices) if deadlines is None else np.asarray(deadlines, dtype=float)
-        if self.deadlines.shape != (len(workload),):
-            raise ConfigError(f"deadlines has shape {self.deadlines.shape}, the workload {len(workload)} requests")
+        devices = _check_workload_devices(workload, devices)
         names = [d.name for d in devices]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ConfigError(f"two devices are named {dup!r}: device names must be unique")
+        self.policy = policy
+        self.sim_devices = devices
+        self.workload = workload
+        if deadlines is None:
+            self.deadlines = deadlines_for(workload, devices)
+        else:
+            self.deadlines = _check_deadlines(deadlines, workload)
         self._by_name = {n: i for i, n in enumerate(names)}
+        faults, slowdowns = check_events(faults, slowdowns)
         for ev in list(faults) + list(slowdowns):
             if ev.device not in self._by_name:
                 raise ConfigError(f"unknown device {ev.device!r} in a fault or slowdown (devices: {', '.join(names)})")
-        self.faults = list(faults)
-        self.slowdowns = list(slowdowns)
-        self.max_retries = int(max_retries)
-        self.seed = int(seed)
-        self.capsched_policy = capsched_policy
-        self.capsched_config = dict(capsched_config or {})
-        self.capsched_request = dict(capsched_request or {})
+        self.faults = faults
+        self.slowdowns = slowdowns
+        self.max_retries = check_max_retries(max_retries)
+        self.seed = check_seed(seed)
+        self.capsched_policy, self.capsched_config, self.capsched_request = check_capsched_options(
+            capsched_policy, capsched_config, capsched_request
+        )
+        if tenants is not None and "tenant" in self.capsched_request:
+            raise ConfigError("give tenants or capsched_request['tenant'], not both")
+        if continuous is not None and not isinstance(continuous, bool):
+            raise ConfigError(f"continuous must be True, False or None, got {continuous!r}")
         self.continuous = continuous
-        if restart_at is not None and not (
-            isinstance(restart_at, (int, float)) and not isinstance(restart_at, bool) and math.isfinite(restart_at)
-            and restart_at >= 0
-        ):
-            raise ConfigError(f"restart_at must be a time in seconds >= 0, got {restart_at!r}")
-        self.restart_at = restart_at
-        if isinstance(chain, bool) or not isinstance(chain, int) or not 1 <= chain <= 1000:
-            raise ConfigError(f"chain must be an integer in 1..1000, got {chain!r}")
-        self.chain = chain
+        self.restart_at = check_restart_at(restart_at)
+        self.chain = check_chain(chain)
         if tenants is not None:
             tenants = list(tenants)
             if len(tenants) != len(workload):
@@ -313,6 +524,7 @@ class Simulation:
         self.P = w.prompt_tokens.tolist()
         self.O = w.output_tokens.tolist()
         self.T = [p + o for p, o in zip(self.P, self.O)]
+        self.unservable = unservable(w, self.sim_devices).tolist()
         self.arr = w.arrival_s.tolist()
         self.dl = self.deadlines.tolist()
         # Agent-style chains (chain > 1): consecutive requests form chains of `chain` steps;
@@ -535,6 +747,9 @@ class Simulation:
     # ------------------------------------------------------------------ baselines
 
     def _bind(self, r: int, now: float) -> None:
+        if self.unservable[r]:
+            self._end(r, FAILED, now)
+            return
         devs = self.devs
         i = self.binder.choose([d.outstanding for d in devs], [d.up for d in devs])
         d = devs[i]
@@ -701,6 +916,10 @@ class Simulation:
                     steps = range(r, min(r + K, n)) if K > 1 else (r,)
                     prev_sid = None
                     for x in steps:  # a chain: each step depends on the one before
+                        if self.unservable[x]:  # as the baselines: it and the rest of its chain fail
+                            for y in range(x, steps[-1] + 1):
+                                self._end(y, FAILED, now)
+                            break
                         extra = self.capsched_request
                         if self.tenants is not None:
                             extra = {**extra, "tenant": self.tenants[x]}
@@ -793,9 +1012,19 @@ class Simulation:
             preempted=self.preempted,
             migrated=self.migrated,
             restarts=self.restarts,
+            unservable=sum(self.unservable),
         )
 
 
 def simulate(devices: Sequence[SimDevice], workload: Workload, policy: str, **kwargs: Any) -> SimResult:
-    """Run one :class:`Simulation` (keyword arguments as its constructor's)."""
+    """Run one :class:`Simulation` (keyword arguments as its constructor's).
+
+    Raises:
+        ConfigError: as :class:`Simulation`, before anything runs (an unknown keyword
+            argument too).
+    """
+    params = inspect.signature(Simulation.__init__).parameters
+    for k in kwargs:
+        if k not in params or params[k].kind is not inspect.Parameter.KEYWORD_ONLY:
+            raise ConfigError(f"simulate() got an unknown keyword argument {k!r}")
     return Simulation(devices, workload, policy, **kwargs).run()

@@ -19,8 +19,21 @@ from typing import Any, Callable, Optional, TextIO
 
 import numpy as np
 
-from ..errors import ConfigError
-from .engine import DEADLINE_FACTOR, Fault, SimResult, Simulation, Slowdown, deadlines_for
+from ..errors import ConfigError, InvalidArgumentError
+from .engine import (
+    DEADLINE_FACTOR,
+    Fault,
+    SimResult,
+    Simulation,
+    Slowdown,
+    check_capsched_options,
+    check_chain,
+    check_events,
+    check_restart_at,
+    check_seed,
+    deadlines_for,
+    unservable,
+)
 from .fleet import DEFAULT_FLEET, Fleet
 from .metrics import SLO_TARGET, RunMetrics, fmt, goodput, summarize
 from .policies import POLICIES
@@ -32,6 +45,7 @@ __all__ = [
     "DEFAULT_LOADS",
     "DEFAULT_REQUESTS",
     "load_workload",
+    "check_out_dir",
     "run_experiment",
     "format_tables",
 ]
@@ -48,7 +62,8 @@ def load_workload(trace: str, requests: Optional[int], seed: int) -> Workload:
     trace file path; its first ``requests`` requests, arrivals shifted to start at 0.
 
     Raises:
-        ConfigError: an unknown name or a file that cannot be read.
+        ConfigError: an unknown name, a file that cannot be read, or a ``gamma:CV``
+            whose CV is not in :data:`~capsched.sim.workload.GAMMA_CV_RANGE`.
     """
     n = requests if requests is not None else DEFAULT_REQUESTS
     if trace == "poisson":
@@ -58,7 +73,10 @@ def load_workload(trace: str, requests: Optional[int], seed: int) -> Workload:
             cv = float(trace.split(":", 1)[1])
         except ValueError:
             raise ConfigError(f"bad trace {trace!r}: expected gamma:CV with a number, e.g. gamma:2") from None
-        w = gamma_bursty(1.0, cv, n=n, seed=seed)
+        try:
+            w = gamma_bursty(1.0, cv, n=n, seed=seed)
+        except InvalidArgumentError as exc:
+            raise ConfigError(f"bad trace {trace!r}: {exc}") from None
     else:
         if trace not in BUILTIN_TRACES and not os.path.exists(trace):
             raise ConfigError(
@@ -74,7 +92,16 @@ def load_workload(trace: str, requests: Optional[int], seed: int) -> Workload:
 
 @dataclasses.dataclass
 class SimConfig:
-    """What ``capsched simulate`` runs."""
+    """What ``capsched simulate`` runs.
+
+    Raises:
+        ConfigError: at construction: no load or one not a finite number > 0, an
+            unknown policy or one listed twice, ``requests`` not an integer >= 2, a fleet
+            that is not a :class:`Fleet`, and whatever :class:`Simulation` refuses in
+            ``seed``, ``faults``, ``slowdowns``, ``capsched_policy``,
+            ``capsched_config``, ``capsched_request``, ``restart_at`` or ``chain`` (the
+            same checks).
+    """
 
     fleet: Fleet = DEFAULT_FLEET
     trace: str = "azure-conv"
@@ -97,12 +124,26 @@ class SimConfig:
             if not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0):
                 raise ConfigError(f"a load must be a number > 0 (a share of fleet capacity), got {x!r}")
         for p in self.policies:
-            if p not in POLICIES:
+            if not isinstance(p, str) or p not in POLICIES:
                 raise ConfigError(f"unknown policy {p!r} (known: {', '.join(POLICIES)})")
-        if self.requests is not None and (not isinstance(self.requests, int) or self.requests < 2):
+        if len(set(self.policies)) != len(self.policies):
+            raise ConfigError(f"a policy is listed twice in {tuple(self.policies)!r}")
+        if not isinstance(self.fleet, Fleet):
+            raise ConfigError(f"fleet must be a Fleet (parse_fleet), got {self.fleet!r}")
+        if self.requests is not None and (
+            isinstance(self.requests, bool) or not isinstance(self.requests, int) or self.requests < 2
+        ):
             raise ConfigError(f"requests must be an integer >= 2, got {self.requests!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.trace, str):
+            raise ConfigError(f"trace must be a str (a name or a path), got {self.trace!r}")
+        self.seed = check_seed(self.seed)
+        faults, slowdowns = check_events(self.faults, self.slowdowns)
+        self.faults, self.slowdowns = tuple(faults), tuple(slowdowns)
+        self.capsched_policy, self.capsched_config, self.capsched_request = check_capsched_options(
+            self.capsched_policy, self.capsched_config, self.capsched_request
+        )
+        self.restart_at = check_restart_at(self.restart_at)
+        self.chain = check_chain(self.chain)
 
 
 @dataclasses.dataclass
@@ -128,6 +169,7 @@ class Experiment:
             "max_num_seqs": c.fleet.max_num_seqs,
             "trace": c.trace,
             "requests": len(self.workload),
+            "unservable_requests": next(iter(self.results.values())).unservable if self.results else 0,
             "workload": {k: (None if not math.isfinite(v) else v) for k, v in s.items()},
             "seed": c.seed,
             "loads": list(c.loads),
@@ -172,20 +214,50 @@ def _progress(total: int, enabled: bool, stream: TextIO) -> Callable[[str], None
     return tick
 
 
-def run_experiment(config: SimConfig, *, progress: bool = False, stream: Optional[TextIO] = None) -> Experiment:
+def run_experiment(
+    config: SimConfig,
+    *,
+    progress: bool = False,
+    stream: Optional[TextIO] = None,
+    warn: Optional[Callable[[str], None]] = None,
+) -> Experiment:
     """Every (load, policy) run of ``config``, in that order; progress on ``stream``
-    (default stderr) when ``progress``."""
+    (default stderr) when ``progress``. ``warn`` (if given) is called, before the first
+    run, with a line for each thing the user may not expect: a trace shorter than
+    ``config.requests``, requests no device can hold (they fail under every policy).
+
+    Raises:
+        ConfigError: the trace cannot be loaded, or a fault or slowdown names no device
+            of the fleet (before any run).
+    """
     t0 = time.perf_counter()
     if stream is None:
         stream = sys.stderr
     w = load_workload(config.trace, config.requests, config.seed)
     s = w.summary()
     devices = config.fleet.build(s["prompt_mean"], s["output_mean"])
+    bad = np.flatnonzero(unservable(w, devices))
+    if 0 < bad.size < len(w):
+        # The capacity (and so the arrival rate of each load) is for the requests the
+        # fleet can serve: one huge prompt would otherwise drag it towards zero.
+        ok = np.ones(len(w), dtype=bool)
+        ok[bad] = False
+        devices = config.fleet.build(float(w.prompt_tokens[ok].mean()), float(w.output_tokens[ok].mean()))
     capacity = sum(d.rate for d in devices)
     names = {d.name for d in devices}
     for ev in list(config.faults) + list(config.slowdowns):
         if ev.device not in names:
             raise ConfigError(f"unknown device {ev.device!r} (devices: {', '.join(d.name for d in devices)})")
+    if warn is not None:
+        if config.requests is not None and len(w) < config.requests:
+            warn(f"trace {config.trace!r} has only {len(w)} requests: running {len(w)}, not {config.requests}")
+        if bad.size:
+            i = int(bad[0])
+            warn(
+                f"{bad.size} of the {len(w)} requests need more KV tokens than any device holds (the largest "
+                f"holds {max(d.kv_tokens for d in devices):,}; request {i} needs "
+                f"{int(w.prompt_tokens[i]) + int(w.output_tokens[i]):,}): they count as failed under every policy"
+            )
     tick = _progress(len(config.loads) * len(config.policies), progress, stream)
     runs: list[RunMetrics] = []
     results: dict[tuple[float, str], SimResult] = {}
@@ -278,8 +350,39 @@ def _group_rates(exp: Experiment) -> dict[str, float]:
     return out
 
 
+def check_out_dir(out_dir: str) -> None:
+    """Refuse, before a run, an ``--out`` directory that the results could not be
+    written to: an empty name, an existing path that is not a directory (or whose
+    ``results.json`` is not a regular file), or one (or its nearest existing parent)
+    that is not writable. The files in it (``results.json``, plots) are overwritten.
+
+    Raises:
+        ConfigError: naming the path and what is wrong.
+    """
+    if not isinstance(out_dir, str) or not out_dir.strip():
+        raise ConfigError(f"--out must name a directory, got {out_dir!r}")
+    path = os.path.abspath(out_dir)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ConfigError(f"--out {out_dir!r} exists and is not a directory")
+        target = os.path.join(path, "results.json")
+        if os.path.lexists(target) and not os.path.isfile(target):
+            raise ConfigError(f"--out {out_dir!r}: {target} exists and is not a regular file")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"--out {out_dir!r}: the directory is not writable")
+        return
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--out {out_dir!r}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out_dir!r}: cannot create it ({parent} is not writable)")
+
+
 def write_results(exp: Experiment, out_dir: str) -> list[str]:
-    """``results.json`` in ``out_dir`` (created if needed); returns the paths written."""
+    """``results.json`` in ``out_dir`` (created if needed; an existing one is
+    overwritten); returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.json")
     with open(path, "w", encoding="utf-8") as f:
