@@ -88,6 +88,11 @@ def test_simulate_without_matplotlib_or_tqdm(tmp_path, capsys, monkeypatch):
         (["--requests", "1"], "--requests"),
         (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
         (["--trace", "gamma:-1"], "cv must be a finite number > 0, got -1.0"),
+        (["--trace", "gamma:1e-200"], "bad trace 'gamma:1e-200': cv must be in [1e-06, 10000]"),  # ZeroDivisionError
+        (["--trace", "gamma:1e200"], "bad trace 'gamma:1e200': cv must be in [1e-06, 10000]"),
+        (["--fleet", "L4:100000000"], "100,000,000 devices in all (L4:100000000), more than the Scheduler's limit"),
+        (["--policies", "all,capsched"], "'all' already names every policy; give it alone"),
+        (["--out", ""], "--out must name a directory, got ''"),
     ],
 )
 def test_simulate_bad_input_exits_2_without_traceback(argv, message, capsys):
@@ -158,3 +163,79 @@ def test_serve_bad_input_exits_2_without_traceback(argv, message, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def _trace(path, prompts):
+    with open(path, "w") as f:
+        for i, p in enumerate(prompts):
+            f.write(json.dumps({"timestamp": i * 200, "input_length": p, "output_length": 40}) + "\n")
+    return str(path)
+
+
+def test_out_naming_a_file_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
+    """It failed only after the whole run (IsADirectoryError/FileExistsError), losing the results."""
+    from capsched.sim import run as simrun
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(simrun, "run_experiment", no_run)
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    (tmp_path / "outdir" / "results.json").mkdir(parents=True)
+    for out, message in [(afile, "exists and is not a directory"), (afile / "sub", "is not a directory"),
+                         (tmp_path / "outdir", "results.json exists and is not a regular file")]:
+        with pytest.raises(SystemExit) as exc:
+            main(["simulate", "--requests", "20", "--out", str(out)], out=io.StringIO())
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and str(out) in err and "Traceback" not in err
+    assert afile.read_text() == "keep me"
+
+
+def test_out_overwrites_an_earlier_results_json(tmp_path, capsys):
+    (tmp_path / "results.json").write_text("old")
+    code, out, _ = _run(["simulate", "--requests", "30", "--load", "0.5", "--policies", "least_load", "--out",
+                         str(tmp_path / "."), "--no-progress"], capsys)
+    assert code == 0
+    assert json.loads((tmp_path / "results.json").read_text())["requests"] == 30
+
+
+def test_an_unservable_request_counts_as_failed_for_every_policy_and_the_table_prints(tmp_path, capsys):
+    """It aborted the experiment after the baselines had run, with nothing printed."""
+    path = _trace(tmp_path / "mix.jsonl", [600] * 6 + [9_000_000] + [600] * 13)
+    code, out, err = _run(["simulate", "--trace", path, "--load", "0.5", "--json", "--no-progress"], capsys)
+    assert code == 0
+    d = json.loads(out)
+    assert d["unservable_requests"] == 1
+    assert {r["policy"] for r in d["runs"]} == set(d["policies"]) and len(d["runs"]) == 5
+    for r in d["runs"]:
+        assert r["failed"] >= 1 and r["completed"] + r["failed"] + r["expired"] == 20
+    assert "warning: 1 of the 20 requests need more KV tokens than any device holds" in err
+    assert "request 6 needs 9,000,040" in err and "Traceback" not in err
+
+
+def test_requests_above_the_trace_length_warn_on_stderr(tmp_path, capsys):
+    path = _trace(tmp_path / "short.jsonl", [500] * 8)
+    code, out, err = _run(["simulate", "--trace", path, "--requests", "50", "--load", "0.5", "--policies",
+                           "least_load", "--no-progress"], capsys)
+    assert code == 0
+    assert "warning: trace " in err and "has only 8 requests: running 8, not 50" in err
+    assert ", 8 requests" in out
+
+
+def test_json_keeps_progress_on_stderr_unless_no_progress(capsys, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *args, **kwargs):
+        if name.split(".")[0] == "tqdm":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    argv = ["simulate", "--requests", "30", "--load", "0.5", "--policies", "least_load", "--json"]
+    code, out, err = _run(argv, capsys)
+    assert code == 0 and json.loads(out)["requests"] == 30  # stdout stays pure JSON
+    assert "[1/1] load 0.5 least_load" in err
+    code, out, err = _run(argv + ["--no-progress"], capsys)
+    assert code == 0 and err == ""

@@ -148,8 +148,10 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capsched-class", default="normal", choices=("normal", "deadline"),
                    help="sched_class of capsched's requests: normal (default) or deadline (admission control: "
                    "requests no device can admit are rejected and count as misses)")
-    p.add_argument("--out", default=None, metavar="DIR", help="write results.json (and plots, with matplotlib) here")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write results.json (and plots, with matplotlib) here, replacing earlier ones; checked "
+                        "before the run (created if needed)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables (progress stays on stderr)")
     p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
 
 
@@ -199,22 +201,33 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
             restart_at=args.restart_at,
             chain=args.chain,
         )
-        exp = simrun.run_experiment(config, progress=not args.no_progress and not args.json)
+        if args.out is not None:
+            simrun.check_out_dir(args.out)  # before the run, not after it
+
+        def warn(message: str) -> None:
+            print(f"capsched simulate: warning: {message}", file=sys.stderr, flush=True)
+
+        exp = simrun.run_experiment(config, progress=not args.no_progress, warn=warn)
     except (ConfigError, KeyError, CapschedError, OSError) as exc:  # (bad input the simulator found, e.g. in --trace)
         parser.error(str(exc))  # exits with status 2, argparse style
     written: list[str] = []
-    if args.out:
-        written += simrun.write_results(exp, args.out)
-        from .sim.plots import have_matplotlib, write_plots
+    status = 0
+    if args.out is not None:
+        try:
+            written += simrun.write_results(exp, args.out)
+            from .sim.plots import have_matplotlib, write_plots
 
-        if have_matplotlib():
-            written += write_plots(exp, args.out)
-        else:
-            print(
-                "matplotlib is not installed: no plots (pip install \"capsched[sim]\" for plots); "
-                "results.json written",
-                file=sys.stderr,
-            )
+            if have_matplotlib():
+                written += write_plots(exp, args.out)
+            else:
+                print(
+                    "matplotlib is not installed: no plots (pip install \"capsched[sim]\" for plots); "
+                    "results.json written",
+                    file=sys.stderr,
+                )
+        except OSError as exc:  # checked before the run; the results are still printed below
+            print(f"capsched simulate: error: could not write to --out {args.out!r}: {exc}", file=sys.stderr)
+            status = 1
     if args.json:
         json.dump(exp.to_dict(), out, indent=2)
         print(file=out)
@@ -223,7 +236,7 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
         if written:
             print(f"\nWrote {', '.join(written)}", file=out)
         print(f"({len(exp.runs)} runs in {exp.wall_s:.1f} s)", file=out)
-    return 0
+    return status
 
 
 #: Subcommand name -> (help line, function adding its arguments, function running it).
