@@ -343,6 +343,8 @@ def _rows() -> list[Row]:
     ]:
         add(R(g, "`Config.from_toml(path)`", bad, lambda c, f=f: Config.from_toml(f), ConfigError, match, "files",
               (f,)))
+    add(R(g, "`Config.from_toml(path)`", "an int (a file descriptor to open())", lambda c: Config.from_toml(1),
+          ConfigError, r"path must be a str, bytes or os\.PathLike, got int 1", "none"))
     add(R(g, "`SchedulerConfig.from_toml(path)`", "negative device capacity", lambda c: SchedulerConfig.from_toml(
         "devices.toml"), ConfigError, r"'devices\.toml'.*'gpu0'.*capacity.*-1", "files", ("devices.toml",)))
     for bad, env, match in [
@@ -352,6 +354,10 @@ def _rows() -> list[Row]:
         ("not a boolean", {"CAPSCHED_WAIT_FOR_FIT": "maybe"}, r"CAPSCHED_WAIT_FOR_FIT='maybe'"),
         ("unknown variable", {"CAPSCHED_NO_SUCH": "1"}, "CAPSCHED_NO_SUCH"),
         ("unknown policy", {"CAPSCHED_POLICY": "lottery"}, r"CAPSCHED_POLICY='lottery'"),
+        ("5,000 digits", {"CAPSCHED_MAX_BATCH_SIZE": "9" * 5000}, r"max_batch_size is out of range: 5,000 digits"),
+        ("not a string", {"CAPSCHED_MAX_BATCH_SIZE": 16}, r"CAPSCHED_MAX_BATCH_SIZE: environment values are strings"),
+        ("preferred size above max_batch_size", {"CAPSCHED_MAX_BATCH_SIZE": "8", "CAPSCHED_PREFERRED_BATCH_SIZES": "4,16"},
+         r"preferred_batch_sizes\[1\] = 16 is above max_batch_size \(8\)"),
     ]:
         add(R(g, "`SchedulerConfig.from_env(environ)`", bad, lambda c, env=env: SchedulerConfig.from_env(env),
               ConfigError, match, "none"))

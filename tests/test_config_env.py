@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import os
+
 import pytest
 
 import capsched
@@ -64,6 +66,8 @@ def test_policies_come_from_policies_tuple():
         ({"devices": 3}, "devices: devices must be a list, got int"),
         ({"weight_urgency": -1}, "weight_urgency must be a finite number >= 0"),
         ({"deadline_levels": 0}, "deadline_levels must be in 1..1024"),
+        ({"max_batch_size": 8, "preferred_batch_sizes": (4, 16)},
+         r"preferred_batch_sizes\[1\] = 16 is above max_batch_size \(8\)"),
     ],
 )
 def test_bad_values(kwargs, match):
@@ -175,6 +179,30 @@ def test_from_toml_bad(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match) as info:
         SchedulerConfig.from_toml(p)
     assert str(info.value).startswith(f"config file {str(p)!r}: ")
+
+
+def test_from_toml_preferred_size_above_max_batch_size(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[scheduler]\nmax_batch_size = 8\npreferred_batch_sizes = [4, 16]\n")
+    with pytest.raises(ConfigError, match=r"c\.toml'?: preferred_batch_sizes\[1\] = 16 is above max_batch_size \(8\)"):
+        SchedulerConfig.from_toml(p)
+
+
+@pytest.mark.parametrize("cls", [Config, SchedulerConfig])
+@pytest.mark.parametrize("path", [1, 3, True, 2.5, None])
+def test_from_toml_refuses_what_is_not_a_path(cls, path, capsys):
+    # open() takes an int as a file descriptor: from_toml(1) read, then closed, stdout.
+    with pytest.raises(ConfigError, match=f"path must be a str, bytes or os.PathLike, got {type(path).__name__}"):
+        cls.from_toml(path)
+    print("stdout still open")
+    assert "stdout still open" in capsys.readouterr().out
+
+
+def test_from_toml_takes_str_pathlike_and_bytes(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[scheduler]\nmax_batch_size = 8\n")
+    for path in (p, str(p), os.fsencode(p)):
+        assert SchedulerConfig.from_toml(path).max_batch_size == 8
 
 
 def test_from_toml_unreadable_or_invalid(tmp_path):
@@ -289,6 +317,28 @@ def test_from_env_bad(var, raw, match):
     with pytest.raises(ConfigError, match=match) as info:
         SchedulerConfig.from_env({var: raw})
     assert str(info.value).startswith(f"{var}={raw!r}: ")
+
+
+@pytest.mark.parametrize(
+    "var, raw, match",
+    [
+        # (int() refuses strings of more than 4,300 digits with a bare ValueError)
+        ("CAPSCHED_MAX_BATCH_SIZE", "9" * 5000, "max_batch_size is out of range: 5,000 digits"),
+        ("CAPSCHED_PREFERRED_BATCH_SIZES", "4," + "9" * 5000, "preferred_batch_sizes is out of range: 5,000 digits"),
+        ("CAPSCHED_WEIGHT_URGENCY", "1" * 5000, "weight_urgency must be a finite number >= 0, got inf"),
+    ],
+)
+def test_from_env_huge_values(var, raw, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        SchedulerConfig.from_env({var: raw})
+    msg = str(info.value)
+    assert msg.startswith(f"{var}={raw[:60]!r}"[:-1]) and "(5,00" in msg and len(msg) < 300
+
+
+@pytest.mark.parametrize("raw", [5, 2.5, None, b"8"])
+def test_from_env_values_must_be_strings(raw):
+    with pytest.raises(ConfigError, match=f"CAPSCHED_MAX_BATCH_SIZE: environment values are strings, got {type(raw).__name__}"):
+        SchedulerConfig.from_env({"CAPSCHED_MAX_BATCH_SIZE": raw})
 
 
 def test_from_env_unknown_variables():

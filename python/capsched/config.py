@@ -290,9 +290,10 @@ class Config:
         at most :data:`MAX_CONFIG_BYTES` long.
 
         Raises:
-            ConfigError: the file cannot be read, is too large, is not UTF-8 or not
-                valid TOML (the message names the file), or holds a bad value (the
-                message names the key).
+            ConfigError: ``path`` is not a str, bytes or os.PathLike (an int would be
+                taken as a file descriptor), the file cannot be read, is too large, is
+                not UTF-8 or not valid TOML (the message names the file), or holds a bad
+                value (the message names the key).
         """
         if sys.version_info >= (3, 11):
             import tomllib
@@ -301,7 +302,11 @@ class Config:
                 import tomli as tomllib
             except ImportError as exc:
                 raise ConfigError("reading TOML on Python < 3.11 needs 'pip install tomli'") from exc
-        where = str(path)
+        if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)):
+            # (open() takes an int as a file descriptor: from_toml(1) would read, then
+            # close, the process's stdout)
+            raise ConfigError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__} {path!r}")
+        where = os.fsdecode(path)
         try:
             with open(path, "rb") as fh:
                 raw = fh.read(MAX_CONFIG_BYTES + 1)
@@ -375,6 +380,12 @@ class SchedulerConfig(Config):
                 f"policy: unknown policy {self.policy!r}: expected one of {', '.join(map(repr, POLICIES))}"
             )
         _check_int("max_batch_size", self.max_batch_size, 1, MAX_BATCH_SIZE)
+        for i, v in enumerate(self.preferred_batch_sizes):
+            if v > self.max_batch_size:
+                raise ConfigError(
+                    f"preferred_batch_sizes[{i}] = {v} is above max_batch_size ({self.max_batch_size}): "
+                    "a batch never reaches it"
+                )
         if not isinstance(self.enable_dynamic_batching, bool):
             raise ConfigError(f"enable_dynamic_batching must be a bool, got {self.enable_dynamic_batching!r}")
 
@@ -413,9 +424,10 @@ class SchedulerConfig(Config):
             return super().from_toml(path)  # type: ignore[return-value]
         except ConfigError as exc:
             text = str(exc)
-            if str(path) in text:  # unreadable or not TOML: already names the file
+            where = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else None
+            if where is None or where in text:  # not a path, unreadable or not TOML: says so already
                 raise
-            raise ConfigError(f"config file {str(path)!r}: {text}") from exc
+            raise ConfigError(f"config file {where!r}: {text}") from exc
 
     @classmethod
     def from_env(
@@ -435,9 +447,10 @@ class SchedulerConfig(Config):
         can any other field whose type is not int, float, bool or str).
 
         Raises:
-            ConfigError: a bad value (the message names the variable and the value), or
-                a ``CAPSCHED_*`` variable that names no field (the message lists the
-                known ones).
+            ConfigError: a bad value (the message names the variable and the value,
+                shortened past 80 characters), a value that is not a string, or a
+                ``CAPSCHED_*`` variable that names no field (the message lists the known
+                ones).
         """
         if base is None:
             cfg = cls()
@@ -461,11 +474,14 @@ class SchedulerConfig(Config):
         for var in ours:
             raw = environ[var]
             name = known[var]
+            if not isinstance(raw, str):
+                raise ConfigError(f"{var}: environment values are strings, got {type(raw).__name__} {raw!r}")
             try:
                 value = _parse_env(name, raw, _FIELD_KINDS[name])
                 cfg = dataclasses.replace(cfg, **{name: value})
             except ConfigError as exc:
-                raise ConfigError(f"{var}={raw!r}: {exc}") from None
+                shown = raw if len(raw) <= 80 else raw[:60] + f"... ({len(raw):,} characters)"
+                raise ConfigError(f"{var}={shown!r}: {exc}") from None
         return cfg
 
     # ------------------------------------------------------------------ using
@@ -534,12 +550,20 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
+def _int_of(name: str, text: str) -> int:
+    # (int() refuses more than sys.get_int_max_str_digits() digits with a ValueError; no
+    # field takes a value anywhere near that long)
+    if len(text.lstrip("+-")) > 30:
+        raise ConfigError(f"{name} is out of range: {len(text.lstrip('+-')):,} digits")
+    return int(text)
+
+
 def _parse_env(name: str, raw: str, kind: str) -> Any:
     text = raw.strip()
     if kind == "int":
         if not _INT.fullmatch(text):
             raise ConfigError(f"{name} must be an integer (decimal digits)")
-        return int(text)
+        return _int_of(name, text)
     if kind == "float":
         if not _FLOAT.fullmatch(text):
             raise ConfigError(f"{name} must be a decimal number such as 0.5 or 1e-3")
@@ -555,7 +579,7 @@ def _parse_env(name: str, raw: str, kind: str) -> Any:
         parts = [t.strip() for t in text.split(",")] if text else []
         if any(not _INT.fullmatch(p) for p in parts):
             raise ConfigError(f"{name} must be a comma-separated list of integers such as 4,8,16")
-        return tuple(int(p) for p in parts)
+        return tuple(_int_of(name, p) for p in parts)
     if kind == "devices":
         if text == "auto":
             return "auto"
