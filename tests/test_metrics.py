@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 import capsched
-from capsched import Device, InferenceRequest, Scheduler
+from capsched import ConfigError, Device, InferenceRequest, Scheduler
 
 try:
     import prometheus_client  # noqa: F401
@@ -187,6 +187,47 @@ def test_two_schedulers_in_one_registry_with_constant_labels():
     assert _v(samples, "capsched_accepted_total", scheduler="a") == 1
     assert _v(samples, "capsched_accepted_total", scheduler="b") == 0
     assert _v(samples, "capsched_device_capacity", scheduler="b", device="g1") == 1024
+    # Each family once (the text format allows a name once; two collectors of the same
+    # names gave every family twice, which Prometheus refuses).
+    text = generate_latest(reg).decode()
+    types = [line for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types)) > 20
+    assert text.count("# TYPE capsched_device_capacity gauge") == 1
+
+
+@needs_prometheus
+def test_registering_a_clash_is_refused_and_changes_nothing():
+    reg = CollectorRegistry()
+    a, b, c = Scheduler(["g0"]), Scheduler(["g0"]), Scheduler(["g0"])
+    first = metrics.register(a, reg)
+    before = generate_latest(reg)
+    with pytest.raises(ConfigError, match="already registered"):
+        metrics.register(a, reg)
+    with pytest.raises(ConfigError, match=r"labels \{\} are already those of another registered scheduler"):
+        metrics.register(b, reg)  # a second scheduler without labels
+    with pytest.raises(ConfigError, match="same label names"):
+        metrics.register(b, reg, labels={"scheduler": "b"})  # the first has none
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        reg.register(metrics.SchedulerCollector(c))  # describe() names its metrics
+    assert generate_latest(reg) == before
+    reg.unregister(first)
+    metrics.register(b, reg)  # the name is free again
+    other = CollectorRegistry()
+    other.register(metrics.SchedulerCollector(a))  # not through register(): cannot join
+    with pytest.raises(ConfigError, match=r"already holds metrics of these names \(capsched_\w+, .* more\)"):
+        metrics.register(b, other)
+
+
+@needs_prometheus
+def test_labelled_schedulers_need_distinct_values():
+    reg = CollectorRegistry()
+    a, b = Scheduler(["g0"]), Scheduler(["g1"])
+    metrics.register(a, reg, labels={"scheduler": "east"})
+    with pytest.raises(ConfigError, match="already those of another"):
+        metrics.register(b, reg, labels={"scheduler": "east"})
+    with pytest.raises(ConfigError, match="same label names"):
+        metrics.register(b, reg, labels={"region": "west"})
+    assert metrics.register(b, reg, labels={"scheduler": "west"}) is not None
 
 
 @needs_prometheus

@@ -53,8 +53,11 @@ import math
 import numbers
 import re
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Optional, Union
+
+from .errors import ConfigError
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Histogram
@@ -169,46 +172,92 @@ class SchedulerCollector:
         scheduler: the :class:`capsched.Scheduler` (anything with a ``stats()`` of the
             same shape).
         prefix: metric name prefix (default ``"capsched"``).
-        labels: constant labels added to every metric, e.g. ``{"scheduler": "east"}`` to
-            register several schedulers in one registry.
+        labels: constant labels added to every metric, e.g. ``{"scheduler": "east"}``.
 
-    Register it with :func:`register` (or ``registry.register(collector)``).
+    Register it with :func:`register` (or ``registry.register(collector)``). Several
+    schedulers in one registry go into one collector (:meth:`add`, which
+    :func:`register` calls when the registry already holds a collector of the same
+    prefix), each with its own values of the same label names: a scrape then has each
+    metric family once, with every scheduler's samples (the text format allows a family
+    name only once, so two collectors of the same names would make a scrape Prometheus
+    refuses).
     """
 
     def __init__(self, scheduler: Any, prefix: str = "capsched", labels: Optional[Mapping[str, str]] = None) -> None:
         if not isinstance(prefix, str) or not _name_ok(prefix):
-            raise ValueError(f"prefix must be a Prometheus metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*), got {prefix!r}")
-        labels = dict(labels or {})
-        for k, v in labels.items():
-            if not isinstance(k, str) or not _name_ok(k) or k.startswith("__") or k in ("device", "state", "index"):
-                raise ValueError(f"bad constant label name {k!r}")
-            if not isinstance(v, str):
-                raise ValueError(f"constant label {k!r} must have a str value, got {v!r}")
-        if not callable(getattr(scheduler, "stats", None)):
-            raise TypeError(f"scheduler must have a stats() method, got {type(scheduler).__name__}")
-        self._scheduler = scheduler
+            raise ConfigError(f"prefix must be a Prometheus metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*), got {prefix!r}")
+        labels = _check_labels(labels)
+        _check_scheduler(scheduler)
         self._prefix = prefix
-        self._labels = labels
+        self._members: list[tuple[Any, dict[str, str]]] = [(scheduler, labels)]
         self._seen_states: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
-    # The registry calls describe() when the collector is registered, to detect name
-    # clashes; without it, it would call collect(). Returning nothing keeps registering
-    # cheap and lets new stats keys appear at any time.
+    @property
+    def prefix(self) -> str:
+        """The metric name prefix."""
+        return self._prefix
+
+    def add(self, scheduler: Any, labels: Mapping[str, str]) -> None:
+        """Scrape ``scheduler`` too, its samples labelled ``labels``.
+
+        Raises:
+            ConfigError: ``labels`` do not have the same names as those of the schedulers
+                already here, or the same values as one of them, or the scheduler is
+                already here.
+            TypeError: ``scheduler`` has no ``stats()``.
+        """
+        labels = _check_labels(labels)
+        _check_scheduler(scheduler)
+        with self._lock:
+            names = sorted(self._members[0][1])
+            if sorted(labels) != names:
+                raise ConfigError(
+                    f"labels {labels!r}: every scheduler of one registry and prefix needs the same label names "
+                    f"({names or 'none'}, as the first one registered) with its own values"
+                )
+            for other, other_labels in self._members:
+                if other is scheduler:
+                    raise ConfigError(f"this scheduler is already registered (labels {other_labels!r})")
+                if other_labels == labels:
+                    raise ConfigError(
+                        f"labels {labels!r} are already those of another registered scheduler: give each "
+                        "scheduler of one registry its own label values, e.g. labels={'scheduler': 'east'}"
+                    )
+            self._members.append((scheduler, labels))
+
+    # The registry calls describe() when the collector is registered, to refuse a second
+    # collector with the same metric names (which would give a scrape duplicate
+    # families). The names come from stats(), so describe() is one collect().
     def describe(self) -> Iterable[Metric]:
-        """Nothing: registering stays cheap and new ``stats()`` keys may appear later."""
-        return []
+        """The metric families of one ``stats()`` call (their names are what the
+        registry checks for clashes when the collector is registered)."""
+        return list(self.collect())
 
     def _doc(self, key: str, device: bool = False) -> str:
         d = _DOC.get(key)
         return d if d is not None else f"{'device ' if device else ''}stats()[{key!r}]"
 
     def collect(self) -> Iterator[Metric]:
-        """The metrics of one ``stats()`` call (the registry calls it at each scrape)."""
-        s = self._scheduler.stats()
+        """The metrics of one ``stats()`` call of each scheduler (the registry calls it
+        at each scrape), one family per name."""
+        with self._lock:
+            members = list(self._members)
+        merged: dict[str, Metric] = {}
+        for scheduler, labels in members:
+            for m in self._collect_one(scheduler, labels):
+                first = merged.get(m.name)
+                if first is None:
+                    merged[m.name] = m
+                else:
+                    first.samples.extend(m.samples)
+        yield from merged.values()
+
+    def _collect_one(self, scheduler: Any, labels: Mapping[str, str]) -> Iterator[Metric]:
+        s = scheduler.stats()
         p = self._prefix
-        cl = list(self._labels)
-        cv = list(self._labels.values())
+        cl = list(labels)
+        cv = list(labels.values())
         m: Metric  # each assignment below narrows it to the family it makes
 
         # -- scheduler-wide
@@ -291,6 +340,35 @@ class SchedulerCollector:
             yield families[name]
 
 
+def _check_labels(labels: Optional[Mapping[str, str]]) -> dict[str, str]:
+    if labels is not None and not isinstance(labels, Mapping):
+        raise ConfigError(f"labels must be a mapping of label names to str values, got {type(labels).__name__}")
+    out = dict(labels or {})
+    for k, v in out.items():
+        if not isinstance(k, str) or not _name_ok(k) or k.startswith("__") or k in ("device", "state", "index"):
+            raise ConfigError(f"bad constant label name {k!r}")
+        if not isinstance(v, str):
+            raise ConfigError(f"constant label {k!r} must have a str value, got {v!r}")
+    return out
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    if not callable(getattr(scheduler, "stats", None)):
+        raise TypeError(f"scheduler must have a stats() method, got {type(scheduler).__name__}")
+
+
+# The collector register() made for each (registry, prefix), so that a second scheduler
+# joins it instead of clashing with it. Weak: a registry that is dropped drops its entry.
+_REGISTERED: "weakref.WeakKeyDictionary[Any, dict[str, SchedulerCollector]]" = weakref.WeakKeyDictionary()
+_REGISTERED_LOCK = threading.Lock()
+
+
+def _still_registered(registry: Any, c: SchedulerCollector) -> bool:
+    # (prometheus-client keeps its collectors in a private dict; without it, assume so)
+    held = getattr(registry, "_collector_to_names", None)
+    return True if held is None else c in held
+
+
 def register(
     scheduler: Any,
     registry: Optional[CollectorRegistry] = None,
@@ -298,11 +376,41 @@ def register(
     prefix: str = "capsched",
     labels: Optional[Mapping[str, str]] = None,
 ) -> SchedulerCollector:
-    """Register a :class:`SchedulerCollector` for ``scheduler`` in ``registry`` (default:
-    prometheus-client's global ``REGISTRY``); returns it (``registry.unregister(c)``
-    removes it)."""
+    """Register ``scheduler``'s metrics in ``registry`` (default: prometheus-client's
+    global ``REGISTRY``); returns its :class:`SchedulerCollector` (``registry.unregister(c)``
+    removes it, with every scheduler in it).
+
+    A second scheduler registered in the same registry with the same prefix joins the
+    first one's collector (:meth:`SchedulerCollector.add`): give each the same label
+    names with its own values, e.g. ``labels={"scheduler": "east"}`` and ``{"scheduler":
+    "west"}``.
+
+    Raises:
+        ConfigError: a bad ``prefix`` or ``labels``; the scheduler is already registered
+            there; its labels clash with those already registered (other names, or
+            the same values); or the registry holds other metrics of these names.
+    """
+    reg = REGISTRY if registry is None else registry
     c = SchedulerCollector(scheduler, prefix=prefix, labels=labels)
-    (REGISTRY if registry is None else registry).register(c)
+    with _REGISTERED_LOCK:
+        try:
+            by_prefix = _REGISTERED.setdefault(reg, {})
+        except TypeError:  # (a registry that cannot be weakly referenced: no joining)
+            by_prefix = {}
+        first = by_prefix.get(prefix)
+        if first is not None and _still_registered(reg, first):
+            first.add(scheduler, dict(labels or {}))
+            return first
+        try:
+            reg.register(c)
+        except ValueError as exc:  # prometheus-client: "Duplicated timeseries in CollectorRegistry: {...}"
+            names = sorted(re.findall(r"'([^']+)'", str(exc)))
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise ConfigError(
+                f"cannot register the scheduler's metrics: the registry already holds metrics of these names "
+                f"({shown or exc}); use another prefix= or registry"
+            ) from exc
+        by_prefix[prefix] = c
     return c
 
 
