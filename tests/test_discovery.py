@@ -238,7 +238,7 @@ def test_nvml_init_failure_falls_back_to_nvidia_smi(monkeypatch):
         "--query-gpu=index,uuid,name,memory.total,clocks.sm,clocks.max.sm",
         "--format=csv,noheader,nounits",
     ]
-    assert kwargs["timeout"] > 0 and kwargs["capture_output"] and kwargs["text"]
+    assert kwargs["timeout"] > 0 and kwargs["capture_output"] and not kwargs.get("text")  # bytes, decoded as UTF-8
     h100, l4 = found
     assert [d.name for d in found] == ["cuda:0", "cuda:1"]
     assert (h100.uuid, h100.memory_total, h100.clock_sm_mhz, h100.clock_sm_max_mhz) == (
@@ -247,6 +247,34 @@ def test_nvml_init_failure_falls_back_to_nvidia_smi(monkeypatch):
     assert h100.source == "nvidia-smi" and h100.sm_count == 132 and not h100.mig_enabled
     assert l4.clock_sm_mhz is None and l4.clock_sm_max_mhz == 2040.0 and l4.spec.name == "L4"
     assert l4.to_device().effective_capacity == 121.0
+
+
+def test_nvidia_smi_output_that_is_not_utf8(monkeypatch):
+    # (text=True decoded by the locale inside subprocess.run and raised UnicodeDecodeError
+    # out of discover(), devices="auto" and `capsched devices`)
+    out = SMI_OUT.encode() + b"2, GPU-x, NVIDIA \xff\xfe Card, 1024, 100, 200\n" + b"\xff\xff, \x80, z, 1, 2, 3\n"
+    smi(monkeypatch, out)
+    found, reason = discover_with_reason()
+    assert reason.startswith("nvidia-smi found 3 GPU(s)")
+    assert [d.index for d in found] == [0, 1, 2]
+    assert found[2].model == "NVIDIA \ufffd\ufffd Card" and found[2].memory_total == 1024 * MIB
+
+
+def test_nvidia_smi_failure_message_that_is_not_utf8(monkeypatch):
+    smi(monkeypatch, b"", returncode=9, stderr=b"No devices \xff were found")
+    found, reason = discover_with_reason()
+    assert found == [] and reason.endswith("nvidia-smi failed (exit 9: No devices \ufffd were found)")
+
+
+def test_nvidia_smi_negative_values_are_not_taken(monkeypatch):
+    out = (
+        "-1, GPU-a, NVIDIA L4, 23034, 100, 2040\n"      # a negative index: the row is skipped
+        "0, GPU-b, NVIDIA L4, -23034, -100, -2040\n"    # negative figures: unknown
+    )
+    smi(monkeypatch, out)
+    (l4,) = discover()
+    assert l4.uuid == "GPU-b" and l4.memory_total == 0
+    assert l4.clock_sm_mhz is None and l4.clock_sm_max_mhz is None
 
 
 def test_no_pynvml_falls_back_to_nvidia_smi_with_cuda_visible_devices(monkeypatch):

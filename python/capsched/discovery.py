@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import math
 import os
 import re
 import shutil
@@ -32,7 +33,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Optional, cast
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 from .errors import CapschedError
 from .specs import AcceleratorSpec, UnknownAcceleratorError, lookup
@@ -404,16 +405,19 @@ def _nvidia_smi_gpus() -> tuple[list[_Gpu], str]:
         return [], "nvidia-smi is not on PATH"
     cmd = [exe, f"--query-gpu={NVIDIA_SMI_QUERY}", "--format=csv,noheader,nounits"]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=False)
+        # (bytes, decoded below: text=True decodes by the locale inside run() and raised
+        # UnicodeDecodeError on output that is not valid in it)
+        proc = subprocess.run(cmd, capture_output=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
         return [], f"nvidia-smi did not answer within {NVIDIA_SMI_TIMEOUT_S:g} s"
     except (OSError, subprocess.SubprocessError) as exc:
         return [], f"nvidia-smi could not run ({_describe(exc)})"
+    stdout, stderr = _text(proc.stdout), _text(proc.stderr)
     if proc.returncode != 0:
-        msg = (proc.stderr or proc.stdout or "").strip().splitlines()
+        msg = (stderr or stdout).strip().splitlines()
         return [], f"nvidia-smi failed (exit {proc.returncode}{': ' + msg[0] if msg else ''})"
     gpus = []
-    for row in csv.reader((proc.stdout or "").splitlines(), skipinitialspace=True):
+    for row in csv.reader(stdout.splitlines(), skipinitialspace=True):
         if not row or not "".join(row).strip():
             continue
         if len(row) != 6:
@@ -441,13 +445,22 @@ def _nvidia_smi_gpus() -> tuple[list[_Gpu], str]:
     return gpus, ""
 
 
+def _text(out: Union[bytes, str, None]) -> str:
+    """nvidia-smi's output as text: UTF-8, with anything that is not replaced (a model
+    name may come out garbled; a number that does not parse makes its row skipped)."""
+    if out is None:
+        return ""
+    return out.decode("utf-8", "replace") if isinstance(out, (bytes, bytearray)) else str(out)
+
+
 def _number(text: str) -> Optional[float]:
-    """A number from nvidia-smi's CSV, or None for "[N/A]", "[Not Supported]" and the like."""
+    """A number from nvidia-smi's CSV, or None for "[N/A]", "[Not Supported]" and the
+    like, and for a negative or non-finite value (no field it is asked for can be one)."""
     try:
         v = float(text)
     except ValueError:
         return None
-    return v if v == v and v not in (float("inf"), float("-inf")) else None
+    return v if math.isfinite(v) and v >= 0 else None
 
 
 def _apply_visible(gpus: list[_Gpu], cvd: Optional[str]) -> list[DiscoveredDevice]:
