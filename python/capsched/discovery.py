@@ -33,7 +33,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Optional, Union, cast
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 from .errors import CapschedError
 from .specs import AcceleratorSpec, UnknownAcceleratorError, lookup
@@ -312,6 +312,10 @@ def _describe(exc: BaseException) -> str:
 
 
 def _text(value: Any) -> str:
+    """Text from NVML or nvidia-smi: bytes as UTF-8, with anything that is not replaced
+    (a name may come out garbled; a number that does not parse makes its row skipped)."""
+    if value is None:
+        return ""
     return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
@@ -443,14 +447,6 @@ def _nvidia_smi_gpus() -> tuple[list[_Gpu], str]:
     if not gpus:
         return [], "nvidia-smi listed no GPU"
     return gpus, ""
-
-
-def _text(out: Union[bytes, str, None]) -> str:
-    """nvidia-smi's output as text: UTF-8, with anything that is not replaced (a model
-    name may come out garbled; a number that does not parse makes its row skipped)."""
-    if out is None:
-        return ""
-    return out.decode("utf-8", "replace") if isinstance(out, (bytes, bytearray)) else str(out)
 
 
 def _number(text: str) -> Optional[float]:
