@@ -15,6 +15,7 @@ from capsched.cli import main
 from capsched.errors import ConfigError, DependencyError
 from capsched.jobs import (
     MAX_SHARDS,
+    MAX_TIME,
     JobCycleError,
     JobFileError,
     JobRunner,
@@ -106,9 +107,9 @@ BAD_TASKS = [
     ('{"task_id": "a", "prompt_tokens": 1, "priority": 2}', "priority", "[0, 1]"),
     ('{"task_id": "a", "prompt_tokens": 1, "priority": NaN}', "priority", "finite"),
     ('{"task_id": "a", "prompt_tokens": 1, "schedule_time": Infinity}', "schedule_time", "finite"),
-    ('{"task_id": "a", "prompt_tokens": 1, "schedule_time": -1}', "schedule_time", "must be >= 0"),
+    ('{"task_id": "a", "prompt_tokens": 1, "schedule_time": -1}', "schedule_time", "must be in [0, 1e+15], got -1"),
     ('{"task_id": "a", "prompt_tokens": 1, "deadline": 1e400}', "deadline", "finite"),
-    ('{"task_id": "a", "prompt_tokens": 1, "duration_estimate": -0.5}', "duration_estimate", "must be >= 0"),
+    ('{"task_id": "a", "prompt_tokens": 1, "duration_estimate": -0.5}', "duration_estimate", "must be in [0, 1e+15], got -0.5"),
     ('{"task_id": "a", "prompt_tokens": 1, "shards": 0}', "shards", "1..1,024"),
     ('{"task_id": "a", "prompt_tokens": 1, "shards": 2000}', "shards", "1..1,024"),
     ('{"task_id": "a", "prompt_tokens": 1, "depends_on": "b"}', "depends_on", "must be a list"),
@@ -524,6 +525,49 @@ def test_cli_bad_file_exits_2_with_the_error(tmp_path, capsys, action):
     with pytest.raises(SystemExit) as exc:
         main(["jobs", action, str(tmp_path / "nope.json")], out=io.StringIO())
     assert exc.value.code == 2 and "cannot read the file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ["validate", "submit"])
+@pytest.mark.parametrize("field", ["schedule_time", "deadline", "duration_estimate"])
+def test_times_beyond_the_clock_are_refused_by_validate_as_by_submit(tmp_path, capsys, action, field):
+    # (schedule_time 1e16 passed validate, then submit failed in the scheduler's clock)
+    p = _json(tmp_path, [{"task_id": "a", "prompt_tokens": 5, field: 1e16}])
+    with pytest.raises(SystemExit) as exc:
+        main(["jobs", action, str(p)], out=io.StringIO())
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"field '{field}': must be in [0, 1e+15], got 1e+16" in err
+    assert MAX_TIME == 1e15
+    ok = _json(tmp_path, [{"task_id": "a", "prompt_tokens": 5, field: 1e15}], name="ok.json")
+    assert read_job(ok)[0].task_id == "a"
+
+
+@pytest.mark.parametrize("action", ["validate", "submit"])
+@pytest.mark.parametrize("name, text", [("e.json", "[]"), ("o.json", '{"tasks": []}'), ("e.jsonl", ""),
+                                        ("b.jsonl", "\n\n")])
+def test_a_job_of_no_tasks_is_refused(tmp_path, capsys, action, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    assert read_job(p) == []  # (reading is fine: a job of nothing is the loader's concern)
+    with pytest.raises(JobFileError, match="the job has no tasks"):
+        load_job(p)
+    with pytest.raises(SystemExit) as exc:
+        main(["jobs", action, str(p)], out=io.StringIO())
+    assert exc.value.code == 2 and f"{name}: the job has no tasks" in capsys.readouterr().err
+
+
+def test_cli_json_is_strict_at_the_largest_times(tmp_path, capsys):
+    # The longest chain of the largest durations: still finite, and written as strict
+    # JSON (json.dump would have written Infinity for a time that overflowed).
+    tasks = [{"task_id": f"t{i}", "prompt_tokens": 5, "schedule_time": 1e15, "duration_estimate": 1e15,
+              **({"depends_on": [f"t{i - 1}"]} if i else {})} for i in range(50)]
+    p = _json(tmp_path, tasks)
+    code, out, _ = _run(["jobs", "validate", str(p), "--json"], capsys)
+
+    def refuse(c):
+        raise AssertionError(f"not strict JSON: {c}")
+
+    d = json.loads(out, parse_constant=refuse)
+    assert code == 0 and d["critical_path"] == pytest.approx(51e15)
 
 
 def test_example_job_file_is_valid():

@@ -326,16 +326,19 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
                 "depends_on": list(by_id[tid].depends_on),
                 "schedule_time": by_id[tid].schedule_time,
                 "duration_estimate": by_id[tid].duration_estimate,
-                "earliest_finish": ef[tid],
+                "earliest_finish": fin(ef[tid]),
                 "latest_finish": fin(lf),
                 "latest_start": fin(lf - by_id[tid].duration_estimate),
             }
             for tid, lf in latest.items()
         ]
         critical = max(ef.values(), default=0.0)
-        late = [r["task_id"] for r in rows_d if r["latest_finish"] is not None and r["earliest_finish"] > r["latest_finish"]]
+        late = [tid for tid, lf in latest.items() if ef[tid] > lf]
         if args.json:
-            json.dump({"file": args.file, "tasks": rows_d, "critical_path": critical, "infeasible": late}, out, indent=2)
+            # (strict JSON: a time that is not finite is null; none is with MAX_TIME, but
+            # json.dump would write Infinity, which JSON parsers refuse)
+            json.dump({"file": args.file, "tasks": rows_d, "critical_path": fin(critical), "infeasible": late}, out,
+                      indent=2, allow_nan=False)
             print(file=out)
             return 0
         rows = [["#", "task_id", "depends_on", "not before", "duration", "latest start", "latest finish"]]
@@ -367,7 +370,7 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
     except (ConfigError, DependencyError, InvalidArgumentError) as exc:
         parser.error(str(exc))
     if args.json:
-        json.dump({"file": args.file, **run.to_dict()}, out, indent=2)
+        json.dump({"file": args.file, **run.to_dict()}, out, indent=2, allow_nan=False)
         print(file=out)
         return 0
     rows = [["task_id", "status", "device", "submitted", "start", "end", "latest finish", "note"]]

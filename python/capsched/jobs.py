@@ -19,12 +19,12 @@ other field is an error):
 ``max_new_tokens`` (int)      1..10,000,000, default 256
 ``priority`` (number)         0..1, default 0.5
 ``schedule_time`` (number)    not before this time (seconds on the scheduler's clock,
-                              >= 0); default: at once
+                              0..1e15, the clock's range); default: at once
 ``depends_on`` (list of str)  task_ids that must complete first (at most 1,024, after
                               shard expansion; no duplicates, not itself)
 ``deadline`` (number)         absolute latest finish (seconds on the scheduler's clock,
-                              >= 0)
-``duration_estimate`` (num.)  expected seconds to run (>= 0, default 0), for deadline
+                              0..1e15)
+``duration_estimate`` (num.)  expected seconds to run (0..1e15, default 0), for deadline
                               propagation
 ``shards`` (int)              1..1,024, default 1: run as that many parallel sub-tasks
 ``tenant``, ``request_class`` passed to :class:`capsched.InferenceRequest`
@@ -78,6 +78,7 @@ __all__ = [
     "topological_order",
     "propagate_deadlines",
     "MAX_TASKS",
+    "MAX_TIME",
     "MAX_JOB_FILE_BYTES",
     "MAX_SHARDS",
     "MAX_TASK_ID_LENGTH",
@@ -93,6 +94,10 @@ __all__ = [
 MAX_JOB_FILE_BYTES = 256 * 2**20
 #: Most tasks in one job, after shard expansion.
 MAX_TASKS = 1_000_000
+#: The largest ``schedule_time``, ``deadline`` and ``duration_estimate``: the scheduler's
+#: clock takes times within +-1e15 s, so a later one could pass validation and then fail
+#: the submit.
+MAX_TIME = 1e15
 #: Most shards of one task.
 MAX_SHARDS = 1024
 #: Longest task_id.
@@ -342,9 +347,9 @@ def _task_from_dict(d: Any, line: Optional[int], index: Optional[int]) -> Task:
             raise _FieldError("payload", f"is about {prompt_tokens:,} tokens (limit {MAX_TOKENS:,})")
     max_new = _int_field(d, "max_new_tokens", 1, MAX_TOKENS, 256)
     priority = _real_field(d, "priority", 0.0, 1.0, 0.5)
-    schedule_time = _real_field(d, "schedule_time", 0.0, math.inf, None)
-    deadline = _real_field(d, "deadline", 0.0, math.inf, None)
-    duration = _real_field(d, "duration_estimate", 0.0, math.inf, 0.0)
+    schedule_time = _real_field(d, "schedule_time", 0.0, MAX_TIME, None)
+    deadline = _real_field(d, "deadline", 0.0, MAX_TIME, None)
+    duration = _real_field(d, "duration_estimate", 0.0, MAX_TIME, 0.0)
     shards = _int_field(d, "shards", 1, MAX_SHARDS, 1)
     deps: tuple[str, ...] = ()
     if "depends_on" in d:
@@ -568,8 +573,15 @@ def read_job(path: Union[str, "os.PathLike[str]"], *, format: Optional[str] = No
 
 def load_job(path: Union[str, "os.PathLike[str]"], *, format: Optional[str] = None) -> list[Task]:
     """:func:`read_job` then :func:`expand_shards`, checking for cycles
-    (:class:`JobCycleError`)."""
+    (:class:`JobCycleError`).
+
+    Raises:
+        JobFileError: as :func:`read_job`, and for a file that holds no task (a job of
+            nothing is a mistake: an empty list, object or file).
+    """
     tasks = read_job(path, format=format)
+    if not tasks:
+        raise JobFileError("the job has no tasks", path=os.fspath(path))
     try:
         topological_order(tasks)
     except JobCycleError as exc:
