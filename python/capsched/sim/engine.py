@@ -90,11 +90,12 @@ def _interval_problem(start: object, duration: object, scale: object = 1.0) -> O
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             return f"{name} must be a number, got {v!r}"
     assert isinstance(start, numbers.Real) and isinstance(duration, numbers.Real) and isinstance(scale, numbers.Real)
-    if not (math.isfinite(start) and start >= 0 and math.isfinite(duration) and duration > 0):
+    s, d, c = float(start), float(duration), float(scale)
+    if not (math.isfinite(s) and s >= 0 and math.isfinite(d) and d > 0):
         return "START must be >= 0 and DURATION > 0 (seconds)"
-    if not math.isfinite(float(start) + float(duration)):
+    if not math.isfinite(s + d):
         return "START + DURATION must be a finite time"
-    if not (0 < scale <= 1):
+    if not (0 < c <= 1):
         return "CLOCK_SCALE must be in (0, 1]"
     return None
 
@@ -169,7 +170,7 @@ def _parse_interval(text: str, what: str, scale: bool) -> tuple[str, float, floa
 
 def check_seed(seed: object) -> int:
     """``seed`` as an int; raises :class:`ConfigError` unless it is an integer >= 0."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     return int(seed)
 
@@ -177,7 +178,7 @@ def check_seed(seed: object) -> int:
 def check_max_retries(value: object) -> int:
     """``max_retries`` as an int; raises :class:`ConfigError` unless it is an integer in
     0..1000 (``Config.max_retries``'s range)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= 1000:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) <= 1000:
         raise ConfigError(f"max_retries must be an integer in 0..1000, got {value!r}")
     return int(value)
 
@@ -199,7 +200,7 @@ def check_restart_at(restart_at: object) -> Optional[float]:
     """``restart_at``: None or a finite time in seconds >= 0."""
     if restart_at is not None and not (
         isinstance(restart_at, numbers.Real) and not isinstance(restart_at, bool) and math.isfinite(restart_at)
-        and restart_at >= 0
+        and float(restart_at) >= 0
     ):
         raise ConfigError(f"restart_at must be a time in seconds >= 0, got {restart_at!r}")
     return None if restart_at is None else float(restart_at)
@@ -207,7 +208,7 @@ def check_restart_at(restart_at: object) -> Optional[float]:
 
 def check_chain(chain: object) -> int:
     """``chain``: an integer in 1..1000."""
-    if isinstance(chain, bool) or not isinstance(chain, numbers.Integral) or not 1 <= chain <= 1000:
+    if isinstance(chain, bool) or not isinstance(chain, numbers.Integral) or not 1 <= int(chain) <= 1000:
         raise ConfigError(f"chain must be an integer in 1..1000, got {chain!r}")
     return int(chain)
 
