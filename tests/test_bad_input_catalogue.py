@@ -674,6 +674,24 @@ def _rows() -> list[Row]:
     add(R(g, "`parse_tasks(data)`", "not a list", lambda c: parse_tasks("tasks"), JobFileError, "got a string",
           "none"))
 
+    g = "Simulator (capsched.sim)"
+    from capsched.sim import gamma_bursty, parse_fleet, simulate
+    from capsched.sim.fleet import DEFAULT_FLEET
+    from capsched.sim.workload import LognormalLengths, poisson
+
+    for entry, bad, call, exc, match in [
+        ("`parse_fleet(text)`", "100,000,000 devices", lambda: parse_fleet("L4:100000000"), ConfigError,
+         r"100,000,000 devices in all \(L4:100000000\), more than the Scheduler's limit of 65,536"),
+        ("`gamma_bursty(rate, cv)`", "cv 1e-200 (the gamma shape overflows)", lambda: gamma_bursty(10.0, 1e-200, n=5),
+         InvalidArgumentError, r"cv must be in \[1e-06, 10000\].*got 1e-200"),
+        ("`LognormalLengths(prompt_mean)`", "a mean of 1e30 tokens", lambda: LognormalLengths(1e30),
+         InvalidArgumentError, r"prompt_mean must be at most MAX_TOKENS \(10,000,000\), got 1e\+30"),
+        ("`simulate(devices, workload, policy, seed=)`", "seed -1",
+         lambda: simulate(DEFAULT_FLEET.build(500.0, 100.0), poisson(1.0, n=2), "capsched", seed=-1), ConfigError,
+         r"seed must be an integer >= 0, got -1"),
+    ]:
+        add(R(g, entry, bad, lambda c, call=call: call(), exc, match, "none"))
+
     g = "Command line"
     for bad, argv, match in [
         ("a job file with a cycle", ("jobs", "validate", "cycle.json"), r"dependency cycle: a -> c -> b -> a"),
@@ -684,6 +702,8 @@ def _rows() -> list[Row]:
         ("a negative --load", ("simulate", "--load", "-1"), r"--load: each load must be a number > 0.*'-1'"),
         ("--requests 1", ("simulate", "--requests", "1"), "--requests must be >= 2, got 1"),
         ("--seed not an integer", ("simulate", "--seed", "x"), "invalid int value: 'x'"),
+        ("a gamma trace with cv 1e200", ("simulate", "--trace", "gamma:1e200"), r"cv must be in \[1e-06, 10000\]"),
+        ("--out ''", ("simulate", "--out", ""), "--out"),
         ("an unknown subcommand", ("launch",), "invalid choice: 'launch'"),
     ]:
         add(R(g, "`capsched " + " ".join(argv[:2] if argv[0] == "jobs" else argv[:1]) + "`", bad,
@@ -844,12 +864,12 @@ def test_the_snapshot_sees_a_change(tmp_path: Path) -> None:
 
 def test_the_catalogue_covers_every_group_and_entry_point() -> None:
     groups = {r.group for r in CATALOGUE}
-    assert len(groups) == 12
+    assert len(groups) == 13
     entries = " ".join(r.entry for r in CATALOGUE)
     for name in ("Scheduler(", "Config(", "from_toml", "from_env", "InferenceRequest(", "submit(", "submit_many(",
                  "step(", "complete(", "complete_many(", "fail(", "cancel(", "set_clock(", "set_pressure(",
                  "restore(", "journal=", "checkpoint(", "load_job(", "JobRunner(", "capsched jobs",
-                 "capsched simulate"):
+                 "capsched simulate", "parse_fleet(", "simulate(devices"):
         assert name in entries, name
     bad = " ".join(r.bad for r in CATALOGUE)
     for word in ("NaN", "inf", "negative", "huge", "string", "unknown", "duplicate", "cycle", "truncated",
