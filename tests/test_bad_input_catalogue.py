@@ -31,9 +31,7 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +40,6 @@ from typing import Any, Optional
 import numpy as np
 import pytest
 
-import capsched
 from capsched import Config, Device, InferenceRequest, Scheduler
 from capsched.checkpoint import _canonical, _encode
 from capsched.config import SchedulerConfig
