@@ -21,7 +21,7 @@ from capsched.sim.engine import (
     parse_slowdown,
     simulate,
 )
-from capsched.sim.metrics import goodput, summarize
+from capsched.sim.metrics import goodput
 from capsched.sim.policies import POLICIES, RoundRobin, parse_policies
 from capsched.sim.run import SimConfig, run_experiment
 from capsched.sim.workload import FixedLengths, Workload, builtin_trace, poisson

@@ -32,7 +32,7 @@ import queue
 import random
 import threading
 from collections import Counter
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -41,7 +41,6 @@ from capsched import Config, Device, InferenceRequest, Scheduler
 from capsched.errors import (
     DependencyError,
     InvalidArgumentError,
-    InvalidRequestError,
     QueueFullError,
     RequestStateError,
     UnknownRequestError,

@@ -18,7 +18,6 @@ from typing import Optional
 import numpy as np
 import pytest
 
-import capsched
 from capsched import Config, InferenceRequest, Scheduler
 from capsched.errors import CheckpointError, ConfigError, InvalidArgumentError, QueueFullError
 
