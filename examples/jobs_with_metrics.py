@@ -15,14 +15,16 @@ import heapq
 import time
 from pathlib import Path
 
-from capsched import Scheduler
-from capsched.jobs import JobRunner, load_job
-from capsched.metrics import RequestTimer, register
-
+# prometheus-client first: capsched.metrics needs it too, and without it this guard's
+# one-line message is what should be said (not capsched.metrics' ImportError traceback).
 try:
     from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 except ImportError:  # pragma: no cover
-    raise SystemExit('this example needs prometheus-client: pip install "capsched[metrics]"')
+    raise SystemExit('this example needs prometheus-client: pip install "capsched[metrics]"') from None
+
+from capsched import Scheduler
+from capsched.jobs import JobRunner, load_job
+from capsched.metrics import RequestTimer, register
 
 
 def main() -> None:

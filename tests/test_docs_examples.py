@@ -211,3 +211,22 @@ def test_every_exported_metric_is_in_operations_md() -> None:
         if f"`{name}`" not in text:
             missing.append(name)
     assert missing == [], f"metrics exported but not described in docs/operations.md: {missing}"
+
+
+def test_metrics_example_without_prometheus_client_says_what_to_install(tmp_path: Path) -> None:
+    # examples/jobs_with_metrics.py guards its prometheus-client import with a one-line
+    # message; capsched.metrics (which needs it too) must not be imported before the guard,
+    # or a missing prometheus-client is an ImportError traceback instead.
+    import os
+    import subprocess
+
+    shadow = tmp_path / "prometheus_client"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text('raise ImportError("No module named \'prometheus_client\'")\n')
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "jobs_with_metrics.py")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == 'this example needs prometheus-client: pip install "capsched[metrics]"'
