@@ -14,6 +14,7 @@ import collections
 import importlib
 import logging
 import random
+import re
 import sys
 import tempfile
 import time
@@ -254,6 +255,26 @@ def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
         ray_serve.request_router_config()
     with pytest.raises(AttributeError, match="NoSuchThing"):
         ray_serve.NoSuchThing  # noqa: B018
+
+
+def test_request_router_config_checks_its_fields_before_importing_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Checked without Ray: a bad value or an unknown field is a ConfigError naming it
+    # (an unknown field was dropped by Ray's RequestRouterConfig, a str seed accepted).
+    def no_ray() -> None:
+        raise AssertionError("Ray imported before the fields were checked")
+
+    monkeypatch.setattr(ray_serve, "_import_ray", no_ray)
+    with pytest.raises(ConfigError, match=r"seed must be an int or None, got 'x'"):
+        ray_serve.request_router_config(seed="x")
+    with pytest.raises(ConfigError, match=r"seed must be an int or None, got True"):
+        ray_serve.request_router_config(seed=True)
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['backof_multiplier', 'request_router_kwargs'\]"):
+        ray_serve.request_router_config(backof_multiplier=2.0, request_router_kwargs={})
+    for bad in (0, -1.0, float("nan"), float("inf"), "1", True, None):
+        with pytest.raises(ConfigError, match=rf"stats_period_s must be a finite number > 0, got {re.escape(repr(bad))}"):
+            ray_serve.request_router_config(stats_period_s=bad)
+    with pytest.raises(ConfigError, match=r"max_backoff_s must be a finite number > 0, got '0.5'"):
+        ray_serve.request_router_config(max_backoff_s="0.5")
 
 
 # --------------------------------------------------------------------------- with Ray

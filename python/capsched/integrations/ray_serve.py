@@ -520,6 +520,12 @@ def _router() -> type:
         return _router_class
 
 
+#: The ``RequestRouterConfig`` fields that :func:`request_router_config` passes on as
+#: given (it sets the router's class, kwargs and stats period itself).
+_ROUTER_CONFIG_FIELDS = ("request_routing_stats_timeout_s", "initial_backoff_s", "backoff_multiplier",
+                         "max_backoff_s")
+
+
 def request_router_config(*, seed: Optional[int] = None, stats_period_s: float = 1.0, **kwargs: Any) -> Any:
     """A ``ray.serve.config.RequestRouterConfig`` that routes with
     :class:`CapschedRequestRouter`; pass it as ``@serve.deployment(request_router_config=...)``.
@@ -529,11 +535,27 @@ def request_router_config(*, seed: Optional[int] = None, stats_period_s: float =
         stats_period_s: how often Serve asks each replica for its routing stats (Ray's
             default is 10 s; capacity rarely changes, but the measured utilization is only
             as fresh as this).
-        kwargs: further ``RequestRouterConfig`` fields (backoff settings).
+        kwargs: further ``RequestRouterConfig`` fields: ``request_routing_stats_timeout_s``,
+            ``initial_backoff_s``, ``backoff_multiplier``, ``max_backoff_s`` (each a
+            finite number > 0).
 
     Raises:
+        ConfigError: ``seed`` is not an int or None, a number is not finite and > 0, or
+            a keyword is none of the above (the message names it); checked before Ray
+            is imported.
         ImportError: Ray Serve is not installed (the message says how to install it).
     """
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"request_router_config: seed must be an int or None, got {seed!r}")
+    unknown = sorted(k for k in kwargs if k not in _ROUTER_CONFIG_FIELDS)
+    if unknown:
+        raise ConfigError(f"request_router_config: unknown field(s) {unknown!r}; expected 'seed', "
+                          f"'stats_period_s' or one of {list(_ROUTER_CONFIG_FIELDS)!r}")
+    for name, value in (("stats_period_s", stats_period_s), *kwargs.items()):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            math.isfinite(float(value)) and float(value) > 0
+        ):
+            raise ConfigError(f"request_router_config: {name} must be a finite number > 0, got {value!r}")
     _import_ray()
     from ray.serve.config import RequestRouterConfig
 
