@@ -643,3 +643,36 @@ def test_serve_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
             main(argv)
         assert info.value.code == 2
         assert fragment in capsys.readouterr().err
+
+
+def test_serve_cli_refuses_unusable_daemon_sockets_in_one_line(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    # Each was a traceback: bind() of a socket in a missing directory or with a path over
+    # AF_UNIX's limit, and a front end whose daemon is not there (uvicorn's failed startup).
+    import os
+
+    from capsched.cli import main
+    from capsched.server.daemon import MAX_SOCKET_PATH, RemoteFleet
+
+    missing = str(tmp_path / "no-such-dir" / "fleet.sock")
+    long_path = str(tmp_path / ("s" * (MAX_SOCKET_PATH + 1 - len(str(tmp_path)))))
+    stale = str(tmp_path / "stale.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(stale)  # a socket file nobody listens on
+        cases = [(["serve", "--daemon", missing], [repr(missing), "does not exist"]),
+                 (["serve", "--daemon", long_path], [repr(long_path), f"at most {MAX_SOCKET_PATH} bytes"]),
+                 (["serve", "--remote", missing, "--port", "0"], [repr(missing), "does not answer", "no such socket"]),
+                 (["serve", "--remote", stale, "--port", "0"], [repr(stale), "does not answer", "connection refused"]),
+                 (["serve", "--remote", long_path, "--port", "0"], [repr(long_path), "bytes long"])]
+        for argv, fragments in cases:
+            with pytest.raises(SystemExit) as info:
+                main(argv)
+            assert info.value.code == 2, argv
+            err = capsys.readouterr().err
+            assert "Traceback" not in err
+            last = err.strip().splitlines()[-1]
+            assert last.startswith("capsched serve: error: "), err
+            for fragment in fragments:
+                assert fragment in last, (argv, last)
+    assert not os.path.exists(os.path.dirname(missing))
+    with pytest.raises(ConfigError, match="bytes long"):
+        RemoteFleet(long_path)

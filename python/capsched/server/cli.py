@@ -141,8 +141,9 @@ def run_serve(args: argparse.Namespace, out: TextIO) -> int:
         keys = _api_keys(args)
         backend: Any
         if args.remote is not None:
-            from .daemon import RemoteFleet
+            from .daemon import RemoteFleet, check_daemon
 
+            check_daemon(args.remote)  # a missing daemon is one line, not uvicorn's startup traceback
             backend = RemoteFleet(args.remote)
         else:
             backend = _engine(args)

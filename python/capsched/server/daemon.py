@@ -45,6 +45,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 from collections.abc import AsyncIterator
 from typing import Any, Optional
 
@@ -53,13 +54,52 @@ from .engine import FleetEngine, JobStream
 from .errors import APIError
 from .protocol import ErrorEvent, Event, JobSpec, TokenEvent, event_from_dict
 
-__all__ = ["FleetDaemon", "RemoteFleet", "RemoteStream", "PROTOCOL_VERSION", "MAX_LINE"]
+__all__ = ["FleetDaemon", "RemoteFleet", "RemoteStream", "PROTOCOL_VERSION", "MAX_LINE", "MAX_SOCKET_PATH",
+           "check_daemon"]
 
 log = logging.getLogger("capsched.server.daemon")
 
 PROTOCOL_VERSION = 1
 #: Longest line either side accepts (bytes); a longer one closes the connection.
 MAX_LINE = 16 << 20
+
+
+#: Longest Unix socket path (bytes): ``sun_path`` less its terminating NUL (107 on Linux,
+#: 103 on macOS and the BSDs).
+MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
+
+
+def _check_path_length(path: str) -> None:
+    n = len(os.fsencode(path))
+    if n > MAX_SOCKET_PATH:
+        raise ConfigError(f"socket path {path!r} is {n} bytes long; a Unix socket's path can be at most "
+                          f"{MAX_SOCKET_PATH} bytes")
+
+
+def check_daemon(path: str) -> None:
+    """Check that a fleet daemon listens on the Unix socket ``path`` (a front end calls
+    this before it starts, so that a missing daemon is one clear error).
+
+    Raises:
+        ConfigError: the path is too long, nothing is there, or nothing listens there
+            (the message names the path).
+    """
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"the daemon's socket path must be a non-empty str, got {path!r}")
+    _check_path_length(path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except FileNotFoundError:
+        raise ConfigError(f"the fleet daemon at {path!r} does not answer: no such socket "
+                          f"(start one with: capsched serve --daemon {path})") from None
+    except ConnectionRefusedError:
+        raise ConfigError(f"the fleet daemon at {path!r} does not answer: connection refused "
+                          "(a stale socket of a daemon that is gone?)") from None
+    except OSError as exc:
+        raise ConfigError(f"the fleet daemon at {path!r} does not answer: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
 
 
 def _line(obj: Any) -> bytes:
@@ -89,7 +129,17 @@ class FleetDaemon:
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Start the engine and listen on the socket (mode 0600)."""
+        """Start the engine and listen on the socket (mode 0600).
+
+        Raises:
+            ConfigError: the path is longer than :data:`MAX_SOCKET_PATH` bytes, its
+                directory does not exist, it is not a socket, a live daemon listens there,
+                or the socket cannot be created (the message names the path).
+        """
+        _check_path_length(self.path)
+        parent = os.path.dirname(self.path) or "."
+        if not os.path.isdir(parent):
+            raise ConfigError(f"cannot listen on {self.path!r}: directory {parent!r} does not exist")
         if os.path.exists(self.path):
             if not stat.S_ISSOCK(os.stat(self.path).st_mode):
                 raise ConfigError(f"{self.path!r} exists and is not a socket")
@@ -106,6 +156,9 @@ class FleetDaemon:
         old = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(self._serve, self.path, limit=MAX_LINE)
+        except OSError as exc:
+            await self.engine.close()
+            raise ConfigError(f"cannot listen on {self.path!r}: {exc.strerror or exc}") from None
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -256,11 +309,16 @@ class RemoteFleet:
 
     Args:
         path: the daemon's socket.
+
+    Raises:
+        ConfigError: ``path`` is not a non-empty str or is longer than
+            :data:`MAX_SOCKET_PATH` bytes.
     """
 
     def __init__(self, path: str) -> None:
         if not isinstance(path, str) or not path:
             raise ConfigError(f"the daemon's socket path must be a non-empty str, got {path!r}")
+        _check_path_length(path)
         self.path = path
         self._reader: Optional[asyncio.StreamReader] = None
         self._writer: Optional[asyncio.StreamWriter] = None
