@@ -676,3 +676,52 @@ def test_serve_cli_refuses_unusable_daemon_sockets_in_one_line(tmp_path: Any, ca
     assert not os.path.exists(os.path.dirname(missing))
     with pytest.raises(ConfigError, match="bytes long"):
         RemoteFleet(long_path)
+
+
+def _formats_toml_blocks() -> list[tuple[str, str]]:
+    """``(the paragraph before it, code)`` of each ```toml block of docs/formats.md."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "formats.md").read_text(encoding="utf-8")
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"((?:[^\n]+\n)+)\n```toml\n(.*?)```", text, re.S)]
+
+
+def test_serve_scheduler_config_loads_the_docs_example(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    # docs/formats.md: the SchedulerConfig example (policy, max_batch_size, devices) was
+    # refused by capsched serve with "unknown config key(s)" and nothing said why; its
+    # serve example (Config keys under [scheduler], or at the top level) loads.
+    from capsched.cli import build_parser, main
+    from capsched.config import SchedulerConfig
+    from capsched.server.cli import _engine
+
+    blocks = _formats_toml_blocks()
+    serve = [code for before, code in blocks if "capsched serve --scheduler-config" in before]
+    general = [code for before, code in blocks if "[[scheduler.devices]]" in code]
+    assert len(serve) == 1 and len(general) == 1
+    example = tmp_path / "serve.toml"
+    example.write_text(serve[0])
+    top_level = tmp_path / "top.toml"
+    top_level.write_text(serve[0].replace("[scheduler]\n", ""))
+    for path in (example, top_level):
+        args = build_parser().parse_args(["serve", "--scheduler-config", str(path)])
+        config = _engine(args).scheduler.config
+        assert (config.max_retries, config.max_queued, config.max_queued_per_tenant) == (5, 10000, 2000)
+
+    sched_file = tmp_path / "sched.toml"
+    sched_file.write_text(general[0])
+    assert SchedulerConfig.from_toml(sched_file).policy == "edf"  # the general example is a SchedulerConfig
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--scheduler-config", str(sched_file)])
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert repr(str(sched_file)) in last
+    assert "['devices', 'max_batch_size', 'policy']" in last
+    for flag in ("--fleet", "--max-batch-size", "--policy"):
+        assert flag in last
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[scheduler]\nmax_retries = -1\n")
+    with pytest.raises(SystemExit):
+        main(["serve", "--scheduler-config", str(bad)])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert repr(str(bad)) in last and "max_retries" in last and "-1" in last

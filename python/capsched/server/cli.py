@@ -18,6 +18,7 @@ import asyncio
 import json
 import signal
 import socket
+import sys
 from typing import Any, Optional, TextIO
 
 from ..errors import ConfigError
@@ -46,7 +47,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     fleet.add_argument("--max-batch-size", type=int, default=8, help="requests per batch (default 8)")
     fleet.add_argument("--inflight-batches", type=int, default=1, help="batches each device runs at once (default 1)")
     fleet.add_argument("--scheduler-config", metavar="TOML", default=None,
-                       help="capsched Config tunables (the [scheduler] table of a TOML file)")
+                       help="capsched Config tunables: the [scheduler] table of a TOML file, or its top-level "
+                            "keys (not policy, max_batch_size or devices: --policy, --max-batch-size, --fleet)")
     http = p.add_argument_group("HTTP (not with --daemon)")
     http.add_argument("--api-key", action="append", default=[], metavar="KEY=TENANT",
                       help="accept this API key, for this tenant (repeatable); none: no key needed")
@@ -77,11 +79,47 @@ def _api_keys(args: argparse.Namespace) -> dict[str, str]:
     return keys
 
 
-def _engine(args: argparse.Namespace) -> Any:
+#: SchedulerConfig keys that capsched serve takes from its flags, not --scheduler-config.
+_FLAG_KEYS = {
+    "policy": "set it with --policy",
+    "max_batch_size": "set it with --max-batch-size",
+    "devices": "the fleet is --fleet",
+    "enable_dynamic_batching": "capsched serve always batches dynamically",
+}
+
+
+def _scheduler_config(path: str) -> Any:
+    """``Config.from_toml(path)``; a file that sets one of :data:`_FLAG_KEYS` (a
+    ``SchedulerConfig`` file) is refused naming the key and the flag to use instead."""
     from ..config import Config
+
+    try:
+        return Config.from_toml(path)
+    except ConfigError as exc:
+        error = exc
+    table: Any = None
+    try:  # only to name the flag: the file did not load, so anything may be wrong with it
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - exercised on Python < 3.11 only
+            import tomli as tomllib
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        table = data.get("scheduler", data)
+    except Exception:  # noqa: BLE001 - the error from Config.from_toml is reported
+        pass
+    keys = sorted(k for k in table if k in _FLAG_KEYS) if isinstance(table, dict) else []
+    if keys:
+        why = "; ".join(f"{k}: {_FLAG_KEYS[k]}" for k in keys)
+        raise ConfigError(f"--scheduler-config {path!r} sets {keys!r}, which capsched serve does not take from "
+                          f"the file ({why}); the file holds only Config tunables") from None
+    raise ConfigError(str(error) if path in str(error) else f"--scheduler-config {path!r}: {error}") from None
+
+
+def _engine(args: argparse.Namespace) -> Any:
     from .engine import simulated_engine
 
-    config = None if args.scheduler_config is None else Config.from_toml(args.scheduler_config)
+    config = None if args.scheduler_config is None else _scheduler_config(args.scheduler_config)
     return simulated_engine(
         args.fleet, model=args.model, served_model=args.served_model, time_scale=args.time_scale,
         inflight_batches=args.inflight_batches, policy=args.policy, max_batch_size=args.max_batch_size,
