@@ -656,12 +656,16 @@ def test_serve_cli_refuses_unusable_daemon_sockets_in_one_line(tmp_path: Any, ca
     missing = str(tmp_path / "no-such-dir" / "fleet.sock")
     long_path = str(tmp_path / ("s" * (MAX_SOCKET_PATH + 1 - len(str(tmp_path)))))
     stale = str(tmp_path / "stale.sock")
+    plain = str(tmp_path / "plain.txt")
+    with open(plain, "w") as fh:
+        fh.write("not a socket")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.bind(stale)  # a socket file nobody listens on
         cases = [(["serve", "--daemon", missing], [repr(missing), "does not exist"]),
                  (["serve", "--daemon", long_path], [repr(long_path), f"at most {MAX_SOCKET_PATH} bytes"]),
                  (["serve", "--remote", missing, "--port", "0"], [repr(missing), "does not answer", "no such socket"]),
                  (["serve", "--remote", stale, "--port", "0"], [repr(stale), "does not answer", "connection refused"]),
+                 (["serve", "--remote", plain, "--port", "0"], [repr(plain), "is not a socket"]),
                  (["serve", "--remote", long_path, "--port", "0"], [repr(long_path), "bytes long"])]
         for argv, fragments in cases:
             with pytest.raises(SystemExit) as info:

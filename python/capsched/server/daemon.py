@@ -94,12 +94,22 @@ def check_daemon(path: str) -> None:
         raise ConfigError(f"the fleet daemon at {path!r} does not answer: no such socket "
                           f"(start one with: capsched serve --daemon {path})") from None
     except ConnectionRefusedError:
+        if not _is_socket(path):
+            raise ConfigError(f"the fleet daemon at {path!r} does not answer: {path!r} is not a socket "
+                              f"(start one with: capsched serve --daemon SOCKET)") from None
         raise ConfigError(f"the fleet daemon at {path!r} does not answer: connection refused "
                           "(a stale socket of a daemon that is gone?)") from None
     except OSError as exc:
         raise ConfigError(f"the fleet daemon at {path!r} does not answer: {exc.strerror or exc}") from None
     finally:
         probe.close()
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _line(obj: Any) -> bytes:
