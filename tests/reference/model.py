@@ -158,6 +158,7 @@ class RefPelt:
 
     def __init__(self, period: float) -> None:
         self.period = float(period)
+        self.units_per_s = 1024.0 / self.period  # (the core multiplies by it, rounding so)
         self.started = False
         self.last = 0.0
         self.util_sum = 0.0
@@ -171,7 +172,7 @@ class RefPelt:
             return
         if not now > self.last:
             return
-        delta = (now - self.last) / self.period * 1024.0
+        delta = (now - self.last) * self.units_per_s
         self.last = now
         total = self.period_contrib + delta
         p = float(math.floor(total / 1024.0))
@@ -680,8 +681,8 @@ class ReferenceScheduler:
 
     def _touch(self, d: RefDevice, now: float) -> None:
         """Bring d's PELT signal up to `now` at its current occupancy and clock."""
-        slots = float(self.max_batch_size) * float(d.max_inflight_batches)
-        occupancy = min(1.0, float(d.inflight_requests) / slots)
+        inv_slots = 1.0 / (float(self.max_batch_size) * float(d.max_inflight_batches))  # (as the core)
+        occupancy = min(1.0, float(d.inflight_requests) * inv_slots)
         d.pelt.update(now, occupancy * d.clock_scale * d.capacity_orig)
 
     def eligible(self, d: RefDevice, tenant: Optional[str], pool: Optional[str] = None,

@@ -84,6 +84,7 @@ struct Device {
     double capacity_orig = kCapacityScale;  // normalised, (0, 1024]
     double clock_scale = 1.0;               // cur_clock / max_clock, (0, 1]
     std::uint64_t inflight_requests = 0;
+    double inv_slots = 1.0;                 // 1 / (max_batch_size x max_inflight_batches): touch()'s occupancy
     std::uint32_t max_inflight_batches = 1;
     std::uint32_t inflight_batches = 0;
     Breaker breaker = Breaker::Closed;

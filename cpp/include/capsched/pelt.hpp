@@ -22,12 +22,18 @@
 namespace capsched {
 
 struct PeltParams {
-    double period_s;  // seconds per period (> 0)
-    double y;         // decay per period, 0.5^(1/32)
-    double max_sum;   // LOAD_AVG_MAX = 1024 / (1 - y)
+    double period_s;     // seconds per period (> 0)
+    double y;            // decay per period, 0.5^(1/32)
+    double max_sum;      // LOAD_AVG_MAX = 1024 / (1 - y)
+    double units_per_s;  // 1024 / period_s: a time delta times this is in period units
+                         // (a multiplication where each update divided; the reference
+                         // model rounds the same way)
 
     explicit PeltParams(double period = 1.0 / 32.0) noexcept
-        : period_s(period), y(std::pow(0.5, 1.0 / 32.0)), max_sum(1024.0 / (1.0 - std::pow(0.5, 1.0 / 32.0))) {}
+        : period_s(period),
+          y(std::pow(0.5, 1.0 / 32.0)),
+          max_sum(1024.0 / (1.0 - std::pow(0.5, 1.0 / 32.0))),
+          units_per_s(1024.0 / period) {}
 };
 
 class PeltSignal {
@@ -41,7 +47,7 @@ class PeltSignal {
             return;
         }
         if (!(now > last_)) return;
-        const double delta = (now - last_) / p.period_s * 1024.0;
+        const double delta = (now - last_) * p.units_per_s;
         last_ = now;
         const double total = period_contrib_ + delta;
         const double periods = std::floor(total / 1024.0);
