@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import random
 import sys
 from typing import Any, Dict, List
 
@@ -1250,3 +1251,41 @@ def test_no_starvation_real(policy, t0, mbs, rnd, backlog):
 @given(**starvation_args)
 def test_no_starvation_reference(policy, t0, mbs, rnd, backlog):
     starvation_scenario(_RefDriver(policy, mbs), policy, t0, mbs, rnd, backlog)
+
+
+@needs_capsched
+@pytest.mark.parametrize("policy", ["weighted", "priority", "edf", "fcfs"])
+def test_large_queue_matches_reference(policy):
+    """Thousands queued, so that the core's ready queue has buckets behind its front (it
+    keeps at most 1,024 entries in its heap front and the rest in buckets of up to 512;
+    the hypothesis scenarios above stay far below that). Seeded: submits with random
+    priorities, sizes and timeouts (deadline levels change as time passes, which re-keys
+    queued requests in the buckets), cancels and failures of queued and running requests
+    (erasures from buckets and the front), completions and steps, the batches of every
+    step compared with the reference model's, the whole state now and then."""
+    rnd = random.Random(f"large-{policy}")
+    ops: List[Any] = []
+    for _ in range(2600):
+        timing = ("timeout", rnd.uniform(2.0, 40.0)) if rnd.random() < 0.5 else None
+        ops.append(("submit", 0.0, rnd.randrange(0, 4000), rnd.randrange(1, 1024), rnd.random(), timing, [], True))
+    for k in range(60):
+        ops.append(("step", rnd.choice([0.05, 0.25, 0.5, 1.0])))
+        for _ in range(rnd.randrange(0, 40)):
+            ops.append(("complete", 0.0, rnd.randrange(10**6)))
+        for _ in range(rnd.randrange(0, 8)):
+            ops.append(("cancel", rnd.randrange(10**6), False))
+        if k % 7 == 3:
+            ops.append(("fail", 0.0, rnd.randrange(10**6), True))
+        for _ in range(rnd.randrange(0, 30)):
+            timing = ("timeout", rnd.uniform(2.0, 40.0)) if rnd.random() < 0.5 else None
+            ops.append(("submit", 0.0, rnd.randrange(0, 4000), rnd.randrange(1, 1024), rnd.random(), timing, [], True))
+    sc = dict(policy=policy, fleet=([1.0, 1.0, 0.5, 0.25], [2, 2, 1, 1]), max_batch_size=32, config={},
+              max_retries=3, t0=0.0, ops=ops)
+    h = Harness(sc, True)
+    for i, op in enumerate(ops):
+        h.apply(op)  # (a step compares its batches with the reference's as it goes)
+        if i % 500 == 0:
+            h.check()
+    h.step(1.0)
+    h.check()
+    assert h.real.stats()["queued"] > 1024  # buckets were in use to the end
