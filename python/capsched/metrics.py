@@ -391,7 +391,6 @@ def register(
             the same values); or the registry holds other metrics of these names.
     """
     reg = REGISTRY if registry is None else registry
-    c = SchedulerCollector(scheduler, prefix=prefix, labels=labels)
     with _REGISTERED_LOCK:
         try:
             by_prefix = _REGISTERED.setdefault(reg, {})
@@ -399,8 +398,9 @@ def register(
             by_prefix = {}
         first = by_prefix.get(prefix)
         if first is not None and _still_registered(reg, first):
-            first.add(scheduler, dict(labels or {}))
+            first.add(scheduler, labels or {})  # (add checks the labels and the scheduler)
             return first
+        c = SchedulerCollector(scheduler, prefix=prefix, labels=labels)
         try:
             reg.register(c)
         except ValueError as exc:  # prometheus-client: "Duplicated timeseries in CollectorRegistry: {...}"

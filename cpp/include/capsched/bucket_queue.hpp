@@ -101,7 +101,7 @@ class BucketQueue {
     // Strong guarantee, as update().
     void push(Handle h, const Key& key) {
         CAPSCHED_ASSERT(!contains(h));
-        if (h >= pos_.size()) pos_.resize(grow_to(h), kNpos);
+        if (h >= pos_.size()) pos_.resize(detail::index_size_for(h), kNpos);
         reserve_split();
         insert(Entry{key, h});
         ++size_;
@@ -119,7 +119,6 @@ class BucketQueue {
     // nothing changed.
     void update(Handle h, const Key& key) {
         CAPSCHED_ASSERT(contains(h));
-        reserve_split();
         const std::uint32_t p = pos_[h];
         if (p & kFront) {
             // Within the front when it stays below the lowest bound: a sift, as in a heap.
@@ -134,6 +133,7 @@ class BucketQueue {
                 return;
             }
         }
+        reserve_split();  // (before anything changes: the insert below cannot fail)
         erase_at(p, h);
         insert(Entry{key, h});
     }
@@ -204,12 +204,6 @@ class BucketQueue {
         return (bucket << kBucketBits) | static_cast<std::uint32_t>(slot);
     }
 
-    static std::size_t grow_to(Handle h) {
-        std::size_t n = 16;
-        while (n <= h) n *= 2;
-        return n;
-    }
-
     // Adds an entry (size_ is the caller's). Does not allocate after reserve_split().
     void insert(const Entry& e) noexcept {
         if (buckets_order_.empty() || e.key < lows_.back()) {
@@ -273,7 +267,7 @@ class BucketQueue {
     }
 
     // The front ran empty: the lowest nonempty bucket becomes the front.
-    void refill() {
+    void refill() noexcept {
         while (front_.empty() && !buckets_order_.empty()) {
             const std::uint32_t b = buckets_order_.back();
             buckets_order_.pop_back();

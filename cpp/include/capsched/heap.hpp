@@ -84,6 +84,14 @@ inline void* allocate_lines(std::size_t bytes) {
     return ::operator new(bytes, std::align_val_t{64});
 }
 
+// The size a position index grows to so that it holds handle h: the next power of two
+// above h, at least 16 (IndexedHeap, BucketQueue).
+inline std::size_t index_size_for(std::uint32_t h) noexcept {
+    std::size_t n = 16;
+    while (n <= h) n *= 2;
+    return n;
+}
+
 inline void deallocate_lines(void* p, std::size_t bytes) noexcept {
 #if defined(__linux__)
     if (bytes >= kHugeFrom) {
@@ -270,7 +278,7 @@ class IndexedHeap {
 
     void push(Handle h, const Key& key) {
         CAPSCHED_ASSERT(!contains(h));
-        if (h >= pos_.size()) pos_.resize(grow_to(h), kNpos);
+        if (h >= pos_.size()) pos_.resize(detail::index_size_for(h), kNpos);
         heap_.push_back(Entry{key, h});
         sift_up(static_cast<std::uint32_t>(size() - 1));
     }
@@ -326,12 +334,6 @@ class IndexedHeap {
     }
 
   private:
-    static std::size_t grow_to(Handle h) {
-        std::size_t n = 16;
-        while (n <= h) n *= 2;
-        return n;
-    }
-
     Entry& at(std::size_t i) noexcept { return heap_[i + kPad]; }
     const Entry& at(std::size_t i) const noexcept { return heap_[i + kPad]; }
 

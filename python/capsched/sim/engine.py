@@ -242,18 +242,14 @@ def check_capsched_options(
     cfg, req = dicts
     try:
         Config(**{"wait_for_fit": True, **cfg})
-    except TypeError as exc:
-        raise ConfigError(f"capsched_config: {exc}") from None
-    except CapschedError as exc:
+    except (TypeError, CapschedError) as exc:  # (TypeError: a field Config does not have)
         raise ConfigError(f"capsched_config: {exc}") from None
     for k in req:
         if k in _ENGINE_REQUEST_FIELDS:
             raise ConfigError(f"capsched_request: {k!r} is set by the simulator for each request")
     try:
         InferenceRequest(prompt_tokens=1, max_new_tokens=1, deadline=1.0, **req)
-    except TypeError as exc:
-        raise ConfigError(f"capsched_request: {exc}") from None
-    except CapschedError as exc:
+    except (TypeError, CapschedError) as exc:
         raise ConfigError(f"capsched_request: {exc}") from None
     return policy, cfg, req
 
