@@ -55,6 +55,9 @@ def test_the_cpp_driver_builds_warning_free_and_every_section_checks_out(tmp_pat
         assert parts <= r["core_ns_per_request"] * 1.05
         assert r["core_over_priority_queue"] == pytest.approx(r["core_ns_per_request"] / r["priority_queue_ns"], rel=1e-3)
         assert r["ready_queue_ns"] > 0
+        assert r["skeleton_over_priority_queue"] == pytest.approx(
+            r["skeleton_ns_per_request"] / r["priority_queue_ns"], rel=1e-3)
+        assert r["skeleton_unlocked_ns_per_request"] > 0
     fleets = {(r["devices"], r["fleet"]) for r in d["devices"]}
     assert {(1, "equal"), (64, "equal"), (64, "mixed")} <= fleets
     steps, control = d["latency"]
@@ -68,6 +71,24 @@ def test_the_cpp_driver_builds_warning_free_and_every_section_checks_out(tmp_pat
         assert 64 < r["bytes_per_request"] < 200
         if r["reserve"] == "yes":
             assert r["bytes_per_request"] <= 128
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed (pip install cmake)")
+def test_the_cpp_drivers_core_loop_alone_leaves_the_floors_out(tmp_path: Path) -> None:
+    """--only queued (for profiling) runs the core loop alone: the floors are null in the
+    JSON (which stays strict JSON), the core's figures are there, --rounds is taken."""
+    out = tmp_path / "q.json"
+    run = subprocess.run([sys.executable, str(RUN), "--werror", "--quick", "--only", "queued", "--queued", "1000",
+                          "--rounds", "300", "--json", str(out)], capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, f"run_cpp_bench failed:\n{run.stderr[-4000:]}\n{run.stdout[-2000:]}"
+    text = out.read_text()
+    assert "nan" not in text.lower()
+    (row,) = json.loads(text)["floor_and_queued"]
+    assert row["queued"] == 1000
+    for key in ("priority_queue_ns", "skeleton_ns_per_request", "core_over_priority_queue"):
+        assert row[key] is None
+    assert row["core_ns_per_request"] > 0 and row["step_ns_per_request"] > 0
+    assert "| 1000 | nan |" in run.stdout
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("valgrind") is None

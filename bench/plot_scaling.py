@@ -33,9 +33,11 @@ def main(src: str, dst: str) -> None:
         ("step_ns_per_request", "core step (per dispatched request)"),
         ("complete_ns_per_request", "core complete"),
         ("core_ns_per_request", "core, all three"),
+        ("skeleton_ns_per_request", "skeleton (ids, lock, ready queue; no policy)"),
         ("priority_queue_ns", "std::priority_queue push + pop"),
     ):
-        ax.plot(n, [r[key] for r in rows], marker="o", label=label)
+        if all(r.get(key) is not None for r in rows):  # (older files have no skeleton; --only queued no floors)
+            ax.plot(n, [r[key] for r in rows], marker="o", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("queued requests")
     ax.set_ylabel("ns per request")

@@ -12,7 +12,8 @@ directory with ``--build-dir``), builds the ``capsched_bench`` target with the c
 alone (no Python, no pybind11; the core's ``-Wall -Wextra -Wconversion`` apply to the
 driver too) and runs it. Every other argument goes to the driver (``--quick``,
 ``--repeats N``, ``--json PATH``, ``--only SECTION``, ``--queued N``: the floor section
-at one queue size, e.g. to profile it). Needs cmake and a C++17 compiler; uses Ninja when it is
+at one queue size, e.g. to profile it; ``--only queued``: that section's core loop alone,
+``--rounds N``: its number of rounds). Needs cmake and a C++17 compiler; uses Ninja when it is
 installed and the build directory is new. What each section measures is at the top of
 bench/cpp/bench_core.cpp.
 """

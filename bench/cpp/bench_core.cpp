@@ -4,7 +4,9 @@
 // tables, and with --json PATH the same figures as JSON. Every figure is the median of
 // `--repeats` runs (default 5; 1 with --quick, which also runs shorter loops and fewer
 // fleet sizes) unless it says otherwise. `--only SECTION` runs one section; `--queued N`
-// runs the floor section at that one queue size (to profile it). Sections:
+// runs the floor section at that one queue size (to profile it); `--only queued` runs the
+// floor section's core loop alone (no floor queues: their columns read nan), and
+// `--rounds N` sets its number of rounds, so that a profiler sees mostly that loop. Sections:
 //
 //   floor    std::priority_queue<pair<double, u64>> held at n entries: one push and one pop
 //            per operation (random keys drifting upward, so the queue turns over instead
@@ -52,13 +54,16 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <new>
 #include <queue>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "capsched/bucket_queue.hpp"
 #include "capsched/heap.hpp"
+#include "capsched/id_map.hpp"
 #include "capsched/scheduler.hpp"
 
 // ------------------------------------------------------------------ counting allocator
@@ -204,6 +209,7 @@ struct Json {
 
 std::string kv(const char* key, double v) {
     char buf[96];
+    if (!std::isfinite(v)) return std::string("\"") + key + "\": null";  // (--only queued: no floors)
     std::snprintf(buf, sizeof buf, "\"%s\": %.6g", key, v);
     return buf;
 }
@@ -280,6 +286,107 @@ double ready_queue_push_pop(std::size_t n, std::size_t ops, std::uint64_t seed) 
     return indexed_push_pop<capsched::ReadyQueue>(n, ops, seed, [](double k, std::uint64_t s) {
         return capsched::ReadyKey{k, static_cast<std::uint32_t>(s)};
     });
+}
+
+// ------------------------------------------------------------------ skeleton
+
+// The least any scheduler with the core's interface does per request, built from the
+// core's own parts and nothing else: requests are addressed by ids that are never reused
+// (an IdMap from id to a slab record), every call is thread-safe (one std::mutex taken
+// per call, as the core does), requests wait in a priority order (a ReadyQueue), and a
+// step hands out their ids. No validation, timeouts, levels, tenants, devices, batches,
+// accounting or outcomes. The loop is the `queued` loop's: n queued; each round completes
+// the 32 dispatched in the round before (one call), submits 32 (one call each) and steps
+// (one call, popping 32). Nanoseconds per request; not a scheduler, a floor for one.
+// With Locked = false the calls take no mutex (what the lock costs, uncontended).
+template <bool Locked>
+double skeleton_round_trip(std::size_t n, std::size_t rounds, std::uint64_t seed) {
+    struct Rec {
+        std::uint64_t id = 0;
+        double key = 0.0;
+        std::uint32_t state = 0;
+        std::uint32_t pad[11] = {};
+    };
+    static_assert(sizeof(Rec) == 64, "a record per cache line, as the core's Request");
+    const std::vector<RequestSpec> specs = make_specs(n + kBatch * (rounds + 2), seed, false, 0.0);
+    std::mutex mu;
+    struct Guard {  // std::lock_guard, or nothing
+        std::mutex& m;
+        explicit Guard(std::mutex& x) : m(x) {
+            if (Locked) m.lock();
+        }
+        ~Guard() {
+            if (Locked) m.unlock();
+        }
+        Guard(const Guard&) = delete;
+        Guard& operator=(const Guard&) = delete;
+    };
+    std::vector<Rec> slab;
+    std::vector<capsched::Handle> free_handles;
+    capsched::IdMap ids;
+    capsched::ReadyQueue ready;
+    const std::size_t cap = n + 2 * kBatch;
+    slab.reserve(cap);
+    free_handles.reserve(cap);
+    ids.reserve(cap, [&](capsched::Handle h) { return slab[h].id; });
+    ready.reserve(cap);
+    std::uint64_t next_id = 1;
+    std::size_t next = 0;
+    std::vector<std::uint64_t> out;
+    out.reserve(kBatch);
+    const auto id_of = [&slab](capsched::Handle h) { return slab[h].id; };
+    const auto submit = [&](const RequestSpec& spec, double now) {
+        const Guard lock(mu);
+        capsched::Handle h;
+        if (!free_handles.empty()) {
+            h = free_handles.back();
+            free_handles.pop_back();
+        } else {
+            h = static_cast<capsched::Handle>(slab.size());
+            slab.emplace_back();
+        }
+        Rec& r = slab[h];
+        r.id = next_id++;
+        r.key = -spec.priority + 0.01 * now;
+        r.state = 1;
+        ids.insert(h, id_of);
+        ready.push(h, capsched::ReadyKey{r.key, static_cast<std::uint32_t>(r.id)});
+        return r.id;
+    };
+    const auto step = [&]() {
+        const Guard lock(mu);
+        out.clear();
+        for (std::size_t i = 0; i < kBatch && !ready.empty(); ++i) {
+            const capsched::Handle h = ready.pop();
+            slab[h].state = 2;
+            out.push_back(slab[h].id);
+        }
+    };
+    const auto complete = [&](const std::vector<std::uint64_t>& done) {
+        const Guard lock(mu);
+        for (const std::uint64_t id : done) {
+            const capsched::Handle h = ids.find(id, id_of);
+            if (h == capsched::kNoHandle || slab[h].state != 2) fail("skeleton: completed an id not in flight");
+            ids.erase(id, id_of);
+            slab[h].state = 0;
+            free_handles.push_back(h);
+        }
+    };
+    double now = 0.0;
+    for (std::size_t i = 0; i < n + kBatch; ++i) submit(specs[next++], now);
+    step();
+    std::vector<std::uint64_t> running = out;
+    const auto t0 = Clock::now();
+    for (std::size_t k = 0; k < rounds; ++k) {
+        now += kDt;
+        complete(running);
+        for (std::size_t i = 0; i < kBatch; ++i) submit(specs[next++], now);
+        step();
+        running = out;
+    }
+    const double ns = ns_since(t0) / static_cast<double>(rounds * kBatch);
+    if (ready.size() != n || ids.size() != n + kBatch) fail("skeleton: the queue's size changed");
+    return ns;
 }
 
 // ------------------------------------------------------------------ the core
@@ -496,6 +603,7 @@ int main(int argc, char** argv) {
     bool quick = false;
     std::string json_path, only;
     std::size_t queued = 0;  // --queued N: the floor section at this one queue size
+    std::size_t rounds_arg = 0;  // --rounds N: the floor section's core rounds
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--quick") {
@@ -508,9 +616,11 @@ int main(int argc, char** argv) {
             only = argv[++i];
         } else if (a == "--queued" && i + 1 < argc) {
             queued = static_cast<std::size_t>(std::strtoull(argv[++i], nullptr, 10));
+        } else if (a == "--rounds" && i + 1 < argc) {
+            rounds_arg = static_cast<std::size_t>(std::strtoull(argv[++i], nullptr, 10));
         } else {
             std::fprintf(stderr, "usage: capsched_bench [--quick] [--repeats N] [--json PATH] "
-                                 "[--only floor|devices|latency|bulk|memory] [--queued N]\n");
+                                 "[--only floor|queued|devices|latency|bulk|memory] [--queued N] [--rounds N]\n");
             return 2;
         }
     }
@@ -521,30 +631,38 @@ int main(int argc, char** argv) {
     std::printf("capsched_bench%s: medians of %d runs; times in ns unless marked\n\n", quick ? " --quick" : "", repeats);
 
     std::printf("## floor and queued: n queued; one push+pop per op (floor); per request: complete + submit + "
-                "step dispatching one batch of 32 (core, 1 device)\n\n");
+                "step dispatching one batch of 32 (skeleton; core, 1 device)\n\n");
     std::printf("| queued | priority_queue push+pop | IndexedHeap<> push+pop | IndexedHeap<ReadyKey> push+pop | "
-                "ReadyQueue push+pop | core per request | of which submit / step / complete | core / priority_queue |\n");
-    std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+                "ReadyQueue push+pop | skeleton per request (without the mutex) | core per request | of which submit / step / complete | "
+                "skeleton / priority_queue | core / priority_queue |\n");
+    std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     js.section("floor_and_queued");
     for (const std::size_t n : sizes) {
-        if (!only.empty() && only != "floor") break;
+        if (!only.empty() && only != "floor" && only != "queued") break;
         const std::size_t ops = quick ? 200000 : 1000000;
-        const std::size_t rounds = quick ? 1000 : (n >= 1000000 ? 8000 : 20000);
-        const double pq = median_of(repeats, [&](std::uint64_t s) { return pq_push_pop(n, ops, s); });
-        const double hk = median_of(repeats, [&](std::uint64_t s) { return heapkey_push_pop(n, ops, s); });
-        const double rk = median_of(repeats, [&](std::uint64_t s) { return readykey_push_pop(n, ops, s); });
-        const double rq = median_of(repeats, [&](std::uint64_t s) { return ready_queue_push_pop(n, ops, s); });
+        const std::size_t rounds = rounds_arg ? rounds_arg : quick ? 1000 : (n >= 1000000 ? 8000 : 20000);
+        const bool floors = only != "queued";
+        const double nan = std::nan("");
+        const double pq = floors ? median_of(repeats, [&](std::uint64_t s) { return pq_push_pop(n, ops, s); }) : nan;
+        const double hk = floors ? median_of(repeats, [&](std::uint64_t s) { return heapkey_push_pop(n, ops, s); }) : nan;
+        const double rk = floors ? median_of(repeats, [&](std::uint64_t s) { return readykey_push_pop(n, ops, s); }) : nan;
+        const double rq = floors ? median_of(repeats, [&](std::uint64_t s) { return ready_queue_push_pop(n, ops, s); }) : nan;
+        const double sk = floors ? median_of(repeats, [&](std::uint64_t s) { return skeleton_round_trip<true>(n, rounds, s); }) : nan;
+        const double su = floors ? median_of(repeats, [&](std::uint64_t s) { return skeleton_round_trip<false>(n, rounds, s); }) : nan;
         std::vector<StepRun> runs;
         for (int i = 0; i < repeats; ++i) runs.push_back(core_steps(n, 1, false, rounds, static_cast<std::uint64_t>(i + 1)));
         std::sort(runs.begin(), runs.end(),
                   [](const StepRun& a, const StepRun& b) { return a.round_ns_per_request < b.round_ns_per_request; });
         const StepRun& mid = runs[runs.size() / 2];  // the median run (the upper one of an even count)
         const double core = mid.round_ns_per_request;
-        std::printf("| %zu | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f / %.0f / %.0f | %.2fx |\n", n, pq, hk, rk, rq, core,
-                    mid.submit_ns_per_request, mid.step_ns_per_request, mid.complete_ns_per_request, core / pq);
+        std::printf("| %zu | %.0f | %.0f | %.0f | %.0f | %.0f (%.0f) | %.0f | %.0f / %.0f / %.0f | %.2fx | %.2fx |\n", n, pq,
+                    hk, rk, rq, sk, su, core, mid.submit_ns_per_request, mid.step_ns_per_request,
+                    mid.complete_ns_per_request, sk / pq, core / pq);
         std::fflush(stdout);
         js.row(fields(kv("queued", std::uint64_t{n}), kv("priority_queue_ns", pq), kv("indexed_heap_ns", hk),
-                      kv("indexed_heap_readykey_ns", rk), kv("ready_queue_ns", rq), kv("core_ns_per_request", core),
+                      kv("indexed_heap_readykey_ns", rk), kv("ready_queue_ns", rq), kv("skeleton_ns_per_request", sk),
+                      kv("skeleton_unlocked_ns_per_request", su),
+                      kv("skeleton_over_priority_queue", sk / pq), kv("core_ns_per_request", core),
                       kv("submit_ns_per_request", mid.submit_ns_per_request),
                       kv("step_ns_per_request", mid.step_ns_per_request),
                       kv("complete_ns_per_request", mid.complete_ns_per_request),
