@@ -14,7 +14,12 @@ then queues them again (the server lost them), so nothing accepted is lost.
 
 Writing goes to a temporary file in the same directory, is flushed and fsynced, and then
 renamed over the target (and the directory fsynced), so a crash leaves either the old
-checkpoint or the new one, never a torn file. Reading is parsing data only (``json``;
+checkpoint or the new one, never a torn file. Each call has its own temporary file
+(``.<name>.tmp.<pid>.<thread>.<random>``, created exclusively), so checkpoints taken from
+several threads or processes to the same path never tear one another: the last rename
+wins. A target that exists keeps its permission bits; a new one gets the usual
+``0o666 & ~umask``. Reading refuses a path that is not a regular file (a FIFO, a device)
+and never reads more than :data:`MAX_CHECKPOINT_BYTES`. Reading is parsing data only (``json``;
 never pickle or eval) and checks format, version and checksum before anything is built.
 """
 
@@ -25,6 +30,9 @@ import hashlib
 import json
 import math
 import os
+import secrets
+import stat
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -84,19 +92,53 @@ def _canonical(payload: Any) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
+def _checked_path(path: Any) -> str:
+    """``path`` as a file name: a ``str`` or ``os.PathLike`` naming a file (never an
+    integer, which ``open`` would take for a file descriptor), not empty, without NUL."""
+    if isinstance(path, (str, os.PathLike)) and not isinstance(path, bytes):
+        try:
+            name = os.fspath(path)
+        except TypeError:
+            name = None
+        if isinstance(name, str):
+            if not name:
+                raise CheckpointError("checkpoint path must be a non-empty file name, got ''")
+            if "\0" in name:
+                raise CheckpointError(f"checkpoint path must not contain a NUL character, got {_short(name)}")
+            return name
+    raise CheckpointError(f"checkpoint path must be a str or os.PathLike file name, got {type(path).__name__} {_short(path)}")
+
+
 def save_checkpoint(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> None:
-    """Write ``scheduler``'s state to ``path`` atomically (see the module docstring)."""
+    """Write ``scheduler``'s state to ``path`` atomically (see the module docstring).
+
+    Raises:
+        CheckpointError: ``path`` is not a file name, or the file cannot be written.
+    """
+    target = Path(_checked_path(path))
     payload = _encode(scheduler._checkpoint_payload())
     body = _canonical(payload)
     doc = {"format": FORMAT, "version": VERSION, "sha256": hashlib.sha256(body).hexdigest(), "payload": payload}
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp.{os.getpid()}")
+    data = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    # A name of its own per call: a shared one lets one thread truncate the file another
+    # is renaming into place.
+    tmp = target.with_name(f".{target.name}.tmp.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(8)}")
+    created = False
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        created = True
+        with open(fd, "wb") as fh:
+            try:
+                st = os.stat(target)
+            except OSError:
+                st = None  # no target yet: the umask's mode, as open() gives
+            if st is not None and stat.S_ISREG(st.st_mode):
+                os.fchmod(fh.fileno(), st.st_mode & 0o777)  # keep the target's permission bits
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+        created = False
         try:
             dfd = os.open(target.parent if str(target.parent) else ".", os.O_RDONLY)
         except OSError:
@@ -108,10 +150,11 @@ def save_checkpoint(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> Non
         finally:
             os.close(dfd)
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        if created:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
         raise CheckpointError(f"cannot write checkpoint {str(target)!r}: {exc.strerror or exc}") from exc
 
 
@@ -120,19 +163,31 @@ def load_checkpoint(path: Union[str, "os.PathLike[str]"], *, clock: Optional[Cal
     :class:`capsched.Scheduler`); ``clock`` replaces the default ``time.monotonic``.
 
     Raises:
-        CheckpointError: the file cannot be read, is not a capsched checkpoint, is
+        CheckpointError: ``path`` is not a file name (an integer, empty, with a NUL) or not
+            a regular file, the file cannot be read, is not a capsched checkpoint, is
             truncated or corrupt (its checksum does not match), was written by a newer
             version, or is inconsistent. Nothing is changed.
     """
     from .scheduler import Scheduler
 
-    where = str(path)
+    where = _checked_path(path)
+    limit = MAX_CHECKPOINT_BYTES
     try:
-        size = os.path.getsize(path)
-        if size > MAX_CHECKPOINT_BYTES:
-            raise CheckpointError(f"checkpoint {where!r} is {size} bytes, over the limit of {MAX_CHECKPOINT_BYTES}")
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
+        fd = os.open(where, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CheckpointError(f"cannot read checkpoint {where!r}: not a regular file")
+            if st.st_size > limit:
+                raise CheckpointError(f"checkpoint {where!r} is {st.st_size} bytes, over the limit of {limit}")
+        except BaseException:
+            os.close(fd)
+            raise
+        with open(fd, "rb") as fh:
+            raw = fh.read(limit + 1)  # bounded even if the size stated was wrong
+            if len(raw) > limit:
+                raise CheckpointError(f"checkpoint {where!r} is over {limit} bytes, the limit")
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {where!r}: {exc}") from exc
     try:

@@ -1,0 +1,95 @@
+"""Regression tests for defects found by the operations review (checkpoints, huge
+numbers, slices, metrics, config bounds, discovery, environment)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+import pytest
+
+from capsched import CheckpointError, InferenceRequest, Scheduler
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def test_checkpoints_from_many_threads_to_one_path_never_tear(tmp_path) -> None:
+    s = Scheduler(["a", "b"])
+    for _ in range(1000):
+        s.submit(InferenceRequest(prompt_tokens=10, max_new_tokens=5), now=0.0)
+    path = tmp_path / "state.ckpt"
+    write_errors: list[str] = []
+    bad_reads: list[str] = []
+
+    def worker() -> None:
+        for _ in range(40):
+            try:
+                s.submit(InferenceRequest(prompt_tokens=10, max_new_tokens=5), now=0.0)
+                s.checkpoint(path)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                write_errors.append(str(exc)[:150])
+                continue
+            try:
+                Scheduler.restore(path)
+            except Exception as exc:  # noqa: BLE001
+                bad_reads.append(str(exc)[:150])
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert write_errors == [] and bad_reads == []
+    assert Scheduler.restore(path).stats()["accepted"] == 1000 + 160
+    assert [p.name for p in tmp_path.iterdir()] == ["state.ckpt"]  # no temporary left
+
+
+def test_checkpoint_keeps_an_existing_files_permission_bits(tmp_path) -> None:
+    path = tmp_path / "state.ckpt"
+    s = Scheduler(["a"])
+    s.checkpoint(path)
+    os.chmod(path, 0o640)
+    s.checkpoint(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+
+
+@pytest.mark.parametrize("path", ["", "a\0b", 5, 10**30, 0, 2.5, b"x.ckpt"])
+def test_checkpoint_and_restore_refuse_a_path_that_is_not_a_file_name(path, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="checkpoint path"):
+        Scheduler(["a"]).checkpoint(path)
+    with pytest.raises(CheckpointError, match="checkpoint path"):
+        Scheduler.restore(path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_restore_refuses_a_file_that_is_not_regular(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="'/dev/zero': not a regular file"):
+        Scheduler.restore("/dev/zero")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        Scheduler.restore(fifo)  # must not wait for a writer
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        Scheduler.restore(tmp_path)
+
+
+def test_restore_reads_no_more_than_the_limit_even_if_the_size_grows(tmp_path, monkeypatch) -> None:
+    import capsched.checkpoint as ck
+
+    path = tmp_path / "c.ckpt"
+    Scheduler(["a"]).checkpoint(path)
+    size = path.stat().st_size
+    real_fstat = os.fstat
+
+    def lying_fstat(fd):  # the size stated says the file fits; its contents do not
+        st = real_fstat(fd)
+        return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, 10,
+                               st.st_atime, st.st_mtime, st.st_ctime))
+
+    monkeypatch.setattr(ck, "MAX_CHECKPOINT_BYTES", size - 1)
+    monkeypatch.setattr(ck.os, "fstat", lying_fstat)
+    with pytest.raises(CheckpointError, match="over .* bytes, the limit"):
+        Scheduler.restore(path)
