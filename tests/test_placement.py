@@ -539,3 +539,39 @@ def test_a_mostly_busy_mixed_fleet_places_only_on_devices_with_room() -> None:
     # d5 (capacity 3) is stronger than d14 (capacity 2): it takes the next two first.
     assert [(b.device, b.request_ids) for b in again.batches] == [("d5", ids[32:34]), ("d14", ids[34:36])]
     assert s.stats()["queued"] == 4
+
+
+def _seeded(name: str, capacity: float) -> Device:
+    # a service model: 1e-5 s a prompt token, 10 ms a decode step
+    return Device(name, capacity, prefill_s_per_token=1e-5, decode_step_s=1e-2, max_inflight_batches=2)
+
+
+def prompt_heavy() -> InferenceRequest:
+    # The per-token estimate (1e-4 s of work a token) gives u = 1024 x 0.4 / 0.3, clamped
+    # to 1024: 1.25 x 1024 fits no device, not even an idle one of full capacity. Its
+    # service model says it ends in 0.05 s alone (4,000 prompt tokens, one decode step).
+    return InferenceRequest(prompt_tokens=4000, max_new_tokens=1, timeout=0.3)
+
+
+def test_wait_for_fit_runs_a_request_that_fits_no_device_even_idle_on_an_idle_one() -> None:
+    # It used to wait for a device it fits, which could never come, and expire on an
+    # idle fleet.
+    s = Scheduler([_seeded("big", 2.0), _seeded("small", 1.0)], max_batch_size=1, config=Config(wait_for_fit=True))
+    rid = s.submit(prompt_heavy(), now=0.0)
+    r = s.step(now=0.0)
+    assert [(b.device, b.request_ids) for b in r.batches] == [("big", [rid])]
+    st = s.stats()
+    assert (st["placed_fitting"], st["placed_fallback"], st["deferred"]) == (0, 1, 0)
+
+
+def test_wait_for_fit_still_holds_it_while_no_device_is_idle() -> None:
+    s = Scheduler([_seeded("big", 2.0), _seeded("small", 1.0)], max_batch_size=1, config=Config(wait_for_fit=True))
+    fillers = [s.submit(InferenceRequest(prompt_tokens=10, max_new_tokens=10), now=0.0) for _ in range(2)]
+    r = s.step(now=0.0)
+    assert sorted(b.device for b in r.batches) == ["big", "small"]  # both busy, both with room
+    rid = s.submit(prompt_heavy(), now=0.0)
+    assert s.step(now=0.01).batches == []
+    assert s.status(rid) == "queued" and s.stats()["deferred"] == 1
+    s.complete(fillers[1], now=0.02)  # small is idle again: it takes it there
+    r = s.step(now=0.02)
+    assert [(b.device, b.request_ids) for b in r.batches] == [("small", [rid])]

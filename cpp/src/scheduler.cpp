@@ -1303,17 +1303,35 @@ bool Scheduler::any_in_time(const Request& r, const Device* bigger_than, double 
     return false;
 }
 
+bool Scheduler::could_fit(const Request& r, double u, const Device* bigger_than, double min_capacity) const noexcept {
+    // wait_for_fit: whether waiting can make r fit, i.e. r would fit some device within
+    // choose_device's bounds once that device is idle (u x margin below its whole
+    // capacity) and the device ends it in time. The per-token utilization estimate
+    // treats prompt and output tokens alike, so it overrates a request with a long
+    // prompt and a short output under a tight deadline, and such a request can fit no
+    // device at all: waiting for one, it expired on an idle fleet.
+    const double need = u * cfg_.placement.fit_margin;
+    for (const std::uint32_t dev : device_order_) {
+        const Device& d = devices_[dev];
+        if (within_bounds(d, r, bigger_than, min_capacity) && need < d.capacity && in_time(d, r)) return true;
+    }
+    return false;
+}
+
 std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
                                        bool* fitted, bool* wait, bool listed) {
     // docs/placement.md. "In time": the device's service model (when seeded) says r alone
     // ends by its deadline. A device r fits must be in time; the fallback prefers devices
     // in time; with defer_late, if the only devices with room would finish r late while
     // another device open to it would not, r waits for that one (*wait) instead. With
-    // wait_for_fit, a request with a deadline that fits no device with room waits.
+    // wait_for_fit, a request with a deadline that fits no device with room waits, unless
+    // it would fit none even idle (could_fit): then it takes an idle device whose service
+    // model says it ends r in time (the one with the most spare capacity), and waits only
+    // if there is none.
     const PlacementConfig& pc = cfg_.placement;
     const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
-    std::uint32_t best = kNoIndex, fallback = kNoIndex, late = kNoIndex;
-    double best_score = -kInf, best_energy = kInf, fallback_spare = -kInf, late_spare = -kInf;
+    std::uint32_t best = kNoIndex, fallback = kNoIndex, late = kNoIndex, idle = kNoIndex;
+    double best_score = -kInf, best_energy = kInf, fallback_spare = -kInf, late_spare = -kInf, idle_spare = -kInf;
     bool any_timely = false;
     // Listed (placement): only the devices that had room when the step's list was made
     // (a closed device has no room for anyone; any_timely, which counts devices without
@@ -1358,6 +1376,12 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
                 fallback = dev;
                 fallback_spare = spare;
             }
+            // (idle: nothing in flight, and no batch of this step yet; in time by a seeded
+            // service model, not for want of one)
+            if (d.inflight_requests == 0 && step_batch_[dev] == kNoIndex && d.service.known() && spare > idle_spare) {
+                idle = dev;
+                idle_spare = spare;
+            }
         } else if (spare > late_spare) {
             late = dev;
             late_spare = spare;
@@ -1369,7 +1393,11 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
     if (best != kNoIndex) return best;
     if (cfg_.placement.wait_for_fit && std::isfinite(r.deadline) && wait != nullptr &&
         (fallback != kNoIndex || late != kNoIndex)) {
-        *wait = true;  // it waits in the queue for a device it fits (or expires)
+        // It waits in the queue for a device it fits (or expires); but one that would fit
+        // no device even idle runs on an idle device that its service model says ends it
+        // in time, if there is one.
+        if (idle != kNoIndex && !could_fit(r, u, bigger_than, min_capacity)) return idle;
+        *wait = true;
         return kNoIndex;
     }
     if (fallback != kNoIndex) return fallback;

@@ -766,6 +766,20 @@ class ReferenceScheduler:
             return t <= self._kv[di]
         return d.kv_budget is None or d.kv_used + t <= d.kv_budget
 
+    def _could_fit(self, r: RefRequest, u: float, bigger_than: Optional[float],
+                   min_capacity: float) -> bool:
+        """Whether r would fit some device within the bounds once that device is idle
+        (u x margin below its whole capacity) and that device ends it in time."""
+        for di in self.device_order:
+            d = self.devices[di]
+            if bigger_than is not None and not d.capacity > bigger_than:
+                continue
+            if d.capacity < min_capacity or not self.eligible(d, r.tenant, r.pool, r.fallback_pool):
+                continue
+            if u * self.cfg["fit_margin"] < d.capacity and self.in_time(d, r):
+                return True
+        return False
+
     def choose_device(self, r: RefRequest, u: float, bigger_than: Optional[float] = None,
                       min_capacity: float = 0.0, can_wait: bool = False
                       ) -> Tuple[Optional[int], bool]:
@@ -779,7 +793,8 @@ class ReferenceScheduler:
         best: Optional[int] = None
         fallback: Optional[int] = None
         late: Optional[int] = None
-        best_score, best_energy, fallback_spare, late_spare = -INF, INF, -INF, -INF
+        idle: Optional[int] = None
+        best_score, best_energy, fallback_spare, late_spare, idle_spare = -INF, INF, -INF, -INF, -INF
         any_timely = False
         self._wait = False
         for di in self.device_order:
@@ -811,13 +826,21 @@ class ReferenceScheduler:
             elif timely:
                 if spare > fallback_spare:
                     fallback, fallback_spare = di, spare
+                # idle: nothing in flight, no batch of this step yet
+                if d.inflight_requests == 0 and self._step_batch.get(di) is None and d.service.known() \
+                        and spare > idle_spare:
+                    idle, idle_spare = di, spare
             elif spare > late_spare:
                 late, late_spare = di, spare
         if best is not None:
             return best, True
         if c["wait_for_fit"] and math.isfinite(r.deadline) and can_wait and \
                 (fallback is not None or late is not None):
-            self._wait = True  # waits in the queue for a device it fits
+            # it waits in the queue for a device it fits; one that would fit no device
+            # even idle runs on an idle device in time, if there is one
+            if idle is not None and not self._could_fit(r, u, bigger_than, min_capacity):
+                return idle, False
+            self._wait = True
             return None, False
         if fallback is not None:
             return fallback, False

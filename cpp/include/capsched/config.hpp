@@ -67,7 +67,10 @@ struct PlacementConfig {
     // A request with a deadline that fits no device with room waits in its queue (until
     // one fits, or it expires) instead of taking the fallback: placement as admission
     // control, so devices are not overcommitted past what keeps deadlines (default
-    // false: Linux's rule, the fallback runs it somewhere).
+    // false: Linux's rule, the fallback runs it somewhere). A request that would fit no
+    // device it may use even when idle does not wait for one: it runs on an idle device
+    // whose seeded service model says it ends it in time, and waits only while there is
+    // none.
     bool wait_for_fit = false;
 };
 

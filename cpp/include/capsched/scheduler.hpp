@@ -350,6 +350,7 @@ class Scheduler {
     bool within_bounds(const Device& d, const Request& r, const Device* bigger_than,
                        double min_capacity) const noexcept;
     bool any_in_time(const Request& r, const Device* bigger_than, double min_capacity) const noexcept;
+    bool could_fit(const Request& r, double u, const Device* bigger_than, double min_capacity) const noexcept;
     void place_by_fitness(double now);
     void place_background(double now);
     void set_outcome(std::uint64_t id, Outcome how);
