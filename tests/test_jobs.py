@@ -15,6 +15,7 @@ from capsched.cli import main
 from capsched.errors import ConfigError, DependencyError
 from capsched.jobs import (
     MAX_SHARDS,
+    MAX_SCHEDULE_TIME,
     MAX_TIME,
     JobCycleError,
     JobFileError,
@@ -107,7 +108,7 @@ BAD_TASKS = [
     ('{"task_id": "a", "prompt_tokens": 1, "priority": 2}', "priority", "[0, 1]"),
     ('{"task_id": "a", "prompt_tokens": 1, "priority": NaN}', "priority", "finite"),
     ('{"task_id": "a", "prompt_tokens": 1, "schedule_time": Infinity}', "schedule_time", "finite"),
-    ('{"task_id": "a", "prompt_tokens": 1, "schedule_time": -1}', "schedule_time", "must be in [0, 1e+15], got -1"),
+    ('{"task_id": "a", "prompt_tokens": 1, "schedule_time": -1}', "schedule_time", "must be in [0, 1e+12], got -1"),
     ('{"task_id": "a", "prompt_tokens": 1, "deadline": 1e400}', "deadline", "finite"),
     ('{"task_id": "a", "prompt_tokens": 1, "duration_estimate": -0.5}', "duration_estimate", "must be in [0, 1e+15], got -0.5"),
     ('{"task_id": "a", "prompt_tokens": 1, "shards": 0}', "shards", "1..1,024"),
@@ -535,9 +536,10 @@ def test_times_beyond_the_clock_are_refused_by_validate_as_by_submit(tmp_path, c
     with pytest.raises(SystemExit) as exc:
         main(["jobs", action, str(p)], out=io.StringIO())
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and f"field '{field}': must be in [0, 1e+15], got 1e+16" in err
-    assert MAX_TIME == 1e15
-    ok = _json(tmp_path, [{"task_id": "a", "prompt_tokens": 5, field: 1e15}], name="ok.json")
+    bound = MAX_SCHEDULE_TIME if field == "schedule_time" else MAX_TIME  # (the clock runs on from a schedule_time)
+    assert exc.value.code == 2 and f"field '{field}': must be in [0, {bound:g}], got 1e+16" in err
+    assert MAX_TIME == 1e15 and MAX_SCHEDULE_TIME == 1e12
+    ok = _json(tmp_path, [{"task_id": "a", "prompt_tokens": 5, field: bound}], name="ok.json")
     assert read_job(ok)[0].task_id == "a"
 
 
@@ -558,7 +560,7 @@ def test_a_job_of_no_tasks_is_refused(tmp_path, capsys, action, name, text):
 def test_cli_json_is_strict_at_the_largest_times(tmp_path, capsys):
     # The longest chain of the largest durations: still finite, and written as strict
     # JSON (json.dump would have written Infinity for a time that overflowed).
-    tasks = [{"task_id": f"t{i}", "prompt_tokens": 5, "schedule_time": 1e15, "duration_estimate": 1e15,
+    tasks = [{"task_id": f"t{i}", "prompt_tokens": 5, "schedule_time": 1e12, "duration_estimate": 1e15,
               **({"depends_on": [f"t{i - 1}"]} if i else {})} for i in range(50)]
     p = _json(tmp_path, tasks)
     code, out, _ = _run(["jobs", "validate", str(p), "--json"], capsys)
@@ -567,7 +569,7 @@ def test_cli_json_is_strict_at_the_largest_times(tmp_path, capsys):
         raise AssertionError(f"not strict JSON: {c}")
 
     d = json.loads(out, parse_constant=refuse)
-    assert code == 0 and d["critical_path"] == pytest.approx(51e15)
+    assert code == 0 and d["critical_path"] == pytest.approx(50e15 + 1e12)
 
 
 def test_example_job_file_is_valid():

@@ -93,3 +93,56 @@ def test_restore_reads_no_more_than_the_limit_even_if_the_size_grows(tmp_path, m
     monkeypatch.setattr(ck.os, "fstat", lying_fstat)
     with pytest.raises(CheckpointError, match="over .* bytes, the limit"):
         Scheduler.restore(path)
+
+
+# ------------------------------------------------------------------ huge numbers, config bounds
+
+from capsched import Config, ConfigError, SchedulerConfig  # noqa: E402
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(weight_urgency=10**400), "weight_urgency"),
+    (dict(fit_margin=10**400), "fit_margin"),
+    (dict(dl_bandwidth_limit=10**400), "dl_bandwidth_limit"),
+    (dict(tenant_weights={"a": 10**400}), r"tenant_weights\['a'\]"),
+    (dict(max_queued=10**5000), "max_queued"),
+])
+def test_config_refuses_integers_beyond_a_float(kwargs, field) -> None:
+    with pytest.raises(ConfigError, match=field + r" must be .*got an integer of about"):
+        Config(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(pelt_period=5e-324), r"pelt_period must be a finite number >= 1e-06, got 5e-324"),
+    (dict(pelt_period=1e9), r"pelt_period must be in \[1e-06, 3600\]"),
+    (dict(fair_share=True, fair_output_weight=1e308), r"fair_output_weight must be in \[0, 1e\+06\], got 1e\+308"),
+    (dict(fair_input_weight=1e7), r"fair_input_weight must be in \[0, 1e\+06\]"),
+    (dict(tenant_weights={"a": 5e-324}), r"tenant_weights\['a'\] must be a finite number >= 1e-06, got 5e-324"),
+])
+def test_config_bounds_that_keep_the_signals_finite(kwargs, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        Config(**kwargs)
+    Config(pelt_period=1e-6, fair_output_weight=1e6, tenant_weights={"a": 1e-6})  # the bounds themselves
+
+
+@pytest.mark.parametrize("cls", [Config, SchedulerConfig])
+def test_toml_with_huge_integers_is_a_config_error_naming_the_key(cls, tmp_path) -> None:
+    p = tmp_path / "a.toml"
+    p.write_text("weight_urgency = 1" + "0" * 400 + "\n")
+    with pytest.raises(ConfigError, match="weight_urgency must be a number within the range of a float"):
+        cls.from_toml(p)
+    p.write_text("[scheduler]\nmax_retries = 1" + "0" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="max_retries: an integer of more than 4,300 digits"):
+        cls.from_toml(p)
+
+
+def test_from_env_validates_the_variables_together() -> None:
+    base = SchedulerConfig(max_batch_size=64, preferred_batch_sizes=(48,))
+    cfg = SchedulerConfig.from_env(
+        {"CAPSCHED_MAX_BATCH_SIZE": "32", "CAPSCHED_PREFERRED_BATCH_SIZES": "16"}, base=base)
+    assert (cfg.max_batch_size, cfg.preferred_batch_sizes) == (32, (16,))
+    with pytest.raises(ConfigError, match=r"^CAPSCHED_MAX_BATCH_SIZE='0': max_batch_size must be in"):
+        SchedulerConfig.from_env({"CAPSCHED_MAX_BATCH_SIZE": "0", "CAPSCHED_PREFERRED_BATCH_SIZES": "16"})
+    with pytest.raises(ConfigError, match=r"CAPSCHED_MAX_BATCH_SIZE='8', CAPSCHED_PREFERRED_BATCH_SIZES='16': "
+                                          r"preferred_batch_sizes\[0\] = 16 is above"):
+        SchedulerConfig.from_env({"CAPSCHED_MAX_BATCH_SIZE": "8", "CAPSCHED_PREFERRED_BATCH_SIZES": "16"})

@@ -141,7 +141,7 @@ def test_fair_share_off_by_default_and_counters_untouched():
         (dict(tenant_weights=[("a", 1.0)]), r"tenant_weights must be a mapping"),
         (dict(tenant_weights={"a": 0.0}), r"tenant_weights\['a'\] must be a finite number > 0, got 0.0"),
         (dict(tenant_weights={"a": float("inf")}), r"tenant_weights\['a'\] must be a finite number > 0, got inf"),
-        (dict(tenant_weights={"a": 2e6}), r"tenant_weights\['a'\] must be in \(0, 1e\+06\], got 2000000.0"),
+        (dict(tenant_weights={"a": 2e6}), r"tenant_weights\['a'\] must be in \[1e-06, 1e\+06\], got 2000000.0"),
         (dict(tenant_weights={"a": "2"}), r"tenant_weights\['a'\] must be a number, got '2'"),
         (dict(tenant_weights={3: 1.0}), r"a tenant name must be a str or None, got 3"),
     ],

@@ -274,7 +274,7 @@ def _jobs_args(p: argparse.ArgumentParser) -> None:
         q.add_argument("--format", choices=("json", "jsonl"), default=None,
                        help="file format (default: from the name; .jsonl/.ndjson are JSONL)")
         q.add_argument("--deadline", type=float, default=None, metavar="T",
-                       help="a deadline for the whole job (seconds on the scheduler clock)")
+                       help="a deadline for the whole job (seconds on the scheduler clock, 0..1e15)")
         q.add_argument("--json", action="store_true", help="print JSON instead of a table")
         if name == "submit":
             q.add_argument("--fleet", default=None,
@@ -298,11 +298,11 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
     import math
 
     from .errors import ConfigError, DependencyError, InvalidArgumentError
-    from .jobs import load_job, propagate_deadlines, simulate_job
+    from .jobs import MAX_TIME, load_job, propagate_deadlines, simulate_job
 
     parser: argparse.ArgumentParser = args._jobs_parser
-    if args.deadline is not None and not math.isfinite(args.deadline):
-        parser.error(f"--deadline must be a finite number of seconds, got {args.deadline}")
+    if args.deadline is not None and not 0 <= args.deadline <= MAX_TIME:  # (NaN too)
+        parser.error(f"--deadline must be a time in seconds in 0..{MAX_TIME:g} (the clock's range), got {args.deadline:g}")
     try:
         tasks = load_job(args.file, format=args.format)
         latest = propagate_deadlines(tasks, args.deadline)
@@ -368,7 +368,8 @@ def cmd_jobs(args: argparse.Namespace, out: TextIO) -> int:
             max_batch_size=args.max_batch_size,
         )
     except (ConfigError, DependencyError, InvalidArgumentError) as exc:
-        parser.error(str(exc))
+        msg = str(exc)
+        parser.error(f"{args.file}: {msg}" if msg.startswith("task ") else msg)  # (a task's: name its file)
     if args.json:
         json.dump({"file": args.file, **run.to_dict()}, out, indent=2, allow_nan=False)
         print(file=out)

@@ -27,6 +27,10 @@ __all__ = [
     "MAX_PROMPT_CHARS",
     "MAX_RESERVE",
     "MAX_TENANT_WEIGHT",
+    "MIN_TENANT_WEIGHT",
+    "MAX_FAIR_WEIGHT",
+    "MIN_PELT_PERIOD",
+    "MAX_PELT_PERIOD",
 ]
 
 POLICIES = ("fcfs", "priority", "edf", "srtf", "weighted")
@@ -34,6 +38,15 @@ POLICIES = ("fcfs", "priority", "edf", "srtf", "weighted")
 MAX_BATCH_SIZE = 65536
 #: Largest fair-share weight of a tenant (``Config.tenant_weights``).
 MAX_TENANT_WEIGHT = 1e6
+#: Smallest fair-share weight of a tenant: a service charge divided by less would
+#: overflow the tenant's virtual counter.
+MIN_TENANT_WEIGHT = 1e-6
+#: Largest ``Config.fair_input_weight`` / ``fair_output_weight`` (service per token).
+MAX_FAIR_WEIGHT = 1e6
+#: Bounds of ``Config.pelt_period`` (seconds): a shorter period makes the decay
+#: underflow (NaN utilization signals), a longer one freezes them.
+MIN_PELT_PERIOD = 1e-6
+MAX_PELT_PERIOD = 3600.0
 #: Most tenants one scheduler numbers, the default tenant (None) included: a submit
 #: naming one more new tenant raises InvalidRequestError (docs/limits.md).
 MAX_TENANTS = 65536
@@ -116,7 +129,7 @@ class Config:
         energy_aware: among devices a request fits, prefer the lowest energy per unit of
             work (``power_w / capacity``), then the score (default False; Linux EAS).
         pelt_period: PELT period in seconds (default 1/32 s: a utilization signal's
-            half-life is 32 periods = 1 s; > 0).
+            half-life is 32 periods = 1 s; 1e-6..3600 s, ``MIN_PELT_PERIOD``..``MAX_PELT_PERIOD``).
         default_work_per_token: invariant work per token (seconds on the strongest device
             at full clock) assumed for a request class before one of its requests has
             completed (default 1e-4 s; > 0).
@@ -131,7 +144,10 @@ class Config:
             its queue (until one fits, or it expires) instead of taking the fallback to
             the largest spare capacity (default False). Placement then acts as admission
             control: in the simulator it is what keeps SLO attainment up near and past
-            saturation (docs/simulator.md).
+            saturation (docs/simulator.md). A request that would fit no device it may
+            use even idle does not wait for one: it runs on an idle device whose
+            service model (seeded) says it ends it in time, and waits only while there
+            is none.
         max_batch_tokens: token budget of one batch, the sum of its members' prompt +
             max new tokens (default 0 = none; else 1..1e9). A larger request runs alone.
             In continuous mode it bounds the tokens joining a device per step.
@@ -153,10 +169,10 @@ class Config:
             policy's order alone, across tenants). ``docs/policies.md`` gives the rule.
         fair_input_weight, fair_output_weight: service charged to a tenant per dispatch:
             ``fair_input_weight x prompt tokens + fair_output_weight x max_new_tokens``,
-            over the tenant's weight (defaults 1 and 2, VTC's; finite, >= 0). A
+            over the tenant's weight (defaults 1 and 2, VTC's; 0..1e6, ``MAX_FAIR_WEIGHT``). A
             completion that reports its output tokens gives back the unused part.
         tenant_weights: fair-share weight of each tenant by name (default 1 for a tenant
-            not listed; each in (0, 1e6]): a tenant of weight 2 gets twice the service of
+            not listed; each in [1e-6, 1e6], ``MIN_TENANT_WEIGHT``..``MAX_TENANT_WEIGHT``): a tenant of weight 2 gets twice the service of
             a tenant of weight 1 when both have work queued. ``None`` names the requests
             without a tenant.
         tokenizer: callable ``str -> int`` counting a prompt's tokens; ``None`` uses
@@ -220,10 +236,12 @@ class Config:
         if not isinstance(self.energy_aware, bool):
             raise ConfigError(f"energy_aware must be a bool, got {self.energy_aware!r}")
         _check_real("dl_bandwidth_limit", self.dl_bandwidth_limit, minimum=0.0, inclusive=False)
-        if float(self.dl_bandwidth_limit) > 1.0:
+        if _as_float("dl_bandwidth_limit", self.dl_bandwidth_limit) > 1.0:
             raise ConfigError(f"dl_bandwidth_limit must be in (0, 1], got {self.dl_bandwidth_limit!r}")
-        for name in ("resource_scale_tokens", "no_deadline_horizon", "pelt_period", "default_work_per_token"):
+        for name in ("resource_scale_tokens", "no_deadline_horizon", "default_work_per_token"):
             _check_real(name, getattr(self, name), minimum=0.0, inclusive=False)
+        # (a period near 0 makes the decay factor underflow: NaN utilization signals)
+        _check_real("pelt_period", self.pelt_period, minimum=MIN_PELT_PERIOD, inclusive=True, maximum=MAX_PELT_PERIOD)
         _check_int("deadline_levels", self.deadline_levels, 1, 1024)
         _check_int("max_retries", self.max_retries, 0, 1000)
         _check_int("breaker_failures", self.breaker_failures, 0, 1_000_000)
@@ -247,7 +265,7 @@ class Config:
         if not isinstance(self.fair_share, bool):
             raise ConfigError(f"fair_share must be a bool, got {self.fair_share!r}")
         for name in ("fair_input_weight", "fair_output_weight"):
-            _check_real(name, getattr(self, name), minimum=0.0, inclusive=True)
+            _check_real(name, getattr(self, name), minimum=0.0, inclusive=True, maximum=MAX_FAIR_WEIGHT)
         weights = self.tenant_weights
         if not isinstance(weights, Mapping):
             raise ConfigError(f"tenant_weights must be a mapping of tenant name to weight, got {weights!r}")
@@ -256,8 +274,10 @@ class Config:
             if tenant is not None and not isinstance(tenant, str):
                 raise ConfigError(f"tenant_weights: a tenant name must be a str or None, got {tenant!r}")
             _check_real(f"tenant_weights[{tenant!r}]", w, minimum=0.0, inclusive=False)
-            if float(w) > MAX_TENANT_WEIGHT:
-                raise ConfigError(f"tenant_weights[{tenant!r}] must be in (0, {MAX_TENANT_WEIGHT:g}], got {w!r}")
+            # (a weight near 0 divides a tenant's charge into inf: NaN virtual counters)
+            _check_real(
+                f"tenant_weights[{tenant!r}]", w, minimum=MIN_TENANT_WEIGHT, inclusive=True, maximum=MAX_TENANT_WEIGHT
+            )
             checked[tenant] = float(w)
         object.__setattr__(self, "tenant_weights", types.MappingProxyType(checked))
         sizes = self.preferred_batch_sizes
@@ -324,25 +344,71 @@ class Config:
             raise ConfigError(f"config file {where!r} is not valid TOML: {exc}") from exc
         except RecursionError:
             raise ConfigError(f"config file {where!r} is not valid TOML: nested too deeply") from None
+        except ValueError:  # an integer of more than 4,300 digits (Python's int limit)
+            m = _LONG_TOML_INT.search(text)
+            key = f"{m.group(1)}: " if m else ""
+            raise ConfigError(
+                f"config file {where!r}: {key}an integer of more than {_MAX_INT_DIGITS:,} digits"
+            ) from None
         table = data.get("scheduler", data)
         return cls.from_dict(table)
 
 
-def _check_real(name: str, value: object, *, minimum: float, inclusive: bool) -> None:
+_MAX_INT_DIGITS = 4300  # Python's int conversion limit (sys.get_int_max_str_digits() default)
+# A TOML key set to an integer too long for int(): names the key of such an error.
+_LONG_TOML_INT = re.compile(r"^[ \t]*([A-Za-z0-9_.\"'-]+)[ \t]*=[ \t]*[+-]?[0-9_]{%d,}" % (_MAX_INT_DIGITS + 1), re.M)
+
+
+def _shown(raw: str) -> str:
+    return raw if len(raw) <= 80 else raw[:60] + f"... ({len(raw):,} characters)"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _brief(value: object) -> str:
+    """``repr(value)`` for an error message: one line, short, and safe for an integer too
+    long for ``repr`` (Python refuses to print one of more than 4,300 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        digits = int(value.bit_length() * 0.30103) + 1
+        return f"{'-' if value < 0 else ''}an integer of about {digits:,} digits"
+    try:
+        r = repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still named by type
+        r = f"<{type(value).__name__}>"
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _as_float(name: str, value: object) -> float:
+    """``float(value)`` of a real number, a ConfigError naming ``name`` otherwise (an
+    integer beyond any float included)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    ok = math.isfinite(v) and (v >= minimum if inclusive else v > minimum)
-    if not ok:
+        raise ConfigError(f"{name} must be a number, got {_brief(value)}")
+    try:
+        return float(value)
+    except (OverflowError, ValueError):
+        raise ConfigError(f"{name} must be a number within the range of a float, got {_brief(value)}") from None
+
+
+def _check_real(
+    name: str, value: object, *, minimum: float, inclusive: bool, maximum: Optional[float] = None
+) -> None:
+    v = _as_float(name, value)
+    if not (math.isfinite(v) and (v >= minimum if inclusive else v > minimum)):
         op = ">=" if inclusive else ">"
-        raise ConfigError(f"{name} must be a finite number {op} {minimum:g}, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number {op} {minimum:g}, got {_brief(value)}")
+    if maximum is not None and v > maximum:
+        lo = "[" if inclusive else "("
+        raise ConfigError(f"{name} must be in {lo}{minimum:g}, {maximum:g}], got {_brief(value)}")
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
+        raise ConfigError(f"{name} must be an integer, got {_brief(value)}")
     if not lo <= int(value) <= hi:
-        raise ConfigError(f"{name} must be in {lo}..{hi}, got {value!r}")
+        raise ConfigError(f"{name} must be in {lo}..{hi}, got {_brief(value)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -471,17 +537,30 @@ class SchedulerConfig(Config):
             raise ConfigError(
                 f"unknown environment variable(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
+        # Each variable is parsed alone (a bad one is named), then all are applied and
+        # validated together: fields that constrain each other (max_batch_size and
+        # preferred_batch_sizes) may change in one go.
+        values: dict[str, tuple[str, str, Any]] = {}
         for var in ours:
             raw = environ[var]
             name = known[var]
             if not isinstance(raw, str):
                 raise ConfigError(f"{var}: environment values are strings, got {type(raw).__name__} {raw!r}")
             try:
-                value = _parse_env(name, raw, _FIELD_KINDS[name])
-                cfg = dataclasses.replace(cfg, **{name: value})
+                values[name] = (var, raw, _parse_env(name, raw, _FIELD_KINDS[name]))
             except ConfigError as exc:
-                shown = raw if len(raw) <= 80 else raw[:60] + f"... ({len(raw):,} characters)"
-                raise ConfigError(f"{var}={shown!r}: {exc}") from None
+                raise ConfigError(f"{var}={_shown(raw)!r}: {exc}") from None
+        if values:
+            try:
+                cfg = dataclasses.replace(cfg, **{name: v for name, (_, _, v) in values.items()})
+            except ConfigError as exc:
+                for name, (var, raw, value) in values.items():  # name the variable at fault
+                    try:
+                        dataclasses.replace(cfg, **{name: value})
+                    except ConfigError as alone:
+                        raise ConfigError(f"{var}={_shown(raw)!r}: {alone}") from None
+                given = ", ".join(f"{var}={_shown(raw)!r}" for var, raw, _ in values.values())
+                raise ConfigError(f"{given}: {exc}") from None
         return cfg
 
     # ------------------------------------------------------------------ using

@@ -19,7 +19,8 @@ other field is an error):
 ``max_new_tokens`` (int)      1..10,000,000, default 256
 ``priority`` (number)         0..1, default 0.5
 ``schedule_time`` (number)    not before this time (seconds on the scheduler's clock,
-                              0..1e15, the clock's range); default: at once
+                              0..1e12, well inside the clock's 1e15 so that a run
+                              from it stays inside too); default: at once
 ``depends_on`` (list of str)  task_ids that must complete first (at most 1,024, after
                               shard expansion; no duplicates, not itself)
 ``deadline`` (number)         absolute latest finish (seconds on the scheduler's clock,
@@ -62,7 +63,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, Union
 
-from .errors import AdmissionError, ConfigError, DependencyError, QueueFullError
+from .errors import AdmissionError, ConfigError, DependencyError, InvalidRequestError, QueueFullError
 from .request import MAX_DEPENDENCIES, MAX_TOKENS, SCHED_CLASSES, InferenceRequest
 from .tokens import estimate_tokens
 
@@ -79,6 +80,7 @@ __all__ = [
     "propagate_deadlines",
     "MAX_TASKS",
     "MAX_TIME",
+    "MAX_SCHEDULE_TIME",
     "MAX_JOB_FILE_BYTES",
     "MAX_SHARDS",
     "MAX_TASK_ID_LENGTH",
@@ -94,10 +96,13 @@ __all__ = [
 MAX_JOB_FILE_BYTES = 256 * 2**20
 #: Most tasks in one job, after shard expansion.
 MAX_TASKS = 1_000_000
-#: The largest ``schedule_time``, ``deadline`` and ``duration_estimate``: the scheduler's
-#: clock takes times within +-1e15 s, so a later one could pass validation and then fail
-#: the submit.
+#: The largest ``deadline`` and ``duration_estimate`` (and a job's ``--deadline``): the
+#: scheduler's clock takes times within +-1e15 s, so a later one could pass validation and
+#: then fail the submit.
 MAX_TIME = 1e15
+#: The largest ``schedule_time``: smaller than :data:`MAX_TIME`, since the clock runs on
+#: from it while the task runs (a task due at 1e15 would complete beyond the clock's range).
+MAX_SCHEDULE_TIME = 1e12
 #: Most shards of one task.
 MAX_SHARDS = 1024
 #: Longest task_id.
@@ -347,7 +352,7 @@ def _task_from_dict(d: Any, line: Optional[int], index: Optional[int]) -> Task:
             raise _FieldError("payload", f"is about {prompt_tokens:,} tokens (limit {MAX_TOKENS:,})")
     max_new = _int_field(d, "max_new_tokens", 1, MAX_TOKENS, 256)
     priority = _real_field(d, "priority", 0.0, 1.0, 0.5)
-    schedule_time = _real_field(d, "schedule_time", 0.0, MAX_TIME, None)
+    schedule_time = _real_field(d, "schedule_time", 0.0, MAX_SCHEDULE_TIME, None)
     deadline = _real_field(d, "deadline", 0.0, MAX_TIME, None)
     duration = _real_field(d, "duration_estimate", 0.0, MAX_TIME, 0.0)
     shards = _int_field(d, "shards", 1, MAX_SHARDS, 1)
@@ -813,7 +818,9 @@ class JobRunner:
 
     def poll(self, now: Optional[float] = None) -> list[tuple[str, int]]:
         """Submit what is due at ``now`` (default: the scheduler's clock); returns the
-        ``(task_id, id)`` pairs submitted, in submission order.
+        ``(task_id, id)`` pairs submitted, in submission order. A request the scheduler
+        refuses as invalid (``InvalidRequestError``: say more KV tokens than any device
+        holds) raises that error with the task_id in its message.
 
         Every request is built and checked before the first is submitted, so a bad task
         submits nothing. If the scheduler refuses one (``QueueFullError``,
@@ -862,7 +869,10 @@ class JobRunner:
         submitted: list[tuple[str, int]] = []
         try:
             for tid, req in due:
-                rid = s.submit(req, now=now)
+                try:
+                    rid = s.submit(req, now=now)
+                except InvalidRequestError as exc:  # (e.g. more KV tokens than any device holds)
+                    raise InvalidRequestError(f"task {tid!r}: {exc}") from None
                 self.ids[tid] = rid
                 self.submission_order.append(tid)
                 self._task_of[rid] = tid
