@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -436,11 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit
-    status. Usage errors exit through argparse (status 2), as ``--help`` does (0)."""
+    status. Usage errors exit through argparse (status 2), as ``--help`` does (0). An
+    output whose reader went away gives 141, quietly; one that cannot be written (a full
+    disk, ``> /dev/full``) gives 1 and a one-line error on stderr."""
     args = build_parser().parse_args(None if argv is None else list(argv))
     run: Callable[[argparse.Namespace, TextIO], Any] = args._run
     try:
-        return int(run(args, out if out is not None else sys.stdout))
+        status = int(run(args, stream))
+        stream.flush()  # (here, so that a failing write is reported below, not at exit)
+        return status
     except BrokenPipeError:
         # The reader went away (``capsched specs --json | head``): stop quietly, as
         # other command-line tools do. (stdout goes to devnull so that the interpreter's
@@ -452,3 +457,16 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None) 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+#: The errors of a write to a full or failing output (``capsched specs > /dev/full``).
+_OUTPUT_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT", "EIO") if hasattr(errno, n))
+
+
+    stream = out if out is not None else sys.stdout
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
+            raise  # (not a failed write of the output: a file, a socket; the commands report those)
+        # The output cannot be written (``> /dev/full``: ENOSPC): one line, status 1.
+        if out is None:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"capsched {args.command}: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        return 1
