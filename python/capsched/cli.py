@@ -435,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The errors of a write to a full or failing output (``capsched specs > /dev/full``).
+_OUTPUT_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT", "EIO") if hasattr(errno, n))
+
+
 def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit
     status. Usage errors exit through argparse (status 2), as ``--help`` does (0). An
@@ -442,6 +446,7 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None) 
     disk, ``> /dev/full``) gives 1 and a one-line error on stderr."""
     args = build_parser().parse_args(None if argv is None else list(argv))
     run: Callable[[argparse.Namespace, TextIO], Any] = args._run
+    stream = out if out is not None else sys.stdout
     try:
         status = int(run(args, stream))
         stream.flush()  # (here, so that a failing write is reported below, not at exit)
@@ -453,15 +458,6 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None) 
         if out is None:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, the status a shell reports for it
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-#: The errors of a write to a full or failing output (``capsched specs > /dev/full``).
-_OUTPUT_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT", "EIO") if hasattr(errno, n))
-
-
-    stream = out if out is not None else sys.stdout
     except OSError as exc:
         if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
             raise  # (not a failed write of the output: a file, a socket; the commands report those)
@@ -470,3 +466,7 @@ _OUTPUT_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUO
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print(f"capsched {args.command}: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
