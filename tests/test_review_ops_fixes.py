@@ -146,3 +146,43 @@ def test_from_env_validates_the_variables_together() -> None:
     with pytest.raises(ConfigError, match=r"CAPSCHED_MAX_BATCH_SIZE='8', CAPSCHED_PREFERRED_BATCH_SIZES='16': "
                                           r"preferred_batch_sizes\[0\] = 16 is above"):
         SchedulerConfig.from_env({"CAPSCHED_MAX_BATCH_SIZE": "8", "CAPSCHED_PREFERRED_BATCH_SIZES": "16"})
+
+
+# ------------------------------------------------------------------ devices, slices, requests
+
+from capsched import Device, InvalidRequestError  # noqa: E402
+from capsched.devices import Slice  # noqa: E402
+
+
+@pytest.mark.parametrize("field", ["capacity", "memory_gib", "max_clock_mhz", "power_w", "prefill_s_per_token",
+                                   "decode_step_s", "decode_s_per_seq"])
+def test_device_refuses_integers_beyond_a_float(field) -> None:
+    with pytest.raises(ConfigError, match=f"device 'a': {field} must be a number within the range of a float"):
+        Device("a", **{field: 10**400})
+
+
+@pytest.mark.parametrize("field", ["priority", "timeout", "deadline", "uclamp_min", "uclamp_max"])
+def test_request_refuses_integers_beyond_a_float(field) -> None:
+    with pytest.raises(InvalidRequestError, match=f"{field} must be a number within the range of a float"):
+        InferenceRequest(prompt_tokens=1, **{field: 10**400})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(tenants="alice"), "slice 'x': tenants must be a list of tenant names, got 'alice'"),
+    (dict(tenants=("",)), "slice 'x': tenant names must be non-empty strings"),
+    (dict(max_inflight_batches=0), "slice 'x': max_inflight_batches must be an integer >= 1, got 0"),
+    (dict(max_inflight_batches="2"), "slice 'x': max_inflight_batches must be an integer >= 1, got '2'"),
+])
+def test_slice_checks_its_own_fields(kwargs, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        Slice("x", 0.5, 0.5, **kwargs)
+
+
+def test_split_keeps_the_pool_and_the_service_time_seeds() -> None:
+    d = Device("g", pool="h100", prefill_s_per_token=1e-4, decode_step_s=0.01, decode_s_per_seq=1e-3)
+    slices = d.split(Slice("a", 0.5, 0.5), Slice("b", 0.5, 0.5))
+    for sl in slices:
+        assert (sl.pool, sl.prefill_s_per_token, sl.decode_step_s, sl.decode_s_per_seq) == ("h100", 1e-4, 0.01, 1e-3)
+    s = Scheduler(list(slices))
+    rid = s.submit(InferenceRequest(prompt_tokens=1, pool="h100"), now=0.0)
+    assert [b.request_ids for b in s.step(now=0.0).batches] == [[rid]]

@@ -16,6 +16,7 @@ import numbers
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Optional, Union, cast
 
+from .config import _brief
 from .errors import ConfigError
 from .specs import AcceleratorSpec, UnknownAcceleratorError, lookup
 
@@ -95,6 +96,7 @@ class Device:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"device name must be a non-empty str, got {self.name!r}")
         c = self.capacity
+        _check_float_range(self.name, "capacity", c)
         if c is not None and (
             isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(c) or c <= 0
         ):
@@ -116,6 +118,7 @@ class Device:
                 raise ConfigError(f"device {self.name!r}: model: {exc}") from None
         for field in ("memory_gib", "max_clock_mhz", "clock_mhz", "power_w"):
             v = getattr(self, field)
+            _check_float_range(self.name, field, v)
             if v is not None and (
                 isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0
             ):
@@ -124,6 +127,7 @@ class Device:
             raise ConfigError(f"device {self.name!r}: pool must be a non-empty str or None, got {self.pool!r}")
         for field in ("prefill_s_per_token", "decode_step_s", "decode_s_per_seq"):
             v = getattr(self, field)
+            _check_float_range(self.name, field, v)
             if v is not None and (
                 isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0
             ):
@@ -168,7 +172,9 @@ class Device:
     def split(self, *slices: "Slice") -> tuple["Device", ...]:
         """Partition this device into slices (MIG profiles or fractional shares), each a
         placement target of its own named ``"<device>/<slice>"``: capacity, KV budget,
-        memory and power scale with the slice's shares; pinned tenants per slice.
+        memory and power scale with the slice's shares; pinned tenants per slice. Each
+        slice keeps the device's model, clocks, ``pool`` and service-time seeds
+        (``prefill_s_per_token``, ``decode_step_s``, ``decode_s_per_seq``).
 
         Raises:
             ConfigError: no slices, a bad share, or shares that add up to more than 1.
@@ -197,6 +203,11 @@ class Device:
                     power_w=None if self.power_w is None else self.power_w * sl.compute,
                     tenants=tuple(sl.tenants),
                     parent=self.name,
+                    # a slice runs at the parent's per-token speed and stays in its pool
+                    prefill_s_per_token=self.prefill_s_per_token,
+                    decode_step_s=self.decode_step_s,
+                    decode_s_per_seq=self.decode_s_per_seq,
+                    pool=self.pool,
                 )
             )
         return tuple(out)
@@ -229,8 +240,12 @@ class Slice:
         name: the slice's name within its device (``"mig-3g.40gb-0"``, ``"a"``).
         compute: share of the device's compute, (0, 1] (MIG 3g of 7: 3/7).
         memory: share of its memory and KV budget, (0, 1].
-        tenants: tenants pinned to this slice (see :class:`Device`).
+        tenants: tenants pinned to this slice (see :class:`Device`): a list of names,
+            not a str.
         max_inflight_batches: batches the slice may run at once (>= 1).
+
+    Raises:
+        ConfigError: a bad value; the message names the slice and the field.
     """
 
     name: str
@@ -245,7 +260,29 @@ class Slice:
         for what in ("compute", "memory"):
             v = getattr(self, what)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 < cast(float, v) <= 1.0:
-                raise ConfigError(f"slice {self.name!r}: {what} share must be in (0, 1], got {v!r}")
+                raise ConfigError(f"slice {self.name!r}: {what} share must be in (0, 1], got {_brief(v)}")
+        tenants = self.tenants
+        if isinstance(tenants, str) or not isinstance(tenants, (tuple, list, frozenset, set)):
+            raise ConfigError(f"slice {self.name!r}: tenants must be a list of tenant names, got {_brief(tenants)}")
+        for t in tenants:
+            if not isinstance(t, str) or not t:
+                raise ConfigError(f"slice {self.name!r}: tenant names must be non-empty strings, got {_brief(t)}")
+        object.__setattr__(self, "tenants", tuple(tenants))
+        m = self.max_inflight_batches
+        if isinstance(m, bool) or not isinstance(m, numbers.Integral) or not 1 <= m <= 2**31 - 1:
+            raise ConfigError(f"slice {self.name!r}: max_inflight_batches must be an integer >= 1, got {_brief(m)}")
+
+
+def _check_float_range(device: str, field: str, v: object) -> None:
+    """A real ``v`` must convert to a float (``math.isfinite`` of a huge int overflows)."""
+    if v is None or isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return
+    try:
+        float(v)
+    except (OverflowError, ValueError):
+        raise ConfigError(
+            f"device {device!r}: {field} must be a number within the range of a float, got {_brief(v)}"
+        ) from None
 
 
 DeviceLike = Union[str, Device, Mapping[str, Any]]

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from .config import _brief
 from .errors import InvalidRequestError, RequestTypeError
 
 __all__ = ["InferenceRequest", "MAX_TOKENS", "MAX_DEPENDENCIES", "SCHED_CLASSES"]
@@ -281,14 +282,19 @@ def _int(name: str, value: object, lo: int, hi: int) -> int:
         raise RequestTypeError(f"{name} must be an integer, got {value!r}")
     v = int(value)
     if not lo <= v <= hi:
-        raise InvalidRequestError(f"{name} must be in {lo}..{hi}, got {v}")
+        raise InvalidRequestError(f"{name} must be in {lo}..{hi}, got {_brief(v)}")
     return v
 
 
 def _number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise RequestTypeError(f"{name} must be a number, got {value!r}")
-    return float(value)
+        raise RequestTypeError(f"{name} must be a number, got {_brief(value)}")
+    try:
+        return float(value)
+    except (OverflowError, ValueError):  # an integer beyond any float
+        raise InvalidRequestError(
+            f"{name} must be a number within the range of a float, got {_brief(value)}"
+        ) from None
 
 
 def _real(name: str, value: object, lo: float, hi: float) -> float:
