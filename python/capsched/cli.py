@@ -128,13 +128,14 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--load",
         default=None,
-        help="offered loads, comma-separated shares of fleet capacity (default 0.3,0.5,0.7,0.9,1.5)",
+        help="offered loads, comma-separated shares of fleet capacity, each in 1e-6..1e6 (default 0.3,0.5,0.7,0.9,1.5)",
     )
     p.add_argument("--policies", default="all", help="comma-separated policies (default all: round_robin, random, "
                    "least_load, power_of_two_choices, capsched)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--requests", type=int, default=None, help="requests per run: the first N of the trace (default 2000)")
-    p.add_argument("--max-num-seqs", type=int, default=128, help="sequences per device and iteration (default 128)")
+    p.add_argument("--max-num-seqs", type=int, default=128,
+                   help="sequences per device and iteration, 1..65536 (default 128)")
     p.add_argument("--fault", action="append", default=[], metavar="DEVICE@START+DURATION",
                    help="take a device down for an interval, e.g. H100-SXM-0@20+30 (repeatable)")
     p.add_argument("--slowdown", action="append", default=[], metavar="DEVICE@START+DURATION:SCALE",
@@ -145,10 +146,11 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chain", type=int, default=1, metavar="K",
                    help="agent-style workload: consecutive requests form chains of K steps, each step "
                         "running after the one before (capsched gets them as a DAG with depends_on)")
-    p.add_argument("--capsched-policy", default="edf", help="the capsched Scheduler's policy (default edf)")
-    p.add_argument("--capsched-class", default="normal", choices=("normal", "deadline"),
-                   help="sched_class of capsched's requests: normal (default) or deadline (admission control: "
-                   "requests no device can admit are rejected and count as misses)")
+    p.add_argument("--capsched-policy", default=None,
+                   help="capsched only: the capsched Scheduler's policy (default edf)")
+    p.add_argument("--capsched-class", default=None, choices=("normal", "deadline"),
+                   help="capsched only: sched_class of capsched's requests: normal (default) or deadline (admission "
+                   "control: requests no device can admit are rejected and count as misses)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write results.json (and plots, with matplotlib) here, replacing earlier ones; checked "
                         "before the run (created if needed)")
@@ -158,15 +160,18 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
     """``capsched simulate``: replay a trace on a simulated fleet under each policy."""
+    from .config import MAX_BATCH_SIZE
     from .errors import CapschedError, ConfigError
     from .sim import run as simrun
-    from .sim.engine import parse_fault, parse_slowdown
+    from .sim.engine import MAX_SIM_TIME, parse_fault, parse_slowdown
     from .sim.fleet import DEFAULT_FLEET, Fleet, parse_fleet
     from .sim.cost import model_spec
     from .sim.policies import parse_policies
 
     parser: argparse.ArgumentParser = args._parser
     try:
+        if not 1 <= args.max_num_seqs <= MAX_BATCH_SIZE:
+            raise ConfigError(f"--max-num-seqs must be in 1..{MAX_BATCH_SIZE}, got {args.max_num_seqs}")
         model = model_spec(args.model)
         if args.fleet is None:
             fleet = Fleet(DEFAULT_FLEET.groups, model, args.max_num_seqs)
@@ -177,28 +182,45 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
             loads = simrun.DEFAULT_LOADS
         else:
             loads = []
+            lo, hi = simrun.LOAD_RANGE
             for part in args.load.split(","):
                 try:
                     x = float(part)
                 except ValueError:
                     raise ConfigError(f"--load: {part.strip()!r} is not a number") from None
-                if not (x > 0 and x < float("inf")):
+                if not x > 0:
                     raise ConfigError(f"--load: each load must be a number > 0 (a share of fleet capacity), got {part.strip()!r}")
+                if not lo <= x <= hi:
+                    raise ConfigError(f"--load: each load must be in {lo:g}..{hi:g} (a share of fleet capacity), got {part.strip()!r}")
+                if x in loads:
+                    raise ConfigError(f"--load: {part.strip()!r} is listed twice")
                 loads.append(x)
             loads = tuple(loads)
         if args.requests is not None and args.requests < 2:
             raise ConfigError(f"--requests must be >= 2, got {args.requests}")
+        policies = parse_policies(args.policies)
+        if "capsched" not in policies:
+            # (they would be ignored: refused, as a flag that does nothing is a mistake)
+            for flag, given in (("--restart-at", args.restart_at is not None),
+                                ("--capsched-policy", args.capsched_policy is not None),
+                                ("--capsched-class", args.capsched_class is not None)):
+                if given:
+                    raise ConfigError(f"{flag} applies to the capsched policy only, and --policies {args.policies!r} "
+                                      "does not include it")
+        if args.restart_at is not None and not 0 <= args.restart_at <= MAX_SIM_TIME:  # (NaN too)
+            raise ConfigError(f"--restart-at must be a time in seconds in 0..{MAX_SIM_TIME:g}, got {args.restart_at:g}")
+        capsched_class = args.capsched_class or "normal"
         config = simrun.SimConfig(
             fleet=fleet,
             trace=args.trace,
             loads=tuple(loads),
-            policies=parse_policies(args.policies),
+            policies=policies,
             seed=args.seed,
             requests=args.requests,
             faults=tuple(parse_fault(f) for f in args.fault),
             slowdowns=tuple(parse_slowdown(s) for s in args.slowdown),
-            capsched_policy=args.capsched_policy,
-            capsched_request={"sched_class": args.capsched_class} if args.capsched_class != "normal" else {},
+            capsched_policy=args.capsched_policy or "edf",
+            capsched_request={"sched_class": capsched_class} if capsched_class != "normal" else {},
             restart_at=args.restart_at,
             chain=args.chain,
         )

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from ..errors import AdmissionError, CapschedError, ConfigError
+from ..errors import AdmissionError, CapschedError, ConfigError, QueueFullError
 from ..request import MAX_TOKENS
 from .cost import CostModel
 from .fleet import Fleet, SimDevice
@@ -65,6 +65,7 @@ __all__ = [
     "parse_slowdown",
     "unservable",
     "DEADLINE_FACTOR",
+    "MAX_SIM_TIME",
     "DONE",
     "FAILED",
     "EXPIRED",
@@ -74,6 +75,12 @@ __all__ = [
 #: Deadline = arrival + DEADLINE_FACTOR x the request's unloaded service time on the
 #: fastest card of the fleet.
 DEADLINE_FACTOR = 5.0
+
+#: The latest time (seconds) of an arrival, or of a fault's or slowdown's end or a
+#: restart: 1e9 s (about 32 years), so that a run stays well inside the Scheduler clock's
+#: +-1e15 s and float64 times keep sub-microsecond resolution. Later ones are refused
+#: before anything runs (they would fail half-way through a run).
+MAX_SIM_TIME = 1e9
 
 # Request outcomes.
 PENDING, DONE, FAILED, EXPIRED = 0, 1, 2, 3
@@ -95,6 +102,8 @@ def _interval_problem(start: object, duration: object, scale: object = 1.0) -> O
         return "START must be >= 0 and DURATION > 0 (seconds)"
     if not math.isfinite(s + d):
         return "START + DURATION must be a finite time"
+    if s + d > MAX_SIM_TIME:
+        return f"START + DURATION must be at most {MAX_SIM_TIME:g} s (the simulator's time range)"
     if not (0 < c <= 1):
         return "CLOCK_SCALE must be in (0, 1]"
     return None
@@ -117,7 +126,8 @@ class Fault:
 
     Raises:
         ConfigError: an empty device name, ``start_s`` not a finite number >= 0,
-            ``duration_s`` not a finite number > 0.
+            ``duration_s`` not a finite number > 0, or an end (``start_s +
+            duration_s``) after :data:`MAX_SIM_TIME`.
     """
 
     device: str
@@ -197,12 +207,12 @@ def check_events(faults: object, slowdowns: object) -> tuple[list[Fault], list[S
 
 
 def check_restart_at(restart_at: object) -> Optional[float]:
-    """``restart_at``: None or a finite time in seconds >= 0."""
+    """``restart_at``: None or a time in seconds in 0..:data:`MAX_SIM_TIME`."""
     if restart_at is not None and not (
-        isinstance(restart_at, numbers.Real) and not isinstance(restart_at, bool) and math.isfinite(restart_at)
-        and float(restart_at) >= 0
+        isinstance(restart_at, numbers.Real) and not isinstance(restart_at, bool)
+        and 0 <= float(restart_at) <= MAX_SIM_TIME
     ):
-        raise ConfigError(f"restart_at must be a time in seconds >= 0, got {restart_at!r}")
+        raise ConfigError(f"restart_at must be a time in seconds in 0..{MAX_SIM_TIME:g}, got {restart_at!r}")
     return None if restart_at is None else float(restart_at)
 
 
@@ -442,7 +452,8 @@ class Simulation:
     Raises:
         ConfigError: at construction, before anything runs: an unknown policy, a
             workload or device of the wrong type, duplicate device names, deadlines not
-            one finite time >= arrival per request, a fault or slowdown that is not a
+            one finite time >= arrival per request, an arrival after
+            :data:`MAX_SIM_TIME`, a fault or slowdown that is not a
             :class:`Fault` / :class:`Slowdown` with valid numbers or names no device,
             ``seed`` not an integer >= 0, ``max_retries`` not in 0..1000, a
             ``capsched_policy`` the Scheduler does not know, ``capsched_config`` fields
@@ -478,6 +489,11 @@ class Simulation:
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise ConfigError(f"two devices are named {dup!r}: device names must be unique")
+        if len(workload) and float(workload.arrival_s[-1]) > MAX_SIM_TIME:
+            raise ConfigError(
+                f"the workload's last arrival is at {float(workload.arrival_s[-1]):g} s, after the simulator's "
+                f"time range ({MAX_SIM_TIME:g} s): scale it to a higher rate (Workload.scale_to_rate)"
+            )
         self.policy = policy
         self.sim_devices = devices
         self.workload = workload
@@ -926,7 +942,10 @@ class Simulation:
                         )
                         try:
                             sid = sched.submit(req, now=now)
-                        except AdmissionError:  # deadline class: no device can admit it
+                        except (AdmissionError, QueueFullError):
+                            # Refused at submit: deadline admission (no device can admit
+                            # it) or a full queue (Config.max_queued): a drop, as a server
+                            # would answer 429/503.
                             self.rejected += 1
                             for y in range(x, steps[-1] + 1):
                                 self._end(y, EXPIRED if y == x else FAILED, now)

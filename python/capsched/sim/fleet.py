@@ -29,6 +29,7 @@ import re
 from collections.abc import Sequence
 from typing import Optional, Union
 
+from ..config import MAX_BATCH_SIZE
 from ..devices import MAX_DEVICES, Device
 from ..errors import ConfigError
 from ..specs import UnknownAcceleratorError, lookup
@@ -116,7 +117,7 @@ class Fleet:
     Raises:
         ConfigError: no group, a malformed group, an unknown accelerator, a count not an
             integer >= 1, more than :data:`capsched.devices.MAX_DEVICES` devices in all,
-            a bad ``max_num_seqs``, or a model that does not fit an accelerator.
+            a ``max_num_seqs`` not in 1..65,536 (the Scheduler's ``max_batch_size``), or a model that does not fit an accelerator.
     """
 
     groups: tuple[tuple[str, int], ...]
@@ -150,8 +151,12 @@ class Fleet:
         groups = list(merged.items())
         object.__setattr__(self, "groups", tuple(groups))
         object.__setattr__(self, "model", model_spec(self.model))
-        if isinstance(self.max_num_seqs, bool) or not isinstance(self.max_num_seqs, int) or self.max_num_seqs < 1:
-            raise ConfigError(f"max_num_seqs must be an integer >= 1, got {self.max_num_seqs!r}")
+        if (
+            isinstance(self.max_num_seqs, bool) or not isinstance(self.max_num_seqs, int)
+            or not 1 <= self.max_num_seqs <= MAX_BATCH_SIZE
+        ):
+            # (capsched takes it as max_batch_size: a larger one would fail after the baselines ran)
+            raise ConfigError(f"max_num_seqs must be an integer in 1..{MAX_BATCH_SIZE}, got {self.max_num_seqs!r}")
         for name, _ in groups:
             try:
                 CostModel(name, self.model).kv_tokens()

@@ -133,8 +133,8 @@ def make_policy(name: str, rng: np.random.Generator) -> BindingPolicy:
 
 
 def parse_policies(text: str) -> tuple[str, ...]:
-    """``"least_load,capsched"`` (or ``"all"``) as a tuple of policy names; ``-`` and
-    ``_`` are interchangeable, ``p2c`` names power_of_two_choices.
+    """``"least_load,capsched"`` (or ``"all"``) as a tuple of policy names; case does not
+    matter, ``-`` and ``_`` are interchangeable, ``p2c`` names power_of_two_choices.
 
     Raises:
         ConfigError: empty, an unknown name, a name given twice (``p2c`` and
@@ -142,7 +142,7 @@ def parse_policies(text: str) -> tuple[str, ...]:
     """
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"--policies is empty: give some of {', '.join(POLICIES)}")
-    if text.strip() == "all":
+    if text.strip().lower() == "all":  # (names are case-insensitive, 'all' too)
         return POLICIES
     out: list[str] = []
     for part in text.split(","):

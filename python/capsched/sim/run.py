@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, TextIO
 
 import numpy as np
@@ -32,6 +33,7 @@ from .engine import (
     check_restart_at,
     check_seed,
     deadlines_for,
+    MAX_SIM_TIME,
     unservable,
 )
 from .fleet import DEFAULT_FLEET, Fleet
@@ -44,6 +46,8 @@ __all__ = [
     "Experiment",
     "DEFAULT_LOADS",
     "DEFAULT_REQUESTS",
+    "LOAD_RANGE",
+    "TRACE_GAMMA_CV_MAX",
     "load_workload",
     "check_out_dir",
     "run_experiment",
@@ -54,6 +58,14 @@ __all__ = [
 DEFAULT_LOADS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9, 1.5)
 #: Requests per run by default (the first ones of the trace).
 DEFAULT_REQUESTS = 2000
+#: The offered loads a run takes, inclusive (shares of fleet capacity): beyond them the
+#: arrival times lose their meaning (1e-14 puts arrivals near 1e14 s, where float64
+#: times lose the milliseconds of an iteration; 1e300 overflows the rate).
+LOAD_RANGE: tuple[float, float] = (1e-6, 1e6)
+#: The largest CV of a ``gamma:CV`` trace: beyond it nearly every gap of the gamma draw is
+#: 0 s in floating point, so the requests arrive at one instant (the generator itself,
+#: :func:`~capsched.sim.workload.gamma_bursty`, takes up to ``GAMMA_CV_RANGE[1]``).
+TRACE_GAMMA_CV_MAX = 100.0
 
 
 def load_workload(trace: str, requests: Optional[int], seed: int) -> Workload:
@@ -62,8 +74,9 @@ def load_workload(trace: str, requests: Optional[int], seed: int) -> Workload:
     trace file path; its first ``requests`` requests, arrivals shifted to start at 0.
 
     Raises:
-        ConfigError: an unknown name, a file that cannot be read, or a ``gamma:CV``
-            whose CV is not in :data:`~capsched.sim.workload.GAMMA_CV_RANGE`.
+        ConfigError: an unknown name, a file that cannot be read, a ``gamma:CV``
+            whose CV is not in 1e-6..:data:`TRACE_GAMMA_CV_MAX` or whose draw puts every
+            arrival at one instant, or fewer than 2 requests spanning more than 0 s.
     """
     n = requests if requests is not None else DEFAULT_REQUESTS
     if trace == "poisson":
@@ -77,6 +90,16 @@ def load_workload(trace: str, requests: Optional[int], seed: int) -> Workload:
             w = gamma_bursty(1.0, cv, n=n, seed=seed)
         except InvalidArgumentError as exc:
             raise ConfigError(f"bad trace {trace!r}: {exc}") from None
+        if cv > TRACE_GAMMA_CV_MAX:
+            raise ConfigError(
+                f"bad trace {trace!r}: the CV must be at most {TRACE_GAMMA_CV_MAX:g} (beyond, nearly every gap is "
+                "0 s and the requests arrive at one instant)"
+            )
+        if w.shift_to_zero().head(n).duration_s <= 0:
+            raise ConfigError(
+                f"bad trace {trace!r}: its {n} arrivals fell at one instant (with a CV this large nearly every gap "
+                "is 0 s): give a smaller CV or more --requests"
+            )
     else:
         if trace not in BUILTIN_TRACES and not os.path.exists(trace):
             raise ConfigError(
@@ -95,7 +118,8 @@ class SimConfig:
     """What ``capsched simulate`` runs.
 
     Raises:
-        ConfigError: at construction: no load or one not a finite number > 0, an
+        ConfigError: at construction: ``loads`` or ``policies`` not a non-empty
+            sequence, a load not a number in :data:`LOAD_RANGE` or one listed twice, an
             unknown policy or one listed twice, ``requests`` not an integer >= 2, a fleet
             that is not a :class:`Fleet`, and whatever :class:`Simulation` refuses in
             ``seed``, ``faults``, ``slowdowns``, ``capsched_policy``,
@@ -118,16 +142,25 @@ class SimConfig:
     chain: int = 1
 
     def __post_init__(self) -> None:
-        if not self.loads:
-            raise ConfigError("give at least one load")
+        for what in ("loads", "policies"):
+            value = getattr(self, what)
+            if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (Sequence, set, frozenset)):
+                raise ConfigError(f"{what} must be a tuple (or list), got {value!r}")
+            if not value:
+                raise ConfigError(f"{what} is empty: give at least one")
+            setattr(self, what, tuple(value))
+        lo, hi = LOAD_RANGE
         for x in self.loads:
-            if not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0):
-                raise ConfigError(f"a load must be a number > 0 (a share of fleet capacity), got {x!r}")
+            if isinstance(x, bool) or not isinstance(x, numbers.Real) or not lo <= float(x) <= hi:
+                raise ConfigError(f"loads: a load must be a number in {lo:g}..{hi:g} (a share of fleet capacity), got {x!r}")
+        self.loads = tuple(float(x) for x in self.loads)
+        if len(set(self.loads)) != len(self.loads):
+            raise ConfigError(f"loads: a load is listed twice in {self.loads!r}")
         for p in self.policies:
             if not isinstance(p, str) or p not in POLICIES:
-                raise ConfigError(f"unknown policy {p!r} (known: {', '.join(POLICIES)})")
+                raise ConfigError(f"policies: unknown policy {p!r} (known: {', '.join(POLICIES)})")
         if len(set(self.policies)) != len(self.policies):
-            raise ConfigError(f"a policy is listed twice in {tuple(self.policies)!r}")
+            raise ConfigError(f"policies: a policy is listed twice in {self.policies!r}")
         if not isinstance(self.fleet, Fleet):
             raise ConfigError(f"fleet must be a Fleet (parse_fleet), got {self.fleet!r}")
         if self.requests is not None and (
@@ -175,7 +208,10 @@ class Experiment:
             "loads": list(c.loads),
             "policies": list(c.policies),
             "capsched_policy": c.capsched_policy,
+            "capsched_config": dict(c.capsched_config),
             "capsched_request": dict(c.capsched_request),
+            "restart_at": c.restart_at,
+            "chain": c.chain,
             "faults": [dataclasses.asdict(f) for f in c.faults],
             "slowdowns": [dataclasses.asdict(f) for f in c.slowdowns],
             "capacity_rps": self.capacity_rps,
@@ -226,9 +262,14 @@ def run_experiment(
     run, with a line for each thing the user may not expect: a trace shorter than
     ``config.requests``, requests no device can hold (they fail under every policy).
 
+    A fault, slowdown or restart (``restart_at``, with capsched among the policies)
+    that starts after the last arrival of a load's run is warned about too: it may
+    change nothing there.
+
     Raises:
-        ConfigError: the trace cannot be loaded, or a fault or slowdown names no device
-            of the fleet (before any run).
+        ConfigError: the trace cannot be loaded, a fault or slowdown names no device
+            of the fleet, or a load would spread the arrivals beyond
+            :data:`~capsched.sim.engine.MAX_SIM_TIME` (before any run).
     """
     t0 = time.perf_counter()
     if stream is None:
@@ -248,7 +289,25 @@ def run_experiment(
     for ev in list(config.faults) + list(config.slowdowns):
         if ev.device not in names:
             raise ConfigError(f"unknown device {ev.device!r} (devices: {', '.join(d.name for d in devices)})")
+    scaled: dict[float, Workload] = {}
+    for load in config.loads:
+        wl = w.scale_to_rate(load * capacity)
+        if wl.duration_s > MAX_SIM_TIME:
+            raise ConfigError(
+                f"--load {load:g}: the trace's {len(wl)} arrivals would span {wl.duration_s:.3g} s at "
+                f"{load * capacity:.3g} req/s, beyond the simulator's {MAX_SIM_TIME:g} s: give a higher load"
+            )
+        scaled[load] = wl
     if warn is not None:
+        late: list[tuple[str, float]] = [(f"fault {f.device}@{f.start_s:g}+{f.duration_s:g}", f.start_s) for f in config.faults]
+        late += [(f"slowdown {f.device}@{f.start_s:g}+{f.duration_s:g}:{f.clock_scale:g}", f.start_s) for f in config.slowdowns]
+        if config.restart_at is not None and "capsched" in config.policies:
+            late.append(("the restart (restart_at)", config.restart_at))
+        for label, start in late:
+            after = [load for load, wl in scaled.items() if start > float(wl.arrival_s[-1])]
+            if after:
+                ends = ", ".join(f"{float(scaled[x].arrival_s[-1]):.1f} s at load {x:g}" for x in after)
+                warn(f"{label} starts at {start:g} s, after the last arrival ({ends}): it may change nothing there")
         if config.requests is not None and len(w) < config.requests:
             warn(f"trace {config.trace!r} has only {len(w)} requests: running {len(w)}, not {config.requests}")
         if bad.size:
@@ -263,7 +322,7 @@ def run_experiment(
     results: dict[tuple[float, str], SimResult] = {}
     for load in config.loads:
         rate = load * capacity
-        wl = w.scale_to_rate(rate)
+        wl = scaled[load]
         deadlines = deadlines_for(wl, devices)
         for policy in config.policies:
             t = time.perf_counter()

@@ -604,7 +604,7 @@ _TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(\.\
 
 def _open_text(path: PathLike) -> IO[str]:
     p = os.fspath(path)
-    if p.endswith(".gz"):
+    if p.lower().endswith(".gz"):  # (as load_trace picks the format: case-insensitively)
         return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8", newline="")
     return open(p, encoding="utf-8", newline="")
 
@@ -635,6 +635,8 @@ def _parse_token_count(value: str, path: str, line: int, field: str) -> int:
     if len(s) > 18:  # (within int64)
         raise TraceFormatError(path, line, field, f"must be below 10**18 tokens, got {_cut(value)}")
     v = int(s)
+    if v > MAX_TOKENS:  # (the core's limit per request: such a run would fail half-way)
+        raise TraceFormatError(path, line, field, f"must be at most {MAX_TOKENS:,} tokens (capsched.MAX_TOKENS), got {v}")
     if v < 1:
         raise TraceFormatError(path, line, field, f"must be >= 1, got {v}")
     return v
@@ -695,14 +697,14 @@ def _load_azure_stream(stream: IO[str], path: str, name: str, limit: Optional[in
 
 def load_azure_csv(path: PathLike, *, limit: Optional[int] = None, name: Optional[str] = None) -> Workload:
     """Load an Azure LLM inference trace (``TIMESTAMP,ContextTokens,GeneratedTokens``;
-    gzip-compressed if the name ends in ``.gz``).
+    gzip-compressed if the name ends in ``.gz``, in any case).
 
     Arrival times are seconds after the first request's. ``limit`` keeps the first rows.
 
     Raises:
         TraceFormatError: (a :class:`~capsched.errors.ConfigError`) a bad header, row,
-            timestamp or token count, or rows out of time order: the message gives the
-            file, line and field.
+            timestamp or token count (a count must be in 1..:data:`capsched.MAX_TOKENS`),
+            or rows out of time order: the message gives the file, line and field.
         InvalidArgumentError: ``limit`` not an integer >= 1.
         OSError: the file cannot be read.
     """
@@ -716,13 +718,14 @@ def load_azure_csv(path: PathLike, *, limit: Optional[int] = None, name: Optiona
 def load_mooncake_jsonl(path: PathLike, *, limit: Optional[int] = None, name: Optional[str] = None) -> Workload:
     """Load a Mooncake trace: one JSON object per line with ``timestamp`` (milliseconds),
     ``input_length`` and ``output_length`` (``hash_ids``, the prefix-cache blocks, is not
-    used). Gzip-compressed if the name ends in ``.gz``.
+    used). Gzip-compressed if the name ends in ``.gz`` (in any case).
 
     Arrival times are seconds after the first request's. ``limit`` keeps the first rows.
 
     Raises:
-        TraceFormatError: a line that is not a JSON object, a missing or bad field, or
-            rows out of time order: the message gives the file, line and field.
+        TraceFormatError: a line that is not a JSON object, a missing or bad field (a
+            length must be in 1..:data:`capsched.MAX_TOKENS`), or rows out of time
+            order: the message gives the file, line and field.
         InvalidArgumentError: ``limit`` not an integer >= 1.
         OSError: the file cannot be read.
     """
@@ -743,6 +746,8 @@ def load_mooncake_jsonl(path: PathLike, *, limit: Optional[int] = None, name: Op
                 raise TraceFormatError(p, line, None, f"is not valid JSON: {exc.msg} at column {exc.colno}") from None
             except RecursionError:
                 raise TraceFormatError(p, line, None, "is not valid JSON: nested too deeply") from None
+            except ValueError:  # an integer of more digits than Python converts
+                raise TraceFormatError(p, line, None, "is not valid JSON: an integer of more than 4300 digits") from None
             if not isinstance(obj, dict):
                 raise TraceFormatError(p, line, None, f"must be a JSON object, got {type(obj).__name__}")
             ts = obj.get("timestamp")
@@ -756,7 +761,11 @@ def load_mooncake_jsonl(path: PathLike, *, limit: Optional[int] = None, name: Op
                 if v is None:
                     raise TraceFormatError(p, line, key, "is missing")
                 if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < 10**18:
-                    raise TraceFormatError(p, line, key, f"must be an integer >= 1, got {v!r}")
+                    raise TraceFormatError(p, line, key, f"must be an integer >= 1, got {_cut(v)}")
+                if v > MAX_TOKENS:
+                    raise TraceFormatError(
+                        p, line, key, f"must be at most {MAX_TOKENS:,} tokens (capsched.MAX_TOKENS), got {v}"
+                    )
                 counts.append(v)
             times.append(ts / 1000.0)
             prompt.append(counts[0])
