@@ -609,6 +609,15 @@ class Harness:
         t = self.advance(dt)
         self.record(f"submit_many({items!r}, now={t!r})")
         # All or none; checked before room, as the core does.
+        if items and self.ref.no_device_open(None):
+            self.record("  -> ref refuses: no device is open to tenant None")
+            if self.real is None:
+                return
+            import numpy as np
+
+            with pytest.raises(capsched.errors.InvalidRequestError, match="no device is open to tenant None"):
+                self.real.submit_many(np.array([x[0] for x in items], dtype=np.int64), now=t)
+            return
         if any(self.ref.never_fits(pt, mnt) for pt, mnt, _, _ in items):
             self.record("  -> ref refuses: an element needs more KV than any device holds")
             if self.real is None:

@@ -228,6 +228,20 @@ void Scheduler::validate_spec(const RequestSpec& s, double now) const {
     if (s.n_depends_on > kMaxDependencies)
         throw InvalidRequest("depends_on lists " + std::to_string(s.n_depends_on) +
                              " requests (limit " + std::to_string(kMaxDependencies) + ")");
+    // A request that no device is open to (its tenant's placement group has none, or none
+    // in its pool or fallback pool) would wait forever: refused.
+    {
+        const std::vector<std::uint32_t>& members = group_devices_[group_of(s.tenant)];
+        bool open = s.pool == 0 && !members.empty();
+        for (std::size_t i = 0; !open && i < members.size(); ++i) {
+            const std::uint32_t p = devices_[members[i]].pool;
+            open = p == s.pool || (s.fallback_pool != 0 && p == s.fallback_pool);
+        }
+        if (!open)
+            throw InvalidRequest("no device is open to tenant " + std::to_string(s.tenant) +
+                                 (s.pool == 0 ? std::string(" (no device is shared, and none lists it)")
+                                              : std::string(" in the request's pool or fallback pool")));
+    }
     // A request that no device open to it could ever hold in KV memory would wait forever
     // and hold back its placement group: refused. (Only checked when some device's budget
     // is below its tokens, so the usual submit does not scan the devices.)

@@ -420,6 +420,8 @@ class Scheduler:
                 rid = core.submit_spec(tokens, spec, tenant, rclass, t)
             except (QueueFullError, AdmissionError) as exc:
                 raise self._refused(exc, name, tenant) from None
+            except InvalidRequestError as exc:
+                raise self._named(exc, name, tenant) from None
         except BaseException:
             claim.append(None)  # not submitted: the object can be submitted again
             raise
@@ -482,6 +484,8 @@ class Scheduler:
                 )
             except (QueueFullError, AdmissionError) as exc:
                 raise self._refused(exc, fields.tenant, tenant) from None
+            except InvalidRequestError as exc:
+                raise self._named(exc, fields.tenant, tenant) from None
         except BaseException:
             claim.append(None)  # not submitted: the object can be submitted again
             raise
@@ -495,6 +499,13 @@ class Scheduler:
         if isinstance(exc, QueueFullError):
             return QueueFullError(str(exc).replace(f"for tenant {tenant_id}:", f"for tenant {tenant!r}:"))
         return exc
+
+    @staticmethod
+    def _named(exc: InvalidRequestError, tenant: Optional[str], tenant_id: int) -> InvalidRequestError:
+        """The core's "no device is open to tenant N" names the tenant as the caller does."""
+        text = str(exc)
+        core = f"no device is open to tenant {tenant_id}"
+        return InvalidRequestError(text.replace(core, f"no device is open to tenant {tenant!r}", 1)) if core in text else exc
 
     def _name_ids(self, tenant: Optional[str], request_class: Optional[str]) -> tuple[int, int]:
         """The ids of a tenant and a request class, numbering (and journaling) new names."""
@@ -548,9 +559,15 @@ class Scheduler:
         dl = _float_array("deadline", _NAN if deadline is None else deadline, n)
         try:
             return self._core.submit_many(p, q, pr, to, dl, t)
-        except QueueFullError:
+        except QueueFullError as exc:  # (its requests are tenant None's, number 0)
             self._count_rejected(int(n))
-            raise
+            raise self._refused_many(exc) from None
+        except InvalidRequestError as exc:
+            raise self._named(exc, None, 0) from None
+
+    def _refused_many(self, exc: QueueFullError) -> QueueFullError:
+        text = str(exc)
+        return QueueFullError(text.replace("for tenant 0:", "for tenant None:", 1)) if "for tenant 0:" in text else exc
 
     def _count_rejected(self, n: int) -> None:
         from .journal import JournalCore

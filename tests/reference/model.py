@@ -1203,6 +1203,14 @@ class ReferenceScheduler:
 
     # --- public API ----------------------------------------------------------------
 
+    def no_device_open(self, tenant: Optional[str] = None, pool: Optional[str] = None,
+                       fallback_pool: Optional[str] = None) -> bool:
+        """No device is open to the request (its tenant's devices, in its pool or fallback
+        pool): submit refuses it, as it would wait for ever."""
+        return not [x for x in self.devices
+                    if (tenant in x.tenants if tenant in self.pinned else not x.tenants)
+                    and (pool is None or x.pool == pool or (fallback_pool is not None and x.pool == fallback_pool))]
+
     def never_fits(self, prompt_tokens: int, max_new_tokens: int, tenant: Optional[str] = None,
                    pool: Optional[str] = None, fallback_pool: Optional[str] = None) -> bool:
         """No device open to the request could ever hold it in KV memory (submit refuses
@@ -1245,6 +1253,8 @@ class ReferenceScheduler:
             raise RefInvalidRequest(f"unknown scheduling class {sched_class!r}")
         if sched_class == "deadline" and math.isinf(d):
             raise RefInvalidRequest("a deadline-class request needs a timeout or a deadline")
+        if self.no_device_open(tenant, pool, fallback_pool):
+            raise RefInvalidRequest("no device is open to the request's tenant (in its pool)")
         if self.never_fits(prompt_tokens, max_new_tokens, tenant, pool, fallback_pool):
             raise RefInvalidRequest("more KV tokens than any device open to it holds")
         if len(set(deps)) != len(deps):
