@@ -37,3 +37,50 @@ def test_submit_many_names_tenant_none_when_refused() -> None:
     s = Scheduler(["g"], clock=lambda: 0.0, config=Config(max_queued_per_tenant=3))
     with pytest.raises(QueueFullError, match="for tenant None:"):
         s.submit_many([1] * 5, now=0.0)
+
+
+def _forge(path, edit) -> None:
+    """Edit a checkpoint's payload and sign it again (the checksum is not a secret)."""
+    import hashlib
+    import json
+
+    from capsched.checkpoint import _canonical
+
+    with open(path) as f:
+        doc = json.load(f)
+    edit(doc["payload"])
+    doc["sha256"] = hashlib.sha256(_canonical(doc["payload"])).hexdigest()
+    with open(path, "w") as f:
+        json.dump(doc, f)
+
+
+@pytest.mark.parametrize("tenant", [1, 2**31, 2**32 - 1])
+@pytest.mark.parametrize("in_flight", [False, True])
+def test_restore_refuses_a_request_naming_a_tenant_beyond_the_table(tmp_path, tenant: int, in_flight: bool) -> None:
+    # A forged tenant index made the core size its per-tenant arrays by it: a bare
+    # MemoryError, or the process killed for memory.
+    from capsched.errors import CheckpointError
+
+    s = Scheduler(["gpu0"], clock=lambda: 0.0)
+    s.submit(InferenceRequest(prompt_tokens=10), now=0.0)
+    if in_flight:
+        s.step(now=1.0)
+    path = str(tmp_path / "t.ckpt")
+    s.checkpoint(path)
+
+    def edit(p):
+        p["core"]["requests"][0]["tenant"] = tenant
+
+    _forge(path, edit)
+    with pytest.raises(CheckpointError, match=f"tenant number {tenant}; the tenant table has 1"):
+        Scheduler.restore(path, clock=lambda: 0.0)
+
+
+def test_the_core_bounds_tenant_indexes() -> None:
+    from capsched import _core
+    from capsched.errors import InvalidArgumentError
+
+    s = Scheduler(["gpu0"], clock=lambda: 0.0)
+    with pytest.raises(InvalidArgumentError, match="tenant 65536 is beyond the limit of 65536 tenants"):
+        s._core.set_tenant_weight(65536, 1.0)
+    assert _core is not None

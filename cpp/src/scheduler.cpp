@@ -216,6 +216,9 @@ void Scheduler::validate_spec(const RequestSpec& s, double now) const {
         throw InvalidRequest("unknown scheduling class " + std::to_string(static_cast<unsigned>(s.sched_class)));
     if (s.sched_class == SchedClass::Deadline && !has_timeout && !has_deadline)
         throw InvalidRequest("a deadline-class request needs a timeout or a deadline");
+    if (s.tenant >= kMaxTenants)
+        throw InvalidRequest("tenant " + std::to_string(s.tenant) + " is beyond the limit of " +
+                             std::to_string(kMaxTenants) + " tenants");
     if (s.request_class >= kMaxClasses)
         throw InvalidRequest("request class " + std::to_string(s.request_class) + " is beyond the limit of " +
                              std::to_string(kMaxClasses) + " classes");
@@ -1999,6 +2002,9 @@ void Scheduler::set_tenant_weight(std::uint32_t tenant, double weight) {
     if (!(weight > 0.0 && weight <= kMaxTenantWeight))
         throw InvalidArgument("tenant weight must be in (0, " + format_number(kMaxTenantWeight) + "], got " +
                               format_number(weight));
+    if (tenant >= kMaxTenants)
+        throw InvalidArgument("tenant " + std::to_string(tenant) + " is beyond the limit of " +
+                              std::to_string(kMaxTenants) + " tenants");
     if (tenant >= tenant_weight_.size()) tenant_weight_.resize(tenant + std::size_t{1}, 1.0);
     tenant_weight_[tenant] = weight;
 }
@@ -2310,6 +2316,7 @@ void Scheduler::import_state(const StateSnapshot& in) {
         if (!(q.uclamp_min >= 0.0 && q.uclamp_min <= q.uclamp_max && q.uclamp_max <= 1.0)) bad(who + "bad uclamp");
         if (q.sched_class > 3 || q.request_class >= kMaxClasses || q.retries > 65535 || q.preemptions > 65535)
             bad(who + "bad class or counts");
+        if (q.tenant >= kMaxTenants) bad(who + "tenant " + std::to_string(q.tenant) + " is beyond the limit of 65536");
         if (static_cast<SchedClass>(q.sched_class) == SchedClass::Deadline &&
             (q.dl_device >= devices_.size() || !std::isfinite(q.dl_bw) || q.dl_bw < 0.0))
             bad(who + "bad deadline-class reservation");

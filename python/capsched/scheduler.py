@@ -204,6 +204,21 @@ def _step_result(
 _new = object.__new__
 
 
+
+def _check_names_used(requests: Any, tenants: int, classes: int) -> None:
+    """A checkpoint's requests name only tenants and classes its tables hold (the core
+    sizes per-tenant arrays by the largest index: a forged one asked for gigabytes)."""
+    if not isinstance(requests, list):
+        return  # (the core refuses it)
+    for q in requests:
+        if not isinstance(q, dict):
+            continue
+        t, c = q.get("tenant"), q.get("request_class")
+        if type(t) is int and not 0 <= t < tenants:
+            raise CheckpointError(f"request {q.get('id')!r} names tenant number {t}; the tenant table has {tenants}")
+        if type(c) is int and not 0 <= c < classes:
+            raise CheckpointError(f"request {q.get('id')!r} names class number {c}; the class table has {classes}")
+
 class Scheduler:
     """A capacity-aware scheduler for LLM inference requests.
 
@@ -1121,6 +1136,7 @@ class Scheduler:
         state = payload["core"]
         if state.get("version") != 1:
             raise CheckpointError(f"the core state has an unknown version {state.get('version')!r}")
+        _check_names_used(state.get("requests"), len(tenants), len(classes))
         s._core.import_state(state)
         seq = payload.get("journal_seq", 0)
         if not isinstance(seq, int) or seq < 0:
@@ -1141,8 +1157,16 @@ class Scheduler:
             if e["seq"] != last + 1:
                 raise CheckpointError(f"the journal skips from seq {last} to {e['seq']}: entries are missing")
             if e["op"] == "names":
-                self._tenants = {k: int(v) for k, v in e["tenants"]}
-                self._classes = {k: int(v) for k, v in e["classes"]}
+                tenants = {k: int(v) for k, v in e["tenants"]}
+                classes = {k: int(v) for k, v in e["classes"]}
+                for what, new, old in (("tenant", tenants, self._tenants), ("class", classes, self._classes)):
+                    if sorted(new.values()) != list(range(len(new))) or any(new.get(k) != v for k, v in old.items()):
+                        raise CheckpointError(
+                            f"journal seq {e['seq']}: the {what} table must keep every name's number and number "
+                            "new names on from there"
+                        )
+                self._tenants = tenants
+                self._classes = classes
                 self._apply_tenant_weights()
             elif e["op"] == "rejected":
                 n = e.get("n")

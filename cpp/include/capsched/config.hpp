@@ -158,6 +158,9 @@ inline constexpr std::uint32_t kMaxBatchSize = 65536;
 inline constexpr std::size_t kMaxDevices = 65536;
 inline constexpr std::uint32_t kMaxDeadlineLevels = 1024;
 inline constexpr std::uint32_t kMaxClasses = 1u << 20;
+// Tenant indexes a request may carry (capsched.config.MAX_TENANTS): per-tenant arrays
+// are sized by the largest index seen, so an unbounded one could ask for gigabytes.
+inline constexpr std::uint32_t kMaxTenants = 1u << 16;
 inline constexpr std::int64_t kMaxBatchTokens = 1'000'000'000;
 inline constexpr std::uint64_t kMaxQueued = 1'000'000'000'000ull;
 inline constexpr std::uint64_t kDefaultMaxQueued = 16'777'216;  // 2^24: about 2 GB of records
