@@ -84,3 +84,49 @@ def test_the_core_bounds_tenant_indexes() -> None:
     with pytest.raises(InvalidArgumentError, match="tenant 65536 is beyond the limit of 65536 tenants"):
         s._core.set_tenant_weight(65536, 1.0)
     assert _core is not None
+
+
+def _fail_writes(s: Scheduler) -> None:
+    def broken(body: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    s._core.journal.write = broken  # type: ignore[union-attr]
+
+
+def test_a_failed_journal_write_says_the_change_was_made_and_refuses_later_changes(tmp_path) -> None:
+    # It used to raise a bare OSError after the change was made (the caller could not
+    # tell), and the next calls did the same, accepting requests each time.
+    from capsched import JournalError
+
+    s = Scheduler(["gpu0"], clock=lambda: 0.0)
+    s.open_journal(str(tmp_path / "j.log"))
+    first = s.submit(InferenceRequest(prompt_tokens=10), now=0.0)
+    _fail_writes(s)
+    with pytest.raises(JournalError, match="the change was made but is not durable") as info:
+        s.submit(InferenceRequest(prompt_tokens=10), now=0.0)
+    made = info.value.result
+    assert s.status(made) == "queued" and s.stats()["accepted"] == 2
+    with pytest.raises(JournalError, match="nothing was changed"):
+        s.submit(InferenceRequest(prompt_tokens=10), now=0.0)
+    with pytest.raises(JournalError, match="nothing was changed"):
+        s.step(now=1.0)
+    with pytest.raises(JournalError, match="nothing was changed"):
+        s.submit_many([5, 6], now=0.0)
+    assert s.stats()["accepted"] == 2 and s.status(first) == "queued"
+    s.close_journal()  # then it works again, unjournaled, and a checkpoint keeps it all
+    third = s.submit(InferenceRequest(prompt_tokens=10), now=0.0)
+    s.checkpoint(str(tmp_path / "c.ckpt"))
+    back = Scheduler.restore(str(tmp_path / "c.ckpt"), clock=lambda: 0.0)
+    assert [back.status(i) for i in (first, made, third)] == ["queued"] * 3
+
+
+def test_a_journal_whose_first_line_cannot_be_written_is_not_left_open() -> None:
+    # open_journal('/dev/full') raised OSError but left the journal installed: every
+    # later submit raised OSError too, after accepting its request.
+    from capsched.errors import CheckpointError
+
+    s = Scheduler(["gpu0"], clock=lambda: 0.0)
+    with pytest.raises(CheckpointError, match="cannot write journal '/dev/full'"):
+        s.open_journal("/dev/full")
+    rid = s.submit(InferenceRequest(prompt_tokens=10), now=0.0)
+    assert s.status(rid) == "queued" and s.stats()["accepted"] == 1

@@ -61,6 +61,18 @@ class CheckpointError(ConfigError):
     written by a newer version, or inconsistent. The file is left as it is."""
 
 
+class JournalError(CheckpointError):
+    """Writing the journal failed (disk full, I/O error, file too large). When a call
+    raises it, that call's change WAS made but is not durable: ``result`` holds what the
+    core call returned (None when nothing was changed). From then on the scheduler
+    refuses every change with this error (changing nothing) until ``close_journal()``;
+    take a checkpoint and open a new journal to be durable again."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 class QueueFullError(CapschedError):
     """Back-pressure: accepting the request(s) would exceed ``Config.max_queued`` (all
     requests not in flight) or ``Config.max_queued_per_tenant``. Nothing was accepted;

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
-from .errors import CapschedError, CheckpointError
+from .errors import CapschedError, CheckpointError, JournalError
 
 __all__ = [
     "Journal",
@@ -140,17 +140,25 @@ class Journal:
             os.fsync(self._fh.fileno())
 
     def close(self) -> None:
-        """Close the file."""
-        self._fh.close()
+        """Close the file (after a failed write too: what could not be written is dropped)."""
+        try:
+            self._fh.close()
+        except OSError:
+            pass  # (the failed write was reported when it happened)
 
 
 class JournalCore:
-    """Stands in for the core: journals each successful mutating call, in order."""
+    """Stands in for the core: journals each successful mutating call, in order.
+
+    If a write fails (OSError), the call's change has been made but is not durable: it
+    raises :class:`JournalError` carrying the call's result, and from then on refuses
+    every mutating call, changing nothing, until the journal is closed."""
 
     def __init__(self, core: Any, journal: Journal) -> None:
         self._inner = core
         self.journal = journal
         self.lock = threading.RLock()
+        self.failed: Optional[str] = None  # why a write failed, once one has
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -159,12 +167,32 @@ class JournalCore:
 
         def call(*args: Any) -> Any:
             with self.lock:
+                self.refuse_if_failed()
                 body = self.journal.encode(name, args=_plain(list(args)))  # before any change
                 out = attr(*args)
-                self.journal.write(body)
+                self.write(body, out)
                 return out
 
         return call
+
+    def refuse_if_failed(self) -> None:
+        if self.failed is not None:
+            raise JournalError(
+                f"nothing was changed: writing the journal {str(self.journal.path)!r} failed earlier "
+                f"({self.failed}); close_journal(), take a checkpoint and open a new journal"
+            )
+
+    def write(self, body: str, result: Any = None) -> None:
+        """Write a line; on failure mark the journal failed and raise JournalError."""
+        try:
+            self.journal.write(body)
+        except OSError as exc:
+            self.failed = str(exc)
+            raise JournalError(
+                f"the change was made but is not durable: writing it to the journal "
+                f"{str(self.journal.path)!r} failed ({exc}); further changes are refused until close_journal()",
+                result,
+            ) from exc
 
 
 def read_journal(path: Union[str, "os.PathLike[str]"]) -> Iterator[dict[str, Any]]:

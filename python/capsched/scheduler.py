@@ -30,6 +30,7 @@ from .errors import (
     UnknownRequestError,
     QueueFullError,
     CheckpointError,
+    JournalError,
 )
 from .request import _SCHED_CODES, MAX_TOKENS, InferenceRequest, _checked
 from .tokens import estimate_tokens
@@ -590,9 +591,12 @@ class Scheduler:
         with self._lock:
             self._rejected += n
             core = self._core
-            if isinstance(core, JournalCore):  # (a refused call writes no line of its own)
+            if isinstance(core, JournalCore) and core.failed is None:  # (a refused call writes no line of its own)
                 with core.lock:
-                    core.journal.append("rejected", n=n)
+                    try:
+                        core.write(core.journal.encode("rejected", n=n))
+                    except JournalError:
+                        pass  # (marked failed: the next change reports it; this call reports its refusal)
 
     # ------------------------------------------------------------------ the loop
 
@@ -1025,14 +1029,32 @@ class Scheduler:
         everything accepted up to a crash. ``sync=True`` fsyncs each line before the call
         returns. While a journal is open the scheduler's calls are serialised. Open it
         (after a checkpoint) while no other thread is calling the scheduler: a call that
-        another thread makes between the two is in neither."""
+        another thread makes between the two is in neither.
+
+        If a write to the journal fails later (disk full, I/O error), the call that wrote
+        it raises :class:`~capsched.errors.JournalError`: its change was made but is not
+        durable (``result`` holds the core call's result), and every later change is
+        refused with JournalError, changing nothing, until :meth:`close_journal`; then
+        take a checkpoint (``Scheduler.restore`` requeues what was in flight) and open a
+        new journal.
+
+        Raises:
+            CheckpointError: the file cannot be opened or written (no journal is open)."""
         from .journal import Journal, JournalCore
 
         if isinstance(self._core, JournalCore):
             raise InvalidArgumentError("a journal is already open; close_journal() first")
-        self._core = JournalCore(self._core, Journal(path, sync=sync, first_seq=self._journal_seq + 1))
+        inner = self._core
+        self._core = JournalCore(inner, Journal(path, sync=sync, first_seq=self._journal_seq + 1))
         self._direct = None
-        self._journal_names(all_names=True)
+        try:
+            self._journal_names(all_names=True)
+        except JournalError as exc:  # (its first line could not be written: no journal is open)
+            journal = self._core.journal
+            self._core = inner
+            self._direct = inner
+            journal.close()
+            raise CheckpointError(f"cannot write journal {str(journal.path)!r}: {exc.__cause__}") from None
 
     def close_journal(self) -> None:
         """Stop journaling (the file stays as it is)."""
@@ -1056,10 +1078,13 @@ class Scheduler:
         core = self._core
         if isinstance(core, JournalCore):
             with core.lock:
-                core.journal.append(
-                    "names",
-                    tenants=[[k, v] for k, v in self._tenants.items()],
-                    classes=[[k, v] for k, v in self._classes.items()],
+                core.refuse_if_failed()
+                core.write(
+                    core.journal.encode(
+                        "names",
+                        tenants=[[k, v] for k, v in self._tenants.items()],
+                        classes=[[k, v] for k, v in self._classes.items()],
+                    )
                 )
 
     def _checkpoint_payload(self) -> dict[str, Any]:
