@@ -130,3 +130,21 @@ def test_a_journal_whose_first_line_cannot_be_written_is_not_left_open() -> None
         s.open_journal("/dev/full")
     rid = s.submit(InferenceRequest(prompt_tokens=10), now=0.0)
     assert s.status(rid) == "queued" and s.stats()["accepted"] == 1
+
+
+def test_submit_many_refuses_odd_arrays_with_a_capsched_error() -> None:
+    from capsched.errors import RequestTypeError
+
+    s = Scheduler(["g"], clock=lambda: 0.0)
+    # a 2-d timeout holding None was flattened and accepted
+    with pytest.raises(InvalidRequestError, match="timeout must be a scalar or a 1-d array, got shape"):
+        s.submit_many([1, 2], timeout=[[1.0, None]], now=0.0)
+    # ragged input was numpy's bare ValueError
+    with pytest.raises(InvalidRequestError, match="prompt_tokens must be a scalar or a 1-d array"):
+        s.submit_many([[1], [2, 3]], now=0.0)
+    # priority=None said "priority has 1 values but prompt_tokens has 3"
+    with pytest.raises(RequestTypeError, match="priority must be numbers, got None"):
+        s.submit_many([1, 2, 3], priority=None, now=0.0)
+    assert s.stats()["accepted"] == 0
+    ids = s.submit_many([1, 2], timeout=[1.0, None], now=0.0)  # None in a 1-d timeout is none
+    assert len(ids) == 2

@@ -571,8 +571,8 @@ class Scheduler:
         n = p.shape[0]
         q = _int_array("max_new_tokens", max_new_tokens, n)
         pr = _float_array("priority", priority, n)
-        to = _float_array("timeout", _NAN if timeout is None else timeout, n)
-        dl = _float_array("deadline", _NAN if deadline is None else deadline, n)
+        to = _float_array("timeout", _NAN if timeout is None else timeout, n, none_is_nan=True)
+        dl = _float_array("deadline", _NAN if deadline is None else deadline, n, none_is_nan=True)
         try:
             return self._core.submit_many(p, q, pr, to, dl, t)
         except QueueFullError as exc:  # (its requests are tenant None's, number 0)
@@ -1301,8 +1301,15 @@ def _dependency_ids(deps: tuple[Any, ...]) -> np.ndarray:
     return np.array(out, dtype=np.uint64)
 
 
+def _asarray(name: str, value: Any) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:  # (ragged nesting, say)
+        raise InvalidRequestError(f"{name} must be a scalar or a 1-d array: {exc}") from None
+
+
 def _int_array(name: str, value: Any, n: Optional[int]) -> np.ndarray:
-    a = np.asarray(value)
+    a = _asarray(name, value)
     if a.dtype == object and a.size and all(
         isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in a.flat
     ):  # ints (numpy keeps Python ints beyond int64 as objects)
@@ -1330,10 +1337,13 @@ def _from_unsigned(name: str, a: np.ndarray) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _float_array(name: str, value: Any, n: int) -> np.ndarray:
-    a = np.asarray(value)
+def _float_array(name: str, value: Any, n: int, *, none_is_nan: bool = False) -> np.ndarray:
+    a = _asarray(name, value)
     if a.dtype == object:
-        a = np.asarray([_NAN if v is None else v for v in np.ravel(a)])
+        if not none_is_nan and any(v is None for v in a.flat):
+            raise RequestTypeError(f"{name} must be numbers, got None")
+        # (elements replaced in place of the array's shape: a 2-d array stays 2-d, refused below)
+        a = _asarray(name, [_NAN if v is None else v for v in a.flat]).reshape(a.shape)
     if a.dtype.kind not in "fiu":
         raise RequestTypeError(f"{name} must be numbers, got an array of {a.dtype}")
     return _shape(name, a.astype(np.float64, copy=False), n)
