@@ -1215,7 +1215,12 @@ class Scheduler:
         return bool(self._core.check_invariants())
 
     def reserve(self, n: int) -> None:
-        """Pre-size storage for ``n`` live requests so that submitting does not allocate."""
+        """Pre-size storage for ``n`` live requests so that submitting does not allocate.
+
+        Raises:
+            InvalidArgumentError: ``n`` is not an integer in 0..MAX_RESERVE.
+            MemoryError: the machine cannot hold that much (about 125 bytes a request);
+                what was already accepted is unchanged, and the scheduler still works."""
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise InvalidArgumentError(f"reserve() takes a count >= 0, got {n!r}")
         if n > _limits.MAX_RESERVE:
