@@ -186,3 +186,70 @@ def test_split_keeps_the_pool_and_the_service_time_seeds() -> None:
     s = Scheduler(list(slices))
     rid = s.submit(InferenceRequest(prompt_tokens=1, pool="h100"), now=0.0)
     assert [b.request_ids for b in s.step(now=0.0).batches] == [[rid]]
+
+
+# ------------------------------------------------------------------ the server and the fleet daemon
+
+
+@pytest.mark.parametrize("field", ["priority", "timeout", "temperature", "top_p"])
+def test_http_body_with_an_integer_beyond_a_float_is_400_naming_the_field(field) -> None:
+    from capsched.server import APIError
+    from capsched.server.protocol import parse_completion
+
+    body = {"model": "m", "prompt": "x", field: 10**400}
+    with pytest.raises(APIError) as info:
+        parse_completion(body, models=("m",))
+    assert (info.value.status, info.value.param) == (400, field)
+    assert "within the range of a float" in str(info.value)
+
+
+def test_daemon_answers_unreadable_lines_and_keeps_the_connection(tmp_path) -> None:
+    import asyncio
+    import json
+
+    from capsched.server import simulated_engine
+    from capsched.server.daemon import FleetDaemon
+
+    async def main() -> list[dict]:
+        daemon = FleetDaemon(simulated_engine(time_scale=0.01), str(tmp_path / "d.sock"))
+        await daemon.start()
+        try:
+            reader, writer = await asyncio.open_unix_connection(daemon.path)
+            lines = [
+                b'{"op": "submit", "tag": 1, "job": {"prompt": "x", "max_tokens": 1, "model": "capsched-simulated", '
+                b'"priority": 1' + b"0" * 400 + b"}}\n",
+                b'{"op": "stats", "tag": 1' + b"0" * 5000 + b"}\n",
+                b"[" * 100_000 + b"]" * 100_000 + b"\n",
+                b'{"op": "stats", "tag": 9}\n',
+            ]
+            out = []
+            for line in lines:
+                writer.write(line)
+                await writer.drain()
+                out.append(json.loads(await asyncio.wait_for(reader.readline(), 30)))
+            writer.close()
+            return out
+        finally:
+            await daemon.close()
+
+    first, second, third, fourth = asyncio.run(main())
+    assert first["tag"] == 1 and first["event"] == "error" and first["error"]["param"] == "priority"
+    assert second["tag"] is None and "4,300 digits" in second["error"]["message"]
+    assert third["tag"] is None and "nested too deeply" in third["error"]["message"]
+    assert fourth["tag"] == 9 and fourth["event"] == "stats"
+
+
+def test_serve_refuses_an_empty_host_and_a_huge_scheduler_config_in_one_line(tmp_path, capsys) -> None:
+    pytest.importorskip("uvicorn")
+    from capsched.cli import main
+
+    huge = tmp_path / "huge.toml"
+    huge.write_text("[scheduler]\nweight_urgency = 1" + "0" * 400 + "\n")
+    for argv, fragment in [(["serve", "--host", ""], "--host must be an address"),
+                           (["serve", "--port", "0", "--scheduler-config", str(huge)],
+                            "weight_urgency must be a number within the range of a float")]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert fragment in err and "Traceback" not in err

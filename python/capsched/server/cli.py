@@ -158,6 +158,8 @@ def run_serve(args: argparse.Namespace, out: TextIO) -> int:
 
     if not 0 <= args.port <= 65535:
         return usage(f"--port must be in 0..65535, got {args.port}")
+    if not args.host.strip():  # bind(('', port)) would listen on every interface
+        return usage(f"--host must be an address (0.0.0.0 for every interface), got {args.host!r}")
     # Flags that the chosen mode would ignore are refused rather than ignored.
     defaults = argparse.ArgumentParser()
     add_serve_arguments(defaults)

@@ -271,6 +271,12 @@ class FleetDaemon:
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                     writer.write(_error_line(None, APIError(400, f"a protocol line is not JSON: {exc}",
                                                             code="bad_message")))
+                except RecursionError:
+                    writer.write(_error_line(None, APIError(400, "a protocol line is not JSON: nested too deeply",
+                                                            code="bad_message")))
+                except ValueError:  # json: an integer of more than 4,300 digits (Python's limit)
+                    writer.write(_error_line(None, APIError(400, "a protocol line is not JSON: an integer of more "
+                                                            "than 4,300 digits", code="bad_message")))
                 await drain()
         except (ConnectionError, OSError):
             pass

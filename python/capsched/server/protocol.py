@@ -18,6 +18,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
+from ..config import _brief
 from ..request import MAX_TOKENS
 from .errors import APIError, bad_request
 
@@ -56,7 +57,10 @@ DEFAULT_MAX_TOKENS = 16
 def _number(name: str, v: object) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise bad_request(name, f"{name} must be a number, got {v!r}", "invalid_type")
-    f = float(v)
+    try:
+        f = float(v)
+    except (OverflowError, ValueError):  # an integer beyond any float
+        raise bad_request(name, f"{name} must be a number within the range of a float, got {_brief(v)}") from None
     if not math.isfinite(f):
         raise bad_request(name, f"{name} must be finite, got {v!r}")
     return f
@@ -64,9 +68,9 @@ def _number(name: str, v: object) -> float:
 
 def _int(name: str, v: object, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise bad_request(name, f"{name} must be an integer, got {v!r}", "invalid_type")
+        raise bad_request(name, f"{name} must be an integer, got {_brief(v)}", "invalid_type")
     if not lo <= int(v) <= hi:
-        raise bad_request(name, f"{name} must be in {lo}..{hi}, got {v!r}")
+        raise bad_request(name, f"{name} must be in {lo}..{hi}, got {_brief(v)}")
     return int(v)
 
 
