@@ -253,3 +253,31 @@ def test_serve_refuses_an_empty_host_and_a_huge_scheduler_config_in_one_line(tmp
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert fragment in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ job files, discovery
+
+
+@pytest.mark.parametrize("field", ["priority", "deadline", "schedule_time", "duration_estimate"])
+def test_job_file_numbers_beyond_a_float_are_job_file_errors(field) -> None:
+    from capsched.jobs import JobFileError, parse_tasks
+
+    with pytest.raises(JobFileError, match=f"field '{field}': must be a number within the range of a float"):
+        parse_tasks([{"task_id": "a", "prompt_tokens": 1, field: 10**400}])
+
+
+def test_propagate_deadlines_refuses_an_integer_beyond_a_float() -> None:
+    from capsched.errors import InvalidArgumentError
+    from capsched.jobs import parse_tasks, propagate_deadlines
+
+    with pytest.raises(InvalidArgumentError, match="the job deadline must be a finite number"):
+        propagate_deadlines(parse_tasks([{"task_id": "a", "prompt_tokens": 1}]), 10**400)
+
+
+@pytest.mark.parametrize("interval", [float("inf"), threading.TIMEOUT_MAX * 2, 10**400])
+def test_clock_feed_refuses_an_interval_its_thread_cannot_wait(interval) -> None:
+    from capsched.discovery import ClockFeed
+
+    feed = ClockFeed([], lambda name, cur, top: None)
+    with pytest.raises(ValueError, match="interval_s must be"):
+        feed.start(interval_s=interval)

@@ -706,8 +706,14 @@ class ClockFeed:
             RuntimeError: the feed is already running.
             ValueError: a bad interval.
         """
-        if isinstance(interval_s, bool) or not isinstance(interval_s, (int, float)) or not interval_s > 0:
-            raise ValueError(f"interval_s must be a number of seconds > 0, got {interval_s!r}")
+        if (
+            isinstance(interval_s, bool)
+            or not isinstance(interval_s, (int, float))
+            or not 0 < interval_s <= threading.TIMEOUT_MAX  # (beyond it the thread's wait raises)
+        ):
+            raise ValueError(
+                f"interval_s must be a number of seconds > 0 and <= {threading.TIMEOUT_MAX:g}, got {interval_s!r}"
+            )
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError("this ClockFeed is already running")
         self._stop.clear()

@@ -294,7 +294,10 @@ def _real_field(
     v = d[name]
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise _FieldError(name, f"must be a number, got {_kind(v)} {_short(v)}")
-    x = float(v)
+    try:
+        x = float(v)
+    except (OverflowError, ValueError):  # an integer beyond any float
+        raise _FieldError(name, f"must be a number within the range of a float, got {_short(v)}") from None
     if not math.isfinite(x):
         raise _FieldError(name, f"must be a finite number, got {_short(v)}")
     if not lo <= x <= hi:
@@ -703,10 +706,14 @@ def propagate_deadlines(tasks: Sequence[Task], deadline: Optional[float] = None)
         InvalidArgumentError: ``deadline`` is not a finite number.
     """
     if deadline is not None:
-        if isinstance(deadline, bool) or not isinstance(deadline, numbers.Real) or not math.isfinite(deadline):
+        try:  # (math.isfinite of an integer beyond any float raises OverflowError)
+            ok = not isinstance(deadline, bool) and isinstance(deadline, numbers.Real) and math.isfinite(deadline)
+        except OverflowError:
+            ok = False
+        if not ok:
             from .errors import InvalidArgumentError
 
-            raise InvalidArgumentError(f"the job deadline must be a finite number of seconds, got {deadline!r}")
+            raise InvalidArgumentError(f"the job deadline must be a finite number of seconds, got {_short(deadline)}")
     job = math.inf if deadline is None else float(deadline)
     order = topological_order(tasks)
     by_id = {t.task_id: t for t in tasks}
