@@ -694,7 +694,7 @@ def _rows() -> list[Row]:
         ("a job file with a cycle", ("jobs", "validate", "cycle.json"), r"dependency cycle: a -> c -> b -> a"),
         ("a missing job file", ("jobs", "validate", "missing.json"), r"missing\.json: cannot read the file"),
         ("a non-finite --deadline", ("jobs", "validate", "cycle.json", "--deadline", "inf"),
-         "--deadline must be a finite number of seconds, got inf"),
+         "--deadline must be a time in seconds in 0..1e\\+15 \\(the clock's range\\), got inf"),
         ("an unknown --format", ("jobs", "validate", "cycle.json", "--format", "yaml"), "invalid choice: 'yaml'"),
         ("a negative --load", ("simulate", "--load", "-1"), r"--load: each load must be a number > 0.*'-1'"),
         ("--requests 1", ("simulate", "--requests", "1"), "--requests must be >= 2, got 1"),

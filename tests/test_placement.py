@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from capsched import Config, Device, InferenceRequest, Scheduler
-from capsched.errors import InvalidArgumentError
+from capsched.errors import InvalidArgumentError, InvalidRequestError
 
 # With the default 1e-4 s of invariant work per token, a request of 1,000 + 1,000
 # tokens needs W = 0.2 s of the strongest device; with a 0.5 s timeout its utilization
@@ -503,19 +503,31 @@ def test_a_waiting_pooled_request_does_not_hide_another_tenants_work() -> None:
     # Found by the reference-model property test: a pooled request that found no room was
     # counted as passed over, then counted again when its group (the shared devices)
     # filled up, so the step stopped before reaching a pinned tenant's request.
+    # (A shared device in pool p1 too: a pooled request no device is open to is refused
+    # at submit since 2026-11-29, so this one is servable and waits for room.)
     s = Scheduler(
-        [Device("shared", capacity=0.25), Device("pinned", capacity=0.25, tenants=("t2",), pool="p1")],
+        [
+            Device("shared", capacity=0.25),
+            Device("shared-p1", capacity=0.25, pool="p1"),
+            Device("pinned", capacity=0.25, tenants=("t2",), pool="p1"),
+        ],
         policy="fcfs",
         max_batch_size=1,
     )
     for _ in range(3):
         s.submit(InferenceRequest(prompt_tokens=100, max_new_tokens=1), now=0.0)
-    assert [b.request_ids for b in s.step(now=0.0).batches] == [[1]]
+    assert sorted(b.request_ids for b in s.step(now=0.0).batches) == [[1], [2]]
     s.submit(InferenceRequest(prompt_tokens=100, max_new_tokens=1, sched_class="strict", pool="p1"), now=0.0)
     rid = s.submit(InferenceRequest(prompt_tokens=100, max_new_tokens=1, tenant="t2"), now=0.0)
     res = s.step(now=1.0)
     assert [(b.device, b.request_ids) for b in res.batches] == [("pinned", [rid])]
     assert s.check_invariants()
+
+
+def test_a_pooled_request_no_device_is_open_to_is_refused() -> None:
+    s = Scheduler([Device("shared", capacity=0.25), Device("pinned", capacity=0.25, tenants=("t2",), pool="p1")])
+    with pytest.raises(InvalidRequestError, match="no device is open to tenant None in the request's pool"):
+        s.submit(InferenceRequest(prompt_tokens=100, max_new_tokens=1, pool="p1"), now=0.0)
 
 
 def test_a_mostly_busy_mixed_fleet_places_only_on_devices_with_room() -> None:

@@ -176,6 +176,7 @@ class JournalCore:
         return call
 
     def refuse_if_failed(self) -> None:
+        """Raise JournalError (nothing changed) once a write has failed."""
         if self.failed is not None:
             raise JournalError(
                 f"nothing was changed: writing the journal {str(self.journal.path)!r} failed earlier "
