@@ -148,3 +148,4 @@ def test_submit_many_refuses_odd_arrays_with_a_capsched_error() -> None:
     assert s.stats()["accepted"] == 0
     ids = s.submit_many([1, 2], timeout=[1.0, None], now=0.0)  # None in a 1-d timeout is none
     assert len(ids) == 2
+

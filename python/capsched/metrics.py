@@ -198,6 +198,13 @@ class SchedulerCollector:
         """The metric name prefix."""
         return self._prefix
 
+    def _drop(self, scheduler: Any) -> bool:
+        """Stop scraping ``scheduler`` (undoes a failed start_http_server); whether any
+        scheduler is left."""
+        with self._lock:
+            self._members = [m for m in self._members if m[0] is not scheduler]
+            return bool(self._members)
+
     def add(self, scheduler: Any, labels: Mapping[str, str]) -> None:
         """Scrape ``scheduler`` too, its samples labelled ``labels``.
 
@@ -340,13 +347,20 @@ class SchedulerCollector:
             yield families[name]
 
 
+# Label names capsched's metrics use themselves (per-device samples, state gauges, the
+# scheduler_info metric): a constant label of one of these names would be overwritten.
+_OWN_LABELS = ("device", "state", "index", "policy", "dynamic_batching")
+
+
 def _check_labels(labels: Optional[Mapping[str, str]]) -> dict[str, str]:
     if labels is not None and not isinstance(labels, Mapping):
         raise ConfigError(f"labels must be a mapping of label names to str values, got {type(labels).__name__}")
     out = dict(labels or {})
     for k, v in out.items():
-        if not isinstance(k, str) or not _name_ok(k) or k.startswith("__") or k in ("device", "state", "index"):
+        if not isinstance(k, str) or not _name_ok(k) or k.startswith("__"):
             raise ConfigError(f"bad constant label name {k!r}")
+        if k in _OWN_LABELS:  # (the info metric's own labels would overwrite it)
+            raise ConfigError(f"constant label name {k!r} is one of capsched's own labels ({', '.join(_OWN_LABELS)})")
         if not isinstance(v, str):
             raise ConfigError(f"constant label {k!r} must have a str value, got {v!r}")
     return out
@@ -428,10 +442,29 @@ def start_http_server(
     not mixed in). Binds to localhost by default; pass ``addr="0.0.0.0"`` to expose it.
     Returns what ``prometheus_client.start_http_server`` returns (``(server, thread)``
     in recent versions; ``server.shutdown()`` stops it).
+
+    Raises:
+        ConfigError: ``port`` is not an integer in 0..65535, ``addr`` not a non-empty
+            str, or as :func:`register`.
+        OSError: the address cannot be bound (in use, say); the scheduler is then not
+            left registered, so the call can be retried.
     """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port must be an integer in 0..65535, got {port!r}")
+    if not isinstance(addr, str) or not addr:
+        raise ConfigError(f"addr must be a non-empty host name or address, got {addr!r}")
     reg = CollectorRegistry() if registry is None else registry
-    register(scheduler, reg, prefix=prefix)
-    return _prom_start_http_server(port, addr=addr, registry=reg)
+    c = register(scheduler, reg, prefix=prefix)
+    try:
+        return _prom_start_http_server(port, addr=addr, registry=reg)
+    except BaseException:
+        if not c._drop(scheduler):  # (it was the only one: the collector goes too)
+            with _REGISTERED_LOCK:
+                reg.unregister(c)
+                by_prefix = _REGISTERED.get(reg)
+                if by_prefix is not None and by_prefix.get(prefix) is c:
+                    del by_prefix[prefix]
+        raise
 
 
 #: Histogram buckets (seconds) for queue wait and latency: 1 ms .. ~17 min.
@@ -459,27 +492,52 @@ class RequestTimer:
     """
 
     def __init__(self, registry: Optional[CollectorRegistry] = None, *, prefix: str = "capsched") -> None:
+        if not isinstance(prefix, str) or not _name_ok(prefix):
+            raise ConfigError(f"prefix must be a Prometheus metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*), got {prefix!r}")
         reg = REGISTRY if registry is None else registry
+        try:
+            self._make(reg, prefix)
+        except ValueError as exc:  # prometheus-client: "Duplicated timeseries in CollectorRegistry"
+            raise ConfigError(
+                f"cannot register the request timer's histograms: the registry already holds metrics of these "
+                f"names ({exc}); use another prefix= or registry"
+            ) from exc
+        self._submitted: dict[int, float] = {}
+        self._dispatched: set[int] = set()
+        self._lock = threading.Lock()
+
+    def _make(self, reg: Any, prefix: str) -> None:
+        made: list[Any] = []
+        try:
+            self._histograms(reg, prefix, made)
+        except BaseException:
+            for h in made:  # (none of them stays registered)
+                reg.unregister(h)
+            raise
+
+    def _histograms(self, reg: Any, prefix: str, made: list[Any]) -> None:
         self.queue_wait = Histogram(
             f"{prefix}_queue_wait_seconds", "Seconds from submit to first dispatch", buckets=LATENCY_BUCKETS, registry=reg
         )
+        made.append(self.queue_wait)
         self.latency = Histogram(
             f"{prefix}_latency_seconds",
             "Seconds from submit to completion (completed requests)",
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        made.append(self.latency)
         self.batch_size = Histogram(
             f"{prefix}_batch_size", "Requests per dispatched batch", buckets=BATCH_BUCKETS, registry=reg
         )
-        self._submitted: dict[int, float] = {}
-        self._dispatched: set[int] = set()
-        self._lock = threading.Lock()
+        made.append(self.batch_size)
 
     def submitted(self, request_id: int, now: float) -> None:
-        """Record that ``request_id`` was submitted at ``now``."""
+        """Record that ``request_id`` was submitted at ``now`` (a finite time in seconds;
+        else ValueError, nothing recorded)."""
+        t = _finite_time(now)
         with self._lock:
-            self._submitted[int(request_id)] = float(now)
+            self._submitted[int(request_id)] = t
 
     def stepped(self, result: Any) -> None:
         """Record a :class:`capsched.StepResult`: batch sizes, first dispatches, and the
@@ -499,9 +557,20 @@ class RequestTimer:
 
     def ended(self, request_id: int, now: float, *, completed: bool = True) -> None:
         """A request ended (``completed=False`` for failed or cancelled ones: no latency)."""
+        t = _finite_time(now)
         with self._lock:
             rid = int(request_id)
             t0 = self._submitted.pop(rid, None)
             self._dispatched.discard(rid)
             if completed and t0 is not None:
-                self.latency.observe(max(0.0, float(now) - t0))
+                self.latency.observe(max(0.0, t - t0))
+
+
+def _finite_time(now: Any) -> float:
+    try:
+        t = float(now) if isinstance(now, numbers.Real) and not isinstance(now, bool) else math.nan
+    except OverflowError:
+        t = math.nan
+    if not math.isfinite(t):
+        raise ValueError(f"now must be a finite time in seconds, got {now if isinstance(now, float) else type(now).__name__ if not isinstance(now, numbers.Real) else 'a number beyond a float'}")
+    return t
