@@ -149,3 +149,15 @@ def test_submit_many_refuses_odd_arrays_with_a_capsched_error() -> None:
     ids = s.submit_many([1, 2], timeout=[1.0, None], now=0.0)  # None in a 1-d timeout is none
     assert len(ids) == 2
 
+
+
+def test_integers_too_long_to_print_are_named_not_a_crash() -> None:
+    # Python refuses to print an integer of more than 4,300 digits: the error message
+    # itself raised ValueError.
+    from capsched.errors import InvalidArgumentError, UnknownRequestError
+
+    s = Scheduler(["g"], clock=lambda: 0.0)
+    with pytest.raises(InvalidArgumentError, match="an integer of about 5,001 digits"):
+        s.step(now=10**5000)
+    with pytest.raises(UnknownRequestError, match="an integer of about 5,001 digits"):
+        s.status(10**5000)

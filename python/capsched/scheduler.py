@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from . import _core
 from . import config as _limits
-from .config import POLICIES, Config
+from .config import POLICIES, Config, _brief
 from .devices import Device, parse_devices
 from .errors import (
     AdmissionError,
@@ -1259,11 +1259,11 @@ OpenAutoGLMScheduler = Scheduler
 
 def _real_arg(name: str, value: object, what: str = "a number") -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidArgumentError(f"{name} must be {what}, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be {what}, got {_brief(value)}")
     try:
         return float(value)
     except OverflowError:  # an int beyond any float
-        raise InvalidArgumentError(f"{name} must be {what} within the range of a float, got {value!r}") from None
+        raise InvalidArgumentError(f"{name} must be {what} within the range of a float, got {_brief(value)}") from None
 
 
 def _request_id(x: object) -> int:
@@ -1273,7 +1273,7 @@ def _request_id(x: object) -> int:
         raise RequestTypeError(f"request ids are ints, got {x!r}")
     v = int(x)
     if not 1 <= v < 2**64:
-        raise UnknownRequestError(f"unknown request {v}: ids start at 1")
+        raise UnknownRequestError(f"unknown request {_brief(v)}: ids start at 1")
     return v
 
 
