@@ -17,7 +17,8 @@ import numpy.typing as npt
 
 from . import _core
 from . import config as _limits
-from .config import POLICIES, Config, _brief
+from .config import POLICIES, Config
+from .config import _brief as _brief_size
 from .devices import Device, parse_devices
 from .errors import (
     AdmissionError,
@@ -1255,6 +1256,16 @@ class Scheduler:
 
 #: The seed's name for :class:`Scheduler` (same class).
 OpenAutoGLMScheduler = Scheduler
+
+
+def _brief(value: object) -> str:
+    """``repr(value)`` for a message, cut to 80 characters; an integer too long for repr
+    (over 4,300 digits: Python refuses) is named by its size."""
+    try:
+        r = repr(value)
+    except ValueError:
+        return _brief_size(value)
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 def _real_arg(name: str, value: object, what: str = "a number") -> float:
