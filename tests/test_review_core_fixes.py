@@ -161,3 +161,28 @@ def test_integers_too_long_to_print_are_named_not_a_crash() -> None:
         s.step(now=10**5000)
     with pytest.raises(UnknownRequestError, match="an integer of about 5,001 digits"):
         s.status(10**5000)
+
+
+@pytest.mark.parametrize("record", [0, 2**64 - 1])
+def test_restore_refuses_an_outcome_record_that_contradicts_the_counters(tmp_path, record: int) -> None:
+    # Forged all "completed" (or all "cancelled"), it restored: failed requests reported
+    # completed, and a new request could depend on one that had failed.
+    from capsched.errors import CheckpointError
+
+    s = Scheduler(["gpu0"], clock=lambda: 0.0)
+    ids = [s.submit(InferenceRequest(prompt_tokens=10), now=0.0) for _ in range(5)]
+    batch = s.step(now=0.0).batches[0].request_ids
+    s.complete(batch[0], now=0.1)
+    s.fail(batch[1], now=0.1, retryable=False)
+    s.cancel(ids[-1])
+    path = str(tmp_path / "t.ckpt")
+    s.checkpoint(path)
+    back = Scheduler.restore(path, clock=lambda: 0.0)  # as written, it restores
+    assert [back.status(i) for i in (batch[0], batch[1], ids[-1])] == ["completed", "failed", "cancelled"]
+
+    def edit(p):
+        p["core"]["outcomes"] = [record] * len(p["core"]["outcomes"])
+
+    _forge(path, edit)
+    with pytest.raises(CheckpointError, match="outcome record does not match its counters"):
+        Scheduler.restore(path, clock=lambda: 0.0)

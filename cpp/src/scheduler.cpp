@@ -2428,6 +2428,25 @@ void Scheduler::import_state(const StateSnapshot& in) {
         if (ended < c.completed || c.accepted != ended + in.requests.size())
             bad("its counters do not balance: accepted " + std::to_string(c.accepted) + " != ended + " +
                 std::to_string(in.requests.size()) + " live");
+        // The outcome record of the ids that ended agrees with the counters: as many
+        // failed, expired and cancelled (an id can only be lost, as completed, if an
+        // accept ran out of memory half-way). A record forged all "completed" made
+        // failed requests report completed, and let new requests depend on them.
+        std::uint64_t seen[4] = {0, 0, 0, 0};
+        std::size_t live = 0;
+        for (std::uint64_t id = 1; id < in.next_id; ++id) {
+            if (live < in.requests.size() && in.requests[live].id == id) {
+                ++live;
+                continue;
+            }
+            const std::uint64_t i = id - 1;
+            ++seen[(in.outcomes[i / 32] >> ((i % 32) * 2)) & 3u];
+        }
+        if (seen[1] != c.failed || seen[2] != c.expired || seen[3] != c.cancelled || seen[0] < c.completed)
+            bad("its outcome record does not match its counters (ended as failed / expired / cancelled: " +
+                std::to_string(seen[1]) + " / " + std::to_string(seen[2]) + " / " + std::to_string(seen[3]) +
+                ", counters " + std::to_string(c.failed) + " / " + std::to_string(c.expired) + " / " +
+                std::to_string(c.cancelled) + ")");
     }
     if (in.pending_reasons.size() != in.pending_failed.size())
         bad("the pending failures and their reasons differ in number");
