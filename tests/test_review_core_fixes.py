@@ -186,3 +186,19 @@ def test_restore_refuses_an_outcome_record_that_contradicts_the_counters(tmp_pat
     _forge(path, edit)
     with pytest.raises(CheckpointError, match="outcome record does not match its counters"):
         Scheduler.restore(path, clock=lambda: 0.0)
+
+
+def test_depends_on_refuses_a_request_object_another_scheduler_accepted() -> None:
+    # It was taken by its id, which in this scheduler names an unrelated request: the
+    # child waited on that one and ran once it completed.
+    from capsched.errors import DependencyError
+
+    s1, s2 = Scheduler(["g"], clock=lambda: 0.0), Scheduler(["g"], clock=lambda: 0.0)
+    parent = InferenceRequest(prompt_tokens=10)
+    s1.submit(parent, now=0.0)
+    s2.submit(InferenceRequest(prompt_tokens=10), now=0.0)  # id 1 in s2 too
+    with pytest.raises(DependencyError, match="another Scheduler object accepted"):
+        s2.submit(InferenceRequest(prompt_tokens=10, depends_on=[parent]), now=0.0)
+    assert s2.stats()["accepted"] == 1
+    child = s1.submit(InferenceRequest(prompt_tokens=10, depends_on=[parent]), now=0.0)  # its own: fine
+    assert s1.status(child) == "waiting"

@@ -63,7 +63,8 @@ class InferenceRequest:
         batchable: ``False`` makes it run alone, in a batch of its own.
         depends_on: requests (ids or submitted InferenceRequest objects) that must
             complete before this one becomes ready; if one of them fails, expires or is
-            cancelled, this one fails with that reason.
+            cancelled, this one fails with that reason. An object must have been
+            accepted by the same Scheduler object (else DependencyError: give its id).
         uclamp_min, uclamp_max: utilization clamps in [0, 1] (Linux uclamp) for
             capacity-aware placement: the request's utilization (its work over the time it
             has left, as a share of the strongest device) is clamped into this range.
@@ -96,7 +97,9 @@ class InferenceRequest:
     # while no submit call holds the object and it was never accepted: a call takes it
     # with one atomic pop(), puts it back if the request was not accepted and keeps it if
     # it was (the object is then spent), so two threads cannot both pass the ``id`` check.
-    __slots__ = tuple(f"_{name}" for name in _FIELDS) + ("_spec", "_claim", "id")
+    # ``_owner``: a token of the scheduler that accepted it (None before, and in copies),
+    # so that ``depends_on`` can refuse an object another scheduler accepted.
+    __slots__ = tuple(f"_{name}" for name in _FIELDS) + ("_spec", "_claim", "_owner", "id")
 
     if TYPE_CHECKING:  # the properties' types
         prompt: Optional[str]
@@ -208,6 +211,7 @@ class InferenceRequest:
             else None
         )
         self._claim = [None]
+        self._owner: object = None
 
     def __setstate__(self, state: object) -> None:
         """Copies and unpickled objects keep the fields, ``_spec`` and ``id``, and get a
@@ -220,6 +224,7 @@ class InferenceRequest:
             for name, value in (part or {}).items():
                 setattr(self, name, value)
         self._claim = [None]
+        self._owner = None  # (a copy's origin is not known)
 
     def __repr__(self) -> str:
         fields = ", ".join(

@@ -302,6 +302,7 @@ class Scheduler:
         self._journal_seq: int = 0  # the last journal entry reflected in this state
         self._rejected: int = 0  # submits refused by back-pressure or admission (stats()['rejected'])
         self._lock: threading.Lock = threading.Lock()  # guards the tenant and class tables and the rejected count
+        self._owner_token = object()  # marks the InferenceRequest objects this scheduler accepted
 
         cc = _core.CoreConfig()
         cc.policy = policy
@@ -443,6 +444,7 @@ class Scheduler:
             claim.append(None)  # not submitted: the object can be submitted again
             raise
         request.id = rid  # (the claim stays taken: the object is spent)
+        request._owner = self._owner_token
         return rid
 
     def _submit(self, request: InferenceRequest, now: Optional[float]) -> int:
@@ -457,7 +459,7 @@ class Scheduler:
         tokens = fields.prompt_tokens
         if tokens is None:
             tokens = self._estimate(fields.prompt)
-        deps = _dependency_ids(fields.depends_on) if fields.depends_on else None
+        deps = _dependency_ids(fields.depends_on, self._owner_token) if fields.depends_on else None
         pool = fallback = 0
         if fields.pool is not None or fields.fallback_pool is not None:
             for name in (fields.pool, fields.fallback_pool):
@@ -507,6 +509,7 @@ class Scheduler:
             claim.append(None)  # not submitted: the object can be submitted again
             raise
         request.id = rid  # (the claim stays taken: the object is spent)
+        request._owner = self._owner_token
         return rid
 
     def _refused(self, exc: Exception, tenant: Optional[str], tenant_id: int) -> Exception:
@@ -1302,12 +1305,17 @@ def _id_array(ids: Iterable[int]) -> np.ndarray:
     return np.fromiter((_request_id(i) for i in ids), dtype=np.uint64)
 
 
-def _dependency_ids(deps: tuple[Any, ...]) -> np.ndarray:
+def _dependency_ids(deps: tuple[Any, ...], owner: object) -> np.ndarray:
     out = []
     for d in deps:
         if isinstance(d, InferenceRequest):
             if not d.id:
                 raise DependencyError(f"depends_on names an InferenceRequest that was not submitted: {d!r}")
+            if d._owner is not None and d._owner is not owner:
+                raise DependencyError(
+                    f"depends_on names an InferenceRequest that another Scheduler object accepted (id {d.id} there; "
+                    "one restored from a checkpoint is another object too): give the id instead"
+                )
             out.append(d.id)
         else:
             v = int(d)
