@@ -302,7 +302,7 @@ class Scheduler:
         self._journal_seq: int = 0  # the last journal entry reflected in this state
         self._rejected: int = 0  # submits refused by back-pressure or admission (stats()['rejected'])
         self._lock: threading.Lock = threading.Lock()  # guards the tenant and class tables and the rejected count
-        self._owner_token = object()  # marks the InferenceRequest objects this scheduler accepted
+        self._owner_token: object = object()  # marks the InferenceRequest objects this scheduler accepted
 
         cc = _core.CoreConfig()
         cc.policy = policy
