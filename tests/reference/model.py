@@ -770,15 +770,17 @@ class ReferenceScheduler:
                    min_capacity: float) -> bool:
         """Whether r would fit some device within the bounds once that device is idle
         (u x margin below its whole capacity) and that device ends it in time."""
-        for di in self.device_order:
-            d = self.devices[di]
-            if bigger_than is not None and not d.capacity > bigger_than:
-                continue
-            if d.capacity < min_capacity or not self.eligible(d, r.tenant, r.pool, r.fallback_pool):
-                continue
-            if u * self.cfg["fit_margin"] < d.capacity and self.in_time(d, r):
-                return True
-        return False
+        return any(self._within_bounds(d, r, bigger_than, min_capacity)
+                   and u * self.cfg["fit_margin"] < d.capacity and self.in_time(d, r)
+                   for d in (self.devices[di] for di in self.device_order))
+
+    def _within_bounds(self, d: RefDevice, r: RefRequest, bigger_than: Optional[float],
+                       min_capacity: float) -> bool:
+        """A device choose_device considers at all: bigger than ``bigger_than`` (a
+        misfit's device), at least ``min_capacity``, open to r."""
+        if bigger_than is not None and not d.capacity > bigger_than:
+            return False
+        return d.capacity >= min_capacity and self.eligible(d, r.tenant, r.pool, r.fallback_pool)
 
     def choose_device(self, r: RefRequest, u: float, bigger_than: Optional[float] = None,
                       min_capacity: float = 0.0, can_wait: bool = False
@@ -799,9 +801,7 @@ class ReferenceScheduler:
         self._wait = False
         for di in self.device_order:
             d = self.devices[di]
-            if bigger_than is not None and not d.capacity > bigger_than:
-                continue
-            if d.capacity < min_capacity or not self.eligible(d, r.tenant, r.pool, r.fallback_pool):
+            if not self._within_bounds(d, r, bigger_than, min_capacity):
                 continue
             timely = self.in_time(d, r)
             any_timely = any_timely or timely
