@@ -202,3 +202,17 @@ def test_depends_on_refuses_a_request_object_another_scheduler_accepted() -> Non
     assert s2.stats()["accepted"] == 1
     child = s1.submit(InferenceRequest(prompt_tokens=10, depends_on=[parent]), now=0.0)  # its own: fine
     assert s1.status(child) == "waiting"
+
+
+@pytest.mark.parametrize("bad", [5, "", "a\0b", b"j.log"])
+def test_journal_paths_are_file_names(tmp_path, bad) -> None:
+    # An int was taken for a file descriptor (restore) or gave a bare TypeError (open_journal).
+    from capsched.errors import CheckpointError
+
+    s = Scheduler(["gpu0"], clock=lambda: 0.0)
+    with pytest.raises(CheckpointError, match="journal path must"):
+        s.open_journal(bad)
+    s.checkpoint(str(tmp_path / "c.ckpt"))
+    with pytest.raises(CheckpointError, match="journal path must"):
+        Scheduler.restore(str(tmp_path / "c.ckpt"), journal=bad)
+    s.submit(InferenceRequest(prompt_tokens=10), now=0.0)  # still works, unjournaled

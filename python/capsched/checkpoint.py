@@ -92,9 +92,10 @@ def _canonical(payload: Any) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _checked_path(path: Any) -> str:
+def _checked_path(path: Any, what: str = "checkpoint") -> str:
     """``path`` as a file name: a ``str`` or ``os.PathLike`` naming a file (never an
-    integer, which ``open`` would take for a file descriptor), not empty, without NUL."""
+    integer, which ``open`` would take for a file descriptor), not empty, without NUL.
+    ``what`` names the file in the message (a checkpoint, a journal)."""
     if isinstance(path, (str, os.PathLike)) and not isinstance(path, bytes):
         try:
             name = os.fspath(path)
@@ -102,11 +103,11 @@ def _checked_path(path: Any) -> str:
             name = None
         if isinstance(name, str):
             if not name:
-                raise CheckpointError("checkpoint path must be a non-empty file name, got ''")
+                raise CheckpointError(f"{what} path must be a non-empty file name, got ''")
             if "\0" in name:
-                raise CheckpointError(f"checkpoint path must not contain a NUL character, got {_short(name)}")
+                raise CheckpointError(f"{what} path must not contain a NUL character, got {_short(name)}")
             return name
-    raise CheckpointError(f"checkpoint path must be a str or os.PathLike file name, got {type(path).__name__} {_short(path)}")
+    raise CheckpointError(f"{what} path must be a str or os.PathLike file name, got {type(path).__name__} {_short(path)}")
 
 
 def save_checkpoint(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> None:

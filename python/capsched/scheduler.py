@@ -1008,9 +1008,11 @@ class Scheduler:
             CheckpointError: unreadable, truncated, corrupt, from a newer version, or
                 inconsistent (the message says which); a damaged journal line.
         """
-        from .checkpoint import load_checkpoint
+        from .checkpoint import _checked_path, load_checkpoint
         from .journal import replay_journal
 
+        if journal is not None:  # (an int would be read as a file descriptor)
+            journal = _checked_path(journal, "journal")
         s: Scheduler = load_checkpoint(path, clock=clock)
         if journal is not None and os.path.exists(journal):
             replay_journal(s, journal)
@@ -1044,8 +1046,10 @@ class Scheduler:
 
         Raises:
             CheckpointError: the file cannot be opened or written (no journal is open)."""
+        from .checkpoint import _checked_path
         from .journal import Journal, JournalCore
 
+        path = _checked_path(path, "journal")
         if isinstance(self._core, JournalCore):
             raise InvalidArgumentError("a journal is already open; close_journal() first")
         inner = self._core
