@@ -216,3 +216,14 @@ def test_journal_paths_are_file_names(tmp_path, bad) -> None:
     with pytest.raises(CheckpointError, match="journal path must"):
         Scheduler.restore(str(tmp_path / "c.ckpt"), journal=bad)
     s.submit(InferenceRequest(prompt_tokens=10), now=0.0)  # still works, unjournaled
+
+
+def test_simulate_refuses_an_empty_capsched_policy() -> None:
+    # After --capsched-policy became optional (None: edf), an empty one was taken as edf.
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "capsched", "simulate", "--no-progress", "--requests", "50",
+                          "--policies", "capsched", "--load", "0.5", "--capsched-policy", ""],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "capsched_policy" in run.stderr, run.stderr

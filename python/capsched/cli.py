@@ -219,7 +219,7 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
             requests=args.requests,
             faults=tuple(parse_fault(f) for f in args.fault),
             slowdowns=tuple(parse_slowdown(s) for s in args.slowdown),
-            capsched_policy=args.capsched_policy or "edf",
+            capsched_policy="edf" if args.capsched_policy is None else args.capsched_policy,
             capsched_request={"sched_class": capsched_class} if capsched_class != "normal" else {},
             restart_at=args.restart_at,
             chain=args.chain,
