@@ -240,8 +240,10 @@ def lookup(name: str) -> AcceleratorSpec:
     ``GeForce``, ``AMD``, ``Instinct``, ``Intel``, ``Habana``): ``"h100 sxm"``,
     ``"NVIDIA H100 80GB HBM3"`` and ``"H100-SXM"`` all give the H100 SXM row. A name NVML
     might decorate with a memory size or form factor not in the table (``"NVIDIA L4 24GB"``)
-    or a MIG profile (``"NVIDIA A100-SXM4-40GB MIG 1g.5gb"``) is matched too; nothing
-    else is guessed (``"NVIDIA H100 NVL"`` is not taken for an H100 SXM).
+    or a MIG profile (``"NVIDIA A100-SXM4-40GB MIG 1g.5gb"``) after a space or punctuation
+    is matched too; nothing else is guessed (``"NVIDIA H100 NVL"`` is not taken for an
+    H100 SXM, nor ``"A100 80GB"`` for an A10 with "080GB": it names two rows, so it is
+    refused with both suggested).
 
     Raises:
         UnknownAcceleratorError: no row matches (a ``KeyError``); the message lists the
@@ -257,13 +259,29 @@ def lookup(name: str) -> AcceleratorSpec:
     # A known name followed only by a memory size, memory type or MIG profile
     # ("NVIDIA L4 24GB", "NVIDIA A100-SXM4-40GB MIG 1g.5gb"); the longest such name wins.
     # Anything else after it ("H100 NVL", "L40" vs "L4", "A100X" vs "A10") is not guessed.
+    # The decoration must be a separate token (a space or punctuation before it), or the
+    # model's own digits would be read as a size: "A100 80GB" is not an A10 + "080GB".
+    cuts = _token_ends(name)
     best = None
     for kk, s in _INDEX.items():
-        if k.startswith(kk) and _DECORATION.fullmatch(k[len(kk):]) and (best is None or len(kk) > len(best[0])):
+        if (k.startswith(kk) and len(kk) in cuts and _DECORATION.fullmatch(k[len(kk):])
+                and (best is None or len(kk) > len(best[0]))):
             best = (kk, s)
     if best is not None:
         return best[1]
     raise UnknownAcceleratorError(name, _suggest(name))
+
+
+def _token_ends(name: str) -> set[int]:
+    """The offsets in ``_key(name)`` where a token of ``name`` ends (a separator follows)."""
+    s = name.lower().strip()
+    s = re.sub(r"\b(nvidia|tesla|geforce|amd|instinct|intel|habana)\b", " ", s)
+    ends: set[int] = set()
+    n = 0
+    for part in re.split(r"[^a-z0-9]+", s):
+        n += len(part)
+        ends.add(n)
+    return ends
 
 
 _DECORATION = re.compile(r"(\d+gb)?(hbm\d*e?|gddr\d*x?)?(mig[0-9a-z]*)?")
