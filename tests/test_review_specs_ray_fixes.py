@@ -1,4 +1,6 @@
 """Regression tests for review findings in specs, the Ray router and tracing."""
+import re
+
 import pytest
 
 import capsched
@@ -27,3 +29,115 @@ def test_lookup_separate_decorations_still_match(name, expected):
 def test_device_model_a100_80gb_is_not_an_a10():
     with pytest.raises(capsched.ConfigError, match="A100 80GB"):
         capsched.Device("g", model="A100 80GB")
+
+
+# --------------------------------------------------------------------------- Ray router
+
+import importlib  # noqa: E402
+import logging  # noqa: E402
+import warnings  # noqa: E402
+
+from capsched.integrations import ray_serve  # noqa: E402
+from capsched.integrations.ray_serve import (  # noqa: E402
+    STATS_KEY,
+    ReplicaStats,
+    ReplicaView,
+    parse_replica_stats,
+    rank_replicas,
+    request_router_config,
+)
+
+HUGE = 10**400
+
+
+@pytest.mark.parametrize(
+    "fields, word",
+    [
+        ({"pressure": HUGE}, "'pressure'"),
+        ({"utilization": HUGE}, "'utilization'"),
+        ({"capacity": 1, "ongoing": HUGE}, "'ongoing'"),
+        ({"capacity": 1, "ongoing": 2**53 + 1}, "'ongoing'"),
+        ({"capacity": 1e-300}, "capacity 1e-300"),
+        ({"capacity": 1e300}, "capacity 1e+300"),
+    ],
+)
+def test_out_of_range_stats_are_config_errors(fields, word):
+    with pytest.raises(capsched.ConfigError, match=re.escape(word)) as info:
+        parse_replica_stats("r1", {STATS_KEY: fields})
+    assert "r1" in str(info.value) and "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_a_huge_live_queue_length_does_not_overflow_the_load():
+    cap = parse_replica_stats("r", {STATS_KEY: {"capacity": 1.0}})
+    assert ray_serve._load(ReplicaView("r", ongoing=HUGE, max_ongoing=4), cap) == ray_serve.MAX_PRESSURE
+    order = rank_replicas([ReplicaView("a", {STATS_KEY: {"capacity": 1.0}}, ongoing=HUGE, max_ongoing=4),
+                           ReplicaView("b", {STATS_KEY: {"capacity": 1.0}})])
+    assert order == [1, 0]
+
+
+def test_extreme_but_accepted_capacity_ratio_still_ranks():
+    views = [ReplicaView("a", {STATS_KEY: {"capacity": 1e-100}}), ReplicaView("b", {STATS_KEY: {"capacity": 1e100}})]
+    assert rank_replicas(views) == [1, 0]
+
+
+def test_replica_side_refuses_overflowing_values():
+    with pytest.raises(capsched.ConfigError, match="pressure"):
+        ReplicaStats(capacity=1).set_pressure(HUGE)
+    with pytest.raises(capsched.ConfigError, match="stats_period_s"):
+        request_router_config(stats_period_s=HUGE)
+    for bad in ("x", float("nan"), None):
+        with pytest.raises(capsched.ConfigError, match="clock must return"):
+            ReplicaStats(capacity=1, clock=lambda bad=bad: bad)
+
+
+def _bare_router():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for name in ("ray", "ray.serve", "ray.serve.config", "ray.serve._private.request_router.common"):
+                importlib.import_module(name)
+    except ImportError:
+        pytest.skip("Ray Serve is not installed")
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+
+    router = ray_serve.CapschedRequestRouter(
+        deployment_id=DeploymentID(name="d", app_name="app"),
+        handle_source=DeploymentHandleSource.UNKNOWN,
+        use_replica_queue_len_cache=True,
+    )
+    router.initialize_state(seed=3)
+    return router
+
+
+class _FakeReplica:
+    def __init__(self, name, stats, max_ongoing=4):
+        self.replica_id = name
+        self.routing_stats = stats
+        self.max_ongoing_requests = max_ongoing
+
+
+def test_router_ranks_replicas_with_overflowing_stats_last(caplog):
+    router = _bare_router()
+    good = _FakeReplica("good", {STATS_KEY: {"capacity": 1.0}})
+    bads = [
+        _FakeReplica("p", {STATS_KEY: {"pressure": HUGE}}),
+        _FakeReplica("o", {STATS_KEY: {"capacity": 1, "ongoing": HUGE}}),
+        _FakeReplica("tiny", {STATS_KEY: {"capacity": 1e-300}}),
+        _FakeReplica("big", {STATS_KEY: {"capacity": 1e300}}),
+    ]
+    with caplog.at_level(logging.WARNING, logger=ray_serve.__name__):
+        assert router.rank([*bads, good]) == [[good], bads]
+    assert len(caplog.records) == 4
+
+
+def test_router_keeps_routing_when_the_ranking_fails(monkeypatch, caplog):
+    router = _bare_router()
+    a, b = _FakeReplica("a", {STATS_KEY: {"capacity": 1.0}}), _FakeReplica("b", {STATS_KEY: {"capacity": 2.0}})
+
+    def boom(*args, **kwargs):
+        raise capsched.ConfigError("boom")
+
+    monkeypatch.setattr(ray_serve._Ranker, "rank", boom)
+    with caplog.at_level(logging.WARNING, logger=ray_serve.__name__):
+        assert router.rank([a, b]) == [[a], [b]]
+    assert any("boom" in r.getMessage() for r in caplog.records)

@@ -51,7 +51,10 @@ from ..scheduler import Scheduler
 
 __all__ = [
     "STATS_KEY",
+    "MAX_CAPACITY",
+    "MAX_ONGOING",
     "MAX_PRESSURE",
+    "MIN_CAPACITY",
     "RAY_EXTRA_HINT",
     "TIE_JITTER",
     "CapacityReporter",
@@ -103,20 +106,45 @@ class ReplicaCapacity:
     ongoing: Optional[int]
 
 
+#: Bounds of a replica's effective capacity (only ratios matter; beyond these the
+#: ratio of two replicas' capacities could over- or underflow in the ranking).
+MIN_CAPACITY, MAX_CAPACITY = 1e-100, 1e100
+#: Largest ``ongoing`` count a replica may report (exact as a float).
+MAX_ONGOING = 2**53
+
+
+def _short(value: object) -> str:
+    r = repr(value)
+    return r if len(r) <= 40 else f"{r[:20]}... ({len(r)} characters)"
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (OverflowError, ValueError, TypeError):  # an int beyond a float's range
+        return False
+
+
 def _number(name: str, key: str, value: object, lo: float, hi: float, hi_open: bool) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    x = math.nan
     if ok:
-        x = float(value)  # type: ignore[arg-type]
-        ok = lo <= x and (x < hi if hi_open else x <= hi)
+        try:
+            x = float(value)  # type: ignore[arg-type]
+        except (OverflowError, ValueError, TypeError):  # an int beyond a float's range
+            ok = False
+    ok = ok and math.isfinite(x) and lo <= x and (x < hi if hi_open else x <= hi)
     if not ok:
         bound = f"[{lo:g}, {hi:g})" if hi_open else f"[{lo:g}, {hi:g}]"
-        raise ConfigError(f"replica {name!r}: routing stat {key!r} must be a number in {bound}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+        raise ConfigError(f"replica {name!r}: routing stat {key!r} must be a number in {bound}, got {_short(value)}")
+    return x
 
 
 def _count(name: str, key: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
-        raise ConfigError(f"replica {name!r}: routing stat {key!r} must be an integer >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) <= MAX_ONGOING:
+        raise ConfigError(
+            f"replica {name!r}: routing stat {key!r} must be an integer in [0, 2**53], got {_short(value)}"
+        )
     return int(value)
 
 
@@ -129,8 +157,9 @@ def parse_replica_stats(name: str, stats: Optional[Mapping[str, Any]]) -> Replic
 
     Raises:
         ConfigError: the stats are not a dict, ``stats["capsched"]`` is not a dict or has
-            an unknown key, or a value is out of range; the message names the replica, the
-            key and the value.
+            an unknown key, or a value is out of range (the effective capacity outside
+            ``[MIN_CAPACITY, MAX_CAPACITY]``, ``ongoing`` above ``MAX_ONGOING``, a number
+            too large for a float); the message names the replica, the key and the value.
     """
     if stats is None:
         stats = {}
@@ -149,6 +178,12 @@ def parse_replica_stats(name: str, stats: Optional[Mapping[str, Any]]) -> Replic
         device = Device(name, **{k: fields[k] for k in _DEVICE_FIELDS if fields.get(k) is not None})
     except ConfigError as exc:
         raise ConfigError(f"replica {name!r}: routing stats: {exc}") from None
+    eff = device.effective_capacity
+    if not MIN_CAPACITY <= eff <= MAX_CAPACITY:
+        raise ConfigError(
+            f"replica {name!r}: routing stats: capacity {eff!r} (from capacity / model and clocks) is out of "
+            f"range [{MIN_CAPACITY:g}, {MAX_CAPACITY:g}] (only ratios between replicas matter)"
+        )
     util = fields.get("utilization")
     ongoing = fields.get("ongoing")
     return ReplicaCapacity(
@@ -192,7 +227,8 @@ class ReplicaView:
 def _load(view: ReplicaView, cap: ReplicaCapacity) -> float:
     """The share of a replica's capacity taken: pressure + max(observed, committed)."""
     ongoing = view.ongoing if view.ongoing is not None else cap.ongoing
-    committed = 0.0 if ongoing is None else min(1.0, ongoing / view.max_ongoing)
+    # (compared first: a huge count over a small max would overflow a float division)
+    committed = 0.0 if ongoing is None else 1.0 if ongoing >= view.max_ongoing else ongoing / view.max_ongoing
     observed = 0.0 if cap.utilization is None else cap.utilization
     return min(MAX_PRESSURE, cap.pressure + max(observed, committed))
 
@@ -290,10 +326,12 @@ class ReplicaStats:
             (capacity scales with their ratio), as for :class:`capsched.Device`.
         slots: requests the replica runs at once at full speed (>= 1); the measured
             utilization is the time-averaged share of slots in use.
-        clock: seconds (default ``time.monotonic``).
+        clock: seconds (default ``time.monotonic``); read once here, it must return a
+            finite number.
 
     Raises:
-        ConfigError: a bad value, named.
+        ConfigError: a bad value, named (also a capacity out of ``[MIN_CAPACITY,
+            MAX_CAPACITY]`` or a clock that does not return a finite number).
     """
 
     def __init__(
@@ -322,7 +360,10 @@ class ReplicaStats:
         self._pressure: float = 0.0
         self._ongoing: int = 0
         self._tracked: bool = False
-        self._last: float = float(clock())
+        first = clock()
+        if isinstance(first, bool) or not isinstance(first, numbers.Real) or not _finite(first):
+            raise ConfigError(f"clock must return seconds as a finite number, got {_short(first)} from {clock!r}")
+        self._last: float = float(first)
         self._window_start: float = self._last
         self._busy: float = 0.0  # integral of min(1, ongoing / slots) dt over the window
 
@@ -478,11 +519,11 @@ def _build_router_class() -> type:
                         cap = parse_replica_stats(name, view.stats)
                         if isinstance(fields, Mapping):
                             parsed[name] = (dict(fields), cap)
-                except CapschedError as exc:
-                    msg = str(exc)
-                    if msg not in self._capsched_warned:
-                        self._capsched_warned.add(msg)
-                        _log.warning("capsched router: %s; ranking this replica last", msg)
+                    _load(view, cap)  # a load that cannot be computed ranks the replica last too
+                except (CapschedError, ArithmeticError, TypeError, ValueError) as exc:
+                    # (never out of the router: a replica with bad stats still serves)
+                    msg = str(exc) if isinstance(exc, CapschedError) else f"replica {name!r}: bad routing stats: {exc!r}"
+                    self._capsched_warn(f"{msg}; ranking this replica last")
                     bad.append(r)
                     continue
                 good.append(r)
@@ -492,10 +533,23 @@ def _build_router_class() -> type:
                 live = {str(r.replica_id) for r in replicas}
                 for name in [k for k in parsed if k not in live]:
                     del parsed[name]
-            ranks = [[good[i]] for i in self._capsched_ranker.rank(views, caps, self._capsched_rng)]
+            try:
+                order = self._capsched_ranker.rank(views, caps, self._capsched_rng)
+            except Exception as exc:  # noqa: BLE001 - the router must keep routing
+                self._capsched_warn(f"ranking failed ({exc!r}); keeping the replicas' order")
+                self._capsched_ranker = _Ranker()  # do not keep a scheduler in an unknown state
+                order = list(range(len(good)))
+            ranks = [[good[i]] for i in order]
             if bad:
                 ranks.append(bad)
             return ranks
+
+        def _capsched_warn(self, msg: str) -> None:
+            if msg not in self._capsched_warned:  # once per distinct problem
+                if len(self._capsched_warned) > 1000:
+                    self._capsched_warned.clear()
+                self._capsched_warned.add(msg)
+                _log.warning("capsched router: %s", msg)
 
         async def choose_replicas(
             self, candidate_replicas: list[Any], pending_request: Optional[Any] = None
@@ -552,10 +606,8 @@ def request_router_config(*, seed: Optional[int] = None, stats_period_s: float =
         raise ConfigError(f"request_router_config: unknown field(s) {unknown!r}; expected 'seed', "
                           f"'stats_period_s' or one of {list(_ROUTER_CONFIG_FIELDS)!r}")
     for name, value in (("stats_period_s", stats_period_s), *kwargs.items()):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-            math.isfinite(float(value)) and float(value) > 0
-        ):
-            raise ConfigError(f"request_router_config: {name} must be a finite number > 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (_finite(value) and float(value) > 0):
+            raise ConfigError(f"request_router_config: {name} must be a finite number > 0, got {_short(value)}")
     _import_ray()
     from ray.serve.config import RequestRouterConfig
 
