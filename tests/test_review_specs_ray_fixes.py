@@ -141,3 +141,32 @@ def test_router_keeps_routing_when_the_ranking_fails(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger=ray_serve.__name__):
         assert router.rank([a, b]) == [[a], [b]]
     assert any("boom" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- specs numbers
+
+from capsched.specs import SPECS, capacity, kv_bytes_per_token, kv_cache_tokens  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "call, word",
+    [
+        (lambda: capacity(SPECS["H100-SXM"], HUGE), "clock_mhz"),
+        (lambda: capacity(SPECS["H100-SXM"], 1e306), "clock_mhz"),
+        (lambda: kv_bytes_per_token(HUGE, 1, 1), "layers"),
+        (lambda: kv_bytes_per_token(10**200, 10**200, 1), "KV bytes per token"),
+        (lambda: kv_cache_tokens(80, 10, 1e-300), "too many tokens"),
+        (lambda: kv_cache_tokens(1e300, 0, 1), "too many tokens"),
+        (lambda: kv_cache_tokens(HUGE, 0, 1), "memory_gib"),
+        (lambda: kv_cache_tokens(80, 0, 1, reserve_fraction=HUGE), "reserve_fraction"),
+    ],
+)
+def test_specs_overflow_is_a_config_error(call, word):
+    with pytest.raises(capsched.ConfigError, match=word) as info:
+        call()
+    assert len(str(info.value)) < 300
+
+
+def test_specs_numbers_still_right():
+    assert kv_bytes_per_token(32, 32, 128) == 524288.0
+    assert kv_cache_tokens(80, 14, kv_bytes_per_token(32, 32, 128)) == 118784

@@ -320,16 +320,31 @@ def capacity(spec: AcceleratorSpec, clock_mhz: Optional[float] = None) -> float:
     fpc = spec.flops_per_clock
     if fpc is None:
         raise ConfigError(f"{spec.name} has no known max clock, so capacity at {clock_mhz!r} MHz is unknown")
-    return fpc * c / 1e6
+    cap = fpc * c / 1e6
+    if not math.isfinite(cap):
+        raise ConfigError(f"clock_mhz {clock_mhz!r} is too large: the capacity of {spec.name} at it overflows a float")
+    return cap
 
 
 def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{name} must be a number, got {value!r}")
-    v = float(value)
+    v = _float_or_nan(value)
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {_short(value)}")
     return v
+
+
+def _float_or_nan(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (OverflowError, ValueError, TypeError):  # an int beyond a float's range
+        return math.nan
+
+
+def _short(value: object) -> str:
+    r = repr(value)
+    return r if len(r) <= 40 else f"{r[:20]}... ({len(r)} characters)"
 
 
 def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: float = 2) -> float:
@@ -337,12 +352,20 @@ def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: f
     dtype_bytes``. For Llama-2-7B (32 layers, 32 KV heads of 128, fp16): 524,288 bytes.
 
     Raises:
-        ConfigError: a count is not an integer >= 1, or ``dtype_bytes`` is not > 0.
+        ConfigError: a count is not an integer >= 1, or ``dtype_bytes`` is not > 0, or
+            the product is too large for a float.
     """
     for n, v in (("layers", layers), ("kv_heads", kv_heads), ("head_dim", head_dim)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-            raise ConfigError(f"{n} must be an integer >= 1, got {v!r}")
-    return 2.0 * int(layers) * int(kv_heads) * int(head_dim) * _positive("dtype_bytes", dtype_bytes)
+            raise ConfigError(f"{n} must be an integer >= 1, got {_short(v)}")
+    d = _positive("dtype_bytes", dtype_bytes)
+    out = _float_or_nan(2 * int(layers) * int(kv_heads) * int(head_dim)) * d
+    if not math.isfinite(out):
+        raise ConfigError(
+            f"KV bytes per token (2 x layers {_short(layers)} x kv_heads {_short(kv_heads)} x head_dim "
+            f"{_short(head_dim)} x dtype_bytes {dtype_bytes!r}) is too large for a float"
+        )
+    return out
 
 
 def kv_cache_tokens(
@@ -367,19 +390,25 @@ def kv_cache_tokens(
         reserve_fraction: share of memory kept free, in [0, 1).
 
     Raises:
-        ConfigError: a value out of range, or weights that do not fit in the memory left
-            after the reserve (the message gives both figures).
+        ConfigError: a value out of range, weights that do not fit in the memory left
+            after the reserve (the message gives both figures), or a token count too large
+            for a float.
     """
     mem = _positive("memory_gib", memory_gib)
     w = _positive("weights_gib", weights_gib, allow_zero=True)
     per = _positive("kv_bytes_per_token", kv_bytes_per_token)
     r = reserve_fraction
-    if isinstance(r, bool) or not isinstance(r, numbers.Real) or not (0.0 <= float(r) < 1.0):
-        raise ConfigError(f"reserve_fraction must be a number in [0, 1), got {reserve_fraction!r}")
+    if isinstance(r, bool) or not isinstance(r, numbers.Real) or not (0.0 <= _float_or_nan(r) < 1.0):
+        raise ConfigError(f"reserve_fraction must be a number in [0, 1), got {_short(reserve_fraction)}")
     usable = mem * (1.0 - float(r))
     if w >= usable:
         raise ConfigError(
             f"the weights ({w:g} GiB) do not fit in the {usable:g} GiB left of {mem:g} GiB "
             f"after reserving {float(r):.0%}: no room for a KV cache"
         )
-    return int(math.floor((usable - w) * 2**30 / per))
+    tokens = (usable - w) * 2**30 / per
+    if not math.isfinite(tokens):
+        raise ConfigError(
+            f"the KV cache of {usable - w:g} GiB at {per:g} bytes per token is too many tokens for a float"
+        )
+    return int(math.floor(tokens))
