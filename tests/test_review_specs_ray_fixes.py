@@ -170,3 +170,63 @@ def test_specs_overflow_is_a_config_error(call, word):
 def test_specs_numbers_still_right():
     assert kv_bytes_per_token(32, 32, 128) == 524288.0
     assert kv_cache_tokens(80, 14, kv_bytes_per_token(32, 32, 128)) == 118784
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+def _tracer():
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from capsched.tracing import RequestTracer
+
+    exporter = InMemorySpanExporter()
+    provider = sdk.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return RequestTracer(provider.get_tracer("test")), exporter
+
+
+def test_tracer_ignores_ids_that_are_not_integers():
+    tracer, exporter = _tracer()
+    for bad in ("abc", None, 1.5, True, object()):
+        tracer.submitted(bad)
+        tracer.dispatched(bad, "g")
+        tracer.requeued(bad, "retry")
+        tracer.ended(bad)
+    assert tracer.open_requests == 0 and exporter.get_finished_spans() == ()
+
+
+def test_tracer_takes_step_many_arrays():
+    import numpy as np
+
+    tracer, exporter = _tracer()
+    s = capsched.Scheduler(["gpu0"], policy="fcfs", max_batch_size=3)
+    ids = s.submit_many(np.array([5, 5, 5]), max_new_tokens=1, now=0.0)
+    for rid in ids.tolist():
+        tracer.submitted(rid)
+    tracer.submitted(int(s.submit(capsched.InferenceRequest(prompt_tokens=5, timeout=1.0), now=0.0)))
+    tracer.stepped(s.step_many(now=0.0))
+    for rid in ids:  # numpy ids
+        tracer.ended(rid)
+    assert tracer.open_requests == 1
+    s.complete_many(ids, now=0.1)
+    res = s.step_many(now=5.0)  # the last one expires in the queue
+    assert len(res.expired) == 1
+    tracer.stepped(res)
+    assert tracer.open_requests == 0
+    runs = [sp for sp in exporter.get_finished_spans() if sp.name == "capsched.run"]
+    assert len(runs) == 3 and all(sp.attributes["capsched.device"] == "gpu0" for sp in runs)
+
+
+def test_tracer_submitted_twice_ends_the_earlier_spans():
+    tracer, exporter = _tracer()
+    tracer.submitted(7)
+    tracer.submitted(7)
+    assert tracer.open_requests == 1
+    done = exporter.get_finished_spans()
+    assert sorted(sp.name for sp in done) == ["capsched.queue", "capsched.request"]
+    assert all(sp.attributes["capsched.superseded"] for sp in done)
+    tracer.ended(7)
+    assert tracer.open_requests == 0 and len(exporter.get_finished_spans()) == 4
