@@ -372,10 +372,12 @@ def test_a_failed_dependency_fails_its_dependents():
 
 
 def test_poll_validates_everything_before_submitting():
-    # Task objects built in Python are not validated until their request is built: one
-    # bad task in a poll submits nothing
-    s = Scheduler(["g0"])
-    bad = [Task("a", prompt_tokens=5), Task("b", prompt_tokens=5, priority=7.0)]  # built without validation
+    # one task in a poll needing more KV tokens than any device holds submits nothing
+    # (Task objects are checked when built: a priority of 7 is refused there)
+    with pytest.raises(JobFileError):
+        Task("b", prompt_tokens=5, priority=7.0)
+    s = Scheduler([capsched.Device("g0", kv_tokens=1000)])
+    bad = [Task("a", prompt_tokens=5), Task("b", prompt_tokens=5000)]
     r = JobRunner(s, bad)
     with pytest.raises(capsched.InvalidRequestError):
         r.poll(0.0)

@@ -2,12 +2,12 @@
 
 A **job file** is JSON (a list of task objects, or ``{"tasks": [...]}``) or JSONL (one
 task object per line; blank lines are skipped). A file whose name ends in ``.jsonl`` or
-``.ndjson`` is read as JSONL, any other as JSON. Each task object has these fields (any
+``.ndjson`` is read as JSONL (lines end at ``\n`` only), any other as JSON. Each task object has these fields (any
 other field is an error):
 
 ============================  ==========================================================
 ``task_id`` (str, required)   unique in the file; 1..256 characters, no ``#`` (shard ids
-                              use it)
+                              use it), encodable as UTF-8 (no lone surrogate)
 ``prompt`` (str)              the prompt; its tokens are counted by the scheduler's
                               tokenizer at submit
 ``payload`` (any JSON)        structured input instead of a prompt; its tokens are
@@ -198,6 +198,17 @@ class Task:
     line: Optional[int] = dataclasses.field(default=None, compare=False, repr=False)
     index: Optional[int] = dataclasses.field(default=None, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        # A Task built in Python is checked as a task of a file is (same ranges, same
+        # messages): a JobFileError naming the task and the field. depends_on is stored
+        # as a tuple; a payload without prompt_tokens gets its estimate, as in a file.
+        try:
+            _check_task(self)
+        except _FieldError as exc:
+            tid = self.task_id
+            who = f"task {tid!r}: " if isinstance(tid, str) and exc.field != "task_id" else ""
+            raise JobFileError(who + exc.message, line=self.line, field=exc.field, index=self.index) from None
+
     def to_request(
         self, *, deadline: Optional[float] = None, depends_on: Iterable[Any] = (), sched_class: str = "normal"
     ) -> InferenceRequest:
@@ -322,7 +333,99 @@ def _check_task_id(v: Any, field: str = "task_id") -> str:
         raise _FieldError(field, f"a task_id must have 1..{MAX_TASK_ID_LENGTH} characters, got {_short(v)}")
     if "#" in v:
         raise _FieldError(field, f"a task_id may not contain '#' (shard ids use it), got {_short(v)}")
+    if not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\\ud800" is valid JSON): it could not be printed or sent
+            raise _FieldError(field, f"a task_id must be encodable as UTF-8 (no lone surrogate), got {ascii(v)}") from None
     return v
+
+
+def _payload_tokens(payload: Any) -> int:
+    """The estimated tokens of a payload's compact JSON text; _FieldError('payload')
+    when it is not JSON data (a set, bytes, a circular or too deeply nested list)."""
+    try:
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        if "ircular" in str(exc):
+            raise _FieldError("payload", "holds a circular reference (it contains itself)") from None
+        raise _FieldError("payload", "holds a number that is not finite (NaN or Infinity)") from None
+    except TypeError as exc:  # "Object of type set is not JSON serializable"; a non-str key
+        raise _FieldError("payload", f"must be JSON data (objects, lists, strings, numbers, booleans, null): {exc}") from None
+    except RecursionError:
+        raise _FieldError("payload", "nested too deeply to write as JSON") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _FieldError("payload", "holds a string that is not encodable as UTF-8 (a lone surrogate)") from None
+    n = estimate_tokens(text)
+    if n > MAX_TOKENS:
+        raise _FieldError("payload", f"is about {n:,} tokens (limit {MAX_TOKENS:,})")
+    return n
+
+
+def _check_task(t: Task) -> None:
+    """Checks a Task's fields as a file's task is checked (_FieldError on the first bad
+    one); normalizes depends_on to a tuple and integral numbers to int."""
+    f = vars(t)
+    set_ = object.__setattr__
+    tid = f["task_id"]
+    if t.shard is not None and isinstance(tid, str) and "#" in tid:  # (a shard of expand_shards)
+        if len(tid) > MAX_TASK_ID_LENGTH + 5:
+            raise _FieldError("task_id", f"a shard's task_id must have at most {MAX_TASK_ID_LENGTH + 5} characters")
+    else:
+        _check_task_id(tid)
+    for name in ("prompt", "tenant", "request_class"):
+        if f[name] is not None:
+            _str_field(f, name)
+    for name, lo, hi, dflt in (
+        ("prompt_tokens", 0, MAX_TOKENS, None), ("max_new_tokens", 1, MAX_TOKENS, 256), ("shards", 1, MAX_SHARDS, 1)
+    ):
+        v = f[name]
+        if v is None and dflt is None:
+            continue
+        if type(v) is not int and isinstance(v, numbers.Integral) and not isinstance(v, bool):
+            v = int(v)  # (a numpy integer)
+            set_(t, name, v)
+        w = _int_field(f, name, lo, hi, dflt)
+        if w is not v:  # (256.0 is 256)
+            set_(t, name, w)
+    for name, lo, hi, optional in (
+        ("priority", 0.0, 1.0, False), ("schedule_time", 0.0, MAX_SCHEDULE_TIME, True),
+        ("deadline", 0.0, MAX_TIME, True), ("duration_estimate", 0.0, MAX_TIME, False),
+    ):
+        if f[name] is None and optional:
+            continue
+        _real_field(f, name, lo, hi, None)
+    raw = f["depends_on"]
+    if raw:
+        if isinstance(raw, (str, bytes)) or not isinstance(raw, (tuple, list)):
+            raise _FieldError("depends_on", f"must be a tuple or list of task_ids, got {_kind(raw)} {_short(raw)}")
+        if len(raw) > MAX_DEPENDENCIES:
+            raise _FieldError("depends_on", f"lists {len(raw):,} tasks (limit {MAX_DEPENDENCIES})")
+        seen: set[str] = set()
+        for x in raw:
+            if not isinstance(x, str) or not x:
+                raise _FieldError("depends_on", f"a task_id must be a non-empty string, got {_kind(x)} {_short(x)}")
+            if x in seen:
+                raise _FieldError("depends_on", f"lists {x!r} twice")
+            if x == tid:
+                raise _FieldError("depends_on", f"task {tid!r} depends on itself")
+            seen.add(x)
+        if type(raw) is not tuple:
+            set_(t, "depends_on", tuple(raw))
+    elif type(raw) is not tuple:
+        if isinstance(raw, (str, bytes)) or not isinstance(raw, (tuple, list)):
+            raise _FieldError("depends_on", f"must be a tuple or list of task_ids, got {_kind(raw)} {_short(raw)}")
+        set_(t, "depends_on", ())
+    payload = f["payload"]
+    if payload is not None:
+        if f["prompt"] is not None:
+            raise _FieldError("payload", "give prompt or payload, not both")
+        if f["prompt_tokens"] is None:
+            set_(t, "prompt_tokens", _payload_tokens(payload))
+    elif f["prompt"] is None and f["prompt_tokens"] is None:
+        raise _FieldError("prompt", "missing: give prompt, payload or prompt_tokens")
 
 
 def _task_from_dict(d: Any, line: Optional[int], index: Optional[int]) -> Task:
@@ -346,13 +449,7 @@ def _task_from_dict(d: Any, line: Optional[int], index: Optional[int]) -> Task:
     if prompt is None and not has_payload and prompt_tokens is None:
         raise _FieldError("prompt", "missing: give prompt, payload or prompt_tokens")
     if has_payload and prompt_tokens is None:
-        try:
-            text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except ValueError:
-            raise _FieldError("payload", "holds a number that is not finite (NaN or Infinity)") from None
-        prompt_tokens = estimate_tokens(text)
-        if prompt_tokens > MAX_TOKENS:
-            raise _FieldError("payload", f"is about {prompt_tokens:,} tokens (limit {MAX_TOKENS:,})")
+        prompt_tokens = _payload_tokens(payload)
     max_new = _int_field(d, "max_new_tokens", 1, MAX_TOKENS, 256)
     priority = _real_field(d, "priority", 0.0, 1.0, 0.5)
     schedule_time = _real_field(d, "schedule_time", 0.0, MAX_SCHEDULE_TIME, None)
@@ -477,8 +574,14 @@ def _element_lines(text: str) -> list[Optional[int]]:
     def ws(i: int) -> int:
         return _WS.match(text, i).end()  # type: ignore[union-attr]
 
+    # Elements come in increasing offsets: count newlines only since the last one
+    # (counting from the start each time was quadratic: 100,000 tasks on a line, 82 s).
+    at = [0, 1]  # offset, line there
+
     def line_of(i: int) -> int:
-        return text.count("\n", 0, i) + 1
+        at[1] += text.count("\n", at[0], i)
+        at[0] = i
+        return at[1]
 
     def array(i: int) -> list[Optional[int]]:
         out: list[Optional[int]] = []
@@ -556,7 +659,11 @@ def read_job(path: Union[str, "os.PathLike[str]"], *, format: Optional[str] = No
         return parse_tasks(data, path=p, lines=_element_lines(text))
     tasks: list[Task] = []
     total = 0
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only (a trailing "\r" is dropped): str.splitlines() also breaks at
+    # U+2028, U+2029, U+0085, \x1c-\x1e, \v and \f, which a JSON string may hold as they are.
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line.endswith("\r"):
+            line = line[:-1]
         if not line.strip():
             continue
         index = len(tasks)
@@ -603,6 +710,7 @@ def expand_shards(tasks: Sequence[Task]) -> list[Task]:
     place, in file order), each with the task's fields and ``shard = (k, n)``; every
     ``depends_on`` naming a sharded task names all its shards instead. Tasks with one
     shard are kept as they are, so expanding twice changes nothing."""
+    _all_tasks(tasks)
     sharded = {t.task_id: t.shards for t in tasks if t.shards > 1}
     if not sharded:
         return list(tasks)
@@ -631,10 +739,19 @@ def expand_shards(tasks: Sequence[Task]) -> list[Task]:
 # --------------------------------------------------------------------------- graph
 
 
+def _all_tasks(tasks: Sequence[Any]) -> None:
+    for i, t in enumerate(tasks):
+        if not isinstance(t, Task):
+            raise JobFileError(
+                f"tasks must be Task objects (parse_tasks makes them from dicts), got {_kind(t)} {_short(t)}", index=i
+            )
+
+
 def _graph(tasks: Sequence[Task]) -> tuple[dict[str, int], list[list[int]], list[int]]:
     """ids -> position, dependents lists, in-degrees. Raises DependencyError on a
     duplicate or unknown task_id."""
     pos: dict[str, int] = {}
+    _all_tasks(tasks)
     for i, t in enumerate(tasks):
         if t.task_id in pos:
             raise DependencyError(f"duplicate task_id {t.task_id!r}")
@@ -733,6 +850,23 @@ def propagate_deadlines(tasks: Sequence[Task], deadline: Optional[float] = None)
 # --------------------------------------------------------------------------- running
 
 
+def _check_now(now: Any) -> float:
+    """``now`` as a float: InvalidArgumentError unless a finite number within the
+    clock's +-1e15 (math.inf would skip every task as past its latest finish)."""
+    from .errors import InvalidArgumentError
+
+    ok = False
+    if not isinstance(now, bool) and isinstance(now, numbers.Real):
+        try:
+            x = float(now)
+            ok = math.isfinite(x) and -MAX_TIME <= x <= MAX_TIME
+        except (OverflowError, ValueError):
+            pass
+    if not ok:
+        raise InvalidArgumentError(f"now must be a finite number of seconds within +-1e15, got {_short(now)}")
+    return x
+
+
 class JobRunner:
     """Submits a job's tasks to a :class:`capsched.Scheduler` as they become due.
 
@@ -829,14 +963,21 @@ class JobRunner:
         refuses as invalid (``InvalidRequestError``: say more KV tokens than any device
         holds) raises that error with the task_id in its message.
 
-        Every request is built and checked before the first is submitted, so a bad task
-        submits nothing. If the scheduler refuses one (``QueueFullError``,
-        ``AdmissionError``), those before it in this poll stay submitted and recorded,
-        the rest stay pending for a later poll, and the error propagates.
+        Every request is built and checked before the first is submitted, including its
+        KV tokens against the largest ``kv_tokens`` of the scheduler's devices, so such a
+        bad task submits nothing. A refusal only the scheduler can make (say, no device
+        is open to the task's tenant, or ``QueueFullError``, ``AdmissionError``) leaves
+        those before it in this poll submitted and recorded and the rest pending for a
+        later poll; an ``InvalidRequestError`` then names the tasks already submitted.
+
+        Raises:
+            InvalidArgumentError: ``now`` is not a finite number of seconds within
+                +-1e15 (nothing changes).
         """
         s = self.scheduler
         if now is None:
             now = getattr(s, "_clock", time.monotonic)()
+        now = _check_now(now)
         due: list[tuple[str, InferenceRequest]] = []
         reqs: dict[str, InferenceRequest] = {}
         skip: dict[str, str] = {}
@@ -871,6 +1012,7 @@ class JobRunner:
             req = t.to_request(deadline=lf if math.isfinite(lf) else None, depends_on=deps, sched_class=self.sched_class)
             reqs[tid] = req
             due.append((tid, req))
+        self._check_kv(due)
         # Everything is built and valid: record the skips, then submit in order.
         self.skipped.update(skip)
         submitted: list[tuple[str, int]] = []
@@ -878,8 +1020,11 @@ class JobRunner:
             for tid, req in due:
                 try:
                     rid = s.submit(req, now=now)
-                except InvalidRequestError as exc:  # (e.g. more KV tokens than any device holds)
-                    raise InvalidRequestError(f"task {tid!r}: {exc}") from None
+                except InvalidRequestError as exc:  # (e.g. no device is open to its tenant)
+                    done_ = ", ".join(repr(x) for x, _ in submitted[:10]) + (" ..." if len(submitted) > 10 else "")
+                    also = (f" (this poll already submitted {len(submitted)} task(s): {done_})" if submitted
+                            else " (nothing was submitted)")
+                    raise InvalidRequestError(f"task {tid!r}: {exc}{also}") from None
                 self.ids[tid] = rid
                 self.submission_order.append(tid)
                 self._task_of[rid] = tid
@@ -891,9 +1036,38 @@ class JobRunner:
             self._pending = [tid for tid in self._pending if tid not in done and tid not in skip]
         return submitted
 
+    def _check_kv(self, due: list[tuple[str, InferenceRequest]]) -> None:
+        """InvalidRequestError, before anything is submitted, for a request needing more
+        KV tokens (prompt_tokens + max_new_tokens) than the largest ``kv_tokens`` of the
+        scheduler's devices: the scheduler would refuse it at submit."""
+        devices = getattr(self.scheduler, "devices", None)
+        if not due or not devices:
+            return
+        budgets = [getattr(d, "kv_tokens", None) for d in devices]
+        if any(b is None for b in budgets):
+            return  # a device without a budget holds any request
+        largest = max(budgets)
+        estimate = getattr(self.scheduler, "_estimate", None)
+        for tid, req in due:
+            p = req.prompt_tokens
+            if p is None:
+                if estimate is None:
+                    continue
+                try:
+                    p = estimate(req.prompt)
+                except InvalidRequestError as exc:
+                    raise InvalidRequestError(f"task {tid!r}: {exc} (nothing was submitted)") from None
+            need = p + req.max_new_tokens
+            if need > largest:
+                raise InvalidRequestError(
+                    f"task {tid!r}: the request needs {need} KV tokens (prompt_tokens + max_new_tokens), more than "
+                    f"any device holds (the largest kv_tokens is {largest}) (nothing was submitted)"
+                )
+
     def status(self, task_id: str) -> str:
         """``'pending'`` (not yet submitted), ``'skipped'`` (never submitted: see
-        :attr:`skipped`), or the scheduler's status of its request."""
+        :attr:`skipped`), or the scheduler's status of its request; KeyError if no task
+        has this task_id (as :meth:`task`)."""
         if task_id not in self._by_id:
             raise KeyError(task_id)
         if task_id in self.skipped:
