@@ -390,13 +390,13 @@ def _check_task(t: Task) -> None:
         w = _int_field(f, name, lo, hi, dflt)
         if w is not v:  # (256.0 is 256)
             set_(t, name, w)
-    for name, lo, hi, optional in (
+    for name, rlo, rhi, optional in (
         ("priority", 0.0, 1.0, False), ("schedule_time", 0.0, MAX_SCHEDULE_TIME, True),
         ("deadline", 0.0, MAX_TIME, True), ("duration_estimate", 0.0, MAX_TIME, False),
     ):
         if f[name] is None and optional:
             continue
-        _real_field(f, name, lo, hi, None)
+        _real_field(f, name, rlo, rhi, None)
     raw = f["depends_on"]
     if raw:
         if isinstance(raw, (str, bytes)) or not isinstance(raw, (tuple, list)):
@@ -1046,7 +1046,7 @@ class JobRunner:
         budgets = [getattr(d, "kv_tokens", None) for d in devices]
         if any(b is None for b in budgets):
             return  # a device without a budget holds any request
-        largest = max(budgets)
+        largest = max(int(b) for b in budgets if b is not None)
         estimate = getattr(self.scheduler, "_estimate", None)
         for tid, req in due:
             p = req.prompt_tokens
