@@ -115,9 +115,17 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
 
 
+class _ErrorResponse(JSONResponse):
+    """An error body in ASCII JSON: it may quote what the client sent (an unknown field's
+    name), which can hold a lone surrogate that UTF-8 cannot encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def _error(e: APIError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
-    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+    return _ErrorResponse(e.body(), status_code=e.status, headers=headers)
 
 
 def _tenant(request: Request, cfg: ServerConfig) -> Optional[str]:

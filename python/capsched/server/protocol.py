@@ -80,6 +80,19 @@ def _string(name: str, v: object) -> str:
     return v
 
 
+def _text(name: str, v: object) -> str:
+    """A string that is valid Unicode text: JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which no worker (nor the daemon's socket) can encode as UTF-8."""
+    s = _string(name, v)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise bad_request(
+            name, f"{name} is not valid Unicode text: a lone surrogate {s[exc.start]!r} at index {exc.start}"
+        ) from None
+    return s
+
+
 @dataclasses.dataclass(frozen=True)
 class JobSpec:
     """One generation job as the fleet schedules it.
@@ -105,7 +118,7 @@ class JobSpec:
     sampling: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _string("prompt", self.prompt)
+        _text("prompt", self.prompt)
         _int("max_tokens", self.max_tokens, 1, MAX_TOKENS)
         _string("model", self.model)
         p = _number("priority", self.priority)
@@ -346,7 +359,7 @@ def parse_completion(
                 f"prompts per request are not supported), got {prompt!r:.200}", "invalid_type"
             )
         prompt = prompt[0]
-    prompt = _string("prompt", prompt)
+    prompt = _text("prompt", prompt)
     return _job(c, prompt, _max_tokens(body, ("max_tokens",), default_max_tokens), tenant)
 
 
@@ -394,10 +407,11 @@ def parse_chat(
                 pw = f"{where}.content[{j}]"
                 if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                     raise bad_request(pw, f"{pw} must be a text part {{'type': 'text', 'text': ...}}, got {part!r:.200}")
-                parts.append(part["text"])
+                parts.append(_text(pw, part["text"]))
             content = "".join(parts)
         if not isinstance(content, str):
             raise bad_request(f"{where}.content", f"{where}.content must be a string, got {content!r:.200}", "invalid_type")
+        _text(f"{where}.content", content)
         out.append((str(role), content))
     max_tokens = _max_tokens(body, ("max_completion_tokens", "max_tokens"), default_max_tokens)
     return _job(c, render_chat_prompt(out), max_tokens, tenant)

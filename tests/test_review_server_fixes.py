@@ -1,0 +1,97 @@
+"""Regression tests for defects a review of capsched's OpenAI-compatible server found.
+
+Each test drives the ASGI app in-process (httpx's ASGITransport, no sockets) over a
+FleetEngine of time-scaled SimulatedWorkers, unless it needs a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Optional
+
+import pytest
+
+pytest.importorskip("starlette")
+httpx = pytest.importorskip("httpx")
+
+from capsched.server import FleetEngine, ServerConfig, create_app, simulated_engine  # noqa: E402
+
+MODEL = "capsched-simulated"
+
+
+@contextlib.asynccontextmanager
+async def asgi(engine: Any, config: Optional[ServerConfig] = None) -> AsyncIterator[Any]:
+    """An httpx client on the app over ``engine`` (started and closed here: ASGITransport
+    runs no lifespan)."""
+    app = create_app(engine, config)
+    await engine.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://capsched",
+                                     timeout=30) as c:
+            yield c
+    finally:
+        await engine.close()
+
+
+def err(r: Any, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    e = r.json()["error"]
+    assert set(e) == {"message", "type", "param", "code"}
+    return e
+
+
+def fleet(**config: Any) -> FleetEngine:
+    return simulated_engine("H100-SXM:1,L4:1", time_scale=0.01, config={"breaker_failures": 1, **config})
+
+
+# ---------------------------------------------------------------- 1: lone surrogates
+
+
+@pytest.mark.parametrize(
+    "path,raw,param",
+    [
+        ("/v1/completions", '{"model":"%s","prompt":"a\\ud800b","max_tokens":2}', "prompt"),
+        ("/v1/completions", '{"model":"%s","prompt":["\\udfff"],"max_tokens":2}', "prompt"),
+        ("/v1/chat/completions",
+         '{"model":"%s","messages":[{"role":"user","content":"ok"},{"role":"user","content":"\\ud800"}]}',
+         "messages[1].content"),
+        ("/v1/chat/completions",
+         '{"model":"%s","messages":[{"role":"user","content":[{"type":"text","text":"\\ud800"}]}]}',
+         "messages[0].content[0]"),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_before_anything_is_scheduled(path: str, raw: str, param: str) -> None:
+    async def main() -> None:
+        engine = fleet()
+        async with asgi(engine) as c:
+            for _ in range(3):  # three used to open every breaker of the fleet
+                # (the old code retried it as a worker crash: no answer within seconds)
+                e = err(await asyncio.wait_for(c.post(path, content=raw % MODEL), 10), 400)
+                assert e["param"] == param and e["code"] == "invalid_value" and "surrogate" in e["message"]
+            st = engine.stats()
+            assert st["submitted"] == 0 and st["capsched"]["breaker_trips"] == 0
+            r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "fine", "max_tokens": 2})
+            assert r.status_code == 200, r.text
+
+    asyncio.run(main())
+
+
+def test_an_unknown_field_named_with_a_lone_surrogate_is_a_400_not_a_500() -> None:
+    async def main() -> None:
+        async with asgi(fleet()) as c:
+            raw = '{"model":"%s","prompt":"x","\\ud800":1}' % MODEL
+            e = err(await c.post("/v1/completions", content=raw), 400)
+            assert e["code"] == "unknown_parameter" and e["param"] == "\ud800"
+
+    asyncio.run(main())
+
+
+def test_jobspec_refuses_a_lone_surrogate_from_a_raw_peer() -> None:
+    from capsched.server import APIError, JobSpec
+
+    with pytest.raises(APIError) as info:
+        JobSpec.from_dict({"prompt": "\ud800", "max_tokens": 2, "model": MODEL})
+    assert info.value.status == 400 and info.value.param == "prompt"
