@@ -95,3 +95,45 @@ def test_jobspec_refuses_a_lone_surrogate_from_a_raw_peer() -> None:
     with pytest.raises(APIError) as info:
         JobSpec.from_dict({"prompt": "\ud800", "max_tokens": 2, "model": MODEL})
     assert info.value.status == 400 and info.value.param == "prompt"
+
+
+# ---------------------------------------------------------------- 2: breaker cool-down wakes the loop
+
+
+class FailsFirst:
+    """Wraps a worker: its first ``n`` batches fail at once, later ones run."""
+
+    def __init__(self, inner: Any, n: int = 1) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.left = n
+
+    async def generate(self, batch: Any) -> Any:
+        if self.left > 0:
+            self.left -= 1
+            raise RuntimeError("injected failure")
+        async for ev in self.inner.generate(batch):
+            yield ev
+
+
+def test_a_queued_request_runs_when_the_breaker_cools_down_without_new_traffic() -> None:
+    cooldown = 0.4
+
+    async def main() -> None:
+        engine = simulated_engine("H100-SXM:1", time_scale=0.01, config={
+            "breaker_failures": 1, "breaker_cooldown": cooldown, "retry_base": 0.001, "retry_cap": 0.01})
+        (name,) = engine.workers
+        engine.workers[name] = FailsFirst(engine.workers[name])
+        async with asgi(engine) as c:
+            t0 = time.monotonic()
+            # Its first run fails and opens the only device's breaker; its retry waits in
+            # the queue, and no other request arrives to wake the loop.
+            r = await asyncio.wait_for(
+                c.post("/v1/completions", json={"model": MODEL, "prompt": "patient", "max_tokens": 2}), 10)
+            took = time.monotonic() - t0
+            assert r.status_code == 200, r.text
+            assert r.headers["x-capsched-retries"] == "1"
+            assert cooldown * 0.9 <= took < cooldown + 3  # ran about when the cool-down ended
+            assert engine.stats()["capsched"]["breaker_trips"] == 1
+
+    asyncio.run(main())

@@ -17,8 +17,9 @@ and an asyncio loop between them.
    retry resumes after the tokens already sent; once retries are exhausted the job gets a
    503;
 4. the loop sleeps until woken (a submit, a finished run) or until the next time it has
-   work to do: the earliest deadline of a queued job, or ``StepResult.next_step_at``
-   (held batches, retry backoffs).
+   work to do: the earliest deadline of a queued job, ``StepResult.next_step_at``
+   (held batches, retry backoffs), or the end of an open circuit breaker's cool-down
+   (when its device may take a probe batch of what is queued).
 
 Counters in :meth:`FleetEngine.stats` check the books: per device, the most batches and
 requests that ever ran at once (never above ``max_inflight_batches`` and
@@ -185,6 +186,10 @@ class FleetEngine:
         self._loop_task: Optional[asyncio.Task[None]] = None
         self._runs: set[asyncio.Task[None]] = set()
         self._completed_ids: set[int] = set()
+        # Circuit breakers: device -> trips seen, and -> when its open breaker's cool-down
+        # ends (the loop must step then: nothing else may wake it to place queued work).
+        self._breaker_trips: dict[str, int] = {d.name: 0 for d in self.scheduler.devices}
+        self._breaker_until: dict[str, float] = {}
         self._counters = {
             "submitted": 0,
             "completed": 0,
@@ -360,6 +365,13 @@ class FleetEngine:
                 heapq.heappop(self._deadlines)
             for deadline, rid in self._deadlines[:1]:
                 wake_at = min(wake_at, deadline)
+            # ... and the end of an open breaker's cool-down (this step let the ended ones'
+            # probes through).
+            for name, until in list(self._breaker_until.items()):
+                if until <= now:
+                    del self._breaker_until[name]
+                else:
+                    wake_at = min(wake_at, until)
             if wake.is_set():
                 continue
             timeout = None if math.isinf(wake_at) else max(0.0, wake_at - time.monotonic()) + 1e-4
@@ -465,7 +477,9 @@ class FleetEngine:
             self.scheduler.cancel(job.rid)
             self._counters["cancelled"] += 1
             return
-        requeued = self.scheduler.fail(job.rid, time.monotonic(), retryable=True, error=f"{device}: {error}")
+        t = time.monotonic()
+        requeued = self.scheduler.fail(job.rid, t, retryable=True, error=f"{device}: {error}")
+        self._note_breaker(device, t)
         if requeued:
             job.retries += 1
             self._counters["retried"] += 1
@@ -475,6 +489,17 @@ class FleetEngine:
             503,
             f"request {job.rid} failed after {job.runs} run(s); the last, on {device}, with: {error}",
             type="server_error", code="worker_failed")))
+
+    def _note_breaker(self, device: str, now: float) -> None:
+        """After a failure reported on ``device`` at ``now``: if that opened its breaker,
+        remember when the cool-down ends (capsched opens it until now + breaker_cooldown)."""
+        for d in self.scheduler.stats()["devices"]:
+            if d.get("name") == device:
+                trips = int(d.get("breaker_trips", 0))
+                if trips != self._breaker_trips.get(device, 0) and d.get("breaker") == "open":
+                    self._breaker_until[device] = now + float(self.scheduler.config.breaker_cooldown)
+                self._breaker_trips[device] = trips
+                return
 
     # ------------------------------------------------------------------ introspection
 
