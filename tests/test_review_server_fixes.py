@@ -137,3 +137,21 @@ def test_a_queued_request_runs_when_the_breaker_cools_down_without_new_traffic()
             assert engine.stats()["capsched"]["breaker_trips"] == 1
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------- 3: /v1/models without the daemon
+
+
+def test_models_is_503_fleet_unavailable_when_the_daemon_is_unreachable(tmp_path: Any) -> None:
+    from capsched.server.daemon import RemoteFleet
+
+    async def main() -> None:
+        app = create_app(RemoteFleet(str(tmp_path / "no-daemon.sock")))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://capsched") as c:
+            for path in ("/v1/models", "/stats"):
+                e = err(await c.get(path), 503)
+                assert e["code"] == "fleet_unavailable" and e["type"] == "server_error"
+            e = err(await c.post("/v1/completions", json={"model": MODEL, "prompt": "x"}), 503)
+            assert e["code"] == "fleet_unavailable"
+
+    asyncio.run(main())

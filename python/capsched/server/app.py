@@ -341,9 +341,9 @@ def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starl
     async def models(request: Request) -> Response:
         try:
             _tenant(request, cfg)
+            names = await backend.model_names()  # a remote fleet: 503 fleet_unavailable when unreachable
         except APIError as e:
             return _error(e)
-        names = await backend.model_names()
         return JSONResponse({"object": "list", "data": [
             {"id": m, "object": "model", "created": 0, "owned_by": "capsched"} for m in names]})
 
