@@ -155,3 +155,25 @@ def test_models_is_503_fleet_unavailable_when_the_daemon_is_unreachable(tmp_path
             assert e["code"] == "fleet_unavailable"
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------- 4: max_tokens beyond every device's KV
+
+
+@pytest.mark.parametrize(
+    "path,body,param",
+    [
+        ("/v1/completions", {"prompt": "x", "max_tokens": 9_000_000}, "max_tokens"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 9_000_000},
+         "max_tokens"),
+        ("/v1/chat/completions",
+         {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 9_000_000}, "max_completion_tokens"),
+    ],
+)
+def test_max_tokens_beyond_every_devices_kv_names_the_field(path: str, body: dict[str, Any], param: str) -> None:
+    async def main() -> None:
+        async with asgi(fleet()) as c:
+            e = err(await c.post(path, json={"model": MODEL, **body}), 400)
+            assert e["code"] == "invalid_value" and e["param"] == param and "KV tokens" in e["message"]
+
+    asyncio.run(main())

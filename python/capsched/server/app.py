@@ -225,7 +225,12 @@ def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starl
             models = await backend.model_names()
             parse = parse_chat if chat else parse_completion
             parsed = parse(body, models=models, tenant=tenant, default_max_tokens=cfg.default_max_tokens)
-            stream = await backend.open(parsed.job)
+            try:
+                stream = await backend.open(parsed.job)
+            except APIError as e:
+                if chat and e.param == "max_tokens" and body.get("max_completion_tokens") is not None:
+                    e.param = "max_completion_tokens"  # the field the chat's limit came from
+                raise
         except APIError as e:
             return _error(e)
         if parsed.stream:

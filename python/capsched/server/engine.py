@@ -267,7 +267,10 @@ class FleetEngine:
             raise APIError(503, f"no device can admit the request: {exc}", type="server_error",
                            code="no_capacity") from None
         except CapschedError as exc:
-            raise APIError(400, f"capsched refused the request: {exc}", code="invalid_value") from None
+            # More KV tokens (prompt + max_new_tokens) than any device holds: max_tokens
+            # is the field the client can lower.
+            param = "max_tokens" if "KV tokens" in str(exc) else None
+            raise APIError(400, f"capsched refused the request: {exc}", param=param, code="invalid_value") from None
         deadline = None if spec.timeout is None else now + float(spec.timeout)
         job = _Job(rid, spec, self._prompt_tokens(spec.prompt), deadline, asyncio.Queue(), asyncio.Event())
         self._jobs[rid] = job
