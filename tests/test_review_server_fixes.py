@@ -177,3 +177,32 @@ def test_max_tokens_beyond_every_devices_kv_names_the_field(path: str, body: dic
             assert e["code"] == "invalid_value" and e["param"] == param and "KV tokens" in e["message"]
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------- 5: chat checks both max_tokens fields
+
+
+@pytest.mark.parametrize(
+    "fields,param,code",
+    [
+        ({"max_completion_tokens": 3, "max_tokens": "bad"}, "max_tokens", "invalid_type"),
+        ({"max_completion_tokens": 3, "max_tokens": 0}, "max_tokens", "invalid_value"),
+        ({"max_completion_tokens": True, "max_tokens": 3}, "max_completion_tokens", "invalid_type"),
+    ],
+)
+def test_chat_checks_max_tokens_even_beside_max_completion_tokens(fields: dict[str, Any], param: str,
+                                                                  code: str) -> None:
+    async def main() -> None:
+        engine = fleet()
+        async with asgi(engine) as c:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], **fields}
+            e = err(await c.post("/v1/chat/completions", json=body), 400)
+            assert e["param"] == param and e["code"] == code
+            assert engine.stats()["submitted"] == 0
+            # Both valid: max_completion_tokens wins.
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                    "max_completion_tokens": 3, "max_tokens": 5}
+            r = await c.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+
+    asyncio.run(main())

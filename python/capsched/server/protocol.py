@@ -316,10 +316,9 @@ def _common(body: Mapping[str, Any], allowed: frozenset[str], models: tuple[str,
 
 
 def _max_tokens(body: Mapping[str, Any], names: tuple[str, ...], default: int) -> int:
-    for name in names:
-        if body.get(name) is not None:
-            return _int(name, body[name], 1, MAX_TOKENS)
-    return default
+    """The first of ``names`` given (every one given is checked, the unused ones too)."""
+    given = [_int(name, body[name], 1, MAX_TOKENS) for name in names if body.get(name) is not None]
+    return given[0] if given else default
 
 
 def _job(c: dict[str, Any], prompt: str, max_tokens: int, tenant: Optional[str]) -> ParsedRequest:
