@@ -206,3 +206,38 @@ def test_chat_checks_max_tokens_even_beside_max_completion_tokens(fields: dict[s
             assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------- 6: a client gone while its body is read
+
+
+def test_a_client_disconnecting_mid_body_is_handled_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        engine = fleet()
+        app = create_app(engine)
+        await engine.start()
+        try:
+            incoming = [{"type": "http.request", "body": b'{"model": "', "more_body": True},
+                        {"type": "http.disconnect"}]
+
+            async def receive() -> dict[str, Any]:
+                return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+            sent: list[dict[str, Any]] = []
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                     "scheme": "http", "path": "/v1/completions", "raw_path": b"/v1/completions",
+                     "query_string": b"", "root_path": "", "server": ("capsched", 80), "client": ("c", 1),
+                     "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")]}
+            await app(scope, receive, send)  # used to raise starlette.requests.ClientDisconnect
+            assert engine.stats()["submitted"] == 0
+        finally:
+            await engine.close()
+
+    with caplog.at_level("INFO"):
+        asyncio.run(main())
+    assert not any(r.exc_info for r in caplog.records)
+    assert sum("disconnected" in r.getMessage() for r in caplog.records) <= 1

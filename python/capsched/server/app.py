@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -37,7 +38,7 @@ from .protocol import DoneEvent, ErrorEvent, Event, JobSpec, ParsedRequest, Toke
 try:
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - only without the extra
@@ -46,6 +47,8 @@ except ImportError as exc:  # pragma: no cover - only without the extra
     ) from exc
 
 __all__ = ["Backend", "EventStream", "ServerConfig", "create_app"]
+
+log = logging.getLogger("capsched.server")
 
 
 class EventStream(Protocol):
@@ -233,6 +236,10 @@ def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starl
                 raise
         except APIError as e:
             return _error(e)
+        except ClientDisconnect:  # gone while its body was read: nothing was scheduled, no one to answer
+            log.info("%s %s: the client disconnected before sending its whole body", request.method,
+                     request.url.path)
+            return Response(status_code=499)
         if parsed.stream:
             return await _streaming(request, stream, parsed, chat)
         return await _whole(request, stream, parsed, chat)
