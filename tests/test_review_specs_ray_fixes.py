@@ -33,11 +33,10 @@ def test_device_model_a100_80gb_is_not_an_a10():
 
 # --------------------------------------------------------------------------- Ray router
 
-import importlib  # noqa: E402
 import logging  # noqa: E402
-import warnings  # noqa: E402
 
 from capsched.integrations import ray_serve  # noqa: E402
+from test_ray_serve import _bare_router  # noqa: E402  (the router as a handle builds it, or a skip)
 from capsched.integrations.ray_serve import (  # noqa: E402
     STATS_KEY,
     ReplicaStats,
@@ -88,25 +87,6 @@ def test_replica_side_refuses_overflowing_values():
     for bad in ("x", float("nan"), None):
         with pytest.raises(capsched.ConfigError, match="clock must return"):
             ReplicaStats(capacity=1, clock=lambda bad=bad: bad)
-
-
-def _bare_router():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            for name in ("ray", "ray.serve", "ray.serve.config", "ray.serve._private.request_router.common"):
-                importlib.import_module(name)
-    except ImportError:
-        pytest.skip("Ray Serve is not installed")
-    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
-
-    router = ray_serve.CapschedRequestRouter(
-        deployment_id=DeploymentID(name="d", app_name="app"),
-        handle_source=DeploymentHandleSource.UNKNOWN,
-        use_replica_queue_len_cache=True,
-    )
-    router.initialize_state(seed=3)
-    return router
 
 
 class _FakeReplica:

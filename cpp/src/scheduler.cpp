@@ -2316,7 +2316,8 @@ void Scheduler::import_state(const StateSnapshot& in) {
         if (!(q.uclamp_min >= 0.0 && q.uclamp_min <= q.uclamp_max && q.uclamp_max <= 1.0)) bad(who + "bad uclamp");
         if (q.sched_class > 3 || q.request_class >= kMaxClasses || q.retries > 65535 || q.preemptions > 65535)
             bad(who + "bad class or counts");
-        if (q.tenant >= kMaxTenants) bad(who + "tenant " + std::to_string(q.tenant) + " is beyond the limit of 65536");
+        if (q.tenant >= kMaxTenants)
+            bad(who + "tenant " + std::to_string(q.tenant) + " is beyond the limit of " + std::to_string(kMaxTenants));
         if (static_cast<SchedClass>(q.sched_class) == SchedClass::Deadline &&
             (q.dl_device >= devices_.size() || !std::isfinite(q.dl_bw) || q.dl_bw < 0.0))
             bad(who + "bad deadline-class reservation");

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -206,7 +206,6 @@ def _step_result(
 _new = object.__new__
 
 
-
 def _check_names_used(requests: Any, tenants: int, classes: int) -> None:
     """A checkpoint's requests name only tenants and classes its tables hold (the core
     sizes per-tenant arrays by the largest index: a forged one asked for gigabytes)."""
@@ -220,6 +219,7 @@ def _check_names_used(requests: Any, tenants: int, classes: int) -> None:
             raise CheckpointError(f"request {q.get('id')!r} names tenant number {t}; the tenant table has {tenants}")
         if type(c) is int and not 0 <= c < classes:
             raise CheckpointError(f"request {q.get('id')!r} names class number {c}; the class table has {classes}")
+
 
 class Scheduler:
     """A capacity-aware scheduler for LLM inference requests.
@@ -439,7 +439,7 @@ class Scheduler:
             except (QueueFullError, AdmissionError) as exc:
                 raise self._refused(exc, name, tenant) from None
             except InvalidRequestError as exc:
-                raise self._named(exc, name, tenant) from None
+                raise _tenant_named(exc, name, tenant) from None
         except BaseException:
             claim.append(None)  # not submitted: the object can be submitted again
             raise
@@ -504,7 +504,7 @@ class Scheduler:
             except (QueueFullError, AdmissionError) as exc:
                 raise self._refused(exc, fields.tenant, tenant) from None
             except InvalidRequestError as exc:
-                raise self._named(exc, fields.tenant, tenant) from None
+                raise _tenant_named(exc, fields.tenant, tenant) from None
         except BaseException:
             claim.append(None)  # not submitted: the object can be submitted again
             raise
@@ -516,16 +516,7 @@ class Scheduler:
         """Counts a submit refused by back-pressure or admission; the error to raise (a
         QueueFullError names the tenant as the caller knows it)."""
         self._count_rejected(1)
-        if isinstance(exc, QueueFullError):
-            return QueueFullError(str(exc).replace(f"for tenant {tenant_id}:", f"for tenant {tenant!r}:"))
-        return exc
-
-    @staticmethod
-    def _named(exc: InvalidRequestError, tenant: Optional[str], tenant_id: int) -> InvalidRequestError:
-        """The core's "no device is open to tenant N" names the tenant as the caller does."""
-        text = str(exc)
-        core = f"no device is open to tenant {tenant_id}"
-        return InvalidRequestError(text.replace(core, f"no device is open to tenant {tenant!r}", 1)) if core in text else exc
+        return _tenant_named(exc, tenant, tenant_id)
 
     def _name_ids(self, tenant: Optional[str], request_class: Optional[str]) -> tuple[int, int]:
         """The ids of a tenant and a request class, numbering (and journaling) new names."""
@@ -581,13 +572,9 @@ class Scheduler:
             return self._core.submit_many(p, q, pr, to, dl, t)
         except QueueFullError as exc:  # (its requests are tenant None's, number 0)
             self._count_rejected(int(n))
-            raise self._refused_many(exc) from None
+            raise _tenant_named(exc, None, 0) from None
         except InvalidRequestError as exc:
-            raise self._named(exc, None, 0) from None
-
-    def _refused_many(self, exc: QueueFullError) -> QueueFullError:
-        text = str(exc)
-        return QueueFullError(text.replace("for tenant 0:", "for tenant None:", 1)) if "for tenant 0:" in text else exc
+            raise _tenant_named(exc, None, 0) from None
 
     def _count_rejected(self, n: int) -> None:
         from .journal import JournalCore
@@ -1263,6 +1250,20 @@ class Scheduler:
 
 #: The seed's name for :class:`Scheduler` (same class).
 OpenAutoGLMScheduler = Scheduler
+
+
+_E = TypeVar("_E", bound=Exception)
+
+
+def _tenant_named(exc: _E, tenant: Optional[str], tenant_id: int) -> _E:
+    """The core's error with the tenant named as the caller knows it, not by its number:
+    "for tenant N:" (QueueFullError) and "no device is open to tenant N"."""
+    text = str(exc)
+    for form in ("for tenant {}:", "no device is open to tenant {}"):
+        core = form.format(tenant_id)
+        if core in text:
+            return type(exc)(text.replace(core, form.format(repr(tenant)), 1))
+    return exc
 
 
 def _brief(value: object) -> str:
