@@ -227,3 +227,26 @@ def test_simulate_refuses_an_empty_capsched_policy() -> None:
                           "--policies", "capsched", "--load", "0.5", "--capsched-policy", ""],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "capsched_policy" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("arrays", [False, True])
+def test_a_step_whose_journal_line_fails_hands_back_its_batches(tmp_path, arrays: bool) -> None:
+    # JournalError.result used to be the core's raw tuple for step(): the batches it had
+    # dispatched (now in flight) were there only as offsets into an id list.
+    from capsched import JournalError, StepArrays, StepResult
+
+    s = Scheduler(["gpu0"], clock=lambda: 0.0)
+    s.open_journal(str(tmp_path / "j.log"))
+    ids = [s.submit(InferenceRequest(prompt_tokens=10), now=0.0) for _ in range(3)]
+    _fail_writes(s)
+    with pytest.raises(JournalError, match="the change was made but is not durable") as info:
+        s.step_many(now=1.0) if arrays else s.step(now=1.0)
+    got = info.value.result
+    if arrays:
+        assert isinstance(got, StepArrays) and got.devices == ["gpu0"]
+        dispatched = got.request_ids.tolist()
+    else:
+        assert isinstance(got, StepResult) and [b.device for b in got.batches] == ["gpu0"]
+        dispatched = got.dispatched
+    assert sorted(dispatched) == ids and {s.status(i) for i in ids} == {"in_flight"}
+    s.close_journal()

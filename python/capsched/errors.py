@@ -64,7 +64,9 @@ class CheckpointError(ConfigError):
 class JournalError(CheckpointError):
     """Writing the journal failed (disk full, I/O error, file too large). When a call
     raises it, that call's change WAS made but is not durable: ``result`` holds what the
-    core call returned (None when nothing was changed). From then on the scheduler
+    call would have returned (the id for ``submit``, the :class:`StepResult` or
+    :class:`StepArrays` for ``step``/``step_many``, so that the batches it dispatched can
+    still be run; None when nothing was changed). From then on the scheduler
     refuses every change with this error (changing nothing) until ``close_journal()``;
     take a checkpoint and open a new journal to be durable again."""
 

@@ -620,11 +620,16 @@ class Scheduler:
         Raises:
             InvalidArgumentError: an unknown device name, a slot count outside
                 0..65536, a KV figure that is not an integer.
+            JournalError: with a journal open, its line could not be written: the step
+                WAS made, and the error's ``result`` is this StepResult (run its
+                batches); later changes are refused until :meth:`close_journal`.
         """
-        # Lists from the core: batch b is ids[offsets[b]:offsets[b + 1]] on device devs[b].
-        devs, offsets, ids, expired, failed, reasons, t, moved, moved_from, pre, pre_from, next_at, held = (
-            self._core_step(now, free_slots, free_kv_tokens, arrays=False)
-        )
+        return self._journaled_step(self._step_result, now, free_slots, free_kv_tokens, arrays=False)
+
+    def _step_result(self, raw: Any) -> StepResult:
+        """The StepResult of a core step's lists: batch b is ids[offsets[b]:offsets[b + 1]]
+        on device devs[b]."""
+        devs, offsets, ids, expired, failed, reasons, t, moved, moved_from, pre, pre_from, next_at, held = raw
         names = self._names
         batches = [_batch(names[d], d, ids[offsets[i] : offsets[i + 1]]) for i, d in enumerate(devs)]
         return _step_result(
@@ -652,11 +657,14 @@ class Scheduler:
         arguments, errors and effects as :meth:`step` (journaled the same way).
 
         Raises:
-            InvalidArgumentError: as :meth:`step`.
+            InvalidArgumentError, JournalError: as :meth:`step` (``result``: this
+                StepArrays).
         """
-        devs, offsets, ids, expired, failed, reasons, t, moved, moved_from, pre, pre_from, next_at, held = (
-            self._core_step(now, free_slots, free_kv_tokens, arrays=True)
-        )
+        return self._journaled_step(self._step_arrays, now, free_slots, free_kv_tokens, arrays=True)
+
+    def _step_arrays(self, raw: Any) -> StepArrays:
+        """The StepArrays of a core step's arrays."""
+        devs, offsets, ids, expired, failed, reasons, t, moved, moved_from, pre, pre_from, next_at, held = raw
         names = self._names
         r = _new(StepArrays)
         d = r.__dict__
@@ -672,6 +680,25 @@ class Scheduler:
         d["next_step_at"] = next_at
         d["held"] = held
         return r
+
+    def _journaled_step(
+        self,
+        convert: Callable[[Any], _R],
+        now: Optional[float],
+        free_slots: Optional[Mapping[str, int]],
+        free_kv_tokens: Optional[Mapping[str, int]],
+        *,
+        arrays: bool,
+    ) -> _R:
+        """convert(the core's step); a JournalError (the step was made, its line not
+        written) carries the converted result, so the batches it dispatched can be run."""
+        try:
+            raw = self._core_step(now, free_slots, free_kv_tokens, arrays=arrays)
+        except JournalError as exc:
+            if exc.result is not None:
+                exc.result = convert(exc.result)
+            raise
+        return convert(raw)
 
     def _on_devices(self, ids: list[int], devices: list[int]) -> list[tuple[int, str]]:
         """(id, device name) pairs from the core's parallel id and device-index lists."""
@@ -1253,6 +1280,7 @@ OpenAutoGLMScheduler = Scheduler
 
 
 _E = TypeVar("_E", bound=Exception)
+_R = TypeVar("_R")
 
 
 def _tenant_named(exc: _E, tenant: Optional[str], tenant_id: int) -> _E:
