@@ -149,6 +149,49 @@ def test_clock_drop_slows_the_device_and_capsched_is_told(small, monkeypatch):
     assert r.scheduler_stats["conservation_ok"]
 
 
+def test_overlapping_faults_keep_the_device_down_until_the_last_ends():
+    # The end of the first of two overlapping faults used to bring the device back.
+    devices = parse_fleet("H100-SXM:1").build(1000, 200)
+    w = poisson(5.0, n=200, seed=0)
+    name = devices[0].name
+    for policy in ("least_load", "capsched"):
+        r = simulate(devices, w, policy, faults=[Fault(name, 1.0, 5.0), Fault(name, 3.0, 10.0)])
+        assert not np.any((r.finish_s > 1.0) & (r.finish_s < 13.0)), policy
+        assert not [iv for iv in r.busy_intervals[0] if iv[1] > 1.0 and iv[0] < 13.0], policy
+        assert (r.status == DONE).sum() > 0, policy  # and it does come back
+        # The same two faults in the other order, and one repeated, change nothing.
+        again = simulate(devices, w, policy, faults=[Fault(name, 3.0, 10.0), Fault(name, 1.0, 5.0)])
+        assert np.array_equal(again.finish_s, r.finish_s, equal_nan=True), policy
+
+
+def test_overlapping_slowdowns_hold_the_deepest_in_progress(monkeypatch):
+    devices = parse_fleet("H100-SXM:1").build(1000, 200)
+    w = poisson(5.0, n=200, seed=0)
+    name = devices[0].name
+    outer = Slowdown(name, 1.0, 30.0, 0.3)
+    nested = simulate(devices, w, "round_robin", slowdowns=[outer, Slowdown(name, 3.0, 3.0, 0.2)])
+    alone = simulate(devices, w, "round_robin", slowdowns=[outer])
+    cut = simulate(devices, w, "round_robin", slowdowns=[Slowdown(name, 1.0, 5.0, 0.3), Slowdown(name, 3.0, 3.0, 0.2)])
+    # The inner, deeper one slows it further; its end does not end the outer one.
+    def mean_latency(r):
+        return float(np.nanmean(r.finish_s - w.arrival_s))
+
+    assert mean_latency(nested) > mean_latency(alone) > 1.3 * mean_latency(cut)
+
+    import capsched.scheduler as sched_mod
+
+    scales = []
+    orig = sched_mod.Scheduler.set_clock
+
+    def spy(self, device, clock_mhz, max_clock_mhz=None, *, now=None):
+        scales.append(round(clock_mhz / max_clock_mhz, 6))
+        return orig(self, device, clock_mhz, max_clock_mhz, now=now)
+
+    monkeypatch.setattr(sched_mod.Scheduler, "set_clock", spy)
+    simulate(devices, w, "capsched", slowdowns=[outer, Slowdown(name, 3.0, 3.0, 0.2)])
+    assert scales == [0.3, 0.2, 0.3, 1.0]
+
+
 def test_kv_and_slot_limits_hold():
     fleet = Fleet((("L4", 1),), max_num_seqs=4)
     devices = fleet.build(1000, 100)

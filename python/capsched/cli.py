@@ -137,9 +137,11 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=int, default=128,
                    help="sequences per device and iteration, 1..65536 (default 128)")
     p.add_argument("--fault", action="append", default=[], metavar="DEVICE@START+DURATION",
-                   help="take a device down for an interval, e.g. H100-SXM-0@20+30 (repeatable)")
+                   help="take a device down for an interval, e.g. H100-SXM-0@20+30 (repeatable; overlapping "
+                        "faults keep it down until the last ends)")
     p.add_argument("--slowdown", action="append", default=[], metavar="DEVICE@START+DURATION:SCALE",
-                   help="drop a device's clock to SCALE of its max for an interval, e.g. H100-SXM-0@20+30:0.5")
+                   help="drop a device's clock to SCALE of its max for an interval, e.g. H100-SXM-0@20+30:0.5 "
+                        "(repeatable; while they overlap the lowest SCALE holds)")
     p.add_argument("--restart-at", type=float, default=None, metavar="SECONDS",
                    help="capsched only: at this simulated time, checkpoint the Scheduler, restore it from the "
                         "file and go on with the restored one (what was in flight runs again)")

@@ -122,7 +122,8 @@ def _check_event(ev: object, kind: type) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Fault:
-    """Device ``device`` is down from ``start_s`` for ``duration_s`` seconds.
+    """Device ``device`` is down from ``start_s`` for ``duration_s`` seconds. Faults on
+    one device may overlap: it is down until the last of them ends.
 
     Raises:
         ConfigError: an empty device name, ``start_s`` not a finite number >= 0,
@@ -141,7 +142,8 @@ class Fault:
 @dataclasses.dataclass(frozen=True)
 class Slowdown:
     """Device ``device`` runs at ``clock_scale`` of its max clock from ``start_s`` for
-    ``duration_s`` seconds (thermal throttling).
+    ``duration_s`` seconds (thermal throttling). While slowdowns on one device overlap,
+    the lowest ``clock_scale`` in progress holds.
 
     Raises:
         ConfigError: as :class:`Fault`, or ``clock_scale`` not in ``(0, 1]``.
@@ -367,7 +369,7 @@ class _Dev:
     __slots__ = (
         "idx", "name", "base", "cm", "kv_budget", "max_seqs", "up", "busy", "epoch", "it",
         "running", "fin", "ctx_sum", "kv_used", "joiners", "queue", "pending", "busy_s",
-        "intervals", "iter_start", "n_dec", "outstanding", "kvb", "attn4", "spec",
+        "intervals", "iter_start", "n_dec", "outstanding", "kvb", "attn4", "spec", "faults", "slows",
     )
 
     def __init__(self, idx: int, d: SimDevice) -> None:
@@ -379,6 +381,8 @@ class _Dev:
         self.kv_budget = d.kv_tokens
         self.max_seqs = d.max_num_seqs
         self.up = True
+        self.faults = 0  # faults in progress: overlapping ones keep it down until the last ends
+        self.slows: dict[int, float] = {}  # slowdowns in progress (index -> clock scale)
         self.busy = False
         self.epoch = 0
         self.it = 0
@@ -978,17 +982,26 @@ class Simulation:
                     self._dispatch(now)
                 self._maybe_start(d, now)
             elif kind == _FAULT_START:
-                self._fault(d, now)
-                if sched is not None:
-                    self._dispatch(now)
+                d.faults += 1
+                if d.faults == 1:
+                    self._fault(d, now)
+                    if sched is not None:
+                        self._dispatch(now)
             elif kind == _FAULT_END:
-                d.up = True
-                if sched is not None:
-                    sched.set_pressure(d.name, 0.0, now=now)
-                    self._dispatch(now)
-                self._maybe_start(d, now)
+                d.faults -= 1
+                if d.faults == 0:  # (the last of overlapping faults on it has ended)
+                    d.up = True
+                    if sched is not None:
+                        sched.set_pressure(d.name, 0.0, now=now)
+                        self._dispatch(now)
+                    self._maybe_start(d, now)
             elif kind in (_SLOW_START, _SLOW_END):
-                s = self.slowdowns[b].clock_scale if kind == _SLOW_START else 1.0
+                if kind == _SLOW_START:
+                    d.slows[b] = self.slowdowns[b].clock_scale
+                else:
+                    del d.slows[b]
+                # Overlapping slowdowns: the deepest in progress holds the clock.
+                s = min(d.slows.values()) if d.slows else 1.0
                 d.cm = d.base if s == 1.0 else d.base.with_clock_scale(s)
                 if sched is not None:
                     mx = d.spec.max_clock_mhz or 1000.0
