@@ -171,6 +171,9 @@ def test_from_toml_strings_and_whole_file(tmp_path):
         ("[scheduler]\nunknown_knob = 1\n", r"unknown config key\(s\) \['unknown_knob'\]"),
         ("[scheduler]\nweight_deadline = -0.5\n", "weight_deadline must be a finite number >= 0"),
         ("[scheduler]\nmax_retries = 1.5\n", "max_retries must be an integer, got 1.5"),
+        # keys beside the [scheduler] table were ignored without a word
+        ('max_batch_size = 8\nplicy = "edf"\n[scheduler]\npolicy = "edf"\n',
+         r"key\(s\) \['max_batch_size', 'plicy'\] are outside the \[scheduler\] table"),
     ],
 )
 def test_from_toml_bad(tmp_path, text, match):
@@ -372,3 +375,9 @@ def test_scheduler_kwargs():
     assert t.max_batch_size == 3
     with pytest.raises(ConfigError, match="has no devices"):
         SchedulerConfig().scheduler_kwargs()
+
+
+def test_from_toml_ignores_other_tables_beside_scheduler(tmp_path):
+    p = tmp_path / "shared.toml"
+    p.write_text('[server]\nport = 8000\n\n[scheduler]\nmax_retries = 5\n')
+    assert Config.from_toml(p).max_retries == 5

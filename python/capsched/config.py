@@ -305,6 +305,8 @@ class Config:
     @classmethod
     def from_toml(cls, path: "str | Path") -> "Config":
         """Read the ``[scheduler]`` table of a TOML file (or the whole file if it has none).
+        Beside a ``[scheduler]`` table the file may hold other tables (ignored), but no
+        top-level keys: those would be ignored, so they are refused.
 
         The file is parsed as data (``tomllib``; nothing is evaluated), must be UTF-8 and
         at most :data:`MAX_CONFIG_BYTES` long.
@@ -312,8 +314,9 @@ class Config:
         Raises:
             ConfigError: ``path`` is not a str, bytes or os.PathLike (an int would be
                 taken as a file descriptor), the file cannot be read, is too large, is
-                not UTF-8 or not valid TOML (the message names the file), or holds a bad
-                value (the message names the key).
+                not UTF-8 or not valid TOML (the message names the file), holds a bad
+                value (the message names the key), or has keys outside its
+                ``[scheduler]`` table.
         """
         if sys.version_info >= (3, 11):
             import tomllib
@@ -350,6 +353,14 @@ class Config:
             raise ConfigError(
                 f"config file {where!r}: {key}an integer of more than {_MAX_INT_DIGITS:,} digits"
             ) from None
+        if "scheduler" in data:
+            # A key beside the table would be ignored: a misplaced setting or a typo.
+            stray = sorted(k for k, v in data.items() if k != "scheduler" and not isinstance(v, dict))
+            if stray:
+                raise ConfigError(
+                    f"config file {where!r}: key(s) {stray} are outside the [scheduler] table, which holds "
+                    "the settings; move them into it (other tables are ignored)"
+                )
         table = data.get("scheduler", data)
         return cls.from_dict(table)
 
@@ -469,7 +480,8 @@ class SchedulerConfig(Config):
     @classmethod
     def from_toml(cls, path: "str | Path") -> "SchedulerConfig":
         """Read the ``[scheduler]`` table of a TOML file (or the whole file if it has no
-        such table). Devices are an array of tables or of names (or ``"auto"``)::
+        such table; beside one, top-level keys are refused as :meth:`Config.from_toml`
+        says). Devices are an array of tables or of names (or ``"auto"``)::
 
             [scheduler]
             policy = "edf"
