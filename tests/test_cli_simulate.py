@@ -193,6 +193,22 @@ def test_out_naming_a_file_is_refused_before_the_run(tmp_path, capsys, monkeypat
     assert afile.read_text() == "keep me"
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_out_that_cannot_be_created_is_refused_before_the_run_even_as_root(capsys, monkeypatch):
+    """/proc is writable to os.access as root: the error came after the whole run, exit 1."""
+    from capsched.sim import run as simrun
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(simrun, "run_experiment", no_run)
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--requests", "20", "--out", "/proc/capsched-no-such/x"], out=io.StringIO())
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--out '/proc/capsched-no-such/x': cannot" in err and "Traceback" not in err
+
+
 def test_out_overwrites_an_earlier_results_json(tmp_path, capsys):
     (tmp_path / "results.json").write_text("old")
     code, out, _ = _run(["simulate", "--requests", "30", "--load", "0.5", "--policies", "least_load", "--out",

@@ -413,7 +413,9 @@ def check_out_dir(out_dir: str) -> None:
     """Refuse, before a run, an ``--out`` directory that the results could not be
     written to: an empty name, an existing path that is not a directory (or whose
     ``results.json`` is not a regular file), or one (or its nearest existing parent)
-    that is not writable. The files in it (``results.json``, plots) are overwritten.
+    that is not writable (tried: a directory that does not exist is created now, and a
+    temporary file is created and removed in it). The files in it (``results.json``,
+    plots) are overwritten.
 
     Raises:
         ConfigError: naming the path and what is wrong.
@@ -429,6 +431,7 @@ def check_out_dir(out_dir: str) -> None:
             raise ConfigError(f"--out {out_dir!r}: {target} exists and is not a regular file")
         if not os.access(path, os.W_OK | os.X_OK):
             raise ConfigError(f"--out {out_dir!r}: the directory is not writable")
+        _probe_write(out_dir, path)
         return
     parent = os.path.dirname(path)
     while not os.path.exists(parent):
@@ -437,6 +440,24 @@ def check_out_dir(out_dir: str) -> None:
         raise ConfigError(f"--out {out_dir!r}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {out_dir!r}: cannot create it ({parent} is not writable)")
+    # os.access says yes to root everywhere (and knows nothing of read-only mounts or
+    # /proc): create it now, as writing the results would.
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out_dir!r}: cannot create it ({exc.strerror or exc})") from None
+    _probe_write(out_dir, path)
+
+
+def _probe_write(out_dir: str, path: str) -> None:
+    """ConfigError unless a file can be created in the directory ``path``."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--out {out_dir!r}: cannot write in it ({exc.strerror or exc})") from None
 
 
 def write_results(exp: Experiment, out_dir: str) -> list[str]:
