@@ -32,21 +32,23 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Optional, Protocol
 
 from ..errors import ConfigError
-from .errors import APIError
+from .errors import APIError, shutting_down
 from .protocol import DoneEvent, ErrorEvent, Event, JobSpec, ParsedRequest, TokenEvent, parse_chat, parse_completion
 
 try:
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError(
         f"capsched.server needs Starlette and uvicorn: pip install \"capsched[server]\" (original error: {exc})"
     ) from exc
 
-__all__ = ["Backend", "EventStream", "ServerConfig", "create_app"]
+__all__ = ["Backend", "EventStream", "ServerConfig", "begin_drain", "create_app"]
 
 log = logging.getLogger("capsched.server")
 
@@ -211,6 +213,94 @@ async def _watch_disconnect(request: Request, stream: EventStream) -> None:
             return
 
 
+class _Drain:
+    """The app's shutdown state: :func:`begin_drain` sets ``draining``."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.draining = False
+        self.cut = 0  # requests cut by the drain's timeout
+
+    def begin(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        drain = getattr(self.backend, "begin_drain", None)  # a FleetEngine's; a RemoteFleet has none
+        if callable(drain):
+            drain()
+
+
+class _CutAtDrainTimeout:
+    """ASGI middleware: when the server cancels a request's task because the drain's
+    timeout passed (uvicorn's ``timeout_graceful_shutdown``), the request ends with a
+    503 ``shutting_down`` instead of uvicorn's "Exception in ASGI application" traceback:
+    an error response if nothing was sent yet, else (a stream) a last ``data:`` error
+    event that ends the body."""
+
+    def __init__(self, app: ASGIApp, drain: _Drain) -> None:
+        self.app = app
+        self.drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = sse = done = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started, sse, done
+            if message["type"] == "http.response.start":
+                started = True
+                sse = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                          for k, v in message.get("headers", ()))
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                done = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if not self.drain.draining:
+                raise
+            task = asyncio.current_task()
+            uncancel = getattr(task, "uncancel", None)  # Python >= 3.11: the cancellation is handled here
+            if uncancel is not None:
+                uncancel()
+            self.drain.cut += 1
+            if done:
+                return
+            error = shutting_down("the server is shutting down: its drain timeout passed before the request ended")
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # the client may be gone too
+                if not started:
+                    body = json.dumps(error.body(), separators=(",", ":")).encode()
+                    await send({"type": "http.response.start", "status": 503,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode()),
+                                            (b"connection", b"close")]})
+                    await send({"type": "http.response.body", "body": body})
+                else:
+                    await send({"type": "http.response.body", "body": _sse(error.body()) if sse else b""})
+
+
+def begin_drain(app: Starlette) -> None:
+    """Start the graceful shutdown of an app made by :func:`create_app` (``capsched
+    serve`` calls it when uvicorn's shutdown begins, on SIGTERM or SIGINT): new requests
+    get a 503 ``shutting_down``, and so do the backend's queued ones (a
+    :class:`~capsched.server.engine.FleetEngine`'s
+    :meth:`~capsched.server.engine.FleetEngine.begin_drain`); running requests go on. A
+    request still running when the server cancels it (the drain's timeout) ends with a
+    503 ``shutting_down`` too: an error response, or a last error event of a stream.
+    Idempotent; call it on the app's event loop.
+
+    Raises:
+        ConfigError: ``app`` was not made by :func:`create_app`.
+    """
+    drain = getattr(app.state, "capsched_drain", None)
+    if not isinstance(drain, _Drain):
+        raise ConfigError(f"begin_drain needs an app made by capsched.server.create_app, got {app!r}")
+    drain.begin()
+
+
 def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starlette:
     """The ASGI app over ``backend`` (started and closed with the app's lifespan).
 
@@ -221,7 +311,13 @@ def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starl
     if not isinstance(cfg, ServerConfig):
         raise ConfigError(f"config must be a ServerConfig, got {cfg!r}")
 
+    drain = _Drain(backend)
+
     async def completion_like(request: Request, chat: bool) -> Response:
+        if drain.draining:  # a keep-alive connection's next request, after the shutdown began
+            response = _error(shutting_down())
+            response.headers["connection"] = "close"
+            return response
         try:
             tenant = _tenant(request, cfg)
             body = await _read_json(request, cfg.max_body_bytes)
@@ -382,7 +478,7 @@ def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starl
         finally:
             await backend.close()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -391,5 +487,8 @@ def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starl
             Route("/stats", stats, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},
+        middleware=[Middleware(_CutAtDrainTimeout, drain=drain)],
         lifespan=lifespan,
     )
+    app.state.capsched_drain = drain
+    return app

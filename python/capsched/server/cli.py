@@ -9,6 +9,10 @@ Three modes (``docs/server.md``):
 The process prints one line once it is ready (``capsched serve: listening on
 http://HOST:PORT`` or ``capsched serve: fleet daemon listening on SOCKET``), so that
 ``--port 0`` (any free port) can be used by scripts.
+
+On SIGTERM or SIGINT the HTTP server drains for at most ``--shutdown-timeout`` seconds
+(``docs/server.md``, "Shutdown"): queued requests and new ones get a 503
+``shutting_down`` at once, running ones may finish until the timeout.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import signal
 import socket
 import sys
@@ -23,7 +28,10 @@ from typing import Any, Optional, TextIO
 
 from ..errors import ConfigError
 
-__all__ = ["add_serve_arguments", "run_serve"]
+__all__ = ["add_serve_arguments", "run_serve", "MAX_SHUTDOWN_TIMEOUT"]
+
+#: The largest ``--shutdown-timeout`` (seconds).
+MAX_SHUTDOWN_TIMEOUT = 3600.0
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +63,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     http.add_argument("--api-keys-file", metavar="JSON", default=None,
                       help="a JSON object of API key -> tenant")
     http.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get 413 (default 1 MiB)")
+    http.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+                      help="on SIGTERM/SIGINT, queued and new requests get 503 shutting_down at once and running "
+                           "ones may finish for at most this long before they are cut (default 30; 0..3600)")
     p.add_argument("--log-level", default="warning", type=str.lower,
                    choices=("critical", "error", "warning", "info", "debug", "trace"),
                    help="uvicorn's log level (default warning)")
@@ -143,6 +154,28 @@ async def _run_daemon(args: argparse.Namespace, out: TextIO) -> None:
         await daemon.close()
 
 
+def draining_server(app: Any, shutdown_timeout: float, **config: Any) -> Any:
+    """A ``uvicorn.Server`` of ``app`` (made by
+    :func:`~capsched.server.app.create_app`) that drains on shutdown: when its shutdown
+    begins (SIGTERM, SIGINT, ``should_exit``) it calls
+    :func:`~capsched.server.app.begin_drain` on the event loop, then waits at most
+    ``shutdown_timeout`` seconds for open requests (uvicorn's
+    ``timeout_graceful_shutdown``) before it cancels them and runs the app's lifespan
+    shutdown (which closes the backend). ``config``: more ``uvicorn.Config`` arguments."""
+    import uvicorn
+
+    from .app import begin_drain
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets: Optional[list[socket.socket]] = None) -> None:
+            begin_drain(app)
+            await super().shutdown(sockets=sockets)
+
+    # uvicorn annotates the timeout as an int, but it is asyncio.wait_for's (a float).
+    timeout: Any = shutdown_timeout
+    return DrainingServer(uvicorn.Config(app, lifespan="on", timeout_graceful_shutdown=timeout, **config))
+
+
 def run_serve(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``capsched serve`` with parsed ``args``; returns the exit status.
 
@@ -158,6 +191,10 @@ def run_serve(args: argparse.Namespace, out: TextIO) -> int:
 
     if not 0 <= args.port <= 65535:
         return usage(f"--port must be in 0..65535, got {args.port}")
+    timeout = args.shutdown_timeout
+    if not (math.isfinite(timeout) and 0 <= timeout <= MAX_SHUTDOWN_TIMEOUT):
+        return usage(f"--shutdown-timeout must be a number of seconds in 0..{MAX_SHUTDOWN_TIMEOUT:g}, "
+                     f"got {timeout!r}")
     if not args.host.strip():  # bind(('', port)) would listen on every interface
         return usage(f"--host must be an address (0.0.0.0 for every interface), got {args.host!r}")
     # Flags that the chosen mode would ignore are refused rather than ignored.
@@ -166,7 +203,7 @@ def run_serve(args: argparse.Namespace, out: TextIO) -> int:
     unused = {
         "--remote": ("fleet", "model", "served_model", "time_scale", "policy", "max_batch_size", "inflight_batches",
                      "scheduler_config"),
-        "--daemon": ("host", "port", "api_key", "api_keys_file", "max_body_bytes"),
+        "--daemon": ("host", "port", "api_key", "api_keys_file", "max_body_bytes", "shutdown_timeout"),
     }
     for flag, names in unused.items():
         if getattr(args, flag[2:]) is not None:
@@ -204,7 +241,7 @@ def run_serve(args: argparse.Namespace, out: TextIO) -> int:
         sock.close()
         return usage(f"cannot listen on {args.host}:{args.port}: {exc}")
     host, port = sock.getsockname()[:2]
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, lifespan="on"))
+    server = draining_server(app, timeout, log_level=args.log_level)
 
     async def serve() -> None:
         task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
@@ -215,5 +252,8 @@ def run_serve(args: argparse.Namespace, out: TextIO) -> int:
             print(f"capsched serve: listening on http://{shown}:{port}", file=out, flush=True)
         await task
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled, once it has shut down
+        return 130
     return 0 if server.started else 1

@@ -44,7 +44,7 @@ from ..devices import Device
 from ..errors import AdmissionError, CapschedError, ConfigError, QueueFullError
 from ..request import InferenceRequest
 from ..scheduler import Batch, Scheduler
-from .errors import APIError
+from .errors import APIError, shutting_down
 from .protocol import DoneEvent, ErrorEvent, Event, JobSpec, TokenEvent
 from .workers import GenerationRequest, SimulatedWorker, Worker, WorkerFinished, WorkerToken
 
@@ -200,8 +200,10 @@ class FleetEngine:
             "retried": 0,
             "overlapping_runs": 0,
             "duplicate_completions": 0,
+            "drained": 0,
         }
         self._closed = False
+        self._draining = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -223,9 +225,41 @@ class FleetEngine:
             except asyncio.CancelledError:
                 pass
         for job in list(self._jobs.values()):
-            self._end(job, ErrorEvent(APIError(503, "the server is shutting down", type="server_error",
-                                               code="shutting_down")))
+            self._end(job, ErrorEvent(shutting_down()))
         self._loop_task = None
+
+    @property
+    def draining(self) -> bool:
+        """Whether :meth:`begin_drain` was called."""
+        return self._draining
+
+    def begin_drain(self) -> int:
+        """Start a graceful shutdown: from now on :meth:`submit` refuses new jobs with a
+        503 ``shutting_down``, every job still queued in capsched (not running on a
+        worker) is cancelled there and ends at once with that 503, and so does a running
+        job that fails later and would have been retried. Jobs already running go on
+        streaming until they end or :meth:`close` stops them. Idempotent.
+
+        Call it from the engine's event loop (as every other method): the HTTP server
+        calls it when its shutdown begins.
+
+        Returns:
+            How many queued jobs it ended.
+        """
+        self._draining = True
+        n = 0
+        for job in list(self._jobs.values()):
+            if job.running or job.ended:
+                continue
+            self.scheduler.cancel(job.rid)
+            self._counters["drained"] += 1
+            self._end(job, ErrorEvent(shutting_down()))
+            n += 1
+        if self._wake is not None:
+            self._wake.set()
+        if n:
+            log.info("shutting down: ended %d queued request(s) with 503 shutting_down", n)
+        return n
 
     async def __aenter__(self) -> FleetEngine:
         await self.start()
@@ -241,11 +275,14 @@ class FleetEngine:
 
         Raises:
             APIError: 429 (capsched's back-pressure: ``QueueFullError``), 503 (a
-                deadline-class admission refused, the engine closed), 400 (capsched
+                deadline-class admission refused, the engine closed or draining:
+                :meth:`begin_drain`), 400 (capsched
                 refused a field: the message names it).
         """
         if self._closed or self._wake is None:
             raise APIError(503, "the scheduler is not running", type="server_error", code="not_running")
+        if self._draining:
+            raise shutting_down()
         if spec.model not in self.models:
             raise APIError(404, f"the model {spec.model!r} does not exist; this fleet serves "
                            f"{', '.join(map(repr, self.models))}", param="model", code="model_not_found")
@@ -483,6 +520,11 @@ class FleetEngine:
         t = time.monotonic()
         requeued = self.scheduler.fail(job.rid, t, retryable=True, error=f"{device}: {error}")
         self._note_breaker(device, t)
+        if requeued and self._draining:  # no retry once the shutdown began: it would wait in the queue
+            self.scheduler.cancel(job.rid)
+            self._counters["drained"] += 1
+            self._end(job, ErrorEvent(shutting_down()))
+            return
         if requeued:
             job.retries += 1
             self._counters["retried"] += 1
@@ -508,7 +550,8 @@ class FleetEngine:
 
     def stats(self) -> dict[str, Any]:
         """Counters: jobs (``submitted``, ``completed``, ``expired``, ``failed``,
-        ``cancelled``, ``rejected``, ``retried``), the books' checks
+        ``cancelled``, ``rejected``, ``retried``, ``drained``: queued jobs ended by
+        :meth:`begin_drain`), the books' checks
         (``overlapping_runs``, ``duplicate_completions``: both 0 when nothing ran twice),
         per device the most batches/requests that ran at once against their limits, the
         workers' own counters when they have ``stats()``, and capsched's ``stats()``

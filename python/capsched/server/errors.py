@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-__all__ = ["APIError", "bad_request"]
+__all__ = ["APIError", "bad_request", "shutting_down"]
 
 
 class APIError(Exception):
@@ -71,3 +71,10 @@ class APIError(Exception):
 def bad_request(param: str, message: str, code: str = "invalid_value") -> APIError:
     """A 400 ``invalid_request_error`` naming ``param``."""
     return APIError(400, message, type="invalid_request_error", param=param, code=code)
+
+
+def shutting_down(message: str = "the server is shutting down") -> APIError:
+    """The 503 ``server_error`` / ``shutting_down`` of a request the server ends (or
+    refuses) because it is shutting down: the engine's ``close()``, the drain's start
+    (queued requests and new ones) and the end of the drain's timeout all answer with it."""
+    return APIError(503, message, type="server_error", code="shutting_down")
