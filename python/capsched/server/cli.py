@@ -28,7 +28,7 @@ from typing import Any, Optional, TextIO
 
 from ..errors import ConfigError
 
-__all__ = ["add_serve_arguments", "run_serve", "MAX_SHUTDOWN_TIMEOUT"]
+__all__ = ["add_serve_arguments", "draining_server", "run_serve", "MAX_SHUTDOWN_TIMEOUT"]
 
 #: The largest ``--shutdown-timeout`` (seconds).
 MAX_SHUTDOWN_TIMEOUT = 3600.0
