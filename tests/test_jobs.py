@@ -424,16 +424,32 @@ def test_runner_background_class_fills_an_idle_fleet():
     assert r.done() and all(r.status(f"t{i}") == "completed" for i in range(5))
 
 
-def test_runner_reraises_queue_full_and_keeps_the_rest_pending():
-    tasks = parse_tasks([{"task_id": f"t{i}", "prompt_tokens": 5} for i in range(4)])
-    s = Scheduler(["g0"], config={"max_queued": 2})
+def test_runner_refuses_a_poll_over_max_queued_before_submitting_anything():
+    tasks = parse_tasks([{"task_id": f"t{i}", "prompt_tokens": 5} for i in range(3)])
+    s = Scheduler(["g0"], config={"max_queued": 3})
+    s.submit(capsched.InferenceRequest(prompt_tokens=5), now=0.0)  # one queued already
+    r = JobRunner(s, tasks)
+    with pytest.raises(capsched.QueueFullError, match=r"task 't2': .*max_queued = 3.*\(nothing was submitted\)"):
+        r.poll(0.0)
+    assert r.ids == {} and r.submission_order == [] and r.skipped == {} and s.stats()["accepted"] == 1
+    assert r.status("t0") == "pending" and r.next_poll_at() == math.inf
+    s.step(0.0)  # the outside request is in flight: the queue has room again
+    assert [tid for tid, _ in r.poll(0.0)] == ["t0", "t1", "t2"]
+
+
+def test_runner_reraises_an_unpredictable_queue_full_and_keeps_the_rest_pending():
+    # max_queued_per_tenant counts the tenant's requests from outside the job, which the
+    # core does not expose: the submit refuses, and what went in stays recorded
+    tasks = parse_tasks([{"task_id": f"t{i}", "prompt_tokens": 5} for i in range(2)])
+    s = Scheduler(["g0"], config={"max_queued_per_tenant": 2})
+    s.submit(capsched.InferenceRequest(prompt_tokens=5), now=0.0)
     r = JobRunner(s, tasks)
     with pytest.raises(capsched.QueueFullError):
         r.poll(0.0)
-    assert list(r.ids) == ["t0", "t1"] and r.submission_order == ["t0", "t1"]
-    assert r.status("t2") == "pending"
-    s.step(0.0)  # t0, t1 in flight: the queue has room again
-    assert [tid for tid, _ in r.poll(0.0)] == ["t2", "t3"]
+    assert list(r.ids) == ["t0"] and r.submission_order == ["t0"]
+    assert r.status("t1") == "pending"
+    s.step(0.0)
+    assert [tid for tid, _ in r.poll(0.0)] == ["t1"]
 
 
 def test_simulate_job_runs_every_task():

@@ -52,6 +52,7 @@ longer finish in time expires (and its dependents fail) instead of using capacit
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
 import json
@@ -59,10 +60,12 @@ import math
 import numbers
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, Union
 
+from .config import MAX_REQUEST_CLASSES, MAX_TENANTS
 from .errors import AdmissionError, ConfigError, DependencyError, InvalidRequestError, QueueFullError
 from .request import MAX_DEPENDENCIES, MAX_TOKENS, SCHED_CLASSES, InferenceRequest
 from .tokens import estimate_tokens
@@ -886,7 +889,21 @@ class JobRunner:
     ``deadline`` = its propagated latest finish when finite. A task is not submitted but
     *skipped* (the reason in :attr:`skipped`) when one of its dependencies has already
     failed, expired or been cancelled, or was itself skipped, or when its latest finish
-    has passed by the time it could be submitted.
+    has passed by the time it could be submitted. A poll checks beforehand every refusal
+    the scheduler's state lets it predict, so such a refusal submits nothing (see
+    :meth:`poll`).
+
+    A poll costs time in proportion to the tasks it could change (those due, those
+    whose dependencies were all submitted, and the dependents of requests that failed),
+    not to the size of the job: each pending task counts its dependencies not yet
+    submitted, and only a task whose count is 0 waits in a queue ordered by
+    ``schedule_time``.
+
+    The runner is thread-safe: :meth:`poll`, :meth:`status`, :meth:`done`,
+    :meth:`submitted_all`, :meth:`next_poll_at` and :meth:`task_of` hold one lock, so
+    polls from several threads submit each task once. Read the attributes below (which
+    only a poll changes) from other threads with care: a concurrent poll may be
+    changing them.
 
     Attributes:
         ids: task_id -> scheduler id of every submitted task.
@@ -930,8 +947,41 @@ class JobRunner:
         self.submission_order: list[str] = []
         self.skipped: dict[str, str] = {}
         self._task_of: dict[int, str] = {}
-        self._pending: list[str] = list(self.latest_finish)  # topological order
         self._unended: set[int] = set()
+        self._lock = threading.RLock()
+        # The pending tasks (neither submitted nor skipped) and, per task, its index in
+        # topological order (submission order within a poll), its dependents, the
+        # number of its dependencies not yet submitted, and the number of its
+        # dependents still pending.
+        order = list(self.latest_finish)  # topological order
+        self._pending: set[str] = set(order)
+        self._topo: dict[str, int] = {tid: i for i, tid in enumerate(order)}
+        self._dependents: dict[str, list[str]] = {tid: [] for tid in order}
+        for tid in order:
+            for d in self._by_id[tid].depends_on:
+                self._dependents[d].append(tid)
+        self._unsubmitted_deps: dict[str, int] = {tid: len(self._by_id[tid].depends_on) for tid in order}
+        self._open_dependents: dict[str, int] = {tid: len(ds) for tid, ds in self._dependents.items()}
+        # Pending tasks whose dependencies were all submitted, by (schedule_time, index);
+        # an entry whose task is no longer pending is dropped when met.
+        self._ready: list[tuple[float, int, str]] = [
+            (self._start_key(tid), self._topo[tid], tid) for tid in order if not self._unsubmitted_deps[tid]
+        ]
+        heapq.heapify(self._ready)
+        # Submitted tasks with a pending dependent whose request has not been seen
+        # completed: a poll asks the scheduler their status (a failure skips dependents).
+        self._watch: set[str] = set()
+        # next_poll_at: the schedule_times, sorted, and "next pending at or after i"
+        # links (path-halving union-find over positions; len = one past the end).
+        timed = sorted((t.schedule_time, self._topo[t.task_id], t.task_id) for t in self._tasks
+                       if t.schedule_time is not None)
+        self._st_keys: list[float] = [float(x[0]) for x in timed]
+        self._st_pos: dict[str, int] = {x[2]: i for i, x in enumerate(timed)}
+        self._st_next: list[int] = list(range(len(timed) + 1))
+
+    def _start_key(self, tid: str) -> float:
+        st = self._by_id[tid].schedule_time
+        return -math.inf if st is None else float(st)
 
     @property
     def tasks(self) -> list[Task]:
@@ -944,83 +994,164 @@ class JobRunner:
 
     def task_of(self, request_id: int) -> Optional[str]:
         """The task_id a scheduler id was submitted for (None if not one of this job's)."""
-        return self._task_of.get(request_id)
+        with self._lock:
+            return self._task_of.get(request_id)
+
+    def _next_pending_at(self, i: int) -> int:
+        nxt = self._st_next
+        while nxt[i] != i:
+            nxt[i] = nxt[nxt[i]]
+            i = nxt[i]
+        return i
 
     def next_poll_at(self, after: float = -math.inf) -> float:
         """The earliest ``schedule_time`` later than ``after`` of a task not yet
         submitted (``math.inf`` if none): when a poll may next submit something that
         is not waiting on a dependency."""
-        t = math.inf
-        for tid in self._pending:
-            st = self._by_id[tid].schedule_time
-            if st is not None and after < st < t:
-                t = st
-        return t
+        with self._lock:
+            j = self._next_pending_at(bisect.bisect_right(self._st_keys, after))
+            return self._st_keys[j] if j < len(self._st_keys) else math.inf
+
+    def _leave(self, tid: str) -> None:
+        """Task tid is no longer pending (submitted or skipped)."""
+        self._pending.discard(tid)
+        pos = self._st_pos.get(tid)
+        if pos is not None:
+            self._st_next[pos] = pos + 1
+        for d in self._by_id[tid].depends_on:
+            self._open_dependents[d] -= 1
+            if not self._open_dependents[d]:
+                self._watch.discard(d)
 
     def poll(self, now: Optional[float] = None) -> list[tuple[str, int]]:
         """Submit what is due at ``now`` (default: the scheduler's clock); returns the
-        ``(task_id, id)`` pairs submitted, in submission order. A request the scheduler
-        refuses as invalid (``InvalidRequestError``: say more KV tokens than any device
-        holds) raises that error with the task_id in its message.
+        ``(task_id, id)`` pairs submitted, in submission order.
 
-        Every request is built and checked before the first is submitted, including its
-        KV tokens against the largest ``kv_tokens`` of the scheduler's devices, so such a
-        bad task submits nothing. A refusal only the scheduler can make (say, no device
-        is open to the task's tenant, or ``QueueFullError``, ``AdmissionError``) leaves
-        those before it in this poll submitted and recorded and the rest pending for a
+        Every request of the poll is built and checked before the first is submitted,
+        against each refusal the scheduler's state lets the runner predict: a request
+        needing more KV tokens than any device open to its tenant (and pool) holds, a
+        prompt the scheduler's tokenizer refuses, no device open to the task's tenant
+        (or pool), a tenant or request class beyond the scheduler's limits, a deadline
+        not after the scheduler's clock (which may be ahead of ``now``), and
+        ``Config.max_queued`` (from ``stats()``: the requests waiting, queued or
+        retrying plus this poll's). Such a refusal raises the scheduler's error type
+        (``InvalidRequestError`` or ``QueueFullError``) with the task_id and "(nothing
+        was submitted)" in its message, and the poll changes nothing: no task is
+        submitted or skipped. Note that a poll is all or nothing here: a poll with more
+        due tasks than ``max_queued`` leaves room for is refused until the queue drains.
+
+        What cannot be predicted from outside the scheduler's core is left to the
+        submit: ``Config.max_queued_per_tenant`` (the core does not expose a tenant's
+        queued count: the check refuses in advance only a poll whose own tasks of one
+        tenant exceed the bound), deadline-class admission (``AdmissionError``), a
+        dependency's ``Config.max_dependents``, and anything another thread submits,
+        fails or cancels meanwhile. Such a refusal leaves the tasks before it in this
+        poll submitted and recorded (with this poll's skips) and the rest pending for a
         later poll; an ``InvalidRequestError`` then names the tasks already submitted.
 
         Raises:
             InvalidArgumentError: ``now`` is not a finite number of seconds within
                 +-1e15 (nothing changes).
         """
+        with self._lock:
+            return self._poll(now)
+
+    def _poll(self, now: Optional[float]) -> list[tuple[str, int]]:
         s = self.scheduler
         if now is None:
             now = getattr(s, "_clock", time.monotonic)()
         now = _check_now(now)
-        due: list[tuple[str, InferenceRequest]] = []
-        reqs: dict[str, InferenceRequest] = {}
-        skip: dict[str, str] = {}
-        keep: list[str] = []
-        for tid in self._pending:
-            t = self._by_id[tid]
-            reason = None
-            ready = True
-            for d in t.depends_on:
-                if d in self.skipped or d in skip:
-                    reason = f"dependency {d!r} was not run ({(self.skipped.get(d) or skip[d])})"
-                    break
-                rid = self.ids.get(d)
-                if rid is not None:
-                    st = s.status(rid)
-                    if st in ("failed", "expired", "cancelled"):
-                        reason = f"dependency {d!r} (request {rid}) {st}"
+        by_id, pending, topo = self._by_id, self._pending, self._topo
+        # Submitted dependencies that failed, expired or were cancelled since (a request
+        # seen completed stays completed: it is not asked again).
+        failed: dict[str, str] = {}
+        for d in list(self._watch):
+            st = s.status(self.ids[d])
+            if st in ("failed", "expired", "cancelled"):
+                failed[d] = st
+            elif st == "completed":
+                self._watch.discard(d)
+        # Walk, in topological order, what this poll can change: the ready tasks now
+        # due, the dependents of failed requests, and whatever those lead to.
+        work: list[tuple[int, str]] = []
+        popped: list[tuple[float, int, str]] = []
+        for d in failed:
+            for u in self._dependents[d]:
+                if u in pending:
+                    work.append((topo[u], u))
+        ready = self._ready
+        while ready and ready[0][0] <= now:
+            e = heapq.heappop(ready)
+            if e[2] in pending:
+                popped.append(e)
+                work.append((e[1], e[2]))
+        heapq.heapify(work)
+        try:
+            skip: dict[str, str] = {}
+            due: list[str] = []
+            decided: set[str] = set()
+            newly: dict[str, int] = {}  # dependencies due in this poll, per dependent
+            while work:
+                _, tid = heapq.heappop(work)
+                if tid in decided:
+                    continue
+                decided.add(tid)
+                t = by_id[tid]
+                reason = None
+                for d in t.depends_on:
+                    if d in self.skipped or d in skip:
+                        reason = f"dependency {d!r} was not run ({(self.skipped.get(d) or skip[d])})"
                         break
-                elif d not in reqs:
-                    ready = False
-            if reason is not None:
-                skip[tid] = reason
-                continue
-            if not ready or (t.schedule_time is not None and (now is None or t.schedule_time > now)):
-                keep.append(tid)
-                continue
-            lf = self.latest_finish[tid]
-            if now is not None and lf <= now:
-                skip[tid] = f"its latest finish {lf:g} passed before it could be submitted (now {now:g})"
-                continue
-            deps = [self.ids[d] if d in self.ids else reqs[d] for d in t.depends_on]
-            req = t.to_request(deadline=lf if math.isfinite(lf) else None, depends_on=deps, sched_class=self.sched_class)
-            reqs[tid] = req
-            due.append((tid, req))
-        self._check_kv(due)
+                    st = failed.get(d)
+                    if st is not None:
+                        reason = f"dependency {d!r} (request {self.ids[d]}) {st}"
+                        break
+                if reason is None:
+                    if self._unsubmitted_deps[tid] - newly.get(tid, 0) or (
+                        t.schedule_time is not None and t.schedule_time > now
+                    ):
+                        continue  # stays pending
+                    lf = self.latest_finish[tid]
+                    if lf <= now:
+                        reason = f"its latest finish {lf:g} passed before it could be submitted (now {now:g})"
+                if reason is not None:
+                    skip[tid] = reason
+                    for u in self._dependents[tid]:
+                        if u in pending:
+                            heapq.heappush(work, (topo[u], u))
+                    continue
+                due.append(tid)
+                for u in self._dependents[tid]:
+                    if u in pending:
+                        n = newly[u] = newly.get(u, 0) + 1
+                        if n == self._unsubmitted_deps[u]:
+                            heapq.heappush(work, (topo[u], u))
+            # (work pops in topological order, so due is in it too)
+            reqs: dict[str, InferenceRequest] = {}
+            built: list[tuple[str, InferenceRequest]] = []
+            for tid in due:
+                t = by_id[tid]
+                lf = self.latest_finish[tid]
+                deps = [self.ids[d] if d in self.ids else reqs[d] for d in t.depends_on]
+                req = t.to_request(deadline=lf if math.isfinite(lf) else None, depends_on=deps,
+                                   sched_class=self.sched_class)
+                reqs[tid] = req
+                built.append((tid, req))
+            self._precheck(built, now)
+        except BaseException:
+            for e in popped:
+                heapq.heappush(ready, e)
+            raise
         # Everything is built and valid: record the skips, then submit in order.
         self.skipped.update(skip)
+        for tid in skip:
+            self._leave(tid)
         submitted: list[tuple[str, int]] = []
         try:
-            for tid, req in due:
+            for tid, req in built:
                 try:
                     rid = s.submit(req, now=now)
-                except InvalidRequestError as exc:  # (e.g. no device is open to its tenant)
+                except InvalidRequestError as exc:  # (e.g. another thread took the last tenant number)
                     done_ = ", ".join(repr(x) for x, _ in submitted[:10]) + (" ..." if len(submitted) > 10 else "")
                     also = (f" (this poll already submitted {len(submitted)} task(s): {done_})" if submitted
                             else " (nothing was submitted)")
@@ -1030,63 +1161,140 @@ class JobRunner:
                 self._task_of[rid] = tid
                 self._unended.add(rid)
                 submitted.append((tid, rid))
+                self._leave(tid)
+                if self._open_dependents[tid]:
+                    self._watch.add(tid)
+                for u in self._dependents[tid]:
+                    if u in pending:
+                        self._unsubmitted_deps[u] -= 1
+                        if not self._unsubmitted_deps[u]:
+                            heapq.heappush(ready, (self._start_key(u), topo[u], u))
         finally:
-            done = {tid for tid, _ in submitted}
-            # Pending keeps topological order: what was not submitted stays, in order.
-            self._pending = [tid for tid in self._pending if tid not in done and tid not in skip]
+            # A task that was ready before this poll and not submitted waits again.
+            for e in popped:
+                if e[2] in pending:
+                    heapq.heappush(ready, e)
         return submitted
 
-    def _check_kv(self, due: list[tuple[str, InferenceRequest]]) -> None:
-        """InvalidRequestError, before anything is submitted, for a request needing more
-        KV tokens (prompt_tokens + max_new_tokens) than the largest ``kv_tokens`` of the
-        scheduler's devices: the scheduler would refuse it at submit."""
-        devices = getattr(self.scheduler, "devices", None)
-        if not due or not devices:
+    def _precheck(self, due: list[tuple[str, InferenceRequest]], now: float) -> None:
+        """The refusals the scheduler would make at submit that its state predicts
+        (see :meth:`poll`), in submission order, before anything is submitted."""
+        if not due:
             return
-        budgets = [getattr(d, "kv_tokens", None) for d in devices]
-        if any(b is None for b in budgets):
-            return  # a device without a budget holds any request
-        largest = max(int(b) for b in budgets if b is not None)
-        estimate = getattr(self.scheduler, "_estimate", None)
-        for tid, req in due:
+        s = self.scheduler
+
+        def refuse(exc_type: type[Exception], tid: str, message: str) -> None:
+            raise exc_type(f"task {tid!r}: {message} (nothing was submitted)")
+
+        devices = getattr(s, "devices", None)
+        pools = getattr(s, "_pools", None)
+        tenants = getattr(s, "_tenants", None)
+        classes = getattr(s, "_classes", None)
+        estimate = getattr(s, "_estimate", None)
+        config = getattr(s, "config", None)
+        stats = s.stats() if hasattr(s, "stats") else None
+        clock = stats.get("now") if stats else None
+        core_now = max(now, clock) if isinstance(clock, float) else now
+        queued = None
+        if stats and all(k in stats for k in ("waiting", "queued", "retrying")):
+            queued = int(stats["waiting"]) + int(stats["queued"]) + int(stats["retrying"])
+        max_queued = int(getattr(config, "max_queued", 0) or 0)
+        per_tenant = int(getattr(config, "max_queued_per_tenant", 0) or 0)
+        new_tenants: set[Optional[str]] = set()
+        new_classes: set[Optional[str]] = set()
+        mine: dict[Optional[str], int] = {}
+        open_cache: dict[tuple[Optional[str], Optional[str], Optional[str]], Optional[list[Any]]] = {}
+        for i, (tid, req) in enumerate(due):
+            pool, fallback = getattr(req, "pool", None), getattr(req, "fallback_pool", None)
             p = req.prompt_tokens
-            if p is None:
-                if estimate is None:
-                    continue
+            if p is None and estimate is not None:
                 try:
                     p = estimate(req.prompt)
                 except InvalidRequestError as exc:
-                    raise InvalidRequestError(f"task {tid!r}: {exc} (nothing was submitted)") from None
-            need = p + req.max_new_tokens
-            if need > largest:
-                raise InvalidRequestError(
-                    f"task {tid!r}: the request needs {need} KV tokens (prompt_tokens + max_new_tokens), more than "
-                    f"any device holds (the largest kv_tokens is {largest}) (nothing was submitted)"
-                )
+                    refuse(InvalidRequestError, tid, str(exc))
+            if pools is not None:
+                for name in (pool, fallback):
+                    if name is not None and name not in pools:
+                        refuse(InvalidRequestError, tid, f"pool {name!r} has no device; pools: {sorted(pools) or 'none'}")
+            if tenants is not None and req.tenant not in tenants and req.tenant not in new_tenants:
+                if len(tenants) + len(new_tenants) >= MAX_TENANTS:
+                    refuse(InvalidRequestError, tid, f"tenant {req.tenant!r} would be tenant number "
+                           f"{len(tenants) + len(new_tenants) + 1}, over the limit of {MAX_TENANTS} tenants")
+                new_tenants.add(req.tenant)
+            if classes is not None and req.request_class not in classes and req.request_class not in new_classes:
+                if len(classes) + len(new_classes) >= MAX_REQUEST_CLASSES:
+                    refuse(InvalidRequestError, tid, f"request_class {req.request_class!r} would be class number "
+                           f"{len(classes) + len(new_classes) + 1}, over the limit of {MAX_REQUEST_CLASSES} classes")
+                new_classes.add(req.request_class)
+            if req.deadline is not None and not req.deadline > core_now:
+                refuse(InvalidRequestError, tid, f"deadline {req.deadline:g} is not after the scheduler's clock "
+                       f"({core_now:g})")
+            if devices:
+                key = (req.tenant, pool, fallback)
+                if key not in open_cache:
+                    open_cache[key] = _open_devices(devices, req.tenant, pool, fallback)
+                members = open_cache[key]
+                if not members:
+                    where = " (no device is shared, and none lists it)" if pool is None else \
+                        " in the request's pool or fallback pool"
+                    refuse(InvalidRequestError, tid, f"no device is open to tenant {req.tenant!r}{where}")
+                budgets = [getattr(d, "kv_tokens", None) for d in members or ()]
+                if p is not None and budgets and all(b is not None for b in budgets):
+                    largest = max(int(b) for b in budgets if b is not None)
+                    need = p + req.max_new_tokens
+                    if need > largest:
+                        refuse(InvalidRequestError, tid,
+                               f"the request needs {need} KV tokens (prompt_tokens + max_new_tokens), more than any "
+                               f"device open to it holds (the largest kv_tokens is {largest})")
+            if queued is not None and max_queued > 0 and queued + i + 1 > max_queued:
+                refuse(QueueFullError, tid, f"queue full: {queued} requests are waiting, queued or retrying and this "
+                       f"poll's {i + 1} would exceed max_queued = {max_queued}")
+            n = mine[req.tenant] = mine.get(req.tenant, 0) + 1
+            if per_tenant > 0 and n > per_tenant:
+                refuse(QueueFullError, tid, f"queue full for tenant {req.tenant!r}: this poll's {n} would exceed "
+                       f"max_queued_per_tenant = {per_tenant}")
 
     def status(self, task_id: str) -> str:
         """``'pending'`` (not yet submitted), ``'skipped'`` (never submitted: see
         :attr:`skipped`), or the scheduler's status of its request; KeyError if no task
         has this task_id (as :meth:`task`)."""
-        if task_id not in self._by_id:
-            raise KeyError(task_id)
-        if task_id in self.skipped:
-            return "skipped"
-        rid = self.ids.get(task_id)
-        return "pending" if rid is None else self.scheduler.status(rid)
+        with self._lock:
+            if task_id not in self._by_id:
+                raise KeyError(task_id)
+            if task_id in self.skipped:
+                return "skipped"
+            rid = self.ids.get(task_id)
+            return "pending" if rid is None else self.scheduler.status(rid)
 
     def submitted_all(self) -> bool:
         """Every task has been submitted or skipped."""
-        return not self._pending
+        with self._lock:
+            return not self._pending
 
     def done(self) -> bool:
         """Every task has been submitted and has ended (completed, failed, expired or
         cancelled), or was skipped."""
-        if self._pending:
-            return False
-        ended = [rid for rid in self._unended if self.scheduler.status(rid) in ("completed", "failed", "expired", "cancelled")]
-        self._unended.difference_update(ended)
-        return not self._unended
+        with self._lock:
+            if self._pending:
+                return False
+            ended = [rid for rid in self._unended
+                     if self.scheduler.status(rid) in ("completed", "failed", "expired", "cancelled")]
+            self._unended.difference_update(ended)
+            return not self._unended
+
+
+def _open_devices(devices: Sequence[Any], tenant: Optional[str], pool: Optional[str],
+                  fallback: Optional[str]) -> list[Any]:
+    """The devices a request of this tenant and pool may run on, as the scheduler's core
+    places it: a tenant some device lists goes only to the devices listing it, any other
+    to the shared devices (those listing no tenant); with a pool, only those in it or in
+    the fallback pool."""
+    pinned = [d for d in devices if tenant is not None and tenant in (getattr(d, "tenants", ()) or ())]
+    members = pinned or [d for d in devices if not getattr(d, "tenants", ())]
+    if pool is None:
+        return members
+    return [d for d in members
+            if getattr(d, "pool", None) == pool or (fallback is not None and getattr(d, "pool", None) == fallback)]
 
 
 # --------------------------------------------------------------------------- simulation
