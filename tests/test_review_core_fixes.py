@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from capsched import Config, Device, InferenceRequest, Scheduler
-from capsched.errors import InvalidRequestError, QueueFullError
+from capsched.errors import InvalidArgumentError, InvalidRequestError, QueueFullError
 
 
 def test_a_request_no_device_is_open_to_is_refused_naming_its_tenant() -> None:
@@ -250,3 +250,93 @@ def test_a_step_whose_journal_line_fails_hands_back_its_batches(tmp_path, arrays
         dispatched = got.dispatched
     assert sorted(dispatched) == ids and {s.status(i) for i in ids} == {"in_flight"}
     s.close_journal()
+
+
+def test_close_journal_racing_other_threads_loses_no_change(tmp_path) -> None:
+    # A call that had fetched the journal wrapper before close_journal() ran after the
+    # file was closed: it changed the core, then died on a raw ValueError (closed file),
+    # so a step's batch was in flight with no caller told, and the device stayed full.
+    import threading
+
+    s = Scheduler(["gpu0"], max_batch_size=4)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    seen: set[int] = set()
+    lock = threading.Lock()
+
+    def journaler() -> None:
+        while not stop.is_set():
+            s.open_journal(str(tmp_path / "j.log"), sync=False)
+            s.close_journal()
+
+    def worker() -> None:
+        try:
+            while not stop.is_set():
+                s.submit(InferenceRequest(prompt_tokens=5))
+                for b in s.step().batches:
+                    with lock:
+                        seen.update(b.request_ids)
+                    for rid in b.request_ids:
+                        s.complete(rid)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=journaler)] + [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    stop.wait(1.0)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    st = s.stats()
+    assert st["in_flight"] == 0 and st["accepted"] > 0
+    assert st["completed"] == len(seen) and s.check_invariants()
+
+
+def test_two_threads_opening_a_journal_at_once_cannot_both_succeed(tmp_path) -> None:
+    import threading
+
+    for trial in range(40):
+        s = Scheduler(["gpu0"], clock=lambda: 0.0)
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def opener(k: int) -> None:
+            barrier.wait()
+            try:
+                s.open_journal(str(tmp_path / f"j{trial}-{k}.log"))
+                outcomes.append("opened")
+            except InvalidArgumentError as exc:
+                outcomes.append(str(exc))
+
+        threads = [threading.Thread(target=opener, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(outcomes) == ["a journal is already open; close_journal() first", "opened"]
+        s.close_journal()
+
+
+@pytest.mark.parametrize("sync", [float("nan"), "no", [], {}, 1, None])
+def test_journal_sync_must_be_a_bool(tmp_path, sync) -> None:
+    # 'no' turned syncing on and [] off; a numpy array raised numpy's own ValueError.
+    s = Scheduler(["gpu0"], clock=lambda: 0.0)
+    with pytest.raises(InvalidArgumentError, match="sync must be a bool, got"):
+        s.open_journal(str(tmp_path / "j.log"), sync=sync)
+    assert not (tmp_path / "j.log").exists()
+    s.checkpoint(str(tmp_path / "c.ckpt"))
+    before = (tmp_path / "c.ckpt").read_bytes()
+    with pytest.raises(InvalidArgumentError, match="sync must be a bool, got"):
+        Scheduler.restore(str(tmp_path / "c.ckpt"), journal=str(tmp_path / "j.log"), sync=sync)
+    assert (tmp_path / "c.ckpt").read_bytes() == before and not (tmp_path / "j.log").exists()
+
+
+def test_depends_on_a_0d_array_is_a_request_type_error() -> None:
+    import numpy as np
+
+    from capsched.errors import RequestTypeError
+
+    with pytest.raises(RequestTypeError, match=r"depends_on must be an iterable of request ids, got array\(3\)"):
+        InferenceRequest(prompt_tokens=5, depends_on=np.array(3))

@@ -159,6 +159,11 @@ class JournalCore:
         self.journal = journal
         self.lock = threading.RLock()
         self.failed: Optional[str] = None  # why a write failed, once one has
+        # Set (under lock) when the journal is closed: a call that fetched this wrapper
+        # before close_journal() and runs after it goes to the core unjournaled, as a
+        # call made after the close would (its file is closed: a write would fail after
+        # the change was made).
+        self.closed = False
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -167,6 +172,8 @@ class JournalCore:
 
         def call(*args: Any) -> Any:
             with self.lock:
+                if self.closed:
+                    return attr(*args)
                 self.refuse_if_failed()
                 body = self.journal.encode(name, args=_plain(list(args)))  # before any change
                 out = attr(*args)
@@ -176,15 +183,18 @@ class JournalCore:
         return call
 
     def refuse_if_failed(self) -> None:
-        """Raise JournalError (nothing changed) once a write has failed."""
-        if self.failed is not None:
+        """Raise JournalError (nothing changed) once a write has failed (while open)."""
+        if self.failed is not None and not self.closed:
             raise JournalError(
                 f"nothing was changed: writing the journal {str(self.journal.path)!r} failed earlier "
                 f"({self.failed}); close_journal(), take a checkpoint and open a new journal"
             )
 
     def write(self, body: str, result: Any = None) -> None:
-        """Write a line; on failure mark the journal failed and raise JournalError."""
+        """Write a line; on failure mark the journal failed and raise JournalError. After
+        the journal is closed it writes nothing (the call went through unjournaled)."""
+        if self.closed:
+            return
         try:
             self.journal.write(body)
         except OSError as exc:

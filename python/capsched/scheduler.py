@@ -1021,10 +1021,13 @@ class Scheduler:
         Raises:
             CheckpointError: unreadable, truncated, corrupt, from a newer version, or
                 inconsistent (the message says which); a damaged journal line.
+            InvalidArgumentError: ``sync`` is not a bool (nothing is read or written).
         """
         from .checkpoint import _checked_path, load_checkpoint
         from .journal import replay_journal
 
+        if not isinstance(sync, bool):  # (before the checkpoint and journal are rewritten)
+            raise InvalidArgumentError(f"sync must be a bool, got {_brief(sync)}")
         if journal is not None:  # (an int would be read as a file descriptor)
             journal = _checked_path(journal, "journal")
         s: Scheduler = load_checkpoint(path, clock=clock)
@@ -1059,24 +1062,31 @@ class Scheduler:
         new journal.
 
         Raises:
-            CheckpointError: the file cannot be opened or written (no journal is open)."""
+            CheckpointError: the file cannot be opened or written (no journal is open).
+            InvalidArgumentError: a journal is already open, or ``sync`` is not a bool."""
         from .checkpoint import _checked_path
         from .journal import Journal, JournalCore
 
         path = _checked_path(path, "journal")
-        if isinstance(self._core, JournalCore):
-            raise InvalidArgumentError("a journal is already open; close_journal() first")
-        inner = self._core
-        self._core = JournalCore(inner, Journal(path, sync=sync, first_seq=self._journal_seq + 1))
-        self._direct = None
-        try:
-            self._journal_names(all_names=True)
-        except JournalError as exc:  # (its first line could not be written: no journal is open)
-            journal = self._core.journal
-            self._core = inner
-            self._direct = inner
-            journal.close()
-            raise CheckpointError(f"cannot write journal {str(journal.path)!r}: {exc.__cause__}") from None
+        if not isinstance(sync, bool):
+            raise InvalidArgumentError(f"sync must be a bool, got {_brief(sync)}")
+        # Under self._lock: two threads opening at once must not both succeed (one
+        # journal would be dropped, its file left open and empty).
+        with self._lock:
+            if isinstance(self._core, JournalCore):
+                raise InvalidArgumentError("a journal is already open; close_journal() first")
+            inner = self._core
+            core = JournalCore(inner, Journal(path, sync=sync, first_seq=self._journal_seq + 1))
+            self._core = core
+            self._direct = None
+            try:
+                self._journal_names(all_names=True)
+            except JournalError as exc:  # (its first line could not be written: no journal is open)
+                self._core = inner
+                self._direct = inner
+                core.closed = True
+                core.journal.close()
+                raise CheckpointError(f"cannot write journal {str(core.journal.path)!r}: {exc.__cause__}") from None
 
     def close_journal(self) -> None:
         """Stop journaling (the file stays as it is)."""
@@ -1086,9 +1096,12 @@ class Scheduler:
         if isinstance(core, JournalCore):
             # (under the journal's lock: a call in progress in another thread has changed
             # the core and still writes its line; closing the file under it would fail
-            # that call after its change was made, and lose its line)
+            # that call after its change was made, and lose its line. A call that took
+            # the wrapper before this and reaches its lock after goes through to the core
+            # unjournaled: JournalCore.closed.)
             with self._lock, core.lock:
                 self._journal_seq = core.journal.seq
+                core.closed = True
                 core.journal.close()
                 inner: _core.Core = core._inner
                 self._core = inner
