@@ -268,6 +268,23 @@ def test_request_timer_histograms():
 
 
 @needs_prometheus
+def test_request_timer_takes_the_step_arrays_of_step_many():
+    # StepArrays.batches is a method: stepped() raised TypeError ('method' object is not
+    # iterable) and recorded nothing.
+    s = Scheduler(["g0"], policy="fcfs", max_batch_size=4, enable_dynamic_batching=False)
+    reg = CollectorRegistry()
+    timer = metrics.RequestTimer(reg)
+    ids = s.submit_many([5, 6, 7], now=0.0)
+    for rid in ids.tolist():
+        timer.submitted(rid, 0.0)
+    timer.stepped(s.step_many(1.0))
+    samples, _, _ = _scrape(reg)
+    assert _v(samples, "capsched_queue_wait_seconds_count") == 3
+    assert _v(samples, "capsched_queue_wait_seconds_sum") == pytest.approx(3.0)
+    assert _v(samples, "capsched_batch_size_sum") == 3
+
+
+@needs_prometheus
 def test_http_server_serves_metrics():
     s = Scheduler(["g0"])
     s.submit(InferenceRequest(prompt_tokens=3), now=0.0)

@@ -540,18 +540,24 @@ class RequestTimer:
             self._submitted[int(request_id)] = t
 
     def stepped(self, result: Any) -> None:
-        """Record a :class:`capsched.StepResult`: batch sizes, first dispatches, and the
-        requests it ended (expired, dependency failures)."""
+        """Record a :class:`capsched.StepResult` (or a :class:`capsched.StepArrays`, from
+        ``step_many``): batch sizes, first dispatches, and the requests it ended
+        (expired, dependency failures)."""
         now = float(result.now)
+        batches = result.batches
+        if callable(batches):  # StepArrays.batches() is a method
+            batches = batches()
+        expired = result.expired
+        expired = expired.tolist() if hasattr(expired, "tolist") else list(expired)
         with self._lock:
-            for b in result.batches:
+            for b in batches:
                 self.batch_size.observe(len(b.request_ids))
                 for rid in b.request_ids:
                     t0 = self._submitted.get(rid)
                     if t0 is not None and rid not in self._dispatched:
                         self._dispatched.add(rid)
                         self.queue_wait.observe(max(0.0, now - t0))
-            for rid in list(result.expired) + [i for i, _ in result.failed]:
+            for rid in expired + [i for i, _ in result.failed]:
                 self._submitted.pop(rid, None)
                 self._dispatched.discard(rid)
 
