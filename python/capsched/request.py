@@ -332,7 +332,10 @@ def _dependencies(deps: object) -> tuple[Any, ...]:
         return ()
     if isinstance(deps, (str, bytes)) or not isinstance(deps, Iterable):
         raise RequestTypeError(f"depends_on must be an iterable of request ids, got {deps!r}")
-    out = tuple(deps)
+    try:
+        out = tuple(deps)
+    except TypeError:  # an Iterable that cannot be iterated: a 0-d numpy array
+        raise RequestTypeError(f"depends_on must be an iterable of request ids, got {_brief(deps)}") from None
     if len(out) > MAX_DEPENDENCIES:
         raise InvalidRequestError(
             f"depends_on lists {len(out)} requests (limit {MAX_DEPENDENCIES})"
