@@ -1037,8 +1037,9 @@ class JobRunner:
         retrying plus this poll's). Such a refusal raises the scheduler's error type
         (``InvalidRequestError`` or ``QueueFullError``) with the task_id and "(nothing
         was submitted)" in its message, and the poll changes nothing: no task is
-        submitted or skipped. Note that a poll is all or nothing here: a poll with more
-        due tasks than ``max_queued`` leaves room for is refused until the queue drains.
+        submitted or skipped. A poll is all or nothing here: one with more due tasks
+        than ``max_queued`` leaves room for is refused until the queue drains (and one
+        with more than ``max_queued`` itself, always: raise the bound).
 
         What cannot be predicted from outside the scheduler's core is left to the
         submit: ``Config.max_queued_per_tenant`` (the core does not expose a tenant's
