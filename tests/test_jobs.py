@@ -424,17 +424,44 @@ def test_runner_background_class_fills_an_idle_fleet():
     assert r.done() and all(r.status(f"t{i}") == "completed" for i in range(5))
 
 
-def test_runner_refuses_a_poll_over_max_queued_before_submitting_anything():
+def test_runner_submits_what_fits_under_max_queued_and_keeps_the_rest_pending():
     tasks = parse_tasks([{"task_id": f"t{i}", "prompt_tokens": 5} for i in range(3)])
     s = Scheduler(["g0"], config={"max_queued": 3})
     s.submit(capsched.InferenceRequest(prompt_tokens=5), now=0.0)  # one queued already
     r = JobRunner(s, tasks)
-    with pytest.raises(capsched.QueueFullError, match=r"task 't2': .*max_queued = 3.*\(nothing was submitted\)"):
+    with pytest.raises(capsched.QueueFullError,
+                       match=r"task 't2': .*max_queued = 3 \(this poll submitted the 2 task\(s\) before it: 't0', 't1'"):
         r.poll(0.0)
-    assert r.ids == {} and r.submission_order == [] and r.skipped == {} and s.stats()["accepted"] == 1
-    assert r.status("t0") == "pending" and r.next_poll_at() == math.inf
-    s.step(0.0)  # the outside request is in flight: the queue has room again
-    assert [tid for tid, _ in r.poll(0.0)] == ["t0", "t1", "t2"]
+    assert r.submission_order == ["t0", "t1"] and r.skipped == {} and s.stats()["accepted"] == 3
+    assert r.status("t2") == "pending"
+    # A full queue: nothing goes in, nothing changes.
+    with pytest.raises(capsched.QueueFullError, match=r"task 't2': .*\(nothing was submitted\)"):
+        r.poll(0.0)
+    assert r.submission_order == ["t0", "t1"] and s.stats()["accepted"] == 3
+    s.step(0.0)  # one batch in flight: the queue has room again
+    assert [tid for tid, _ in r.poll(0.0)] == ["t2"]
+
+
+def test_a_job_larger_than_max_queued_still_runs_to_the_end():
+    # A poll that refused every due task when they did not all fit would never submit a
+    # job of more than max_queued ready tasks.
+    tasks = parse_tasks([{"task_id": f"t{i}", "prompt_tokens": 5} for i in range(20)]
+                        + [{"task_id": "last", "prompt_tokens": 5, "depends_on": [f"t{i}" for i in range(20)]}])
+    s = Scheduler(["g0"], max_batch_size=2, config={"max_queued": 3})
+    r = JobRunner(s, tasks)
+    t = 0.0
+    for _ in range(200):
+        try:
+            r.poll(t)
+        except capsched.QueueFullError:
+            pass
+        for b in s.step(t).batches:
+            for rid in b.request_ids:
+                s.complete(rid, t + 0.5)
+        t += 1.0
+        if r.done():
+            break
+    assert r.done() and all(r.status(x.task_id) == "completed" for x in tasks)
 
 
 def test_runner_reraises_an_unpredictable_queue_full_and_keeps_the_rest_pending():

@@ -285,11 +285,12 @@ def test_the_kv_check_counts_only_the_devices_open_to_the_tenant():
 
 def test_a_failed_precheck_records_no_skips_and_a_later_poll_redoes_them():
     s = Scheduler(["g0"], config={"max_queued": 1})
+    s.submit(capsched.InferenceRequest(prompt_tokens=1), now=0.0)  # the queue is full
     tasks = [Task("late", prompt_tokens=1, deadline=1.0, schedule_time=2.0),
              Task("after", prompt_tokens=1, depends_on=("late",)),
              Task("x", prompt_tokens=1), Task("y", prompt_tokens=1)]
     r = JobRunner(s, tasks)
-    with pytest.raises(QueueFullError, match="task 'y'.*nothing was submitted"):
+    with pytest.raises(QueueFullError, match="task 'x'.*nothing was submitted"):
         r.poll(5.0)
     assert r.skipped == {} and r.ids == {} and r.status("late") == "pending" and r.next_poll_at() == 2.0
     s2 = Scheduler(["g0"])
@@ -307,12 +308,12 @@ def test_a_deadline_not_after_the_scheduler_clock_submits_nothing():
     assert s.stats()["accepted"] == 0
 
 
-def test_a_tenant_over_max_queued_per_tenant_in_one_poll_submits_nothing():
+def test_a_tenant_over_max_queued_per_tenant_in_one_poll_submits_what_fits():
     s = Scheduler(["g0"], config={"max_queued_per_tenant": 2})
     r = JobRunner(s, [Task(f"t{i}", prompt_tokens=1, tenant="a") for i in range(3)])
-    with pytest.raises(QueueFullError, match="task 't2'.*max_queued_per_tenant = 2.*nothing was submitted"):
+    with pytest.raises(QueueFullError, match="task 't2'.*max_queued_per_tenant = 2.*submitted the 2 task"):
         r.poll(0.0)
-    assert s.stats()["accepted"] == 0 and r.ids == {}
+    assert s.stats()["accepted"] == 2 and list(r.ids) == ["t0", "t1"] and r.status("t2") == "pending"
 
 
 def test_poll_docstring_describes_the_precheck():

@@ -1031,28 +1031,32 @@ class JobRunner:
         against each refusal the scheduler's state lets the runner predict: a request
         needing more KV tokens than any device open to its tenant (and pool) holds, a
         prompt the scheduler's tokenizer refuses, no device open to the task's tenant
-        (or pool), a tenant or request class beyond the scheduler's limits, a deadline
-        not after the scheduler's clock (which may be ahead of ``now``), and
-        ``Config.max_queued`` (from ``stats()``: the requests waiting, queued or
-        retrying plus this poll's). Such a refusal raises the scheduler's error type
-        (``InvalidRequestError`` or ``QueueFullError``) with the task_id and "(nothing
-        was submitted)" in its message, and the poll changes nothing: no task is
-        submitted or skipped. A poll is all or nothing here: one with more due tasks
-        than ``max_queued`` leaves room for is refused until the queue drains (and one
-        with more than ``max_queued`` itself, always: raise the bound).
+        (or pool), a tenant or request class beyond the scheduler's limits, or a deadline
+        not after the scheduler's clock (which may be ahead of ``now``). Such a refusal
+        raises ``InvalidRequestError`` with the task_id and "(nothing was submitted)" in
+        its message, and the poll changes nothing: no task is submitted or skipped.
+
+        Back-pressure is predicted as well: ``Config.max_queued`` (from ``stats()``: the
+        requests waiting, queued or retrying plus this poll's) and
+        ``Config.max_queued_per_tenant`` among this poll's own tasks. The tasks that fit
+        are submitted, in order, and then ``QueueFullError`` names the first task that did
+        not fit and those submitted (or says "(nothing was submitted)" when none fit);
+        the rest stay pending for a later poll, so a job larger than the queue goes in
+        as the queue drains.
 
         What cannot be predicted from outside the scheduler's core is left to the
-        submit: ``Config.max_queued_per_tenant`` (the core does not expose a tenant's
-        queued count: the check refuses in advance only a poll whose own tasks of one
-        tenant exceed the bound), deadline-class admission (``AdmissionError``), a
-        dependency's ``Config.max_dependents``, and anything another thread submits,
-        fails or cancels meanwhile. Such a refusal leaves the tasks before it in this
+        submit: ``Config.max_queued_per_tenant`` counting the tenant's requests from
+        outside the job (the core does not expose a tenant's queued count),
+        deadline-class admission (``AdmissionError``), a dependency's
+        ``Config.max_dependents``, and anything another thread submits, fails or
+        cancels meanwhile. Such a refusal leaves the tasks before it in this
         poll submitted and recorded (with this poll's skips) and the rest pending for a
         later poll; an ``InvalidRequestError`` then names the tasks already submitted.
 
         Raises:
             InvalidArgumentError: ``now`` is not a finite number of seconds within
                 +-1e15 (nothing changes).
+            InvalidRequestError, QueueFullError, AdmissionError: as above.
         """
         with self._lock:
             return self._poll(now)
@@ -1138,7 +1142,9 @@ class JobRunner:
                                    sched_class=self.sched_class)
                 reqs[tid] = req
                 built.append((tid, req))
-            self._precheck(built, now)
+            full = self._precheck(built, now)
+            if full is not None and full[0] == 0:
+                raise QueueFullError(f"{full[1]} (nothing was submitted)")
         except BaseException:
             for e in popped:
                 heapq.heappush(ready, e)
@@ -1148,6 +1154,8 @@ class JobRunner:
         for tid in skip:
             self._leave(tid)
         submitted: list[tuple[str, int]] = []
+        if full is not None:  # back-pressure: what fits goes in, the rest waits
+            built = built[: full[0]]
         try:
             for tid, req in built:
                 try:
@@ -1175,13 +1183,20 @@ class JobRunner:
             for e in popped:
                 if e[2] in pending:
                     heapq.heappush(ready, e)
+        if full is not None:
+            done_ = ", ".join(repr(x) for x, _ in submitted[:10]) + (" ..." if len(submitted) > 10 else "")
+            raise QueueFullError(f"{full[1]} (this poll submitted the {len(submitted)} task(s) before it: {done_}; "
+                                 "the rest stay pending)")
         return submitted
 
-    def _precheck(self, due: list[tuple[str, InferenceRequest]], now: float) -> None:
+    def _precheck(self, due: list[tuple[str, InferenceRequest]], now: float) -> Optional[tuple[int, str]]:
         """The refusals the scheduler would make at submit that its state predicts
-        (see :meth:`poll`), in submission order, before anything is submitted."""
+        (see :meth:`poll`), in submission order, before anything is submitted: raises
+        for an invalid request; returns (index, message) of the first request that
+        would find the queue full (back-pressure: those before it fit), or None."""
+        full: Optional[tuple[int, str]] = None
         if not due:
-            return
+            return full
         s = self.scheduler
 
         def refuse(exc_type: type[Exception], tid: str, message: str) -> None:
@@ -1247,13 +1262,15 @@ class JobRunner:
                         refuse(InvalidRequestError, tid,
                                f"the request needs {need} KV tokens (prompt_tokens + max_new_tokens), more than any "
                                f"device open to it holds (the largest kv_tokens is {largest})")
-            if queued is not None and max_queued > 0 and queued + i + 1 > max_queued:
-                refuse(QueueFullError, tid, f"queue full: {queued} requests are waiting, queued or retrying and this "
-                       f"poll's {i + 1} would exceed max_queued = {max_queued}")
-            n = mine[req.tenant] = mine.get(req.tenant, 0) + 1
-            if per_tenant > 0 and n > per_tenant:
-                refuse(QueueFullError, tid, f"queue full for tenant {req.tenant!r}: this poll's {n} would exceed "
-                       f"max_queued_per_tenant = {per_tenant}")
+            if full is None:
+                n = mine[req.tenant] = mine.get(req.tenant, 0) + 1
+                if queued is not None and max_queued > 0 and queued + i + 1 > max_queued:
+                    full = (i, f"task {tid!r}: queue full: {queued} requests are waiting, queued or retrying and "
+                               f"this poll's {i + 1} would exceed max_queued = {max_queued}")
+                elif per_tenant > 0 and n > per_tenant:
+                    full = (i, f"task {tid!r}: queue full for tenant {req.tenant!r}: this poll's {n} would exceed "
+                               f"max_queued_per_tenant = {per_tenant}")
+        return full
 
     def status(self, task_id: str) -> str:
         """``'pending'`` (not yet submitted), ``'skipped'`` (never submitted: see
