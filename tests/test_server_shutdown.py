@@ -200,3 +200,34 @@ def test_shutdown_timeout_is_refused_with_daemon(capsys: pytest.CaptureFixture[s
         main(["serve", "--daemon", "/tmp/capsched-unused.sock", "--shutdown-timeout", "5"])
     assert info.value.code == 2
     assert "--shutdown-timeout cannot be used with --daemon" in capsys.readouterr().err
+
+
+def test_a_second_sigint_exits_at_once_without_a_traceback(tmp_path: Any) -> None:
+    # uvicorn skips the app's shutdown on a second SIGINT; its lifespan task, cancelled as
+    # the loop ended, was logged as a KeyboardInterrupt/CancelledError traceback.
+    log = tmp_path / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "capsched", "serve", "--port", "0", *ONE_AT_A_TIME,
+                                 "--shutdown-timeout", "60"], stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        base = ready_line(proc).rsplit(" ", 1)[-1]
+        with httpx.Client(base_url=base, timeout=60) as h, \
+                h.stream("POST", "/v1/completions",
+                         json={"model": MODEL, "prompt": "long", "max_tokens": 100_000, "stream": True}) as running:
+            events = _events(running.iter_lines())
+            assert json.loads(next(events))["choices"][0]["text"]  # it runs
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(30)
+        assert time.monotonic() - sent < 30  # not the 60 s drain
+    finally:
+        if proc.poll() is None:  # pragma: no cover - a hung shutdown: fail, but leave nothing behind
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+    err_text = log.read_text()
+    assert "Traceback" not in err_text, err_text
+    assert rc == 130, (rc, err_text)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import signal
 import socket
@@ -250,7 +251,13 @@ def run_serve(args: argparse.Namespace, out: TextIO) -> int:
         if server.started:
             shown = f"[{host}]" if ":" in host else host
             print(f"capsched serve: listening on http://{shown}:{port}", file=out, flush=True)
-        await task
+        try:
+            await task
+        finally:
+            if server.force_exit:
+                # A second signal: uvicorn skipped the app's shutdown, and its lifespan
+                # task, cancelled as the loop ends, would be logged as a traceback.
+                logging.getLogger("uvicorn.error").disabled = True
 
     try:
         asyncio.run(serve())
