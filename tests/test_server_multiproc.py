@@ -293,3 +293,20 @@ def test_front_end_without_a_daemon_fails_to_start(tmp_path: Any) -> None:
         shutil.rmtree(os.path.dirname(sock), ignore_errors=True)
     assert code != 0
     assert "does not answer" in (tmp_path / "front.log").read_text()
+
+
+def test_a_daemon_stopped_with_a_front_end_connected_logs_no_traceback() -> None:
+    # close() cancelled each connection's task; on Python 3.11 asyncio's
+    # start_unix_server callback then logged the CancelledError with a traceback.
+    f = Fleet(tempfile.mkdtemp(prefix="capsched-"), 1)
+    try:
+        r = httpx.get(f.urls[0] + "/v1/models", headers={"authorization": "Bearer sk-front-0"}, timeout=30)
+        assert r.status_code == 200  # the front end is connected to the daemon
+        f.daemon.send_signal(signal.SIGTERM)
+        rc = f.daemon.wait(30)
+        with open(os.path.join(f.tmp, "daemon.log")) as log:
+            text = log.read()
+        assert "Traceback" not in text and rc == 0, (rc, text)
+    finally:
+        f.close()
+        shutil.rmtree(f.tmp, ignore_errors=True)

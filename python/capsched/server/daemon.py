@@ -280,6 +280,10 @@ class FleetDaemon:
                 await drain()
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            # close() drops the connection. Ending normally: on Python 3.11 asyncio's
+            # start_unix_server callback logs a connection task that ends cancelled.
+            pass
         finally:
             for s in list(streams.values()):
                 s.cancel()
