@@ -122,6 +122,35 @@ def test_unused_output_is_given_back_at_completion():
     assert s.fair_share()["tenants"]["a"]["counter"] == 100 + 2 * 10
 
 
+@pytest.mark.parametrize("preferred", [(), (2,)])
+def test_a_held_or_trimmed_batch_leaves_the_counters_and_virtual_time_as_before(preferred):
+    # The held members' charges were given back, but each was queued again with the lift
+    # to a virtual time raised by the batch that did not go: one tenant kept a request's
+    # charge, V stayed up, and the next step's order changed.
+    def make(delay: float) -> Scheduler:
+        s = Scheduler(["g"], policy="fcfs", max_batch_size=8,
+                      config=Config(fair_share=True, max_queue_delay=delay, preferred_batch_sizes=preferred))
+        for tenant in "aaabb":
+            s.submit(InferenceRequest(prompt_tokens=100, max_new_tokens=1, tenant=tenant), now=0.0)
+        return s
+
+    held = make(1.0)
+    first = held.step(now=0.1)
+    if preferred:  # trimmed to 2: a and b each keep one dispatch
+        assert [i for b in first.batches for i in b.request_ids] == [1, 4]
+        f = held.fair_share()
+        assert f["virtual_time"] == 0.0
+        assert {t: v["counter"] for t, v in f["tenants"].items() if t} == {"a": 102.0, "b": 102.0}
+        return
+    assert first.held == 1 and not first.batches
+    for k in range(3):
+        f = held.fair_share()
+        assert f["virtual_time"] == 0.0 and all(v["counter"] == 0.0 for v in f["tenants"].values()), f
+        assert held.step(now=0.2 + 0.1 * k).held == 1
+    order = [i for b in held.step(now=1.0).batches for i in b.request_ids]
+    assert order == [i for b in make(0.0).step(now=1.0).batches for i in b.request_ids] == [1, 4, 2, 5, 3]
+
+
 def test_fair_share_off_by_default_and_counters_untouched():
     s = Scheduler(["H100-SXM"], policy="fcfs", max_batch_size=2)
     rid = s.submit(req("a"), now=0.0)

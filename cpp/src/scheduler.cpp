@@ -531,7 +531,7 @@ ReadyKey Scheduler::ready_key(const Request& r) const noexcept {
     return ReadyKey{-(static_key(r) + o.w_deadline * proximity) + o.aging_weighted * r.arrival, static_cast<std::uint32_t>(r.id)};
 }
 
-void Scheduler::make_ready(Handle h, double now) {
+void Scheduler::make_ready(Handle h, double now, bool lift) {
     Request& r = slab_[h];
     r.state = State::Queued;
     r.slot = 0;  // its level, computed afresh below (weighted)
@@ -543,11 +543,11 @@ void Scheduler::make_ready(Handle h, double now) {
         return;
     }
     if (cfg_.order.policy == Policy::Weighted) set_level(h, now);
-    push_normal(h, ready_key(r));
+    push_normal(h, ready_key(r), lift);
     arm_timer(h);
 }
 
-void Scheduler::push_normal(Handle h, const ReadyKey& key) {
+void Scheduler::push_normal(Handle h, const ReadyKey& key, bool lift) {
     if (!fair_on_) {
         ready_.push(h, key);
         return;
@@ -555,7 +555,7 @@ void Scheduler::push_normal(Handle h, const ReadyKey& key) {
     // A tenant whose backlog starts now starts from the virtual time at least: service it
     // was not given while it had nothing queued is not banked (VTC's counter lift).
     const std::uint32_t t = slab_[h].tenant;
-    if (fair_.tenant_size(t) == 0 && fair_.counter(t) < fair_vtime_) fair_.set_counter(t, fair_vtime_);
+    if (lift && fair_.tenant_size(t) == 0 && fair_.counter(t) < fair_vtime_) fair_.set_counter(t, fair_vtime_);
     fair_.push(t, h, key);
 }
 
@@ -718,6 +718,7 @@ void Scheduler::run_step(double t, StepOutput& out) {
         if (d.breaker != Breaker::Open) pool_down_[d.pool] = 0;
     step_batches_.clear();
     step_members_.clear();
+    fair_vtime_before_step_ = fair_vtime_;
     refresh_groups();
     migrate_misfits(t, out);
     open_listed_ = false;
@@ -1014,6 +1015,8 @@ void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now, std
     m.id = r.id;
     m.kind = kind;
     m.kept = true;
+    m.charged = false;
+    m.fair_from = 0.0;
 }
 
 void Scheduler::undispatch(StepMember& m, double now) {
@@ -1034,8 +1037,11 @@ void Scheduler::undispatch(StepMember& m, double now) {
         --counters_.batches;
     }
     off_device(m.handle);
-    if (fair_on_ && r.sched_class == SchedClass::Normal) fair_charge(r, -1.0);  // (before make_ready's lift)
-    make_ready(m.handle, now);
+    // Fair share: its charge is given back and it is queued again without a lift, so
+    // its tenant's counter is as if it had not been placed; hold_batches then takes the
+    // virtual time back to what the kept dispatches made it.
+    if (m.charged) fair_charge(r, -1.0);
+    make_ready(m.handle, now, /*lift=*/false);
     m.kept = false;
 }
 
@@ -1154,6 +1160,19 @@ void Scheduler::hold_batches(double now, StepOutput& out) {
     // Wait or go (docs/batching.md), batch mode with dynamic batching and a queue delay.
     const BatchingConfig& bc = cfg_.batching;
     if (continuous_ || !cfg_.dynamic_batching || bc.max_queue_delay <= 0.0) return;
+    const std::uint64_t undone = counters_.held + counters_.trimmed;
+    hold_or_trim(now, out);
+    if (fair_on_ && counters_.held + counters_.trimmed != undone) {
+        // The virtual time is the largest counter a dispatch started from: of those kept.
+        double v = fair_vtime_before_step_;
+        for (const StepMember& m : step_members_)
+            if (m.kept && m.charged && m.fair_from > v) v = m.fair_from;
+        fair_vtime_ = v;
+    }
+}
+
+void Scheduler::hold_or_trim(double now, StepOutput& out) {
+    const BatchingConfig& bc = cfg_.batching;
     for (std::size_t i = 0; i < step_batches_.size(); ++i) {
         Batch& b = batches_[step_batches_[i]];
         const Device& d = devices_[b.device];
@@ -1585,7 +1604,12 @@ void Scheduler::place_by_fitness(double now) {
         const std::uint32_t b = sb == kNoIndex ? open_batch(dev) : step_batches_[sb];
         if (!r.batchable) step_solo_[dev] = 1;
         dispatch(h, b, u, now, fitted ? 0 : 1);
-        if (fair_on_ && r.sched_class == SchedClass::Normal) fair_charge(r, 1.0);
+        if (fair_on_ && r.sched_class == SchedClass::Normal) {
+            StepMember& m = step_members_.back();
+            m.charged = true;
+            m.fair_from = fair_.counter(r.tenant);
+            fair_charge(r, 1.0);
+        }
         --open;
     }
     for (const auto& [h, key] : skipped_) put_back(h, key);

@@ -910,7 +910,7 @@ class ReferenceScheduler:
             self.counters["placed_fitting"] += 1
         elif kind == 1:
             self.counters["placed_fallback"] += 1
-        self._step_members.append([bid, r.id, kind, True])
+        self._step_members.append([bid, r.id, kind, True, None])  # [4]: the fair counter charged from
 
     def _undispatch(self, m: List[Any], now: float) -> None:
         """Put a request placed in this step back in the queue, as if never placed."""
@@ -929,9 +929,9 @@ class ReferenceScheduler:
             d.dispatched_batches -= 1
             self.counters["batches"] -= 1
         self._leave_batch(r)
-        if self.fair and r.sched_class == "normal":  # give the charge back (before the lift)
+        if m[4] is not None:  # give the charge back; queued again without a lift
             self.vtc[r.tenant] = self.vtc.get(r.tenant, 0.0) - self.fair_cost(r)
-        self._enqueue(r)
+        r.state = "queued"
         m[3] = False
 
     def batch_limit(self, d: RefDevice) -> int:
@@ -1351,6 +1351,7 @@ class ReferenceScheduler:
         self._step_solo = set()
         self._step_batches = []
         self._step_members = []
+        vtime_before = self.vtime
         self.last_migrated = self._migrate_misfits(now)
         self._place_deadline(now)
         # (2) key every ready request at now.
@@ -1360,6 +1361,10 @@ class ReferenceScheduler:
         if self._continuous and self.cfg["preemption"]:
             self._preempt(now)
         self._hold_batches(now)
+        if self.fair and any(m[4] is not None and not m[3] for m in self._step_members):
+            # Held or trimmed members were given their charge back: V is the largest
+            # counter a kept dispatch started from.
+            self.vtime = max([vtime_before] + [m[4] for m in self._step_members if m[3] and m[4] is not None])
         retry_ats = [r.retry_at for r in self.requests.values() if r.state == "retrying"]
         if retry_ats:
             self.last_next_step_at = min(self.last_next_step_at, min(retry_ats))
@@ -1499,6 +1504,7 @@ class ReferenceScheduler:
                 self._step_solo.add(di)
             self._dispatch(r, bid, u, now, 0 if fitted else 1)
             if self.fair and r.sched_class == "normal":
+                self._step_members[-1][4] = self.vtc.get(r.tenant, 0.0)
                 self._fair_charge(r)
 
     def complete(self, rid: int, now: float, output_tokens: Optional[int] = None) -> None:

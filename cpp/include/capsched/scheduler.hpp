@@ -239,6 +239,8 @@ class Scheduler {
         std::uint64_t id;
         std::uint8_t kind;  // 0 placed fitting, 1 fallback, 2 migrant
         bool kept;
+        bool charged;     // fair share: its tenant's counter was charged for it
+        double fair_from;  // (charged) the counter it was charged from
     };
 
     double advance_clock(double now);
@@ -246,7 +248,9 @@ class Scheduler {
     void validate_dependencies(const RequestSpec& s);
     std::uint64_t accept(const RequestSpec& s, double now);
     Handle alloc_request();
-    void make_ready(Handle h, double now);
+    // lift = false: no fair-share lift (a member of a held batch, which never left
+    // its tenant's backlog as far as fair share is concerned).
+    void make_ready(Handle h, double now, bool lift = true);
     // Pushes the request's current timer (see timers_), making any earlier one stale.
     void arm_timer(Handle h);
     bool timer_current(const Timer& e) const noexcept;
@@ -288,7 +292,7 @@ class Scheduler {
     void erase_ready(Handle h) noexcept;
     // The normal class's queue is ready_, or fair_ under fair share: these go to the one
     // in use.
-    void push_normal(Handle h, const ReadyKey& key);
+    void push_normal(Handle h, const ReadyKey& key, bool lift = true);
     const ReadyKey& queued_key(const Request& r, Handle h) const noexcept;
     // Takes the head of r's queue (h) out for the rest of the step (placement passed it
     // over); put_back() returns it.
@@ -340,6 +344,7 @@ class Scheduler {
     bool device_closed(std::uint32_t dev) const noexcept;
     double service_estimate(const Device& d, double prompt, double steps, double batch, double work) const noexcept;
     void hold_batches(double now, StepOutput& out);
+    void hold_or_trim(double now, StepOutput& out);
     void preempt(double now, StepOutput& out);
     void batch_finished(Batch& b, Device& d);
     void migrate_misfits(double now, StepOutput& out);
@@ -422,6 +427,7 @@ class Scheduler {
     FairQueue fair_;
     bool fair_on_ = false;
     double fair_vtime_ = 0.0;              // virtual time: see docs/policies.md
+    double fair_vtime_before_step_ = 0.0;  // fair_vtime_ when placement began (hold_batches)
     std::vector<double> tenant_weight_;    // by tenant id; missing = 1
     ReadyQueue rt_ready_;   // queued strict-class requests: (-priority + aging x arrival, id)
     ReadyQueue dl_ready_;   // queued deadline-class requests: (deadline, id)
