@@ -587,3 +587,25 @@ def test_wait_for_fit_still_holds_it_while_no_device_is_idle() -> None:
     s.complete(fillers[1], now=0.02)  # small is idle again: it takes it there
     r = s.step(now=0.02)
     assert [(b.device, b.request_ids) for b in r.batches] == [("small", [rid])]
+
+
+def test_deadline_admission_skips_devices_whose_breaker_stays_open_past_the_deadline() -> None:
+    # It admitted the request to a device whose breaker was open until after its
+    # deadline: certain to expire, holding deadline bandwidth meanwhile.
+    from capsched.errors import AdmissionError
+
+    s = Scheduler([Device("a"), Device("b")], policy="edf", max_batch_size=1,
+                  config=Config(breaker_failures=1, breaker_cooldown=10))
+    first = [s.submit(InferenceRequest(prompt_tokens=10), now=0.0) for _ in range(2)]
+    s.step(now=0.0)
+    for rid in first:
+        s.fail(rid, now=0.0, error="boom")
+    assert [d["breaker"] for d in s.stats()["devices"]] == ["open", "open"]  # until t = 10
+    with pytest.raises(AdmissionError, match=r"before its deadline 6 \(device 0: breaker open until 10, "
+                                             r"device 1: breaker open until 10\)"):
+        s.submit(InferenceRequest(prompt_tokens=10, timeout=5.0, sched_class="deadline"), now=1.0)
+    assert [d["dl_bw"] for d in s.stats()["devices"]] == [0.0, 0.0]
+    # A deadline after the cool-down: the device will take it once half-open.
+    late = s.submit(InferenceRequest(prompt_tokens=10, timeout=60.0, sched_class="deadline"), now=1.0)
+    res = s.step(now=10.0)
+    assert [rid for b in res.batches for rid in b.request_ids] == [late]

@@ -804,13 +804,20 @@ double Scheduler::request_util(const Request& r, double now) const noexcept {
 std::uint32_t Scheduler::admit(const RequestSpec& s, double deadline, double now) const {
     // Linux DL admission, per device: the sum of admitted bandwidths stays within
     // dl_bandwidth_limit x usable capacity. Worst fit: the device with the most room left.
+    // A device whose breaker stays open until the deadline or later is no candidate: the
+    // request could only expire there.
     const double u = util_of(s.request_class, static_cast<double>(s.prompt_tokens) + static_cast<double>(s.max_new_tokens),
                              deadline, s.uclamp_min, s.uclamp_max, now);
     std::uint32_t best = kNoIndex;
     double best_room = -kInf;
+    bool shut = false;  // some device open to it was left out for its breaker
     for (const std::uint32_t dev : device_order_) {
         const Device& d = devices_[dev];
         if (!eligible(d, s.tenant, s.pool, s.fallback_pool)) continue;
+        if (d.breaker == Breaker::Open && d.open_until >= deadline) {
+            shut = true;
+            continue;
+        }
         const double room = cfg_.placement.dl_bandwidth_limit * d.capacity - d.dl_bw - u;
         if (room >= 0.0 && room > best_room) {
             best = dev;
@@ -827,12 +834,16 @@ std::uint32_t Scheduler::admit(const RequestSpec& s, double deadline, double now
             free += ", ...";
             break;
         }
-        free += (listed > 1 ? ", " : "") + std::string("device ") + std::to_string(dev) + ": " +
-                format_number(cfg_.placement.dl_bandwidth_limit * d.capacity - d.dl_bw);
+        free += (listed > 1 ? ", " : "") + std::string("device ") + std::to_string(dev) + ": ";
+        if (d.breaker == Breaker::Open && d.open_until >= deadline)
+            free += "breaker open until " + format_number(d.open_until);
+        else
+            free += format_number(cfg_.placement.dl_bandwidth_limit * d.capacity - d.dl_bw);
     }
     throw AdmissionError("cannot admit the deadline request: it needs a bandwidth of " + format_number(u) +
-                         " (of 1024) and no device has that much deadline bandwidth free (" +
-                         (free.empty() ? std::string("no device is open to its tenant") : free) + ")");
+                         " (of 1024) and no device has that much deadline bandwidth free" +
+                         (shut ? std::string(" before its deadline ") + format_number(deadline) : std::string()) +
+                         " (" + (free.empty() ? std::string("no device is open to its tenant") : free) + ")");
 }
 
 ReadyQueue& Scheduler::queue_of(const Request& r) noexcept {

@@ -1186,13 +1186,16 @@ class ReferenceScheduler:
         return r
 
     def admit(self, u: float, tenant: Optional[str], pool: Optional[str] = None,
-              fallback: Optional[str] = None) -> int:
+              fallback: Optional[str] = None, deadline: float = INF) -> int:
         """Deadline-class admission: worst fit over the devices open to the tenant,
-        room = dl_bandwidth_limit x capacity - dl_bw - u >= 0; ties in device order."""
+        room = dl_bandwidth_limit x capacity - dl_bw - u >= 0; ties in device order. A
+        device whose breaker is open until the deadline or later is no candidate."""
         best, best_room = None, -INF
         for di in self.device_order:
             d = self.devices[di]
             if not self.eligible(d, tenant, pool, fallback):
+                continue
+            if d.breaker == "open" and d.open_until >= deadline:
                 continue
             room = self.cfg["dl_bandwidth_limit"] * d.capacity - d.dl_bw - u
             if room >= 0.0 and room > best_room:
@@ -1274,7 +1277,7 @@ class ReferenceScheduler:
         dl_device, dl_bw = None, 0.0
         if sched_class == "deadline":
             dl_bw = self.util_of(request_class, tokens, d, uclamp_min, uclamp_max, now)
-            dl_device = self.admit(dl_bw, tenant, pool, fallback_pool)  # raises RefAdmissionError
+            dl_device = self.admit(dl_bw, tenant, pool, fallback_pool, d)  # raises RefAdmissionError
         live = {dep for dep in deps if self.requests[dep].state in LIVE_STATES}
         if not live:
             self._lift(tenant, sched_class)
