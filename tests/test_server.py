@@ -79,6 +79,17 @@ class Served:
             time.sleep(0.005)
 
 
+def run_in_thread(server: Any, sock: socket.socket) -> threading.Thread:
+    """Runs a uvicorn.Server on ``sock`` in a daemon thread; returns once it has started."""
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    end = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < end, "uvicorn did not start"
+        time.sleep(0.005)
+    return thread
+
+
 @contextlib.contextmanager
 def serving(engine: FleetEngine, config: Optional[ServerConfig] = None) -> Iterator[Served]:
     app = create_app(engine, config)
@@ -86,12 +97,7 @@ def serving(engine: FleetEngine, config: Optional[ServerConfig] = None) -> Itera
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws="none", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < end, "uvicorn did not start"
-        time.sleep(0.005)
+    thread = run_in_thread(server, sock)
     served = Served(engine, port)
     try:
         yield served

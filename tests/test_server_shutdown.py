@@ -30,6 +30,7 @@ from capsched.server import create_app, simulated_engine  # noqa: E402
 from capsched.server.app import begin_drain  # noqa: E402
 from capsched.server.cli import draining_server  # noqa: E402
 
+from test_server import run_in_thread  # noqa: E402
 from test_server_multiproc import ready_line  # noqa: E402
 
 MODEL = "capsched-simulated"
@@ -56,15 +57,39 @@ def _events(lines: Iterator[str]) -> Iterator[str]:
             yield line[len("data: "):]
 
 
+class _Serve:
+    """``capsched serve`` one request at a time in a subprocess (``base``: its URL); on
+    exit it is killed if still running, and ``rc`` and ``stderr`` are what it left."""
+
+    def __init__(self, tmp_path: Any, timeout: float) -> None:
+        self.log = tmp_path / "serve.log"
+        self.args = ["--port", "0", *ONE_AT_A_TIME, "--shutdown-timeout", str(timeout)]
+
+    def __enter__(self) -> "_Serve":
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "capsched", "serve", *self.args],
+                                         stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            self.base = ready_line(self.proc).rsplit(" ", 1)[-1]
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc.poll() is None:  # pragma: no cover - a hung shutdown: fail, but leave nothing behind
+            self.proc.kill()
+            self.proc.wait()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self.stderr = self.log.read_text()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_ends_queued_requests_at_once_and_cuts_running_ones_at_the_timeout(sig: int, tmp_path: Any) -> None:
     timeout = 2.0
-    log = tmp_path / "serve.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "capsched", "serve", "--port", "0", *ONE_AT_A_TIME,
-                                 "--shutdown-timeout", str(timeout)], stdout=subprocess.PIPE, stderr=err, text=True)
-    try:
-        base = ready_line(proc).rsplit(" ", 1)[-1]
+    with _Serve(tmp_path, timeout) as served:
+        base, proc = served.base, served.proc
         with httpx.Client(base_url=base, timeout=60) as h, \
                 h.stream("POST", "/v1/completions",
                          json={"model": MODEL, "prompt": "long", "max_tokens": 100_000, "stream": True}) as running:
@@ -84,17 +109,10 @@ def test_a_signal_ends_queued_requests_at_once_and_cuts_running_ones_at_the_time
         assert rest and "[DONE]" not in rest
         assert json.loads(rest[-1])["error"]["code"] == "shutting_down", rest[-1]
         rc = proc.wait(timeout + 15)
-    finally:
-        if proc.poll() is None:  # pragma: no cover - a hung shutdown: fail, but leave nothing behind
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
-    err_text = log.read_text()
-    assert "Traceback" not in err_text, err_text
+    assert "Traceback" not in served.stderr, served.stderr
     # uvicorn re-raises the signal once it has shut down: SIGTERM kills the process with
     # it, SIGINT is a KeyboardInterrupt that capsched serve turns into status 130.
-    assert rc == (-signal.SIGTERM if sig == signal.SIGTERM else 130), (rc, err_text)
+    assert rc == (-signal.SIGTERM if sig == signal.SIGTERM else 130), (rc, served.stderr)
 
 
 def _serve_in_thread(engine: Any, timeout: float) -> tuple[Any, Any, threading.Thread, str, socket.socket]:
@@ -102,12 +120,7 @@ def _serve_in_thread(engine: Any, timeout: float) -> tuple[Any, Any, threading.T
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     server = draining_server(app, timeout, log_level="warning", ws="none")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < end, "uvicorn did not start"
-        time.sleep(0.005)
+    thread = run_in_thread(server, sock)
     return app, server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}", sock
 
 
@@ -205,29 +218,16 @@ def test_shutdown_timeout_is_refused_with_daemon(capsys: pytest.CaptureFixture[s
 def test_a_second_sigint_exits_at_once_without_a_traceback(tmp_path: Any) -> None:
     # uvicorn skips the app's shutdown on a second SIGINT; its lifespan task, cancelled as
     # the loop ended, was logged as a KeyboardInterrupt/CancelledError traceback.
-    log = tmp_path / "serve.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "capsched", "serve", "--port", "0", *ONE_AT_A_TIME,
-                                 "--shutdown-timeout", "60"], stdout=subprocess.PIPE, stderr=err, text=True)
-    try:
-        base = ready_line(proc).rsplit(" ", 1)[-1]
-        with httpx.Client(base_url=base, timeout=60) as h, \
+    with _Serve(tmp_path, 60) as served:
+        with httpx.Client(base_url=served.base, timeout=60) as h, \
                 h.stream("POST", "/v1/completions",
                          json={"model": MODEL, "prompt": "long", "max_tokens": 100_000, "stream": True}) as running:
-            events = _events(running.iter_lines())
-            assert json.loads(next(events))["choices"][0]["text"]  # it runs
+            assert json.loads(next(_events(running.iter_lines())))["choices"][0]["text"]  # it runs
             sent = time.monotonic()
-            proc.send_signal(signal.SIGINT)
+            served.proc.send_signal(signal.SIGINT)
             time.sleep(0.5)
-            proc.send_signal(signal.SIGINT)
-            rc = proc.wait(30)
+            served.proc.send_signal(signal.SIGINT)
+            rc = served.proc.wait(30)
         assert time.monotonic() - sent < 30  # not the 60 s drain
-    finally:
-        if proc.poll() is None:  # pragma: no cover - a hung shutdown: fail, but leave nothing behind
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
-    err_text = log.read_text()
-    assert "Traceback" not in err_text, err_text
-    assert rc == 130, (rc, err_text)
+    assert "Traceback" not in served.stderr, served.stderr
+    assert rc == 130, (rc, served.stderr)
