@@ -285,3 +285,93 @@ def test_journal_survives_sigkill_in_a_busy_run(tmp_path) -> None:
         assert r.status(rid) in ("queued", "waiting", "retrying", "completed", "failed")
     assert st["in_flight"] == 0 and st["conservation_ok"] and r.check_invariants()
     r.close_journal()
+
+
+# ------------------------------------------------------------------ journals and their checkpoints
+
+
+def _journaled(tmp_path, name: str, n: int = 3) -> tuple[Scheduler, str, str]:
+    """A scheduler checkpointed to <name>.json, then journaling n submits to <name>.log."""
+    s = Scheduler(["g0"], clock=lambda: 0.0)
+    ck, log = str(tmp_path / f"{name}.json"), str(tmp_path / f"{name}.log")
+    s.checkpoint(ck)
+    s.open_journal(log)
+    for _ in range(n):
+        s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
+    s.close_journal()
+    return s, ck, log
+
+
+def test_a_journal_from_another_scheduler_is_refused_and_both_files_stay(tmp_path) -> None:
+    # Every fresh scheduler's journal starts at seq 1, so any journal replayed onto any
+    # fresh checkpoint: scheduler X's requests were merged into Y's state, and the
+    # journal was then emptied.
+    _, _, x_log = _journaled(tmp_path, "x")
+    _, y_ck, _ = _journaled(tmp_path, "y", n=0)
+    def contents() -> tuple[bytes, bytes]:
+        return (tmp_path / "y.json").read_bytes(), (tmp_path / "x.log").read_bytes()
+
+    before = contents()
+    with pytest.raises(CheckpointError, match="belongs to another scheduler's history"):
+        Scheduler.restore(y_ck, journal=x_log)
+    assert contents() == before
+    back = Scheduler.restore(str(tmp_path / "x.json"), journal=x_log)  # its own: replayed
+    assert back.stats()["accepted"] == 3
+    # The restored scheduler keeps the lineage: its new journal replays onto its new checkpoint.
+    back.submit(InferenceRequest(prompt_tokens=5), now=0.0)
+    back.close_journal()
+    again = Scheduler.restore(str(tmp_path / "x.json"), journal=x_log)
+    assert again.stats()["accepted"] == 4
+    again.close_journal()
+
+
+def test_a_checkpoint_without_a_lineage_still_takes_its_journal(tmp_path) -> None:
+    _, ck, log = _journaled(tmp_path, "old")
+    _rewrite(tmp_path / "old.json", lambda doc: doc["payload"].pop("lineage"))  # as written before lineages
+    back = Scheduler.restore(ck, journal=log)
+    assert back.stats()["accepted"] == 3
+    back.close_journal()
+    assert "lineage" in json.loads((tmp_path / "old.json").read_text())["payload"]  # its history has one now
+
+
+def test_restore_refuses_a_journal_path_it_must_not_empty(tmp_path) -> None:
+    _, ck, _ = _journaled(tmp_path, "a")
+    kept = (tmp_path / "a.json").read_bytes()
+    with pytest.raises(CheckpointError, match="is the checkpoint's own file"):
+        Scheduler.restore(ck, journal=ck)
+    os.link(ck, tmp_path / "hard.json")
+    with pytest.raises(CheckpointError, match="is the checkpoint's own file"):
+        Scheduler.restore(ck, journal=str(tmp_path / "hard.json"))
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="is not a regular file"):
+        Scheduler.restore(ck, journal=fifo)
+    assert (tmp_path / "a.json").read_bytes() == kept and os.path.exists(fifo) and not os.path.isfile(fifo)
+
+
+def test_open_journal_refuses_a_file_holding_another_history_and_reopens_its_own(tmp_path) -> None:
+    # A restarted server that reused the journal path without restore(journal=) appended
+    # seq 1.. after the old seq 1..n, and the next restore refused the whole file.
+    from capsched import InvalidArgumentError
+
+    s, _, log = _journaled(tmp_path, "a")
+    s.open_journal(log)  # the journal it closed: it goes on from there
+    s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
+    s.close_journal()
+    other = Scheduler(["g0"], clock=lambda: 0.0)
+    with pytest.raises(InvalidArgumentError, match="already holds entries.*restore"):
+        other.open_journal(log)
+    back = Scheduler.restore(str(tmp_path / "a.json"), journal=log)
+    assert back.stats()["accepted"] == 4
+    back.close_journal()
+
+
+def test_a_torn_last_journal_line_is_dropped_with_a_warning(tmp_path, caplog) -> None:
+    _, ck, log = _journaled(tmp_path, "t")
+    with open(log, "a") as fh:
+        fh.write('{"seq": 5, "op": "sub')  # a crash while writing
+    with caplog.at_level("WARNING", logger="capsched.journal"):
+        back = Scheduler.restore(ck, journal=log)
+    assert back.stats()["accepted"] == 3
+    assert any("is torn and was dropped" in r.getMessage() for r in caplog.records)
+    back.close_journal()

@@ -49,7 +49,7 @@ MAX_CHECKPOINT_BYTES = 16 * 2**30
 DOCUMENT_KEYS = frozenset({"format", "version", "sha256", "payload"})
 #: The payload's keys and the JSON type each must have (any other key is refused;
 #: ``journal_seq`` and ``rejected`` may be missing, in files written before they were
-#: added: 0).
+#: added: 0; so may ``lineage``: such a checkpoint replays any journal).
 PAYLOAD_KEYS: dict[str, tuple[type, ...]] = {
     "devices": (list,),
     "policy": (str,),
@@ -61,9 +61,10 @@ PAYLOAD_KEYS: dict[str, tuple[type, ...]] = {
     "clocked": (list,),
     "journal_seq": (int,),
     "rejected": (int,),
+    "lineage": (str,),
     "core": (dict,),
 }
-_OPTIONAL_KEYS = frozenset({"journal_seq", "rejected"})
+_OPTIONAL_KEYS = frozenset({"journal_seq", "rejected", "lineage"})
 _MAX_INT_DIGITS = 4300  # Python's int conversion limit (sys.get_int_max_str_digits() default)
 _JSON_KIND = {dict: "an object", list: "a list", str: "a string", int: "an integer", bool: "a boolean"}
 
@@ -140,16 +141,7 @@ def save_checkpoint(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> Non
             os.fsync(fh.fileno())
         os.replace(tmp, target)
         created = False
-        try:
-            dfd = os.open(target.parent if str(target.parent) else ".", os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dfd)
-        except OSError:
-            pass
-        finally:
-            os.close(dfd)
+        _fsync_dir(target)
     except OSError as exc:
         if created:
             try:
@@ -157,6 +149,43 @@ def save_checkpoint(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> Non
             except OSError:
                 pass
         raise CheckpointError(f"cannot write checkpoint {str(target)!r}: {exc.strerror or exc}") from exc
+
+
+def _fsync_dir(path: Union[str, "os.PathLike[str]"]) -> None:
+    """fsync the directory holding ``path`` (so a rename into it survives a crash);
+    best effort: where directories cannot be opened or synced, nothing happens."""
+    parent = os.path.dirname(os.path.abspath(os.fspath(path)))
+    try:
+        dfd = os.open(parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def _check_journal_beside(checkpoint: Union[str, "os.PathLike[str]"], journal: Union[str, "os.PathLike[str]"]) -> None:
+    """CheckpointError, before anything is read or written, for a journal path that
+    restore(journal=) must not replay and then empty: one that exists and is not a
+    regular file (a device, a FIFO), or the checkpoint's own file."""
+    where = os.fspath(journal)
+    try:
+        st = os.stat(journal)
+    except OSError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"journal {where!r} is not a regular file: it is never replayed or emptied")
+    same = os.path.realpath(checkpoint) == os.path.realpath(journal)
+    if not same and st is not None:
+        try:
+            same = os.path.samefile(checkpoint, journal)
+        except OSError:
+            pass
+    if same:
+        raise CheckpointError(f"journal {where!r} is the checkpoint's own file: give the journal a path of its own")
 
 
 def load_checkpoint(path: Union[str, "os.PathLike[str]"], *, clock: Optional[Callable[[], float]] = None) -> Any:

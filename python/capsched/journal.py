@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -35,6 +36,8 @@ from typing import Any, Callable, Iterator, Optional, Union
 import numpy as np
 
 from .errors import CapschedError, CheckpointError, JournalError
+
+log = logging.getLogger("capsched.journal")
 
 __all__ = [
     "Journal",
@@ -237,6 +240,10 @@ def _entries(where: str, fh: Any) -> Iterator[dict[str, Any]]:
                 if entry is not None:
                     _check_seq(where, n, entry, last_seq)
                     yield entry
+                else:
+                    log.warning("journal %r: its last line (line %d, %d bytes) is torn and was dropped "
+                                "(a crash while it was written: the call it logs had not returned)",
+                                where, n, len(pending))
                 return
             entry = _parse_line(where, n, pending, last=False)
             assert entry is not None

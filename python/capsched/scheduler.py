@@ -7,6 +7,8 @@ import dataclasses
 import math
 import numbers
 import os
+import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -300,6 +302,12 @@ class Scheduler:
             if d.pool is not None and d.pool not in self._pools:
                 self._pools[d.pool] = len(self._pools) + 1
         self._journal_seq: int = 0  # the last journal entry reflected in this state
+        # Names this scheduler's history: kept in its checkpoints and in the first line of
+        # each journal it opens, so that a journal replays only on its own checkpoints
+        # (None: restored from a checkpoint written before lineages).
+        self._lineage: Optional[str] = secrets.token_hex(16)
+        # (path, seq) of the journal it closed last: reopening it continues it.
+        self._closed_journal: Optional[tuple[str, int]] = None
         self._rejected: int = 0  # submits refused by back-pressure or admission (stats()['rejected'])
         self._lock: threading.Lock = threading.Lock()  # guards the tenant and class tables and the rejected count
         self._owner_token: object = object()  # marks the InferenceRequest objects this scheduler accepted
@@ -1020,16 +1028,19 @@ class Scheduler:
 
         Raises:
             CheckpointError: unreadable, truncated, corrupt, from a newer version, or
-                inconsistent (the message says which); a damaged journal line.
+                inconsistent (the message says which); a damaged journal line, a journal
+                of another scheduler's history, or a journal path that is not a regular
+                file or is the checkpoint itself (nothing is written then).
             InvalidArgumentError: ``sync`` is not a bool (nothing is read or written).
         """
-        from .checkpoint import _checked_path, load_checkpoint
+        from .checkpoint import _check_journal_beside, _checked_path, _fsync_dir, load_checkpoint
         from .journal import replay_journal
 
         if not isinstance(sync, bool):  # (before the checkpoint and journal are rewritten)
             raise InvalidArgumentError(f"sync must be a bool, got {_brief(sync)}")
         if journal is not None:  # (an int would be read as a file descriptor)
             journal = _checked_path(journal, "journal")
+            _check_journal_beside(path, journal)  # (before anything is read or written)
         s: Scheduler = load_checkpoint(path, clock=clock)
         if journal is not None and os.path.exists(journal):
             replay_journal(s, journal)
@@ -1038,11 +1049,17 @@ class Scheduler:
             s._core.requeue_in_flight(st["now"])  # the server lost them: run them again
         if journal is None:
             return s
+        if s._lineage is None:  # (a checkpoint from before lineages: its history starts one)
+            s._lineage = secrets.token_hex(16)
         s.checkpoint(path)
+        # The journal starts afresh: an empty file renamed over it, then the directory
+        # fsynced, so that a crash leaves the old journal (whose lines the new checkpoint
+        # already holds: replaying it is skipped by seq) or the empty one.
         tmp = f"{os.fspath(journal)}.new"
-        with open(tmp, "w", encoding="utf-8"):
-            pass
+        with open(tmp, "w", encoding="utf-8") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, journal)
+        _fsync_dir(journal)
         s.open_journal(journal, sync=sync)
         return s
 
@@ -1061,9 +1078,16 @@ class Scheduler:
         take a checkpoint (``Scheduler.restore`` requeues what was in flight) and open a
         new journal.
 
+        The file must be new or empty, or be the journal this scheduler closed last (its
+        lines then go on): a file holding another history's entries is refused
+        (``Scheduler.restore(checkpoint, journal=path)`` goes on from an old journal).
+        Its first line carries the scheduler's lineage, so that it replays only on this
+        scheduler's checkpoints.
+
         Raises:
             CheckpointError: the file cannot be opened or written (no journal is open).
-            InvalidArgumentError: a journal is already open, or ``sync`` is not a bool."""
+            InvalidArgumentError: a journal is already open, ``sync`` is not a bool, or
+                the file already holds entries this scheduler did not just write."""
         from .checkpoint import _checked_path
         from .journal import Journal, JournalCore
 
@@ -1075,6 +1099,7 @@ class Scheduler:
         with self._lock:
             if isinstance(self._core, JournalCore):
                 raise InvalidArgumentError("a journal is already open; close_journal() first")
+            self._check_new_journal(path)
             inner = self._core
             core = JournalCore(inner, Journal(path, sync=sync, first_seq=self._journal_seq + 1))
             self._core = core
@@ -1103,9 +1128,28 @@ class Scheduler:
                 self._journal_seq = core.journal.seq
                 core.closed = True
                 core.journal.close()
+                self._closed_journal = (os.path.realpath(core.journal.path), core.journal.seq)
                 inner: _core.Core = core._inner
                 self._core = inner
                 self._direct = inner
+
+    def _check_new_journal(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """InvalidArgumentError for a journal path that holds entries this scheduler did
+        not just write: appending would number its lines anew after another history's,
+        and the next restore would refuse the file. A journal it closed can be reopened
+        (the lines go on from its seq)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return  # (a path that cannot be opened is Journal's error to report)
+        if not stat.S_ISREG(st.st_mode):
+            return  # (a device or FIFO holds no entries to number after)
+        if st.st_size == 0 or self._closed_journal == (os.path.realpath(path), self._journal_seq):
+            return
+        raise InvalidArgumentError(
+            f"journal {os.fspath(path)!r} already holds entries ({st.st_size} bytes) that this scheduler did not "
+            "just write: Scheduler.restore(checkpoint, journal=path) replays them; else move the file away"
+        )
 
     def _journal_names(self, all_names: bool = False) -> None:
         from .journal import JournalCore
@@ -1114,11 +1158,13 @@ class Scheduler:
         if isinstance(core, JournalCore):
             with core.lock:
                 core.refuse_if_failed()
+                extra = {"lineage": self._lineage} if all_names and self._lineage is not None else {}
                 core.write(
                     core.journal.encode(
                         "names",
                         tenants=[[k, v] for k, v in self._tenants.items()],
                         classes=[[k, v] for k, v in self._classes.items()],
+                        **extra,
                     )
                 )
 
@@ -1153,6 +1199,7 @@ class Scheduler:
             "clocked": list(self._clocked),
             "journal_seq": seq,
             "rejected": rejected,
+            **({"lineage": self._lineage} if self._lineage is not None else {}),
             "core": state,
         }
 
@@ -1202,6 +1249,10 @@ class Scheduler:
         if not isinstance(seq, int) or seq < 0:
             raise CheckpointError(f"journal_seq must be an integer >= 0, got {seq!r}")
         s._journal_seq = seq
+        lineage = payload.get("lineage")
+        if lineage is not None and not (isinstance(lineage, str) and 0 < len(lineage) <= 64 and lineage.isalnum()):
+            raise CheckpointError(f"lineage must be a string of 1..64 letters and digits, got {lineage!r}")
+        s._lineage = lineage
         rejected = payload.get("rejected", 0)
         if not isinstance(rejected, int) or rejected < 0:
             raise CheckpointError(f"rejected must be an integer >= 0, got {rejected!r}")
@@ -1212,6 +1263,12 @@ class Scheduler:
         """Apply journal entries after this scheduler's journal_seq; returns the last seq."""
         last = self._journal_seq
         for e in entries:
+            theirs = e.get("lineage") if e["op"] == "names" else None
+            if theirs is not None and self._lineage is not None and theirs != self._lineage:
+                raise CheckpointError(
+                    f"journal seq {e['seq']} belongs to another scheduler's history (lineage {_brief(theirs)}, "
+                    f"the checkpoint's {self._lineage!r}): it was not written after this checkpoint"
+                )
             if e["seq"] <= last:
                 continue
             if e["seq"] != last + 1:
