@@ -890,8 +890,8 @@ class JobRunner:
     *skipped* (the reason in :attr:`skipped`) when one of its dependencies has already
     failed, expired or been cancelled, or was itself skipped, or when its latest finish
     has passed by the time it could be submitted. A poll checks beforehand every refusal
-    the scheduler's state lets it predict, so such a refusal submits nothing (see
-    :meth:`poll`).
+    the scheduler's state lets it predict, so an invalid task submits nothing, and a full
+    queue takes the tasks that fit and leaves the rest pending (see :meth:`poll`).
 
     A poll costs time in proportion to the tasks it could change (those due, those
     whose dependencies were all submitted, and the dependents of requests that failed),
