@@ -50,6 +50,16 @@ _COMMON = ("model", "max_tokens", "stream", "priority", "timeout") + SAMPLING_FI
 _COMPLETION_FIELDS = frozenset(_COMMON + ("prompt",))
 _CHAT_FIELDS = frozenset(_COMMON + ("messages", "max_completion_tokens"))
 
+#: The range of each sampling field: (low, high, low excluded), as OpenAI's API and vLLM
+#: take them (temperature: any >= 0, as vLLM; top_p in (0, 1]; penalties in [-2, 2]).
+_SAMPLING_RANGES: dict[str, tuple[float, float, bool]] = {
+    "temperature": (0.0, math.inf, False),
+    "top_p": (0.0, 1.0, True),
+    "seed": (-(2.0**63), 2.0**63, False),
+    "presence_penalty": (-2.0, 2.0, False),
+    "frequency_penalty": (-2.0, 2.0, False),
+}
+
 #: Default ``max_tokens`` of a completion when the body gives none (OpenAI's is 16).
 DEFAULT_MAX_TOKENS = 16
 
@@ -135,7 +145,13 @@ class JobSpec:
         for k, v in self.sampling.items():
             if k not in SAMPLING_FIELDS:
                 raise bad_request(str(k), f"unknown sampling field {k!r}", "unknown_parameter")
-            _number(k, v)
+            x = _number(k, v)
+            lo, hi, lo_open = _SAMPLING_RANGES[k]
+            if x < lo or x > hi or (lo_open and x == lo):
+                where = f">= {lo:g}" if hi == math.inf else f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+                raise bad_request(k, f"{k} must be {where}, got {_brief(v)}")
+            if k == "seed" and not float(x).is_integer():
+                raise bad_request(k, f"seed must be an integer, got {_brief(v)}", "invalid_type")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the daemon protocol's ``job``)."""
