@@ -1,12 +1,16 @@
 // capsched_bench: the core's cost in C++ alone, against std::priority_queue.
 //
 // Built by CMake with -DCAPSCHED_BENCH=ON (bench/run_cpp_bench.py does it); prints plain
-// tables, and with --json PATH the same figures as JSON. Every figure is the median of
-// `--repeats` runs (default 5; 1 with --quick, which also runs shorter loops and fewer
-// fleet sizes) unless it says otherwise. `--only SECTION` runs one section; `--queued N`
+// tables (only those of the sections that ran), and with --json PATH the same figures as
+// JSON. Every figure is the median of `--repeats` runs (default 5; 1 with --quick, which
+// also runs shorter loops and fewer fleet sizes) unless it says otherwise. `--only
+// SECTION` runs one section (floor, queued, devices, latency, bulk, memory); `--queued N`
 // runs the floor section at that one queue size (to profile it); `--only queued` runs the
-// floor section's core loop alone (no floor queues: their columns read nan), and
-// `--rounds N` sets its number of rounds, so that a profiler sees mostly that loop. Sections:
+// floor section's core loop alone (no floor queues and no skeleton: their columns read
+// "-", null in the JSON), and `--rounds N` sets its number of rounds, so that a profiler
+// sees mostly that loop. A run whose result is wrong (a step that does not dispatch one
+// full batch, an expiry, broken invariants, a queue whose size changed) prints what went
+// wrong and exits with status 1. Sections:
 //
 //   floor    std::priority_queue<pair<double, u64>> held at n entries: one push and one pop
 //            per operation (random keys drifting upward, so the queue turns over instead
@@ -15,12 +19,20 @@
 //            16-byte entries: the core's ready queue until 2026-11-29) and on ReadyQueue
 //            (capsched::BucketQueue<ReadyKey>, the core's ready queue: a heap front of up
 //            to 1,024 over buckets by key range).
+//            The skeleton column (skeleton_round_trip below) runs the `queued` loop through
+//            the least any scheduler with the core's interface has to do, built from the
+//            core's own parts (an IdMap of never-reused ids to slab records, a std::mutex
+//            per call, a ReadyQueue; no policy); in parentheses the same without the mutex.
 //   queued   the core held at n queued requests (weighted policy, SchedulerConfig defaults,
 //            batch mode, 1 device with max_batch_size 32 and max_inflight_batches 1): each
 //            round completes the batch in flight (complete_many), submits 32 requests and
 //            steps (which dispatches one batch of 32). Cost per request = round time / 32
 //            (submit + dispatch + complete), its split into the three calls (from the median
-//            run), and its ratio to the priority_queue floor.
+//            run). Floor and queued run together: each repeat times the priority_queue and
+//            the core loop back to back (which goes first alternates between repeats), then
+//            the skeleton and the other floors; the ratios core / priority_queue and
+//            skeleton / priority_queue are the medians of the repeats' own ratios, with
+//            their [min, max] over the repeats (`*_spread` in the JSON).
 //   devices  the same loop at n = 1e5 on D devices (D = 1 .. 1024), each of which holds one
 //            batch of 32 in flight: each round completes one device's batch (round robin),
 //            submits 32 and steps, so every step finds exactly one device with room and
@@ -32,7 +44,12 @@
 //   latency  the devices loop at n = 1e5 on 64 equal devices, each step() timed on its own
 //            (63 devices busy, one free; completing and submitting are untimed): p50 /
 //            p99 / max over all samples of all repeats, each step dispatching one batch of
-//            32.
+//            32; then a control: fixed register-only arithmetic sized to the step's p50,
+//            timed alike as many times (its tail is the machine's, not the core's).
+//   bulk     the Python bulk loop (bench_core.py core_bulk, bench_scaling.py bulk_2e5) in
+//            C++: 2e5 requests by submit_many at t = 0, then step and complete_many of what
+//            each step dispatched until all completed; 8 devices, batches of 32. Total ms
+//            (median run), requests/s, and submit / step / complete per request.
 //   memory   live heap bytes (a counting operator new/delete in this driver) after creating
 //            a scheduler (8 devices) and queuing n requests, minus before, over n; with and
 //            without Scheduler::reserve(n), without timeouts and with half of the requests
@@ -151,9 +168,11 @@ double quantile(std::vector<double> v, double q) {
     return v[std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size())))];
 }
 
+// A run whose result is wrong: says so on stderr and exits with status 1.
 [[noreturn]] void fail(const char* what) {
+    std::fflush(stdout);
     std::fprintf(stderr, "capsched_bench: %s\n", what);
-    std::abort();
+    std::exit(1);
 }
 
 // splitmix64: a fast, seeded generator for the inputs.
@@ -211,6 +230,12 @@ std::string kv(const char* key, double v) {
     char buf[96];
     if (!std::isfinite(v)) return std::string("\"") + key + "\": null";  // (--only queued: no floors)
     std::snprintf(buf, sizeof buf, "\"%s\": %.6g", key, v);
+    return buf;
+}
+// A finite number as JSON (%.6g).
+std::string jnum(double v) {
+    char buf[48];
+    std::snprintf(buf, sizeof buf, "%.6g", v);
     return buf;
 }
 std::string kv(const char* key, std::uint64_t v) {
@@ -589,13 +614,6 @@ std::vector<double> control_samples(double target_ns, std::size_t count) {
     return out;
 }
 
-template <class F>
-double median_of(int repeats, F f) {
-    std::vector<double> v;
-    for (int i = 0; i < repeats; ++i) v.push_back(f(static_cast<std::uint64_t>(i + 1)));
-    return median(v);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -630,49 +648,93 @@ int main(int argc, char** argv) {
         queued ? std::vector<std::size_t>{queued} : std::vector<std::size_t>{1000, 10000, 100000, 1000000};
     std::printf("capsched_bench%s: medians of %d runs; times in ns unless marked\n\n", quick ? " --quick" : "", repeats);
 
-    std::printf("## floor and queued: n queued; one push+pop per op (floor); per request: complete + submit + "
-                "step dispatching one batch of 32 (skeleton; core, 1 device)\n\n");
-    std::printf("| queued | priority_queue push+pop | IndexedHeap<> push+pop | IndexedHeap<ReadyKey> push+pop | "
-                "ReadyQueue push+pop | skeleton per request (without the mutex) | core per request | of which submit / step / complete | "
-                "skeleton / priority_queue | core / priority_queue |\n");
-    std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    const bool run_floor = only.empty() || only == "floor" || only == "queued";
+    const bool floors = only != "queued";
+    if (run_floor) {
+        std::printf("## floor and queued: n queued; one push+pop per op (floor); per request: complete + submit + "
+                    "step dispatching one batch of 32 (skeleton; core, 1 device); ratios: median of the repeats' "
+                    "own ratios [min, max]\n\n");
+        std::printf("| queued | priority_queue push+pop | IndexedHeap<> push+pop | IndexedHeap<ReadyKey> push+pop | "
+                    "ReadyQueue push+pop | skeleton per request (without the mutex) | core per request | of which submit / "
+                    "step / complete | skeleton / priority_queue | core / priority_queue |\n");
+        std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    }
     js.section("floor_and_queued");
     for (const std::size_t n : sizes) {
-        if (!only.empty() && only != "floor" && only != "queued") break;
+        if (!run_floor) break;
         const std::size_t ops = quick ? 200000 : 1000000;
         const std::size_t rounds = rounds_arg ? rounds_arg : quick ? 1000 : (n >= 1000000 ? 8000 : 20000);
-        const bool floors = only != "queued";
         const double nan = std::nan("");
-        const double pq = floors ? median_of(repeats, [&](std::uint64_t s) { return pq_push_pop(n, ops, s); }) : nan;
-        const double hk = floors ? median_of(repeats, [&](std::uint64_t s) { return heapkey_push_pop(n, ops, s); }) : nan;
-        const double rk = floors ? median_of(repeats, [&](std::uint64_t s) { return readykey_push_pop(n, ops, s); }) : nan;
-        const double rq = floors ? median_of(repeats, [&](std::uint64_t s) { return ready_queue_push_pop(n, ops, s); }) : nan;
-        const double sk = floors ? median_of(repeats, [&](std::uint64_t s) { return skeleton_round_trip<true>(n, rounds, s); }) : nan;
-        const double su = floors ? median_of(repeats, [&](std::uint64_t s) { return skeleton_round_trip<false>(n, rounds, s); }) : nan;
+        // Each repeat times the priority_queue floor and the core loop back to back (their
+        // order alternating from one repeat to the next), so that each repeat's ratio
+        // compares the two at the same moment; the ratios reported are the medians of the
+        // repeats' own ratios. The other floors run in the same repeat, after those two.
+        std::vector<double> pqs, hks, rks, rqs, sks, sus, core_over, skel_over;
         std::vector<StepRun> runs;
-        for (int i = 0; i < repeats; ++i) runs.push_back(core_steps(n, 1, false, rounds, static_cast<std::uint64_t>(i + 1)));
+        for (int i = 0; i < repeats; ++i) {
+            const auto seed = static_cast<std::uint64_t>(i + 1);
+            double pq = nan;
+            if (floors && i % 2 == 0) pq = pq_push_pop(n, ops, seed);
+            runs.push_back(core_steps(n, 1, false, rounds, seed));
+            if (!floors) continue;
+            if (i % 2 == 1) pq = pq_push_pop(n, ops, seed);
+            const double sk = skeleton_round_trip<true>(n, rounds, seed);
+            pqs.push_back(pq);
+            sks.push_back(sk);
+            sus.push_back(skeleton_round_trip<false>(n, rounds, seed));
+            hks.push_back(heapkey_push_pop(n, ops, seed));
+            rks.push_back(readykey_push_pop(n, ops, seed));
+            rqs.push_back(ready_queue_push_pop(n, ops, seed));
+            core_over.push_back(runs.back().round_ns_per_request / pq);
+            skel_over.push_back(sk / pq);
+        }
+        const auto med = [&](const std::vector<double>& v) { return v.empty() ? nan : median(v); };
+        const auto lo = [&](const std::vector<double>& v) { return v.empty() ? nan : *std::min_element(v.begin(), v.end()); };
+        const auto hi = [&](const std::vector<double>& v) { return v.empty() ? nan : *std::max_element(v.begin(), v.end()); };
+        const double pq = med(pqs), hk = med(hks), rk = med(rks), rq = med(rqs), sk = med(sks), su = med(sus);
+        const double c_over = med(core_over), s_over = med(skel_over);
         std::sort(runs.begin(), runs.end(),
                   [](const StepRun& a, const StepRun& b) { return a.round_ns_per_request < b.round_ns_per_request; });
         const StepRun& mid = runs[runs.size() / 2];  // the median run (the upper one of an even count)
         const double core = mid.round_ns_per_request;
-        std::printf("| %zu | %.0f | %.0f | %.0f | %.0f | %.0f (%.0f) | %.0f | %.0f / %.0f / %.0f | %.2fx | %.2fx |\n", n, pq,
-                    hk, rk, rq, sk, su, core, mid.submit_ns_per_request, mid.step_ns_per_request,
-                    mid.complete_ns_per_request, sk / pq, core / pq);
+        // "-" where a figure was not measured (--only queued: no floors)
+        const auto num = [](double v, const char* fmt) {
+            if (!std::isfinite(v)) return std::string("-");
+            char buf[48];
+            std::snprintf(buf, sizeof buf, fmt, v);
+            return std::string(buf);
+        };
+        const auto ratio = [&](double m, const std::vector<double>& v) {
+            if (v.empty()) return std::string("-");
+            return num(m, "%.2fx") + " [" + num(lo(v), "%.2f") + ", " + num(hi(v), "%.2f") + "]";
+        };
+        std::printf("| %zu | %s | %s | %s | %s | %s (%s) | %.0f | %.0f / %.0f / %.0f | %s | %s |\n", n,
+                    num(pq, "%.0f").c_str(), num(hk, "%.0f").c_str(), num(rk, "%.0f").c_str(), num(rq, "%.0f").c_str(),
+                    num(sk, "%.0f").c_str(), num(su, "%.0f").c_str(), core, mid.submit_ns_per_request,
+                    mid.step_ns_per_request, mid.complete_ns_per_request, ratio(s_over, skel_over).c_str(),
+                    ratio(c_over, core_over).c_str());
         std::fflush(stdout);
+        const auto spread = [&](const char* key, const std::vector<double>& v) {
+            if (v.empty()) return std::string("\"") + key + "\": null";
+            return std::string("\"") + key + "\": [" + jnum(lo(v)) + ", " + jnum(hi(v)) + "]";
+        };
         js.row(fields(kv("queued", std::uint64_t{n}), kv("priority_queue_ns", pq), kv("indexed_heap_ns", hk),
                       kv("indexed_heap_readykey_ns", rk), kv("ready_queue_ns", rq), kv("skeleton_ns_per_request", sk),
                       kv("skeleton_unlocked_ns_per_request", su),
-                      kv("skeleton_over_priority_queue", sk / pq), kv("core_ns_per_request", core),
+                      kv("skeleton_over_priority_queue", s_over), spread("skeleton_over_priority_queue_spread", skel_over),
+                      kv("core_ns_per_request", core),
                       kv("submit_ns_per_request", mid.submit_ns_per_request),
                       kv("step_ns_per_request", mid.step_ns_per_request),
                       kv("complete_ns_per_request", mid.complete_ns_per_request),
-                      kv("core_over_priority_queue", core / pq)));
+                      kv("core_over_priority_queue", c_over), spread("core_over_priority_queue_spread", core_over)));
     }
 
-    std::printf("\n## devices: 1e5 queued, D devices each holding one batch of 32; each round completes one "
-                "device's batch, submits 32, steps (one batch of 32 dispatched)\n\n");
-    std::printf("| devices | fleet | rounds | step per dispatched request | round per request | step p50 (us) |\n");
-    std::printf("|---:|---|---:|---:|---:|---:|\n");
+    if (only.empty() || only == "devices") {
+        std::printf("\n## devices: 1e5 queued, D devices each holding one batch of 32; each round completes one "
+                    "device's batch, submits 32, steps (one batch of 32 dispatched)\n\n");
+        std::printf("| devices | fleet | rounds | step per dispatched request | round per request | step p50 (us) |\n");
+        std::printf("|---:|---|---:|---:|---:|---:|\n");
+    }
     js.section("devices");
     const std::vector<std::uint32_t> fleets = quick ? std::vector<std::uint32_t>{1, 64, 1024}
                                                     : std::vector<std::uint32_t>{1, 4, 16, 64, 256, 1024};
@@ -699,9 +761,9 @@ int main(int argc, char** argv) {
         }
     }
 
-    std::printf("\n## latency: each step() dispatching one batch of 32, 1e5 queued, 64 equal devices (63 busy)\n\n");
     js.section("latency");
     if (only.empty() || only == "latency") {
+        std::printf("\n## latency: each step() dispatching one batch of 32, 1e5 queued, 64 equal devices (63 busy)\n\n");
         std::vector<double> all, pers;
         for (int i = 0; i < repeats; ++i) {
             StepRun r = core_steps(100000, 64, false, quick ? 2000 : 20000, static_cast<std::uint64_t>(i + 11));
@@ -725,9 +787,9 @@ int main(int argc, char** argv) {
         js.row(fields(kv("control_p50_us", c50), kv("control_p99_us", c99), kv("control_max_us", cmx)));
     }
 
-    std::printf("\n## bulk: the Python bulk loop (bench_core.py core_bulk) in C++, 8 devices\n\n");
     js.section("bulk");
     if (only.empty() || only == "bulk") {
+        std::printf("\n## bulk: the Python bulk loop (bench_core.py core_bulk) in C++, 8 devices\n\n");
         std::printf("| requests | total (ms) | requests/s | submit / step / complete per request |\n");
         std::printf("|---:|---:|---:|---:|\n");
         for (const std::size_t n : std::vector<std::size_t>{200000}) {
@@ -743,9 +805,11 @@ int main(int argc, char** argv) {
         }
     }
 
-    std::printf("\n## memory: live heap bytes per queued request (sizeof(capsched::Request) = %zu)\n\n",
-                sizeof(capsched::Request));
-    std::printf("| queued | reserve(n) | timeouts | bytes per request |\n|---:|---|---|---:|\n");
+    if (only.empty() || only == "memory") {
+        std::printf("\n## memory: live heap bytes per queued request (sizeof(capsched::Request) = %zu)\n\n",
+                    sizeof(capsched::Request));
+        std::printf("| queued | reserve(n) | timeouts | bytes per request |\n|---:|---|---|---:|\n");
+    }
     js.section("memory");
     for (const std::size_t n : std::vector<std::size_t>{100000, 1000000}) {
         if (!only.empty() && only != "memory") break;
