@@ -609,3 +609,26 @@ def test_deadline_admission_skips_devices_whose_breaker_stays_open_past_the_dead
     late = s.submit(InferenceRequest(prompt_tokens=10, timeout=60.0, sched_class="deadline"), now=1.0)
     res = s.step(now=10.0)
     assert [rid for b in res.batches for rid in b.request_ids] == [late]
+
+
+def test_background_work_waits_while_a_trimmed_or_held_batch_queues_online_work_again() -> None:
+    # Background placement ran before batches were trimmed to a preferred size: the cut
+    # queued normal request 2 again while background request 3 went out on d1, against
+    # "only in a step that leaves no online request queued".
+    for preferred in ((1, 3), ()):
+        s = Scheduler([Device(name="d0"), Device(name="d1")], policy="fcfs", max_batch_size=4,
+                      config=Config(max_queue_delay=0.05, preferred_batch_sizes=preferred))
+        a, b = (s.submit(InferenceRequest(prompt_tokens=10, max_new_tokens=10), now=0.0) for _ in range(2))
+        g = s.submit(InferenceRequest(prompt_tokens=10, max_new_tokens=10, sched_class="background"), now=0.0)
+        res = s.step(0.0)
+        if preferred:  # trimmed to 1: b is queued again, so g waits
+            assert [bt.request_ids for bt in res.batches] == [[a]] and s.status(b) == "queued"
+        else:  # held to fill: both queued again, so g waits
+            assert res.batches == [] and res.held == 1 and s.status(a) == s.status(b) == "queued"
+        assert s.status(g) == "queued"
+        assert s.check_invariants()
+    # With no online work queued after the cut, background work goes out and may be held itself.
+    s = Scheduler([Device(name="d0")], policy="fcfs", max_batch_size=4, config=Config(max_queue_delay=0.05))
+    g = s.submit(InferenceRequest(prompt_tokens=10, max_new_tokens=10, sched_class="background"), now=0.0)
+    assert s.step(0.0).held == 1 and s.status(g) == "queued"
+    assert [bt.request_ids for bt in s.step(0.06).batches] == [[g]]

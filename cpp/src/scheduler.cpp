@@ -724,9 +724,13 @@ void Scheduler::run_step(double t, StepOutput& out) {
     open_listed_ = false;
     place_deadline(t);
     place_by_fitness(t);
-    place_background(t);
+    // Background work only when no online request is left queued (docs/placement.md):
+    // in batch mode, after the online batches are held back or trimmed (which queues
+    // their members again); then the background batches may wait to fill in turn.
+    if (!continuous_) hold_batches(t, out);
+    const bool background = place_background(t);
     if (continuous_ && cfg_.batching.preemption) preempt(t, out);
-    hold_batches(t, out);
+    if (!continuous_ && background) hold_batches(t, out);  // (else nothing changed since)
     if (!retries_.empty()) out.next_step_at = std::min(out.next_step_at, retries_.top().key.key);
     emit_step(out);
 
@@ -1026,8 +1030,7 @@ void Scheduler::dispatch(Handle h, std::uint32_t b, double util, double now, std
     m.id = r.id;
     m.kind = kind;
     m.kept = true;
-    m.charged = false;
-    m.fair_from = 0.0;
+    m.charged = false;  // (fair_from is read only when charged)
 }
 
 void Scheduler::undispatch(StepMember& m, double now) {
@@ -1299,23 +1302,26 @@ void Scheduler::preempt(double now, StepOutput& out) {
     }
 }
 
-void Scheduler::place_background(double now) {
+bool Scheduler::place_background(double now) {
     // Background class (offline jobs): only when no online request is left queued, first
     // come first served, each on the best device it fits (no fallback); the first that
-    // fits nowhere with room ends the step for the class.
-    if (normal_head() != kNoHandle || !rt_ready_.empty() || !dl_ready_.empty()) return;
+    // fits nowhere with room ends the step for the class. Returns whether it placed any.
+    if (normal_head() != kNoHandle || !rt_ready_.empty() || !dl_ready_.empty()) return false;
+    bool placed = false;
     while (!bg_ready_.empty()) {
         const Handle h = bg_ready_.top().handle;
         const Request& r = slab_[h];
         const double u = request_util(r, now);
         bool fitted = false;
         const std::uint32_t dev = choose_device(r, u, nullptr, 0.0, &fitted, nullptr, true);
-        if (dev == kNoIndex || !fitted) return;
+        if (dev == kNoIndex || !fitted) break;
         const std::uint32_t sb = step_batch_[dev];
         const std::uint32_t b = sb == kNoIndex ? open_batch(dev) : step_batches_[sb];
         if (!r.batchable) step_solo_[dev] = 1;
         dispatch(h, b, u, now, 0);
+        placed = true;
     }
+    return placed;
 }
 
 bool Scheduler::has_room(std::uint32_t dev, const Request& r) const noexcept {

@@ -1360,10 +1360,15 @@ class ReferenceScheduler:
         # (2) key every ready request at now.
         order = self._fair_placement_order(now) if self.fair else self.placement_order(now)
         self._place_by_fitness(order, now)
+        # Background work only when no online request is left queued: in batch mode after
+        # the online batches are held or trimmed; then its own batches may wait too.
+        if not self._continuous:
+            self._hold_batches(now)
         self._place_background(now)
         if self._continuous and self.cfg["preemption"]:
             self._preempt(now)
-        self._hold_batches(now)
+        if not self._continuous:
+            self._hold_batches(now)
         if self.fair and any(m[4] is not None and not m[3] for m in self._step_members):
             # Held or trimmed members were given their charge back: V is the largest
             # counter a kept dispatch started from.

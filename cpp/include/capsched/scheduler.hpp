@@ -357,7 +357,7 @@ class Scheduler {
     bool any_in_time(const Request& r, const Device* bigger_than, double min_capacity) const noexcept;
     bool could_fit(const Request& r, double u, const Device* bigger_than, double min_capacity) const noexcept;
     void place_by_fitness(double now);
-    void place_background(double now);
+    bool place_background(double now);  // whether it placed any
     void set_outcome(std::uint64_t id, Outcome how);
     Outcome outcome(std::uint64_t id) const noexcept;
 
