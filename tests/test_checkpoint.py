@@ -375,3 +375,30 @@ def test_a_torn_last_journal_line_is_dropped_with_a_warning(tmp_path, caplog) ->
     assert back.stats()["accepted"] == 3
     assert any("is torn and was dropped" in r.getMessage() for r in caplog.records)
     back.close_journal()
+
+
+def test_the_file_is_canonical_json_and_a_reformatted_one_still_restores(tmp_path) -> None:
+    # save_checkpoint writes the document in parts (head, payload, tail) instead of
+    # serialising it whole, and load checks the checksum on the payload's own bytes when
+    # the file has that form: the bytes must be exactly the canonical dump.
+    s = Scheduler(["g0", "g1"], clock=lambda: 0.0)
+    ids = [s.submit(InferenceRequest(prompt_tokens=5 + i, timeout=None if i % 2 else 30.0), now=0.0)
+           for i in range(6)]
+    s.step(now=0.5)
+    path = tmp_path / "c.json"
+    s.checkpoint(str(path))
+    raw = path.read_bytes()
+    assert raw == json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+    assert '{"float":"inf"}' in raw.decode()  # the requests without a deadline
+    fast = Scheduler.restore(str(path))
+    # The same document laid out otherwise takes the general path, to the same state.
+    path.write_text(json.dumps(json.loads(raw), indent=1))
+    slow = Scheduler.restore(str(path))
+    assert fast._core.export_state() == slow._core.export_state()
+    assert [fast.status(i) for i in ids] == [slow.status(i) for i in ids]
+    # Either way a changed payload byte is caught.
+    bad = raw.replace(b'"prompt_tokens":7', b'"prompt_tokens":8', 1)
+    assert bad != raw
+    path.write_bytes(bad)
+    with pytest.raises(CheckpointError, match="checksum does not match"):
+        Scheduler.restore(str(path))

@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import stat
 import threading
@@ -79,6 +80,22 @@ def _encode(x: Any) -> Any:
     return x
 
 
+def _encode_in_place(x: Any) -> None:
+    """_encode for a tree of fresh dicts and lists that nothing else holds (the core's
+    exported state): non-finite floats are replaced where they stand, tuples by lists,
+    so that the state is not copied whole."""
+    items = x.items() if isinstance(x, dict) else enumerate(x)
+    for k, v in items:
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                x[k] = _encode(v)
+        elif isinstance(v, (dict, list)):
+            _encode_in_place(v)
+        elif isinstance(v, tuple):
+            x[k] = v = list(v)
+            _encode_in_place(v)
+
+
 def _decode(x: Any) -> Any:
     if isinstance(x, dict):
         if len(x) == 1 and "float" in x and x["float"] in ("inf", "-inf", "nan"):
@@ -91,6 +108,26 @@ def _decode(x: Any) -> Any:
 
 def _canonical(payload: Any) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _decode_object(x: dict[str, Any]) -> Any:
+    """json.loads object_hook: _decode for one object whose members are decoded already."""
+    if len(x) == 1 and x.get("float") in ("inf", "-inf", "nan"):
+        return float(x["float"])
+    return x
+
+
+# The document as save_checkpoint writes it (canonical: sorted keys, no spaces): the
+# payload's canonical bytes stand between these, so its checksum is taken on the file's
+# own bytes, without serialising the parsed payload again.
+_HEAD = b'{"format":' + json.dumps(FORMAT).encode() + b',"payload":'
+_TAIL = re.compile(rb',"sha256":"([0-9a-f]{64})","version":(0|[1-9][0-9]{0,8})\}\Z')
+
+
+def _document_parts(payload_body: bytes, digest: str) -> tuple[bytes, bytes, bytes]:
+    """The canonical document in three parts (head, payload, tail): the bytes of
+    ``json.dumps(doc, sort_keys=True, separators=(",", ":"))`` without building them."""
+    return _HEAD, payload_body, f',"sha256":"{digest}","version":{VERSION}}}'.encode()
 
 
 def _checked_path(path: Any, what: str = "checkpoint") -> str:
@@ -118,10 +155,14 @@ def save_checkpoint(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> Non
         CheckpointError: ``path`` is not a file name, or the file cannot be written.
     """
     target = Path(_checked_path(path))
-    payload = _encode(scheduler._checkpoint_payload())
+    payload = scheduler._checkpoint_payload()
+    core = payload.pop("core")  # (fresh from the core: encoded where it stands, not copied)
+    _encode_in_place(core)
+    payload = _encode(payload)
+    payload["core"] = core
     body = _canonical(payload)
-    doc = {"format": FORMAT, "version": VERSION, "sha256": hashlib.sha256(body).hexdigest(), "payload": payload}
-    data = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    del payload, core  # (the objects go before the file is written)
+    parts = _document_parts(body, hashlib.sha256(body).hexdigest())
     # A name of its own per call: a shared one lets one thread truncate the file another
     # is renaming into place.
     tmp = target.with_name(f".{target.name}.tmp.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(8)}")
@@ -136,7 +177,8 @@ def save_checkpoint(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> Non
                 st = None  # no target yet: the umask's mode, as open() gives
             if st is not None and stat.S_ISREG(st.st_mode):
                 os.fchmod(fh.fileno(), st.st_mode & 0o777)  # keep the target's permission bits
-            fh.write(data)
+            for part in parts:
+                fh.write(part)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -220,8 +262,13 @@ def load_checkpoint(path: Union[str, "os.PathLike[str]"], *, clock: Optional[Cal
                 raise CheckpointError(f"checkpoint {where!r} is over {limit} bytes, the limit")
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {where!r}: {exc}") from exc
+    # A file in the canonical form save_checkpoint writes: the checksum is checked on the
+    # payload's bytes as they stand, and the payload decoded while it is parsed (one copy
+    # of it in memory instead of three). Any other form (a hand-edited file) takes the
+    # general path: parse, serialise canonically, check, decode.
+    tail = _TAIL.search(raw, max(0, len(raw) - 120)) if raw.startswith(_HEAD) else None
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, object_hook=_decode_object) if tail else json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {where!r} is not valid JSON (truncated or corrupt?): {exc}") from None
     except ValueError:  # Python refuses to convert an integer of more than 4300 digits
@@ -250,15 +297,19 @@ def load_checkpoint(path: Union[str, "os.PathLike[str]"], *, clock: Optional[Cal
     digest = doc.get("sha256")
     if not isinstance(payload, dict) or not isinstance(digest, str):
         raise CheckpointError(f"checkpoint {where!r} lacks its payload or checksum")
-    try:
-        body = _canonical(payload)
-    except ValueError as exc:
-        raise CheckpointError(f"checkpoint {where!r} holds numbers JSON cannot state: {exc}") from None
-    if hashlib.sha256(body).hexdigest() != digest:
+    if tail is not None:
+        actual = hashlib.sha256(memoryview(raw)[len(_HEAD) : tail.start()]).hexdigest()
+    else:
+        try:
+            actual = hashlib.sha256(_canonical(payload)).hexdigest()
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint {where!r} holds numbers JSON cannot state: {exc}") from None
+    if actual != digest:
         raise CheckpointError(f"checkpoint {where!r} is corrupt: its checksum does not match its contents")
+    del raw
     _check_payload(where, payload)
     try:
-        return Scheduler._from_checkpoint_payload(_decode(payload), clock=clock)
+        return Scheduler._from_checkpoint_payload(payload if tail is not None else _decode(payload), clock=clock)
     except CheckpointError as exc:
         if where in str(exc):
             raise
