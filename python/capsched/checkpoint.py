@@ -35,9 +35,12 @@ import secrets
 import stat
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .errors import CheckpointError, CapschedError
+
+if TYPE_CHECKING:  # (annotations only: scheduler imports this module)
+    from .scheduler import Scheduler
 
 __all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "MAX_CHECKPOINT_BYTES", "DOCUMENT_KEYS", "PAYLOAD_KEYS"]
 
@@ -230,7 +233,9 @@ def _check_journal_beside(checkpoint: Union[str, "os.PathLike[str]"], journal: U
         raise CheckpointError(f"journal {where!r} is the checkpoint's own file: give the journal a path of its own")
 
 
-def load_checkpoint(path: Union[str, "os.PathLike[str]"], *, clock: Optional[Callable[[], float]] = None) -> Any:
+def load_checkpoint(
+    path: Union[str, "os.PathLike[str]"], *, clock: Optional[Callable[[], float]] = None
+) -> "Scheduler":
     """Read a checkpoint and build the scheduler it describes (a new
     :class:`capsched.Scheduler`); ``clock`` replaces the default ``time.monotonic``.
 

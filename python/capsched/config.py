@@ -10,8 +10,10 @@ import re
 import sys
 import types
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+if TYPE_CHECKING:  # (imported for annotations only: scheduler imports this module)
+    from .scheduler import Scheduler
 
 from .errors import ConfigError
 
@@ -303,7 +305,7 @@ class Config:
         return cls(**dict(data))
 
     @classmethod
-    def from_toml(cls, path: "str | Path") -> "Config":
+    def from_toml(cls, path: Union[str, bytes, "os.PathLike[str]"]) -> "Config":
         """Read the ``[scheduler]`` table of a TOML file (or the whole file if it has none).
         Beside a ``[scheduler]`` table the file may hold other tables (ignored), but no
         top-level keys: those would be ignored, so they are refused.
@@ -478,7 +480,7 @@ class SchedulerConfig(Config):
         return super().from_dict(data)  # type: ignore[return-value]
 
     @classmethod
-    def from_toml(cls, path: "str | Path") -> "SchedulerConfig":
+    def from_toml(cls, path: Union[str, bytes, "os.PathLike[str]"]) -> "SchedulerConfig":
         """Read the ``[scheduler]`` table of a TOML file (or the whole file if it has no
         such table; beside one, top-level keys are refused as :meth:`Config.from_toml`
         says). Devices are an array of tables or of names (or ``"auto"``)::
@@ -598,7 +600,7 @@ class SchedulerConfig(Config):
             "config": self.base_config(),
         }
 
-    def build_scheduler(self, **kwargs: Any) -> Any:
+    def build_scheduler(self, **kwargs: Any) -> "Scheduler":
         """``Scheduler(**self.scheduler_kwargs(), **kwargs)``; ``kwargs`` may add
         ``clock=`` or replace any of the others."""
         from .scheduler import Scheduler

@@ -17,6 +17,9 @@ __all__ = [
     "AdmissionError",
     "DuplicateRequestError",
     "RequestTypeError",
+    "QueueFullError",
+    "CheckpointError",
+    "JournalError",
 ]
 
 

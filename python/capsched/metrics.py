@@ -55,7 +55,7 @@ import re
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Optional, Union
+from typing import Any, Optional, Protocol, Union
 
 from .errors import ConfigError
 
@@ -82,6 +82,7 @@ __all__ = [
     "start_http_server",
     "SCHEDULER_GAUGES",
     "DEVICE_STATES",
+    "StatsSource",
 ]
 
 #: Scheduler-wide integer keys that are levels (gauges), not running totals.
@@ -183,7 +184,9 @@ class SchedulerCollector:
     refuses).
     """
 
-    def __init__(self, scheduler: Any, prefix: str = "capsched", labels: Optional[Mapping[str, str]] = None) -> None:
+    def __init__(
+        self, scheduler: StatsSource, prefix: str = "capsched", labels: Optional[Mapping[str, str]] = None
+    ) -> None:
         if not isinstance(prefix, str) or not _name_ok(prefix):
             raise ConfigError(f"prefix must be a Prometheus metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*), got {prefix!r}")
         labels = _check_labels(labels)
@@ -366,6 +369,15 @@ def _check_labels(labels: Optional[Mapping[str, str]]) -> dict[str, str]:
     return out
 
 
+class StatsSource(Protocol):
+    """What the collector reads: a :class:`capsched.Scheduler`, or anything with its
+    ``stats()``."""
+
+    def stats(self) -> Mapping[str, Any]:
+        """The counters and gauges, as :meth:`capsched.Scheduler.stats` gives them."""
+        ...
+
+
 def _check_scheduler(scheduler: Any) -> None:
     if not callable(getattr(scheduler, "stats", None)):
         raise TypeError(f"scheduler must have a stats() method, got {type(scheduler).__name__}")
@@ -384,7 +396,7 @@ def _still_registered(registry: Any, c: SchedulerCollector) -> bool:
 
 
 def register(
-    scheduler: Any,
+    scheduler: StatsSource,
     registry: Optional[CollectorRegistry] = None,
     *,
     prefix: str = "capsched",
@@ -429,7 +441,7 @@ def register(
 
 
 def start_http_server(
-    scheduler: Any,
+    scheduler: StatsSource,
     port: int,
     addr: str = "127.0.0.1",
     *,

@@ -41,7 +41,7 @@ from .tokens import estimate_tokens
 if TYPE_CHECKING:
     from .journal import JournalCore
 
-__all__ = ["Scheduler", "OpenAutoGLMScheduler", "StepResult", "Batch"]
+__all__ = ["Scheduler", "OpenAutoGLMScheduler", "StepResult", "StepArrays", "Batch"]
 
 _NAN = float("nan")
 _STATUS = ("waiting", "queued", "in_flight", "completed", "failed", "expired", "cancelled", "retrying")
@@ -233,7 +233,9 @@ class Scheduler:
 
     Args:
         devices: non-empty list of device names (equal capacity), :class:`Device`
-            objects, or dicts with Device's fields.
+            objects, or dicts with Device's fields; or ``"auto"``: the GPUs
+            :func:`capsched.discover` finds (ConfigError where it finds none). A bare
+            string other than ``"auto"`` is refused (it is not a list of names).
         policy: ``"fcfs"``, ``"priority"``, ``"edf"``, ``"srtf"`` or ``"weighted"``
             (default; the seed's score). ``docs/policies.md`` gives each exact order.
         max_batch_size: requests per batch (1..65536, default 32).
@@ -552,14 +554,14 @@ class Scheduler:
 
     def submit_many(
         self,
-        prompt_tokens: Any,
+        prompt_tokens: npt.ArrayLike,
         *,
-        max_new_tokens: Any = 256,
-        priority: Any = 0.5,
-        timeout: Any = None,
-        deadline: Any = None,
+        max_new_tokens: npt.ArrayLike = 256,
+        priority: npt.ArrayLike = 0.5,
+        timeout: Optional[npt.ArrayLike] = None,
+        deadline: Optional[npt.ArrayLike] = None,
         now: Optional[float] = None,
-    ) -> np.ndarray:
+    ) -> npt.NDArray[np.uint64]:
         """Accept many requests at once: the fast path.
 
         Each argument is an array-like of one value per request, or a scalar for all;
@@ -568,6 +570,13 @@ class Scheduler:
 
         Returns:
             ``numpy.ndarray`` of ``uint64`` ids, in the order given.
+
+        Raises:
+            InvalidRequestError: an array of the wrong shape or length, or a value out of
+                range (the message names the argument and the first bad element);
+                nothing is accepted.
+            QueueFullError: accepting them all would exceed ``Config.max_queued``;
+                nothing is accepted.
         """
         t = self._time(now)
         p = _int_array("prompt_tokens", prompt_tokens, None)
@@ -755,6 +764,8 @@ class Scheduler:
         """Report that an in-flight request finished successfully.
 
         Args:
+            request_id: the id ``submit`` returned.
+            now: the time it finished (default: the scheduler's clock).
             output_tokens: tokens it generated, if known (0..1e7). The device's
                 service-time model learns from it instead of ``max_new_tokens``.
 
@@ -808,6 +819,11 @@ class Scheduler:
 
         All or none: if any id is not in flight, or one is listed twice, nothing is
         completed and the error names the first bad element.
+
+        Raises:
+            UnknownRequestError: an id was never issued.
+            RequestStateError: an id is not in flight, or is listed twice.
+            RequestTypeError: an element is not an integer id.
         """
         ids = _id_array(request_ids)
         self._core.complete_many(ids, self._time(now))
@@ -832,6 +848,11 @@ class Scheduler:
 
         Returns:
             True if it was re-queued, False if it ended as failed.
+
+        Raises:
+            UnknownRequestError: the id was never issued.
+            RequestStateError: the request is not in flight.
+            InvalidArgumentError: ``retryable`` is not a bool or ``error`` not a str.
         """
         if not isinstance(retryable, bool):
             raise InvalidArgumentError(f"retryable must be a bool, got {retryable!r}")
@@ -1021,6 +1042,9 @@ class Scheduler:
         """Build a scheduler from a checkpoint written by :meth:`checkpoint`. What was in
         flight is queued again (the server lost it: run it again, keeping its arrival);
         everything else continues as it was.
+
+        ``clock`` is the restored scheduler's clock (default ``time.monotonic``), as for
+        the constructor: a checkpoint does not keep it.
 
         With ``journal``: the journal's changes after the checkpoint are replayed, what was
         in flight is queued again, a fresh checkpoint is written over ``path``, the
