@@ -373,6 +373,7 @@ def test_api_keys_and_tenants() -> None:
             alice.completions.create(model=MODEL, prompt="a3", max_tokens=4)
         assert isinstance(info.value.body, dict) and info.value.body["code"] == "queue_full"
         assert "alice" in info.value.body["message"]
+        assert info.value.response.headers["retry-after"] == "1"  # a hint for clients that honour it
         t3, r3 = in_thread(lambda: bob.completions.create(model=MODEL, prompt="b1", max_tokens=3))
         s.wait_for(lambda st: st["capsched"]["queued"] == 2, key)
         gate.set()
@@ -515,6 +516,11 @@ def test_client_going_away_cancels_its_request() -> None:
         it = iter(stream)
         assert next(it).choices[0].text == simulated_text("bye", 0)
         stream.close()
+        # The books add up at every moment: the job is counted cancelled as it leaves
+        # open_jobs, not only once its worker's run returns.
+        st = s.wait_for(lambda st: st["open_jobs"] == 0)
+        assert st["submitted"] == st["completed"] + st["failed"] + st["expired"] + st["cancelled"] + st["open_jobs"]
+        assert st["cancelled"] == 1
         st = s.wait_for(lambda st: st["cancelled"] == 1 and st["devices"]["H100-SXM-0"]["running_batches"] == 0)
         assert st["completed"] == 0 and st["capsched"]["cancelled"] == 1 and st["capsched"]["conservation_ok"]
         assert st["devices"]["H100-SXM-0"]["worker"]["tokens"] < 2000

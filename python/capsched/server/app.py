@@ -128,8 +128,18 @@ class _ErrorResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
+#: Retry-After (seconds) of a 429: capsched's queue drains as batches finish, so a short
+#: wait is the useful hint (clients that honour it, as the openai client does, back off
+#: by it rather than by their own schedule).
+RETRY_AFTER_S = 1
+
+
 def _error(e: APIError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+    headers = None
+    if e.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif e.status == 429:
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
     return _ErrorResponse(e.body(), status_code=e.status, headers=headers)
 
 

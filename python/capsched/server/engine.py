@@ -65,6 +65,7 @@ class _Job:
     running: bool = False  # a worker run holds it now
     ended: bool = False  # the job's final event was delivered
     cancelled: bool = False
+    completed: bool = False  # a run completed it (a second would be a duplicate completion)
     runs: int = 0
     retries: int = 0
 
@@ -185,7 +186,6 @@ class FleetEngine:
         self._wake: Optional[asyncio.Event] = None
         self._loop_task: Optional[asyncio.Task[None]] = None
         self._runs: set[asyncio.Task[None]] = set()
-        self._completed_ids: set[int] = set()
         # Circuit breakers: device -> trips seen, and -> when its open breaker's cool-down
         # ends (the loop must step then: nothing else may wake it to place queued work).
         self._breaker_trips: dict[str, int] = {d.name: 0 for d in self.scheduler.devices}
@@ -336,9 +336,11 @@ class FleetEngine:
         job.cancel_event.set()
         self._end(job, ErrorEvent(APIError(499, f"request {rid} was cancelled: the client closed the request",
                                            code="cancelled")))
+        # Counted now, as it leaves open_jobs, so that /stats adds up at every moment; a
+        # running one is cancelled in capsched when its worker's run returns.
+        self._counters["cancelled"] += 1
         if not job.running:
             self.scheduler.cancel(rid)
-            self._counters["cancelled"] += 1
 
     # The Backend interface of capsched.server.app (the remote fleet has the same).
 
@@ -500,12 +502,13 @@ class FleetEngine:
         job.running = False
         if job.cancelled or ev.finish_reason == "cancelled":
             self.scheduler.cancel(job.rid)
-            self._counters["cancelled"] += 1
+            if not job.cancelled:  # (cancel() counted it when the client went away)
+                self._counters["cancelled"] += 1
             self._end(job, ErrorEvent(APIError(499, f"request {job.rid} was cancelled", code="cancelled")))
             return
-        if job.rid in self._completed_ids:
+        if job.completed:
             self._counters["duplicate_completions"] += 1
-        self._completed_ids.add(job.rid)
+        job.completed = True
         self.scheduler.complete(job.rid, time.monotonic(), output_tokens=len(job.tokens))
         self._counters["completed"] += 1
         prompt_tokens = ev.prompt_tokens if ev.prompt_tokens is not None else job.prompt_tokens
@@ -513,9 +516,8 @@ class FleetEngine:
 
     def _fail(self, job: _Job, device: str, error: BaseException) -> None:
         job.running = False
-        if job.cancelled:
+        if job.cancelled:  # (counted by cancel())
             self.scheduler.cancel(job.rid)
-            self._counters["cancelled"] += 1
             return
         t = time.monotonic()
         requeued = self.scheduler.fail(job.rid, t, retryable=True, error=f"{device}: {error}")
