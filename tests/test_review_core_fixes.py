@@ -340,3 +340,16 @@ def test_depends_on_a_0d_array_is_a_request_type_error() -> None:
 
     with pytest.raises(RequestTypeError, match=r"depends_on must be an iterable of request ids, got array\(3\)"):
         InferenceRequest(prompt_tokens=5, depends_on=np.array(3))
+
+
+def test_a_timeout_below_the_clocks_resolution_is_refused() -> None:
+    # At now = 1e15, now + 1e-9 == now: the request was accepted with its deadline at now
+    # and expired at the next step (a deadline-class one got a misleading AdmissionError).
+    s = Scheduler(["gpu0"], clock=lambda: 0.0)
+    for timeout in (1e-9, 5e-324):
+        with pytest.raises(InvalidRequestError, match="is too small to put the deadline after now"):
+            s.submit(InferenceRequest(prompt_tokens=5, timeout=timeout), now=1e15)
+        with pytest.raises(InvalidRequestError, match="is too small to put the deadline after now"):
+            s.submit(InferenceRequest(prompt_tokens=5, timeout=timeout, sched_class="deadline"), now=1e15)
+    assert s.stats()["accepted"] == 0
+    assert s.status(s.submit(InferenceRequest(prompt_tokens=5, timeout=1.0), now=1e15)) == "queued"

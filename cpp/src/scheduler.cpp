@@ -200,6 +200,9 @@ void Scheduler::validate_spec(const RequestSpec& s, double now) const {
         throw InvalidRequest("timeout must be a finite number of seconds > 0, got " + format_number(s.timeout));
     if (has_timeout && !std::isfinite(now + s.timeout))
         throw InvalidRequest("timeout " + format_number(s.timeout) + " puts the deadline beyond the clock's range");
+    if (has_timeout && !(now + s.timeout > now))  // (below the clock's resolution at now)
+        throw InvalidRequest("timeout " + format_number(s.timeout) + " is too small to put the deadline after now (" +
+                             format_number(now) + ")");
     if (has_deadline && !std::isfinite(s.deadline))
         throw InvalidRequest("deadline must be a finite time in seconds, got " + format_number(s.deadline));
     if (has_deadline && !(s.deadline > now))

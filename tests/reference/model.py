@@ -1241,6 +1241,8 @@ class ReferenceScheduler:
             if not (timeout > 0 and math.isfinite(timeout)):
                 raise RefInvalidRequest("timeout must be > 0")
             d = now + float(timeout)
+            if not d > now:
+                raise RefInvalidRequest("timeout too small to put the deadline after now")
         elif deadline is not None:
             if not (math.isfinite(deadline) and deadline > now):
                 raise RefInvalidRequest("deadline must be after now")
