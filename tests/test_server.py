@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -745,3 +746,59 @@ def test_serve_scheduler_config_loads_the_docs_example(tmp_path: Any, capsys: py
         main(["serve", "--scheduler-config", str(bad)])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert repr(str(bad)) in last and "max_retries" in last and "-1" in last
+
+
+def _fake_vllm(monkeypatch: pytest.MonkeyPatch, finish: str = "length") -> Any:
+    """A stand-in for the part of vLLM's API VLLMWorker uses: SamplingParams (refusing
+    max_tokens < 1, as vLLM does) and an engine emitting one character per output."""
+    import types
+
+    class SamplingParams:
+        def __init__(self, max_tokens: int = 16, seed: Optional[int] = None) -> None:  # (unknown ones: TypeError)
+            if max_tokens < 1:
+                raise ValueError(f"max_tokens must be at least 1, got {max_tokens}.")
+            self.max_tokens, self.seed = max_tokens, seed
+
+    class Engine:
+        def __init__(self) -> None:
+            self.seeds: list[Any] = []
+
+        async def generate(self, prompt: str, params: Any, request_id: str) -> Any:
+            self.seeds.append(params.seed)
+            for n in range(1, params.max_tokens + 1):
+                done = n == params.max_tokens
+                yield types.SimpleNamespace(outputs=[types.SimpleNamespace(text="t" * n, finish_reason=finish if done else None)],
+                                            finished=done, prompt_token_ids=[0] * len(prompt))
+
+        async def abort(self, request_id: str) -> None:
+            pass
+
+    module = types.ModuleType("vllm")
+    module.SamplingParams = SamplingParams  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    return Engine()
+
+
+def test_vllm_worker_never_leaves_a_batch_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # SamplingParams was built outside the request task's try: a refusal (here max_tokens
+    # = 0 for a resumed request that had sent everything) killed the task silently and the
+    # batch waited for its events for ever. vLLM's own 'abort' finish was passed on as a
+    # normal completion, and a seed reached vLLM as a float.
+    from capsched.server import VLLMWorker
+    from capsched.server.workers import GenerationRequest, WorkerDied
+
+    async def run(worker: Any, batch: list[GenerationRequest]) -> list[Any]:
+        return [ev async for ev in worker.generate(batch)]
+
+    engine = _fake_vllm(monkeypatch)
+    w = VLLMWorker("gpu0", engine=engine)
+    done = GenerationRequest(1, "hi", 1, 3, ("a", "b", "c"))
+    fresh = GenerationRequest(2, "hi", 1, 2, sampling={"seed": 7.0})
+    evs = asyncio.run(asyncio.wait_for(run(w, [done, fresh]), 10))
+    assert [e for e in evs if isinstance(e, WorkerFinished)][0] == WorkerFinished(1, "length")
+    assert sum(isinstance(e, WorkerToken) for e in evs) == 2 and engine.seeds == [7] and type(engine.seeds[0]) is int
+    with pytest.raises(WorkerDied):  # a refused SamplingParams fails the run (retried), never hangs
+        asyncio.run(asyncio.wait_for(run(w, [GenerationRequest(3, "hi", 1, 2, sampling={"nonsense": 1})]), 10))
+    w = VLLMWorker("gpu0", engine=_fake_vllm(monkeypatch, finish="abort"))
+    with pytest.raises(WorkerDied, match="aborted"):
+        asyncio.run(asyncio.wait_for(run(w, [GenerationRequest(4, "hi", 1, 2)]), 10))

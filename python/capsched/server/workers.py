@@ -277,11 +277,20 @@ class VLLMWorker:
         queue: asyncio.Queue[Union[WorkerEvent, BaseException]] = asyncio.Queue()
 
         async def one(r: GenerationRequest) -> None:
-            params = self._vllm.SamplingParams(max_tokens=r.max_tokens - len(r.resume_tokens), **dict(r.sampling))
             sent = 0
             reason = "length"
             prompt_tokens: Optional[int] = None
             try:
+                left = r.max_tokens - len(r.resume_tokens)
+                if left <= 0:  # (a resumed request that had sent all its tokens: nothing to run)
+                    queue.put_nowait(WorkerFinished(r.request_id, "length"))
+                    return
+                sampling = dict(r.sampling)
+                if "seed" in sampling:  # (the protocol checked it is integral; vLLM wants an int)
+                    sampling["seed"] = int(sampling["seed"])
+                # (inside the try: a refused SamplingParams must fail the run, not leave the
+                # batch waiting for this request's events for ever)
+                params = self._vllm.SamplingParams(max_tokens=left, **sampling)
                 async for out in self._engine.generate(
                     r.prompt + "".join(r.resume_tokens), params, f"capsched-{r.request_id}-{len(r.resume_tokens)}"
                 ):
@@ -295,6 +304,8 @@ class VLLMWorker:
                         sent = len(text)
                     if out.finished:
                         reason = out.outputs[0].finish_reason or "stop"
+                        if reason == "abort":  # vLLM aborted it (not our cancel): the run failed
+                            raise RuntimeError(f"vLLM aborted request {r.request_id}")
                         prompt_tokens = len(out.prompt_token_ids or ())
                 queue.put_nowait(WorkerFinished(r.request_id, reason, prompt_tokens))
             except BaseException as exc:  # reported to the consumer below
