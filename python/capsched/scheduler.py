@@ -313,6 +313,9 @@ class Scheduler:
         self._rejected: int = 0  # submits refused by back-pressure or admission (stats()['rejected'])
         self._lock: threading.Lock = threading.Lock()  # guards the tenant and class tables and the rejected count
         self._owner_token: object = object()  # marks the InferenceRequest objects this scheduler accepted
+        # One checkpoint at a time, state taken to file renamed: of checkpoints made from
+        # several threads, the last taken is the last renamed (the file holds the latest).
+        self._checkpoint_lock: threading.Lock = threading.Lock()
 
         cc = _core.CoreConfig()
         cc.policy = policy
@@ -1021,14 +1024,18 @@ class Scheduler:
         queues, in-flight requests and their batches, dependency edges, retry timers,
         utilization signals, service models, breakers, counters. Versioned and
         checksummed; ``docs/operations.md`` gives the format. The previous file at
-        ``path`` stays intact until the new one is complete.
+        ``path`` stays intact until the new one is complete. Checkpoints of one scheduler
+        from several threads are made one at a time, so the file holds the latest state
+        taken (other calls go on meanwhile: a checkpoint holds the scheduler's lock only
+        while it takes the state).
 
         Raises:
             CheckpointError: the file cannot be written.
         """
         from .checkpoint import save_checkpoint
 
-        save_checkpoint(self, path)
+        with self._checkpoint_lock:
+            save_checkpoint(self, path)
 
     @classmethod
     def restore(
