@@ -1,0 +1,44 @@
+"""One step of a fresh scheduler on a large fleet, mixed capacities against equal ones:
+on a mostly idle fleet of mixed capacities every placement scans every device with
+room, so the step costs about (requests dispatched) x (devices) (docs/placement.md,
+"Cost"); an equal fleet takes the symmetric fast path. Prints a table.
+
+    python bench/mixed_fleet_step.py                     # a few seconds
+    python bench/mixed_fleet_step.py 65536 100000        # one size (devices, queued)
+
+Devices: capacities 1 .. 7 in turn ("mixed") or all 1 ("equal"), ``max_batch_size`` 32,
+one batch each; requests from ``submit_many`` (1..1999 prompt tokens) at t = 0; the time
+of the first ``step(1.0)``, which dispatches all of them when the fleet has room.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from capsched import Device, Scheduler
+
+
+def one_step(devices: int, queued: int, mixed: bool) -> tuple[float, int]:
+    fleet = [Device(f"d{i}", capacity=float(1 + i % 7) if mixed else 1.0) for i in range(devices)]
+    s = Scheduler(fleet, max_batch_size=32)
+    s.submit_many(np.random.default_rng(0).integers(1, 2000, queued), now=0.0)
+    t0 = time.perf_counter()
+    res = s.step_many(1.0)
+    return time.perf_counter() - t0, int(res.request_ids.size)
+
+
+def main(argv: list[str]) -> None:
+    sizes = [(int(argv[0]), int(float(argv[1])))] if len(argv) == 2 else [(1024, 10_000), (4096, 10_000), (4096, 20_000)]
+    print("| devices | queued | dispatched | mixed: step (s) | equal: step (s) | mixed / equal |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for devices, queued in sizes:
+        mixed, k = one_step(devices, queued, True)
+        equal, _ = one_step(devices, queued, False)
+        print(f"| {devices:,} | {queued:,} | {k:,} | {mixed:.3f} | {equal:.4f} | {mixed / equal:.0f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,31 @@
+"""The small measuring scripts of bench/ run and print their tables (tiny sizes; the
+figures themselves are for measuring runs, not asserted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+def _run(script: str, *args: str) -> list[str]:
+    r = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    return [line for line in r.stdout.splitlines() if line.startswith("| ") and not line.startswith("|--")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB: Linux")
+def test_checkpoint_cost_prints_a_row_per_size() -> None:
+    rows = _run("checkpoint_cost.py", "2000")
+    assert rows[0].startswith("| queued |") and rows[1].startswith("| 2,000 |")
+
+
+def test_mixed_fleet_step_dispatches_everything_queued() -> None:
+    rows = _run("mixed_fleet_step.py", "64", "1000")
+    cells = [c.strip() for c in rows[1].strip("|").split("|")]
+    assert cells[:3] == ["64", "1,000", "1,000"]
