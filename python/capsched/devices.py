@@ -28,6 +28,17 @@ MAX_DEVICES = 65536
 MAX_KV_TOKENS = 2**62
 
 
+
+def _tenant_names(who: str, tenants: object) -> tuple[str, ...]:
+    """A device's or slice's ``tenants`` as a tuple; ConfigError naming ``who`` unless a
+    list (tuple, set) of non-empty strings."""
+    if isinstance(tenants, str) or not isinstance(tenants, (tuple, list, frozenset, set)):
+        raise ConfigError(f"{who}: tenants must be a list of tenant names, got {_brief(tenants)}")
+    for t in tenants:
+        if not isinstance(t, str) or not t:
+            raise ConfigError(f"{who}: tenant names must be non-empty strings, got {_brief(t)}")
+    return tuple(tenants)
+
 @dataclasses.dataclass(frozen=True)
 class Device:
     """A logical device.
@@ -159,13 +170,7 @@ class Device:
                     f"({self.max_clock_mhz!r}), got {self.clock_mhz!r}"
                 )
 
-        tenants = self.tenants
-        if isinstance(tenants, str) or not isinstance(tenants, (tuple, list, frozenset, set)):
-            raise ConfigError(f"device {self.name!r}: tenants must be a list of tenant names, got {tenants!r}")
-        for t in tenants:
-            if not isinstance(t, str) or not t:
-                raise ConfigError(f"device {self.name!r}: tenant names must be non-empty strings, got {t!r}")
-        object.__setattr__(self, "tenants", tuple(tenants))
+        object.__setattr__(self, "tenants", _tenant_names(f"device {self.name!r}", self.tenants))
         if self.parent is not None and (not isinstance(self.parent, str) or not self.parent):
             raise ConfigError(f"device {self.name!r}: parent must be a device name, got {self.parent!r}")
 
@@ -261,13 +266,7 @@ class Slice:
             v = getattr(self, what)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 < cast(float, v) <= 1.0:
                 raise ConfigError(f"slice {self.name!r}: {what} share must be in (0, 1], got {_brief(v)}")
-        tenants = self.tenants
-        if isinstance(tenants, str) or not isinstance(tenants, (tuple, list, frozenset, set)):
-            raise ConfigError(f"slice {self.name!r}: tenants must be a list of tenant names, got {_brief(tenants)}")
-        for t in tenants:
-            if not isinstance(t, str) or not t:
-                raise ConfigError(f"slice {self.name!r}: tenant names must be non-empty strings, got {_brief(t)}")
-        object.__setattr__(self, "tenants", tuple(tenants))
+        object.__setattr__(self, "tenants", _tenant_names(f"slice {self.name!r}", self.tenants))
         m = self.max_inflight_batches
         if isinstance(m, bool) or not isinstance(m, numbers.Integral) or not 1 <= m <= 2**31 - 1:
             raise ConfigError(f"slice {self.name!r}: max_inflight_batches must be an integer >= 1, got {_brief(m)}")
