@@ -62,13 +62,17 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .config import MAX_REQUEST_CLASSES, MAX_TENANTS
 from .errors import AdmissionError, ConfigError, DependencyError, InvalidRequestError, QueueFullError
 from .request import MAX_DEPENDENCIES, MAX_TOKENS, SCHED_CLASSES, InferenceRequest
 from .tokens import estimate_tokens
+
+if TYPE_CHECKING:  # (for annotations only: the scheduler module is not needed to read jobs)
+    from .scheduler import Scheduler
 
 __all__ = [
     "Task",
@@ -914,7 +918,7 @@ class JobRunner:
 
     def __init__(
         self,
-        scheduler: Any,
+        scheduler: Scheduler,
         tasks: Iterable[Union[Task, Mapping[str, Any]]],
         *,
         job_deadline: Optional[float] = None,
@@ -947,7 +951,13 @@ class JobRunner:
         self.submission_order: list[str] = []
         self.skipped: dict[str, str] = {}
         self._task_of: dict[int, str] = {}
-        self._unended: set[int] = set()
+        # The submitted requests not yet seen ended, in submission order. A request ends
+        # in the scheduler (complete, fail, expiry in a step, cancel: from any caller),
+        # which tells the runner nothing, so done() looks at the oldest one only: while
+        # it is live the job is not done; once ended it is dropped for good (ended is
+        # final) and the next one is looked at. Each request is dropped once, so done()
+        # costs O(1) amortized: one status() a call plus one per request dropped.
+        self._live: deque[int] = deque()
         self._lock = threading.RLock()
         # The pending tasks (neither submitted nor skipped) and, per task, its index in
         # topological order (submission order within a poll), its dependents, the
@@ -1107,9 +1117,9 @@ class JobRunner:
                     if d in self.skipped or d in skip:
                         reason = f"dependency {d!r} was not run ({(self.skipped.get(d) or skip[d])})"
                         break
-                    st = failed.get(d)
-                    if st is not None:
-                        reason = f"dependency {d!r} (request {self.ids[d]}) {st}"
+                    how = failed.get(d)
+                    if how is not None:
+                        reason = f"dependency {d!r} (request {self.ids[d]}) {how}"
                         break
                 if reason is None:
                     if self._unsubmitted_deps[tid] - newly.get(tid, 0) or (
@@ -1168,7 +1178,7 @@ class JobRunner:
                 self.ids[tid] = rid
                 self.submission_order.append(tid)
                 self._task_of[rid] = tid
-                self._unended.add(rid)
+                self._live.append(rid)
                 submitted.append((tid, rid))
                 self._leave(tid)
                 if self._open_dependents[tid]:
@@ -1208,14 +1218,19 @@ class JobRunner:
         classes = getattr(s, "_classes", None)
         estimate = getattr(s, "_estimate", None)
         config = getattr(s, "config", None)
-        stats = s.stats() if hasattr(s, "stats") else None
+        max_queued = int(getattr(config, "max_queued", 0) or 0)
+        per_tenant = int(getattr(config, "max_queued_per_tenant", 0) or 0)
+        # stats() is read for two things only: the core's clock, which only a deadline
+        # is checked against, and the queued count, which only max_queued limits. It
+        # builds a dict of counters per device (O(devices) a call), so a poll
+        # whose requests have no deadline under no max_queued does not ask for it.
+        need_stats = max_queued > 0 or any(req.deadline is not None for _, req in due)
+        stats = s.stats() if need_stats and hasattr(s, "stats") else None
         clock = stats.get("now") if stats else None
         core_now = max(now, clock) if isinstance(clock, float) else now
         queued = None
         if stats and all(k in stats for k in ("waiting", "queued", "retrying")):
             queued = int(stats["waiting"]) + int(stats["queued"]) + int(stats["retrying"])
-        max_queued = int(getattr(config, "max_queued", 0) or 0)
-        per_tenant = int(getattr(config, "max_queued_per_tenant", 0) or 0)
         new_tenants: set[Optional[str]] = set()
         new_classes: set[Optional[str]] = set()
         mine: dict[Optional[str], int] = {}
@@ -1291,14 +1306,18 @@ class JobRunner:
 
     def done(self) -> bool:
         """Every task has been submitted and has ended (completed, failed, expired or
-        cancelled), or was skipped."""
+        cancelled), or was skipped. Amortized O(1): it asks the scheduler the status of
+        the oldest request not yet seen ended, and of the next only once that one has."""
         with self._lock:
             if self._pending:
                 return False
-            ended = [rid for rid in self._unended
-                     if self.scheduler.status(rid) in ("completed", "failed", "expired", "cancelled")]
-            self._unended.difference_update(ended)
-            return not self._unended
+            live, status = self._live, self.scheduler.status
+            while live and status(live[0]) in _ENDED:
+                live.popleft()
+            return not live
+
+
+_ENDED = frozenset(("completed", "failed", "expired", "cancelled"))
 
 
 def _open_devices(devices: Sequence[Any], tenant: Optional[str], pool: Optional[str],

@@ -1,0 +1,204 @@
+"""Fixes from a review: JobRunner.done()'s cost and poll's stats() reads, and the Ray
+router's ranking and logging of replicas whose routing stats fail."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import pytest
+
+from capsched import Config, Scheduler
+from capsched.errors import QueueFullError
+from capsched.jobs import JobRunner, Task
+
+ENDED = ("completed", "failed", "expired", "cancelled")
+
+
+class CountingScheduler(Scheduler):
+    """A Scheduler that counts the status() and stats() calls made on it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.status_calls = 0
+        self.stats_calls = 0
+
+    def status(self, request_id: int) -> str:
+        self.status_calls += 1
+        return super().status(request_id)
+
+    def stats(self) -> dict[str, Any]:
+        self.stats_calls += 1
+        return super().stats()
+
+
+def _reference_done(r: JobRunner, s: Scheduler) -> bool:
+    """done() by its definition: every task skipped, or submitted and ended."""
+    return all(
+        t.task_id in r.skipped or (t.task_id in r.ids and Scheduler.status(s, r.ids[t.task_id]) in ENDED)
+        for t in r.tasks
+    )
+
+
+# --------------------------------------------------------------------------- JobRunner.done()
+
+
+def test_done_follows_every_state_change():
+    # pending, waiting, queued, in flight, retrying, cancelled, completed, failed (and a
+    # dependent failed with it), expired, skipped: done() agrees with its definition
+    # after each, also when requests end out of submission order.
+    s = Scheduler(["g0"], policy="fcfs", max_batch_size=1, enable_dynamic_batching=False,
+                  config=Config(max_retries=3))
+    tasks = [
+        Task("a", prompt_tokens=1),
+        Task("b", prompt_tokens=1),
+        Task("c", prompt_tokens=1),
+        Task("d", prompt_tokens=1, deadline=5.0),
+        Task("e", prompt_tokens=1, depends_on=("c",)),
+        Task("f", prompt_tokens=1, schedule_time=20.0),
+        Task("g", prompt_tokens=1, depends_on=("e",), schedule_time=20.0),
+    ]
+    r = JobRunner(s, tasks, sched_class="normal")
+
+    def status():
+        return {t: s.status(i) for t, i in r.ids.items()}
+
+    def dispatch(now):
+        return [x for b in s.step(now=now).batches for x in b.request_ids]
+
+    def done(label):
+        got = r.done()
+        assert got == _reference_done(r, s), (label, status(), r.skipped)
+        return got
+
+    assert not done("nothing submitted")
+    r.poll(0.0)
+    assert status() == {"a": "queued", "b": "queued", "c": "queued", "d": "queued", "e": "waiting"}
+    assert not done("queued and waiting")
+    assert dispatch(0.0) == [r.ids["a"]] and not done("a in flight")
+    s.fail(r.ids["a"], now=0.0, retryable=True, error="flaky")
+    assert status()["a"] == "retrying" and not done("a retrying")
+    s.cancel(r.ids["b"])  # a later request ends while the oldest is live
+    assert status()["b"] == "cancelled" and not done("b cancelled, a live")
+    assert dispatch(0.1) == [r.ids["a"]] and not done("a in flight again")
+    s.complete(r.ids["a"], now=0.2)
+    assert status()["a"] == "completed" and not done("a completed, c live")
+    assert dispatch(0.3) == [r.ids["c"]] and not done("c in flight")
+    s.fail(r.ids["c"], now=0.3, retryable=False, error="broken")
+    assert status()["c"] == status()["e"] == "failed" and not done("c and e failed, d live")
+    assert dispatch(10.0) == [] and status()["d"] == "expired"
+    assert not done("d expired, f and g pending")
+    assert r.poll(10.0) == [] and "g" in r.skipped  # its dependency e failed
+    assert not done("g skipped, f pending")
+    assert [t for t, _ in r.poll(20.0)] == ["f"] and not done("f queued")
+    assert dispatch(20.0) == [r.ids["f"]] and not done("f in flight")
+    s.complete(r.ids["f"], now=21.0)
+    assert done("all ended") and done("asked again")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_done_matches_its_definition_under_random_operations(seed):
+    rng = random.Random(seed)
+    n = rng.randint(1, 14)
+    tasks = []
+    for i in range(n):
+        deps = tuple(f"t{j}" for j in range(i) if rng.random() < 0.15)
+        tasks.append(Task(
+            f"t{i}", prompt_tokens=1,
+            depends_on=deps,
+            schedule_time=rng.choice([None, None, float(rng.randint(0, 6))]),
+            deadline=rng.choice([None, None, None, float(rng.randint(3, 12))]),
+        ))
+    s = Scheduler(["g0", "g1"], max_batch_size=2, config=Config(max_retries=1))
+    r = JobRunner(s, tasks, sched_class="normal")
+    now = 0.0
+    for _ in range(60):
+        op = rng.random()
+        live = [rid for rid in r.ids.values() if s.status(rid) not in ENDED]
+        if op < 0.3:
+            r.poll(now)
+        elif op < 0.5:
+            s.step(now=now)
+        elif live and op < 0.8:
+            rid = rng.choice(live)
+            if s.status(rid) == "in_flight":
+                how = rng.choice(["complete", "complete", "fail", "retry"])
+                if how == "complete":
+                    s.complete(rid, now=now)
+                else:
+                    s.fail(rid, now=now, retryable=how == "retry", error="x")
+            else:
+                s.cancel(rid)
+        else:
+            now += rng.choice([0.5, 1.0, 3.0])
+        assert r.done() == _reference_done(r, s)
+    # drain: everything ends, and done() says so
+    for _ in range(200):
+        r.poll(now)
+        res = s.step(now=now)
+        for b in res.batches:
+            for rid in b.request_ids:
+                s.complete(rid, now=now)
+        assert r.done() == _reference_done(r, s)
+        if r.done():
+            break
+        now += 1.0
+    assert r.done() and r.submitted_all()
+
+
+def test_done_asks_about_one_request_per_call_while_the_oldest_is_live():
+    n = 200
+    s = CountingScheduler(["g0"], max_batch_size=1, enable_dynamic_batching=False)
+    r = JobRunner(s, [Task(f"t{i}", prompt_tokens=1) for i in range(n)], sched_class="normal")
+    r.poll(0.0)
+    ids = [r.ids[f"t{i}"] for i in range(n)]
+    for rid in ids[1:]:  # every request but the oldest ends
+        s.cancel(rid)
+    s.status_calls = 0
+    for _ in range(50):
+        assert not r.done()
+    # before: every call asked about every request not yet seen ended (n per call)
+    assert s.status_calls == 50
+    s.cancel(ids[0])
+    s.status_calls = 0
+    assert r.done()
+    assert s.status_calls == n  # each request is dropped once ...
+    s.status_calls = 0
+    assert r.done() and r.done()
+    assert s.status_calls == 0  # ... and never asked about again
+
+
+# --------------------------------------------------------------------------- poll's stats()
+
+
+def test_poll_reads_stats_only_when_a_check_needs_it():
+    # stats() gives the core's clock (for deadlines) and the queued count (for
+    # max_queued); with neither in play a poll does not ask for it. (The default
+    # max_queued, 2**24, is in play: its prediction needs the live count.)
+    s = CountingScheduler(["g0"], config=Config(max_queued=0))
+    r = JobRunner(s, [Task(f"t{i}", prompt_tokens=1, schedule_time=float(i)) for i in range(5)])
+    for now in range(5):
+        assert len(r.poll(float(now))) == 1
+    assert s.stats_calls == 0 and len(r.ids) == 5
+    s2 = CountingScheduler(["g0"])
+    r2 = JobRunner(s2, [Task(f"t{i}", prompt_tokens=1) for i in range(5)])
+    assert r2.poll(0.0) and s2.stats_calls == 1  # once per poll, not per task
+    assert r2.poll(1.0) == [] and s2.stats_calls == 1  # nothing due: not asked
+
+
+def test_poll_still_checks_a_deadline_against_the_schedulers_clock():
+    s = CountingScheduler(["g0"])
+    s.step(now=50.0)  # the scheduler's clock is at 50
+    r = JobRunner(s, [Task("a", prompt_tokens=1, deadline=40.0)])
+    with pytest.raises(Exception, match="not after the scheduler's clock"):
+        r.poll(30.0)  # (40 > 30, but not > 50)
+    assert s.stats_calls == 1 and r.ids == {}
+
+
+def test_poll_still_predicts_max_queued():
+    s = CountingScheduler(["g0"], config=Config(max_queued=3))
+    r = JobRunner(s, [Task(f"t{i}", prompt_tokens=1) for i in range(5)])
+    with pytest.raises(QueueFullError, match="max_queued = 3"):
+        r.poll(0.0)
+    assert s.stats_calls == 1 and len(r.ids) == 3
