@@ -9,10 +9,11 @@ import os
 import re
 import sys
 import types
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Optional, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
-if TYPE_CHECKING:  # (imported for annotations only: scheduler imports this module)
+if TYPE_CHECKING:  # (imported for annotations only: scheduler and devices import this module)
+    from .devices import Device
     from .scheduler import Scheduler
 
 from .errors import ConfigError
@@ -446,7 +447,8 @@ class SchedulerConfig(Config):
         enable_dynamic_batching: whether batch sizes may adapt (default True).
     """
 
-    devices: Union[tuple[Any, ...], str] = ()
+    # (what the constructor takes; the field then holds a tuple of Device, or "auto")
+    devices: Union[Sequence[Union[str, Device, Mapping[str, Any]]], Literal["auto"]] = ()
     policy: str = "weighted"
     max_batch_size: int = 32
     enable_dynamic_batching: bool = True
@@ -608,7 +610,7 @@ class SchedulerConfig(Config):
         return Scheduler(**{**self.scheduler_kwargs(), **kwargs})
 
 
-def _check_devices(devices: object) -> Union[tuple[Any, ...], str]:
+def _check_devices(devices: object) -> Union[tuple[Device, ...], str]:
     from .devices import parse_devices
 
     if isinstance(devices, str):
