@@ -202,3 +202,118 @@ def test_poll_still_predicts_max_queued():
     with pytest.raises(QueueFullError, match="max_queued = 3"):
         r.poll(0.0)
     assert s.stats_calls == 1 and len(r.ids) == 3
+
+
+# --------------------------------------------------------------------------- Ray router
+
+from capsched import ConfigError  # noqa: E402
+from capsched.integrations import ray_serve  # noqa: E402
+from capsched.integrations.ray_serve import (  # noqa: E402
+    STATS_KEY,
+    CapacityReporter,
+    ReplicaStats,
+    ReplicaView,
+    parse_replica_stats,
+    rank_replicas,
+)
+
+
+class _Replica:
+    """A RunningReplica as the router sees it; ``stats`` may be an exception to raise."""
+
+    def __init__(self, name: str, stats: Any, max_ongoing: int = 4) -> None:
+        self.replica_id = name
+        self.stats = stats
+        self.max_ongoing_requests = max_ongoing
+
+    @property
+    def routing_stats(self) -> Any:
+        if isinstance(self.stats, BaseException):
+            raise self.stats
+        return self.stats
+
+
+def _router() -> Any:
+    from test_ray_serve import _bare_router  # (the router as a handle builds it, or a skip without Ray)
+
+    return _bare_router()
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_failed_report_is_an_error_not_an_unreported_replica():
+    with pytest.raises(ConfigError, match=r"replica 'r7': its record_routing_stats failed: OSError: gone"):
+        parse_replica_stats("r7", {STATS_KEY: {"capacity": 2.0, "error": "OSError: gone"}})
+    with pytest.raises(ConfigError, match="r7"):
+        rank_replicas([ReplicaView("ok", {STATS_KEY: {"capacity": 1.0}}), ReplicaView("r7", {STATS_KEY: {"error": "x"}})])
+    assert not parse_replica_stats("new", {}).reported  # not reported yet: still the mean rule
+
+
+def test_capacity_reporter_reports_a_failure_instead_of_raising():
+    boom = {"on": False}
+
+    def clock() -> float:
+        if boom["on"]:
+            raise RuntimeError("clock broke")
+        return 0.0
+
+    class Replica(CapacityReporter):
+        def __init__(self) -> None:
+            self.capsched = ReplicaStats(capacity=3.0, clock=clock)
+
+    rep = Replica()
+    with rep.capsched.track():
+        pass
+    boom["on"] = True
+    # Before, the exception went to Ray, which logs it and keeps handing the router the
+    # stats it had before (none: the replica ranked at the mean capacity).
+    stats = rep.record_routing_stats()
+    assert stats == {STATS_KEY: {"error": "RuntimeError: clock broke"}}
+    with pytest.raises(ConfigError, match="clock broke"):
+        parse_replica_stats("r", stats)
+    boom["on"] = False
+    assert rep.record_routing_stats()[STATS_KEY]["capacity"] == 3.0
+
+
+@pytest.mark.parametrize("failure", [
+    {STATS_KEY: {"error": "RuntimeError: clock broke"}},  # what CapacityReporter reports
+    {STATS_KEY: {"capacity": "fast"}},                    # invalid stats
+    KeyError("routing_stats"),                             # reading them raises
+    RuntimeError("replica actor died"),
+])
+def test_router_ranks_a_failing_replica_after_unreported_ones(failure, caplog):
+    router = _router()
+    fast = _Replica("fast", {STATS_KEY: {"capacity": 4.0}})
+    slow = _Replica("slow", {STATS_KEY: {"capacity": 1.0}})
+    new = _Replica("new", {})  # not reported yet: the mean capacity (2.5)
+    broken = _Replica("broken", failure)
+    with caplog.at_level(logging.INFO, logger=ray_serve.__name__):
+        for _ in range(5):
+            assert router.rank([broken, slow, new, fast]) == [[fast], [new], [slow], [broken]]
+    warned = _warnings(caplog)
+    assert len(warned) == 1 and "broken" in warned[0]  # once for the streak, not per request
+
+
+def test_router_logs_once_per_replica_per_streak_and_ranks_a_recovered_replica_normally(caplog):
+    router = _router()
+    slow = _Replica("slow", {STATS_KEY: {"capacity": 1.0}})
+    flaky = _Replica("flaky", {STATS_KEY: {"error": "E: 1"}})
+    other = _Replica("other", {STATS_KEY: {"utilization": 2.0}})
+    with caplog.at_level(logging.INFO, logger=ray_serve.__name__):
+        assert router.rank([flaky, slow, other]) == [[slow], [flaky, other]]
+        # the problem's text changes every period: still one warning for the streak
+        for i in range(2, 6):
+            flaky.stats = {STATS_KEY: {"error": f"E: {i}"}}
+            assert router.rank([flaky, slow, other]) == [[slow], [flaky, other]]
+        assert len(_warnings(caplog)) == 2  # one per replica
+        flaky.stats = {STATS_KEY: {"capacity": 4.0}}  # recovered: ranked by its capacity again
+        assert router.rank([flaky, slow, other]) == [[flaky], [slow], [other]]
+        assert any("flaky" in r.getMessage() and "valid again" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        flaky.stats = {STATS_KEY: {"error": "E: 1"}}  # a new streak: logged again, ranked last again
+        assert router.rank([flaky, slow, other]) == [[slow], [flaky, other]]
+        assert router.rank([flaky, slow, other]) == [[slow], [flaky, other]]
+    warned = _warnings(caplog)
+    assert len(warned) == 1 and "flaky" in warned[0] and "E: 1" in warned[0]

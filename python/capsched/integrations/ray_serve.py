@@ -76,7 +76,7 @@ MAX_PRESSURE = 0.999
 #: How to install what this module needs from Ray.
 RAY_EXTRA_HINT = 'pip install "capsched[ray]"'
 
-_FIELDS = ("capacity", "model", "clock_mhz", "max_clock_mhz", "utilization", "pressure", "ongoing")
+_FIELDS = ("capacity", "model", "clock_mhz", "max_clock_mhz", "utilization", "pressure", "ongoing", "error")
 _DEVICE_FIELDS = ("capacity", "model", "clock_mhz", "max_clock_mhz")
 
 _log = logging.getLogger(__name__)
@@ -156,8 +156,10 @@ def parse_replica_stats(name: str, stats: Optional[Mapping[str, Any]]) -> Replic
     device of capacity 1 and no load.
 
     Raises:
-        ConfigError: the stats are not a dict, ``stats["capsched"]`` is not a dict or has
-            an unknown key, or a value is out of range (the effective capacity outside
+        ConfigError: the replica reported that it could not produce its stats
+            (``stats["capsched"]["error"]``, set by :class:`CapacityReporter` when
+            :meth:`ReplicaStats.routing_stats` raises), the stats are not a dict,
+            ``stats["capsched"]`` is not a dict or has an unknown key, or a value is out of range (the effective capacity outside
             ``[MIN_CAPACITY, MAX_CAPACITY]``, ``ongoing`` above ``MAX_ONGOING``, a number
             too large for a float); the message names the replica, the key and the value.
     """
@@ -174,6 +176,11 @@ def parse_replica_stats(name: str, stats: Optional[Mapping[str, Any]]) -> Replic
             f"replica {name!r}: unknown routing stat(s) {', '.join(map(repr, unknown))} under {STATS_KEY!r}; "
             f"expected {', '.join(map(repr, _FIELDS))}"
         )
+    error = fields.get("error")
+    if error is not None:
+        text = str(error)
+        text = text if len(text) <= 300 else text[:300] + "..."
+        raise ConfigError(f"replica {name!r}: its record_routing_stats failed: {text}")
     try:
         device = Device(name, **{k: fields[k] for k in _DEVICE_FIELDS if fields.get(k) is not None})
     except ConfigError as exc:
@@ -434,14 +441,25 @@ class CapacityReporter:
     capsched: ReplicaStats
 
     def record_routing_stats(self) -> dict[str, Any]:
-        """Ray Serve calls this every ``request_routing_stats_period_s``."""
+        """Ray Serve calls this every ``request_routing_stats_period_s``.
+
+        If :meth:`ReplicaStats.routing_stats` raises, the failure is reported instead,
+        as ``{"capsched": {"error": "<exception>"}}``, so that the router ranks this
+        replica last: Ray would log the exception and keep handing the router the last
+        stats it had (none, before the first report: a replica counted as not reported
+        yet, at the mean capacity). A missing ``self.capsched`` still raises
+        :class:`ConfigError` (a setup error, found on the first call).
+        """
         stats = getattr(self, "capsched", None)
         if not isinstance(stats, ReplicaStats):
             raise ConfigError(
                 f"{type(self).__name__} uses CapacityReporter but self.capsched is {stats!r}: "
                 "set self.capsched = ReplicaStats(...) in __init__"
             )
-        return stats.routing_stats()
+        try:
+            return stats.routing_stats()
+        except Exception as exc:  # noqa: BLE001 - reported to the router, which ranks the replica last
+            return {STATS_KEY: {"error": f"{type(exc).__name__}: {exc}"}}
 
 
 # --------------------------------------------------------------------------- Ray side
@@ -478,14 +496,18 @@ def _build_router_class() -> type:
         Candidates are narrowed as Ray's default router does (multiplexed model, then
         locality), ranked by :func:`rank_replicas` with Ray's live queue lengths, and
         returned one replica per rank: Ray takes the first that is not full. Replicas
-        whose routing stats are bad are logged (once per message) and ranked last, so
-        they still serve. ``request_router_kwargs``: ``seed`` (int) for the tie-breaks.
+        whose routing stats are bad, or raise when read, are ranked last (after those
+        not reported yet), so they still serve; each is logged once per failure streak,
+        and ranked normally again once its stats are valid. ``request_router_kwargs``:
+        ``seed`` (int) for the tie-breaks.
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._capsched_rng = random.Random()
             self._capsched_warned: set[str] = set()
+            # replica name -> the problem that started its current failure streak
+            self._capsched_failing: dict[str, str] = {}
             self._capsched_ranker = _Ranker()
             # replica name -> (its capsched stats as delivered, parsed): they change once a period
             self._capsched_parsed: dict[str, tuple[Any, ReplicaCapacity]] = {}
@@ -500,13 +522,14 @@ def _build_router_class() -> type:
 
         def rank(self, replicas: Sequence[Any]) -> list[list[Any]]:
             """Ranks of replicas (``RunningReplica``), best first, one replica each; any
-            with bad stats together in a last rank."""
+            whose stats are bad or raise together in a last rank."""
             cache = self.replica_queue_len_cache
             good: list[Any] = []
             views: list[ReplicaView] = []
             caps: list[ReplicaCapacity] = []
             bad: list[Any] = []
             parsed = self._capsched_parsed
+            failing = self._capsched_failing
             for r in replicas:
                 name = str(r.replica_id)
                 try:
@@ -520,19 +543,26 @@ def _build_router_class() -> type:
                         if isinstance(fields, Mapping):
                             parsed[name] = (dict(fields), cap)
                     _load(view, cap)  # a load that cannot be computed ranks the replica last too
-                except (CapschedError, ArithmeticError, TypeError, ValueError) as exc:
-                    # (never out of the router: a replica with bad stats still serves)
-                    msg = str(exc) if isinstance(exc, CapschedError) else f"replica {name!r}: bad routing stats: {exc!r}"
-                    self._capsched_warn(f"{msg}; ranking this replica last")
+                except Exception as exc:  # noqa: BLE001 - never out of the router: the replica still serves
+                    # Not the mean of the others, as a replica not reported yet: last. Logged
+                    # when its failure streak starts, not on every request.
+                    if name not in failing:
+                        msg = str(exc) if isinstance(exc, CapschedError) else f"replica {name!r}: bad routing stats: {exc!r}"
+                        failing[name] = msg
+                        _log.warning("capsched router: %s; ranking this replica last until its stats are valid", msg)
                     bad.append(r)
                     continue
+                if failing.pop(name, None) is not None:
+                    _log.info("capsched router: replica %r: routing stats valid again; ranked normally", name)
                 good.append(r)
                 views.append(view)
                 caps.append(cap)
-            if len(parsed) > 2 * len(replicas) + 16:  # forget replicas that are gone
-                live = {str(r.replica_id) for r in replicas}
+            if max(len(parsed), len(failing)) > 2 * len(replicas) + 16:  # forget replicas that are gone
+                live = {str(r.replica_id) for r in replicas} | {str(k) for k in (self.curr_replicas or {})}
                 for name in [k for k in parsed if k not in live]:
                     del parsed[name]
+                for name in [k for k in failing if k not in live]:
+                    del failing[name]
             try:
                 order = self._capsched_ranker.rank(views, caps, self._capsched_rng)
             except Exception as exc:  # noqa: BLE001 - the router must keep routing
