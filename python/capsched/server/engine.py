@@ -15,7 +15,8 @@ and an asyncio loop between them.
    exception reports the unfinished ones with ``fail(retryable=True)``: capsched retries
    them after a backoff (on another device when the breaker of this one opened) and the
    retry resumes after the tokens already sent; once retries are exhausted the job gets a
-   503;
+   503; a request the worker refused alone (``WorkerFinished`` reason ``"error"``) gets a
+   400 and is cancelled in capsched, not failed (no charge to the device's breaker);
 4. the loop sleeps until woken (a submit, a finished run) or until the next time it has
    work to do: the earliest deadline of a queued job, ``StepResult.next_step_at``
    (held batches, retry backoffs), or the end of an open circuit breaker's cool-down
@@ -42,7 +43,7 @@ from typing import Any, Optional, Union
 from ..config import Config
 from ..devices import Device
 from ..errors import AdmissionError, CapschedError, ConfigError, QueueFullError
-from ..request import InferenceRequest
+from ..request import MAX_TOKENS, InferenceRequest
 from ..scheduler import Batch, Scheduler
 from .errors import APIError, shutting_down
 from .protocol import DoneEvent, ErrorEvent, Event, JobSpec, TokenEvent
@@ -61,13 +62,27 @@ class _Job:
     deadline: Optional[float]
     queue: asyncio.Queue[Event]
     cancel_event: asyncio.Event
-    tokens: list[str] = dataclasses.field(default_factory=list)
+    tokens: list[str] = dataclasses.field(default_factory=list)  # the text sent, one entry per worker event
+    generated: int = 0  # tokens generated in all (an event's text may be several tokens)
+    run_base: int = 0  # ``generated`` when its current run started
     running: bool = False  # a worker run holds it now
     ended: bool = False  # the job's final event was delivered
     cancelled: bool = False
     completed: bool = False  # a run completed it (a second would be a duplicate completion)
     runs: int = 0
     retries: int = 0
+
+
+def _refused_param(message: str, fields: Sequence[str]) -> Optional[str]:
+    """The request field a refusal's ``message`` is about: ``max_tokens`` for a refusal
+    of its KV tokens (capsched's "more KV tokens than any device holds"), else the first
+    of ``fields`` the message names, else None."""
+    if "KV tokens" in message:
+        return "max_tokens"
+    for f in fields:
+        if f in message:
+            return f
+    return None
 
 
 class JobStream:
@@ -196,6 +211,7 @@ class FleetEngine:
             "expired": 0,
             "failed": 0,
             "cancelled": 0,
+            "refused": 0,
             "rejected": 0,
             "retried": 0,
             "overlapping_runs": 0,
@@ -306,7 +322,7 @@ class FleetEngine:
         except CapschedError as exc:
             # More KV tokens (prompt + max_new_tokens) than any device holds: max_tokens
             # is the field the client can lower.
-            param = "max_tokens" if "KV tokens" in str(exc) else None
+            param = _refused_param(str(exc), ())
             raise APIError(400, f"capsched refused the request: {exc}", param=param, code="invalid_value") from None
         deadline = None if spec.timeout is None else now + float(spec.timeout)
         job = _Job(rid, spec, self._prompt_tokens(spec.prompt), deadline, asyncio.Queue(), asyncio.Event())
@@ -451,9 +467,11 @@ class FleetEngine:
         worker = self.workers[device]
         books = self._books[device]
         pending = {j.rid: j for j in jobs}
+        for j in jobs:
+            j.run_base = j.generated
         batch = [
             GenerationRequest(j.rid, j.spec.prompt, j.prompt_tokens, j.spec.max_tokens, tuple(j.tokens),
-                              dict(j.spec.sampling), j.cancel_event)
+                              dict(j.spec.sampling), j.cancel_event, j.generated)
             for j in jobs
         ]
         last: Optional[tuple[_Job, WorkerFinished]] = None
@@ -467,6 +485,7 @@ class FleetEngine:
                                        "which is not running in its batch")
                 if isinstance(ev, WorkerToken):
                     job.tokens.append(ev.text)
+                    job.generated += max(0, int(ev.tokens))
                     if not job.cancelled:
                         job.queue.put_nowait(TokenEvent(ev.text))
                 elif isinstance(ev, WorkerFinished):
@@ -506,13 +525,29 @@ class FleetEngine:
                 self._counters["cancelled"] += 1
             self._end(job, ErrorEvent(APIError(499, f"request {job.rid} was cancelled", code="cancelled")))
             return
+        if ev.finish_reason == "error":
+            # The worker refused this request alone (a sampling value, a prompt its model
+            # cannot take): the client's error, a 400. Reported to capsched with cancel(),
+            # which ends it without judging the device: fail() would count it against the
+            # device's circuit breaker and failure rate (and, retryable, retry a request
+            # every device refuses), complete() would teach the device's service-time
+            # model a run that never ran.
+            self.scheduler.cancel(job.rid)
+            self._counters["refused"] += 1
+            message = ev.error or "no reason given"
+            self._end(job, ErrorEvent(APIError(
+                400, f"request {job.rid} was refused by the worker on {device}: {message}",
+                param=_refused_param(message, ("max_tokens", *job.spec.sampling)), code="invalid_value")))
+            return
         if job.completed:
             self._counters["duplicate_completions"] += 1
         job.completed = True
-        self.scheduler.complete(job.rid, time.monotonic(), output_tokens=len(job.tokens))
+        if ev.completion_tokens is not None:  # the worker's own count of this run's tokens
+            job.generated = job.run_base + max(0, int(ev.completion_tokens))
+        self.scheduler.complete(job.rid, time.monotonic(), output_tokens=min(job.generated, MAX_TOKENS))
         self._counters["completed"] += 1
         prompt_tokens = ev.prompt_tokens if ev.prompt_tokens is not None else job.prompt_tokens
-        self._end(job, DoneEvent(ev.finish_reason, prompt_tokens, len(job.tokens), device, job.retries))
+        self._end(job, DoneEvent(ev.finish_reason, prompt_tokens, job.generated, device, job.retries))
 
     def _fail(self, job: _Job, device: str, error: BaseException) -> None:
         job.running = False
@@ -552,7 +587,8 @@ class FleetEngine:
 
     def stats(self) -> dict[str, Any]:
         """Counters: jobs (``submitted``, ``completed``, ``expired``, ``failed``,
-        ``cancelled``, ``rejected``, ``retried``, ``drained``: queued jobs ended by
+        ``cancelled``, ``refused`` (a worker refused the request: a 400; capsched counts
+        it as cancelled), ``rejected``, ``retried``, ``drained``: queued jobs ended by
         :meth:`begin_drain`), the books' checks
         (``overlapping_runs``, ``duplicate_completions``: both 0 when nothing ran twice),
         per device the most batches/requests that ran at once against their limits, the

@@ -10,12 +10,13 @@ the batch to capsched as a retryable failure). Two are provided:
   ``time_scale``, and emits deterministic fake tokens. It can be told to die after a
   number of tokens (``die_after_tokens``) to exercise failure handling.
 * :class:`VLLMWorker`: a thin adapter over a vLLM ``AsyncLLMEngine`` (``pip install
-  "capsched[vllm]"``, needs a GPU; not tested here).
+  "capsched[vllm]"``, needs a GPU; tested here against a fake engine only).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -53,6 +54,9 @@ class GenerationRequest:
         sampling: sampling parameters (temperature, top_p, seed, ...).
         cancelled: set when the client went away: stop generating it and finish it
             with reason ``"cancelled"``.
+        resume_token_count: how many tokens ``resume_tokens`` hold in all (an entry
+            is one event's text, which from a worker like :class:`VLLMWorker` may be
+            several tokens, or none); ``None``: one token per entry.
     """
 
     request_id: int
@@ -62,24 +66,47 @@ class GenerationRequest:
     resume_tokens: tuple[str, ...] = ()
     sampling: Mapping[str, float] = dataclasses.field(default_factory=dict)
     cancelled: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    resume_token_count: Optional[int] = None
+
+    @property
+    def resumed(self) -> int:
+        """Tokens already generated: ``resume_token_count``, else ``len(resume_tokens)``."""
+        return len(self.resume_tokens) if self.resume_token_count is None else self.resume_token_count
 
 
 @dataclasses.dataclass(frozen=True)
 class WorkerToken:
-    """Request ``request_id`` produced ``text`` (one token)."""
+    """Request ``request_id`` produced ``text``, which is ``tokens`` tokens (default one;
+    a detokenized delta may hold several, or none when its text completes a character
+    whose bytes came with earlier tokens)."""
 
     request_id: int
     text: str
+    tokens: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
 class WorkerFinished:
-    """Request ``request_id`` is done: ``finish_reason`` is ``"length"``, ``"stop"`` or
-    ``"cancelled"``; ``prompt_tokens`` is the engine's own count when it has one."""
+    """Request ``request_id`` is done.
+
+    Attributes:
+        finish_reason: ``"length"``, ``"stop"``, ``"cancelled"``, or ``"error"``: the
+            worker refused this request alone (a sampling value or a prompt its engine
+            cannot take); ``error`` says why, and the client gets a 400 while the rest of
+            the batch goes on. A failure of the run itself is an exception instead.
+        prompt_tokens: the engine's own count of the original prompt (not counting
+            resumed tokens), when it has one.
+        completion_tokens: tokens this run generated (not counting ``resume_tokens``),
+            when the engine counts them (vLLM's token ids); ``None``: the sum of the
+            run's :class:`WorkerToken` ``tokens``.
+        error: with ``finish_reason="error"``, the refusal's message.
+    """
 
     request_id: int
     finish_reason: str
     prompt_tokens: Optional[int] = None
+    completion_tokens: Optional[int] = None
+    error: Optional[str] = None
 
 
 WorkerEvent = Union[WorkerToken, WorkerFinished]
@@ -93,6 +120,7 @@ class Worker(Protocol):
     and then exactly one :class:`WorkerFinished` for it; it returns once every request of
     the batch is finished. Raising any exception means the run failed: the engine fails
     the unfinished requests (retryable) and capsched retries them elsewhere or gives up.
+    A request the worker refuses on its own finishes with reason ``"error"`` instead.
     """
 
     name: str
@@ -243,15 +271,26 @@ class VLLMWorker:
 
     Thin by design: each request of the batch becomes one ``engine.generate`` call with
     ``SamplingParams(max_tokens=..., **sampling)``, run concurrently (vLLM batches them
-    itself, continuously), and its text deltas are streamed back. A resumed request's
-    already-sent text is appended to its prompt. Not tested in this repository (no GPU
-    here); vLLM's Python API changes between releases, so check it against yours.
+    itself, continuously), and its text deltas are streamed back, each
+    :class:`WorkerToken` counting the new token ids (``outputs[0].token_ids``) that came
+    with it; the :class:`WorkerFinished` carries the run's token count and vLLM's prompt
+    count. A resumed request's already-sent text is appended to its prompt; its reported
+    ``prompt_tokens`` is vLLM's count of that prompt less the resumed tokens (exact unless
+    re-tokenizing the joined text merged tokens across the joint).
+
+    A request vLLM refuses on its own (``SamplingParams`` raising ``ValueError``, or the
+    generator raising ``ValueError``/``TypeError`` before its first output: a bad value,
+    a prompt longer than the model takes) finishes with reason ``"error"`` and the rest of
+    the batch goes on; any other error, or one after output started, fails the run. A
+    cancelled request is aborted in vLLM at once, even while vLLM is still producing
+    nothing for it (a long prefill). Tested here against a fake engine only (no GPU);
+    vLLM's Python API changes between releases, so check it against yours.
 
     Args:
         name: the device name.
         engine: an ``AsyncLLMEngine`` (or anything with its ``generate(prompt,
-            sampling_params, request_id)`` async-iterator method); if None,
-            ``engine_args`` build one.
+            sampling_params, request_id)`` async-iterator method and async
+            ``abort(request_id)``); if None, ``engine_args`` build one.
         engine_args: keyword arguments of ``vllm.AsyncEngineArgs`` (``model=...``).
 
     Raises:
@@ -273,41 +312,38 @@ class VLLMWorker:
         )
 
     async def generate(self, batch: Sequence[GenerationRequest]) -> AsyncIterator[WorkerEvent]:
-        """Run each request through the engine concurrently; yield text deltas as they come."""
+        """Run each request through the engine concurrently; yield text deltas as they come
+        (see the class docstring)."""
         queue: asyncio.Queue[Union[WorkerEvent, BaseException]] = asyncio.Queue()
 
         async def one(r: GenerationRequest) -> None:
-            sent = 0
-            reason = "length"
-            prompt_tokens: Optional[int] = None
+            rid = r.request_id
+            vid = f"capsched-{rid}-{len(r.resume_tokens)}"
+            resumed = r.resumed
             try:
-                left = r.max_tokens - len(r.resume_tokens)
+                left = r.max_tokens - resumed
                 if left <= 0:  # (a resumed request that had sent all its tokens: nothing to run)
-                    queue.put_nowait(WorkerFinished(r.request_id, "length"))
+                    queue.put_nowait(WorkerFinished(rid, "length"))
+                    return
+                if r.cancelled.is_set():
+                    queue.put_nowait(WorkerFinished(rid, "cancelled"))
                     return
                 sampling = dict(r.sampling)
                 if "seed" in sampling:  # (the protocol checked it is integral; vLLM wants an int)
                     sampling["seed"] = int(sampling["seed"])
-                # (inside the try: a refused SamplingParams must fail the run, not leave the
-                # batch waiting for this request's events for ever)
-                params = self._vllm.SamplingParams(max_tokens=left, **sampling)
-                async for out in self._engine.generate(
-                    r.prompt + "".join(r.resume_tokens), params, f"capsched-{r.request_id}-{len(r.resume_tokens)}"
-                ):
-                    if r.cancelled.is_set():
-                        await self._engine.abort(f"capsched-{r.request_id}-{len(r.resume_tokens)}")
-                        reason = "cancelled"
-                        break
-                    text = out.outputs[0].text
-                    if len(text) > sent:
-                        queue.put_nowait(WorkerToken(r.request_id, text[sent:]))
-                        sent = len(text)
-                    if out.finished:
-                        reason = out.outputs[0].finish_reason or "stop"
-                        if reason == "abort":  # vLLM aborted it (not our cancel): the run failed
-                            raise RuntimeError(f"vLLM aborted request {r.request_id}")
-                        prompt_tokens = len(out.prompt_token_ids or ())
-                queue.put_nowait(WorkerFinished(r.request_id, reason, prompt_tokens))
+                try:
+                    params = self._vllm.SamplingParams(max_tokens=left, **sampling)
+                except ValueError as exc:  # this request's values: its client's error, not the run's
+                    queue.put_nowait(WorkerFinished(rid, "error", error=f"vLLM refused its sampling parameters: {exc}"))
+                    return
+                # (a TypeError here, an argument this vLLM does not know, is the adapter's
+                # mismatch with the installed vLLM: it fails the run, as any other error)
+                try:
+                    stream = self._engine.generate(r.prompt + "".join(r.resume_tokens), params, vid)
+                except ValueError as exc:  # (an engine that checks the request in the call itself)
+                    queue.put_nowait(WorkerFinished(rid, "error", error=f"vLLM refused the request: {exc}"))
+                    return
+                await self._stream(r, vid, resumed, stream, queue)
             except BaseException as exc:  # reported to the consumer below
                 queue.put_nowait(exc)
 
@@ -324,3 +360,85 @@ class VLLMWorker:
         finally:
             for t in tasks:
                 t.cancel()
+
+    async def _stream(
+        self,
+        r: GenerationRequest,
+        vid: str,
+        resumed: int,
+        stream: Any,
+        queue: asyncio.Queue[Union[WorkerEvent, BaseException]],
+    ) -> None:
+        """Stream one request's outputs into ``queue``, ending with its
+        :class:`WorkerFinished`; raise if the run must fail."""
+        rid = r.request_id
+        sent = 0  # characters of text sent
+        ids = 0  # token ids seen
+        pending = 0  # ids seen whose text has not been sent yet
+        counted = True  # whether every output had token_ids
+        reason = "length"
+        prompt_tokens: Optional[int] = None
+        started = False
+        it = stream.__aiter__()
+        cancel = asyncio.ensure_future(r.cancelled.wait())
+        nxt: Optional[asyncio.Future[Any]] = None
+        try:
+            while True:
+                # Race vLLM's next output against the cancel, so that a cancel during a
+                # long prefill (no output for a while) aborts the request at once.
+                nxt = asyncio.ensure_future(it.__anext__())
+                await asyncio.wait({nxt, cancel}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done() or r.cancelled.is_set():
+                    if not nxt.done():
+                        nxt.cancel()
+                        await asyncio.wait({nxt})
+                    if not nxt.cancelled():
+                        nxt.exception()  # (retrieved: what it raised no longer matters)
+                    await self._engine.abort(vid)
+                    reason = "cancelled"
+                    break
+                try:
+                    out = nxt.result()
+                except StopAsyncIteration:
+                    break
+                except (ValueError, TypeError) as exc:
+                    if started:  # after output: the run failed
+                        raise
+                    # vLLM refused this request before producing anything (a value, a
+                    # prompt longer than the model takes): its client's error, not the run's.
+                    queue.put_nowait(WorkerFinished(rid, "error", error=f"vLLM refused the request: {exc}"))
+                    return
+                started = True
+                o = out.outputs[0]
+                token_ids = getattr(o, "token_ids", None)
+                if token_ids is None:
+                    counted = False
+                else:
+                    n = len(token_ids)
+                    pending += max(0, n - ids)
+                    ids = max(ids, n)
+                text = o.text
+                if len(text) > sent:
+                    queue.put_nowait(WorkerToken(rid, text[sent:], pending if counted else 1))
+                    sent = len(text)
+                    pending = 0
+                if out.finished:
+                    reason = o.finish_reason or "stop"
+                    if reason == "abort":  # vLLM aborted it (not our cancel): the run failed
+                        raise RuntimeError(f"vLLM aborted request {rid}")
+                    prompt_ids = getattr(out, "prompt_token_ids", None)
+                    if prompt_ids is not None:
+                        # vLLM's prompt is the original one plus the resumed text: report
+                        # the original's count.
+                        prompt_tokens = max(0, len(prompt_ids) - resumed)
+        finally:
+            cancel.cancel()
+            if nxt is not None and not nxt.done():  # (this task was cancelled: the batch ended)
+                nxt.cancel()
+            elif nxt is not None and not nxt.cancelled():
+                nxt.exception()
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+        queue.put_nowait(WorkerFinished(rid, reason, prompt_tokens, ids if counted and started else None))
