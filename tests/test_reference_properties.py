@@ -188,14 +188,14 @@ CAPACITIES = [0.25, 0.5, 1.0, 1.0, 2.0, 4.0]
 
 
 @st.composite
-def fleets(draw, kinds=("equal", "plain", "rich", "rich"), min_size=1):
+def fleets(draw, kinds=("equal", "plain", "rich", "rich"), min_size=1, max_size=4):
     """A list of device dicts (RefDeviceSpec's fields). "equal" fleets (one capacity, no
     extras) take the symmetric fast path until a clock or pressure change; "equal_seeded"
     ones have one service-time model seed too, so they take it until the devices' learned
     models part (the core checks the symmetry again only after a device's capacity or
     model changed); "plain" ones have random capacities; "rich" ones add KV budgets,
     clocks, power and tenants."""
-    n = draw(st.integers(min_value=min_size, max_value=4))
+    n = draw(st.integers(min_value=min_size, max_value=max_size))
     kind = draw(st.sampled_from(kinds))
     cap0 = draw(st.sampled_from(CAPACITIES))
     seeds0 = draw(st.sampled_from([(1e-4, 0.01, 1e-4), (5e-5, 0.02, 0.0), (0.0, 0.005, 2e-4)]))
@@ -366,6 +366,26 @@ misfit_scenarios = st.fixed_dictionaries({
     "ops": st.lists(st.one_of(op_misfit_submit, op_misfit_submit, op_short_step,
                               op_short_step, op_throttle, op_complete),
                     min_size=10, max_size=40),
+})
+
+
+# Large fleets (34-56 devices): a step that places more than a few requests while 32 or
+# more devices have room moves the core's placement from scanning the devices to its
+# per-partition heaps (Scheduler::build_fit_heaps); both must choose what the reference's
+# scan chooses. Bursts of submits, then steps; small batches, so devices fill up and
+# leave the heaps within a step.
+op_burst = st.tuples(st.just("burst"), st.lists(op_heavy_submit, min_size=5, max_size=40))
+large_fleet_scenarios = st.fixed_dictionaries({
+    "policy": st.sampled_from(POLICIES),
+    "fleet": fleets(kinds=("plain", "plain", "rich"), min_size=34, max_size=56),
+    "max_batch_size": st.integers(min_value=1, max_value=3),
+    "config": st.tuples(configs(), st.booleans()).map(lambda c: dict(c[0], energy_aware=c[1])),
+    "max_retries": st.sampled_from([0, 3]),
+    "t0": st.sampled_from([0.0, 1000.0]),
+    "ops": st.lists(st.one_of(op_burst, op_burst, op_submit_many, op_short_step, op_short_step,
+                              op_complete, op_complete_many, op_fail, op_cancel, op_set_pressure,
+                              op_throttle),
+                    min_size=6, max_size=24),
 })
 
 
@@ -875,6 +895,10 @@ class Harness:
     def apply(self, op) -> None:
         getattr(self, op[0])(*op[1:])
 
+    def burst(self, submits) -> None:
+        for op in submits:
+            self.apply(op)
+
     # -- comparison after every operation --
 
     def check(self) -> None:
@@ -959,6 +983,16 @@ def run_scenario(sc: Dict[str, Any], real: bool) -> Harness:
 @prop_settings(200)
 @given(sc=scenarios)
 def test_real_scheduler_matches_reference(sc):
+    run_scenario(sc, real=True)
+
+
+@needs_capsched
+@prop_settings(40)
+@given(sc=large_fleet_scenarios)
+def test_real_scheduler_matches_reference_large_fleets(sc):
+    """The same on fleets of 34-56 devices with bursts of submits: the core's placement
+    heaps (used once a step has placed a few requests with 32 or more devices open)
+    choose as the reference's scan does."""
     run_scenario(sc, real=True)
 
 

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
+#include <tuple>
 #include <string>
 
 #include "capsched/errors.hpp"
@@ -150,6 +152,36 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
     group_skipped_.assign(group_devices_.size(), 0);
     for (const Device& d : devices_)
         if (d.kv_budget != kUnlimitedTokens) min_kv_budget_ = std::min(min_kv_budget_, d.kv_budget);
+    // Placement's fitting choice (offer_fit) and its heaps (build_fit_heaps): each device's
+    // place in device order, its KV class and its heap (numbered by first appearance in
+    // device order). Too many heaps (over kMaxFitHeaps): none, every placement scans.
+    const std::size_t n_dev = devices_.size();
+    order_pos_.assign(n_dev, 0);
+    kv_class_.assign(n_dev, 0);
+    fit_part_.assign(n_dev, 0);
+    std::map<std::int64_t, std::uint32_t> budgets;
+    std::map<std::tuple<std::int64_t, std::uint32_t, std::vector<std::uint32_t>>, std::uint32_t> parts;
+    std::vector<std::uint32_t> part_sizes;
+    for (std::uint32_t i = 0; i < n_dev; ++i) {
+        const std::uint32_t dev = device_order_[i];
+        const Device& d = devices_[dev];
+        order_pos_[dev] = i;
+        kv_class_[dev] = budgets.emplace(d.kv_budget, static_cast<std::uint32_t>(budgets.size())).first->second;
+        const auto p = parts.emplace(std::make_tuple(d.kv_budget, d.pool, d.tenants),
+                                     static_cast<std::uint32_t>(parts.size())).first->second;
+        if (p == part_sizes.size()) part_sizes.push_back(0);
+        ++part_sizes[p];
+        fit_part_[dev] = p;
+    }
+    if (part_sizes.size() > kMaxFitHeaps) part_sizes.clear();
+    kv_best_.assign(budgets.size(), FitBest{});
+    kv_touched_.reserve(budgets.size());
+    fit_pos_.assign(n_dev, FitHeap::kNpos);
+    fit_heaps_.reserve(part_sizes.size());
+    for (std::size_t p = 0; p < part_sizes.size(); ++p) {
+        fit_heaps_.emplace_back(SharedPositions(&fit_pos_));
+        fit_heaps_.back().reserve(part_sizes[p]);
+    }
 }
 
 void Scheduler::reserve(std::size_t n) {
@@ -725,6 +757,7 @@ void Scheduler::run_step(double t, StepOutput& out) {
     refresh_groups();
     migrate_misfits(t, out);
     open_listed_ = false;
+    fit_phase_ = fit_heaps_on_ = false;  // (also reset by place_by_fitness; here in case one threw)
     place_deadline(t);
     place_by_fitness(t);
     // Background work only when no online request is left queued (docs/placement.md):
@@ -1374,6 +1407,184 @@ bool Scheduler::could_fit(const Request& r, double u, const Device* bigger_than,
     return false;
 }
 
+Scheduler::FitKey Scheduler::fit_key(std::uint32_t dev, double spare) const noexcept {
+    // The request-independent part of the score: within one KV budget, score = this
+    // headroom minus the request's own (equal) terms, so the order is the score's.
+    const Device& d = devices_[dev];
+    const PlacementConfig& pc = cfg_.placement;
+    const double memory = d.kv_budget == kUnlimitedTokens
+                              ? 1.0
+                              : static_cast<double>(d.kv_budget - d.kv_used) /
+                                    static_cast<double>(d.kv_budget > 0 ? d.kv_budget : 1);
+    const double room = pc.w_compute * (spare / kCapacityScale) + pc.w_memory * memory;
+    return FitKey{pc.energy_aware ? d.energy_per_token : 0.0, -room, -spare, order_pos_[dev]};
+}
+
+double Scheduler::fit_score(const Device& d, double spare, double u, std::int64_t tokens) const noexcept {
+    const PlacementConfig& pc = cfg_.placement;
+    const double compute = (spare - u) / kCapacityScale;
+    const double memory = d.kv_budget == kUnlimitedTokens
+                              ? 1.0
+                              : static_cast<double>(d.kv_budget - d.kv_used - tokens) /
+                                    static_cast<double>(d.kv_budget > 0 ? d.kv_budget : 1);
+    return pc.w_compute * compute + pc.w_memory * memory;
+}
+
+void Scheduler::offer_fit(std::uint32_t dev, double spare, double u, std::int64_t tokens) noexcept {
+    // A fitting candidate: kept if it beats the best of its KV class by fit_key.
+    const FitKey key = fit_key(dev, spare);
+    FitBest& b = kv_best_[kv_class_[dev]];
+    if (b.dev == kNoIndex) kv_touched_.push_back(kv_class_[dev]);
+    else if (!(key < b.key)) return;
+    b.dev = dev;
+    b.key = key;
+    b.score = fit_score(devices_[dev], spare, u, tokens);
+}
+
+std::uint32_t Scheduler::take_best_fit() noexcept {
+    // The best of the KV classes' best: lowest energy first with energy_aware, then the
+    // score, then device order. Clears the offers.
+    std::uint32_t best = kNoIndex;
+    FitKey best_key{};
+    double best_score = -kInf;
+    for (const std::uint32_t k : kv_touched_) {
+        FitBest& b = kv_best_[k];
+        const bool better = best == kNoIndex || b.key.energy < best_key.energy ||
+                            (b.key.energy == best_key.energy &&
+                             (b.score > best_score || (b.score == best_score && b.key.pos < best_key.pos)));
+        if (better) {
+            best = b.dev;
+            best_key = b.key;
+            best_score = b.score;
+        }
+        b.dev = kNoIndex;
+    }
+    kv_touched_.clear();
+    return best;
+}
+
+bool Scheduler::fits_now(std::uint32_t dev, const Request& r, double u, double min_capacity) const noexcept {
+    // choose_device's test for a fitting device (no bigger_than: placement only).
+    const Device& d = devices_[dev];
+    if (!(d.capacity >= min_capacity) || !has_room(dev, r) || !in_time(d, r)) return false;
+    return u * cfg_.placement.fit_margin < d.capacity - std::max(d.util.util_avg(), d.placed_util);
+}
+
+void Scheduler::build_fit_heaps() {
+    // (no allocation: each heap has room for all of its partition's devices)
+    for (FitHeap& heap : fit_heaps_) heap.clear();
+    for (const std::uint32_t dev : open_devices_) {
+        if (device_closed(dev)) continue;
+        const Device& d = devices_[dev];
+        fit_heaps_[fit_part_[dev]].push(dev, fit_key(dev, d.capacity - std::max(d.util.util_avg(), d.placed_util)));
+    }
+    fit_heaps_on_ = true;
+}
+
+void Scheduler::fit_heap_touch(std::uint32_t dev) noexcept {
+    // After a placement on dev: its key went down, or it is full.
+    if (!fit_heaps_on_) return;
+    FitHeap& heap = fit_heaps_[fit_part_[dev]];
+    if (!heap.contains(dev)) return;
+    if (device_closed(dev)) {
+        heap.erase(dev);
+        return;
+    }
+    const Device& d = devices_[dev];
+    heap.update(dev, fit_key(dev, d.capacity - std::max(d.util.util_avg(), d.placed_util)));
+}
+
+template <class Pred>
+std::uint32_t Scheduler::first_in_fit_heap(std::uint32_t part, Pred pred) const noexcept {
+    // The first device in the heap's order that passes pred (pred > 0; pred < 0: neither
+    // it nor any device after it passes): best first over the heap's tree (a node's
+    // children come after it), looking at kWalk devices at most; then, if none of them
+    // passed, at every device of the heap.
+    const FitHeap::View v = fit_heaps_[part].entries();
+    constexpr std::size_t kWalk = 8;
+    std::uint32_t frontier[1 + 3 * kWalk + 1];
+    std::size_t n = 0;
+    if (v.size() > 0) frontier[n++] = 0;
+    for (std::size_t seen = 0; n > 0 && seen < kWalk; ++seen) {
+        std::size_t at = 0;
+        for (std::size_t k = 1; k < n; ++k)
+            if (v[frontier[k]].key < v[frontier[at]].key) at = k;
+        const std::uint32_t i = frontier[at];
+        frontier[at] = frontier[--n];
+        const int verdict = pred(v[i].handle);
+        if (verdict > 0) return v[i].handle;
+        if (verdict < 0) return kNoIndex;
+        for (std::size_t c = 4 * std::size_t{i} + 1; c <= 4 * std::size_t{i} + 4 && c < v.size(); ++c)
+            frontier[n++] = static_cast<std::uint32_t>(c);
+    }
+    if (n == 0) return kNoIndex;  // (every device of the heap was looked at)
+    std::uint32_t best = kNoIndex;
+    const FitKey* best_key = nullptr;
+    for (const auto& e : v)
+        if ((best_key == nullptr || e.key < *best_key) && pred(e.handle) > 0) {
+            best = e.handle;
+            best_key = &e.key;
+        }
+    return best;
+}
+
+std::uint32_t Scheduler::choose_by_fit_heaps(const Request& r, double u, double min_capacity) noexcept {
+    // The fitting device choose_device's scan would choose, from the heaps; kNoIndex if r
+    // fits none (the scan then finds the fallback).
+    const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
+    const bool spare_ordered = !cfg_.placement.energy_aware && cfg_.placement.w_compute > 0.0;
+    const double need = u * cfg_.placement.fit_margin;
+    for (std::uint32_t p = 0; p < fit_heaps_.size(); ++p) {
+        const FitHeap& heap = fit_heaps_[p];
+        if (heap.empty() || !eligible(devices_[heap.top().handle], r)) continue;  // (one rule per heap)
+        // In a heap ordered as the spare is (fallback_by_fit_heaps), a device that r does
+        // not fit for want of spare capacity ends the search: the devices after it have
+        // no more.
+        const bool ordered = spare_ordered && devices_[heap.top().handle].kv_budget == kUnlimitedTokens;
+        const std::uint32_t dev = first_in_fit_heap(p, [&](std::uint32_t x) {
+            if (fits_now(x, r, u, min_capacity)) return 1;
+            const Device& d = devices_[x];
+            return ordered && !(need < d.capacity - std::max(d.util.util_avg(), d.placed_util)) ? -1 : 0;
+        });
+        if (dev == kNoIndex) continue;
+        const Device& d = devices_[dev];
+        offer_fit(dev, d.capacity - std::max(d.util.util_avg(), d.placed_util), u, tokens);
+    }
+    return take_best_fit();
+}
+
+std::uint32_t Scheduler::fallback_by_fit_heaps(const Request& r, double min_capacity) const noexcept {
+    // For a request that fits no device and has no deadline (every device is in time, so
+    // choose_device's answer is its fallback): the device with room with the largest
+    // spare, device order on ties. In a heap whose order is the spare's (no energy order,
+    // score_compute > 0, no KV budget: the headroom grows with the spare, and its ties go
+    // to the larger spare), the first device with room; in any other heap, a scan of it.
+    const bool by_spare = !cfg_.placement.energy_aware && cfg_.placement.w_compute > 0.0;
+    std::uint32_t best = kNoIndex;
+    double best_spare = -kInf;
+    const auto room = [&](std::uint32_t x) { return devices_[x].capacity >= min_capacity && has_room(x, r) ? 1 : 0; };
+    for (std::uint32_t p = 0; p < fit_heaps_.size(); ++p) {
+        const FitHeap& heap = fit_heaps_[p];
+        if (heap.empty() || !eligible(devices_[heap.top().handle], r)) continue;
+        const auto consider = [&](std::uint32_t dev) {
+            const Device& d = devices_[dev];
+            const double spare = d.capacity - std::max(d.util.util_avg(), d.placed_util);
+            if (spare > best_spare || (spare == best_spare && order_pos_[dev] < order_pos_[best])) {
+                best = dev;
+                best_spare = spare;
+            }
+        };
+        if (by_spare && devices_[heap.top().handle].kv_budget == kUnlimitedTokens) {
+            const std::uint32_t dev = first_in_fit_heap(p, room);
+            if (dev != kNoIndex) consider(dev);
+        } else {
+            for (const auto& e : heap.entries())
+                if (room(e.handle) > 0) consider(e.handle);
+        }
+    }
+    return best;
+}
+
 std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device* bigger_than, double min_capacity,
                                        bool* fitted, bool* wait, bool listed) {
     // docs/placement.md. "In time": the device's service model (when seeded) says r alone
@@ -1387,7 +1598,7 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
     const PlacementConfig& pc = cfg_.placement;
     const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
     std::uint32_t best = kNoIndex, fallback = kNoIndex, late = kNoIndex, idle = kNoIndex;
-    double best_score = -kInf, best_energy = kInf, fallback_spare = -kInf, late_spare = -kInf, idle_spare = -kInf;
+    double fallback_spare = -kInf, late_spare = -kInf, idle_spare = -kInf;
     bool any_timely = false;
     // Listed (placement): only the devices that had room when the step's list was made
     // (a closed device has no room for anyone; any_timely, which counts devices without
@@ -1397,6 +1608,20 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
         for (const std::uint32_t dev : device_order_)
             if (!device_closed(dev)) open_devices_.push_back(dev);
         open_listed_ = true;
+    }
+    // A step's placement that has scanned a long list a few times goes to the heaps
+    // (fit_heaps_): the same choice for less. Only the fallback (r fits no device) scans.
+    if (listed && fit_phase_ && bigger_than == nullptr && !fit_heaps_.empty()) {
+        if (!fit_heaps_on_ && ++fit_scans_ > kFitScansFirst && open_devices_.size() >= kFitHeapFrom) build_fit_heaps();
+        if (fit_heaps_on_) {
+            std::uint32_t dev = choose_by_fit_heaps(r, u, min_capacity);
+            *fitted = dev != kNoIndex;
+            if (dev == kNoIndex && !std::isfinite(r.deadline)) dev = fallback_by_fit_heaps(r, min_capacity);
+            if (*fitted || !std::isfinite(r.deadline)) {
+                if (wait != nullptr) *wait = false;
+                return dev;
+            }
+        }
     }
     const std::vector<std::uint32_t>& order = listed ? open_devices_ : device_order_;
     std::size_t kept = 0;  // (listed: devices found closed are dropped as the scan goes)
@@ -1413,20 +1638,7 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
         if (!has_room(dev, r)) continue;
         const double spare = d.capacity - std::max(d.util.util_avg(), d.placed_util);
         if (u * pc.fit_margin < spare && timely) {
-            const double compute = (spare - u) / kCapacityScale;
-            const double memory = d.kv_budget == kUnlimitedTokens
-                                      ? 1.0
-                                      : static_cast<double>(d.kv_budget - d.kv_used - tokens) /
-                                            static_cast<double>(d.kv_budget > 0 ? d.kv_budget : 1);
-            const double score = pc.w_compute * compute + pc.w_memory * memory;
-            const bool better = pc.energy_aware ? (d.energy_per_token < best_energy ||
-                                                   (d.energy_per_token == best_energy && score > best_score))
-                                                : score > best_score;
-            if (better) {
-                best = dev;
-                best_score = score;
-                best_energy = d.energy_per_token;
-            }
+            offer_fit(dev, spare, u, tokens);  // (two levels: take_best_fit below)
         } else if (timely) {
             if (spare > fallback_spare) {
                 fallback = dev;
@@ -1444,6 +1656,7 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
         }
     }
     if (listed) open_devices_.resize(kept);
+    best = take_best_fit();
     *fitted = best != kNoIndex;
     if (wait != nullptr) *wait = false;
     if (best != kNoIndex) return best;
@@ -1576,6 +1789,9 @@ void Scheduler::place_by_fitness(double now) {
         open += group_queued_[g];
     }
     skipped_.clear();
+    fit_phase_ = true;  // (choose_device may move to the heaps: build_fit_heaps)
+    fit_heaps_on_ = false;
+    fit_scans_ = 0;
     for (Handle h = next_ready(); h != kNoHandle && open > 0; h = next_ready()) {
         const Request& r = slab_[h];
         const std::uint32_t group = group_of(r.tenant);
@@ -1624,6 +1840,7 @@ void Scheduler::place_by_fitness(double now) {
         const std::uint32_t b = sb == kNoIndex ? open_batch(dev) : step_batches_[sb];
         if (!r.batchable) step_solo_[dev] = 1;
         dispatch(h, b, u, now, fitted ? 0 : 1);
+        fit_heap_touch(dev);
         if (fair_on_ && r.sched_class == SchedClass::Normal) {
             StepMember& m = step_members_.back();
             m.charged = true;
@@ -1632,6 +1849,8 @@ void Scheduler::place_by_fitness(double now) {
         }
         --open;
     }
+    fit_phase_ = false;
+    fit_heaps_on_ = false;
     for (const auto& [h, key] : skipped_) put_back(h, key);
 }
 

@@ -796,10 +796,15 @@ class ReferenceScheduler:
         fallback: Optional[int] = None
         late: Optional[int] = None
         idle: Optional[int] = None
-        best_score, best_energy, fallback_spare, late_spare, idle_spare = -INF, INF, -INF, -INF, -INF
+        fallback_spare, late_spare, idle_spare = -INF, -INF, -INF
+        # The fitting choice in two levels (docs/placement.md): per KV budget, the device
+        # with the least (energy if energy_aware, -headroom, -spare), device order on
+        # ties; then across budgets, the lowest energy (energy_aware), the highest score,
+        # device order.
+        by_budget: Dict[Optional[int], Tuple[Tuple[float, float, float, int], float, int]] = {}
         any_timely = False
         self._wait = False
-        for di in self.device_order:
+        for pos, di in enumerate(self.device_order):
             d = self.devices[di]
             if not self._within_bounds(d, r, bigger_than, min_capacity):
                 continue
@@ -816,13 +821,15 @@ class ReferenceScheduler:
                     memory = float(d.kv_budget - d.kv_used - r.kv_tokens) / \
                         float(d.kv_budget if d.kv_budget > 0 else 1)
                 score = c["score_compute"] * compute + c["score_memory"] * memory
-                if c["energy_aware"]:
-                    better = d.energy < best_energy or (d.energy == best_energy
-                                                        and score > best_score)
+                if d.kv_budget is None:
+                    free = 1.0
                 else:
-                    better = score > best_score
-                if better:
-                    best, best_score, best_energy = di, score, d.energy
+                    free = float(d.kv_budget - d.kv_used) / float(d.kv_budget if d.kv_budget > 0 else 1)
+                headroom = c["score_compute"] * (spare / CAPACITY_SCALE) + c["score_memory"] * free
+                key = (d.energy if c["energy_aware"] else 0.0, -headroom, -spare, pos)
+                held = by_budget.get(d.kv_budget)
+                if held is None or key < held[0]:
+                    by_budget[d.kv_budget] = (key, score, di)
             elif timely:
                 if spare > fallback_spare:
                     fallback, fallback_spare = di, spare
@@ -832,6 +839,11 @@ class ReferenceScheduler:
                     idle, idle_spare = di, spare
             elif spare > late_spare:
                 late, late_spare = di, spare
+        best_rank: Optional[Tuple[float, float, int]] = None
+        for key, score, di in by_budget.values():
+            rank = (key[0], -score, key[3])
+            if best_rank is None or rank < best_rank:
+                best, best_rank = di, rank
         if best is not None:
             return best, True
         if c["wait_for_fit"] and math.isfinite(r.deadline) and can_wait and \
