@@ -841,6 +841,13 @@ double Scheduler::request_util(const Request& r, double now) const noexcept {
                    due, cold(r).uclamp_min, cold(r).uclamp_max, now);
 }
 
+namespace {
+// Deadline admission: a device whose breaker stays open until the deadline or later.
+bool shut_until(const Device& d, double deadline) noexcept {
+    return d.breaker == Breaker::Open && d.open_until >= deadline;
+}
+}  // namespace
+
 std::uint32_t Scheduler::admit(const RequestSpec& s, double deadline, double now) const {
     // Linux DL admission, per device: the sum of admitted bandwidths stays within
     // dl_bandwidth_limit x usable capacity. Worst fit: the device with the most room left.
@@ -854,7 +861,7 @@ std::uint32_t Scheduler::admit(const RequestSpec& s, double deadline, double now
     for (const std::uint32_t dev : device_order_) {
         const Device& d = devices_[dev];
         if (!eligible(d, s.tenant, s.pool, s.fallback_pool)) continue;
-        if (d.breaker == Breaker::Open && d.open_until >= deadline) {
+        if (shut_until(d, deadline)) {
             shut = true;
             continue;
         }
@@ -875,7 +882,7 @@ std::uint32_t Scheduler::admit(const RequestSpec& s, double deadline, double now
             break;
         }
         free += (listed > 1 ? ", " : "") + std::string("device ") + std::to_string(dev) + ": ";
-        if (d.breaker == Breaker::Open && d.open_until >= deadline)
+        if (shut_until(d, deadline))
             free += "breaker open until " + format_number(d.open_until);
         else
             free += format_number(cfg_.placement.dl_bandwidth_limit * d.capacity - d.dl_bw);
