@@ -4,10 +4,10 @@ Once a step has placed a few requests while 32 or more devices have room, the co
 scanning the devices and keeps them in heaps by headroom (one per KV budget, pool and
 tenant list). These scenarios are built so that every step takes that path (fleets of
 40-96 devices, bursts of tens of requests per step) and each goes through one of its
-branches: the fitting choice, the fallback of a request that fits no device (with and
-without the early stop of a heap ordered by spare), KV budgets and tenants (several
-heaps), energy-aware ordering, deadlines with service models (the in-time filter) and
-strict requests with ``uclamp_min``. The reference model scans every device; the two
+branches: the fitting choice, the fallback of a request that fits no device (from the
+heaps by spare without a deadline, from the scan with one), KV budgets and tenants
+(several heaps), energy-aware ordering, deadlines with service models (the in-time
+filter), strict requests with ``uclamp_min``, and exact ties (device order). The reference model scans every device; the two
 must agree on every step (tests/test_reference_properties.py's harness compares batches,
 counters and device gauges after every operation).
 """
@@ -124,3 +124,20 @@ def test_a_large_idle_mixed_fleet_is_placed_in_one_step() -> None:
     assert len(used) > 600  # spread out, not piled on a few devices
     s.check_invariants()
     print(f"2,048 devices, 20,000 placed in one step: {elapsed:.3f} s")
+
+
+@needs_capsched
+def test_exact_ties_go_to_device_order() -> None:
+    # score_compute=0: every fitting device of a KV budget has the same headroom, whatever
+    # its spare, so each request goes to the first device in device order that has room,
+    # and devices fill one after the other (d1 has the least spare of all: it still comes
+    # second). A review found the heaps' first version preferring the larger spare here.
+    fleet = [capsched.Device(f"d{i}", capacity=1.0) for i in range(48)]
+    s = capsched.Scheduler(fleet, max_batch_size=2, config=capsched.Config(score_compute=0.0))
+    s.set_pressure("d1", 0.5, now=0.0)
+    s.submit_many(np.full(90, 100), now=0.0)
+    res = s.step_many(0.0)
+    assert res.batch_device.tolist() == list(range(45))
+    ops = bursts(2, 60, lambda k: submit(100 + k, 10, 0.5))
+    run_scenario(scenario([dict(capacity=1.0, max_inflight_batches=1)] * 40 + [dict(capacity=0.5, max_inflight_batches=1)],
+                          [("set_pressure", 0.0, 1, 0.5)] + ops, config=dict(score_compute=0.0)), real=True)

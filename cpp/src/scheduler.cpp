@@ -177,10 +177,14 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
     kv_best_.assign(budgets.size(), FitBest{});
     kv_touched_.reserve(budgets.size());
     fit_pos_.assign(n_dev, FitHeap::kNpos);
+    spare_pos_.assign(n_dev, FitHeap::kNpos);
     fit_heaps_.reserve(part_sizes.size());
+    spare_heaps_.reserve(part_sizes.size());
     for (std::size_t p = 0; p < part_sizes.size(); ++p) {
         fit_heaps_.emplace_back(SharedPositions(&fit_pos_));
         fit_heaps_.back().reserve(part_sizes[p]);
+        spare_heaps_.emplace_back(SharedPositions(&spare_pos_));
+        spare_heaps_.back().reserve(part_sizes[p]);
     }
 }
 
@@ -1415,8 +1419,9 @@ bool Scheduler::could_fit(const Request& r, double u, const Device* bigger_than,
 }
 
 Scheduler::FitKey Scheduler::fit_key(std::uint32_t dev, double spare) const noexcept {
-    // The request-independent part of the score: within one KV budget, score = this
-    // headroom minus the request's own (equal) terms, so the order is the score's.
+    // The request-independent part of the score (the headroom): within one KV budget,
+    // score = headroom minus the request's own terms, equal for every device, so the
+    // order is the score's.
     const Device& d = devices_[dev];
     const PlacementConfig& pc = cfg_.placement;
     const double memory = d.kv_budget == kUnlimitedTokens
@@ -1424,7 +1429,12 @@ Scheduler::FitKey Scheduler::fit_key(std::uint32_t dev, double spare) const noex
                               : static_cast<double>(d.kv_budget - d.kv_used) /
                                     static_cast<double>(d.kv_budget > 0 ? d.kv_budget : 1);
     const double room = pc.w_compute * (spare / kCapacityScale) + pc.w_memory * memory;
-    return FitKey{pc.energy_aware ? d.energy_per_token : 0.0, -room, -spare, order_pos_[dev]};
+    return FitKey{pc.energy_aware ? d.energy_per_token : 0.0, -room, order_pos_[dev]};
+}
+
+double Scheduler::spare_of(std::uint32_t dev) const noexcept {
+    const Device& d = devices_[dev];
+    return d.capacity - std::max(d.util.util_avg(), d.placed_util);
 }
 
 double Scheduler::fit_score(const Device& d, double spare, double u, std::int64_t tokens) const noexcept {
@@ -1456,8 +1466,8 @@ std::uint32_t Scheduler::take_best_fit() noexcept {
     double best_score = -kInf;
     for (const std::uint32_t k : kv_touched_) {
         FitBest& b = kv_best_[k];
-        const bool better = best == kNoIndex || b.key.energy < best_key.energy ||
-                            (b.key.energy == best_key.energy &&
+        const bool better = best == kNoIndex || b.key.first < best_key.first ||
+                            (b.key.first == best_key.first &&
                              (b.score > best_score || (b.score == best_score && b.key.pos < best_key.pos)));
         if (better) {
             best = b.dev;
@@ -1474,119 +1484,99 @@ bool Scheduler::fits_now(std::uint32_t dev, const Request& r, double u, double m
     // choose_device's test for a fitting device (no bigger_than: placement only).
     const Device& d = devices_[dev];
     if (!(d.capacity >= min_capacity) || !has_room(dev, r) || !in_time(d, r)) return false;
-    return u * cfg_.placement.fit_margin < d.capacity - std::max(d.util.util_avg(), d.placed_util);
+    return u * cfg_.placement.fit_margin < spare_of(dev);
 }
 
 void Scheduler::build_fit_heaps() {
     // (no allocation: each heap has room for all of its partition's devices)
     for (FitHeap& heap : fit_heaps_) heap.clear();
+    for (FitHeap& heap : spare_heaps_) heap.clear();
     for (const std::uint32_t dev : open_devices_) {
         if (device_closed(dev)) continue;
-        const Device& d = devices_[dev];
-        fit_heaps_[fit_part_[dev]].push(dev, fit_key(dev, d.capacity - std::max(d.util.util_avg(), d.placed_util)));
+        const double spare = spare_of(dev);
+        fit_heaps_[fit_part_[dev]].push(dev, fit_key(dev, spare));
+        spare_heaps_[fit_part_[dev]].push(dev, spare_key(dev, spare));
     }
     fit_heaps_on_ = true;
 }
 
 void Scheduler::fit_heap_touch(std::uint32_t dev) noexcept {
-    // After a placement on dev: its key went down, or it is full.
+    // After a placement on dev: its keys went down, or it is full.
     if (!fit_heaps_on_) return;
     FitHeap& heap = fit_heaps_[fit_part_[dev]];
+    FitHeap& by_spare = spare_heaps_[fit_part_[dev]];
     if (!heap.contains(dev)) return;
     if (device_closed(dev)) {
         heap.erase(dev);
+        by_spare.erase(dev);
         return;
     }
-    const Device& d = devices_[dev];
-    heap.update(dev, fit_key(dev, d.capacity - std::max(d.util.util_avg(), d.placed_util)));
+    const double spare = spare_of(dev);
+    heap.update(dev, fit_key(dev, spare));
+    by_spare.update(dev, spare_key(dev, spare));
 }
 
 template <class Pred>
-std::uint32_t Scheduler::first_in_fit_heap(std::uint32_t part, Pred pred) const noexcept {
-    // The first device in the heap's order that passes pred (pred > 0; pred < 0: neither
-    // it nor any device after it passes): best first over the heap's tree (a node's
-    // children come after it), looking at kWalk devices at most; then, if none of them
-    // passed, at every device of the heap.
-    const FitHeap::View v = fit_heaps_[part].entries();
+std::uint32_t Scheduler::first_in_heap(const FitHeap& heap, Pred pred) noexcept {
+    // The first device in the heap's order that passes pred, best first over the heap's
+    // tree (a node's children come after it); kNoIndex if none does; kUnsure if the
+    // first kWalk devices did not and the heap has more.
+    const FitHeap::View v = heap.entries();
     constexpr std::size_t kWalk = 8;
     std::uint32_t frontier[1 + 3 * kWalk + 1];
     std::size_t n = 0;
     if (v.size() > 0) frontier[n++] = 0;
-    for (std::size_t seen = 0; n > 0 && seen < kWalk; ++seen) {
+    for (std::size_t seen = 0; n > 0; ++seen) {
+        if (seen == kWalk) return kUnsure;
         std::size_t at = 0;
         for (std::size_t k = 1; k < n; ++k)
             if (v[frontier[k]].key < v[frontier[at]].key) at = k;
         const std::uint32_t i = frontier[at];
         frontier[at] = frontier[--n];
-        const int verdict = pred(v[i].handle);
-        if (verdict > 0) return v[i].handle;
-        if (verdict < 0) return kNoIndex;
+        if (pred(v[i].handle)) return v[i].handle;
         for (std::size_t c = 4 * std::size_t{i} + 1; c <= 4 * std::size_t{i} + 4 && c < v.size(); ++c)
             frontier[n++] = static_cast<std::uint32_t>(c);
     }
-    if (n == 0) return kNoIndex;  // (every device of the heap was looked at)
-    std::uint32_t best = kNoIndex;
-    const FitKey* best_key = nullptr;
-    for (const auto& e : v)
-        if ((best_key == nullptr || e.key < *best_key) && pred(e.handle) > 0) {
-            best = e.handle;
-            best_key = &e.key;
-        }
-    return best;
+    return kNoIndex;
 }
 
 std::uint32_t Scheduler::choose_by_fit_heaps(const Request& r, double u, double min_capacity) noexcept {
     // The fitting device choose_device's scan would choose, from the heaps; kNoIndex if r
-    // fits none (the scan then finds the fallback).
+    // fits none; kUnsure if a heap could not tell within a few devices (then the scan).
     const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
-    const bool spare_ordered = !cfg_.placement.energy_aware && cfg_.placement.w_compute > 0.0;
     const double need = u * cfg_.placement.fit_margin;
     for (std::uint32_t p = 0; p < fit_heaps_.size(); ++p) {
         const FitHeap& heap = fit_heaps_[p];
-        if (heap.empty() || !eligible(devices_[heap.top().handle], r)) continue;  // (one rule per heap)
-        // In a heap ordered as the spare is (fallback_by_fit_heaps), a device that r does
-        // not fit for want of spare capacity ends the search: the devices after it have
-        // no more.
-        const bool ordered = spare_ordered && devices_[heap.top().handle].kv_budget == kUnlimitedTokens;
-        const std::uint32_t dev = first_in_fit_heap(p, [&](std::uint32_t x) {
-            if (fits_now(x, r, u, min_capacity)) return 1;
-            const Device& d = devices_[x];
-            return ordered && !(need < d.capacity - std::max(d.util.util_avg(), d.placed_util)) ? -1 : 0;
-        });
-        if (dev == kNoIndex) continue;
-        const Device& d = devices_[dev];
-        offer_fit(dev, d.capacity - std::max(d.util.util_avg(), d.placed_util), u, tokens);
+        if (heap.empty() || !eligible(devices_[heap.top().handle], r)) continue;  // (one rule per partition)
+        if (!(need < -spare_heaps_[p].top().key.first)) continue;  // its most spare is too little
+        const std::uint32_t dev = first_in_heap(heap, [&](std::uint32_t x) { return fits_now(x, r, u, min_capacity); });
+        if (dev == kUnsure) {
+            (void)take_best_fit();  // (drops the offers)
+            return kUnsure;
+        }
+        if (dev != kNoIndex) offer_fit(dev, spare_of(dev), u, tokens);
     }
     return take_best_fit();
 }
 
-std::uint32_t Scheduler::fallback_by_fit_heaps(const Request& r, double min_capacity) const noexcept {
+std::uint32_t Scheduler::fallback_by_spare_heaps(const Request& r, double min_capacity) const noexcept {
     // For a request that fits no device and has no deadline (every device is in time, so
-    // choose_device's answer is its fallback): the device with room with the largest
-    // spare, device order on ties. In a heap whose order is the spare's (no energy order,
-    // score_compute > 0, no KV budget: the headroom grows with the spare, and its ties go
-    // to the larger spare), the first device with room; in any other heap, a scan of it.
-    const bool by_spare = !cfg_.placement.energy_aware && cfg_.placement.w_compute > 0.0;
+    // choose_device's answer is its fallback): the device with room with the most spare,
+    // device order on ties: the first with room in each partition's spare heap, the best
+    // of those. kUnsure as choose_by_fit_heaps.
     std::uint32_t best = kNoIndex;
     double best_spare = -kInf;
-    const auto room = [&](std::uint32_t x) { return devices_[x].capacity >= min_capacity && has_room(x, r) ? 1 : 0; };
-    for (std::uint32_t p = 0; p < fit_heaps_.size(); ++p) {
-        const FitHeap& heap = fit_heaps_[p];
+    for (std::uint32_t p = 0; p < spare_heaps_.size(); ++p) {
+        const FitHeap& heap = spare_heaps_[p];
         if (heap.empty() || !eligible(devices_[heap.top().handle], r)) continue;
-        const auto consider = [&](std::uint32_t dev) {
-            const Device& d = devices_[dev];
-            const double spare = d.capacity - std::max(d.util.util_avg(), d.placed_util);
-            if (spare > best_spare || (spare == best_spare && order_pos_[dev] < order_pos_[best])) {
-                best = dev;
-                best_spare = spare;
-            }
-        };
-        if (by_spare && devices_[heap.top().handle].kv_budget == kUnlimitedTokens) {
-            const std::uint32_t dev = first_in_fit_heap(p, room);
-            if (dev != kNoIndex) consider(dev);
-        } else {
-            for (const auto& e : heap.entries())
-                if (room(e.handle) > 0) consider(e.handle);
+        const std::uint32_t dev = first_in_heap(
+            heap, [&](std::uint32_t x) { return devices_[x].capacity >= min_capacity && has_room(x, r); });
+        if (dev == kUnsure) return kUnsure;
+        if (dev == kNoIndex) continue;
+        const double spare = spare_of(dev);
+        if (best == kNoIndex || spare > best_spare || (spare == best_spare && order_pos_[dev] < order_pos_[best])) {
+            best = dev;
+            best_spare = spare;
         }
     }
     return best;
@@ -1617,14 +1607,17 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
         open_listed_ = true;
     }
     // A step's placement that has scanned a long list a few times goes to the heaps
-    // (fit_heaps_): the same choice for less. Only the fallback (r fits no device) scans.
+    // (fit_heaps_): the same choice for less. The scan below still runs for a request the
+    // heaps cannot settle, and for one that fits nowhere and has a deadline (its fallback
+    // depends on which devices are in time).
     if (listed && fit_phase_ && bigger_than == nullptr && !fit_heaps_.empty()) {
         if (!fit_heaps_on_ && ++fit_scans_ > kFitScansFirst && open_devices_.size() >= kFitHeapFrom) build_fit_heaps();
         if (fit_heaps_on_) {
             std::uint32_t dev = choose_by_fit_heaps(r, u, min_capacity);
-            *fitted = dev != kNoIndex;
-            if (dev == kNoIndex && !std::isfinite(r.deadline)) dev = fallback_by_fit_heaps(r, min_capacity);
-            if (*fitted || !std::isfinite(r.deadline)) {
+            const bool fits = dev != kNoIndex && dev != kUnsure;
+            if (dev == kNoIndex && !std::isfinite(r.deadline)) dev = fallback_by_spare_heaps(r, min_capacity);
+            if (fits || (dev != kUnsure && !std::isfinite(r.deadline))) {
+                *fitted = fits;
                 if (wait != nullptr) *wait = false;
                 return dev;
             }

@@ -798,10 +798,10 @@ class ReferenceScheduler:
         idle: Optional[int] = None
         fallback_spare, late_spare, idle_spare = -INF, -INF, -INF
         # The fitting choice in two levels (docs/placement.md): per KV budget, the device
-        # with the least (energy if energy_aware, -headroom, -spare), device order on
-        # ties; then across budgets, the lowest energy (energy_aware), the highest score,
-        # device order.
-        by_budget: Dict[Optional[int], Tuple[Tuple[float, float, float, int], float, int]] = {}
+        # with the least (energy if energy_aware, -headroom), device order on ties; then
+        # across budgets, the lowest energy (energy_aware), the highest score, device
+        # order.
+        by_budget: Dict[Optional[int], Tuple[Tuple[float, float, int], float, int]] = {}
         any_timely = False
         self._wait = False
         for pos, di in enumerate(self.device_order):
@@ -826,7 +826,7 @@ class ReferenceScheduler:
                 else:
                     free = float(d.kv_budget - d.kv_used) / float(d.kv_budget if d.kv_budget > 0 else 1)
                 headroom = c["score_compute"] * (spare / CAPACITY_SCALE) + c["score_memory"] * free
-                key = (d.energy if c["energy_aware"] else 0.0, -headroom, -spare, pos)
+                key = (d.energy if c["energy_aware"] else 0.0, -headroom, pos)
                 held = by_budget.get(d.kv_budget)
                 if held is None or key < held[0]:
                     by_budget[d.kv_budget] = (key, score, di)
@@ -841,7 +841,7 @@ class ReferenceScheduler:
                 late, late_spare = di, spare
         best_rank: Optional[Tuple[float, float, int]] = None
         for key, score, di in by_budget.values():
-            rank = (key[0], -score, key[3])
+            rank = (key[0], -score, key[2])
             if best_rank is None or rank < best_rank:
                 best, best_rank = di, rank
         if best is not None:

@@ -358,16 +358,14 @@ class Scheduler {
     bool could_fit(const Request& r, double u, const Device* bigger_than, double min_capacity) const noexcept;
     // Placement's choice among fitting devices, in two levels (docs/placement.md): devices
     // with the same KV budget compare by fit_key (request-independent), the best of each
-    // budget by score.
+    // budget by score. Keys of the placement heaps (fit_heaps_, spare_heaps_) too.
     struct FitKey {
-        double energy;       // energy per token with energy_aware, else 0 (lowest first)
-        double neg_room;     // -(score_compute x spare / 1024 + score_memory x free KV share)
-        double neg_spare;    // -spare (ties of the headroom)
+        double first;        // fit_key: energy per token with energy_aware, else 0; spare_key: -spare
+        double second;       // fit_key: -(score_compute x spare / 1024 + score_memory x free KV share); spare_key: 0
         std::uint32_t pos;   // place in device_order_ (ties)
         friend bool operator<(const FitKey& a, const FitKey& b) noexcept {
-            if (a.energy != b.energy) return a.energy < b.energy;
-            if (a.neg_room != b.neg_room) return a.neg_room < b.neg_room;
-            if (a.neg_spare != b.neg_spare) return a.neg_spare < b.neg_spare;
+            if (a.first != b.first) return a.first < b.first;
+            if (a.second != b.second) return a.second < b.second;
             return a.pos < b.pos;
         }
     };
@@ -376,16 +374,20 @@ class Scheduler {
         FitKey key{};
         double score = 0.0;
     };
+    using FitHeap = IndexedHeap<FitKey, 4, SharedPositions>;
+    static constexpr std::uint32_t kUnsure = kNoIndex - 1;  // (a heap search that looked too far)
     FitKey fit_key(std::uint32_t dev, double spare) const noexcept;
+    FitKey spare_key(std::uint32_t dev, double spare) const noexcept { return FitKey{-spare, 0.0, order_pos_[dev]}; }
+    double spare_of(std::uint32_t dev) const noexcept;
     double fit_score(const Device& d, double spare, double u, std::int64_t tokens) const noexcept;
     void offer_fit(std::uint32_t dev, double spare, double u, std::int64_t tokens) noexcept;
     std::uint32_t take_best_fit() noexcept;
     bool fits_now(std::uint32_t dev, const Request& r, double u, double min_capacity) const noexcept;
     void build_fit_heaps();
     template <class Pred>
-    std::uint32_t first_in_fit_heap(std::uint32_t part, Pred pred) const noexcept;
+    static std::uint32_t first_in_heap(const FitHeap& heap, Pred pred) noexcept;
     std::uint32_t choose_by_fit_heaps(const Request& r, double u, double min_capacity) noexcept;
-    std::uint32_t fallback_by_fit_heaps(const Request& r, double min_capacity) const noexcept;
+    std::uint32_t fallback_by_spare_heaps(const Request& r, double min_capacity) const noexcept;
     void fit_heap_touch(std::uint32_t dev) noexcept;
     void place_by_fitness(double now);
     bool place_background(double now);  // whether it placed any
@@ -408,23 +410,28 @@ class Scheduler {
     // mostly busy mixed fleet costs O(devices with room), not O(devices).
     std::vector<std::uint32_t> open_devices_;
     bool open_listed_ = false;  // the list was made in this step
-    // The same devices as open_devices_, in heaps by fit_key, one heap per partition
-    // (devices with the same KV budget, pool and tenant list, so that every device of a
-    // heap is open to the same requests): once a step's placement has scanned the list a
-    // few times, each further request looks at the top of each heap (usually one device)
-    // instead of every device with room, and the device it is placed on moves down its
-    // heap (or leaves it, once full). Built during place_by_fitness only; the heaps' order
-    // gives the same choice as the scan (offer_fit), so which of the two runs changes
-    // nothing but the cost.
-    using FitHeap = IndexedHeap<FitKey, 4, SharedPositions>;
+    // The same devices as open_devices_ in heaps, two per partition (devices with the
+    // same KV budget, pool and tenant list, so that every device of a partition is open
+    // to the same requests): by fit_key (the fitting choice) and by spare_key (the most
+    // spare capacity: a partition whose most is too little for a request is skipped, and
+    // the fallback is its top with room). Once a step's placement has scanned the list a
+    // few times, each further request looks at the tops instead of every device with
+    // room, and the device it is placed on moves down its heaps (or leaves them, once
+    // full). Built during place_by_fitness only. A request the heaps cannot settle within
+    // a few devices per heap scans the list instead, so the heaps choose as the scan
+    // does, at no more than the scan's cost. Each heap holds a pointer to its shared
+    // position index (fit_pos_, spare_pos_): the Scheduler is never moved (it holds a
+    // mutex), so the pointers stay valid.
     static constexpr std::size_t kMaxFitHeaps = 64;
     static constexpr std::size_t kFitHeapFrom = 32;   // open devices, at least
     static constexpr std::uint32_t kFitScansFirst = 4;  // list scans before the heaps are built
     std::vector<std::uint32_t> order_pos_;     // by device: its place in device_order_
     std::vector<std::uint32_t> kv_class_;      // by device: dense id of its KV budget
-    std::vector<std::uint32_t> fit_part_;      // by device: its heap
-    std::vector<std::uint32_t> fit_pos_;       // the heaps' shared position index (by device)
+    std::vector<std::uint32_t> fit_part_;      // by device: its partition
+    std::vector<std::uint32_t> fit_pos_;       // fit_heaps_' shared position index (by device)
+    std::vector<std::uint32_t> spare_pos_;     // spare_heaps_' shared position index (by device)
     std::vector<FitHeap> fit_heaps_;           // by partition; empty when there are too many
+    std::vector<FitHeap> spare_heaps_;         // by partition, as fit_heaps_
     std::vector<FitBest> kv_best_;             // by KV class: the best fitting device offered
     std::vector<std::uint32_t> kv_touched_;    // the KV classes offered one
     bool fit_phase_ = false;                   // place_by_fitness is placing
