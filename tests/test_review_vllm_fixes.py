@@ -11,6 +11,11 @@ as vLLM's detokenizer does at a multi-byte character.
 2. tokens are counted by vLLM's token ids, not by text deltas;
 3. a resumed request's prompt_tokens is the original prompt's count;
 4. a cancel during a long prefill (no output yet) aborts the request at once.
+
+A later review: a TypeError from vLLM's generator before its first output fails the run
+(it was a client 400); a refused resumed run is a 503 ``resume_refused`` (it was a 400);
+a chat that gave ``max_completion_tokens`` sees that param on a refusal that arrives as
+an ErrorEvent too (it was ``max_tokens``).
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ class FakeEngine:
     """The part of vLLM's AsyncLLMEngine VLLMWorker uses. Prompts steer it:
     ``REFUSE``: ValueError before any output; ``BROKEN``: RuntimeError before any output;
     ``LATE``: ValueError after the first output; ``FLAKY``: RuntimeError after the first
-    output of its first run only; ``SLOW``: no output until ``release`` is set (prefill)."""
+    output of its first run only; ``SLOW``: no output until ``release`` is set (prefill);
+    ``MISMATCH``: TypeError before any output (an adapter/vLLM mismatch); ``KVLIMIT``:
+    ValueError naming max_tokens before any output; ``DENYRESUME``: as ``FLAKY``, and
+    its resumed run is refused (ValueError) before any output."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int, str]] = []  # (prompt, max_tokens, request id)
@@ -48,6 +56,12 @@ class FakeEngine:
             raise ValueError(f"The decoder prompt (length {len(prompt)}) is longer than the maximum model length")
         if "BROKEN" in prompt:
             raise RuntimeError("engine loop is dead")
+        if "MISMATCH" in prompt:  # (vLLM's own code, an internal signature changed between releases)
+            raise TypeError("preprocess() got an unexpected keyword argument 'prompt_adapter_request'")
+        if "KVLIMIT" in prompt:
+            raise ValueError(f"max_tokens={params.max_tokens} plus the prompt exceeds max_model_len")
+        if "DENYRESUME" in prompt and not request_id.endswith("-0"):  # (a resumed run: a longer prompt)
+            raise ValueError(f"The decoder prompt (length {len(prompt)}) is longer than the maximum model length")
         try:
             if "SLOW" in prompt:
                 await self.release.wait()
@@ -63,7 +77,7 @@ class FakeEngine:
                     finished=done, prompt_token_ids=[0] * len(prompt))
                 if "LATE" in prompt:
                     raise ValueError("something odd in the middle")
-                if "FLAKY" in prompt and request_id.endswith("-0"):
+                if ("FLAKY" in prompt or "DENYRESUME" in prompt) and request_id.endswith("-0"):
                     raise RuntimeError("CUDA error: device lost")
                 if done:
                     return
@@ -204,6 +218,26 @@ def test_http_gets_the_400_streaming_or_not() -> None:
                 assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
         finally:
             await engine.close()
+
+    run(main(), 20)
+
+
+@pytest.mark.usefixtures("fake_vllm")
+def test_a_typeerror_from_the_generator_fails_the_run_not_the_client() -> None:
+    # A TypeError before the first output is an adapter/vLLM mismatch or a bug, the same for
+    # every request: it fails the run (WorkerDied: retries, breaker), as one from
+    # SamplingParams does; only ValueError is the request's own refusal.
+    with pytest.raises(WorkerDied, match="prompt_adapter_request"):  # (was: a refusal, reason "error")
+        run(collect(VLLMWorker("gpu0", engine=FakeEngine()), [GenerationRequest(1, "MISMATCH", 2, 4)]))
+
+    async def main() -> None:
+        async with fleet(FakeEngine(), breaker_failures=2, max_retries=1) as engine:
+            _, end = await asyncio.wait_for(drain(engine.submit(JobSpec("MISMATCH", 4, MODEL))), 10)
+            assert isinstance(end, ErrorEvent) and end.error.status == 503, end  # (was a 400)
+            assert end.error.code == "worker_failed"
+            st = await settled(engine)
+            assert st["refused"] == 0 and st["failed"] == 1 and st["devices"]["gpu0"]["failed_runs"] == 2
+            assert st["capsched"]["breaker_trips"] == 1 and st["capsched"]["conservation_ok"]
 
     run(main(), 20)
 

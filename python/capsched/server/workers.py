@@ -278,10 +278,11 @@ class VLLMWorker:
     ``prompt_tokens`` is vLLM's count of that prompt less the resumed tokens (exact unless
     re-tokenizing the joined text merged tokens across the joint).
 
-    A request vLLM refuses on its own (``SamplingParams`` raising ``ValueError``, or the
-    generator raising ``ValueError``/``TypeError`` before its first output: a bad value,
-    a prompt longer than the model takes) finishes with reason ``"error"`` and the rest of
-    the batch goes on; any other error, or one after output started, fails the run. A
+    A request vLLM refuses on its own (``SamplingParams`` or the generator raising
+    ``ValueError`` before its first output: a bad value, a prompt longer than the model
+    takes) finishes with reason ``"error"`` and the rest of the batch goes on; any other
+    error (a ``TypeError`` too: an adapter/vLLM mismatch or a bug, not the client's), or
+    one after output started, fails the run. A
     cancelled request is aborted in vLLM at once, even while vLLM is still producing
     nothing for it (a long prefill). Tested here against a fake engine only (no GPU);
     vLLM's Python API changes between releases, so check it against yours.
@@ -401,11 +402,13 @@ class VLLMWorker:
                     out = nxt.result()
                 except StopAsyncIteration:
                     break
-                except (ValueError, TypeError) as exc:
+                except ValueError as exc:
                     if started:  # after output: the run failed
                         raise
                     # vLLM refused this request before producing anything (a value, a
                     # prompt longer than the model takes): its client's error, not the run's.
+                    # (Only ValueError: a TypeError is an adapter/vLLM mismatch or a bug, the
+                    # same for every request, so it fails the run and charges the device.)
                     queue.put_nowait(WorkerFinished(rid, "error", error=f"vLLM refused the request: {exc}"))
                     return
                 started = True
