@@ -242,6 +242,69 @@ def test_a_typeerror_from_the_generator_fails_the_run_not_the_client() -> None:
     run(main(), 20)
 
 
+@pytest.mark.usefixtures("fake_vllm")
+def test_a_refused_resumed_run_is_a_5xx_not_the_clients_400() -> None:
+    # The resumed run's prompt is the client's plus the text already sent: the server made
+    # it. Its refusal is no 400 (the client streamed tokens and did nothing wrong); still
+    # reported with cancel (no breaker charge for the refusal itself).
+    async def main() -> None:
+        fake = FakeEngine()
+        async with fleet(fake, breaker_failures=5) as engine:
+            texts, end = await asyncio.wait_for(drain(engine.submit(JobSpec("DENYRESUME", 6, MODEL))), 10)
+            assert "".join(texts) == "yy" and isinstance(end, ErrorEvent), end
+            e = end.error
+            assert (e.status, e.type, e.code, e.param) == (503, "server_error", "resume_refused", None), e.body()
+            assert "maximum model length" in e.message
+            st = await settled(engine)
+            assert st["refused"] == 1 and st["retried"] == 1 and st["failed"] == 0
+            assert st["devices"]["gpu0"]["failed_runs"] == 1  # (the first run's crash only)
+            cs = st["capsched"]
+            assert cs["cancelled"] == 1 and cs["failed"] == 0 and cs["conservation_ok"]
+            # A first run's refusal is still the client's 400.
+            _, end = await asyncio.wait_for(drain(engine.submit(JobSpec("REFUSE", 4, MODEL))), 10)
+            assert isinstance(end, ErrorEvent) and end.error.status == 400
+
+    run(main(), 20)
+
+
+@pytest.mark.usefixtures("fake_vllm")
+def test_http_resumed_refusal_and_max_completion_tokens_param() -> None:
+    pytest.importorskip("starlette")
+    httpx = pytest.importorskip("httpx")
+    from capsched.server import create_app
+
+    async def main() -> None:
+        engine = fleet(FakeEngine())
+        app = create_app(engine)
+        await engine.start()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://capsched",
+                                         timeout=30) as c:
+                for stream in (False, True):
+                    # A refusal naming max_tokens, arriving as an ErrorEvent (not from open()):
+                    # the chat gave max_completion_tokens, so that is the param.
+                    r = await c.post("/v1/chat/completions", json={
+                        "model": MODEL, "messages": [{"role": "user", "content": "KVLIMIT"}],
+                        "max_completion_tokens": 3, "stream": stream})
+                    assert r.status_code == 400, r.text
+                    assert r.json()["error"]["param"] == "max_completion_tokens", r.text  # (was max_tokens)
+                    r = await c.post("/v1/chat/completions", json={
+                        "model": MODEL, "messages": [{"role": "user", "content": "KVLIMIT"}],
+                        "max_tokens": 3, "stream": stream})
+                    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
+                r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "DENYRESUME", "max_tokens": 6})
+                assert r.status_code == 503 and r.json()["error"]["code"] == "resume_refused", r.text  # (was 400)
+                r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "DENYRESUME", "max_tokens": 6,
+                                                          "stream": True})
+                assert r.status_code == 200  # tokens went out first: the error is the stream's last event
+                assert '"code":"resume_refused"' in r.text.replace(" ", ""), r.text
+                assert "[DONE]" not in r.text
+        finally:
+            await engine.close()
+
+    run(main(), 20)
+
+
 # ---------------------------------------------------------------- 2: tokens by token ids
 
 

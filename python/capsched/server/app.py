@@ -334,11 +334,14 @@ def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starl
             models = await backend.model_names()
             parse = parse_chat if chat else parse_completion
             parsed = parse(body, models=models, tenant=tenant, default_max_tokens=cfg.default_max_tokens)
+            # The field the request's token limit came from: an error about "max_tokens"
+            # names it (a chat may give max_completion_tokens instead), whether it comes
+            # from open() or later, as an ErrorEvent of the stream.
+            limit_field = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else None
             try:
                 stream = await backend.open(parsed.job)
             except APIError as e:
-                if chat and e.param == "max_tokens" and body.get("max_completion_tokens") is not None:
-                    e.param = "max_completion_tokens"  # the field the chat's limit came from
+                _as_given(e, limit_field)
                 raise
         except APIError as e:
             return _error(e)
@@ -347,10 +350,18 @@ def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starl
                      request.url.path)
             return Response(status_code=499)
         if parsed.stream:
-            return await _streaming(request, stream, parsed, chat)
-        return await _whole(request, stream, parsed, chat)
+            return await _streaming(request, stream, parsed, chat, limit_field)
+        return await _whole(request, stream, parsed, chat, limit_field)
 
-    async def _whole(request: Request, stream: EventStream, parsed: ParsedRequest, chat: bool) -> Response:
+    def _as_given(e: APIError, limit_field: Optional[str]) -> APIError:
+        """``e`` with its ``param`` "max_tokens" renamed to ``limit_field`` (the field the
+        request gave its limit in) when there is one."""
+        if limit_field is not None and e.param == "max_tokens":
+            e.param = limit_field
+        return e
+
+    async def _whole(request: Request, stream: EventStream, parsed: ParsedRequest, chat: bool,
+                     limit_field: Optional[str]) -> Response:
         watcher = asyncio.ensure_future(_watch_disconnect(request, stream))
         parts: list[str] = []
         end: Optional[Event] = None
@@ -365,7 +376,7 @@ def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starl
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         if isinstance(end, ErrorEvent):
-            return _error(end.error)
+            return _error(_as_given(end.error, limit_field))
         if not isinstance(end, DoneEvent):  # pragma: no cover - streams always end with one
             return _error(APIError(502, "the fleet ended the request without an answer", type="server_error"))
         text = "".join(parts)
@@ -391,7 +402,8 @@ def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starl
             }
         return JSONResponse(body, headers={"x-capsched-device": end.device, "x-capsched-retries": str(end.retries)})
 
-    async def _streaming(request: Request, stream: EventStream, parsed: ParsedRequest, chat: bool) -> Response:
+    async def _streaming(request: Request, stream: EventStream, parsed: ParsedRequest, chat: bool,
+                         limit_field: Optional[str]) -> Response:
         it = stream.__aiter__()
         # Wait for the first event before answering, so that an error before any token
         # (expired in the queue, no worker left) gets its own HTTP status.
@@ -403,7 +415,7 @@ def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starl
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         if isinstance(first, ErrorEvent):
-            return _error(first.error)
+            return _error(_as_given(first.error, limit_field))
         cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(time.time())
         model = parsed.job.model
@@ -440,7 +452,7 @@ def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starl
                         yield b"data: [DONE]\n\n"
                         return
                     else:  # an error after tokens were sent: an error event ends the stream
-                        yield _sse(ev.error.body())
+                        yield _sse(_as_given(ev.error, limit_field).body())
                         return
                     ev = await it.__anext__()
             except StopAsyncIteration:  # pragma: no cover - streams always end with an event

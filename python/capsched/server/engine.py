@@ -16,7 +16,9 @@ and an asyncio loop between them.
    them after a backoff (on another device when the breaker of this one opened) and the
    retry resumes after the tokens already sent; once retries are exhausted the job gets a
    503; a request the worker refused alone (``WorkerFinished`` reason ``"error"``) gets a
-   400 and is cancelled in capsched, not failed (no charge to the device's breaker);
+   400 (a 503 ``resume_refused`` when the refused run was a resumed one: a retry, or one
+   after tokens were sent, whose prompt the server made) and is cancelled in capsched, not
+   failed (no charge to the device's breaker);
 4. the loop sleeps until woken (a submit, a finished run) or until the next time it has
    work to do: the earliest deadline of a queued job, ``StepResult.next_step_at``
    (held batches, retry backoffs), or the end of an open circuit breaker's cool-down
@@ -527,7 +529,8 @@ class FleetEngine:
             return
         if ev.finish_reason == "error":
             # The worker refused this request alone (a sampling value, a prompt its model
-            # cannot take): the client's error, a 400. Reported to capsched with cancel(),
+            # cannot take): the client's error, a 400 (a 503 ``resume_refused`` for a
+            # resumed run, below). Reported to capsched with cancel(),
             # which ends it without judging the device: fail() would count it against the
             # device's circuit breaker and failure rate (and, retryable, retry a request
             # every device refuses), complete() would teach the device's service-time
@@ -535,6 +538,17 @@ class FleetEngine:
             self.scheduler.cancel(job.rid)
             self._counters["refused"] += 1
             message = ev.error or "no reason given"
+            if job.tokens or job.retries:
+                # A resumed run: its prompt is the client's plus the text already sent, and
+                # an earlier run took the same request; the server made what was refused,
+                # not the client, so this is no 400 (and a 400 after streamed tokens would
+                # tell the client to fix a request that was fine). A 5xx it may retry.
+                self._end(job, ErrorEvent(APIError(
+                    503,
+                    f"request {job.rid} failed: the worker on {device} refused its resumed run "
+                    f"(after {job.runs} run(s), {job.generated} token(s) already sent): {message}",
+                    type="server_error", code="resume_refused")))
+                return
             self._end(job, ErrorEvent(APIError(
                 400, f"request {job.rid} was refused by the worker on {device}: {message}",
                 param=_refused_param(message, ("max_tokens", *job.spec.sampling)), code="invalid_value")))
@@ -587,8 +601,8 @@ class FleetEngine:
 
     def stats(self) -> dict[str, Any]:
         """Counters: jobs (``submitted``, ``completed``, ``expired``, ``failed``,
-        ``cancelled``, ``refused`` (a worker refused the request: a 400; capsched counts
-        it as cancelled), ``rejected``, ``retried``, ``drained``: queued jobs ended by
+        ``cancelled``, ``refused`` (a worker refused the request: a 400, or a 503
+        ``resume_refused`` for a resumed run; capsched counts it as cancelled), ``rejected``, ``retried``, ``drained``: queued jobs ended by
         :meth:`begin_drain`), the books' checks
         (``overlapping_runs``, ``duplicate_completions``: both 0 when nothing ran twice),
         per device the most batches/requests that ran at once against their limits, the
