@@ -309,7 +309,8 @@ def test_router_logs_once_per_replica_per_streak_and_ranks_a_recovered_replica_n
             assert router.rank([flaky, slow, other]) == [[slow], [flaky, other]]
         assert len(_warnings(caplog)) == 2  # one per replica
         flaky.stats = {STATS_KEY: {"capacity": 4.0}}  # recovered: ranked by its capacity again
-        assert router.rank([flaky, slow, other]) == [[flaky], [slow], [other]]
+        for _ in range(3):  # (the streak ends after 3 valid reads in a row)
+            assert router.rank([flaky, slow, other]) == [[flaky], [slow], [other]]
         assert any("flaky" in r.getMessage() and "valid again" in r.getMessage() for r in caplog.records)
         caplog.clear()
         flaky.stats = {STATS_KEY: {"error": "E: 1"}}  # a new streak: logged again, ranked last again
@@ -317,3 +318,31 @@ def test_router_logs_once_per_replica_per_streak_and_ranks_a_recovered_replica_n
         assert router.rank([flaky, slow, other]) == [[slow], [flaky, other]]
     warned = _warnings(caplog)
     assert len(warned) == 1 and "flaky" in warned[0] and "E: 1" in warned[0]
+
+
+def test_a_flapping_replica_logs_once_and_is_ranked_per_read(caplog):
+    # Stats alternating failing / valid: before, a warning and a "valid again" line on every
+    # flap. Now one streak (one warning) until 3 valid reads in a row; ranking follows each read.
+    router = _router()
+    slow = _Replica("slow", {STATS_KEY: {"capacity": 1.0}})
+    flap = _Replica("flap", {STATS_KEY: {"capacity": 4.0}})
+    with caplog.at_level(logging.INFO, logger=ray_serve.__name__):
+        for i in range(100):
+            failing = i % 2 == 1
+            flap.stats = {STATS_KEY: {"error": "RuntimeError: nvml"}} if failing else {STATS_KEY: {"capacity": 4.0}}
+            expected = [[slow], [flap]] if failing else [[flap], [slow]]
+            assert router.rank([slow, flap]) == expected  # a failing read ranks last at once
+        assert len(caplog.records) == 1 and caplog.records[0].levelno == logging.WARNING  # (was 99 lines)
+        # Two valid reads after a failing one do not end the streak; a third does.
+        flap.stats = {STATS_KEY: {"error": "E"}}
+        router.rank([slow, flap])
+        flap.stats = {STATS_KEY: {"capacity": 4.0}}
+        router.rank([slow, flap])
+        router.rank([slow, flap])
+        assert not any("valid again" in r.getMessage() for r in caplog.records)
+        assert router.rank([slow, flap]) == [[flap], [slow]]
+        assert [r.getMessage() for r in caplog.records if "valid again" in r.getMessage()] != []
+        caplog.clear()
+        flap.stats = {STATS_KEY: {"error": "E"}}  # after a recovery: a new streak, a new warning
+        router.rank([slow, flap])
+    assert len(_warnings(caplog)) == 1

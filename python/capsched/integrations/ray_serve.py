@@ -484,6 +484,12 @@ _router_class: Optional[type] = None
 _router_lock = threading.Lock()
 
 
+#: Consecutive valid reads of a failing replica's stats after which the router ends its
+#: failure streak (logs "valid again"; a later failure warns anew). Ranking does not wait:
+#: each read ranks the replica by that read.
+_RECOVERY_READS = 3
+
+
 def _build_router_class() -> type:
     _import_ray()  # the clear ImportError first
     from ray.serve.request_router import FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter
@@ -498,16 +504,19 @@ def _build_router_class() -> type:
         returned one replica per rank: Ray takes the first that is not full. Replicas
         whose routing stats are bad, or raise when read, are ranked last (after those
         not reported yet), so they still serve; each is logged once per failure streak,
-        and ranked normally again once its stats are valid. ``request_router_kwargs``:
-        ``seed`` (int) for the tie-breaks.
+        and ranked normally again at its first valid read. A streak ends (an info line
+        "valid again") only after ``_RECOVERY_READS`` consecutive valid reads, so a
+        replica flapping between failing and valid stats logs once, not on every flap.
+        ``request_router_kwargs``: ``seed`` (int) for the tie-breaks.
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._capsched_rng = random.Random()
             self._capsched_warned: set[str] = set()
-            # replica name -> the problem that started its current failure streak
-            self._capsched_failing: dict[str, str] = {}
+            # replica name -> (the problem that started its current failure streak, the
+            # valid reads since its last failing one: the streak ends at _RECOVERY_READS)
+            self._capsched_failing: dict[str, tuple[str, int]] = {}
             self._capsched_ranker = _Ranker()
             # replica name -> (its capsched stats as delivered, parsed): they change once a period
             self._capsched_parsed: dict[str, tuple[Any, ReplicaCapacity]] = {}
@@ -545,15 +554,25 @@ def _build_router_class() -> type:
                     _load(view, cap)  # a load that cannot be computed ranks the replica last too
                 except Exception as exc:  # noqa: BLE001 - never out of the router: the replica still serves
                     # Not the mean of the others, as a replica not reported yet: last. Logged
-                    # when its failure streak starts, not on every request.
-                    if name not in failing:
+                    # when its failure streak starts, not on every request (nor on every
+                    # flap: a streak ends only after _RECOVERY_READS valid reads in a row).
+                    streak = failing.get(name)
+                    if streak is None:
                         msg = str(exc) if isinstance(exc, CapschedError) else f"replica {name!r}: bad routing stats: {exc!r}"
-                        failing[name] = msg
+                        failing[name] = (msg, 0)
                         _log.warning("capsched router: %s; ranking this replica last until its stats are valid", msg)
+                    elif streak[1]:
+                        failing[name] = (streak[0], 0)
                     bad.append(r)
                     continue
-                if failing.pop(name, None) is not None:
-                    _log.info("capsched router: replica %r: routing stats valid again; ranked normally", name)
+                streak = failing.get(name)
+                if streak is not None:  # ranked normally from this read on; the streak ends later
+                    if streak[1] + 1 >= _RECOVERY_READS:
+                        del failing[name]
+                        _log.info("capsched router: replica %r: routing stats valid again (%d reads in a row); "
+                                  "ranked normally", name, _RECOVERY_READS)
+                    else:
+                        failing[name] = (streak[0], streak[1] + 1)
                 good.append(r)
                 views.append(view)
                 caps.append(cap)
