@@ -46,6 +46,24 @@ from .specs import AcceleratorSpec
 from .specs import lookup as lookup_accelerator
 from .tokens import estimate_tokens
 from .jobs import JobCycleError, JobFileError, JobRunner, load_job, propagate_deadlines, topological_order
+from . import checkpoint as _checkpoint, config as _config, discovery as _discovery, jobs as _jobs
+
+# These modules import Device / Scheduler only under TYPE_CHECKING (a real import would be
+# a cycle: scheduler and devices import config, devices imports discovery, scheduler
+# imports checkpoint), so their annotations name classes their namespaces lack at run
+# time and typing.get_type_hints (documentation tools, pydantic, cattrs...) raised
+# NameError on SchedulerConfig, JobRunner.__init__, load_checkpoint, the discovery
+# classes' to_device(s). Now that every module is loaded, bind the names there.
+# (tests/test_review_misc2_fixes.py checks get_type_hints on every public name.)
+for _module, _name, _value in (
+    (_config, "Device", Device),
+    (_config, "Scheduler", Scheduler),
+    (_jobs, "Scheduler", Scheduler),
+    (_checkpoint, "Scheduler", Scheduler),
+    (_discovery, "Device", Device),
+):
+    setattr(_module, _name, _value)
+del _module, _name, _value, _checkpoint, _config, _discovery, _jobs
 
 __version__ = "0.1.0"
 
