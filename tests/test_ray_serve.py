@@ -111,11 +111,11 @@ def test_a_kept_ranker_follows_changes_and_rebuilds(monkeypatch: pytest.MonkeyPa
         return ranker.rank(views, [parse_replica_stats(v.name, v.stats) for v in views], rng)
 
     slow, fast = _view("slow", capacity=1.0), _view("fast", capacity=4.0)
-    built = []
+    built = []  # (the schedulers themselves: an id() of a collected one can be reused)
     for _ in range(7):  # the same devices: kept, rebuilt after 3 rankings
         assert rank(slow, fast) == [1, 0]
-        built.append(id(ranker._sched))
-    assert len(set(built)) == 3
+        built.append(ranker._sched)
+    assert len({id(s) for s in built}) == 3
     assert rank(slow, _view("fast", capacity=4.0, ongoing=4, max_ongoing=4)) == [0, 1]  # load: same devices
     assert rank(slow, _view("fast", capacity=0.5)) == [0, 1]  # capacity changed: a new scheduler
     assert rank(slow, fast, _view("mid", capacity=2.0)) == [1, 2, 0]  # a replica more
