@@ -9,6 +9,14 @@ table: the step's time and its time per dispatched request.
 
     python bench/mixed_fleet_step.py                     # about 2 s
     python bench/mixed_fleet_step.py 4096 10000          # one size (devices, queued)
+    python bench/mixed_fleet_step.py --fallback          # requests that fit no device (3 s)
+
+``--fallback``: 10,000 requests of 2,000,000 prompt tokens, which fit no device (their
+utilization estimate is clamped to a whole device), on 1,024 and 4,096 mixed devices,
+without and with KV budgets and energy-aware placement, and with a 100 s timeout: each
+placement is a fallback (the device with room with the most spare capacity). Without a
+deadline the core takes it from its heaps; with one it scans the devices with room (the
+fallback then depends on which devices would end the request in time).
 
 Devices: capacities 1 .. 7 in turn ("mixed") or all 1 ("equal"), ``max_batch_size`` 32,
 one batch each; requests from ``submit_many`` (1..1999 prompt tokens) at t = 0; the time
@@ -17,12 +25,13 @@ of the first ``step(1.0)``, which dispatches all of them when the fleet has room
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
 import numpy as np
 
-from capsched import Device, Scheduler
+from capsched import Config, Device, Scheduler
 
 
 def one_step(devices: int, queued: int, mixed: bool) -> tuple[float, int]:
@@ -34,7 +43,33 @@ def one_step(devices: int, queued: int, mixed: bool) -> tuple[float, int]:
     return time.perf_counter() - t0, int(res.request_ids.size)
 
 
+def fallback_step(devices: int, queued: int, kv: bool, energy: bool, timeout: float) -> tuple[float, int, int]:
+    fleet = [Device(f"d{i}", capacity=float(1 + i % 7), power_w=100.0 + i % 5,
+                    **({"kv_tokens": 10**8} if kv else {})) for i in range(devices)]
+    s = Scheduler(fleet, max_batch_size=32, config=Config(energy_aware=energy))
+    s.submit_many(np.full(queued, 2_000_000), max_new_tokens=np.full(queued, 16),
+                  timeout=np.full(queued, timeout), now=0.0)
+    t0 = time.perf_counter()
+    res = s.step_many(0.0)
+    return time.perf_counter() - t0, int(res.request_ids.size), int(s.stats()["placed_fallback"])
+
+
+def main_fallback() -> None:
+    print("| devices | queued | KV budgets | energy_aware | timeout | step (s) | per request (us) | fallbacks |")
+    print("|---:|---:|---|---|---|---:|---:|---:|")
+    for devices in (1024, 4096):
+        for kv, energy, timeout in ((False, False, math.nan), (True, False, math.nan), (False, True, math.nan),
+                                    (False, False, 100.0)):
+            el, k, fb = fallback_step(devices, 10_000, kv, energy, timeout)
+            print(f"| {devices:,} | 10,000 | {'yes' if kv else 'no'} | {'yes' if energy else 'no'} | "
+                  f"{'none' if math.isnan(timeout) else f'{timeout:g} s'} | {el:.4f} | {el / k * 1e6:.2f} | {fb:,} |",
+                  flush=True)
+
+
 def main(argv: list[str]) -> None:
+    if argv == ["--fallback"]:
+        main_fallback()
+        return
     sizes = ([(int(argv[0]), int(float(argv[1])))] if len(argv) == 2
              else [(1024, 10_000), (4096, 10_000), (4096, 20_000), (65_536, 100_000)])
     print("| devices | queued | dispatched | mixed: step (s) | per request (us) | equal: step (s) | mixed / equal |")
