@@ -29,3 +29,12 @@ def test_mixed_fleet_step_dispatches_everything_queued() -> None:
     rows = _run("mixed_fleet_step.py", "64", "1000")
     cells = [c.strip() for c in rows[1].strip("|").split("|")]
     assert cells[:3] == ["64", "1,000", "1,000"]
+
+
+def test_mixed_fleet_step_fallback_places_every_request_as_a_fallback() -> None:
+    rows = _run("mixed_fleet_step.py", "--fallback")
+    body = rows[1:]  # (after the header; _run drops the separator)
+    assert len(body) == 8
+    for r in body:
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        assert cells[1] == "10,000" and cells[-1] == "10,000", r
