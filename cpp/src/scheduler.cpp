@@ -2050,12 +2050,25 @@ void Scheduler::release_dependents(std::uint32_t e) {
 void Scheduler::fail_dependents(std::uint32_t e, std::uint64_t id, Outcome how, std::string_view detail) {
     // Fail every waiting dependent, transitively. Direct dependents name this request and
     // its outcome; indirect ones name their own dependency and the root cause.
+    // Each dependent gets its own copy of the reason, so the detail (a worker's error
+    // text) is cut to kDetailShown bytes there, at a UTF-8 character boundary: a long
+    // error times many dependents must not cost memory in proportion to both.
     if (e == kNoIndex) return;
     std::string root = "request " + id_text(id) + " " + outcome_name(how);
     std::string direct = "dependency " + id_text(id) + " " + outcome_name(how);
     if (!detail.empty()) {
-        root.append(": ").append(detail);
-        direct.append(": ").append(detail);
+        constexpr std::size_t kDetailShown = 256;
+        std::string_view shown = detail;
+        const bool cut = shown.size() > kDetailShown;
+        if (cut) {
+            std::size_t n = kDetailShown;
+            while (n > 0 && (static_cast<unsigned char>(shown[n]) & 0xC0u) == 0x80u) --n;  // (a continuation byte)
+            shown = shown.substr(0, n);
+        }
+        root.append(": ").append(shown);
+        if (cut) root.append(" [...]");
+        direct.append(": ").append(shown);
+        if (cut) direct.append(" [...]");
     }
     cascade_stack_.clear();
     cascade_stack_.push_back({e, id});
