@@ -155,15 +155,25 @@ def save_checkpoint(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> Non
     """Write ``scheduler``'s state to ``path`` atomically (see the module docstring).
 
     Raises:
-        CheckpointError: ``path`` is not a file name, or the file cannot be written.
+        CheckpointError: ``path`` is not a file name, the file cannot be written, or a
+            value of the state has no JSON form (say a device field holding a numpy
+            float32: the message names the field); nothing is written then.
     """
     target = Path(_checked_path(path))
     payload = scheduler._checkpoint_payload()
     core = payload.pop("core")  # (fresh from the core: encoded where it stands, not copied)
-    _encode_in_place(core)
-    payload = _encode(payload)
-    payload["core"] = core
-    body = _canonical(payload)
+    try:
+        _encode_in_place(core)
+        payload = _encode(payload)
+        payload["core"] = core
+        body = _canonical(payload)
+    except (TypeError, ValueError) as exc:  # (json: an object it cannot write, a non-finite float)
+        where = _unencodable(payload)
+        raise CheckpointError(
+            f"cannot write checkpoint {str(target)!r}: "
+            + (f"{where}" if where is not None else f"the state cannot be encoded ({exc})")
+            + "; nothing was written"
+        ) from None
     del payload, core  # (the objects go before the file is written)
     parts = _document_parts(body, hashlib.sha256(body).hexdigest())
     # A name of its own per call: a shared one lets one thread truncate the file another
@@ -194,6 +204,33 @@ def save_checkpoint(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> Non
             except OSError:
                 pass
         raise CheckpointError(f"cannot write checkpoint {str(target)!r}: {exc.strerror or exc}") from exc
+
+
+def _unencodable(x: Any, where: str = "") -> Optional[str]:
+    """Where in an (encoded) payload the first value JSON cannot hold is, and what it is
+    ("devices[0].capacity is float32(2.0), not a JSON number..."), or None."""
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if not isinstance(k, str):
+                return f"{where or 'the payload'} has a key {_short(k)} ({type(k).__name__}), not a string"
+            found = _unencodable(v, f"{where}.{k}" if where else k)
+            if found is not None:
+                return found
+        return None
+    if isinstance(x, (list, tuple)):
+        for i, v in enumerate(x):
+            found = _unencodable(v, f"{where}[{i}]")
+            if found is not None:
+                return found
+        return None
+    if x is None or type(x) in (str, int, bool):
+        return None
+    if type(x) is float:
+        return None if math.isfinite(x) else f"{where} is {x!r}, not a finite number"
+    return (
+        f"{where} is {_short(x)} of type {type(x).__module__}.{type(x).__qualname__}, which has no JSON form "
+        "(give plain int, float and str values)"
+    )
 
 
 def _fsync_dir(path: Union[str, "os.PathLike[str]"]) -> None:

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 if TYPE_CHECKING:  # (imported for annotations only: scheduler and devices import this module)
@@ -293,6 +293,7 @@ class Config:
         object.__setattr__(self, "preferred_batch_sizes", tuple(int(v) for v in sizes))
         if self.tokenizer is not None and not callable(self.tokenizer):
             raise ConfigError(f"tokenizer must be callable (str -> int), got {self.tokenizer!r}")
+        _plain_numbers(self, [f.name for f in dataclasses.fields(Config)])
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Config":
@@ -418,6 +419,18 @@ def _check_real(
         raise ConfigError(f"{name} must be in {lo}{minimum:g}, {maximum:g}], got {_brief(value)}")
 
 
+def _plain_numbers(obj: object, names: Iterable[str]) -> None:
+    """Store each numeric field of a frozen dataclass, checked already, as a plain int or
+    float: a numpy scalar (np.int64, np.float32) or a Fraction is accepted as
+    the number it is, but kept as given it would be written into a checkpoint as an object
+    JSON cannot hold (and compare, hash and print unlike the number)."""
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, bool) or type(v) in (int, float) or not isinstance(v, numbers.Real):
+            continue
+        object.__setattr__(obj, name, int(v) if isinstance(v, numbers.Integral) else float(v))
+
+
 def _check_int(name: str, value: object, lo: int, hi: int) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"{name} must be an integer, got {_brief(value)}")
@@ -461,6 +474,7 @@ class SchedulerConfig(Config):
                 f"policy: unknown policy {self.policy!r}: expected one of {', '.join(map(repr, POLICIES))}"
             )
         _check_int("max_batch_size", self.max_batch_size, 1, MAX_BATCH_SIZE)
+        _plain_numbers(self, ("max_batch_size",))
         for i, v in enumerate(self.preferred_batch_sizes):
             if v > self.max_batch_size:
                 raise ConfigError(

@@ -9,6 +9,7 @@ import numbers
 import os
 import secrets
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,6 +25,7 @@ from .config import _brief as _brief_size
 from .devices import Device, parse_devices
 from .errors import (
     AdmissionError,
+    CapschedError,
     ConfigError,
     DependencyError,
     DuplicateRequestError,
@@ -299,6 +301,11 @@ class Scheduler:
                 self._index.setdefault(d.parent, []).append(i)
         self._index.update({name: [i] for i, name in enumerate(self._names)})
         self._clocked: list[bool] = [False] * len(self._devices)  # set_clock has given it a max clock
+        # Each device's max clock as the core has it (None: none known yet), so that
+        # set_clock can check every slice of a split device before changing any.
+        self._max_clock: list[Optional[float]] = [
+            None if d.max_clock_mhz is None else float(d.max_clock_mhz) for d in self._devices
+        ]
         self._pools: dict[str, int] = {}  # pool name -> id (1, 2, ... in device order)
         for d in self._devices:
             if d.pool is not None and d.pool not in self._pools:
@@ -445,10 +452,13 @@ class Scheduler:
             else:
                 tenant = self._tenants.get(name)
                 rclass = self._classes.get(class_name)
-                if tenant is None or rclass is None:
-                    tenant, rclass = self._name_ids(name, class_name)
             try:
-                rid = core.submit_spec(tokens, spec, tenant, rclass, t)
+                if tenant is None or rclass is None:  # (a name to number: only if the core accepts)
+                    rid, tenant = self._submit_naming(
+                        core, name, class_name, "submit_spec", lambda ti, ci: (tokens, spec, ti, ci, t)
+                    )
+                else:
+                    rid = core.submit_spec(tokens, spec, tenant, rclass, t)
             except (QueueFullError, AdmissionError) as exc:
                 raise self._refused(exc, name, tenant) from None
             except InvalidRequestError as exc:
@@ -492,19 +502,18 @@ class Scheduler:
                 raise DuplicateRequestError(_submitted(request.id))
             tenant = self._tenants.get(fields.tenant)
             rclass = self._classes.get(fields.request_class)
-            if tenant is None or rclass is None:
-                tenant, rclass = self._name_ids(fields.tenant, fields.request_class)
             timeout = fields.timeout
             deadline = fields.deadline
-            try:
-                rid = self._core.submit(
+
+            def args(ti: int, ci: int) -> tuple[Any, ...]:
+                return (
                     tokens,
                     fields.max_new_tokens,
                     fields.priority,
                     _NAN if timeout is None else timeout,
                     _NAN if deadline is None else deadline,
-                    tenant,
-                    rclass,
+                    ti,
+                    ci,
                     _SCHED_CODES[fields.sched_class],
                     fields.batchable,
                     fields.uclamp_min,
@@ -514,6 +523,12 @@ class Scheduler:
                     deps,
                     t,
                 )
+
+            try:
+                if tenant is None or rclass is None:  # (a name to number: only if the core accepts)
+                    rid, tenant = self._submit_naming(None, fields.tenant, fields.request_class, "submit", args)
+                else:
+                    rid = self._core.submit(*args(tenant, rclass))
             except (QueueFullError, AdmissionError) as exc:
                 raise self._refused(exc, fields.tenant, tenant) from None
             except InvalidRequestError as exc:
@@ -525,35 +540,101 @@ class Scheduler:
         request._owner = self._owner_token
         return rid
 
-    def _refused(self, exc: Exception, tenant: Optional[str], tenant_id: int) -> Exception:
+    def _refused(self, exc: Exception, tenant: Optional[str], tenant_id: Optional[int]) -> Exception:
         """Counts a submit refused by back-pressure or admission; the error to raise (a
         QueueFullError names the tenant as the caller knows it)."""
         self._count_rejected(1)
         return _tenant_named(exc, tenant, tenant_id)
 
-    def _name_ids(self, tenant: Optional[str], request_class: Optional[str]) -> tuple[int, int]:
-        """The ids of a tenant and a request class, numbering (and journaling) new names."""
+    def _submit_naming(
+        self,
+        core: Any,
+        tenant: Optional[str],
+        request_class: Optional[str],
+        op: str,
+        make_args: Callable[[int, int], tuple[Any, ...]],
+    ) -> tuple[int, int]:
+        """(id, tenant number) of a submit, ``core.<op>(*make_args(tenant number, class
+        number))``, whose tenant or request class name is not numbered yet: the new names
+        are numbered (weighed and journaled) only once the core has accepted the request,
+        so that a refused submit leaves no name behind (nothing else changes either: the
+        tenant table cannot fill up with names of requests that were never accepted).
+
+        The call runs under self._lock, so that no other thread numbers a name
+        meanwhile: the numbers handed to the core are the ones the names get. ``core``
+        is the core to call (None: self._core, read under the lock). With a journal
+        open, the names line is written before the submit's line, as a replay needs
+        them, and neither is written if the core refuses."""
+        from .journal import JournalCore, _plain
+
         with self._lock:
             t = self._tenants.get(tenant)
             c = self._classes.get(request_class)
-            if t is None or c is None:
-                if t is None and len(self._tenants) >= _limits.MAX_TENANTS:
-                    raise InvalidRequestError(
-                        f"tenant {tenant!r} would be tenant number {len(self._tenants) + 1}, over the limit of "
-                        f"{_limits.MAX_TENANTS} tenants"
-                    )
-                if c is None and len(self._classes) >= _limits.MAX_REQUEST_CLASSES:
-                    raise InvalidRequestError(
-                        f"request_class {request_class!r} would be class number {len(self._classes) + 1}, over "
-                        f"the limit of {_limits.MAX_REQUEST_CLASSES} classes"
-                    )
-                if t is None:
-                    t = self._tenants[tenant] = len(self._tenants)
-                    self._weigh_tenant(tenant, t)
-                if c is None:
-                    c = self._classes[request_class] = len(self._classes)
-                self._journal_names()
-            return t, c
+            new_t, new_c = t is None, c is None
+            if new_t and len(self._tenants) >= _limits.MAX_TENANTS:
+                raise InvalidRequestError(
+                    f"tenant {tenant!r} would be tenant number {len(self._tenants) + 1}, over the limit of "
+                    f"{_limits.MAX_TENANTS} tenants"
+                )
+            if new_c and len(self._classes) >= _limits.MAX_REQUEST_CLASSES:
+                raise InvalidRequestError(
+                    f"request_class {request_class!r} would be class number {len(self._classes) + 1}, over "
+                    f"the limit of {_limits.MAX_REQUEST_CLASSES} classes"
+                )
+            if t is None:
+                t = len(self._tenants)
+            if c is None:
+                c = len(self._classes)
+            args = make_args(t, c)
+            if core is None:
+                core = self._core
+
+            def call(target: Any) -> int:
+                try:
+                    return int(getattr(target, op)(*args))
+                except CapschedError as exc:  # (named as the caller knows the tenant: it has no number)
+                    raise _tenant_named(exc, tenant, t) from None
+
+            if not (new_t or new_c):  # (another thread numbered them meanwhile)
+                return call(core), t
+            if not isinstance(core, JournalCore):
+                rid = call(core)
+                self._number_names(tenant, t, new_t, request_class, c, new_c)
+                return rid, t
+            with core.lock:
+                if core.closed:  # (closed since this call read it: the core unjournaled)
+                    rid = call(core)
+                    self._number_names(tenant, t, new_t, request_class, c, new_c)
+                    return rid, t
+                core.refuse_if_failed()
+                journal = core.journal
+                # Both lines encoded before any change (as JournalCore does): the names,
+                # then the call one seq after them.
+                names = journal.encode(
+                    "names",
+                    tenants=[[k, v] for k, v in self._tenants.items()] + ([[tenant, t]] if new_t else []),
+                    classes=[[k, v] for k, v in self._classes.items()] + ([[request_class, c]] if new_c else []),
+                )
+                journal.seq += 1
+                try:
+                    body = journal.encode(op, args=_plain(list(args)))
+                finally:
+                    journal.seq -= 1
+                rid = call(core._inner)  # (refused: nothing numbered, nothing written)
+                self._number_names(tenant, t, new_t, request_class, c, new_c)
+                core.write(names, rid)
+                core.write(body, rid)
+                return rid, t
+
+    def _number_names(
+        self, tenant: Optional[str], t: int, new_t: bool, request_class: Optional[str], c: int, new_c: bool
+    ) -> None:
+        """Number a tenant and a class name (new_t, new_c: each is new), under self._lock."""
+        if new_t:
+            self._tenants[tenant] = t
+            self._weigh_tenant(tenant, t)
+        if new_c:
+            self._classes[request_class] = c
 
     def submit_many(
         self,
@@ -888,18 +969,46 @@ class Scheduler:
         example NVML's SM clock while it is busy, or the throttled ceiling; the device's
         usable capacity scales with ``clock / max``, and utilization it accumulates from
         ``now`` on is scaled the same way. ``max_clock_mhz`` defaults to the one known.
+
+        ``device`` may name a device that was split into slices: every slice is set. Each
+        slice is checked first (a max clock known or given, ``0 < clock <= max``), so a
+        refused call changes none of them.
+
+        Raises:
+            InvalidArgumentError: an unknown device; ``clock_mhz``, ``max_clock_mhz`` or
+                ``now`` not a number; ``max_clock_mhz`` not finite or not > 0; no max
+                clock known for the device (or one of its slices) and none given;
+                ``clock_mhz`` not in (0, max clock] (the message names the slice).
         """
         indices = self._device_indices(device)
-        if max_clock_mhz is None and self._devices[indices[0]].max_clock_mhz is None and not self._clocked[indices[0]]:
-            raise InvalidArgumentError(
-                f"device {device!r} has no known max clock: pass max_clock_mhz (or describe the device "
-                "with max_clock_mhz or a model)"
-            )
-        mx = _NAN if max_clock_mhz is None else _real_arg("max_clock_mhz", max_clock_mhz)
+        mx: Optional[float] = None
+        if max_clock_mhz is not None:
+            mx = _real_arg("max_clock_mhz", max_clock_mhz)
+            if not (math.isfinite(mx) and mx > 0.0):
+                raise InvalidArgumentError(
+                    f"max_clock_mhz must be a finite number > 0 (the max clock in MHz), got {_brief(max_clock_mhz)}"
+                )
         cur, t = _real_arg("clock_mhz", clock_mhz), self._time(now)
-        for idx in indices:  # the core validates; a bad value fails on the first, unchanged
-            self._core.set_clock(idx, cur, mx, t)
+        for idx in indices:  # every slice checked before any changes
+            name = self._names[idx]
+            what = f"device {name!r}" if name == device else f"device {device!r}: its slice {name!r}"
+            m = mx if mx is not None else self._max_clock[idx]
+            if m is None:
+                raise InvalidArgumentError(
+                    f"{what} has no known max clock: pass max_clock_mhz (or describe the device "
+                    "with max_clock_mhz or a model)"
+                )
+            if not (cur > 0.0 and cur <= m):
+                raise InvalidArgumentError(f"{what}: current clock must be in (0, max clock {m:g}], got {_brief(clock_mhz)}")
+            if not math.isfinite(cur / m) or cur / m < sys.float_info.min:
+                raise InvalidArgumentError(
+                    f"{what}: current clock {cur:g} is too small against max clock {m:g}: their ratio underflows to 0"
+                )
+        for idx in indices:
+            self._core.set_clock(idx, cur, _NAN if mx is None else mx, t)
             self._clocked[idx] = True
+            if mx is not None:
+                self._max_clock[idx] = mx
 
     def set_pressure(self, device: str, pressure: float, *, now: Optional[float] = None) -> None:
         """Share of a device's capacity taken by work this scheduler does not place
@@ -1212,7 +1321,7 @@ class Scheduler:
         # journal's seq is read until the core's state is exported: a journaled call
         # changes the core first and writes its line (the seq) after, so without it a
         # checkpoint could hold a call its seq says is still to replay. (Lock order:
-        # self._lock, then the journal's, as _name_ids takes them.)
+        # self._lock, then the journal's, as _submit_naming takes them.)
         with self._lock, (core.lock if isinstance(core, JournalCore) else contextlib.nullcontext()):
             tenants = [[k, v] for k, v in self._tenants.items()]
             classes = [[k, v] for k, v in self._classes.items()]
@@ -1276,6 +1385,9 @@ class Scheduler:
             raise CheckpointError(f"the core state has an unknown version {state.get('version')!r}")
         _check_names_used(state.get("requests"), len(tenants), len(classes))
         s._core.import_state(state)
+        for i, dev in enumerate(state.get("devices") or ()):  # (the max clocks set_clock gave)
+            if i < len(s._max_clock) and (s._clocked[i] or s._max_clock[i] is not None):
+                s._max_clock[i] = float(dev["max_clock"])
         seq = payload.get("journal_seq", 0)
         if not isinstance(seq, int) or seq < 0:
             raise CheckpointError(f"journal_seq must be an integer >= 0, got {seq!r}")
@@ -1328,7 +1440,11 @@ class Scheduler:
                     raise CheckpointError(f"journal seq {e['seq']}: unknown call {e['op']!r}")
                 getattr(self._core, e["op"])(*e["args"])
                 if e["op"] == "set_clock":
-                    self._clocked[int(e["args"][0])] = True
+                    idx = int(e["args"][0])
+                    self._clocked[idx] = True
+                    mx = float(e["args"][2])
+                    if not math.isnan(mx):
+                        self._max_clock[idx] = mx
             last = e["seq"]
         self._journal_seq = last
         return last
@@ -1384,10 +1500,13 @@ _E = TypeVar("_E", bound=Exception)
 _R = TypeVar("_R")
 
 
-def _tenant_named(exc: _E, tenant: Optional[str], tenant_id: int) -> _E:
+def _tenant_named(exc: _E, tenant: Optional[str], tenant_id: Optional[int]) -> _E:
     """The core's error with the tenant named as the caller knows it, not by its number:
-    "for tenant N:" (QueueFullError) and "no device is open to tenant N"."""
+    "for tenant N:" (QueueFullError) and "no device is open to tenant N" (tenant_id None:
+    as it is)."""
     text = str(exc)
+    if tenant_id is None:
+        return exc
     for form in ("for tenant {}:", "no device is open to tenant {}"):
         core = form.format(tenant_id)
         if core in text:

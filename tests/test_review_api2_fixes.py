@@ -1,0 +1,230 @@
+"""Regression tests for the second review of the public Python API: a bad input gets a
+precise CapschedError naming the bad value, nothing accepted is lost, a refused call
+changes nothing."""
+
+from __future__ import annotations
+
+import fractions
+import json
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import capsched.config as capsched_config
+from capsched import Config, Device, InferenceRequest, Scheduler
+from capsched.errors import (
+    CheckpointError,
+    InvalidArgumentError,
+    InvalidRequestError,
+    QueueFullError,
+)
+
+
+def _payload(s: Scheduler, path: Path) -> dict[str, Any]:
+    s.checkpoint(path)
+    doc = json.loads(path.read_bytes())
+    payload: dict[str, Any] = doc["payload"]
+    return payload
+
+
+# ---------------------------------------------------------------- 1. refused submits leave no name
+
+
+@pytest.mark.parametrize("after_construction", [False, True], ids=["fast path", "checked path"])
+def test_a_refused_submit_numbers_no_tenant_or_class(tmp_path: Path, after_construction: bool) -> None:
+    s = Scheduler(["a"], config=Config(max_queued=1))
+    s.submit(InferenceRequest(prompt_tokens=1), now=1.0)
+    before = (tmp_path / "before.ckpt")
+    s.checkpoint(before)
+    tenants_before = list(s.fair_share()["tenants"])
+    refused = [
+        InferenceRequest(prompt_tokens=1, tenant="t-past-deadline", deadline=0.5),
+        InferenceRequest(prompt_tokens=1, request_class="c-past-deadline", deadline=0.5),
+        InferenceRequest(prompt_tokens=1, tenant="t-both", request_class="c-both", deadline=0.5),
+    ]
+    for req in refused:
+        if after_construction:
+            req.max_new_tokens = 8  # (set again: no longer the validated fast-path tuple)
+        with pytest.raises(InvalidRequestError, match="deadline 0.5 is not after now"):
+            s.submit(req, now=1.0)
+    after = tmp_path / "after.ckpt"
+    s.checkpoint(after)
+    assert list(s.fair_share()["tenants"]) == tenants_before
+    assert before.read_bytes() == after.read_bytes()
+
+
+def test_a_queue_full_refusal_numbers_no_tenant(tmp_path: Path) -> None:
+    s = Scheduler(["a"], config=Config(max_queued=1))
+    s.submit(InferenceRequest(prompt_tokens=1), now=1.0)
+    p0 = _payload(s, tmp_path / "a.ckpt")
+    with pytest.raises(QueueFullError):
+        s.submit(InferenceRequest(prompt_tokens=1, tenant="t-queue-full", request_class="c"), now=1.0)
+    p1 = _payload(s, tmp_path / "b.ckpt")
+    assert p1["rejected"] == p0["rejected"] + 1  # (the refusal is counted, as documented)
+    p0.pop("rejected"), p1.pop("rejected")
+    assert p0 == p1
+    assert "t-queue-full" not in s.fair_share()["tenants"]
+
+
+def test_refused_submits_cannot_fill_the_tenant_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(capsched_config, "MAX_TENANTS", 8)
+    s = Scheduler(["a"])
+    for i in range(50):
+        with pytest.raises(InvalidRequestError):
+            s.submit(InferenceRequest(prompt_tokens=1, tenant=f"bad{i}", deadline=0.5), now=1.0)
+    assert s.submit(InferenceRequest(prompt_tokens=1, tenant="legit"), now=2.0) == 1
+    assert list(s.fair_share()["tenants"]) == [None, "legit"]
+
+
+def test_a_refused_submit_journals_nothing_and_an_accepted_one_replays(tmp_path: Path) -> None:
+    ck, jl = tmp_path / "s.ckpt", tmp_path / "s.journal"
+    s = Scheduler(["a"], config=Config(tenant_weights={"w": 2.0}))
+    s.checkpoint(ck)
+    s.open_journal(jl)
+    size = jl.stat().st_size
+    with pytest.raises(InvalidRequestError):
+        s.submit(InferenceRequest(prompt_tokens=1, tenant="refused", deadline=0.5), now=1.0)
+    assert jl.stat().st_size == size
+    rid = s.submit(InferenceRequest(prompt_tokens=3, tenant="w", request_class="k"), now=1.0)
+    lines = [json.loads(line.split("\t")[0]) for line in jl.read_text().splitlines()]
+    assert [e["op"] for e in lines][-2:] == ["names", "submit"]  # (the names before the call using them)
+    assert [e["seq"] for e in lines] == list(range(1, len(lines) + 1))
+    s.close_journal()
+    r = Scheduler.restore(ck, journal=jl)
+    assert r.status(rid) == "queued"
+    assert list(r.fair_share()["tenants"]) == [None, "w"]
+    assert r.fair_share()["tenants"]["w"]["weight"] == 2.0
+    r.close_journal()
+
+
+def test_new_names_from_many_threads_are_numbered_once_each(tmp_path: Path) -> None:
+    s = Scheduler(["a"])
+    errors: list[BaseException] = []
+    accepted: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(200):
+                name = f"t{i % 37}"
+                late = (i + k) % 3 == 0
+                try:
+                    rid = s.submit(InferenceRequest(prompt_tokens=1, tenant=name, deadline=0.5 if late else None),
+                                   now=1.0)
+                except InvalidRequestError:
+                    assert late
+                    continue
+                with lock:
+                    accepted.append((rid, name))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    tenants = s._tenants
+    assert sorted(tenants.values()) == list(range(len(tenants)))
+    assert set(tenants) == {None} | {name for _, name in accepted}
+    # The checkpoint restores (every request's tenant number has a name).
+    s.checkpoint(tmp_path / "t.ckpt")
+    r = Scheduler.restore(tmp_path / "t.ckpt")
+    assert r.stats()["accepted"] == len(accepted)
+
+
+# ---------------------------------------------------------------- 2. numpy scalars in Config
+
+
+@pytest.mark.parametrize(
+    "field, value, plain",
+    [
+        ("max_queued", np.int64(50), 50),
+        ("weight_urgency", np.float32(0.5), 0.5),
+        ("aging_edf", fractions.Fraction(1, 2), 0.5),
+        ("retry_seed", np.uint64(2**64 - 1), 2**64 - 1),
+        ("fit_margin", np.int32(2), 2),
+    ],
+)
+def test_config_stores_numpy_and_fraction_values_as_plain_numbers(
+    tmp_path: Path, field: str, value: object, plain: object
+) -> None:
+    c = Config(**{field: value})
+    got = getattr(c, field)
+    assert type(got) is type(plain) and got == plain
+    s = Scheduler(["a"], config=c)
+    s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
+    s.checkpoint(tmp_path / "c.ckpt")
+    assert getattr(Scheduler.restore(tmp_path / "c.ckpt").config, field) == plain
+
+
+def test_a_device_field_json_cannot_hold_is_a_checkpoint_error_naming_it(tmp_path: Path) -> None:
+    s = Scheduler([Device("a", kv_tokens=np.int64(1000))])  # type: ignore[arg-type]
+    s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
+    target = tmp_path / "d.ckpt"
+    with pytest.raises(CheckpointError, match=r"devices\[0\]\.kv_tokens is np\.int64\(1000\)"):
+        s.checkpoint(target)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+# ---------------------------------------------------------------- 3, 4. set_clock
+
+
+def _split_scheduler() -> Scheduler:
+    from capsched import Slice
+
+    return Scheduler(list(Device("g", model="H100-SXM").split(Slice("a", 0.5, 0.5), Slice("b", 0.5, 0.5))),
+                     max_batch_size=2)
+
+
+def test_set_clock_on_a_split_device_checks_every_slice_first(tmp_path: Path) -> None:
+    s = _split_scheduler()
+    s.set_clock("g/b", 400.0, 500.0, now=0.0)
+    before = s.stats()
+    with pytest.raises(InvalidArgumentError, match=r"device 'g': its slice 'g/b': current clock must be in "
+                                                   r"\(0, max clock 500\], got 1000"):
+        s.set_clock("g", 1000.0, now=1.0)
+    assert s.stats() == before
+    # ... and a max clock given for all of them applies to all of them.
+    s.set_clock("g", 1000.0, 2000.0, now=1.0)
+    assert [d["clock_scale"] for d in s.stats()["devices"]] == [0.5, 0.5]
+
+
+def test_set_clock_on_a_split_device_with_a_slice_of_no_known_max_clock() -> None:
+    devices = [Device("q/1", max_clock_mhz=2000.0), Device("q/2")]
+    s = Scheduler(devices)
+    s._index["q"] = [0, 1]  # (a parent name over both, as Device.split gives)
+    before = s.stats()
+    with pytest.raises(InvalidArgumentError, match=r"its slice 'q/2' has no known max clock"):
+        s.set_clock("q", 1000.0, now=1.0)
+    assert s.stats() == before
+
+
+def test_the_max_clocks_set_clock_gave_survive_checkpoint_and_journal(tmp_path: Path) -> None:
+    ck, jl = tmp_path / "s.ckpt", tmp_path / "s.journal"
+    s = _split_scheduler()
+    s.set_clock("g/b", 400.0, 500.0, now=0.0)
+    s.checkpoint(ck)
+    s.open_journal(jl)
+    s.set_clock("g/a", 300.0, 600.0, now=1.0)
+    s.close_journal()
+    r = Scheduler.restore(ck, journal=jl)
+    for bad, slice_ in ((550.0, "g/b"), (650.0, "g/a")):
+        with pytest.raises(InvalidArgumentError, match=f"its slice '{slice_}'"):
+            r.set_clock("g", bad, now=2.0)
+    r.close_journal()
+
+
+@pytest.mark.parametrize("bad", [math.nan, np.float64("nan"), math.inf, -math.inf, 0.0, -5.0])
+def test_set_clock_refuses_a_max_clock_that_is_not_finite_and_positive(bad: float) -> None:
+    s = Scheduler([Device("h", max_clock_mhz=2000.0), "big"])
+    before = s.stats()
+    for dev in ("h", "big"):
+        with pytest.raises(InvalidArgumentError, match=r"max_clock_mhz must be a finite number > 0"):
+            s.set_clock(dev, 500.0, bad, now=1.0)
+    assert s.stats() == before
