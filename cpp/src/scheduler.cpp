@@ -1802,21 +1802,28 @@ void Scheduler::place_by_fitness(double now) {
         const double u = request_util(r, now);
         bool fitted = false, wait = false;
         std::uint32_t dev;
+        const auto general = [&] {
+            if (r.sched_class == SchedClass::Strict) {
+                // RT-like: a device with capacity >= uclamp_min; if none has room, strict
+                // priority alone decides (any device).
+                dev = choose_device(r, u, nullptr, cold(r).uclamp_min * kCapacityScale, &fitted, &wait, true);
+                if (dev == kNoIndex && !wait) dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait, true);
+            } else {
+                dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait, true);
+            }
+        };
         if (group_symmetric_[group]) {
-            // Symmetric group: every device fits equally; the first with room takes it.
-            // (Whether it fitted there is still counted.)
+            // Symmetric group: the devices are alike, so the first with room takes r if
+            // r fits it (a device's batch fills before the next device opens one); if r
+            // does not fit it, the general rule decides (the best fitting device, else
+            // the fallback, or waiting with wait_for_fit), as on any fleet.
             dev = choose_symmetric(group, r);
             if (dev != kNoIndex) {
-                const Device& d = devices_[dev];
-                fitted = u * cfg_.placement.fit_margin < d.capacity - std::max(d.util.util_avg(), d.placed_util);
+                fitted = u * cfg_.placement.fit_margin < spare_of(dev);
+                if (!fitted) general();
             }
-        } else if (r.sched_class == SchedClass::Strict) {
-            // RT-like: a device with capacity >= uclamp_min; if none has room, strict
-            // priority alone decides (any device).
-            dev = choose_device(r, u, nullptr, cold(r).uclamp_min * kCapacityScale, &fitted, &wait, true);
-            if (dev == kNoIndex && !wait) dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait, true);
         } else {
-            dev = choose_device(r, u, nullptr, 0.0, &fitted, &wait, true);
+            general();
         }
         if (wait) {  // only too-slow devices have room: it waits for one in time
             pass_over(r, h);

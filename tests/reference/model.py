@@ -1504,16 +1504,25 @@ class ReferenceScheduler:
             if g in blocked:
                 continue
             u = self.request_util(r, now)
+
+            def general() -> Tuple[Optional[int], bool]:
+                if r.sched_class == "strict":
+                    di, fitted = self.choose_device(r, u, None, r.uclamp_min * CAPACITY_SCALE, True)
+                    if di is None and not self._wait:
+                        di, fitted = self.choose_device(r, u, None, 0.0, True)
+                    return di, fitted
+                return self.choose_device(r, u, None, 0.0, True)
+
+            self._wait = False
             if symmetric[g]:
+                # the first device with room, if r fits it; else the general rule
                 di = next((x for x in self.group_devices(r.tenant) if self.has_room(x, r)), None)
                 fitted = di is not None and u * margin < self.spare(self.devices[di])
-            elif r.sched_class == "strict":
-                di, fitted = self.choose_device(r, u, None, r.uclamp_min * CAPACITY_SCALE, True)
-                if di is None and not self._wait:
-                    di, fitted = self.choose_device(r, u, None, 0.0, True)
+                if di is not None and not fitted:
+                    di, fitted = general()
             else:
-                di, fitted = self.choose_device(r, u, None, 0.0, True)
-            if di is None and not symmetric[g] and self._wait:
+                di, fitted = general()
+            if di is None and self._wait:
                 self.counters["deferred"] += 1  # waits for a device that is in time
                 continue
             if di is None and r.pool is not None:
