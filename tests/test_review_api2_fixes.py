@@ -18,9 +18,11 @@ import capsched.config as capsched_config
 from capsched import Config, Device, InferenceRequest, Scheduler
 from capsched.errors import (
     CheckpointError,
+    DependencyError,
     InvalidArgumentError,
     InvalidRequestError,
     QueueFullError,
+    RequestTypeError,
 )
 
 
@@ -228,3 +230,118 @@ def test_set_clock_refuses_a_max_clock_that_is_not_finite_and_positive(bad: floa
         with pytest.raises(InvalidArgumentError, match=r"max_clock_mhz must be a finite number > 0"):
             s.set_clock(dev, 500.0, bad, now=1.0)
     assert s.stats() == before
+
+
+# ---------------------------------------------------------------- 5. fail(error=...) is bounded
+
+
+def test_a_long_fail_error_is_cut_and_marked_not_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert capsched_config.MAX_ERROR_CHARS == 4096
+    jl = tmp_path / "j"
+    s = Scheduler(["a"], max_batch_size=1)
+    s.open_journal(jl, sync=False)
+    root = s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+    s.step(now=0.0)
+    before = jl.stat().st_size
+    assert s.fail(root, now=1.0, error="x" * 2**20) is False  # accepted: the report is not lost
+    line = jl.read_text()[before:]
+    assert len(line) < 4096 + 400
+    assert "x" * 4096 + " [... cut: 1048576 characters in all]" in line
+    s.close_journal()
+    # What the dependents see is the cut text (the core cuts it again, to 256 bytes).
+    monkeypatch.setattr(capsched_config, "MAX_ERROR_CHARS", 20)
+    s = Scheduler(["a"], max_batch_size=1)
+    root = s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+    dep = s.submit(InferenceRequest(prompt_tokens=1, depends_on=[root]), now=0.0)
+    s.step(now=0.0)
+    s.fail(root, now=1.0, error="y" * 100 + "\udc80")
+    reason = dict(s.step(now=2.0).failed)[dep]
+    assert reason.endswith(": " + "y" * 20 + " [... cut: 101 characters in all]"), reason
+
+
+def test_a_short_fail_error_is_kept_whole() -> None:
+    s = Scheduler(["a"], max_batch_size=1)
+    root = s.submit(InferenceRequest(prompt_tokens=1), now=0.0)
+    dep = s.submit(InferenceRequest(prompt_tokens=1, depends_on=[root]), now=0.0)
+    s.step(now=0.0)
+    s.fail(root, now=1.0, error="CUDA out of memory \udc80")
+    assert dict(s.step(now=2.0).failed)[dep].endswith(": CUDA out of memory \\udc80")
+
+
+# ---------------------------------------------------------------- 6, 7. submit_many arrays
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"prompt_tokens": [1, True]}, r"prompt_tokens\[1\] is True, a bool"),
+        ({"prompt_tokens": [1, 2], "max_new_tokens": [True, 5]}, r"max_new_tokens\[0\] is True, a bool"),
+        ({"prompt_tokens": [1, 2], "priority": [0.5, True]}, r"priority\[1\] is True, a bool"),
+        ({"prompt_tokens": [1, 2], "timeout": (5.0, np.bool_(False))}, r"timeout\[1\] is np\.False_, a bool|"
+                                                                       r"timeout\[1\] is False, a bool"),
+        ({"prompt_tokens": [1, 2], "deadline": [None, True]}, r"deadline\[1\] is True, a bool"),
+    ],
+)
+def test_submit_many_refuses_a_bool_among_numbers(kwargs: dict[str, Any], fragment: str) -> None:
+    s = Scheduler(["a"])
+    before = s.stats()
+    with pytest.raises(RequestTypeError, match=fragment):
+        s.submit_many(**kwargs, now=1.0)
+    assert s.stats() == before
+
+
+def test_submit_many_of_float16_tokens_raises_no_warning() -> None:
+    s = Scheduler(["a"])
+    # (pytest's filterwarnings = error: a RuntimeWarning from the range check would fail this)
+    ids = s.submit_many(np.array([3, 4], dtype=np.float16), priority=np.array([0.5, 1], dtype=np.float16), now=1.0)
+    assert list(ids) == [1, 2]
+    with pytest.raises(InvalidRequestError, match="whole numbers"):
+        s.submit_many(np.array([3.5], dtype=np.float16), now=1.0)
+
+
+# ---------------------------------------------------------------- 8. depends_on objects with ids set by hand
+
+
+@pytest.mark.parametrize(
+    "bad, exc, fragment",
+    [
+        ("x", RequestTypeError, r"depends_on\[1\] is an InferenceRequest whose id is 'x'"),
+        (-1, RequestTypeError, r"depends_on\[1\] is an InferenceRequest whose id is -1"),
+        (0, RequestTypeError, r"depends_on\[1\] is an InferenceRequest whose id is 0"),
+        (3.7, RequestTypeError, r"depends_on\[1\] is an InferenceRequest whose id is 3\.7"),
+        (True, RequestTypeError, r"depends_on\[1\] is an InferenceRequest whose id is True"),
+        (2**64, DependencyError, r"depends_on names request 18446744073709551616, which this scheduler never issued"),
+    ],
+)
+def test_depends_on_checks_the_id_of_an_object_set_by_hand(bad: object, exc: type, fragment: str) -> None:
+    s = Scheduler(["a"])
+    first = InferenceRequest(prompt_tokens=1)
+    s.submit(first, now=0.0)
+    r = InferenceRequest(prompt_tokens=1)
+    r.id = bad  # type: ignore[assignment]
+    before = s.stats()
+    with pytest.raises(exc, match=fragment):
+        s.submit(InferenceRequest(prompt_tokens=1, depends_on=[first, r]), now=1.0)
+    assert s.stats() == before
+
+
+# ---------------------------------------------------------------- minor
+
+
+def test_devices_pinning_more_tenants_than_the_limit_are_refused_at_construction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from capsched.errors import ConfigError
+
+    monkeypatch.setattr(capsched_config, "MAX_TENANTS", 4)
+    Scheduler([Device("a", tenants=("t1", "t2")), Device("b", tenants=("t2", "t3"))])  # 3 + None: at the limit
+    with pytest.raises(ConfigError, match=r"name 4 distinct tenants in all; with tenant None that is 5, over the "
+                                          r"limit of 4 tenants"):
+        Scheduler([Device("a", tenants=("t1", "t2")), Device("b", tenants=("t3", "t4"))])
+
+
+def test_batchable_message_shows_the_value() -> None:
+    with pytest.raises(RequestTypeError, match=r"batchable must be a bool, got np\.True_ \(numpy\.bool"):
+        InferenceRequest(prompt_tokens=1, batchable=np.True_)  # type: ignore[arg-type]
+    with pytest.raises(RequestTypeError, match=r"batchable must be a bool, got 1 \(int\)"):
+        InferenceRequest(prompt_tokens=1, batchable=1)  # type: ignore[arg-type]

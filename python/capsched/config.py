@@ -28,6 +28,7 @@ __all__ = [
     "MAX_TENANTS",
     "MAX_REQUEST_CLASSES",
     "MAX_PROMPT_CHARS",
+    "MAX_ERROR_CHARS",
     "MAX_RESERVE",
     "MAX_TENANT_WEIGHT",
     "MIN_TENANT_WEIGHT",
@@ -59,6 +60,11 @@ MAX_REQUEST_CLASSES = 2**20
 #: of the MAX_TOKENS tokens a request may have. Longer prompts are refused before the
 #: tokenizer runs.
 MAX_PROMPT_CHARS = 100_000_000
+#: Longest ``error`` text ``Scheduler.fail`` keeps (characters): a longer one is cut to
+#: its first MAX_ERROR_CHARS characters and marked (never refused: a failing worker's
+#: report is not lost). The core copies the text into the reason of every dependent
+#: that fails with it, so it must not be unbounded.
+MAX_ERROR_CHARS = 4096
 #: Largest ``Scheduler.reserve(n)``: 2**27 (134 million) live requests, about 16 GB.
 MAX_RESERVE = 2**27
 # Default back-pressure bound (``Config.max_queued``): 2^24 requests not in flight, about

@@ -165,7 +165,9 @@ class InferenceRequest:
             raise RequestTypeError(f"tenant must be a str or None, got {type(tenant).__name__}")
         self._tenant = tenant
         if batchable is not True and batchable is not False:
-            raise RequestTypeError(f"batchable must be a bool, got {type(batchable).__name__}")
+            kind = type(batchable)
+            where = "" if kind.__module__ == "builtins" else f"{kind.__module__}."
+            raise RequestTypeError(f"batchable must be a bool, got {_brief(batchable)} ({where}{kind.__qualname__})")
         self._batchable = batchable
         if not (type(depends_on) is tuple and not depends_on):  # (the default, ())
             depends_on = _dependencies(depends_on)

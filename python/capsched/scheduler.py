@@ -284,6 +284,12 @@ class Scheduler:
         if not callable(clock):
             raise ConfigError(f"clock must be callable (returning seconds), got {clock!r}")
         self._devices: tuple[Device, ...] = parse_devices(devices)
+        pinned = {t for d in self._devices for t in d.tenants} - {None}
+        if len(pinned) + 1 > _limits.MAX_TENANTS:  # (+1: tenant None is always numbered)
+            raise ConfigError(
+                f"the devices' tenants= lists name {len(pinned)} distinct tenants in all; with tenant None that is "
+                f"{len(pinned) + 1}, over the limit of {_limits.MAX_TENANTS} tenants"
+            )
         self._policy: str = policy
         self._config: Config = config
         self._max_batch_size: int = int(max_batch_size)
@@ -659,6 +665,10 @@ class Scheduler:
             InvalidRequestError: an array of the wrong shape or length, or a value out of
                 range (the message names the argument and the first bad element);
                 nothing is accepted.
+            RequestTypeError: an array of the wrong type: not numbers, booleans, or a
+                list holding a bool among numbers (named by its index); nothing is
+                accepted.
+            InvalidArgumentError: ``now`` is not a number.
             QueueFullError: accepting them all would exceed ``Config.max_queued``;
                 nothing is accepted.
         """
@@ -905,9 +915,11 @@ class Scheduler:
         completed and the error names the first bad element.
 
         Raises:
-            UnknownRequestError: an id was never issued.
+            UnknownRequestError: an id was never issued (or is < 1).
             RequestStateError: an id is not in flight, or is listed twice.
-            RequestTypeError: an element is not an integer id.
+            RequestTypeError: an element is not an integer id (a bool included), or an
+                array is not of integers.
+            InvalidArgumentError: an array that is not 1-d, or ``now`` not a number.
         """
         ids = _id_array(request_ids)
         self._core.complete_many(ids, self._time(now))
@@ -930,6 +942,11 @@ class Scheduler:
         reason. Otherwise it ends as failed, and requests that depend on it fail with a
         reason naming it and ``error``.
 
+        ``error`` is kept to ``capsched.config.MAX_ERROR_CHARS`` (4,096) characters: a
+        longer text is cut to its first 4,096 characters followed by
+        `` [... cut: N characters in all]`` (not refused, so a failing worker's report
+        is never lost; each dependent's reason holds its own copy of the text).
+
         Returns:
             True if it was re-queued, False if it ended as failed.
 
@@ -942,8 +959,7 @@ class Scheduler:
             raise InvalidArgumentError(f"retryable must be a bool, got {retryable!r}")
         if not isinstance(error, str):
             raise InvalidArgumentError(f"error must be a str, got {type(error).__name__}")
-        if not error.isascii():  # lone surrogates (from decoding with surrogateescape) cannot cross as UTF-8
-            error = error.encode("utf-8", "backslashreplace").decode("utf-8")
+        error = _error_text(error)
         return self._core.fail(_request_id(request_id), self._time(now), retryable, error)
 
     def cancel(self, request_id: int) -> bool:
@@ -1014,9 +1030,20 @@ class Scheduler:
         """Share of a device's capacity taken by work this scheduler does not place
         (foreign processes on the GPU), in [0, 1). Usable capacity =
         original capacity x clock scale x (1 - pressure), as Linux subtracts RT, IRQ and
-        thermal pressure."""
+        thermal pressure.
+
+        ``device`` may name a device that was split into slices: every slice is set (or,
+        when the call is refused, none).
+
+        Raises:
+            InvalidArgumentError: an unknown device; ``pressure`` or ``now`` not a
+                number; ``pressure`` not in [0, 1).
+        """
+        indices = self._device_indices(device)
         p, t = _real_arg("pressure", pressure), self._time(now)
-        for idx in self._device_indices(device):
+        if not 0.0 <= p < 1.0:  # (checked here too: refused before any slice changes)
+            raise InvalidArgumentError(f"pressure must be in [0, 1), got {_brief(pressure)}")
+        for idx in indices:
             self._core.set_pressure(idx, p, t)
 
     def class_estimate(self, request_class: Optional[str] = None) -> Optional[dict[str, float]]:
@@ -1077,7 +1104,12 @@ class Scheduler:
     def status(self, request_id: int) -> str:
         """``'waiting'`` (on dependencies), ``'queued'``, ``'in_flight'``, ``'retrying'``
         (failed retryably, waiting out its backoff), ``'completed'``, ``'failed'``,
-        ``'expired'`` or ``'cancelled'``."""
+        ``'expired'`` or ``'cancelled'``.
+
+        Raises:
+            RequestTypeError: ``request_id`` is not an int (a bool included).
+            UnknownRequestError: the id was never issued (or is < 1).
+        """
         return _STATUS[self._core.status(_request_id(request_id))]
 
     def stats(self) -> dict[str, Any]:
@@ -1514,6 +1546,21 @@ def _tenant_named(exc: _E, tenant: Optional[str], tenant_id: Optional[int]) -> _
     return exc
 
 
+def _error_text(error: str) -> str:
+    """fail()'s ``error`` as the core takes it: at most MAX_ERROR_CHARS characters (a
+    longer text cut and marked), lone surrogates escaped (they cannot cross as UTF-8)."""
+    limit = _limits.MAX_ERROR_CHARS
+    n = len(error)
+    cut = n > limit
+    if cut:
+        error = error[:limit]
+    if not error.isascii():  # lone surrogates (from decoding with surrogateescape) cannot cross as UTF-8
+        error = error.encode("utf-8", "backslashreplace").decode("utf-8")
+        if len(error) > limit:  # (escapes lengthen it)
+            error, cut = error[:limit], True
+    return f"{error} [... cut: {n} characters in all]" if cut else error
+
+
 def _brief(value: object) -> str:
     """``repr(value)`` for a message, cut to 80 characters; an integer too long for repr
     (over 4,300 digits: Python refuses) is named by its size."""
@@ -1560,25 +1607,38 @@ def _id_array(ids: Iterable[int]) -> np.ndarray:
 
 def _dependency_ids(deps: tuple[Any, ...], owner: object) -> np.ndarray:
     out = []
-    for d in deps:
+    for i, d in enumerate(deps):
         if isinstance(d, InferenceRequest):
-            if not d.id:
+            rid = d.id
+            if rid is None:
                 raise DependencyError(f"depends_on names an InferenceRequest that was not submitted: {d!r}")
+            # (its public id can be set by hand: checked as a plain id is)
+            if isinstance(rid, (bool, np.bool_)) or not isinstance(rid, numbers.Integral) or int(rid) < 1:
+                raise RequestTypeError(
+                    f"depends_on[{i}] is an InferenceRequest whose id is {_brief(rid)}, not a request id "
+                    "(an int >= 1)"
+                )
             if d._owner is not None and d._owner is not owner:
                 raise DependencyError(
-                    f"depends_on names an InferenceRequest that another Scheduler object accepted (id {d.id} there; "
+                    f"depends_on names an InferenceRequest that another Scheduler object accepted (id {rid} there; "
                     "one restored from a checkpoint is another object too): give the id instead"
                 )
-            out.append(d.id)
-        else:
-            v = int(d)
-            if not 1 <= v < 2**64:  # numpy would raise a bare OverflowError
-                raise DependencyError(f"depends_on names request {v}, which this scheduler never issued")
-            out.append(v)
+            d = rid
+        v = int(d)
+        if not 1 <= v < 2**64:  # numpy would raise a bare OverflowError
+            raise DependencyError(f"depends_on names request {_brief(v)}, which this scheduler never issued")
+        out.append(v)
     return np.array(out, dtype=np.uint64)
 
 
 def _asarray(name: str, value: Any) -> np.ndarray:
+    if isinstance(value, (list, tuple)) and value:
+        # numpy makes [1, True] an int array and [0.5, True] a float one: a bool among
+        # numbers is refused, as an array of bools is (one of bools alone is refused below).
+        kinds = set(map(type, value))
+        if (bool in kinds or np.bool_ in kinds) and not kinds <= {bool, np.bool_}:
+            i, v = next((i, v) for i, v in enumerate(value) if isinstance(v, (bool, np.bool_)))
+            raise RequestTypeError(f"{name}[{i}] is {v!r}, a bool: {name} must be numbers")
     try:
         return np.asarray(value)
     except (ValueError, TypeError) as exc:  # (ragged nesting, say)
@@ -1595,6 +1655,7 @@ def _int_array(name: str, value: Any, n: Optional[int]) -> np.ndarray:
             raise InvalidRequestError(f"{name} holds {int(big)}, beyond any token limit")
         a = a.astype(np.int64)
     if a.dtype.kind == "f":
+        a = a.astype(np.float64, copy=False)  # (float16: comparing with 2**63 would overflow a cast)
         finite = np.isfinite(a)
         if not finite.all() or (a != np.floor(a)).any():
             bad = a[~finite | (a != np.floor(np.where(finite, a, 0)))].flat[0]
