@@ -243,6 +243,13 @@ def cli(*argv: str) -> None:
         raise CliExit(status, lines[-1] if lines else "")
 
 
+def _with_id(value: Any) -> InferenceRequest:
+    """A request whose public id was set by hand (as a dependency object)."""
+    r = InferenceRequest(prompt_tokens=1)
+    r.id = value
+    return r
+
+
 def mutated(field: str, value: Any) -> InferenceRequest:
     req = InferenceRequest(prompt_tokens=5)
     setattr(req, field, value)
@@ -316,6 +323,9 @@ def _rows() -> list[Row]:
         ("clock not callable", dict(devices=["a"], clock=5), ConfigError, r"clock.*5"),
     ]:
         add(R(g, "`Scheduler(...)`", bad, lambda c, kw=kw: Scheduler(**kw), exc, match, "none"))
+    add(R(g, "`Scheduler(...)`", "devices' tenants= naming 70,000 tenants in all",
+          lambda c: Scheduler([Device("a", tenants=tuple(f"t{i}" for i in range(70_000)))]), ConfigError,
+          r"name 70000 distinct tenants in all.*over the limit of 65536", "none"))
     add(R(g, "`Device(...)`", "capacity NaN", lambda c: Device("a", math.nan), ConfigError, r"'a'.*capacity.*nan",
           "none"))
     add(R(g, "`Device(...)`", "max_inflight_batches 0", lambda c: Device("a", max_inflight_batches=0), ConfigError,
@@ -418,6 +428,9 @@ def _rows() -> list[Row]:
     ]:
         add(R(g, "`req.<field> = v; submit(req)`", bad,
               lambda c, f=field, v=value: c.s.submit(mutated(f, v), now=1.0), RequestTypeError, match))
+    add(R(g, "`submit(req)`", "depends_on holding a request whose id was set to 'x'",
+          lambda c: c.s.submit(InferenceRequest(prompt_tokens=1, depends_on=[_with_id("x")]), now=1.0),
+          RequestTypeError, r"depends_on\[0\] is an InferenceRequest whose id is 'x'"))
     add(R(g, "`submit(req)`", "not an InferenceRequest", lambda c: c.s.submit({"prompt": "x"}), RequestTypeError,
           "got dict"))
     add(R(g, "`submit(req)`", "the same object twice (duplicate)",
@@ -468,6 +481,8 @@ def _rows() -> list[Row]:
 
     g = "submit_many (numpy bulk path)"
     for bad, call, exc, match in [
+        ("a bool among the token counts (element 1)", lambda c: c.s.submit_many([1, True], now=1.0),
+         RequestTypeError, r"prompt_tokens\[1\] is True, a bool"),
         ("NaN priority (element 1)", lambda c: c.s.submit_many([1, 2, 3], priority=[0.5, math.nan, 0.5], now=1.0),
          InvalidRequestError, r"element 1: priority.*nan"),
         ("inf timeout (element 1)", lambda c: c.s.submit_many([1, 1], timeout=[1.0, math.inf], now=1.0),
@@ -575,6 +590,8 @@ def _rows() -> list[Row]:
     for entry, bad, call, exc, match in [
         ("`set_clock(device, mhz)`", "unknown device", lambda c: c.s.set_clock("gpu9", 1000.0, 2000.0, now=1.0),
          InvalidArgumentError, "'gpu9'"),
+        ("`set_clock(device, mhz, max_mhz)`", "max clock NaN", lambda c: c.s.set_clock("big", 1000.0, math.nan, now=1.0),
+         InvalidArgumentError, r"max_clock_mhz must be a finite number > 0.*got nan"),
         ("`set_clock(device, mhz)`", "negative clock", lambda c: c.s.set_clock("big", -1.0, 2000.0, now=1.0),
          InvalidArgumentError, "got -1"),
         ("`set_clock(device, mhz)`", "clock NaN", lambda c: c.s.set_clock("big", math.nan, 2000.0, now=1.0),
