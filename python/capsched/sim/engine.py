@@ -721,19 +721,22 @@ class Simulation:
                 self.sched.complete(self.sid_of[r], now)
 
     def _end(self, r: int, status: int, now: float) -> None:
-        self.status[r] = status
-        self.where[r] = -1
-        if status == DONE:
-            self.finish[r] = now
         K = self.chain
-        nxt = r + 1
-        if K > 1 and self.sched is None and nxt % K != 0 and nxt < len(self.P) and self.status[nxt] == PENDING:
+        n = len(self.P)
+        while True:  # (a loop, not recursion: a failed step fails up to 999 after it)
+            self.status[r] = status
+            self.where[r] = -1
+            if status == DONE:
+                self.finish[r] = now
+            nxt = r + 1
+            if not (K > 1 and self.sched is None and nxt % K != 0 and nxt < n and self.status[nxt] == PENDING):
+                return
             # Baselines: the simulator's front end releases the chain's next step, or
             # fails the rest of the chain (capsched does both itself, through depends_on).
             if status == DONE:
                 self._bind(nxt, now)
-            else:
-                self._end(nxt, FAILED, now)
+                return
+            r, status = nxt, FAILED
 
     def _stop(self, r: int) -> None:
         """Take request r off the device it is on (pending, prefilling or running)."""
