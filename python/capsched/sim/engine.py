@@ -12,9 +12,11 @@ simulator knows each request's output length; a real server reserves up to its
 
 Policies (:mod:`capsched.sim.policies`):
 
-* the baselines bind each request to a device queue at arrival; a device pulls its queue
-  first come, first served into free slots at each iteration boundary (head-of-line: a
-  request whose KV does not fit waits, and the ones behind it too);
+* the baselines bind each request to a device queue at arrival, among the devices whose
+  KV budget can hold it (one no device can hold fails at arrival: :func:`unservable`); a
+  device pulls its queue first come, first served into free slots at each iteration
+  boundary (head-of-line: a request whose KV does not fit waits, and the ones behind it
+  too);
 * ``capsched`` submits each request to one real :class:`capsched.Scheduler` (deadline =
   the request's SLO deadline, ``max_new_tokens`` = its output length) and calls
   :meth:`Scheduler.step` at every device iteration boundary and on arrivals while a
@@ -569,6 +571,7 @@ class Simulation:
         self.migrated = 0
         self.rejected = 0
         self.devs = [_Dev(i, d) for i, d in enumerate(self.sim_devices)]
+        self._min_kv = min(d.kv_budget for d in self.devs)
         self.events: list[tuple[float, int, int, int, int]] = []
         self._seq = 0
         self._wake_at = math.inf  # the earliest wake-up event pending (capsched)
@@ -657,7 +660,7 @@ class Simulation:
             while q and room > 0:
                 r = q[0]
                 if d.kv_used + T[r] > d.kv_budget:
-                    if d.kv_used == 0:  # can never fit this device
+                    if d.kv_used == 0:  # can never fit this device (cannot happen: _bind)
                         q.popleft()
                         d.outstanding -= 1
                         self._end(r, FAILED, now)
@@ -771,7 +774,9 @@ class Simulation:
             self._end(r, FAILED, now)
             return
         devs = self.devs
-        i = self.binder.choose([d.outstanding for d in devs], [d.up for d in devs])
+        # Only among the devices whose KV cache can hold it (not unservable: one can).
+        eligible = None if self.T[r] <= self._min_kv else [self.T[r] <= d.kv_budget for d in devs]
+        i = self.binder.choose([d.outstanding for d in devs], [d.up for d in devs], eligible)
         d = devs[i]
         d.queue.append(r)
         d.outstanding += 1

@@ -3,7 +3,11 @@
 The baselines are the plain load-balancer policies: each binds a request to a device
 when it arrives (or when it is retried after a failure), with no knowledge of the
 devices' speeds; each device then pulls its own queue first come, first served into its
-free sequence slots. Only devices that are up are chosen (a health check).
+free sequence slots. Only devices that are up are chosen (a health check), and only
+devices whose KV cache can hold the request (``prompt + output`` tokens) at all: a
+request too long for some devices is bound by the same policy among the others, as a
+router that knows each backend's max context length would do (one that no device can
+hold fails at arrival under every policy: :func:`capsched.sim.engine.unservable`).
 
 * ``round_robin``: the devices in turn.
 * ``least_load``: the device with the fewest outstanding requests (queued + running),
@@ -19,6 +23,7 @@ which places them at device iteration boundaries (see :mod:`capsched.sim.engine`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -40,8 +45,10 @@ __all__ = [
 class BindingPolicy:
     """Chooses a device for a request at arrival.
 
-    ``choose(outstanding, up)`` gets the outstanding request count of every device and
-    whether each is up, and returns a device index (one that is up, if any is).
+    ``choose(outstanding, up, eligible)`` gets the outstanding request count of every
+    device, whether each is up and (``eligible``; None: every device) whether each can
+    hold the request, and returns the index of an eligible device (one that is up, if
+    any eligible one is). Some device must be eligible.
     """
 
     name = ""
@@ -49,9 +56,20 @@ class BindingPolicy:
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
 
-    def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:  # pragma: no cover
-        """The index of the device for the next request (one that is up, if any is)."""
+    def choose(
+        self, outstanding: Sequence[int], up: Sequence[bool], eligible: Optional[Sequence[bool]] = None
+    ) -> int:  # pragma: no cover
+        """The index of the device for the next request (an eligible one; up, if any
+        eligible one is)."""
         raise NotImplementedError
+
+    @staticmethod
+    def _candidates(up: Sequence[bool], eligible: Optional[Sequence[bool]]) -> list[int]:
+        """The eligible devices that are up, or (none is up) every eligible device."""
+        if eligible is None:
+            return [i for i, u in enumerate(up) if u] or list(range(len(up)))
+        ok = [i for i, e in enumerate(eligible) if e]
+        return [i for i in ok if up[i]] or ok
 
 
 class RoundRobin(BindingPolicy):
@@ -63,16 +81,21 @@ class RoundRobin(BindingPolicy):
         super().__init__(rng)
         self.next = 0
 
-    def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:
+    def choose(
+        self, outstanding: Sequence[int], up: Sequence[bool], eligible: Optional[Sequence[bool]] = None
+    ) -> int:
         n = len(up)
         for k in range(n):
             i = (self.next + k) % n
-            if up[i]:
+            if up[i] and (eligible is None or eligible[i]):
                 self.next = (i + 1) % n
                 return i
-        i = self.next
-        self.next = (i + 1) % n
-        return i
+        for k in range(n):  # none is up: the next eligible one in turn
+            i = (self.next + k) % n
+            if eligible is None or eligible[i]:
+                self.next = (i + 1) % n
+                return i
+        raise ValueError("no eligible device")
 
 
 class LeastLoad(BindingPolicy):
@@ -80,12 +103,14 @@ class LeastLoad(BindingPolicy):
 
     name = "least_load"
 
-    def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:
+    def choose(
+        self, outstanding: Sequence[int], up: Sequence[bool], eligible: Optional[Sequence[bool]] = None
+    ) -> int:
         best, best_n = -1, 0
         for i, n in enumerate(outstanding):
-            if up[i] and (best < 0 or n < best_n):
+            if up[i] and (eligible is None or eligible[i]) and (best < 0 or n < best_n):
                 best, best_n = i, n
-        return best if best >= 0 else 0
+        return best if best >= 0 else self._candidates(up, eligible)[0]
 
 
 class RandomChoice(BindingPolicy):
@@ -93,8 +118,10 @@ class RandomChoice(BindingPolicy):
 
     name = "random"
 
-    def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:
-        alive = [i for i, u in enumerate(up) if u] or list(range(len(up)))
+    def choose(
+        self, outstanding: Sequence[int], up: Sequence[bool], eligible: Optional[Sequence[bool]] = None
+    ) -> int:
+        alive = self._candidates(up, eligible)
         return alive[int(self.rng.integers(len(alive)))]
 
 
@@ -103,8 +130,10 @@ class PowerOfTwoChoices(BindingPolicy):
 
     name = "power_of_two_choices"
 
-    def choose(self, outstanding: Sequence[int], up: Sequence[bool]) -> int:
-        alive = [i for i, u in enumerate(up) if u] or list(range(len(up)))
+    def choose(
+        self, outstanding: Sequence[int], up: Sequence[bool], eligible: Optional[Sequence[bool]] = None
+    ) -> int:
+        alive = self._candidates(up, eligible)
         if len(alive) == 1:
             return alive[0]
         a, b = self.rng.choice(len(alive), size=2, replace=False)
