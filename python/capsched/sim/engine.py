@@ -91,6 +91,8 @@ PENDING, DONE, FAILED, EXPIRED = 0, 1, 2, 3
 _DOWN_PRESSURE = 0.999
 
 _ARRIVAL, _ITER_END, _FAULT_START, _FAULT_END, _SLOW_START, _SLOW_END, _WAKE, _RESTART = range(8)
+#: Handled before an arrival at the same instant.
+_DEVICE_EVENTS = frozenset((_FAULT_START, _FAULT_END, _SLOW_START, _SLOW_END))
 
 
 def _interval_problem(start: object, duration: object, scale: object = 1.0) -> Optional[str]:
@@ -928,7 +930,9 @@ class Simulation:
         devs = self.devs
         now = 0.0
         while True:
-            if k < n and (not ev or arr[k] <= ev[0][0]):
+            # Same instant: faults and slowdowns (start or end) first, then arrivals, then
+            # the rest. (They were queued first, so at one time they lead the heap.)
+            if k < n and (not ev or arr[k] < ev[0][0] or (arr[k] == ev[0][0] and ev[0][2] not in _DEVICE_EVENTS)):
                 now = arr[k]
                 r = k
                 k += 1
