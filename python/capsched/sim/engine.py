@@ -29,7 +29,12 @@ Faults (:class:`Fault`): a device goes down for an interval; its running and que
 requests fail and are retried (baselines: re-bound by the same policy, up to
 ``max_retries`` times; capsched: ``Scheduler.fail(retryable=True)``). Slowdowns
 (:class:`Slowdown`): a device's clock drops to a share of its max for an interval
-(:meth:`CostModel.with_clock_scale`; capsched is told with :meth:`Scheduler.set_clock`).
+(:meth:`CostModel.with_clock_scale`; capsched is told with :meth:`Scheduler.set_clock`);
+an iteration in progress when the clock changes does the rest of its work at the new
+clock.
+
+Events at the same instant: fault and slowdown starts and ends first, then arrivals,
+then the rest in the order they were queued.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ __all__ = [
     "unservable",
     "DEADLINE_FACTOR",
     "MAX_SIM_TIME",
+    "MIN_CLOCK_SCALE",
     "DONE",
     "FAILED",
     "EXPIRED",
@@ -83,6 +89,11 @@ DEADLINE_FACTOR = 5.0
 #: +-1e15 s and float64 times keep sub-microsecond resolution. Later ones are refused
 #: before anything runs (they would fail half-way through a run).
 MAX_SIM_TIME = 1e9
+
+#: The lowest clock share a :class:`Slowdown` may give (1 %: an iteration takes at most
+#: about 100 x its time at the max clock). A lower one is refused: a clock near 0 would
+#: stretch the iterations it runs past any time the simulator can represent.
+MIN_CLOCK_SCALE = 0.01
 
 # Request outcomes.
 PENDING, DONE, FAILED, EXPIRED = 0, 1, 2, 3
@@ -108,8 +119,8 @@ def _interval_problem(start: object, duration: object, scale: object = 1.0) -> O
         return "START + DURATION must be a finite time"
     if s + d > MAX_SIM_TIME:
         return f"START + DURATION must be at most {MAX_SIM_TIME:g} s (the simulator's time range)"
-    if not (0 < c <= 1):
-        return "CLOCK_SCALE must be in (0, 1]"
+    if not (MIN_CLOCK_SCALE <= c <= 1):
+        return f"CLOCK_SCALE must be in (0, 1] and at least {MIN_CLOCK_SCALE:g} (a share of the max clock), got {c!r}"
     return None
 
 
@@ -147,10 +158,12 @@ class Fault:
 class Slowdown:
     """Device ``device`` runs at ``clock_scale`` of its max clock from ``start_s`` for
     ``duration_s`` seconds (thermal throttling). While slowdowns on one device overlap,
-    the lowest ``clock_scale`` in progress holds.
+    the lowest ``clock_scale`` in progress holds. An iteration in progress when the clock
+    changes finishes its remaining share of work at the new clock.
 
     Raises:
-        ConfigError: as :class:`Fault`, or ``clock_scale`` not in ``(0, 1]``.
+        ConfigError: as :class:`Fault`, or ``clock_scale`` not in
+            :data:`MIN_CLOCK_SCALE`..1.
     """
 
     device: str
@@ -374,6 +387,7 @@ class _Dev:
         "idx", "name", "base", "cm", "kv_budget", "max_seqs", "up", "busy", "epoch", "it",
         "running", "fin", "ctx_sum", "kv_used", "joiners", "queue", "pending", "busy_s",
         "intervals", "iter_start", "n_dec", "outstanding", "kvb", "attn4", "spec", "faults", "slows",
+        "iter_end", "iter_len", "step_args",
     )
 
     def __init__(self, idx: int, d: SimDevice) -> None:
@@ -400,6 +414,9 @@ class _Dev:
         self.busy_s = 0.0
         self.intervals: list[list[float]] = []
         self.iter_start = 0.0
+        self.iter_end = 0.0  # when the iteration in progress ends
+        self.iter_len = 0.0  # its length at the clock it runs at
+        self.step_args: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)  # (CostModel._step1)
         self.n_dec = 0
         self.outstanding = 0
         m = d.cost.model
@@ -642,13 +659,8 @@ class Simulation:
             ptok += c
             pflops += d.attn4 * (c * (c + 1) / 2.0)
         nd = d.n_dec
-        return d.cm._step1(
-            float(ptok + nd),
-            pflops,
-            d.kvb * ptok,
-            d.attn4 * (d.ctx_sum + nd),
-            d.kvb * d.ctx_sum,
-        )
+        d.step_args = (float(ptok + nd), pflops, d.kvb * ptok, d.attn4 * (d.ctx_sum + nd), d.kvb * d.ctx_sum)
+        return d.cm._step1(*d.step_args)
 
     def _maybe_start(self, d: _Dev, now: float) -> None:
         """Start an iteration on an idle device that is up and has work."""
@@ -684,8 +696,22 @@ class Simulation:
         dt = self._step_time(d, joiners)
         d.busy = True
         d.iter_start = now
+        d.iter_end = now + dt
+        d.iter_len = dt
         self.iterations += 1
         self._push(now + dt, _ITER_END, d.idx, d.epoch)
+
+    def _retime(self, d: _Dev, now: float) -> None:
+        """The clock of d changed (d.cm): the iteration in progress does the share of its
+        work still left at the new clock (its old end event is made stale)."""
+        if not d.busy or d.iter_end <= now or d.iter_len <= 0:
+            return
+        new_len = d.cm._step1(*d.step_args)
+        left = (d.iter_end - now) / d.iter_len  # share of the work still to do
+        d.iter_len = new_len
+        d.iter_end = now + left * new_len
+        d.epoch += 1  # (the ITER_END already queued is stale)
+        self._push(d.iter_end, _ITER_END, d.idx, d.epoch)
 
     def _record_busy(self, d: _Dev, start: float, end: float) -> None:
         d.busy_s += end - start
@@ -1015,6 +1041,7 @@ class Simulation:
                 # Overlapping slowdowns: the deepest in progress holds the clock.
                 s = min(d.slows.values()) if d.slows else 1.0
                 d.cm = d.base if s == 1.0 else d.base.with_clock_scale(s)
+                self._retime(d, now)
                 if sched is not None:
                     mx = d.spec.max_clock_mhz or 1000.0
                     sched.set_clock(d.name, s * mx, mx, now=now)
