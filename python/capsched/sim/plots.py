@@ -1,15 +1,21 @@
 """Plots of an experiment (needs matplotlib: ``pip install "capsched[sim]"``).
 
 * ``latency_cdf_load<L>.png``: CDF of end-to-end latency per policy, one file per load;
-* ``utilization_<policy>_load<L>.png``: per-device busy share over time (at the highest
-  load not above 1, or the only load);
+* ``utilization_<policy>_load<L>.png``: per-device busy share over time, at one load
+  (:func:`utilization_load`: the highest load not above 1, or the lowest if every load
+  is above 1);
 * ``latency_vs_load.png``: mean and p99 latency and SLO attainment against offered load,
   one line per policy.
+
+``<L>`` is :func:`load_tag`: the load as ``{load:g}`` formats it (``0.5``, ``1``), or its
+``repr`` where that would not tell it from another load (``0.5000001``), so that two
+loads never share a file.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +25,34 @@ from .metrics import utilization_timeline
 if TYPE_CHECKING:  # pragma: no cover
     from .run import Experiment
 
-__all__ = ["have_matplotlib", "write_plots"]
+__all__ = ["have_matplotlib", "write_plots", "load_tag", "utilization_load", "plot_names", "PLOT_PATTERNS"]
+
+#: Glob patterns of every file name :func:`write_plots` may write.
+PLOT_PATTERNS = ("latency_cdf_load*.png", "utilization_*_load*.png", "latency_vs_load.png")
+
+
+def load_tag(load: float) -> str:
+    """The load in file names and titles: ``{load:g}`` where that reads back as the same
+    number, else ``repr(load)`` (which always does), so distinct loads get distinct tags."""
+    text = f"{load:g}"
+    return text if float(text) == load else repr(float(load))
+
+
+def utilization_load(loads: Sequence[float]) -> float:
+    """The load the utilization plots show: the highest not above 1 (the fleet's
+    capacity: past it every policy saturates), or the lowest if every load is above 1."""
+    below = [x for x in loads if x <= 1.0]
+    return max(below) if below else min(loads)
+
+
+def plot_names(loads: Sequence[float], policies: Sequence[str]) -> list[str]:
+    """The file names :func:`write_plots` writes for these loads and policies, in order."""
+    focus = load_tag(utilization_load(loads))
+    return (
+        [f"latency_cdf_load{load_tag(x)}.png" for x in loads]
+        + [f"utilization_{p}_load{focus}.png" for p in policies]
+        + ["latency_vs_load.png"]
+    )
 
 
 def have_matplotlib() -> bool:
@@ -58,17 +91,16 @@ def write_plots(exp: "Experiment", out_dir: str) -> list[str]:
         ax.set_xscale("log")
         ax.set_xlabel("end-to-end latency (s)")
         ax.set_ylabel("share of requests completed within")
-        ax.set_title(f"Latency CDF, load {load:g} x capacity")
+        ax.set_title(f"Latency CDF, load {load_tag(load)} x capacity")
         ax.grid(True, alpha=0.3)
         ax.legend()
-        path = os.path.join(out_dir, f"latency_cdf_load{load:g}.png")
+        path = os.path.join(out_dir, f"latency_cdf_load{load_tag(load)}.png")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
 
-    below = [x for x in loads if x <= 1.0]
-    focus = max(below) if below else loads[0]
+    focus = utilization_load(loads)
     for p in policies:
         r = exp.results[(focus, p)]
         t, shares = utilization_timeline(r, buckets=80)
@@ -78,10 +110,10 @@ def write_plots(exp: "Experiment", out_dir: str) -> list[str]:
         ax.set_xlabel("time (s)")
         ax.set_ylabel("busy (%)")
         ax.set_ylim(0, 105)
-        ax.set_title(f"Device utilization over time: {p}, load {focus:g}")
+        ax.set_title(f"Device utilization over time: {p}, load {load_tag(focus)}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-        path = os.path.join(out_dir, f"utilization_{p}_load{focus:g}.png")
+        path = os.path.join(out_dir, f"utilization_{p}_load{load_tag(focus)}.png")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)

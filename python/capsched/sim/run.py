@@ -409,13 +409,15 @@ def _group_rates(exp: Experiment) -> dict[str, float]:
     return out
 
 
-def check_out_dir(out_dir: str) -> None:
+def check_out_dir(out_dir: str, config: Optional[SimConfig] = None) -> None:
     """Refuse, before a run, an ``--out`` directory that the results could not be
     written to: an empty name, an existing path that is not a directory (or whose
-    ``results.json`` is not a regular file), or one (or its nearest existing parent)
-    that is not writable (tried: a directory that does not exist is created now, and a
-    temporary file is created and removed in it). The files in it (``results.json``,
-    plots) are overwritten.
+    ``results.json`` or a plot file is there but not a regular file: with ``config``, the
+    plots of its loads and policies, :func:`capsched.sim.plots.plot_names`; without it,
+    any name a plot may have, :data:`capsched.sim.plots.PLOT_PATTERNS`), or one (or its
+    nearest existing parent) that is not writable (tried: a directory that does not
+    exist is created now, and a temporary file is created and removed in it). The files
+    in it (``results.json``, plots) are overwritten.
 
     Raises:
         ConfigError: naming the path and what is wrong.
@@ -426,9 +428,20 @@ def check_out_dir(out_dir: str) -> None:
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise ConfigError(f"--out {out_dir!r} exists and is not a directory")
-        target = os.path.join(path, "results.json")
-        if os.path.lexists(target) and not os.path.isfile(target):
-            raise ConfigError(f"--out {out_dir!r}: {target} exists and is not a regular file")
+        import glob
+
+        from .plots import PLOT_PATTERNS, plot_names
+
+        if config is not None:
+            names = plot_names(config.loads, config.policies)
+            targets = [os.path.join(path, x) for x in ["results.json"] + names]
+        else:
+            targets = [os.path.join(path, "results.json")]
+            for pattern in PLOT_PATTERNS:
+                targets += sorted(glob.glob(os.path.join(glob.escape(path), pattern)))
+        for target in targets:
+            if os.path.lexists(target) and not os.path.isfile(target):
+                raise ConfigError(f"--out {out_dir!r}: {target} exists and is not a regular file")
         if not os.access(path, os.W_OK | os.X_OK):
             raise ConfigError(f"--out {out_dir!r}: the directory is not writable")
         _probe_write(out_dir, path)
