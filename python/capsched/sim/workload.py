@@ -740,10 +740,11 @@ def load_mooncake_jsonl(path: PathLike, *, limit: Optional[int] = None, name: Op
         for line, text in enumerate(f, start=1):
             if not text.strip():
                 continue
+            text = text.rstrip("\r\n")  # (a truncated line's error would be at "column 1" of the next)
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise TraceFormatError(p, line, None, f"is not valid JSON: {exc.msg} at column {exc.colno}") from None
+                raise TraceFormatError(p, line, None, f"is not valid JSON: {exc.msg} at column {exc.pos + 1}") from None
             except RecursionError:
                 raise TraceFormatError(p, line, None, "is not valid JSON: nested too deeply") from None
             except ValueError:  # an integer of more digits than Python converts
