@@ -227,7 +227,7 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
             chain=args.chain,
         )
         if args.out is not None:
-            simrun.check_out_dir(args.out)  # before the run, not after it
+            simrun.check_out_dir(args.out, config)  # before the run, not after it (its own plot files)
 
         def warn(message: str) -> None:
             print(f"capsched simulate: warning: {message}", file=sys.stderr, flush=True)
