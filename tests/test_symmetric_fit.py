@@ -1,5 +1,6 @@
-"""A symmetric group (equal devices) places a request on the first device with room only
-if it fits there; otherwise the general rule decides (docs/placement.md). A review found
+"""In continuous mode a symmetric group (equal devices) places a request on the first
+device with room only if it fits there; otherwise the general rule decides
+(docs/placement.md; batch mode still fills the first device's batch). A review found
 a burst on an idle fleet of equal devices piling onto the first devices as fallbacks,
 and capsched meeting far fewer deadlines than round-robin in the simulator on such a
 fleet."""
@@ -42,3 +43,13 @@ def test_capsched_keeps_up_with_round_robin_on_an_equal_fleet() -> None:
     rr, cs = runs["round_robin"], runs["capsched"]
     # (before the fix: capsched 78.8 % against round-robin's 98.5 % on the full trace)
     assert cs["slo_attainment"] >= rr["slo_attainment"] - 0.03, (cs["slo_attainment"], rr["slo_attainment"])
+
+
+def test_batch_mode_still_fills_the_first_devices_batch() -> None:
+    # Batch mode keeps Linux's SMP-island rule: a device's batch fills before the next
+    # device opens one, fitting or not (here nothing fits: 2,000,000-token requests).
+    s = Scheduler([Device(f"d{i}") for i in range(4)], max_batch_size=8)
+    s.submit_many([2_000_000] * 10, now=0.0)
+    res = s.step(0.0)
+    assert [(b.device, len(b.request_ids)) for b in res.batches] == [("d0", 8), ("d1", 2)]
+    assert s.stats()["placed_fallback"] == 10

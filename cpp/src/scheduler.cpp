@@ -1813,14 +1813,15 @@ void Scheduler::place_by_fitness(double now) {
             }
         };
         if (group_symmetric_[group]) {
-            // Symmetric group: the devices are alike, so the first with room takes r if
-            // r fits it (a device's batch fills before the next device opens one); if r
-            // does not fit it, the general rule decides (the best fitting device, else
-            // the fallback, or waiting with wait_for_fit), as on any fleet.
+            // Symmetric group: the devices are alike, so the first with room takes r (a
+            // device's batch fills before the next device opens one). In continuous mode,
+            // where there is no batch to fill, only if r fits it: else the general rule
+            // decides (the best fitting device, else the fallback, or waiting with
+            // wait_for_fit), as on any fleet.
             dev = choose_symmetric(group, r);
             if (dev != kNoIndex) {
                 fitted = u * cfg_.placement.fit_margin < spare_of(dev);
-                if (!fitted) general();
+                if (!fitted && continuous_) general();
             }
         } else {
             general();

@@ -1515,10 +1515,11 @@ class ReferenceScheduler:
 
             self._wait = False
             if symmetric[g]:
-                # the first device with room, if r fits it; else the general rule
+                # the first device with room; in continuous mode only if r fits it, else
+                # the general rule
                 di = next((x for x in self.group_devices(r.tenant) if self.has_room(x, r)), None)
                 fitted = di is not None and u * margin < self.spare(self.devices[di])
-                if di is not None and not fitted:
+                if di is not None and not fitted and self._continuous:
                     di, fitted = general()
             else:
                 di, fitted = general()
