@@ -176,6 +176,7 @@ def test_load_tags_are_unique_and_short_where_they_can_be():
 
 
 def test_two_loads_that_format_alike_write_two_plots(tmp_path):
+    pytest.importorskip("matplotlib")  # (the sim extra; the test extra has no matplotlib)
     out = tmp_path / "o"
     main(["simulate", "--no-progress", "--policies", "least_load", "--load", "0.5000001,0.5000002",
           "--requests", "30", "--out", str(out)], out=io.StringIO())
