@@ -21,6 +21,7 @@ an ErrorEvent too (it was ``max_tokens``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import types
 from collections.abc import AsyncIterator
@@ -194,30 +195,37 @@ def test_the_engine_answers_a_refusal_with_a_400_and_spares_the_breaker() -> Non
     run(main(), 20)
 
 
-@pytest.mark.usefixtures("fake_vllm")
-def test_http_gets_the_400_streaming_or_not() -> None:
-    pytest.importorskip("starlette")
+@contextlib.asynccontextmanager
+async def http_client(engine: FleetEngine) -> AsyncIterator[Any]:
+    """An HTTP client on the app of a started ``engine`` (closed on the way out)."""
     httpx = pytest.importorskip("httpx")
     from capsched.server import create_app
 
+    app = create_app(engine)
+    await engine.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://capsched",
+                                     timeout=30) as c:
+            yield c
+    finally:
+        await engine.close()
+
+
+@pytest.mark.usefixtures("fake_vllm")
+def test_http_gets_the_400_streaming_or_not() -> None:
+    pytest.importorskip("starlette")
+
     async def main() -> None:
-        engine = fleet(FakeEngine())
-        app = create_app(engine)
-        await engine.start()
-        try:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://capsched",
-                                         timeout=30) as c:
-                for stream in (False, True):
-                    r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3,
-                                                              "temperature": 1.9, "stream": stream})
-                    assert r.status_code == 400, r.text  # (was 503 after the retries)
-                    e = r.json()["error"]
-                    assert e["param"] == "temperature" and e["code"] == "invalid_value"
-                    assert "temperature must be at most 1.5" in e["message"]
-                r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5})
-                assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
-        finally:
-            await engine.close()
+        async with http_client(fleet(FakeEngine())) as c:
+            for stream in (False, True):
+                r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3,
+                                                          "temperature": 1.9, "stream": stream})
+                assert r.status_code == 400, r.text  # (was 503 after the retries)
+                e = r.json()["error"]
+                assert e["param"] == "temperature" and e["code"] == "invalid_value"
+                assert "temperature must be at most 1.5" in e["message"]
+            r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5})
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
 
     run(main(), 20)
 
@@ -270,37 +278,28 @@ def test_a_refused_resumed_run_is_a_5xx_not_the_clients_400() -> None:
 @pytest.mark.usefixtures("fake_vllm")
 def test_http_resumed_refusal_and_max_completion_tokens_param() -> None:
     pytest.importorskip("starlette")
-    httpx = pytest.importorskip("httpx")
-    from capsched.server import create_app
 
     async def main() -> None:
-        engine = fleet(FakeEngine())
-        app = create_app(engine)
-        await engine.start()
-        try:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://capsched",
-                                         timeout=30) as c:
-                for stream in (False, True):
-                    # A refusal naming max_tokens, arriving as an ErrorEvent (not from open()):
-                    # the chat gave max_completion_tokens, so that is the param.
-                    r = await c.post("/v1/chat/completions", json={
-                        "model": MODEL, "messages": [{"role": "user", "content": "KVLIMIT"}],
-                        "max_completion_tokens": 3, "stream": stream})
-                    assert r.status_code == 400, r.text
-                    assert r.json()["error"]["param"] == "max_completion_tokens", r.text  # (was max_tokens)
-                    r = await c.post("/v1/chat/completions", json={
-                        "model": MODEL, "messages": [{"role": "user", "content": "KVLIMIT"}],
-                        "max_tokens": 3, "stream": stream})
-                    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
-                r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "DENYRESUME", "max_tokens": 6})
-                assert r.status_code == 503 and r.json()["error"]["code"] == "resume_refused", r.text  # (was 400)
-                r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "DENYRESUME", "max_tokens": 6,
-                                                          "stream": True})
-                assert r.status_code == 200  # tokens went out first: the error is the stream's last event
-                assert '"code":"resume_refused"' in r.text.replace(" ", ""), r.text
-                assert "[DONE]" not in r.text
-        finally:
-            await engine.close()
+        async with http_client(fleet(FakeEngine())) as c:
+            for stream in (False, True):
+                # A refusal naming max_tokens, arriving as an ErrorEvent (not from open()):
+                # the chat gave max_completion_tokens, so that is the param.
+                r = await c.post("/v1/chat/completions", json={
+                    "model": MODEL, "messages": [{"role": "user", "content": "KVLIMIT"}],
+                    "max_completion_tokens": 3, "stream": stream})
+                assert r.status_code == 400, r.text
+                assert r.json()["error"]["param"] == "max_completion_tokens", r.text  # (was max_tokens)
+                r = await c.post("/v1/chat/completions", json={
+                    "model": MODEL, "messages": [{"role": "user", "content": "KVLIMIT"}],
+                    "max_tokens": 3, "stream": stream})
+                assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
+            r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "DENYRESUME", "max_tokens": 6})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "resume_refused", r.text  # (was 400)
+            r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "DENYRESUME", "max_tokens": 6,
+                                                      "stream": True})
+            assert r.status_code == 200  # tokens went out first: the error is the stream's last event
+            assert '"code":"resume_refused"' in r.text.replace(" ", ""), r.text
+            assert "[DONE]" not in r.text
 
     run(main(), 20)
 
