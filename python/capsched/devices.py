@@ -106,6 +106,7 @@ class Device:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"device name must be a non-empty str, got {self.name!r}")
+        _check_utf8("device name", self.name)
         c = self.capacity
         _check_float_range(self.name, "capacity", c)
         if c is not None and (
@@ -262,6 +263,7 @@ class Slice:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
             raise ConfigError(f"slice name must be a non-empty str without '/', got {self.name!r}")
+        _check_utf8("slice name", self.name)
         for what in ("compute", "memory"):
             v = getattr(self, what)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 < cast(float, v) <= 1.0:
@@ -270,6 +272,19 @@ class Slice:
         m = self.max_inflight_batches
         if isinstance(m, bool) or not isinstance(m, numbers.Integral) or not 1 <= m <= 2**31 - 1:
             raise ConfigError(f"slice {self.name!r}: max_inflight_batches must be an integer >= 1, got {_brief(m)}")
+
+
+def _check_utf8(what: str, name: str) -> None:
+    """A name must encode to UTF-8: one holding a lone surrogate (``json.loads('"gpu\\ud800"')``,
+    undecodable bytes read with ``surrogateescape``) would break every metrics scrape and
+    every JSON or text export that carries it."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"{what} must be valid Unicode text (it must encode to UTF-8), got {name!r}: "
+            f"{exc.object[exc.start:exc.end]!r} at {exc.start} is a lone surrogate"
+        ) from None
 
 
 def _check_float_range(device: str, field: str, v: object) -> None:
