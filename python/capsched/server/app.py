@@ -26,6 +26,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -132,6 +133,18 @@ class _ErrorResponse(JSONResponse):
 #: wait is the useful hint (clients that honour it, as the openai client does, back off
 #: by it rather than by their own schedule).
 RETRY_AFTER_S = 1
+
+
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf: a mean over no runs, say) made None,
+    which JSON can carry (Starlette's JSONResponse refuses them: a 500)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def _error(e: APIError) -> JSONResponse:
@@ -483,9 +496,14 @@ def create_app(backend: Backend, config: Optional[ServerConfig] = None) -> Starl
     async def stats(request: Request) -> Response:
         try:
             _tenant(request, cfg)
-            return JSONResponse(await backend.status())
+            status = await backend.status()
         except APIError as e:
             return _error(e)
+        except Exception as exc:  # a worker's stats() that raises: an error body, not a traceback
+            log.exception("GET /stats: the fleet's stats failed")
+            return _error(APIError(500, f"the fleet's stats failed: {type(exc).__name__}: {exc}",
+                                   type="server_error", code="stats_failed"))
+        return JSONResponse(_json_safe(status))  # (NaN and inf, which JSON has not, become null)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
