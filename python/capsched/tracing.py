@@ -16,11 +16,19 @@ span. Span times are the tracer's own (wall clock), as OpenTelemetry wants.
 
 from __future__ import annotations
 
+import logging
 import operator
 import threading
-from typing import Any, Optional
+from collections import OrderedDict
+from typing import Any, Callable, Optional
 
 __all__ = ["RequestTracer"]
+
+log = logging.getLogger("capsched.tracing")
+
+#: How many recently ended ids a tracer remembers, so that a ``submitted`` that comes
+#: after another thread's ``stepped``/``ended`` already ended the request opens nothing.
+_ENDED_MEMORY = 65536
 
 
 def _trace_api() -> Any:
@@ -48,52 +56,128 @@ class RequestTracer:
     """Spans per request. Thread-safe; unknown or already-ended ids, and values that are
     not integer ids (``None``, ``"abc"``), are ignored (a trace is best effort and must
     never break the server). ``submitted`` again for an id whose spans are open ends
-    those first (attribute ``capsched.superseded``), so that none leaks."""
+    those first (attribute ``capsched.superseded``), so that none leaks.
+
+    Best effort also means that an exception from OpenTelemetry (a span processor or an
+    exporter that raises) never reaches the caller: each span call is guarded, the first
+    failure is logged as a warning on the ``capsched.tracing`` logger (later ones at
+    debug), and the other spans and ids go on (a request's root span is ended even when
+    its child's end fails). Spans are started and ended outside the tracer's lock, so a
+    span processor may call back into the tracer (``open_requests``, say).
+
+    With threads, the API thread's ``submitted(id)`` can come after the loop thread's
+    ``stepped``/``ended`` already ended that request (it expired, or it ran and completed,
+    between ``submit`` and ``submitted``). The tracer remembers the last
+    65,536 ended ids, and a ``submitted`` for one of them is a no-op, so no
+    span stays open for it. Ids are those of one scheduler (unique): a tracer shared by
+    schedulers whose ids overlap would drop the second one's requests."""
 
     def __init__(self, tracer: Optional[Any] = None) -> None:
         self._trace = _trace_api()
         self._tracer = tracer if tracer is not None else self._trace.get_tracer("capsched")
         self._lock = threading.Lock()
-        self._open: dict[int, list[Any]] = {}  # id -> [root span, current child span]
+        self._open: dict[int, list[Any]] = {}  # id -> [root span, current child span or None]
+        self._ended: OrderedDict[int, None] = OrderedDict()  # recently ended ids (bounded)
+        self._warned = False
+
+    def _guard(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, or None if it raised (logged: a trace must never break
+        the server)."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            if not self._warned:
+                self._warned = True
+                log.warning("capsched tracing: %s failed; the trace goes on without it "
+                            "(later failures are logged at debug level)", what, exc_info=True)
+            else:
+                log.debug("capsched tracing: %s failed", what, exc_info=True)
+            return None
 
     def _child(self, root: Any, name: str, **attributes: Any) -> Any:
         ctx = self._trace.set_span_in_context(root)
         return self._tracer.start_span(name, context=ctx, attributes=attributes or None)
 
+    def _end(self, span: Any, what: str, status: Any = None, **attributes: Any) -> None:
+        """Set ``attributes`` and ``status`` on ``span`` and end it, each call guarded."""
+        if span is None:
+            return
+        for k, v in attributes.items():
+            self._guard(f"{what}: set_attribute", span.set_attribute, k, v)
+        if status is not None:
+            self._guard(f"{what}: set_status", span.set_status, status)
+        self._guard(f"{what}: end", span.end)
+
+    def _remember_ended(self, rid: int) -> None:
+        # (under self._lock)
+        self._ended[rid] = None
+        self._ended.move_to_end(rid)
+        while len(self._ended) > _ENDED_MEMORY:
+            self._ended.popitem(last=False)
+
     def submitted(self, request_id: int, **attributes: Any) -> None:
-        """A request was accepted: its root span and its queue span start."""
+        """A request was accepted: its root span and its queue span start (nothing if
+        the request already ended: see the class's note on threads)."""
         rid = _rid(request_id)
         if rid is None:
             return
+        with self._lock:
+            if rid in self._ended:
+                return
         attrs = {"capsched.request_id": rid}
         attrs.update({f"capsched.{k}": v for k, v in attributes.items() if v is not None})
-        root = self._tracer.start_span("capsched.request", attributes=attrs)
+        root = self._guard("start the request span", self._tracer.start_span, "capsched.request", attributes=attrs)
+        if root is None:
+            return
+        child = self._guard("start the queue span", self._child, root, "capsched.queue")
+        late = False
         with self._lock:
-            old = self._open.get(rid)
-            self._open[rid] = [root, self._child(root, "capsched.queue")]
+            if rid in self._ended:  # another thread ended it while the spans started
+                late, old = True, None
+            else:
+                old = self._open.get(rid)
+                self._open[rid] = [root, child]
+        if late:
+            self._end(child, "end the queue span", **{"capsched.ended_before_submitted": True})
+            self._end(root, "end the request span", **{"capsched.ended_before_submitted": True})
         if old is not None:  # the same id submitted again: close the earlier spans
-            for span in (old[1], old[0]):
-                span.set_attribute("capsched.superseded", True)
-                span.end()
+            self._end(old[1], "end a superseded span", **{"capsched.superseded": True})
+            self._end(old[0], "end a superseded span", **{"capsched.superseded": True})
+
+    def _next_child(self, request_id: Any, name: str, what: str, attributes: dict[str, Any],
+                    requeued: Optional[str] = None) -> None:
+        """End the current child span of ``request_id`` and start ``name`` under its
+        root, the span calls outside the lock."""
+        rid = _rid(request_id)
+        if rid is None:
+            return
+        with self._lock:
+            spans = self._open.get(rid)
+            if spans is None:
+                return
+            root, old = spans
+            spans[1] = None
+        if requeued is None:
+            self._end(old, "end the queue span")
+        else:
+            self._end(old, "end the run span", **{"capsched.requeued": requeued})
+        new = self._guard(what, self._child, root, name, **attributes)
+        if new is None:
+            return
+        with self._lock:  # still open, and no other thread gave it a child meanwhile?
+            kept = self._open.get(rid) is spans and spans[1] is None
+            if kept:
+                spans[1] = new
+        if not kept:
+            self._end(new, what)
 
     def dispatched(self, request_id: int, device: str) -> None:
         """It was placed on ``device``: the queue span ends, a run span starts."""
-        with self._lock:
-            spans = self._open.get(_rid(request_id))  # type: ignore[arg-type]
-            if spans is None:
-                return
-            spans[1].end()
-            spans[1] = self._child(spans[0], "capsched.run", **{"capsched.device": device})
+        self._next_child(request_id, "capsched.run", "start the run span", {"capsched.device": device})
 
     def requeued(self, request_id: int, reason: str) -> None:
         """A retry or an eviction: the run span ends (with the reason), a queue span starts."""
-        with self._lock:
-            spans = self._open.get(_rid(request_id))  # type: ignore[arg-type]
-            if spans is None:
-                return
-            spans[1].set_attribute("capsched.requeued", reason)
-            spans[1].end()
-            spans[1] = self._child(spans[0], "capsched.queue")
+        self._next_child(request_id, "capsched.queue", "start the queue span", {}, requeued=reason)
 
     def stepped(self, result: Any) -> None:
         """Everything a :class:`capsched.StepResult` (or a :class:`capsched.StepArrays`,
@@ -114,16 +198,24 @@ class RequestTracer:
             self.ended(rid, error=reason)
 
     def ended(self, request_id: int, *, error: Optional[str] = None) -> None:
-        """It ended: completed (``error=None``), or failed, expired or cancelled."""
+        """It ended: completed (``error=None``), or failed, expired or cancelled. The id is
+        remembered, so that a late ``submitted`` for it opens nothing."""
+        rid = _rid(request_id)
+        if rid is None:
+            return
         with self._lock:
-            spans = self._open.pop(_rid(request_id), None)  # type: ignore[arg-type]
+            spans = self._open.pop(rid, None)
+            self._remember_ended(rid)
         if spans is None:
             return
-        status = self._trace.Status(self._trace.StatusCode.OK if error is None else self._trace.StatusCode.ERROR,
-                                    None if error is None else error)
-        for span in (spans[1], spans[0]):
-            span.set_status(status)
-            span.end()
+        status = self._guard(
+            "make a span status",
+            self._trace.Status,
+            self._trace.StatusCode.OK if error is None else self._trace.StatusCode.ERROR,
+            None if error is None else error,
+        )
+        self._end(spans[1], "end a request's child span", status)
+        self._end(spans[0], "end the request span", status)
 
     @property
     def open_requests(self) -> int:
