@@ -47,7 +47,7 @@ import numbers
 import re
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
@@ -78,7 +78,12 @@ __all__ = [
     "FAILED",
     "EXPIRED",
     "PENDING",
+    "PROGRESS_STEPS",
 ]
+
+#: A run's ``progress`` callback is called each time another 1/PROGRESS_STEPS of its
+#: requests have ended.
+PROGRESS_STEPS = 10
 
 #: Deadline = arrival + DEADLINE_FACTOR x the request's unloaded service time on the
 #: fastest card of the fleet.
@@ -470,6 +475,10 @@ class Simulation:
         tenants: a tenant name (or None) per request, in workload order, passed to
             capsched as ``InferenceRequest.tenant`` (for ``Config(fair_share=True)``);
             the baselines ignore it.
+        progress: called as ``progress(ended, total)`` while the run goes on, each time
+            the requests that have ended (completed, failed or expired) reach another
+            tenth of the workload (:data:`PROGRESS_STEPS` calls at most); it must not
+            change the simulation.
 
     A request that no device can ever hold (:func:`unservable`) fails at its arrival
     under every policy (``SimResult.unservable`` counts them).
@@ -485,7 +494,7 @@ class Simulation:
             ``Config`` refuses, ``capsched_request`` fields ``InferenceRequest`` refuses
             (or ones the engine sets: prompt, prompt_tokens, max_new_tokens, deadline,
             timeout, depends_on), a bad ``continuous``, ``restart_at``, ``chain`` or
-            ``tenants``.
+            ``tenants``, a ``progress`` that is not callable.
     """
 
     def __init__(
@@ -506,6 +515,7 @@ class Simulation:
         restart_at: Optional[float] = None,
         chain: int = 1,
         tenants: Optional[Sequence[Optional[str]]] = None,
+        progress: Optional[Callable[[int, int], None]] = None,
     ) -> None:
         if not isinstance(policy, str) or policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
@@ -553,6 +563,9 @@ class Simulation:
                 if t is not None and not isinstance(t, str):
                     raise ConfigError(f"tenants[{i}] must be a str or None, got {t!r}")
         self.tenants = tenants
+        if progress is not None and not callable(progress):
+            raise ConfigError(f"progress must be a callable (ended, total) or None, got {progress!r}")
+        self.progress = progress
 
     # ------------------------------------------------------------------ setup
 
@@ -590,6 +603,17 @@ class Simulation:
         self.migrated = 0
         self.rejected = 0
         self.devs = [_Dev(i, d) for i, d in enumerate(self.sim_devices)]
+        # Fleet-size independent bookkeeping (capsched): each change to a device's up,
+        # busy, outstanding or kv_used marks it dirty; _refresh brings the free slots and
+        # KV (what Scheduler.step is given) and the idle set up to date for the dirty
+        # devices only, so that an event costs what it changes, not the fleet's size.
+        self._dirty: set[int] = set(range(len(self.devs)))
+        self._free_slots: dict[str, int] = {}  # up devices with free slots -> count
+        self._free_kv: dict[str, int] = {}  # the same devices -> free KV tokens
+        self._idle: set[int] = set()  # up, not in an iteration, a slot free
+        self._pend: set[int] = set()  # devices given pending requests (may be stale)
+        self._ended = 0  # requests ended (progress)
+        self._next_report = self._report_at(1)
         self._min_kv = min(d.kv_budget for d in self.devs)
         self.events: list[tuple[float, int, int, int, int]] = []
         self._seq = 0
@@ -642,6 +666,48 @@ class Simulation:
         self.sid_of: list[int] = [0] * len(self.P)
         self.rid_of: dict[int, int] = {}
 
+    def _report_at(self, k: int) -> int:
+        """The count of ended requests at which the k-th progress report is due."""
+        if self.progress is None or k > PROGRESS_STEPS:
+            return -1
+        return max(1, -(-k * len(self.P) // PROGRESS_STEPS))
+
+    def _refresh(self) -> None:
+        """Bring _free_slots, _free_kv and _idle up to date for the dirty devices."""
+        if not self._dirty:
+            return
+        devs = self.devs
+        slots, kv, idle = self._free_slots, self._free_kv, self._idle
+        for i in self._dirty:
+            d = devs[i]
+            free = d.max_seqs - d.outstanding
+            if d.up and free > 0:
+                slots[d.name] = free
+                kv[d.name] = max(0, d.kv_budget - d.kv_used)
+                if d.busy:
+                    idle.discard(i)
+                else:
+                    idle.add(i)
+            else:
+                slots.pop(d.name, None)
+                kv.pop(d.name, None)
+                idle.discard(i)
+        self._dirty.clear()
+
+    def _start_pending(self, now: float) -> None:
+        """_maybe_start, in device order, each device given pending requests (the others
+        have nothing to start: an idle device that is up has no running sequence)."""
+        pend = self._pend
+        if not pend:
+            return
+        devs = self.devs
+        for i in sorted(pend):
+            d = devs[i]
+            if d.pending:
+                self._maybe_start(d, now)
+        for i in [i for i in pend if not devs[i].pending]:
+            pend.discard(i)
+
     def _push(self, t: float, kind: int, a: int, b: int) -> None:
         self._seq += 1
         heapq.heappush(self.events, (t, self._seq, kind, a, b))
@@ -666,6 +732,7 @@ class Simulation:
         """Start an iteration on an idle device that is up and has work."""
         if d.busy or not d.up:
             return
+        self._dirty.add(d.idx)
         joiners: list[int] = []
         if self.sched is None:
             q = d.queue
@@ -723,6 +790,7 @@ class Simulation:
 
     def _iter_end(self, d: _Dev, now: float) -> None:
         d.busy = False
+        self._dirty.add(d.idx)
         self._record_busy(d, d.iter_start, now)
         it = d.it
         d.ctx_sum += d.n_dec
@@ -756,6 +824,14 @@ class Simulation:
         n = len(self.P)
         while True:  # (a loop, not recursion: a failed step fails up to 999 after it)
             self.status[r] = status
+            self._ended += 1
+            if self._ended == self._next_report:
+                assert self.progress is not None
+                self.progress(min(self._ended, len(self.P)), len(self.P))
+                k = self._ended * PROGRESS_STEPS // max(1, len(self.P)) + 1
+                while 0 <= self._report_at(k) <= self._ended:
+                    k += 1
+                self._next_report = self._report_at(k)
             self.where[r] = -1
             if status == DONE:
                 self.finish[r] = now
@@ -775,6 +851,7 @@ class Simulation:
         if di < 0:
             return
         d = self.devs[di]
+        self._dirty.add(di)
         T = self.T
         if r in d.running:
             join = d.running.pop(r)
@@ -806,6 +883,7 @@ class Simulation:
         eligible = None if self.T[r] <= self._min_kv else [self.T[r] <= d.kv_budget for d in devs]
         i = self.binder.choose([d.outstanding for d in devs], [d.up for d in devs], eligible)
         d = devs[i]
+        self._dirty.add(i)
         d.queue.append(r)
         d.outstanding += 1
         self.where[r] = i
@@ -821,15 +899,10 @@ class Simulation:
         rounds = 0
         while True:
             if self.continuous:
-                slots: dict[str, int] = {}
-                kv: dict[str, int] = {}
-                for d in devs:
-                    if d.up:
-                        free = d.max_seqs - d.outstanding
-                        if free > 0:
-                            slots[d.name] = free
-                            kv[d.name] = max(0, d.kv_budget - d.kv_used)
-                res = sched.step(now, free_slots=slots, free_kv_tokens=kv)
+                # The up devices with free slots and their free KV, kept up to date (the
+                # API names every device that may take work: one not named takes nothing).
+                self._refresh()
+                res = sched.step(now, free_slots=self._free_slots, free_kv_tokens=self._free_kv)
             else:
                 res = sched.step(now)
             rounds += 1
@@ -864,12 +937,12 @@ class Simulation:
                     d.kv_used += T[r]
                     d.outstanding += 1
                     self.where[r] = d.idx
+                    self._dirty.add(d.idx)
+                    self._pend.add(d.idx)
                     n += 1
             if self.continuous or n == 0 or rounds > 100000:
                 break
-        for d in devs:
-            if d.pending:
-                self._maybe_start(d, now)
+        self._start_pending(now)
 
     def _restart(self, now: float) -> None:
         """The scheduler process dies and comes back: checkpoint, restore from the file
@@ -907,10 +980,9 @@ class Simulation:
             self._end(r, FAILED, now)
 
     def _any_idle(self) -> bool:
-        for d in self.devs:
-            if d.up and not d.busy and d.outstanding < d.max_seqs:
-                return True
-        return False
+        """Whether a device is up, between iterations and has a free slot."""
+        self._refresh()
+        return bool(self._idle)
 
     # ------------------------------------------------------------------ faults
 
@@ -921,6 +993,7 @@ class Simulation:
             self._record_busy(d, d.iter_start, now)
         d.up = False
         d.busy = False
+        self._dirty.add(d.idx)
         d.epoch += 1
         victims = list(d.running) + list(d.joiners) + list(d.pending) + list(d.queue)
         for r in victims:
@@ -1010,8 +1083,7 @@ class Simulation:
                     self._wake_at = math.inf
                 if sched is not None:
                     self._dispatch(now)
-                    for dd in devs:
-                        self._maybe_start(dd, now)
+                    self._start_pending(now)
             elif kind == _ITER_END:
                 if b != d.epoch:
                     continue  # the device failed during this iteration
@@ -1029,6 +1101,7 @@ class Simulation:
                 d.faults -= 1
                 if d.faults == 0:  # (the last of overlapping faults on it has ended)
                     d.up = True
+                    self._dirty.add(d.idx)
                     if sched is not None:
                         sched.set_pressure(d.name, 0.0, now=now)
                         self._dispatch(now)
