@@ -225,6 +225,34 @@ class Experiment:
         }
 
 
+#: A run that has taken this long (seconds) reports, with progress on, each further tenth
+#: of its requests that have ended (a line on stderr), so that a long run shows it moves.
+LONG_RUN_S = 5.0
+
+
+def _in_run_progress(label: str, enabled: bool, stream: TextIO) -> Optional[Callable[[int, int], None]]:
+    """The ``progress`` callback of one run (:class:`Simulation`): once the run has taken
+    :data:`LONG_RUN_S`, a line per tenth of its requests ended (through ``tqdm.write``
+    when tqdm is installed, so that the bar stays whole). None when progress is off."""
+    if not enabled:
+        return None
+    t0 = time.perf_counter()
+
+    def report(ended: int, total: int) -> None:
+        elapsed = time.perf_counter() - t0
+        if elapsed < LONG_RUN_S:
+            return
+        line = f"  {label}: {ended:,} of {total:,} requests ended ({100 * ended // max(1, total)}%), {elapsed:.0f} s"
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            print(line, file=stream, flush=True)
+            return
+        tqdm.write(line, file=stream)
+
+    return report
+
+
 def _progress(total: int, enabled: bool, stream: TextIO) -> Callable[[str], None]:
     """A progress callback: tqdm when installed, else one stderr line per run."""
     if not enabled:
@@ -339,6 +367,7 @@ def run_experiment(
                 capsched_request=config.capsched_request,
                 restart_at=config.restart_at,
                 chain=config.chain,
+                progress=_in_run_progress(f"load {load:g} {policy}", progress, stream),
             )
             res = sim.run()
             runs.append(summarize(res, load, rate, time.perf_counter() - t))
