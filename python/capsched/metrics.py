@@ -54,6 +54,7 @@ import numbers
 import re
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Optional, Protocol, Union
 
@@ -166,6 +167,17 @@ def _name_ok(name: str) -> bool:
     return re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name) is not None
 
 
+def _label_value(v: str) -> str:
+    """``v`` made encodable: a lone surrogate (a name read from JSON's ``"\\ud800"`` or
+    from undecodable bytes) becomes its ``\\udXXX`` escape, so that one such value does
+    not make every scrape of the registry fail with a UnicodeEncodeError."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return v.encode("utf-8", "backslashreplace").decode("utf-8")
+    return v
+
+
 class SchedulerCollector:
     """A Prometheus collector reading ``scheduler.stats()`` at each scrape.
 
@@ -195,6 +207,7 @@ class SchedulerCollector:
         self._members: list[tuple[Any, dict[str, str]]] = [(scheduler, labels)]
         self._seen_states: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+        self._registry: Optional[weakref.ReferenceType[Any]] = None  # (set by register())
 
     @property
     def prefix(self) -> str:
@@ -207,6 +220,35 @@ class SchedulerCollector:
         with self._lock:
             self._members = [m for m in self._members if m[0] is not scheduler]
             return bool(self._members)
+
+    def _labels_of(self, scheduler: Any) -> Optional[dict[str, str]]:
+        """The labels ``scheduler`` is scraped with here, or None if it is not here."""
+        with self._lock:
+            for other, labels in self._members:
+                if other is scheduler:
+                    return dict(labels)
+        return None
+
+    def remove(self, scheduler: Any) -> None:
+        """Stop scraping ``scheduler``; the other schedulers here stay. When it was the
+        last one and :func:`register` registered this collector, the collector is also
+        unregistered from that registry (a later :func:`register` there starts afresh).
+
+        To replace a scheduler, e.g. by the one ``Scheduler.restore`` rebuilt from its
+        checkpoint: ``collector.remove(old)``, then ``register(restored, registry,
+        labels=<the old one's labels>)``.
+
+        Raises:
+            ConfigError: ``scheduler`` is not scraped by this collector.
+        """
+        if self._labels_of(scheduler) is None:
+            raise ConfigError(
+                f"this scheduler ({type(scheduler).__name__}) is not one this collector scrapes: nothing to remove"
+            )
+        if not self._drop(scheduler):
+            reg = self._registry() if self._registry is not None else None
+            if reg is not None:
+                _unregister_empty(reg, self)
 
     def add(self, scheduler: Any, labels: Mapping[str, str]) -> None:
         """Scrape ``scheduler`` too, its samples labelled ``labels``.
@@ -298,7 +340,7 @@ class SchedulerCollector:
             )
             m.add_metric(cv, 1.0 if s["conservation_ok"] else 0.0)
             yield m
-        info = {k: str(s[k]) for k in ("policy", "dynamic_batching") if k in s}
+        info = {k: _label_value(str(s[k])) for k in ("policy", "dynamic_batching") if k in s}
         if info:
             m = InfoMetricFamily(f"{p}_scheduler", "The scheduler's policy and batching mode", labels=cl)
             m.add_metric(cv, info)
@@ -320,7 +362,7 @@ class SchedulerCollector:
             return m
 
         for i, d in enumerate(devices):
-            dev = str(d.get("name", i))
+            dev = _label_value(str(d.get("name", i)))
             for key in sorted(d):
                 if key == "name" or not _name_ok(key):
                     continue
@@ -339,6 +381,7 @@ class SchedulerCollector:
                     for j, x in enumerate(v):
                         m.add_metric(cv + [dev, str(j)], float(x))
                 elif isinstance(v, str):
+                    v = _label_value(v)
                     with self._lock:
                         seen = self._seen_states.setdefault(key, set(DEVICE_STATES.get(key, ())))
                         seen.add(v)
@@ -366,6 +409,8 @@ def _check_labels(labels: Optional[Mapping[str, str]]) -> dict[str, str]:
             raise ConfigError(f"constant label name {k!r} is one of capsched's own labels ({', '.join(_OWN_LABELS)})")
         if not isinstance(v, str):
             raise ConfigError(f"constant label {k!r} must have a str value, got {v!r}")
+        if _label_value(v) != v:  # (every scrape would fail: UnicodeEncodeError)
+            raise ConfigError(f"constant label {k!r} must be valid Unicode text (it must encode to UTF-8), got {v!r}")
     return out
 
 
@@ -389,7 +434,7 @@ _REGISTERED: "weakref.WeakKeyDictionary[Any, dict[str, SchedulerCollector]]" = w
 _REGISTERED_LOCK = threading.Lock()
 
 
-def _still_registered(registry: Any, c: SchedulerCollector) -> bool:
+def _still_registered(registry: Any, c: Any) -> bool:
     # (prometheus-client keeps its collectors in a private dict; without it, assume so)
     held = getattr(registry, "_collector_to_names", None)
     return True if held is None else c in held
@@ -437,7 +482,29 @@ def register(
                 f"({shown or exc}); use another prefix= or registry"
             ) from exc
         by_prefix[prefix] = c
+        try:
+            c._registry = weakref.ref(reg)
+        except TypeError:  # (not weakly referenceable: remove() cannot unregister it)
+            pass
     return c
+
+
+def _unregister_empty(reg: Any, c: SchedulerCollector) -> None:
+    """Unregister ``c``, left with no scheduler, from ``reg`` and forget it there."""
+    with _REGISTERED_LOCK:
+        with c._lock:
+            if c._members:  # (a scheduler joined it meanwhile: it stays)
+                return
+        try:
+            reg.unregister(c)
+        except KeyError:  # (already unregistered by hand)
+            pass
+        try:
+            by_prefix = _REGISTERED.get(reg)
+        except TypeError:
+            by_prefix = None
+        if by_prefix is not None and by_prefix.get(c.prefix) is c:
+            del by_prefix[c.prefix]
 
 
 def start_http_server(
@@ -447,42 +514,103 @@ def start_http_server(
     *,
     registry: Optional[CollectorRegistry] = None,
     prefix: str = "capsched",
+    labels: Optional[Mapping[str, str]] = None,
 ) -> Any:
     """Serve ``/metrics`` for ``scheduler`` on ``addr:port`` from a daemon thread.
 
     Uses a fresh registry unless one is given (so the process's default collectors are
-    not mixed in). Binds to localhost by default; pass ``addr="0.0.0.0"`` to expose it.
-    Returns what ``prometheus_client.start_http_server`` returns (``(server, thread)``
-    in recent versions; ``server.shutdown()`` stops it).
+    not mixed in), and registers ``scheduler`` in it with ``prefix`` and ``labels`` as
+    :func:`register` does; a scheduler already registered in the given registry (with
+    that prefix, and these labels if given) is served as it is. Binds to localhost by
+    default; pass ``addr="0.0.0.0"`` to expose it. Returns what
+    ``prometheus_client.start_http_server`` returns (``(server, thread)`` in recent
+    versions; ``server.shutdown()`` stops it).
 
     Raises:
         ConfigError: ``port`` is not an integer in 0..65535, ``addr`` not a non-empty
-            str, or as :func:`register`.
-        OSError: the address cannot be bound (in use, say); the scheduler is then not
-            left registered, so the call can be retried.
+            str, or as :func:`register`; ``scheduler`` is already registered there with
+            other labels than ``labels``.
+        OSError: the address cannot be bound (in use, say); a scheduler this call
+            registered is then not left registered, so the call can be retried.
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"port must be an integer in 0..65535, got {port!r}")
     if not isinstance(addr, str) or not addr:
         raise ConfigError(f"addr must be a non-empty host name or address, got {addr!r}")
     reg = CollectorRegistry() if registry is None else registry
-    c = register(scheduler, reg, prefix=prefix)
+    c = _registered_collector(reg, prefix, scheduler)
+    if c is not None:  # already registered there: serve it as it is
+        held = c._labels_of(scheduler)
+        if labels is not None and held is not None and _check_labels(labels) != held:
+            raise ConfigError(
+                f"this scheduler is already registered in the registry with labels {held!r}, not {dict(labels)!r}"
+            )
+        return _prom_start_http_server(port, addr=addr, registry=reg)
+    c = register(scheduler, reg, prefix=prefix, labels=labels)
     try:
         return _prom_start_http_server(port, addr=addr, registry=reg)
     except BaseException:
         if not c._drop(scheduler):  # (it was the only one: the collector goes too)
-            with _REGISTERED_LOCK:
-                reg.unregister(c)
-                by_prefix = _REGISTERED.get(reg)
-                if by_prefix is not None and by_prefix.get(prefix) is c:
-                    del by_prefix[prefix]
+            _unregister_empty(reg, c)
         raise
+
+
+def _registered_collector(reg: Any, prefix: str, scheduler: Any) -> Optional[SchedulerCollector]:
+    """The collector :func:`register` made for ``(reg, prefix)`` if it still scrapes
+    ``scheduler`` there, else None."""
+    with _REGISTERED_LOCK:
+        try:
+            c = _REGISTERED.get(reg, {}).get(prefix)
+        except TypeError:
+            return None
+    if c is None or not _still_registered(reg, c) or c._labels_of(scheduler) is None:
+        return None
+    return c
 
 
 #: Histogram buckets (seconds) for queue wait and latency: 1 ms .. ~17 min.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000)
 #: Histogram buckets for batch sizes.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+#: How many recently ended ids a :class:`RequestTimer` remembers (see its note on threads).
+_ENDED_MEMORY = 65536
+
+
+class _TimerHistograms:
+    """The three histograms the request timers of one (registry, prefix) share, with
+    the label names they were made with and the live timer of each label value tuple."""
+
+    def __init__(self, reg: Any, prefix: str, labelnames: tuple[str, ...]) -> None:
+        self.labelnames = labelnames
+        self.timers: dict[tuple[str, ...], weakref.ReferenceType[RequestTimer]] = {}
+        made: list[Any] = []
+        try:
+            self.queue_wait = Histogram(
+                f"{prefix}_queue_wait_seconds", "Seconds from submit to first dispatch", labelnames=labelnames,
+                buckets=LATENCY_BUCKETS, registry=reg,
+            )
+            made.append(self.queue_wait)
+            self.latency = Histogram(
+                f"{prefix}_latency_seconds", "Seconds from submit to completion (completed requests)",
+                labelnames=labelnames, buckets=LATENCY_BUCKETS, registry=reg,
+            )
+            made.append(self.latency)
+            self.batch_size = Histogram(
+                f"{prefix}_batch_size", "Requests per dispatched batch", labelnames=labelnames,
+                buckets=BATCH_BUCKETS, registry=reg,
+            )
+            made.append(self.batch_size)
+        except BaseException:
+            for h in made:  # (none of them stays registered)
+                reg.unregister(h)
+            raise
+
+
+# The histograms of the request timers of each (registry, prefix), shared through their
+# label names as register() shares one collector. Weak, as _REGISTERED.
+_TIMERS: "weakref.WeakKeyDictionary[Any, dict[str, _TimerHistograms]]" = weakref.WeakKeyDictionary()
 
 
 class RequestTimer:
@@ -501,55 +629,100 @@ class RequestTimer:
     ``<prefix>_batch_size`` (requests per dispatched batch). It keeps one entry per live
     request; ``ended`` (called for completed, failed, cancelled) and ``stepped`` (for
     expired and dependency-failed ids) drop it. Thread-safe.
+
+    ``labels`` are constant labels, as :func:`register`'s: with several schedulers in
+    one registry, give each its timer with the labels of its :func:`register`, e.g.
+    ``RequestTimer(registry, labels={"scheduler": "east"})``. The timers of one registry
+    and prefix share the three histograms (one family each, a series per label values),
+    so they need the same label names, each (while alive) its own values.
+
+    With threads, the API thread's ``submitted(id, t)`` can come after the loop thread's
+    ``stepped``/``ended`` already ended that request (it expired, or it ran and completed,
+    between ``submit`` and ``submitted``). The timer remembers the last 65,536 ended ids,
+    and a ``submitted`` for one of them is a no-op, so no entry is left behind. Ids are
+    those of one scheduler (unique): one timer per scheduler.
+
+    Raises:
+        ConfigError: a bad ``prefix`` or ``labels``; label names other than those of the
+            registry's other timers of this prefix, or the same values as a live one; or
+            the registry holds other metrics of these names.
     """
 
-    def __init__(self, registry: Optional[CollectorRegistry] = None, *, prefix: str = "capsched") -> None:
+    def __init__(
+        self,
+        registry: Optional[CollectorRegistry] = None,
+        *,
+        prefix: str = "capsched",
+        labels: Optional[Mapping[str, str]] = None,
+    ) -> None:
         if not isinstance(prefix, str) or not _name_ok(prefix):
             raise ConfigError(f"prefix must be a Prometheus metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*), got {prefix!r}")
+        own = _check_labels(labels)
+        if "le" in own:
+            raise ConfigError("constant label name 'le' is the histograms' own bucket label")
         reg = REGISTRY if registry is None else registry
-        try:
-            self._make(reg, prefix)
-        except ValueError as exc:  # prometheus-client: "Duplicated timeseries in CollectorRegistry"
-            raise ConfigError(
-                f"cannot register the request timer's histograms: the registry already holds metrics of these "
-                f"names ({exc}); use another prefix= or registry"
-            ) from exc
+        names = tuple(sorted(own))
+        values = tuple(own[n] for n in names)
+        with _REGISTERED_LOCK:
+            try:
+                by_prefix = _TIMERS.setdefault(reg, {})
+            except TypeError:  # (a registry that cannot be weakly referenced: no sharing)
+                by_prefix = {}
+            shared = by_prefix.get(prefix)
+            if shared is not None and not _still_registered(reg, shared.queue_wait):
+                shared = None  # (its histograms were unregistered by hand)
+            if shared is None:
+                try:
+                    shared = _TimerHistograms(reg, prefix, names)
+                except ValueError as exc:  # prometheus-client: "Duplicated timeseries in CollectorRegistry"
+                    raise ConfigError(
+                        f"cannot register the request timer's histograms: the registry already holds metrics of "
+                        f"these names ({exc}); use another prefix= or registry"
+                    ) from exc
+                by_prefix[prefix] = shared
+            elif names != shared.labelnames:
+                raise ConfigError(
+                    f"labels {own!r}: every request timer of one registry and prefix needs the same label names "
+                    f"({list(shared.labelnames) or 'none'}, as the first one) with its own values"
+                )
+            else:
+                ref = shared.timers.get(values)
+                if ref is not None and ref() is not None:
+                    raise ConfigError(
+                        f"cannot register the request timer's histograms: the registry already holds metrics of "
+                        f"these names ({prefix}_queue_wait_seconds, {prefix}_latency_seconds, {prefix}_batch_size) "
+                        f"for the labels {own!r} of another request timer; give each timer its own label values, "
+                        "e.g. labels={'scheduler': 'east'}, or use another prefix= or registry"
+                    )
+            shared.timers[values] = weakref.ref(self)
+        self.labels: dict[str, str] = own
+        if names:
+            self.queue_wait = shared.queue_wait.labels(*values)
+            self.latency = shared.latency.labels(*values)
+            self.batch_size = shared.batch_size.labels(*values)
+        else:
+            self.queue_wait, self.latency, self.batch_size = shared.queue_wait, shared.latency, shared.batch_size
         self._submitted: dict[int, float] = {}
         self._dispatched: set[int] = set()
+        self._ended: OrderedDict[int, None] = OrderedDict()  # recently ended ids (bounded)
         self._lock = threading.Lock()
 
-    def _make(self, reg: Any, prefix: str) -> None:
-        made: list[Any] = []
-        try:
-            self._histograms(reg, prefix, made)
-        except BaseException:
-            for h in made:  # (none of them stays registered)
-                reg.unregister(h)
-            raise
-
-    def _histograms(self, reg: Any, prefix: str, made: list[Any]) -> None:
-        self.queue_wait = Histogram(
-            f"{prefix}_queue_wait_seconds", "Seconds from submit to first dispatch", buckets=LATENCY_BUCKETS, registry=reg
-        )
-        made.append(self.queue_wait)
-        self.latency = Histogram(
-            f"{prefix}_latency_seconds",
-            "Seconds from submit to completion (completed requests)",
-            buckets=LATENCY_BUCKETS,
-            registry=reg,
-        )
-        made.append(self.latency)
-        self.batch_size = Histogram(
-            f"{prefix}_batch_size", "Requests per dispatched batch", buckets=BATCH_BUCKETS, registry=reg
-        )
-        made.append(self.batch_size)
+    def _remember_ended(self, rid: int) -> None:
+        # (under self._lock)
+        self._ended[rid] = None
+        self._ended.move_to_end(rid)
+        while len(self._ended) > _ENDED_MEMORY:
+            self._ended.popitem(last=False)
 
     def submitted(self, request_id: int, now: float) -> None:
         """Record that ``request_id`` was submitted at ``now`` (a finite time in seconds;
-        else ValueError, nothing recorded)."""
+        else ValueError, nothing recorded). A no-op for a request already ended (see the
+        class's note on threads)."""
         t = _finite_time(now)
         with self._lock:
-            self._submitted[int(request_id)] = t
+            rid = int(request_id)
+            if rid not in self._ended:
+                self._submitted[rid] = t
 
     def stepped(self, result: Any) -> None:
         """Record a :class:`capsched.StepResult` (or a :class:`capsched.StepArrays`, from
@@ -572,6 +745,7 @@ class RequestTimer:
             for rid in expired + [i for i, _ in result.failed]:
                 self._submitted.pop(rid, None)
                 self._dispatched.discard(rid)
+                self._remember_ended(int(rid))
 
     def ended(self, request_id: int, now: float, *, completed: bool = True) -> None:
         """A request ended (``completed=False`` for failed or cancelled ones: no latency)."""
@@ -580,6 +754,7 @@ class RequestTimer:
             rid = int(request_id)
             t0 = self._submitted.pop(rid, None)
             self._dispatched.discard(rid)
+            self._remember_ended(rid)
             if completed and t0 is not None:
                 self.latency.observe(max(0.0, t - t0))
 
