@@ -323,6 +323,8 @@ def _rows() -> list[Row]:
         ("clock not callable", dict(devices=["a"], clock=5), ConfigError, r"clock.*5"),
     ]:
         add(R(g, "`Scheduler(...)`", bad, lambda c, kw=kw: Scheduler(**kw), exc, match, "none"))
+    add(R(g, "`Device(...)`", "name with a lone surrogate (not UTF-8)", lambda c: Device("gpu\ud800"), ConfigError,
+          r"device name must be valid Unicode text.*lone surrogate", "none"))
     add(R(g, "`Scheduler(...)`", "devices' tenants= naming 70,000 tenants in all",
           lambda c: Scheduler([Device("a", tenants=tuple(f"t{i}" for i in range(70_000)))]), ConfigError,
           r"name 70000 distinct tenants in all.*over the limit of 65536", "none"))

@@ -165,13 +165,32 @@ def test_config_stores_numpy_and_fraction_values_as_plain_numbers(
     assert getattr(Scheduler.restore(tmp_path / "c.ckpt").config, field) == plain
 
 
-def test_a_device_field_json_cannot_hold_is_a_checkpoint_error_naming_it(tmp_path: Path) -> None:
-    s = Scheduler([Device("a", kv_tokens=np.int64(1000))])  # type: ignore[arg-type]
+def test_a_device_field_json_cannot_hold_is_a_checkpoint_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Device keeps plain numbers (below), so a value JSON cannot hold has to be planted.
+    from capsched import checkpoint
+
+    s = Scheduler([Device("a", kv_tokens=1000)])
     s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
+    real = checkpoint._device_dicts
+    monkeypatch.setattr(checkpoint, "_device_dicts",
+                        lambda devices: [dict(d, kv_tokens=np.int64(1000)) for d in real(devices)])
     target = tmp_path / "d.ckpt"
     with pytest.raises(CheckpointError, match=r"devices\[0\]\.kv_tokens is np\.int64\(1000\)"):
         s.checkpoint(target)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_device_numpy_and_fraction_fields_become_plain_numbers(tmp_path: Path) -> None:
+    from fractions import Fraction
+
+    d = Device("a", capacity=np.float32(2), kv_tokens=np.int64(1000), max_inflight_batches=np.int64(2),  # type: ignore[arg-type]
+               power_w=np.float32(300), prefill_s_per_token=Fraction(1, 10_000))  # type: ignore[arg-type]
+    assert type(d.capacity) is float and type(d.kv_tokens) is int and type(d.max_inflight_batches) is int
+    assert type(d.power_w) is float and d.prefill_s_per_token == 1e-4
+    s = Scheduler([d, Device("b")])
+    s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
+    s.checkpoint(tmp_path / "c.ckpt")  # (was a CheckpointError: no JSON form for np.int64)
+    assert Scheduler.restore(tmp_path / "c.ckpt").stats()["accepted"] == 1
 
 
 # ---------------------------------------------------------------- 3, 4. set_clock

@@ -174,6 +174,16 @@ class Device:
         object.__setattr__(self, "tenants", _tenant_names(f"device {self.name!r}", self.tenants))
         if self.parent is not None and (not isinstance(self.parent, str) or not self.parent):
             raise ConfigError(f"device {self.name!r}: parent must be a device name, got {self.parent!r}")
+        # Plain Python numbers from here on (a numpy scalar or a Fraction, accepted above and named as given in its messages,
+        # would otherwise reach the checkpoint, which has no JSON form for them).
+        object.__setattr__(self, "max_inflight_batches", int(m))
+        if k is not None:
+            object.__setattr__(self, "kv_tokens", int(k))
+        for field in ("capacity", "memory_gib", "max_clock_mhz", "clock_mhz", "power_w",
+                      "prefill_s_per_token", "decode_step_s", "decode_s_per_seq"):
+            v = getattr(self, field)
+            if v is not None:
+                object.__setattr__(self, field, float(v))
 
     def split(self, *slices: "Slice") -> tuple["Device", ...]:
         """Partition this device into slices (MIG profiles or fractional shares), each a
