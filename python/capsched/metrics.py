@@ -56,7 +56,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Optional, Protocol, Union
+from typing import Any, Optional, Protocol, TypeVar, Union
 
 from .errors import ConfigError
 
@@ -430,6 +430,7 @@ def _check_scheduler(scheduler: Any) -> None:
 
 # The collector register() made for each (registry, prefix), so that a second scheduler
 # joins it instead of clashing with it. Weak: a registry that is dropped drops its entry.
+_T = TypeVar("_T")
 _REGISTERED: "weakref.WeakKeyDictionary[Any, dict[str, SchedulerCollector]]" = weakref.WeakKeyDictionary()
 _REGISTERED_LOCK = threading.Lock()
 
@@ -439,6 +440,16 @@ def _still_registered(registry: Any, c: Any) -> bool:
     held = getattr(registry, "_collector_to_names", None)
     return True if held is None else c in held
 
+
+
+def _by_prefix(table: "weakref.WeakKeyDictionary[Any, dict[str, _T]]", reg: Any) -> "dict[str, _T]":
+    """``table``'s entry for registry ``reg`` (its objects by prefix), made on first use;
+    a registry that cannot be weakly referenced gets a fresh dict each time (nothing is
+    joined or shared there)."""
+    try:
+        return table.setdefault(reg, {})
+    except TypeError:
+        return {}
 
 def register(
     scheduler: StatsSource,
@@ -463,10 +474,7 @@ def register(
     """
     reg = REGISTRY if registry is None else registry
     with _REGISTERED_LOCK:
-        try:
-            by_prefix = _REGISTERED.setdefault(reg, {})
-        except TypeError:  # (a registry that cannot be weakly referenced: no joining)
-            by_prefix = {}
+        by_prefix = _by_prefix(_REGISTERED, reg)
         first = by_prefix.get(prefix)
         if first is not None and _still_registered(reg, first):
             first.add(scheduler, labels or {})  # (add checks the labels and the scheduler)
@@ -664,10 +672,7 @@ class RequestTimer:
         names = tuple(sorted(own))
         values = tuple(own[n] for n in names)
         with _REGISTERED_LOCK:
-            try:
-                by_prefix = _TIMERS.setdefault(reg, {})
-            except TypeError:  # (a registry that cannot be weakly referenced: no sharing)
-                by_prefix = {}
+            by_prefix = _by_prefix(_TIMERS, reg)
             shared = by_prefix.get(prefix)
             if shared is not None and not _still_registered(reg, shared.queue_wait):
                 shared = None  # (its histograms were unregistered by hand)
