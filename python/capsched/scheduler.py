@@ -838,18 +838,28 @@ class Scheduler:
     def _per_device(self, what: str, values: object, default: int) -> np.ndarray:
         if not isinstance(values, Mapping):
             raise InvalidArgumentError(f"{what} must be a mapping of device names to integers, got {values!r}")
-        out = np.full(len(self._names), default, dtype=np.int64)
+        # (a simulator or server names every free device at every step: plain ints take
+        # the short way, and the array is filled in one go)
+        hi = _core.MAX_BATCH_SIZE if what == "free_slots" else 2**62
+        index, names = self._index, self._names
+        at: list[int] = []
+        got: list[int] = []
         for name, v in values.items():
-            idx = self._index.get(name) if isinstance(name, str) else None
-            if idx is None or len(idx) != 1 or self._names[idx[0]] != name:
-                raise InvalidArgumentError(f"{what}: unknown device {name!r}; devices: {self._names}")
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise InvalidArgumentError(f"{what}[{name!r}] must be an integer, got {v!r}")
-            if what == "free_slots" and not 0 <= int(v) <= _core.MAX_BATCH_SIZE:
-                raise InvalidArgumentError(f"{what}[{name!r}] must be in 0..{_core.MAX_BATCH_SIZE}, got {v!r}")
-            if what == "free_kv_tokens" and not 0 <= int(v) <= 2**62:
-                raise InvalidArgumentError(f"{what}[{name!r}] must be in 0..2**62, got {v!r}")
-            out[idx[0]] = int(v)
+            idx = index.get(name) if isinstance(name, str) else None
+            if idx is None or len(idx) != 1 or names[idx[0]] != name:
+                raise InvalidArgumentError(f"{what}: unknown device {name!r}; devices: {names}")
+            n = v
+            if type(v) is not int:
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                    raise InvalidArgumentError(f"{what}[{name!r}] must be an integer, got {v!r}")
+                n = int(v)
+            if not 0 <= n <= hi:
+                raise InvalidArgumentError(f"{what}[{name!r}] must be in 0..{'2**62' if hi == 2**62 else hi}, got {v!r}")
+            at.append(idx[0])
+            got.append(n)
+        out = np.full(len(names), default, dtype=np.int64)
+        if at:
+            out[at] = got
         return out
 
     def complete(
