@@ -14,6 +14,8 @@ import dataclasses
 import importlib.util
 import math
 import os
+import pickle
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -35,8 +37,7 @@ SOAK_PATH = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
 HAS_PROC = os.path.exists("/proc/self/statm")
 
 
-@pytest.fixture(scope="module")
-def soak() -> ModuleType:
+def load_soak() -> ModuleType:
     name = "capsched_bench_soak"
     if name in sys.modules:
         return sys.modules[name]
@@ -46,6 +47,29 @@ def soak() -> ModuleType:
     sys.modules[name] = mod  # (dataclasses look their module up)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def soak() -> ModuleType:
+    return load_soak()
+
+
+def run_in_fresh_process(requests: int, mode: str = "batch") -> Any:
+    """``run_soak(ci_config(...))`` in a fresh Python process, its report back (pickled).
+    The memory checks measure the process: in the test run's own process, after two
+    thousand other tests (their leftover threads and heap), resident memory grew past
+    the bound now and then with nothing of the soak's to show for it."""
+    code = (
+        "import pickle, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+        "import test_soak as t\n"
+        "soak = t.load_soak()\n"
+        f"report = soak.run_soak(t.ci_config(soak, {int(requests)}, mode={mode!r}))\n"
+        "sys.stdout.buffer.write(pickle.dumps(report))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=900)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-4000:]
+    return pickle.loads(r.stdout)
 
 
 def ci_config(soak: ModuleType, requests: int, seed: int = 1, mode: str = "batch") -> Any:
@@ -67,7 +91,7 @@ def ci_config(soak: ModuleType, requests: int, seed: int = 1, mode: str = "batch
 
 
 def test_soak_ci_scale_accounting_exact_and_memory_flat(soak: ModuleType) -> None:
-    report = soak.run_soak(ci_config(soak, 250_000))
+    report = run_in_fresh_process(250_000)
     failed = soak.failed_checks(report)
     assert not failed, failed
     names = {c["name"] for c in report["checks"]}
@@ -93,7 +117,7 @@ def test_soak_ci_scale_accounting_exact_and_memory_flat(soak: ModuleType) -> Non
 
 
 def test_soak_continuous_mode_with_preemption(soak: ModuleType) -> None:
-    report = soak.run_soak(ci_config(soak, 100_000, mode="continuous"))
+    report = run_in_fresh_process(100_000, mode="continuous")
     failed = soak.failed_checks(report)
     assert not failed, failed
     ev = report["events"]
