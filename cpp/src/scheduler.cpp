@@ -1418,17 +1418,21 @@ bool Scheduler::could_fit(const Request& r, double u, const Device* bigger_than,
     return false;
 }
 
+namespace {
+// The share of a device's KV budget left once `tokens` more are placed (1 when unlimited).
+double free_kv_share(const Device& d, std::int64_t tokens) noexcept {
+    if (d.kv_budget == kUnlimitedTokens) return 1.0;
+    return static_cast<double>(d.kv_budget - d.kv_used - tokens) / static_cast<double>(d.kv_budget > 0 ? d.kv_budget : 1);
+}
+}  // namespace
+
 Scheduler::FitKey Scheduler::fit_key(std::uint32_t dev, double spare) const noexcept {
     // The request-independent part of the score (the headroom): within one KV budget,
     // score = headroom minus the request's own terms, equal for every device, so the
     // order is the score's.
     const Device& d = devices_[dev];
     const PlacementConfig& pc = cfg_.placement;
-    const double memory = d.kv_budget == kUnlimitedTokens
-                              ? 1.0
-                              : static_cast<double>(d.kv_budget - d.kv_used) /
-                                    static_cast<double>(d.kv_budget > 0 ? d.kv_budget : 1);
-    const double room = pc.w_compute * (spare / kCapacityScale) + pc.w_memory * memory;
+    const double room = pc.w_compute * (spare / kCapacityScale) + pc.w_memory * free_kv_share(d, 0);
     return FitKey{pc.energy_aware ? d.energy_per_token : 0.0, -room, order_pos_[dev]};
 }
 
@@ -1439,12 +1443,7 @@ double Scheduler::spare_of(std::uint32_t dev) const noexcept {
 
 double Scheduler::fit_score(const Device& d, double spare, double u, std::int64_t tokens) const noexcept {
     const PlacementConfig& pc = cfg_.placement;
-    const double compute = (spare - u) / kCapacityScale;
-    const double memory = d.kv_budget == kUnlimitedTokens
-                              ? 1.0
-                              : static_cast<double>(d.kv_budget - d.kv_used - tokens) /
-                                    static_cast<double>(d.kv_budget > 0 ? d.kv_budget : 1);
-    return pc.w_compute * compute + pc.w_memory * memory;
+    return pc.w_compute * ((spare - u) / kCapacityScale) + pc.w_memory * free_kv_share(d, tokens);
 }
 
 void Scheduler::offer_fit(std::uint32_t dev, double spare, double u, std::int64_t tokens) noexcept {
@@ -1636,7 +1635,7 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
         const bool timely = in_time(d, r);
         any_timely = any_timely || timely;
         if (!has_room(dev, r)) continue;
-        const double spare = d.capacity - std::max(d.util.util_avg(), d.placed_util);
+        const double spare = spare_of(dev);
         if (u * pc.fit_margin < spare && timely) {
             offer_fit(dev, spare, u, tokens);  // (two levels: take_best_fit below)
         } else if (timely) {
@@ -2073,10 +2072,10 @@ void Scheduler::fail_dependents(std::uint32_t e, std::uint64_t id, Outcome how, 
             while (n > 0 && (static_cast<unsigned char>(shown[n]) & 0xC0u) == 0x80u) --n;  // (a continuation byte)
             shown = shown.substr(0, n);
         }
-        root.append(": ").append(shown);
-        if (cut) root.append(" [...]");
-        direct.append(": ").append(shown);
-        if (cut) direct.append(" [...]");
+        std::string tail = ": ";
+        tail.append(shown).append(cut ? " [...]" : "");
+        root += tail;
+        direct += tail;
     }
     cascade_stack_.clear();
     cascade_stack_.push_back({e, id});
