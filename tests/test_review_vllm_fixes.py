@@ -21,7 +21,6 @@ an ErrorEvent too (it was ``max_tokens``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import types
 from collections.abc import AsyncIterator
@@ -195,28 +194,13 @@ def test_the_engine_answers_a_refusal_with_a_400_and_spares_the_breaker() -> Non
     run(main(), 20)
 
 
-@contextlib.asynccontextmanager
-async def http_client(engine: FleetEngine) -> AsyncIterator[Any]:
-    """An HTTP client on the app of a started ``engine`` (closed on the way out)."""
-    httpx = pytest.importorskip("httpx")
-    from capsched.server import create_app
-
-    app = create_app(engine)
-    await engine.start()
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://capsched",
-                                     timeout=30) as c:
-            yield c
-    finally:
-        await engine.close()
-
-
 @pytest.mark.usefixtures("fake_vllm")
 def test_http_gets_the_400_streaming_or_not() -> None:
     pytest.importorskip("starlette")
+    from test_review_server_fixes import asgi  # (an httpx client on a started engine's app)
 
     async def main() -> None:
-        async with http_client(fleet(FakeEngine())) as c:
+        async with asgi(fleet(FakeEngine())) as c:
             for stream in (False, True):
                 r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3,
                                                           "temperature": 1.9, "stream": stream})
@@ -278,9 +262,10 @@ def test_a_refused_resumed_run_is_a_5xx_not_the_clients_400() -> None:
 @pytest.mark.usefixtures("fake_vllm")
 def test_http_resumed_refusal_and_max_completion_tokens_param() -> None:
     pytest.importorskip("starlette")
+    from test_review_server_fixes import asgi  # (an httpx client on a started engine's app)
 
     async def main() -> None:
-        async with http_client(fleet(FakeEngine())) as c:
+        async with asgi(fleet(FakeEngine())) as c:
             for stream in (False, True):
                 # A refusal naming max_tokens, arriving as an ErrorEvent (not from open()):
                 # the chat gave max_completion_tokens, so that is the param.
