@@ -39,9 +39,10 @@ from typing import Any, Optional
 
 import numpy as np
 import pytest
+from _checkpoint_forge import request_rows, set_request_rows
 
 from capsched import Config, Device, InferenceRequest, Scheduler
-from capsched.checkpoint import _canonical, _encode
+from capsched.checkpoint import REQUEST_COLUMNS, _canonical, _payload_pieces
 from capsched.config import SchedulerConfig
 from capsched.errors import (
     CapschedError,
@@ -105,7 +106,7 @@ def snapshot(s: Scheduler, ids: dict[str, int], where: Path) -> tuple[Any, ...]:
     checksummed; taken without the file and its fsync to keep 370 snapshots cheap)."""
     payload = s._checkpoint_payload()
     rejected = payload.pop("rejected")  # (apart: rows of state "rejected" expect it to grow)
-    data = _canonical(_encode(payload))
+    data = b"".join(_payload_pieces(payload))
     return s.stats(), {k: s.status(v) for k, v in ids.items()}, data, rejected
 
 
@@ -137,7 +138,7 @@ def _write_samples(d: Path) -> None:
     (d / "truncated.ckpt").write_bytes(raw[:40])  # within '{"format":"capsched-checkpoint","payload":'
 
     (d / "tampered.ckpt").write_bytes(raw.replace(b'"policy":"weighted"', b'"policy":"fcfs"'))
-    (d / "future.ckpt").write_text(json.dumps(_resign({**doc, "version": 2})))
+    (d / "future.ckpt").write_text(json.dumps(_resign({**doc, "version": 3})))
     (d / "foreign.ckpt").write_text('{"hello": "world"}')
     (d / "deep.ckpt").write_text("[" * 100_000 + "]" * 100_000)
     (d / "hugeint.ckpt").write_text('{"format": "capsched-checkpoint", "version": ' + "9" * 5000 + "}")
@@ -172,9 +173,22 @@ def _write_samples(d: Path) -> None:
         w.submit(InferenceRequest(prompt_tokens=5, depends_on=[first]), now=0.0)
     w.checkpoint(d / "waiting.ckpt")
     cycle = json.loads((d / "waiting.ckpt").read_bytes())
-    requests = cycle["payload"]["core"]["requests"]
+    requests = request_rows(cycle["payload"]["core"])
     requests[1]["waits_on"], requests[2]["waits_on"] = [requests[2]["id"]], [requests[1]["id"]]
+    set_request_rows(cycle["payload"]["core"], requests)
     (d / "waitcycle.ckpt").write_text(json.dumps(_resign(cycle)))
+    # format 2's request columns (the good checkpoint holds one request)
+    columns = doc["payload"]["core"]["requests"]["columns"]
+    for name, edit in [
+        ("coltype", lambda c: c["arrival"].update(dtype="<f4")),
+        ("colshort", lambda c: c["priority"].update(base64="AAAAAAAA")),  # (4 bytes: half a float64)
+        ("colbase64", lambda c: c["tenant"].update(base64="not base64!")),
+        ("colmissing", lambda c: c.pop("waits_on")),
+    ]:
+        forged = copy.deepcopy(doc)
+        edit(forged["payload"]["core"]["requests"]["columns"])
+        (d / f"{name}.ckpt").write_text(json.dumps(_resign(forged)))
+    assert set(columns) == set(REQUEST_COLUMNS)
     (d / "waiting.ckpt").unlink()
     # journals, each following good.ckpt (whose journal_seq is 0)
     names = _journal_line(1, "names", tenants=[[None, 0]], classes=[[None, 0]])
@@ -627,7 +641,7 @@ def _rows() -> list[Row]:
         ("missing file", "missing.ckpt", r"cannot read checkpoint 'missing\.ckpt'"),
         ("truncated", "truncated.ckpt", r"'truncated\.ckpt' is not valid JSON \(truncated or corrupt\?\)"),
         ("corrupt (a byte changed)", "tampered.ckpt", r"'tampered\.ckpt' is corrupt: its checksum"),
-        ("newer format version", "future.ckpt", r"'future\.ckpt' was written by a newer capsched \(format version 2"),
+        ("newer format version", "future.ckpt", r"'future\.ckpt' was written by a newer capsched \(format version 3"),
         ("not a checkpoint (other JSON)", "foreign.ckpt", r"'foreign\.ckpt' is not a capsched checkpoint"),
         ("binary garbage", "binary.ckpt", r"'binary\.ckpt' is not valid JSON"),
         ("JSON nested 100,000 deep", "deep.ckpt", r"'deep\.ckpt' is not a capsched checkpoint: JSON nested too deeply"),
@@ -646,6 +660,14 @@ def _rows() -> list[Row]:
          r"'nanopen\.ckpt' cannot be restored: .*device 1: its breaker's cool-down end is not a finite time"),
         ("re-signed, two requests waiting on each other", "waitcycle.ckpt",
          r"'waitcycle\.ckpt' cannot be restored: .*request [23] waits on itself through its dependencies"),
+        ("re-signed, a request column of another type", "coltype.ckpt",
+         r"'coltype\.ckpt' is malformed: column 'arrival' must have dtype '<f8', got '<f4'"),
+        ("re-signed, a request column of the wrong length", "colshort.ckpt",
+         r"'colshort\.ckpt' is malformed: column 'priority' holds 6 bytes, not 8 \(1 x 8-byte values\)"),
+        ("re-signed, a request column that is not base64", "colbase64.ckpt",
+         r"'colbase64\.ckpt' is malformed: column 'tenant' is not valid base64"),
+        ("re-signed, a request column missing", "colmissing.ckpt",
+         r"'colmissing\.ckpt' is malformed: core\.requests\.columns lacks column\(s\) \['waits_on'\]"),
     ]:
         add(R(g, "`Scheduler.restore(path)`", bad, lambda c, f=f: Scheduler.restore(f), CheckpointError, match, "files",
               (f,)))

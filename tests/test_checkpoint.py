@@ -11,6 +11,7 @@ import pytest
 
 from capsched import CheckpointError, Config, Device, InferenceRequest, Scheduler
 from capsched.checkpoint import VERSION, _canonical, load_checkpoint
+from _checkpoint_forge import edit_rows, request_rows
 
 
 def busy_scheduler(seed: int = 0) -> Scheduler:
@@ -117,7 +118,7 @@ def _rewrite(path, mutate) -> None:
         (lambda p: p.write_bytes(p.read_bytes().replace(b'"policy":"weighted"', b'"policy":"fcfs"')), "checksum"),
         (lambda p: p.write_text("[]"), "not a capsched checkpoint"),
         (lambda p: _rewrite(p, lambda d: d.update(version=VERSION + 1)), "newer capsched"),
-        (lambda p: _rewrite(p, lambda d: next(q for q in d["payload"]["core"]["requests"] if q["batch"] == 2**32 - 1).update(waits_on=[10**9], state=1)),
+        (lambda p: _rewrite(p, lambda d: edit_rows(d["payload"]["core"], lambda rows: next(q for q in rows if q["batch"] == 2**32 - 1).update(waits_on=[10**9], state=1))),
          "waits on a request not live"),
         (lambda p: _rewrite(p, lambda d: d["payload"]["core"].update(counters=[0])), "counters"),
         (lambda p: _rewrite(p, lambda d: d["payload"].pop("core")), "malformed"),
@@ -389,7 +390,9 @@ def test_the_file_is_canonical_json_and_a_reformatted_one_still_restores(tmp_pat
     s.checkpoint(str(path))
     raw = path.read_bytes()
     assert raw == json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
-    assert '{"float":"inf"}' in raw.decode()  # the requests without a deadline
+    rows = request_rows(json.loads(raw)["payload"]["core"])  # (format 2: by column)
+    assert [r["id"] for r in rows] == ids and [r["prompt_tokens"] for r in rows] == [5 + i for i in range(6)]
+    assert sum(r["deadline"] == float("inf") for r in rows) == 3  # the requests without a deadline
     fast = Scheduler.restore(str(path))
     # The same document laid out otherwise takes the general path, to the same state.
     path.write_text(json.dumps(json.loads(raw), indent=1))
@@ -397,7 +400,8 @@ def test_the_file_is_canonical_json_and_a_reformatted_one_still_restores(tmp_pat
     assert fast._core.export_state() == slow._core.export_state()
     assert [fast.status(i) for i in ids] == [slow.status(i) for i in ids]
     # Either way a changed payload byte is caught.
-    bad = raw.replace(b'"prompt_tokens":7', b'"prompt_tokens":8', 1)
+    column = json.loads(raw)["payload"]["core"]["requests"]["columns"]["prompt_tokens"]["base64"].encode()
+    bad = raw.replace(column, column[:-4] + (b"AAAA" if column[-4:] != b"AAAA" else b"AAAB"), 1)
     assert bad != raw
     path.write_bytes(bad)
     with pytest.raises(CheckpointError, match="checksum does not match"):

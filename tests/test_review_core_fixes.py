@@ -7,6 +7,7 @@ import pytest
 
 from capsched import Config, Device, InferenceRequest, Scheduler
 from capsched.errors import InvalidArgumentError, InvalidRequestError, QueueFullError
+from _checkpoint_forge import edit_rows, outcomes, set_outcomes
 
 
 def test_a_request_no_device_is_open_to_is_refused_naming_its_tenant() -> None:
@@ -69,7 +70,7 @@ def test_restore_refuses_a_request_naming_a_tenant_beyond_the_table(tmp_path, te
     s.checkpoint(path)
 
     def edit(p):
-        p["core"]["requests"][0]["tenant"] = tenant
+        edit_rows(p["core"], lambda rows: rows[0].update(tenant=tenant))
 
     _forge(path, edit)
     with pytest.raises(CheckpointError, match=f"tenant number {tenant}; the tenant table has 1"):
@@ -181,7 +182,7 @@ def test_restore_refuses_an_outcome_record_that_contradicts_the_counters(tmp_pat
     assert [back.status(i) for i in (batch[0], batch[1], ids[-1])] == ["completed", "failed", "cancelled"]
 
     def edit(p):
-        p["core"]["outcomes"] = [record] * len(p["core"]["outcomes"])
+        set_outcomes(p["core"], [record] * len(outcomes(p["core"])))
 
     _forge(path, edit)
     with pytest.raises(CheckpointError, match="outcome record does not match its counters"):

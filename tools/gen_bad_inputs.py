@@ -25,6 +25,8 @@ DOC = ROOT / "docs" / "bad_inputs.md"
 
 def _catalogue() -> ModuleType:
     path = ROOT / "tests" / "test_bad_input_catalogue.py"
+    if str(path.parent) not in sys.path:  # (its helper modules, as pytest finds them)
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location("bad_input_catalogue", path)
     if spec is None or spec.loader is None:
         raise RuntimeError(f"cannot load {path}")

@@ -65,20 +65,158 @@ PeltSnapshot pelt_from(const py::dict& d) {
                         d["contrib"].cast<double>(), d["avg"].cast<double>()};
 }
 
-py::dict snapshot_dict(const StateSnapshot& s) {
+// A vector as a numpy array (one copy).
+template <class T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+    py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+    if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
+    return a;
+}
+
+// The requests of a snapshot as columns (checkpoint format 2): one numpy array per
+// field, ``waits_on`` flattened with a per-request ``waits_on_count``, ``batchable`` as
+// uint8. A million requests are about 150 MB of arrays instead of a million dicts.
+template <class T, class Get>
+py::array_t<T> request_column(const std::vector<RequestSnapshot>& rq, Get get) {
+    py::array_t<T> a(static_cast<py::ssize_t>(rq.size()));
+    T* out = a.mutable_data();
+    for (std::size_t i = 0; i < rq.size(); ++i) out[i] = static_cast<T>(get(rq[i]));
+    return a;
+}
+
+py::dict request_columns(const std::vector<RequestSnapshot>& rq) {
+    py::dict c;
+    using Q = RequestSnapshot;
+    c["id"] = request_column<std::uint64_t>(rq, [](const Q& q) { return q.id; });
+    c["state"] = request_column<std::uint8_t>(rq, [](const Q& q) { return q.state; });
+    c["arrival"] = request_column<double>(rq, [](const Q& q) { return q.arrival; });
+    c["deadline"] = request_column<double>(rq, [](const Q& q) { return q.deadline; });
+    c["priority"] = request_column<double>(rq, [](const Q& q) { return q.priority; });
+    c["prompt_tokens"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.prompt_tokens; });
+    c["max_new_tokens"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.max_new_tokens; });
+    c["uclamp_min"] = request_column<double>(rq, [](const Q& q) { return q.uclamp_min; });
+    c["uclamp_max"] = request_column<double>(rq, [](const Q& q) { return q.uclamp_max; });
+    c["tenant"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.tenant; });
+    c["request_class"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.request_class; });
+    c["sched_class"] = request_column<std::uint8_t>(rq, [](const Q& q) { return q.sched_class; });
+    c["batchable"] = request_column<std::uint8_t>(rq, [](const Q& q) { return q.batchable ? 1 : 0; });
+    c["retries"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.retries; });
+    c["preemptions"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.preemptions; });
+    c["progress"] = request_column<double>(rq, [](const Q& q) { return q.progress; });
+    c["retry_at"] = request_column<double>(rq, [](const Q& q) { return q.retry_at; });
+    c["dl_device"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.dl_device; });
+    c["dl_bw"] = request_column<double>(rq, [](const Q& q) { return q.dl_bw; });
+    c["pool"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.pool; });
+    c["fallback_pool"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.fallback_pool; });
+    c["batch"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.batch; });
+    c["util"] = request_column<double>(rq, [](const Q& q) { return q.util; });
+    c["dispatched_at"] = request_column<double>(rq, [](const Q& q) { return q.dispatched_at; });
+    c["waits_on_count"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.waits_on.size(); });
+    std::size_t edges = 0;
+    for (const Q& q : rq) edges += q.waits_on.size();
+    std::vector<std::uint64_t> flat;
+    flat.reserve(edges);
+    for (const Q& q : rq) flat.insert(flat.end(), q.waits_on.begin(), q.waits_on.end());
+    c["waits_on"] = to_array(flat);
+    return c;
+}
+
+// The columns back (every one the length of ``id``; ``waits_on`` as long as the counts'
+// sum): a ValueError naming the column otherwise.
+template <class T>
+py::array_t<T, py::array::c_style> column_of(const py::dict& c, const char* name, std::size_t n) {
+    if (!c.contains(name)) throw py::value_error(std::string("the request columns lack '") + name + "'");
+    auto a = c[name].cast<py::array_t<T, py::array::c_style>>();
+    if (a.ndim() != 1 || static_cast<std::size_t>(a.size()) != n)
+        throw py::value_error(std::string("request column '") + name + "' has " + std::to_string(a.size()) +
+                              " values, expected " + std::to_string(n));
+    return a;
+}
+
+std::vector<RequestSnapshot> requests_from_columns(const py::dict& c) {
+    if (!c.contains("id")) throw py::value_error("the request columns lack 'id'");
+    const auto ids = c["id"].cast<py::array_t<std::uint64_t, py::array::c_style>>();
+    const auto n = static_cast<std::size_t>(ids.size());
+    const auto state = column_of<std::uint8_t>(c, "state", n);
+    const auto arrival = column_of<double>(c, "arrival", n);
+    const auto deadline = column_of<double>(c, "deadline", n);
+    const auto priority = column_of<double>(c, "priority", n);
+    const auto prompt = column_of<std::uint32_t>(c, "prompt_tokens", n);
+    const auto max_new = column_of<std::uint32_t>(c, "max_new_tokens", n);
+    const auto umin = column_of<double>(c, "uclamp_min", n);
+    const auto umax = column_of<double>(c, "uclamp_max", n);
+    const auto tenant = column_of<std::uint32_t>(c, "tenant", n);
+    const auto rclass = column_of<std::uint32_t>(c, "request_class", n);
+    const auto sclass = column_of<std::uint8_t>(c, "sched_class", n);
+    const auto batchable = column_of<std::uint8_t>(c, "batchable", n);
+    const auto retries = column_of<std::uint32_t>(c, "retries", n);
+    const auto preemptions = column_of<std::uint32_t>(c, "preemptions", n);
+    const auto progress = column_of<double>(c, "progress", n);
+    const auto retry_at = column_of<double>(c, "retry_at", n);
+    const auto dl_device = column_of<std::uint32_t>(c, "dl_device", n);
+    const auto dl_bw = column_of<double>(c, "dl_bw", n);
+    const auto pool = column_of<std::uint32_t>(c, "pool", n);
+    const auto fallback = column_of<std::uint32_t>(c, "fallback_pool", n);
+    const auto batch = column_of<std::uint32_t>(c, "batch", n);
+    const auto util = column_of<double>(c, "util", n);
+    const auto dispatched_at = column_of<double>(c, "dispatched_at", n);
+    const auto counts = column_of<std::uint32_t>(c, "waits_on_count", n);
+    std::uint64_t edges = 0;
+    for (std::size_t i = 0; i < n; ++i) edges += counts.data()[i];
+    const auto waits = column_of<std::uint64_t>(c, "waits_on", static_cast<std::size_t>(edges));
+    std::vector<RequestSnapshot> out(n);
+    const std::uint64_t* w = waits.data();
+    for (std::size_t i = 0; i < n; ++i) {
+        RequestSnapshot& q = out[i];
+        q.id = ids.data()[i];
+        q.state = state.data()[i];
+        q.arrival = arrival.data()[i];
+        q.deadline = deadline.data()[i];
+        q.priority = priority.data()[i];
+        q.prompt_tokens = prompt.data()[i];
+        q.max_new_tokens = max_new.data()[i];
+        q.uclamp_min = umin.data()[i];
+        q.uclamp_max = umax.data()[i];
+        q.tenant = tenant.data()[i];
+        q.request_class = rclass.data()[i];
+        q.sched_class = sclass.data()[i];
+        q.batchable = batchable.data()[i] != 0;
+        q.retries = retries.data()[i];
+        q.preemptions = preemptions.data()[i];
+        q.progress = progress.data()[i];
+        q.retry_at = retry_at.data()[i];
+        q.dl_device = dl_device.data()[i];
+        q.dl_bw = dl_bw.data()[i];
+        q.pool = pool.data()[i];
+        q.fallback_pool = fallback.data()[i];
+        q.batch = batch.data()[i];
+        q.util = util.data()[i];
+        q.dispatched_at = dispatched_at.data()[i];
+        q.waits_on.assign(w, w + counts.data()[i]);
+        w += counts.data()[i];
+    }
+    return out;
+}
+
+py::dict snapshot_dict(const StateSnapshot& s, bool columnar) {
     py::dict out;
     out["version"] = StateSnapshot::kVersion;
     out["now"] = s.now;
     out["next_id"] = s.next_id;
     out["rng"] = s.rng;
     out["counters"] = s.counters;
-    out["outcomes"] = s.outcomes;
+    if (columnar)
+        out["outcomes"] = to_array(s.outcomes);
+    else
+        out["outcomes"] = s.outcomes;
     py::list pending;
     for (std::size_t i = 0; i < s.pending_failed.size(); ++i)
         pending.append(py::make_tuple(s.pending_failed[i], s.pending_reasons[i]));
     out["pending_failed"] = pending;
+    if (columnar) out["requests"] = request_columns(s.requests);
     py::list reqs;
     for (const RequestSnapshot& q : s.requests) {
+        if (columnar) break;
         py::dict d;
         d["id"] = q.id;
         d["state"] = q.state;
@@ -107,7 +245,7 @@ py::dict snapshot_dict(const StateSnapshot& s) {
         d["dispatched_at"] = q.dispatched_at;
         reqs.append(d);
     }
-    out["requests"] = reqs;
+    if (!columnar) out["requests"] = reqs;
     py::list batches;
     for (const BatchSnapshot& b : s.batches) {
         py::dict d;
@@ -171,7 +309,13 @@ StateSnapshot snapshot_from(const py::dict& in) {
     s.next_id = in["next_id"].cast<std::uint64_t>();
     s.rng = in["rng"].cast<std::uint64_t>();
     s.counters = in["counters"].cast<std::vector<std::uint64_t>>();
-    s.outcomes = in["outcomes"].cast<std::vector<std::uint64_t>>();
+    if (py::isinstance<py::array>(in["outcomes"])) {
+        const auto a = in["outcomes"].cast<py::array_t<std::uint64_t, py::array::c_style>>();
+        if (a.ndim() != 1) throw py::value_error("outcomes must be a one-dimensional array");
+        s.outcomes.assign(a.data(), a.data() + a.size());
+    } else {
+        s.outcomes = in["outcomes"].cast<std::vector<std::uint64_t>>();
+    }
     if (in.contains("pending_failed")) {  // (absent from checkpoints written before it was kept)
         for (const py::handle h : in["pending_failed"].cast<py::list>()) {
             const py::sequence pair = h.cast<py::sequence>();
@@ -180,7 +324,8 @@ StateSnapshot snapshot_from(const py::dict& in) {
             s.pending_reasons.push_back(pair[1].cast<std::string>());
         }
     }
-    for (const py::handle h : in["requests"].cast<py::list>()) {
+    if (py::isinstance<py::dict>(in["requests"])) s.requests = requests_from_columns(in["requests"].cast<py::dict>());
+    for (const py::handle h : py::isinstance<py::dict>(in["requests"]) ? py::list() : in["requests"].cast<py::list>()) {
         const py::dict d = h.cast<py::dict>();
         RequestSnapshot q;
         q.id = d["id"].cast<std::uint64_t>();
@@ -266,13 +411,6 @@ py::tuple step_tuple(const StepOutput& out) {
 // The same with numpy arrays for the four per-request fields (batch devices and offsets,
 // dispatched and expired ids): one copy each, no Python int per id. For the bulk path
 // (Scheduler.step_many), whose caller hands the ids on as an array.
-template <class T>
-py::array_t<T> to_array(const std::vector<T>& v) {
-    py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
-    if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
-    return a;
-}
-
 py::tuple step_arrays_tuple(const StepOutput& out) {
     return py::make_tuple(to_array(out.batch_device), to_array(out.batch_offsets), to_array(out.request_ids),
                           to_array(out.expired), py::cast(out.failed), py::cast(out.failed_reasons), out.now,
@@ -719,14 +857,15 @@ void register_scheduler(py::module_& m) {
         .def("cancel", &Scheduler::cancel, py::arg("id"), py::call_guard<py::gil_scoped_release>())
         .def(
             "export_state",
-            [](const Scheduler& s) {
+            [](const Scheduler& s, bool columnar) {
                 StateSnapshot snap;
                 {
                     py::gil_scoped_release release;
                     s.export_state(snap);
                 }
-                return snapshot_dict(snap);
-            })
+                return snapshot_dict(snap, columnar);
+            },
+            py::arg("columnar") = false)
         .def("requeue_in_flight", &Scheduler::requeue_in_flight, py::arg("now"),
              py::call_guard<py::gil_scoped_release>())
         .def(

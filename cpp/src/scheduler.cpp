@@ -2471,6 +2471,7 @@ void Scheduler::export_state(StateSnapshot& out) const {
             if (d.id == edge.dependent_id && d.state == State::Waiting) waits[edge.dependent].push_back(r.id);
         }
     }
+    out.requests.reserve(slab_.size() - free_handles_.size());
     for (Handle h = 0; h < slab_.size(); ++h) {
         const Request& r = slab_[h];
         if (r.state == State::Free) continue;
@@ -2506,8 +2507,10 @@ void Scheduler::export_state(StateSnapshot& out) const {
         }
         out.requests.push_back(std::move(q));
     }
-    std::sort(out.requests.begin(), out.requests.end(),
-              [](const RequestSnapshot& a, const RequestSnapshot& b) { return a.id < b.id; });
+    // (Slab order is id order until handles are reused: then sorted, by id.)
+    const auto by_id = [](const RequestSnapshot& a, const RequestSnapshot& b) { return a.id < b.id; };
+    if (!std::is_sorted(out.requests.begin(), out.requests.end(), by_id))
+        std::sort(out.requests.begin(), out.requests.end(), by_id);
     std::vector<std::uint32_t> renumber(batches_.size(), kNoIndex);
     for (RequestSnapshot& q : out.requests) {
         if (q.batch == kNoIndex) continue;

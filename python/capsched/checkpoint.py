@@ -1,10 +1,16 @@
 """Checkpoints: a scheduler's whole state in one file, written atomically.
 
 Format (``docs/operations.md``): a JSON object ``{"format": "capsched-checkpoint",
-"version": 1, "sha256": <hex>, "payload": {...}}`` where ``sha256`` is the SHA-256 of the
-payload serialised canonically (sorted keys, no spaces). Non-finite numbers (a request
-without a deadline has deadline +inf) are written as ``{"float": "inf"}``, so the file is
-strict JSON. The payload holds the scheduler's construction (devices, policy, batch size,
+"version": 2, "sha256": <hex>, "payload": {...}}`` where ``sha256`` is the SHA-256 of the
+payload serialised canonically (sorted keys, no spaces). Non-finite numbers (the clock of
+a scheduler that was never called is -inf) are written as ``{"float": "-inf"}``, so the
+file is strict JSON. The live requests are stored by column (format 2; format 1, one JSON object per
+request, is still read): ``payload.core.requests`` is ``{"count": n, "columns": {name:
+{"dtype": ..., "base64": ...}}}``, each column the base64 of a little-endian array of n
+values (:data:`REQUEST_COLUMNS` gives the names and types), and ``payload.core.outcomes``
+one such array too. A million queued requests make a file of about 200 MB, written in
+about a second with a few hundred MB of memory at most (format 1: 400 MB, 20 s and 4 GB).
+The payload holds the scheduler's construction (devices, policy, batch size,
 dynamic batching, every :class:`capsched.Config` field but the tokenizer), the names it
 learned (tenants, request classes) and the core's state (:meth:`capsched._core.Core.export_state`):
 queues, dependency edges, retry timers, utilization signals, service models, breakers,
@@ -25,8 +31,11 @@ never pickle or eval) and checks format, version and checksum before anything is
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -35,18 +44,22 @@ import secrets
 import stat
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
+
+import numpy as np
 
 from .errors import CheckpointError, CapschedError
 
 if TYPE_CHECKING:  # (annotations only: scheduler imports this module)
     from .scheduler import Scheduler
 
-__all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "MAX_CHECKPOINT_BYTES", "DOCUMENT_KEYS", "PAYLOAD_KEYS"]
+__all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "MAX_CHECKPOINT_BYTES", "DOCUMENT_KEYS", "PAYLOAD_KEYS",
+           "REQUEST_COLUMNS"]
 
 FORMAT = "capsched-checkpoint"
-#: The version this capsched writes; a file with a higher one is refused.
-VERSION = 1
+#: The version this capsched writes (2: requests by column); a file with a higher one is
+#: refused, and format 1 files are still read.
+VERSION = 2
 #: Largest checkpoint file read (bytes): 16 GiB.
 MAX_CHECKPOINT_BYTES = 16 * 2**30
 #: The keys of the file's top-level object (any other is refused).
@@ -69,6 +82,40 @@ PAYLOAD_KEYS: dict[str, tuple[type, ...]] = {
     "core": (dict,),
 }
 _OPTIONAL_KEYS = frozenset({"journal_seq", "rejected", "lineage"})
+#: Format 2's request columns: each name and the numpy type of its array in the file
+#: (little-endian). ``waits_on`` holds every request's live dependencies one after the
+#: other, ``waits_on_count`` of them per request; ``batchable`` is 0 or 1; ``batch``,
+#: ``dl_device`` are 4294967295 where a request has none.
+REQUEST_COLUMNS: dict[str, str] = {
+    "id": "<u8",
+    "state": "|u1",
+    "arrival": "<f8",
+    "deadline": "<f8",
+    "priority": "<f8",
+    "prompt_tokens": "<u4",
+    "max_new_tokens": "<u4",
+    "uclamp_min": "<f8",
+    "uclamp_max": "<f8",
+    "tenant": "<u4",
+    "request_class": "<u4",
+    "sched_class": "|u1",
+    "batchable": "|u1",
+    "retries": "<u4",
+    "preemptions": "<u4",
+    "progress": "<f8",
+    "retry_at": "<f8",
+    "dl_device": "<u4",
+    "dl_bw": "<f8",
+    "pool": "<u4",
+    "fallback_pool": "<u4",
+    "batch": "<u4",
+    "util": "<f8",
+    "dispatched_at": "<f8",
+    "waits_on_count": "<u4",
+    "waits_on": "<u8",
+}
+_OUTCOMES_DTYPE = "<u8"  # (2 bits per id ever issued, 32 ids a word)
+_ARRAY_KEYS = frozenset({"dtype", "base64"})
 _MAX_INT_DIGITS = 4300  # Python's int conversion limit (sys.get_int_max_str_digits() default)
 _JSON_KIND = {dict: "an object", list: "a list", str: "a string", int: "an integer", bool: "a boolean"}
 
@@ -120,17 +167,106 @@ def _decode_object(x: dict[str, Any]) -> Any:
     return x
 
 
+def _payload_pieces(payload: dict[str, Any]) -> Iterator[bytes]:
+    """The canonical bytes of ``payload`` (as :func:`_canonical` would give them once its
+    arrays are written as base64 strings), in pieces: the JSON around the arrays, then each
+    array's base64, so that a million requests' columns are never one string. ``payload``
+    is :meth:`Scheduler._checkpoint_payload`'s (the core state's ``requests`` a dict of
+    numpy columns, ``outcomes`` an array) and is changed in place. Raises TypeError or
+    ValueError (from ``json``) for a value JSON cannot hold, before the first piece."""
+    core = payload.pop("core")  # (fresh from the core: encoded where it stands, not copied)
+    arrays: list[Any] = []
+    nonce = secrets.token_hex(16)  # (the placeholders' prefix: no other string holds it)
+
+    def park(values: Any, dtype: str) -> dict[str, str]:
+        arrays.append(np.ascontiguousarray(values, dtype=np.dtype(dtype)))
+        return {"base64": f"{nonce}:{len(arrays) - 1}", "dtype": dtype}
+
+    if core.get("version") == 2:
+        columns = core["requests"]
+        core["requests"] = {
+            "count": len(columns["id"]),
+            "columns": {name: park(columns[name], dtype) for name, dtype in REQUEST_COLUMNS.items()},
+        }
+        core["outcomes"] = park(core["outcomes"], _OUTCOMES_DTYPE)
+    _encode_in_place(core)
+    payload = _encode(payload)
+    payload["core"] = core
+    parts = re.split(b'"' + nonce.encode() + rb':([0-9]+)"', _canonical(payload))
+    del payload, core
+    order = [int(i) for i in parts[1::2]]  # (the arrays in the order the sorted keys put them)
+    if sorted(order) != list(range(len(arrays))):
+        raise ValueError("the checkpoint's array placeholders were not found once each")  # (cannot happen)
+    yield parts[0]
+    for k, at in enumerate(order):
+        yield b'"' + base64.b64encode(arrays[at]) + b'"'
+        arrays[at] = None  # (each column goes once written)
+        yield parts[2 * k + 2]
+
+
+def _array_from(where: str, name: str, obj: Any, dtype: str, count: Optional[int]) -> Any:
+    """A format 2 array (``{"dtype": ..., "base64": ...}``) as a read-only numpy array of
+    ``count`` values (any number if None), or CheckpointError naming the array."""
+    what = f"checkpoint {where!r} is malformed: {name}"
+    if not isinstance(obj, dict) or set(obj) != _ARRAY_KEYS:
+        raise CheckpointError(f"{what} must be an object with keys 'base64' and 'dtype', got {_short(obj)}")
+    if obj["dtype"] != dtype:
+        raise CheckpointError(f"{what} must have dtype {dtype!r}, got {_short(obj['dtype'])}")
+    text = obj["base64"]
+    if not isinstance(text, str):
+        raise CheckpointError(f"{what}'s base64 must be a string, got {_short(text)}")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CheckpointError(f"{what} is not valid base64 ({exc})") from None
+    size = np.dtype(dtype).itemsize
+    if len(raw) % size or (count is not None and len(raw) != count * size):
+        want = f"{count * size} ({count} x {size}-byte values)" if count is not None else f"a multiple of {size}"
+        raise CheckpointError(f"{what} holds {len(raw)} bytes, not {want}")
+    return np.frombuffer(raw, dtype=np.dtype(dtype))
+
+
+def _decode_core(where: str, core: Any) -> Any:
+    """A format 2 core state as read from the file, its arrays decoded (numpy arrays in
+    place of the base64 objects: what :meth:`Scheduler._from_checkpoint_payload` takes);
+    a format 1 one (requests as a list of objects) as it is. CheckpointError for a column
+    missing, unknown, of another type or length, or not base64."""
+    if not isinstance(core, dict) or core.get("version") != 2:
+        return core  # (format 1, or not a core state: _from_checkpoint_payload reports it)
+    requests = core.get("requests")
+    if not isinstance(requests, dict) or set(requests) != {"count", "columns"}:
+        raise CheckpointError(
+            f"checkpoint {where!r} is malformed: core.requests must be an object with keys 'columns' and 'count', "
+            f"got {_short(requests)}"
+        )
+    count, columns = requests["count"], requests["columns"]
+    if type(count) is not int or count < 0:
+        raise CheckpointError(f"checkpoint {where!r} is malformed: core.requests.count must be an integer >= 0, got {_short(count)}")
+    if not isinstance(columns, dict):
+        raise CheckpointError(f"checkpoint {where!r} is malformed: core.requests.columns must be an object, got {_short(columns)}")
+    unknown, missing = sorted(set(columns) - set(REQUEST_COLUMNS)), sorted(set(REQUEST_COLUMNS) - set(columns))
+    if unknown or missing:
+        raise CheckpointError(
+            f"checkpoint {where!r} is malformed: core.requests.columns "
+            + (f"has unknown column(s) {unknown}" if unknown else f"lacks column(s) {missing}")
+        )
+    out: dict[str, Any] = {}
+    for name, dtype in REQUEST_COLUMNS.items():
+        if name == "waits_on":
+            edges = int(out["waits_on_count"].sum(dtype=np.uint64))
+            out[name] = _array_from(where, f"column {name!r}", columns.pop(name), dtype, edges)
+        else:
+            out[name] = _array_from(where, f"column {name!r}", columns.pop(name), dtype, count)
+    core["requests"] = out
+    core["outcomes"] = _array_from(where, "core.outcomes", core.get("outcomes"), _OUTCOMES_DTYPE, None)
+    return core
+
+
 # The document as save_checkpoint writes it (canonical: sorted keys, no spaces): the
 # payload's canonical bytes stand between these, so its checksum is taken on the file's
 # own bytes, without serialising the parsed payload again.
 _HEAD = b'{"format":' + json.dumps(FORMAT).encode() + b',"payload":'
 _TAIL = re.compile(rb',"sha256":"([0-9a-f]{64})","version":(0|[1-9][0-9]{0,8})\}\Z')
-
-
-def _document_parts(payload_body: bytes, digest: str) -> tuple[bytes, bytes, bytes]:
-    """The canonical document in three parts (head, payload, tail): the bytes of
-    ``json.dumps(doc, sort_keys=True, separators=(",", ":"))`` without building them."""
-    return _HEAD, payload_body, f',"sha256":"{digest}","version":{VERSION}}}'.encode()
 
 
 def _checked_path(path: Any, what: str = "checkpoint") -> str:
@@ -161,21 +297,18 @@ def save_checkpoint(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> Non
     """
     target = Path(_checked_path(path))
     payload = scheduler._checkpoint_payload()
-    core = payload.pop("core")  # (fresh from the core: encoded where it stands, not copied)
+    settings = {k: v for k, v in payload.items() if k != "core"}  # (for the message below)
+    pieces = _payload_pieces(payload)
     try:
-        _encode_in_place(core)
-        payload = _encode(payload)
-        payload["core"] = core
-        body = _canonical(payload)
+        first = next(pieces)  # (everything but the arrays is serialised here)
     except (TypeError, ValueError) as exc:  # (json: an object it cannot write, a non-finite float)
-        where = _unencodable(payload)
+        where = _unencodable(_encode(settings))
         raise CheckpointError(
             f"cannot write checkpoint {str(target)!r}: "
             + (f"{where}" if where is not None else f"the state cannot be encoded ({exc})")
             + "; nothing was written"
         ) from None
-    del payload, core  # (the objects go before the file is written)
-    parts = _document_parts(body, hashlib.sha256(body).hexdigest())
+    del payload, settings
     # A name of its own per call: a shared one lets one thread truncate the file another
     # is renaming into place.
     tmp = target.with_name(f".{target.name}.tmp.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(8)}")
@@ -190,8 +323,13 @@ def save_checkpoint(scheduler: Any, path: Union[str, "os.PathLike[str]"]) -> Non
                 st = None  # no target yet: the umask's mode, as open() gives
             if st is not None and stat.S_ISREG(st.st_mode):
                 os.fchmod(fh.fileno(), st.st_mode & 0o777)  # keep the target's permission bits
-            for part in parts:
-                fh.write(part)
+            # The payload is checksummed as it is written; the checksum comes after it.
+            digest = hashlib.sha256()
+            fh.write(_HEAD)
+            for piece in itertools.chain((first,), pieces):
+                digest.update(piece)
+                fh.write(piece)
+            fh.write(f',"sha256":"{digest.hexdigest()}","version":{VERSION}}}'.encode())
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -350,8 +488,11 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {where!r} is corrupt: its checksum does not match its contents")
     del raw
     _check_payload(where, payload)
+    if tail is None:
+        payload = _decode(payload)
+    payload["core"] = _decode_core(where, payload["core"])
     try:
-        return Scheduler._from_checkpoint_payload(payload if tail is not None else _decode(payload), clock=clock)
+        return Scheduler._from_checkpoint_payload(payload, clock=clock)
     except CheckpointError as exc:
         if where in str(exc):
             raise

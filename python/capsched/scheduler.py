@@ -213,6 +213,16 @@ _new = object.__new__
 def _check_names_used(requests: Any, tenants: int, classes: int) -> None:
     """A checkpoint's requests name only tenants and classes its tables hold (the core
     sizes per-tenant arrays by the largest index: a forged one asked for gigabytes)."""
+    if isinstance(requests, dict):  # (format 2: numpy columns, checked by capsched.checkpoint)
+        for column, limit, what in (("tenant", tenants, "tenant"), ("request_class", classes, "class")):
+            values = requests.get(column)
+            if isinstance(values, np.ndarray) and values.size and int(values.max()) >= limit:
+                at = int(np.argmax(values >= limit))
+                raise CheckpointError(
+                    f"request {int(requests['id'][at])!r} names {what} number {int(values[at])}; "
+                    f"the {what} table has {limit}"
+                )
+        return
     if not isinstance(requests, list):
         return  # (the core refuses it)
     for q in requests:
@@ -1368,8 +1378,9 @@ class Scheduler:
             tenants = [[k, v] for k, v in self._tenants.items()]
             classes = [[k, v] for k, v in self._classes.items()]
             seq = core.journal.seq if isinstance(core, JournalCore) else self._journal_seq
-            state = core.export_state()
+            state = core.export_state(columnar=True)
             rejected = self._rejected
+        state["version"] = 2  # (the requests by column: capsched.checkpoint, format 2)
         return {
             "devices": _device_dicts(self._devices),
             "policy": self._policy,
@@ -1423,7 +1434,7 @@ class Scheduler:
         s._apply_tenant_weights()
         s._clocked = [bool(c) for c in clocked]
         state = payload["core"]
-        if state.get("version") != 1:
+        if state.get("version") not in (1, 2):  # (2: the requests by column, as numpy arrays)
             raise CheckpointError(f"the core state has an unknown version {state.get('version')!r}")
         _check_names_used(state.get("requests"), len(tenants), len(classes))
         s._core.import_state(state)
