@@ -119,8 +119,12 @@ def _b64(values, dtype: str) -> dict:
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda c: c["requests"].update(count=-1), r"core\.requests\.count must be an integer >= 0, got -1"),
-        (lambda c: c["requests"].update(count=True), r"core\.requests\.count must be an integer >= 0, got True"),
+        (lambda c: c["requests"].update(count=-1), r"core\.requests\.count must be an integer in 0\.\.2\*\*32-1, got -1"),
+        (lambda c: c["requests"].update(count=True), r"core\.requests\.count must be an integer in 0\.\.2\*\*32-1, got True"),
+        (lambda c: c["requests"].update(count=9 * 10**4299), r"count must be an integer in 0\.\.2\*\*32-1, got an integer of 14285 bits"),
+        (lambda c: c["requests"]["columns"].update(batchable=_b64([7] * 45, "|u1")), r"column 'batchable' must hold 0 or 1"),
+        (lambda c: c.update(version=True), r"core state has an unknown version True"),
+        (lambda c: c.update(version=1), r"a format 2 file holds a version 1 core state"),
         (lambda c: c["requests"].update(extra=1), r"core\.requests must be an object with keys 'columns' and 'count'"),
         (lambda c: c.update(requests=[]), r"core\.requests must be an object with keys 'columns' and 'count'"),
         (lambda c: c["requests"].update(columns=[]), r"core\.requests\.columns must be an object, got \[\]"),
@@ -137,7 +141,8 @@ def _b64(values, dtype: str) -> dict:
          r"core\.outcomes holds 3 bytes, not a multiple of 8"),
         (lambda c: c.update(outcomes=[0]), r"core\.outcomes must be an object with keys 'base64' and 'dtype'"),
     ],
-    ids=["count-negative", "count-bool", "extra-key", "rows-in-format-2", "columns-list", "unknown-column",
+    ids=["count-negative", "count-bool", "count-4300-digits", "batchable-7", "core-version-bool",
+         "core-version-1-in-format-2", "extra-key", "rows-in-format-2", "columns-list", "unknown-column",
          "column-extra-key", "base64-not-string", "waits-on-length", "state-length", "outcomes-type",
          "outcomes-length", "outcomes-list"],
 )
@@ -186,3 +191,73 @@ def test_format_1_documents_still_restore_and_format_1_forgeries_are_still_refus
     (tmp_path / "v1.ckpt").write_text(_resign(v1))
     with pytest.raises(CheckpointError, match="bad arrival, deadline or priority"):
         Scheduler.restore(tmp_path / "v1.ckpt")
+
+
+def test_a_format_1_core_holding_columns_is_refused(tmp_path: Path) -> None:
+    # A core of version 1 whose requests are an object of JSON lists: once converted
+    # silently (floats truncated, strings parsed, no names check); now refused.
+    s, _ = busy()
+    path = tmp_path / "c.ckpt"
+    s.checkpoint(path)
+    doc = _doc(path)
+    doc["version"] = 1
+    core = doc["payload"]["core"]
+    core["version"] = 1
+    core["outcomes"] = np.frombuffer(base64.b64decode(core["outcomes"]["base64"]), "<u8").tolist()
+    core["requests"] = {name: [] for name in REQUEST_COLUMNS}
+    path.write_text(_resign(doc))
+    with pytest.raises(CheckpointError, match="a version 1 core state lists its requests, got dict"):
+        Scheduler.restore(path)
+
+
+def test_a_format_1_file_holding_a_version_2_core_is_refused(tmp_path: Path) -> None:
+    s, _ = busy()
+    path = tmp_path / "c.ckpt"
+    s.checkpoint(path)
+    doc = _doc(path)
+    doc["version"] = 1
+    path.write_text(_resign(doc))
+    with pytest.raises(CheckpointError, match="a format 1 file holds a version 2 core state"):
+        Scheduler.restore(path)
+
+
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("prompt_tokens", lambda a: a.astype(np.float64), r"request column 'prompt_tokens' must be a one-dimensional numpy array of uint32"),
+        ("id", lambda a: a.reshape(1, -1), r"request column 'id' must be a one-dimensional numpy array of uint64"),
+        ("tenant", lambda a: a.tolist(), r"request column 'tenant' must be a one-dimensional numpy array of uint32"),
+        ("state", lambda a: a[:-1], r"request column 'state' has \d+ values, expected \d+"),
+    ],
+)
+def test_the_core_takes_columns_only_as_exact_arrays(column, value, message) -> None:
+    # The binding converts nothing: a column of another type, shape or kind is refused.
+    s, _ = busy()
+    state = s._core.export_state(columnar=True)
+    assert state["version"] == 2
+    state["requests"][column] = value(state["requests"][column])
+    fresh = Scheduler([Device("a", capacity=2.0, pool="p"), Device("b")], max_batch_size=2)
+    with pytest.raises(ValueError, match=message):
+        fresh._core.import_state(state)
+    state = s._core.export_state(columnar=True)
+    state["outcomes"] = state["outcomes"].astype(np.int64)
+    with pytest.raises(ValueError, match=r"outcomes must be a one-dimensional numpy array of uint64"):
+        fresh._core.import_state(state)
+
+
+def test_a_file_rewritten_with_non_ascii_characters_as_they_are_still_restores(tmp_path: Path) -> None:
+    # Sorted and compact like the written file, but with ensure_ascii=False: the bytes
+    # differ from the canonical dump the checksum is of, the document does not.
+    s = Scheduler(["a"], clock=lambda: 0.0)
+    rid = s.submit(InferenceRequest(prompt_tokens=5, tenant="café ☕"), now=0.0)
+    path = tmp_path / "c.ckpt"
+    s.checkpoint(path)
+    doc = json.loads(path.read_bytes())
+    path.write_bytes(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    assert "café ☕".encode() in path.read_bytes()
+    r = Scheduler.restore(path)
+    assert r.status(rid) == "queued" and "café ☕" in r._tenants
+    # A changed byte is still caught.
+    path.write_bytes(path.read_bytes().replace("café".encode(), "cafe".encode()))
+    with pytest.raises(CheckpointError, match="checksum does not match"):
+        Scheduler.restore(path)

@@ -121,13 +121,25 @@ py::dict request_columns(const std::vector<RequestSnapshot>& rq) {
     return c;
 }
 
+// A one-dimensional contiguous numpy array of exactly T's type, as it is (no conversion:
+// a float column given for an integer one is refused, not truncated): a ValueError
+// naming it otherwise.
+template <class T>
+py::array_t<T, py::array::c_style> exact_array(const py::handle& obj, const std::string& what) {
+    using A = py::array_t<T, py::array::c_style>;
+    if (!py::isinstance<A>(obj) || py::reinterpret_borrow<py::array>(obj).ndim() != 1)
+        throw py::value_error(what + " must be a one-dimensional numpy array of " +
+                              py::str(py::dtype::of<T>()).cast<std::string>());
+    return py::reinterpret_borrow<A>(obj);
+}
+
 // The columns back (every one the length of ``id``; ``waits_on`` as long as the counts'
 // sum): a ValueError naming the column otherwise.
 template <class T>
 py::array_t<T, py::array::c_style> column_of(const py::dict& c, const char* name, std::size_t n) {
     if (!c.contains(name)) throw py::value_error(std::string("the request columns lack '") + name + "'");
-    auto a = c[name].cast<py::array_t<T, py::array::c_style>>();
-    if (a.ndim() != 1 || static_cast<std::size_t>(a.size()) != n)
+    auto a = exact_array<T>(c[name], std::string("request column '") + name + "'");
+    if (static_cast<std::size_t>(a.size()) != n)
         throw py::value_error(std::string("request column '") + name + "' has " + std::to_string(a.size()) +
                               " values, expected " + std::to_string(n));
     return a;
@@ -135,7 +147,8 @@ py::array_t<T, py::array::c_style> column_of(const py::dict& c, const char* name
 
 std::vector<RequestSnapshot> requests_from_columns(const py::dict& c) {
     if (!c.contains("id")) throw py::value_error("the request columns lack 'id'");
-    const auto ids = c["id"].cast<py::array_t<std::uint64_t, py::array::c_style>>();
+    if (c.size() != 26) throw py::value_error("the request columns must be exactly the 26 of the format");
+    const auto ids = exact_array<std::uint64_t>(c["id"], "request column 'id'");
     const auto n = static_cast<std::size_t>(ids.size());
     const auto state = column_of<std::uint8_t>(c, "state", n);
     const auto arrival = column_of<double>(c, "arrival", n);
@@ -200,7 +213,7 @@ std::vector<RequestSnapshot> requests_from_columns(const py::dict& c) {
 
 py::dict snapshot_dict(const StateSnapshot& s, bool columnar) {
     py::dict out;
-    out["version"] = StateSnapshot::kVersion;
+    out["version"] = columnar ? 2 : StateSnapshot::kVersion;  // (2: the requests by column)
     out["now"] = s.now;
     out["next_id"] = s.next_id;
     out["rng"] = s.rng;
@@ -310,8 +323,7 @@ StateSnapshot snapshot_from(const py::dict& in) {
     s.rng = in["rng"].cast<std::uint64_t>();
     s.counters = in["counters"].cast<std::vector<std::uint64_t>>();
     if (py::isinstance<py::array>(in["outcomes"])) {
-        const auto a = in["outcomes"].cast<py::array_t<std::uint64_t, py::array::c_style>>();
-        if (a.ndim() != 1) throw py::value_error("outcomes must be a one-dimensional array");
+        const auto a = exact_array<std::uint64_t>(in["outcomes"], "outcomes");
         s.outcomes.assign(a.data(), a.data() + a.size());
     } else {
         s.outcomes = in["outcomes"].cast<std::vector<std::uint64_t>>();

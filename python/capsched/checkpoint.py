@@ -231,7 +231,7 @@ def _decode_core(where: str, core: Any) -> Any:
     place of the base64 objects: what :meth:`Scheduler._from_checkpoint_payload` takes);
     a format 1 one (requests as a list of objects) as it is. CheckpointError for a column
     missing, unknown, of another type or length, or not base64."""
-    if not isinstance(core, dict) or core.get("version") != 2:
+    if not isinstance(core, dict) or type(core.get("version")) is not int or core.get("version") != 2:
         return core  # (format 1, or not a core state: _from_checkpoint_payload reports it)
     requests = core.get("requests")
     if not isinstance(requests, dict) or set(requests) != {"count", "columns"}:
@@ -240,8 +240,11 @@ def _decode_core(where: str, core: Any) -> Any:
             f"got {_short(requests)}"
         )
     count, columns = requests["count"], requests["columns"]
-    if type(count) is not int or count < 0:
-        raise CheckpointError(f"checkpoint {where!r} is malformed: core.requests.count must be an integer >= 0, got {_short(count)}")
+    if type(count) is not int or not 0 <= count < 2**32:  # (the core holds fewer live requests)
+        raise CheckpointError(
+            f"checkpoint {where!r} is malformed: core.requests.count must be an integer in 0..2**32-1, "
+            f"got {_short(count) if type(count) is not int or abs(count) < 2**64 else f'an integer of {count.bit_length()} bits'}"
+        )
     if not isinstance(columns, dict):
         raise CheckpointError(f"checkpoint {where!r} is malformed: core.requests.columns must be an object, got {_short(columns)}")
     unknown, missing = sorted(set(columns) - set(REQUEST_COLUMNS)), sorted(set(REQUEST_COLUMNS) - set(columns))
@@ -257,6 +260,8 @@ def _decode_core(where: str, core: Any) -> Any:
             out[name] = _array_from(where, f"column {name!r}", columns.pop(name), dtype, edges)
         else:
             out[name] = _array_from(where, f"column {name!r}", columns.pop(name), dtype, count)
+    if out["batchable"].size and int(out["batchable"].max()) > 1:
+        raise CheckpointError(f"checkpoint {where!r} is malformed: column 'batchable' must hold 0 or 1")
     core["requests"] = out
     core["outcomes"] = _array_from(where, "core.outcomes", core.get("outcomes"), _OUTCOMES_DTYPE, None)
     return core
@@ -479,6 +484,8 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {where!r} lacks its payload or checksum")
     if tail is not None:
         actual = hashlib.sha256(memoryview(raw)[len(_HEAD) : tail.start()]).hexdigest()
+        if actual != digest:  # (laid out canonically but not byte for byte: non-ASCII written as is, say)
+            actual = hashlib.sha256(_canonical(_encode(payload))).hexdigest()
     else:
         try:
             actual = hashlib.sha256(_canonical(payload)).hexdigest()
@@ -490,8 +497,13 @@ def load_checkpoint(
     _check_payload(where, payload)
     if tail is None:
         payload = _decode(payload)
-    payload["core"] = _decode_core(where, payload["core"])
+    core_version = payload["core"].get("version")
+    if type(core_version) is int and core_version in (1, 2) and core_version != version:
+        raise CheckpointError(
+            f"checkpoint {where!r} is malformed: a format {version} file holds a version {core_version} core state"
+        )
     try:
+        payload["core"] = _decode_core(where, payload["core"])
         return Scheduler._from_checkpoint_payload(payload, clock=clock)
     except CheckpointError as exc:
         if where in str(exc):

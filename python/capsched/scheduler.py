@@ -1378,9 +1378,8 @@ class Scheduler:
             tenants = [[k, v] for k, v in self._tenants.items()]
             classes = [[k, v] for k, v in self._classes.items()]
             seq = core.journal.seq if isinstance(core, JournalCore) else self._journal_seq
-            state = core.export_state(columnar=True)
+            state = core.export_state(columnar=True)  # (version 2: the requests by column)
             rejected = self._rejected
-        state["version"] = 2  # (the requests by column: capsched.checkpoint, format 2)
         return {
             "devices": _device_dicts(self._devices),
             "policy": self._policy,
@@ -1434,8 +1433,16 @@ class Scheduler:
         s._apply_tenant_weights()
         s._clocked = [bool(c) for c in clocked]
         state = payload["core"]
-        if state.get("version") not in (1, 2):  # (2: the requests by column, as numpy arrays)
-            raise CheckpointError(f"the core state has an unknown version {state.get('version')!r}")
+        version = state.get("version")
+        if type(version) is not int or version not in (1, 2):
+            raise CheckpointError(f"the core state has an unknown version {version!r}")
+        # (1: the requests as a list of objects; 2: by column, numpy arrays, as
+        # capsched.checkpoint decodes them)
+        requests = state.get("requests")
+        if version == 1 and not isinstance(requests, list):
+            raise CheckpointError(f"a version 1 core state lists its requests, got {type(requests).__name__}")
+        if version == 2 and not (isinstance(requests, dict) and all(isinstance(v, np.ndarray) for v in requests.values())):
+            raise CheckpointError("a version 2 core state holds its requests as columns (numpy arrays)")
         _check_names_used(state.get("requests"), len(tenants), len(classes))
         s._core.import_state(state)
         for i, dev in enumerate(state.get("devices") or ()):  # (the max clocks set_clock gave)
