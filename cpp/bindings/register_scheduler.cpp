@@ -76,48 +76,76 @@ py::array_t<T> to_array(const std::vector<T>& v) {
 // The requests of a snapshot as columns (checkpoint format 2): one numpy array per
 // field, ``waits_on`` flattened with a per-request ``waits_on_count``, ``batchable`` as
 // uint8. A million requests are about 150 MB of arrays instead of a million dicts.
-template <class T, class Get>
-py::array_t<T> request_column(const std::vector<RequestSnapshot>& rq, Get get) {
-    py::array_t<T> a(static_cast<py::ssize_t>(rq.size()));
-    T* out = a.mutable_data();
-    for (std::size_t i = 0; i < rq.size(); ++i) out[i] = static_cast<T>(get(rq[i]));
-    return a;
-}
-
 py::dict request_columns(const std::vector<RequestSnapshot>& rq) {
+    // One pass over the rows filling every column (a pass per column read each row's
+    // cache lines 26 times: at 1e6 requests most of the checkpoint's time under the lock).
+    const std::size_t n = rq.size();
     py::dict c;
-    using Q = RequestSnapshot;
-    c["id"] = request_column<std::uint64_t>(rq, [](const Q& q) { return q.id; });
-    c["state"] = request_column<std::uint8_t>(rq, [](const Q& q) { return q.state; });
-    c["arrival"] = request_column<double>(rq, [](const Q& q) { return q.arrival; });
-    c["deadline"] = request_column<double>(rq, [](const Q& q) { return q.deadline; });
-    c["priority"] = request_column<double>(rq, [](const Q& q) { return q.priority; });
-    c["prompt_tokens"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.prompt_tokens; });
-    c["max_new_tokens"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.max_new_tokens; });
-    c["uclamp_min"] = request_column<double>(rq, [](const Q& q) { return q.uclamp_min; });
-    c["uclamp_max"] = request_column<double>(rq, [](const Q& q) { return q.uclamp_max; });
-    c["tenant"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.tenant; });
-    c["request_class"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.request_class; });
-    c["sched_class"] = request_column<std::uint8_t>(rq, [](const Q& q) { return q.sched_class; });
-    c["batchable"] = request_column<std::uint8_t>(rq, [](const Q& q) { return q.batchable ? 1 : 0; });
-    c["retries"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.retries; });
-    c["preemptions"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.preemptions; });
-    c["progress"] = request_column<double>(rq, [](const Q& q) { return q.progress; });
-    c["retry_at"] = request_column<double>(rq, [](const Q& q) { return q.retry_at; });
-    c["dl_device"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.dl_device; });
-    c["dl_bw"] = request_column<double>(rq, [](const Q& q) { return q.dl_bw; });
-    c["pool"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.pool; });
-    c["fallback_pool"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.fallback_pool; });
-    c["batch"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.batch; });
-    c["util"] = request_column<double>(rq, [](const Q& q) { return q.util; });
-    c["dispatched_at"] = request_column<double>(rq, [](const Q& q) { return q.dispatched_at; });
-    c["waits_on_count"] = request_column<std::uint32_t>(rq, [](const Q& q) { return q.waits_on.size(); });
+    const auto column = [&c, n](const char* name, auto zero) {
+        using T = decltype(zero);
+        py::array_t<T> a(static_cast<py::ssize_t>(n));
+        c[name] = a;
+        return a.mutable_data();
+    };
+    std::uint64_t* id = column("id", std::uint64_t{});
+    std::uint8_t* state = column("state", std::uint8_t{});
+    double* arrival = column("arrival", 0.0);
+    double* deadline = column("deadline", 0.0);
+    double* priority = column("priority", 0.0);
+    std::uint32_t* prompt = column("prompt_tokens", std::uint32_t{});
+    std::uint32_t* max_new = column("max_new_tokens", std::uint32_t{});
+    double* umin = column("uclamp_min", 0.0);
+    double* umax = column("uclamp_max", 0.0);
+    std::uint32_t* tenant = column("tenant", std::uint32_t{});
+    std::uint32_t* rclass = column("request_class", std::uint32_t{});
+    std::uint8_t* sclass = column("sched_class", std::uint8_t{});
+    std::uint8_t* batchable = column("batchable", std::uint8_t{});
+    std::uint32_t* retries = column("retries", std::uint32_t{});
+    std::uint32_t* preemptions = column("preemptions", std::uint32_t{});
+    double* progress = column("progress", 0.0);
+    double* retry_at = column("retry_at", 0.0);
+    std::uint32_t* dl_device = column("dl_device", std::uint32_t{});
+    double* dl_bw = column("dl_bw", 0.0);
+    std::uint32_t* pool = column("pool", std::uint32_t{});
+    std::uint32_t* fallback = column("fallback_pool", std::uint32_t{});
+    std::uint32_t* batch = column("batch", std::uint32_t{});
+    double* util = column("util", 0.0);
+    double* dispatched_at = column("dispatched_at", 0.0);
+    std::uint32_t* counts = column("waits_on_count", std::uint32_t{});
     std::size_t edges = 0;
-    for (const Q& q : rq) edges += q.waits_on.size();
-    std::vector<std::uint64_t> flat;
-    flat.reserve(edges);
-    for (const Q& q : rq) flat.insert(flat.end(), q.waits_on.begin(), q.waits_on.end());
-    c["waits_on"] = to_array(flat);
+    for (std::size_t i = 0; i < n; ++i) {
+        const RequestSnapshot& q = rq[i];
+        id[i] = q.id;
+        state[i] = q.state;
+        arrival[i] = q.arrival;
+        deadline[i] = q.deadline;
+        priority[i] = q.priority;
+        prompt[i] = q.prompt_tokens;
+        max_new[i] = q.max_new_tokens;
+        umin[i] = q.uclamp_min;
+        umax[i] = q.uclamp_max;
+        tenant[i] = q.tenant;
+        rclass[i] = q.request_class;
+        sclass[i] = q.sched_class;
+        batchable[i] = q.batchable ? 1 : 0;
+        retries[i] = q.retries;
+        preemptions[i] = q.preemptions;
+        progress[i] = q.progress;
+        retry_at[i] = q.retry_at;
+        dl_device[i] = q.dl_device;
+        dl_bw[i] = q.dl_bw;
+        pool[i] = q.pool;
+        fallback[i] = q.fallback_pool;
+        batch[i] = q.batch;
+        util[i] = q.util;
+        dispatched_at[i] = q.dispatched_at;
+        counts[i] = static_cast<std::uint32_t>(q.waits_on.size());
+        edges += q.waits_on.size();
+    }
+    py::array_t<std::uint64_t> flat(static_cast<py::ssize_t>(edges));
+    std::uint64_t* w = flat.mutable_data();
+    for (const RequestSnapshot& q : rq) w = std::copy(q.waits_on.begin(), q.waits_on.end(), w);
+    c["waits_on"] = flat;
     return c;
 }
 
