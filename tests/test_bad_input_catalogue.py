@@ -646,7 +646,7 @@ def _rows() -> list[Row]:
         ("binary garbage", "binary.ckpt", r"'binary\.ckpt' is not valid JSON"),
         ("JSON nested 100,000 deep", "deep.ckpt", r"'deep\.ckpt' is not a capsched checkpoint: JSON nested too deeply"),
         ("a 5,000-digit integer", "hugeint.ckpt", r"'hugeint\.ckpt' is not valid JSON .*more than 4300 digits"),
-        ("NaN as the version", "nan.ckpt", r"'nan\.ckpt' has no integer 'version'"),
+        ("NaN as the version", "nan.ckpt", r"'nan\.ckpt' is not strict JSON: it holds the literal NaN"),
         ("re-signed, an extra payload key", "extra.ckpt", r"'extra\.ckpt' is malformed: unknown payload key\(s\) \['pickle'\]"),
         ("re-signed, a missing payload key", "nodevices.ckpt", r"'nodevices\.ckpt' is malformed: it lacks payload key 'devices'"),
         ("re-signed, a config value of the wrong type", "wrongtype.ckpt",

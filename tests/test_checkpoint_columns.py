@@ -102,13 +102,23 @@ def test_a_format_1_file_written_by_the_previous_capsched_still_restores(tmp_pat
     assert Scheduler.restore(path)._core.export_state() == old._core.export_state()
 
 
-def _forge(tmp_path: Path, edit) -> Path:
+def _canonical_document(doc: dict) -> bytes:
+    """The document signed and laid out as save_checkpoint writes it (the reader's fast
+    path checks the checksum on these bytes)."""
+    doc["sha256"] = hashlib.sha256(_canonical(doc["payload"])).hexdigest()
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _forge(tmp_path: Path, edit, canonical: bool = False) -> Path:
     s, _ = busy()
     path = tmp_path / "c.ckpt"
     s.checkpoint(path)
     doc = _doc(path)
     edit(doc["payload"]["core"])
-    path.write_text(_resign(doc))
+    if canonical:
+        path.write_bytes(_canonical_document(doc))
+    else:
+        path.write_text(_resign(doc))
     return path
 
 
@@ -146,8 +156,11 @@ def _b64(values, dtype: str) -> dict:
          "column-extra-key", "base64-not-string", "waits-on-length", "state-length", "outcomes-type",
          "outcomes-length", "outcomes-list"],
 )
-def test_a_forged_column_is_refused_by_name(tmp_path: Path, edit, message) -> None:
-    path = _forge(tmp_path, edit)
+@pytest.mark.parametrize("canonical", [False, True], ids=["general-path", "fast-path"])
+def test_a_forged_column_is_refused_by_name(tmp_path: Path, edit, message, canonical) -> None:
+    path = _forge(tmp_path, edit, canonical)
+    if canonical:
+        assert path.read_bytes().startswith(b'{"format":"capsched-checkpoint","payload":{')
     with pytest.raises(CheckpointError, match=message):
         Scheduler.restore(path)
 
@@ -261,3 +274,70 @@ def test_a_file_rewritten_with_non_ascii_characters_as_they_are_still_restores(t
     path.write_bytes(path.read_bytes().replace("café".encode(), "cafe".encode()))
     with pytest.raises(CheckpointError, match="checksum does not match"):
         Scheduler.restore(path)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["corrupt", "re-signed"])
+@pytest.mark.parametrize("canonical", [False, True], ids=["general-path", "fast-path"])
+def test_a_value_nested_almost_too_deep_for_json_is_refused_cleanly(tmp_path: Path, signed, canonical) -> None:
+    # 900 levels parse (json.loads allows about 1000) but overflowed the recursive
+    # encode/decode of the checksum's check: a RecursionError instead of CheckpointError.
+    s = Scheduler(["a"], clock=lambda: 0.0)
+    path = tmp_path / "c.ckpt"
+    s.checkpoint(path)
+    doc = _doc(path)
+    doc["payload"]["config"]["deep"] = None
+    body = _canonical(doc["payload"]).decode().replace('"deep":null', '"deep":' + "[" * 900 + "]" * 900)
+    digest = hashlib.sha256(body.encode()).hexdigest() if signed else "0" * 64
+    sep = "" if canonical else " "
+    path.write_text(f'{{"format":{sep}"capsched-checkpoint","payload":{body},"sha256":"{digest}","version":2}}')
+    message = {
+        (False, False): "is corrupt: its checksum does not match",
+        (False, True): "is corrupt: its checksum does not match",  # (was a RecursionError)
+        (True, False): "JSON nested too deeply",  # (was a RecursionError)
+        (True, True): "unexpected keyword argument 'deep'",  # (the fast path decodes while parsing)
+    }[signed, canonical]
+    with pytest.raises(CheckpointError, match=message):
+        Scheduler.restore(path)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_literals_are_refused_on_either_path(tmp_path: Path, literal) -> None:
+    s = Scheduler(["a"], clock=lambda: 0.0)
+    s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
+    path = tmp_path / "c.ckpt"
+    s.checkpoint(path)
+    raw = path.read_bytes()
+    assert b'"now":0.0' in raw
+    body = raw[len(b'{"format":"capsched-checkpoint","payload":') : raw.index(b',"sha256":')]
+    body = body.replace(b'"now":0.0', b'"now":' + literal.encode())
+    for head in (b'{"format":"capsched-checkpoint","payload":', b'{"format": "capsched-checkpoint", "payload":'):
+        path.write_bytes(head + body + b',"sha256":"' + hashlib.sha256(body).hexdigest().encode() + b'","version":2}')
+        with pytest.raises(CheckpointError, match=f"is not strict JSON: it holds the literal {literal}"):
+            Scheduler.restore(path)
+
+
+def test_a_corrupt_ascii_file_is_refused_without_serialising_it_again(tmp_path: Path, monkeypatch) -> None:
+    # The canonical dump is the fallback only for a file with non-ASCII bytes (the one
+    # layout difference it exists for): a corrupt ASCII file is refused on its bytes.
+    import capsched.checkpoint as ck
+
+    s, _ = busy()
+    path = tmp_path / "c.ckpt"
+    s.checkpoint(path)
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b'"policy":"weighted"', b'"policy":"fcfs"'))
+    calls = []
+    monkeypatch.setattr(ck, "_canonical", lambda payload: calls.append(1) or b"")
+    with pytest.raises(CheckpointError, match="checksum does not match"):
+        Scheduler.restore(path)
+    assert calls == []
+
+
+def test_the_core_refuses_array_subclasses_as_columns() -> None:
+    # A masked array's hidden values were imported as they were.
+    s, _ = busy()
+    state = s._core.export_state(columnar=True)
+    state["requests"]["priority"] = np.ma.masked_array(state["requests"]["priority"], mask=True)
+    fresh = Scheduler([Device("a", capacity=2.0, pool="p"), Device("b")], max_batch_size=2)
+    with pytest.raises(ValueError, match=r"request column 'priority' must be a one-dimensional numpy array"):
+        fresh._core.import_state(state)

@@ -190,7 +190,7 @@ def test_a_resigned_checkpoint_with_any_value_replaced_is_refused_or_consistent(
     [
         ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
         ('{"format": "capsched-checkpoint", "version": 1, "sha256": "00", "payload": {"a": NaN}}',
-         "numbers JSON cannot state"),
+         "is not strict JSON: it holds the literal NaN"),
         ('{"format": "capsched-checkpoint", "version": 1e400}', "no integer 'version'"),
         ('{"format": "capsched-checkpoint", "version": true}', "no integer 'version'"),
         ('{"format": "capsched-checkpoint", "version": 0, "sha256": "", "payload": {}}', "unknown format version 0"),

@@ -156,6 +156,15 @@ def _decode(x: Any) -> Any:
     return x
 
 
+class _NonFiniteLiteral(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    """json.loads parse_constant: NaN, Infinity and -Infinity are not JSON."""
+    raise _NonFiniteLiteral(name)
+
+
 def _canonical(payload: Any) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
@@ -453,7 +462,15 @@ def load_checkpoint(
     # general path: parse, serialise canonically, check, decode.
     tail = _TAIL.search(raw, max(0, len(raw) - 120)) if raw.startswith(_HEAD) else None
     try:
-        doc = json.loads(raw, object_hook=_decode_object) if tail else json.loads(raw)
+        if tail:
+            doc = json.loads(raw, object_hook=_decode_object, parse_constant=_refuse_constant)
+        else:
+            doc = json.loads(raw, parse_constant=_refuse_constant)
+    except _NonFiniteLiteral as exc:
+        raise CheckpointError(
+            f"checkpoint {where!r} is not strict JSON: it holds the literal {exc} (non-finite numbers are written "
+            '{"float": "nan"}, {"float": "inf"})'
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {where!r} is not valid JSON (truncated or corrupt?): {exc}") from None
     except ValueError:  # Python refuses to convert an integer of more than 4300 digits
@@ -482,21 +499,26 @@ def load_checkpoint(
     digest = doc.get("sha256")
     if not isinstance(payload, dict) or not isinstance(digest, str):
         raise CheckpointError(f"checkpoint {where!r} lacks its payload or checksum")
-    if tail is not None:
-        actual = hashlib.sha256(memoryview(raw)[len(_HEAD) : tail.start()]).hexdigest()
-        if actual != digest:  # (laid out canonically but not byte for byte: non-ASCII written as is, say)
-            actual = hashlib.sha256(_canonical(_encode(payload))).hexdigest()
-    else:
-        try:
-            actual = hashlib.sha256(_canonical(payload)).hexdigest()
-        except ValueError as exc:
-            raise CheckpointError(f"checkpoint {where!r} holds numbers JSON cannot state: {exc}") from None
-    if actual != digest:
-        raise CheckpointError(f"checkpoint {where!r} is corrupt: its checksum does not match its contents")
-    del raw
-    _check_payload(where, payload)
-    if tail is None:
-        payload = _decode(payload)
+    try:  # (a value nested almost as deep as json.loads allows is too deep for _encode/_decode)
+        if tail is not None:
+            actual = hashlib.sha256(memoryview(raw)[len(_HEAD) : tail.start()]).hexdigest()
+            if actual != digest and not raw.isascii():
+                # Laid out canonically but not byte for byte: non-ASCII characters written
+                # as they are (ensure_ascii=False). The canonical dump decides.
+                actual = hashlib.sha256(_canonical(_encode(payload))).hexdigest()
+        else:
+            try:
+                actual = hashlib.sha256(_canonical(payload)).hexdigest()
+            except ValueError as exc:
+                raise CheckpointError(f"checkpoint {where!r} holds numbers JSON cannot state: {exc}") from None
+        if actual != digest:
+            raise CheckpointError(f"checkpoint {where!r} is corrupt: its checksum does not match its contents")
+        del raw
+        _check_payload(where, payload)
+        if tail is None:
+            payload = _decode(payload)
+    except RecursionError:
+        raise CheckpointError(f"checkpoint {where!r} is not a capsched checkpoint: JSON nested too deeply") from None
     core_version = payload["core"].get("version")
     if type(core_version) is int and core_version in (1, 2) and core_version != version:
         raise CheckpointError(
