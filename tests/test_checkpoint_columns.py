@@ -109,11 +109,16 @@ def _canonical_document(doc: dict) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _forge(tmp_path: Path, edit, canonical: bool = False) -> Path:
+def _busy_document(tmp_path: Path) -> tuple[Path, dict]:
+    """busy()'s checkpoint: its path and its document."""
     s, _ = busy()
     path = tmp_path / "c.ckpt"
     s.checkpoint(path)
-    doc = _doc(path)
+    return path, _doc(path)
+
+
+def _forge(tmp_path: Path, edit, canonical: bool = False) -> Path:
+    path, doc = _busy_document(tmp_path)
     edit(doc["payload"]["core"])
     if canonical:
         path.write_bytes(_canonical_document(doc))
@@ -209,10 +214,7 @@ def test_format_1_documents_still_restore_and_format_1_forgeries_are_still_refus
 def test_a_format_1_core_holding_columns_is_refused(tmp_path: Path) -> None:
     # A core of version 1 whose requests are an object of JSON lists: once converted
     # silently (floats truncated, strings parsed, no names check); now refused.
-    s, _ = busy()
-    path = tmp_path / "c.ckpt"
-    s.checkpoint(path)
-    doc = _doc(path)
+    path, doc = _busy_document(tmp_path)
     doc["version"] = 1
     core = doc["payload"]["core"]
     core["version"] = 1
@@ -224,10 +226,7 @@ def test_a_format_1_core_holding_columns_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_format_1_file_holding_a_version_2_core_is_refused(tmp_path: Path) -> None:
-    s, _ = busy()
-    path = tmp_path / "c.ckpt"
-    s.checkpoint(path)
-    doc = _doc(path)
+    path, doc = _busy_document(tmp_path)
     doc["version"] = 1
     path.write_text(_resign(doc))
     with pytest.raises(CheckpointError, match="a format 1 file holds a version 2 core state"):
