@@ -157,7 +157,7 @@ py::array_t<T, py::array::c_style> exact_array(const py::handle& obj, const std:
     using A = py::array_t<T, py::array::c_style>;
     // (exactly numpy.ndarray: a subclass, a masked array say, may stand for other values)
     const py::object ndarray = py::module_::import("numpy").attr("ndarray");
-    if (!obj.get_type().is(ndarray) || !py::isinstance<A>(obj) || py::reinterpret_borrow<py::array>(obj).ndim() != 1)
+    if (!py::type::handle_of(obj).is(ndarray) || !py::isinstance<A>(obj) || py::reinterpret_borrow<py::array>(obj).ndim() != 1)
         throw py::value_error(what + " must be a one-dimensional numpy array of " +
                               py::str(py::dtype::of<T>()).cast<std::string>());
     return py::reinterpret_borrow<A>(obj);
