@@ -539,6 +539,16 @@ def _rows() -> list[Row]:
          InvalidArgumentError, r"free_kv_tokens\['big'\].*2\.5"),
         ("free_kv_tokens without free_slots", lambda c: c.s.step(now=1.0, free_kv_tokens={"big": 5}),
          InvalidArgumentError, "free_kv_tokens is only used with free_slots"),
+        ("free_slots an array of another length", lambda c: c.s.step(now=1.0, free_slots=np.array([1, 1, 1])),
+         InvalidArgumentError, r"free_slots must have one value per device \(2\), got 3"),
+        ("free_slots an array of floats", lambda c: c.s.step(now=1.0, free_slots=np.array([1.0, 2.0])),
+         InvalidArgumentError, r"free_slots must be .*one-dimensional integer array, got dtype float64"),
+        ("free_slots an array holding -2", lambda c: c.s.step(now=1.0, free_slots=np.array([1, -2])),
+         InvalidArgumentError, r"free_slots\[1\] \(device 'small'\) must be in -1\.\.65536 \(-1: not reported\), got -2"),
+        ("free_slots a list holding a bool", lambda c: c.s.step(now=1.0, free_slots=[1, True]),
+         InvalidArgumentError, r"free_slots must hold integers, got True"),
+        ("free_slots a string", lambda c: c.s.step(now=1.0, free_slots="big"), InvalidArgumentError,
+         r"free_slots must be a mapping of device names to integers, or one integer per device"),
     ]:
         add(R(g, "`step(...)`", bad, call, exc, match))
 

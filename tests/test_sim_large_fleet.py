@@ -40,8 +40,10 @@ class Checked(Simulation):
     def _refresh(self):
         super()._refresh()
         slots, kv, idle = _brute(self.devs)
-        assert self._free_slots == slots
-        assert self._free_kv == kv
+        names = [d.name for d in self.devs]
+        assert {names[i]: int(v) for i, v in enumerate(self._free_slots) if v >= 0} == slots
+        assert {names[i]: int(v) for i, v in enumerate(self._free_kv) if v >= 0} == kv
+        assert all((self._free_slots[i] >= 0) == (self._free_kv[i] >= 0) for i in range(len(names)))
         assert self._idle == idle
         Checked.checks += 1
 

@@ -210,6 +210,11 @@ def _step_result(
 _new = object.__new__
 
 
+#: What ``Scheduler.step``'s ``free_slots`` / ``free_kv_tokens`` take: ``{device name:
+#: n}``, or one integer per device in the scheduler's device order (-1: not reported).
+PerDevice = Union[Mapping[str, int], Sequence[int], "npt.NDArray[np.integer[Any]]"]
+
+
 def _check_names_used(requests: Any, tenants: int, classes: int) -> None:
     """A checkpoint's requests name only tenants and classes its tables hold (the core
     sizes per-tenant arrays by the largest index: a forged one asked for gigabytes)."""
@@ -716,8 +721,8 @@ class Scheduler:
         self,
         now: Optional[float] = None,
         *,
-        free_slots: Optional[Mapping[str, int]] = None,
-        free_kv_tokens: Optional[Mapping[str, int]] = None,
+        free_slots: Optional[PerDevice] = None,
+        free_kv_tokens: Optional[PerDevice] = None,
     ) -> StepResult:
         """Expire, order and dispatch; ``docs/policies.md``, ``docs/placement.md`` and
         ``docs/batching.md`` give the exact rules.
@@ -729,7 +734,10 @@ class Scheduler:
         Continuous mode (iteration-level scheduling, as vLLM and Orca run): give each
         device's free sequence slots in ``free_slots`` (``{name: n}``; devices not named
         take nothing) and, optionally, its free KV-cache tokens in ``free_kv_tokens``
-        (``{name: tokens}``; a device not named uses its own ``kv_tokens`` budget). Each
+        (``{name: tokens}``; a device not named uses its own ``kv_tokens`` budget). Either
+        may instead be one integer per device in :attr:`devices` order (a numpy integer
+        array, or a list), -1 standing for a device not named: on a large fleet that
+        changes little between steps, keep such an array and update it in place. Each
         device takes at most that many new requests, whose prompt + max new tokens fit
         its free KV; the step returns one batch per device of the requests joining it.
         Preemption (``Config.preemption``) applies in this mode: see
@@ -740,7 +748,9 @@ class Scheduler:
 
         Raises:
             InvalidArgumentError: an unknown device name, a slot count outside
-                0..65536, a KV figure that is not an integer.
+                0..65536, a KV figure that is not an integer; in the per-device form,
+                another length than the number of devices, a value below -1, or values
+                that are not integers.
             JournalError: with a journal open, its line could not be written: the step
                 WAS made, and the error's ``result`` is this StepResult (run its
                 batches); later changes are refused until :meth:`close_journal`.
@@ -768,8 +778,8 @@ class Scheduler:
         self,
         now: Optional[float] = None,
         *,
-        free_slots: Optional[Mapping[str, int]] = None,
-        free_kv_tokens: Optional[Mapping[str, int]] = None,
+        free_slots: Optional[PerDevice] = None,
+        free_kv_tokens: Optional[PerDevice] = None,
     ) -> StepArrays:
         """:meth:`step` for the bulk path: the same decisions, with the dispatched and
         expired ids as numpy arrays (:class:`StepArrays`) instead of a Python int each,
@@ -806,8 +816,8 @@ class Scheduler:
         self,
         convert: Callable[[Any], _R],
         now: Optional[float],
-        free_slots: Optional[Mapping[str, int]],
-        free_kv_tokens: Optional[Mapping[str, int]],
+        free_slots: Optional[PerDevice],
+        free_kv_tokens: Optional[PerDevice],
         *,
         arrays: bool,
     ) -> _R:
@@ -829,8 +839,8 @@ class Scheduler:
     def _core_step(
         self,
         now: Optional[float],
-        free_slots: Optional[Mapping[str, int]],
-        free_kv_tokens: Optional[Mapping[str, int]],
+        free_slots: Optional[PerDevice],
+        free_kv_tokens: Optional[PerDevice],
         *,
         arrays: bool,
     ) -> Any:
@@ -846,11 +856,11 @@ class Scheduler:
         return self._core.step_continuous(t, slots, kv)
 
     def _per_device(self, what: str, values: object, default: int) -> np.ndarray:
+        hi = _core.MAX_BATCH_SIZE if what == "free_slots" else 2**62
         if not isinstance(values, Mapping):
-            raise InvalidArgumentError(f"{what} must be a mapping of device names to integers, got {values!r}")
+            return self._per_device_array(what, values, hi)
         # (a simulator or server names every free device at every step: plain ints take
         # the short way, and the array is filled in one go)
-        hi = _core.MAX_BATCH_SIZE if what == "free_slots" else 2**62
         index, names = self._index, self._names
         at: list[int] = []
         got: list[int] = []
@@ -871,6 +881,38 @@ class Scheduler:
         if at:
             out[at] = got
         return out
+
+    def _per_device_array(self, what: str, values: object, hi: int) -> np.ndarray:
+        """``values`` as one int64 per device (a copy: the caller may change its array
+        while the core, without the GIL, reads this one): one integer per device in
+        device order, each in -1..hi (-1: not reported)."""
+        n = len(self._names)
+        kind = "a mapping of device names to integers, or one integer per device in device order"
+        if isinstance(values, (str, bytes)) or not isinstance(values, (np.ndarray, list, tuple)):
+            raise InvalidArgumentError(f"{what} must be {kind}, got {_brief(values)}")
+        if isinstance(values, np.ndarray):
+            arr = values
+        else:
+            if any(type(v) is bool or not isinstance(v, numbers.Integral) for v in values):
+                bad = next(v for v in values if type(v) is bool or not isinstance(v, numbers.Integral))
+                raise InvalidArgumentError(f"{what} must hold integers, got {_brief(bad)}")
+            try:
+                arr = np.array([int(v) for v in values], dtype=np.int64)
+            except OverflowError:
+                raise InvalidArgumentError(f"{what} holds a value beyond 64 bits") from None
+        if arr.dtype.kind not in "iu" or arr.ndim != 1:
+            raise InvalidArgumentError(
+                f"{what} must be {kind}: a one-dimensional integer array, got dtype {arr.dtype} and shape {arr.shape}"
+            )
+        if arr.shape[0] != n:
+            raise InvalidArgumentError(f"{what} must have one value per device ({n}), got {arr.shape[0]}")
+        if n and (int(arr.min()) < -1 or int(arr.max()) > hi):
+            at = int(np.argmax((arr < -1) | (arr > hi)))
+            raise InvalidArgumentError(
+                f"{what}[{at}] (device {self._names[at]!r}) must be in -1..{'2**62' if hi == 2**62 else hi} "
+                f"(-1: not reported), got {int(arr[at])}"
+            )
+        return np.array(arr, dtype=np.int64, copy=True)
 
     def complete(
         self, request_id: int, now: Optional[float] = None, *, output_tokens: Optional[int] = None

@@ -608,8 +608,11 @@ class Simulation:
         # KV (what Scheduler.step is given) and the idle set up to date for the dirty
         # devices only, so that an event costs what it changes, not the fleet's size.
         self._dirty: set[int] = set(range(len(self.devs)))
-        self._free_slots: dict[str, int] = {}  # up devices with free slots -> count
-        self._free_kv: dict[str, int] = {}  # the same devices -> free KV tokens
+        # Per device, in device order, what Scheduler.step is given: free slots of an up
+        # device with some free, and its free KV tokens; -1 for the others (not reported:
+        # they take nothing). Updated in place for the dirty devices.
+        self._free_slots = np.full(len(self.devs), -1, dtype=np.int64)
+        self._free_kv = np.full(len(self.devs), -1, dtype=np.int64)
         self._idle: set[int] = set()  # up, not in an iteration, a slot free
         self._pend: set[int] = set()  # devices given pending requests (may be stale)
         self._ended = 0  # requests ended (progress)
@@ -682,15 +685,15 @@ class Simulation:
             d = devs[i]
             free = d.max_seqs - d.outstanding
             if d.up and free > 0:
-                slots[d.name] = free
-                kv[d.name] = max(0, d.kv_budget - d.kv_used)
+                slots[i] = free
+                kv[i] = max(0, d.kv_budget - d.kv_used)
                 if d.busy:
                     idle.discard(i)
                 else:
                     idle.add(i)
             else:
-                slots.pop(d.name, None)
-                kv.pop(d.name, None)
+                slots[i] = -1
+                kv[i] = -1
                 idle.discard(i)
         self._dirty.clear()
 
@@ -899,8 +902,8 @@ class Simulation:
         rounds = 0
         while True:
             if self.continuous:
-                # The up devices with free slots and their free KV, kept up to date (the
-                # API names every device that may take work: one not named takes nothing).
+                # The up devices with free slots and their free KV, kept up to date, one
+                # value per device (-1: takes nothing), as Scheduler.step takes them.
                 self._refresh()
                 res = sched.step(now, free_slots=self._free_slots, free_kv_tokens=self._free_kv)
             else:
