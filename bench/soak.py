@@ -1125,7 +1125,9 @@ def failed_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
 def main(argv: Optional[list[str]] = None) -> int:
     """Command line: run a soak, print a summary (and write the JSON report)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=lambda s: int(s.replace("_", "")), default=10_000_000)
+    ap.add_argument("--requests", type=lambda s: int(s.replace("_", "")), default=10_000_000,
+                    help="requests to push through (default 10_000_000; use at least about 1_000_000: the fault "
+                    "schedule is set for long runs, and a shorter one may end before a device comes back)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mode", choices=("batch", "continuous"), default="batch",
                     help="batch: step(now); continuous: step(now, free_slots=...) with preemption")
