@@ -89,7 +89,11 @@ def test_step_many_takes_the_per_device_form() -> None:
         ("free_slots", np.array([1, 2**20]), r"free_slots\[1\] \(device 'b'\) must be in -1\.\.65536"),
         ("free_slots", np.array([2**64 - 1, 0], dtype=np.uint64), r"free_slots\[0\] \(device 'a'\) must be in -1\.\.65536"),
         ("free_slots", [1, 2.0], r"free_slots must hold integers, got 2\.0"),
-        ("free_slots", [1, 2**70], r"free_slots holds a value beyond 64 bits"),
+        ("free_slots", [1, 2**70], r"free_slots\[1\] \(device 'b'\) must be in -1\.\.65536 \(-1: not reported\), got 1180591620717411303424"),
+        ("free_slots", np.ma.array([1, -7], mask=[False, True]), r"free_slots must not be a masked array"),
+        ("free_kv_tokens", np.ma.array([1, -7], mask=[False, True]), r"free_kv_tokens must not be a masked array"),
+        ("free_kv_tokens", [1, 2**63 - 1], r"free_kv_tokens\[1\] \(device 'b'\) must be in -1\.\.2\*\*62"),
+        ("free_slots", [1] * 3_000_000, r"free_slots must have one value per device \(2\), got 3000000"),
         ("free_slots", (1,), r"free_slots must have one value per device \(2\), got 1"),
         ("free_slots", 5, r"free_slots must be a mapping of device names to integers, or one integer per device"),
         ("free_kv_tokens", np.array([-3, 0]), r"free_kv_tokens\[0\] \(device 'a'\) must be in -1\.\.2\*\*62"),
@@ -104,3 +108,25 @@ def test_bad_per_device_values_are_refused_and_change_nothing(what, value, messa
     with pytest.raises(InvalidArgumentError, match=message):
         s.step(0.0, **args)
     assert s.status(rid) == "queued" and s.stats()["dispatched"] == 0
+
+
+def test_the_array_checked_is_the_array_the_core_gets(monkeypatch) -> None:
+    # The check runs on a copy, and that copy goes to the core: a caller's array changed
+    # after the check (another thread) cannot hand the core an unchecked value.
+    s = Scheduler(["a", "b"], clock=lambda: 0.0)
+    s.submit(InferenceRequest(prompt_tokens=5), now=0.0)
+    kv = np.array([100, 100])
+    seen = []
+    real = s._core.step_continuous
+
+    def spy(t, slots, kv_arr):
+        seen.append((slots, kv_arr))
+        kv[:] = 2**63 - 1  # (what a racing thread could write after the check)
+        return real(t, slots, kv_arr)
+
+    monkeypatch.setattr(s, "_core", type("Spy", (), {"__getattr__": lambda self, n: getattr(real.__self__, n),
+                                                      "step_continuous": staticmethod(spy)})())
+    monkeypatch.setattr(s, "_direct", None)
+    s.step(0.0, free_slots=np.array([1, 1]), free_kv_tokens=kv)
+    (slots, got), = seen
+    assert got is not kv and got.tolist() == [100, 100] and slots.dtype == np.int64

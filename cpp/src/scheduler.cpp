@@ -683,11 +683,16 @@ void Scheduler::step_continuous(double now, const std::int64_t* free_slots, cons
                                 StepOutput& out) {
     std::lock_guard<std::mutex> lock(mu_);
     const double t = advance_clock(now);
-    for (std::size_t i = 0; i < devices_.size(); ++i)
+    for (std::size_t i = 0; i < devices_.size(); ++i) {
         if (free_slots[i] < -1 || free_slots[i] > static_cast<std::int64_t>(kMaxBatchSize))
             throw InvalidArgument("free_slots of device " + std::to_string(i) + " must be in 0.." +
                                   std::to_string(kMaxBatchSize) + " (or -1: not reported), got " +
                                   std::to_string(free_slots[i]));
+        // (KV left + KV freed by preemption is summed in 64 bits: at most 2^62 each)
+        if (free_kv != nullptr && free_kv[i] > (std::int64_t{1} << 62))
+            throw InvalidArgument("free_kv of device " + std::to_string(i) + " must be at most 2^62 (< 0: not reported), got " +
+                                  std::to_string(free_kv[i]));
+    }
     for (std::size_t i = 0; i < devices_.size(); ++i) {
         step_slots_[i] = free_slots[i];
         step_kv_[i] = free_kv != nullptr && free_kv[i] >= 0 ? free_kv[i] : -1;

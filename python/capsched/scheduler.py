@@ -43,7 +43,7 @@ from .tokens import estimate_tokens
 if TYPE_CHECKING:
     from .journal import JournalCore
 
-__all__ = ["Scheduler", "OpenAutoGLMScheduler", "StepResult", "StepArrays", "Batch"]
+__all__ = ["Scheduler", "OpenAutoGLMScheduler", "StepResult", "StepArrays", "Batch", "PerDevice"]
 
 _NAN = float("nan")
 _STATUS = ("waiting", "queued", "in_flight", "completed", "failed", "expired", "cancelled", "retrying")
@@ -210,9 +210,15 @@ def _step_result(
 _new = object.__new__
 
 
+def _bound(hi: int) -> str:
+    """A per-device value's upper bound as messages write it."""
+    return "2**62" if hi == 2**62 else str(hi)
+
+
 #: What ``Scheduler.step``'s ``free_slots`` / ``free_kv_tokens`` take: ``{device name:
-#: n}``, or one integer per device in the scheduler's device order (-1: not reported).
-PerDevice = Union[Mapping[str, int], Sequence[int], "npt.NDArray[np.integer[Any]]"]
+#: n}``, or one integer per device in the scheduler's device order (a numpy integer array,
+#: a list or a tuple; -1: not reported, as a device the mapping does not name).
+PerDevice = Union[Mapping[str, int], "list[int]", "tuple[int, ...]", "npt.NDArray[np.integer[Any]]"]
 
 
 def _check_names_used(requests: Any, tenants: int, classes: int) -> None:
@@ -736,7 +742,7 @@ class Scheduler:
         take nothing) and, optionally, its free KV-cache tokens in ``free_kv_tokens``
         (``{name: tokens}``; a device not named uses its own ``kv_tokens`` budget). Either
         may instead be one integer per device in :attr:`devices` order (a numpy integer
-        array, or a list), -1 standing for a device not named: on a large fleet that
+        array, a list or a tuple: :data:`PerDevice`), -1 standing for a device not named: on a large fleet that
         changes little between steps, keep such an array and update it in place. Each
         device takes at most that many new requests, whose prompt + max new tokens fit
         its free KV; the step returns one batch per device of the requests joining it.
@@ -748,9 +754,10 @@ class Scheduler:
 
         Raises:
             InvalidArgumentError: an unknown device name, a slot count outside
-                0..65536, a KV figure that is not an integer; in the per-device form,
-                another length than the number of devices, a value below -1, or values
-                that are not integers.
+                0..65536, a KV figure that is not an integer or outside 0..2**62; in the
+                per-device form, another length than the number of devices, values that
+                are not integers, or one outside -1..65536 (slots) or -1..2**62 (KV); a
+                masked array.
             JournalError: with a journal open, its line could not be written: the step
                 WAS made, and the error's ``result`` is this StepResult (run its
                 batches); later changes are refused until :meth:`close_journal`.
@@ -883,23 +890,27 @@ class Scheduler:
         return out
 
     def _per_device_array(self, what: str, values: object, hi: int) -> np.ndarray:
-        """``values`` as one int64 per device (a copy: the caller may change its array
-        while the core, without the GIL, reads this one): one integer per device in
-        device order, each in -1..hi (-1: not reported)."""
+        """``values`` as one int64 per device, in device order, each in -1..hi (-1: not
+        reported). Checked on a copy, which is what the core gets: the caller's array may
+        change under another thread while the core (without the GIL) reads this one."""
         n = len(self._names)
         kind = "a mapping of device names to integers, or one integer per device in device order"
-        if isinstance(values, (str, bytes)) or not isinstance(values, (np.ndarray, list, tuple)):
-            raise InvalidArgumentError(f"{what} must be {kind}, got {_brief(values)}")
+        if isinstance(values, np.ma.MaskedArray):
+            raise InvalidArgumentError(f"{what} must not be a masked array (give every device a value; -1: not reported)")
         if isinstance(values, np.ndarray):
-            arr = values
+            arr = np.array(values, copy=True, subok=False)  # (checked below, then handed on)
+        elif isinstance(values, (list, tuple)):
+            if len(values) != n:
+                raise InvalidArgumentError(f"{what} must have one value per device ({n}), got {len(values)}")
+            for i, v in enumerate(values):
+                if type(v) is bool or not isinstance(v, numbers.Integral):
+                    raise InvalidArgumentError(f"{what} must hold integers, got {_brief(v)} at {i}")
+                if not -(2**63) <= int(v) < 2**63:
+                    raise InvalidArgumentError(f"{what}[{i}] (device {self._names[i]!r}) must be in -1..{_bound(hi)} "
+                                               f"(-1: not reported), got {int(v)}")
+            arr = np.array([int(v) for v in values], dtype=np.int64)
         else:
-            if any(type(v) is bool or not isinstance(v, numbers.Integral) for v in values):
-                bad = next(v for v in values if type(v) is bool or not isinstance(v, numbers.Integral))
-                raise InvalidArgumentError(f"{what} must hold integers, got {_brief(bad)}")
-            try:
-                arr = np.array([int(v) for v in values], dtype=np.int64)
-            except OverflowError:
-                raise InvalidArgumentError(f"{what} holds a value beyond 64 bits") from None
+            raise InvalidArgumentError(f"{what} must be {kind}, got {_brief(values)}")
         if arr.dtype.kind not in "iu" or arr.ndim != 1:
             raise InvalidArgumentError(
                 f"{what} must be {kind}: a one-dimensional integer array, got dtype {arr.dtype} and shape {arr.shape}"
@@ -909,10 +920,10 @@ class Scheduler:
         if n and (int(arr.min()) < -1 or int(arr.max()) > hi):
             at = int(np.argmax((arr < -1) | (arr > hi)))
             raise InvalidArgumentError(
-                f"{what}[{at}] (device {self._names[at]!r}) must be in -1..{'2**62' if hi == 2**62 else hi} "
-                f"(-1: not reported), got {int(arr[at])}"
+                f"{what}[{at}] (device {self._names[at]!r}) must be in -1..{_bound(hi)} (-1: not reported), "
+                f"got {int(arr[at])}"
             )
-        return np.array(arr, dtype=np.int64, copy=True)
+        return arr.astype(np.int64, copy=False)
 
     def complete(
         self, request_id: int, now: Optional[float] = None, *, output_tokens: Optional[int] = None

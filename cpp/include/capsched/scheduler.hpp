@@ -138,7 +138,7 @@ class Scheduler {
     void step(double now, StepOutput& out);
     // Continuous (iteration-level) mode: free_slots[d] new requests may join device d in
     // this step (0 = none; -1 = not reported: none, and no preemption there), free_kv[d] (< 0: not reported, the device's own budget
-    // applies) bounds their prompt + max_new tokens. Arrays of num_devices() values.
+    // applies; at most 2^62) bounds their prompt + max_new tokens. Arrays of num_devices() values.
     void step_continuous(double now, const std::int64_t* free_slots, const std::int64_t* free_kv,
                          StepOutput& out);
 
