@@ -13,10 +13,14 @@ table: the step's time and its time per dispatched request.
 
 ``--fallback``: 10,000 requests of 2,000,000 prompt tokens, which fit no device (their
 utilization estimate is clamped to a whole device), on 1,024 and 4,096 mixed devices,
-without and with KV budgets and energy-aware placement, and with a 100 s timeout: each
-placement is a fallback (the device with room with the most spare capacity). Without a
-deadline the core takes it from its heaps; with one it scans the devices with room (the
-fallback then depends on which devices would end the request in time).
+without and with KV budgets and energy-aware placement, and with a timeout; with a
+timeout, also on devices with seeded service models (prefill 1e-4 or 5e-5 s per token):
+each placement is a fallback (the device with room with the most spare capacity). Without
+a deadline, or when every device would end the request in time (no models, or the
+models' slowest estimate, 200 s here, within the timeout), the core takes it from its
+heaps; when some device might be late (the 100 s timeout with models) it scans the
+devices with room, since the fallback then depends on which devices are in time. Until
+2026-11-29 (b506cab) every request with a deadline scanned.
 
 Devices: capacities 1 .. 7 in turn ("mixed") or all 1 ("equal"), ``max_batch_size`` 32,
 one batch each; requests from ``submit_many`` (1..1999 prompt tokens) at t = 0; the time
@@ -43,9 +47,11 @@ def one_step(devices: int, queued: int, mixed: bool) -> tuple[float, int]:
     return time.perf_counter() - t0, int(res.request_ids.size)
 
 
-def fallback_step(devices: int, queued: int, kv: bool, energy: bool, timeout: float) -> tuple[float, int, int]:
+def fallback_step(devices: int, queued: int, kv: bool, energy: bool, timeout: float,
+                  models: bool = False) -> tuple[float, int, int]:
+    seeded = lambda i: dict(prefill_s_per_token=1e-4 / (1 + i % 2), decode_step_s=0.01, decode_s_per_seq=1e-4)
     fleet = [Device(f"d{i}", capacity=float(1 + i % 7), power_w=100.0 + i % 5,
-                    **({"kv_tokens": 10**8} if kv else {})) for i in range(devices)]
+                    **({"kv_tokens": 10**8} if kv else {}), **(seeded(i) if models else {})) for i in range(devices)]
     s = Scheduler(fleet, max_batch_size=32, config=Config(energy_aware=energy))
     s.submit_many(np.full(queued, 2_000_000), max_new_tokens=np.full(queued, 16),
                   timeout=np.full(queued, timeout), now=0.0)
@@ -55,15 +61,17 @@ def fallback_step(devices: int, queued: int, kv: bool, energy: bool, timeout: fl
 
 
 def main_fallback() -> None:
-    print("| devices | queued | KV budgets | energy_aware | timeout | step (s) | per request (us) | fallbacks |")
-    print("|---:|---:|---|---|---|---:|---:|---:|")
+    print("| devices | queued | KV budgets | energy_aware | timeout | service models | step (s) | per request (us) "
+          "| fallbacks |")
+    print("|---:|---:|---|---|---|---|---:|---:|---:|")
     for devices in (1024, 4096):
-        for kv, energy, timeout in ((False, False, math.nan), (True, False, math.nan), (False, True, math.nan),
-                                    (False, False, 100.0)):
-            el, k, fb = fallback_step(devices, 10_000, kv, energy, timeout)
+        for kv, energy, timeout, models in ((False, False, math.nan, False), (True, False, math.nan, False),
+                                            (False, True, math.nan, False), (False, False, 100.0, False),
+                                            (False, False, 1000.0, True), (False, False, 100.0, True)):
+            el, k, fb = fallback_step(devices, 10_000, kv, energy, timeout, models)
             print(f"| {devices:,} | 10,000 | {'yes' if kv else 'no'} | {'yes' if energy else 'no'} | "
-                  f"{'none' if math.isnan(timeout) else f'{timeout:g} s'} | {el:.4f} | {el / k * 1e6:.2f} | {fb:,} |",
-                  flush=True)
+                  f"{'none' if math.isnan(timeout) else f'{timeout:g} s'} | {'seeded' if models else 'none'} | "
+                  f"{el:.4f} | {el / k * 1e6:.2f} | {fb:,} |", flush=True)
 
 
 def main(argv: list[str]) -> None:

@@ -34,7 +34,10 @@ def test_mixed_fleet_step_dispatches_everything_queued() -> None:
 def test_mixed_fleet_step_fallback_places_every_request_as_a_fallback() -> None:
     rows = _run("mixed_fleet_step.py", "--fallback")
     body = rows[1:]  # (after the header; _run drops the separator)
-    assert len(body) == 8
+    assert len(body) == 12
     for r in body:
         cells = [c.strip() for c in r.strip("|").split("|")]
-        assert cells[1] == "10,000" and cells[-1] == "10,000", r
+        # (a 1000 s deadline on seeded devices leaves some requests room to fit)
+        loose = cells[4] == "1000 s" and cells[5] == "seeded"
+        assert cells[1] == "10,000" and (0 < int(cells[-1].replace(",", "")) < 10_000 if loose
+                                         else cells[-1] == "10,000"), r

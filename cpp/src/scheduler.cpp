@@ -180,6 +180,10 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const std::vector<DeviceSpec>& 
     spare_pos_.assign(n_dev, FitHeap::kNpos);
     fit_heaps_.reserve(part_sizes.size());
     spare_heaps_.reserve(part_sizes.size());
+    part_max_capacity_.assign(part_sizes.size(), 0.0);
+    part_member_.assign(part_sizes.size(), 0);
+    for (std::size_t dev = n_dev; dev-- > 0;)  // (each partition's first device)
+        if (fit_part_[dev] < part_member_.size()) part_member_[fit_part_[dev]] = static_cast<std::uint32_t>(dev);
     for (std::size_t p = 0; p < part_sizes.size(); ++p) {
         fit_heaps_.emplace_back(SharedPositions(&fit_pos_));
         fit_heaps_.back().reserve(part_sizes[p]);
@@ -1501,7 +1505,44 @@ void Scheduler::build_fit_heaps() {
         fit_heaps_[fit_part_[dev]].push(dev, fit_key(dev, spare));
         spare_heaps_[fit_part_[dev]].push(dev, spare_key(dev, spare));
     }
+    // Over every device, open or not (could_fit and the scan's in-time test look at all):
+    // estimate(p, s, 1) / clock = (m0 s0 p + (m1 s1 + m2 s2) s) / clock.
+    fit_time_prompt_ = fit_time_steps_ = 0.0;
+    fit_any_known_ = false;
+    std::fill(part_max_capacity_.begin(), part_max_capacity_.end(), -kInf);
+    for (std::uint32_t dev = 0; dev < devices_.size(); ++dev) {
+        const Device& d = devices_[dev];
+        double& most = part_max_capacity_[fit_part_[dev]];
+        most = std::max(most, d.capacity);
+        if (!d.service.known()) continue;
+        const ServiceModel& m = d.service;
+        fit_any_known_ = true;
+        fit_time_prompt_ = std::max(fit_time_prompt_, m.m[0] * m.seed[0] / d.clock_scale);
+        fit_time_steps_ = std::max(fit_time_steps_, (m.m[1] * m.seed[1] + m.m[2] * m.seed[2]) / d.clock_scale);
+    }
     fit_heaps_on_ = true;
+}
+
+bool Scheduler::all_in_time(const Request& r) const noexcept {
+    // Whether every device would end r in time (in_time), from build_fit_heaps' bounds:
+    // each device's estimate is at most the bound (the 1e-9 margin covers the rounding of
+    // the two ways of computing it), so the test never says yes where a device is late;
+    // it may say no where none is (then the scan decides).
+    if (!std::isfinite(r.deadline) || !fit_any_known_) return true;
+    const double bound = fit_time_prompt_ * static_cast<double>(r.prompt_tokens) +
+                         fit_time_steps_ * static_cast<double>(r.max_new_tokens);
+    return now_ + bound * (1.0 + 1e-9) <= r.deadline;
+}
+
+bool Scheduler::could_fit_by_parts(const Request& r, double u, double min_capacity) const noexcept {
+    // could_fit when every device is in time (all_in_time): some device open to r has
+    // capacity >= min_capacity and above u x margin, so the largest of its partition has.
+    const double need = u * cfg_.placement.fit_margin;
+    for (std::size_t p = 0; p < part_max_capacity_.size(); ++p) {
+        const double most = part_max_capacity_[p];
+        if (most >= min_capacity && need < most && eligible(devices_[part_member_[p]], r)) return true;
+    }
+    return false;
 }
 
 void Scheduler::fit_heap_touch(std::uint32_t dev) noexcept {
@@ -1564,17 +1605,45 @@ std::uint32_t Scheduler::choose_by_fit_heaps(const Request& r, double u, double 
 }
 
 std::uint32_t Scheduler::fallback_by_spare_heaps(const Request& r, double min_capacity) const noexcept {
-    // For a request that fits no device and has no deadline (every device is in time, so
-    // choose_device's answer is its fallback): the device with room with the most spare,
-    // device order on ties: the first with room in each partition's spare heap, the best
-    // of those. kUnsure as choose_by_fit_heaps.
+    // For a request that fits no device, when every device is in time (no deadline, or
+    // all_in_time: choose_device's answer is then its fallback): the device with room with
+    // the most spare, device order on ties. kUnsure as choose_by_fit_heaps.
+    return best_by_spare_heaps(
+        r, [&](std::uint32_t x) { return devices_[x].capacity >= min_capacity && has_room(x, r); });
+}
+
+std::uint32_t Scheduler::unfit_by_heaps(const Request& r, double u, double min_capacity, bool* wait) const noexcept {
+    // choose_device's answer for a request that fits no device when every device is in
+    // time (all_in_time), from the heaps; kUnsure: the scan decides. Without a deadline,
+    // or without wait_for_fit: the fallback. With both: none if no device has room; else
+    // an idle device with a seeded model (most spare) if r would fit no device even idle,
+    // else r waits.
+    const std::uint32_t fallback = fallback_by_spare_heaps(r, min_capacity);
+    if (fallback == kUnsure || fallback == kNoIndex || !std::isfinite(r.deadline) || wait == nullptr ||
+        !cfg_.placement.wait_for_fit)
+        return fallback;
+    const std::uint32_t idle = best_by_spare_heaps(r, [&](std::uint32_t x) {
+        const Device& d = devices_[x];
+        return d.capacity >= min_capacity && has_room(x, r) && d.inflight_requests == 0 &&
+               step_batch_[x] == kNoIndex && d.service.known();
+    });
+    if (idle == kUnsure) return kUnsure;
+    if (idle != kNoIndex && !could_fit_by_parts(r, u, min_capacity)) return idle;
+    *wait = true;
+    return kNoIndex;
+}
+
+template <class Pred>
+std::uint32_t Scheduler::best_by_spare_heaps(const Request& r, Pred pred) const noexcept {
+    // The device passing pred with the most spare, device order on ties: the first to
+    // pass in each partition's spare heap (among those open to r), the best of those.
+    // kUnsure as first_in_heap.
     std::uint32_t best = kNoIndex;
     double best_spare = -kInf;
     for (std::uint32_t p = 0; p < spare_heaps_.size(); ++p) {
         const FitHeap& heap = spare_heaps_[p];
         if (heap.empty() || !eligible(devices_[heap.top().handle], r)) continue;
-        const std::uint32_t dev = first_in_heap(
-            heap, [&](std::uint32_t x) { return devices_[x].capacity >= min_capacity && has_room(x, r); });
+        const std::uint32_t dev = first_in_heap(heap, pred);
         if (dev == kUnsure) return kUnsure;
         if (dev == kNoIndex) continue;
         const double spare = spare_of(dev);
@@ -1612,16 +1681,24 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
     }
     // A step's placement that has scanned a long list a few times goes to the heaps
     // (fit_heaps_): the same choice for less. The scan below still runs for a request the
-    // heaps cannot settle, and for one that fits nowhere and has a deadline (its fallback
-    // depends on which devices are in time).
+    // heaps cannot settle, and for one that fits nowhere and has a deadline some device
+    // might miss (all_in_time: its fallback then depends on which devices are in time).
     if (listed && fit_phase_ && bigger_than == nullptr && !fit_heaps_.empty()) {
         if (!fit_heaps_on_ && ++fit_scans_ > kFitScansFirst && open_devices_.size() >= kFitHeapFrom) build_fit_heaps();
         if (fit_heaps_on_) {
             std::uint32_t dev = choose_by_fit_heaps(r, u, min_capacity);
             const bool fits = dev != kNoIndex && dev != kUnsure;
-            if (dev == kNoIndex && !std::isfinite(r.deadline)) dev = fallback_by_spare_heaps(r, min_capacity);
-            if (fits || (dev != kUnsure && !std::isfinite(r.deadline))) {
-                *fitted = fits;
+            if (dev == kNoIndex && all_in_time(r)) {
+                bool waits = false;
+                dev = unfit_by_heaps(r, u, min_capacity, wait != nullptr ? &waits : nullptr);
+                if (dev != kUnsure) {
+                    *fitted = false;
+                    if (wait != nullptr) *wait = waits;
+                    return dev;
+                }
+            }
+            if (fits) {
+                *fitted = true;
                 if (wait != nullptr) *wait = false;
                 return dev;
             }

@@ -388,6 +388,11 @@ class Scheduler {
     static std::uint32_t first_in_heap(const FitHeap& heap, Pred pred) noexcept;
     std::uint32_t choose_by_fit_heaps(const Request& r, double u, double min_capacity) noexcept;
     std::uint32_t fallback_by_spare_heaps(const Request& r, double min_capacity) const noexcept;
+    template <class Pred>
+    std::uint32_t best_by_spare_heaps(const Request& r, Pred pred) const noexcept;
+    bool all_in_time(const Request& r) const noexcept;
+    bool could_fit_by_parts(const Request& r, double u, double min_capacity) const noexcept;
+    std::uint32_t unfit_by_heaps(const Request& r, double u, double min_capacity, bool* wait) const noexcept;
     void fit_heap_touch(std::uint32_t dev) noexcept;
     void place_by_fitness(double now);
     bool place_background(double now);  // whether it placed any
@@ -437,6 +442,16 @@ class Scheduler {
     bool fit_phase_ = false;                   // place_by_fitness is placing
     bool fit_heaps_on_ = false;                // the heaps hold this step's open devices
     std::uint32_t fit_scans_ = 0;              // list scans in this step's place_by_fitness
+    // Set by build_fit_heaps, for requests with a deadline that fit no device: bounds on
+    // any device's service-model estimate of a request alone (seconds per prompt token,
+    // per output token, at the device's clock), over every device with a seeded model
+    // (all_in_time); and by partition, the largest capacity of any of its devices and
+    // one of them (could_fit_by_parts).
+    double fit_time_prompt_ = 0.0;
+    double fit_time_steps_ = 0.0;
+    bool fit_any_known_ = false;
+    std::vector<double> part_max_capacity_;
+    std::vector<std::uint32_t> part_member_;
     PeltParams pelt_;
     std::vector<ClassState> classes_;
     // Placement groups: group 0 holds the shared devices (no tenant list); each pinned
