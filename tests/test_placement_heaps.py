@@ -166,3 +166,21 @@ def test_exact_ties_go_to_device_order() -> None:
     ops = bursts(2, 60, lambda k: submit(100 + k, 10, 0.5))
     run_scenario(scenario([dict(capacity=1.0, max_inflight_batches=1)] * 40 + [dict(capacity=0.5, max_inflight_batches=1)],
                           [("set_pressure", 0.0, 1, 0.5)] + ops, config=dict(score_compute=0.0)), real=True)
+
+
+@needs_capsched
+def test_subnormal_service_models_leave_deadline_fallbacks_to_the_scan() -> None:
+    # all_in_time's bound has a relative margin for rounding, which subnormal terms
+    # overrun (TINY / 0.75 rounds to TINY): the bound said every device was in time and
+    # the heaps gave the most spare device, d25, which is late at its 0.75 clock; the scan
+    # gives d0. A review found it; such terms now make the bound infinite.
+    tiny = 5e-324
+    fleet = ([capsched.Device(f"d{i}", capacity=1.0, prefill_s_per_token=tiny) for i in range(20)]
+             + [capsched.Device(f"d{i}", capacity=4.0, max_clock_mhz=2000.0, clock_mhz=1500.0,
+                                prefill_s_per_token=tiny) for i in range(20, 40)])
+    s = capsched.Scheduler(fleet, policy="fcfs", max_batch_size=1)
+    for _ in range(5):  # (five placements first: the heaps are built after four scans)
+        s.submit(capsched.InferenceRequest(prompt_tokens=10, max_new_tokens=1), now=0.0)
+    rid = s.submit(capsched.InferenceRequest(prompt_tokens=1_000_000, max_new_tokens=1, deadline=1_200_000 * tiny),
+                   now=0.0)
+    assert [b.device for b in s.step(0.0).batches if rid in b.request_ids] == ["d0"]

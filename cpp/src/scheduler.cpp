@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <tuple>
@@ -1517,6 +1518,12 @@ void Scheduler::build_fit_heaps() {
         if (!d.service.known()) continue;
         const ServiceModel& m = d.service;
         fit_any_known_ = true;
+        // (all_in_time's relative margin covers the rounding of normal numbers only: a
+        // term near the subnormal range makes the bound infinite, and the scan decides)
+        for (int k = 0; k < 3; ++k) {
+            const double term = m.m[k] * m.seed[k];
+            if (term != 0.0 && !(term >= std::numeric_limits<double>::min() * 0x1p60)) fit_time_prompt_ = kInf;
+        }
         fit_time_prompt_ = std::max(fit_time_prompt_, m.m[0] * m.seed[0] / d.clock_scale);
         fit_time_steps_ = std::max(fit_time_steps_, (m.m[1] * m.seed[1] + m.m[2] * m.seed[2]) / d.clock_scale);
     }
