@@ -442,16 +442,6 @@ class Scheduler {
     bool fit_phase_ = false;                   // place_by_fitness is placing
     bool fit_heaps_on_ = false;                // the heaps hold this step's open devices
     std::uint32_t fit_scans_ = 0;              // list scans in this step's place_by_fitness
-    // Set by build_fit_heaps, for requests with a deadline that fit no device: bounds on
-    // any device's service-model estimate of a request alone (seconds per prompt token,
-    // per output token, at the device's clock), over every device with a seeded model
-    // (all_in_time); and by partition, the largest capacity of any of its devices and
-    // one of them (could_fit_by_parts).
-    double fit_time_prompt_ = 0.0;
-    double fit_time_steps_ = 0.0;
-    bool fit_any_known_ = false;
-    std::vector<double> part_max_capacity_;
-    std::vector<std::uint32_t> part_member_;
     PeltParams pelt_;
     std::vector<ClassState> classes_;
     // Placement groups: group 0 holds the shared devices (no tenant list); each pinned
@@ -541,6 +531,18 @@ class Scheduler {
     std::vector<std::string> pending_reasons_;
     std::vector<std::pair<std::uint32_t, std::uint64_t>> cascade_stack_;  // (edge list, cause id)
     std::vector<std::pair<std::uint32_t, std::uint64_t>> expired_heads_;  // (edge list, expired id)
+
+    // Set by build_fit_heaps, for requests with a deadline that fit no device: bounds on
+    // any device's service-model estimate of a request alone (seconds per prompt token,
+    // per output token, at the device's clock), over every device with a seeded model
+    // (all_in_time); and by partition, the largest capacity of any of its devices and
+    // one of them (could_fit_by_parts). (Kept apart from the members a step touches
+    // every time.)
+    double fit_time_prompt_ = 0.0;
+    double fit_time_steps_ = 0.0;
+    bool fit_any_known_ = false;
+    std::vector<double> part_max_capacity_;
+    std::vector<std::uint32_t> part_member_;
 };
 
 }  // namespace capsched
