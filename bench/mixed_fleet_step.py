@@ -14,13 +14,13 @@ table: the step's time and its time per dispatched request.
 ``--fallback``: 10,000 requests of 2,000,000 prompt tokens, which fit no device (their
 utilization estimate is clamped to a whole device), on 1,024 and 4,096 mixed devices,
 without and with KV budgets and energy-aware placement, and with a timeout; with a
-timeout, also on devices with seeded service models (prefill 1e-4 or 5e-5 s per token):
-each placement is a fallback (the device with room with the most spare capacity). Without
-a deadline, or when every device would end the request in time (no models, or the
-models' slowest estimate, 200 s here, within the timeout), the core takes it from its
-heaps; when some device might be late (the 100 s timeout with models) it scans the
-devices with room, since the fallback then depends on which devices are in time. Until
-2026-11-29 (b506cab) every request with a deadline scanned.
+timeout, also on devices with seeded service models (prefill 1e-4 or 5e-5 s per token,
+so a request takes 200 or 100 s): each placement is a fallback (the device with room
+with the most spare capacity). Without a deadline, or when every device would end the
+request in time (no models, or the 1000 s timeout) or none would (the 50 s timeout), the
+core takes it from its heaps; when some device would and some would not (the 150 s
+timeout) it scans the devices with room, since the fallback then depends on which
+devices are in time. Until 2026-11-29 (b506cab) every request with a deadline scanned.
 
 Devices: capacities 1 .. 7 in turn ("mixed") or all 1 ("equal"), ``max_batch_size`` 32,
 one batch each; requests from ``submit_many`` (1..1999 prompt tokens) at t = 0; the time
@@ -67,7 +67,8 @@ def main_fallback() -> None:
     for devices in (1024, 4096):
         for kv, energy, timeout, models in ((False, False, math.nan, False), (True, False, math.nan, False),
                                             (False, True, math.nan, False), (False, False, 100.0, False),
-                                            (False, False, 1000.0, True), (False, False, 100.0, True)):
+                                            (False, False, 1000.0, True), (False, False, 50.0, True),
+                                            (False, False, 150.0, True)):
             el, k, fb = fallback_step(devices, 10_000, kv, energy, timeout, models)
             print(f"| {devices:,} | 10,000 | {'yes' if kv else 'no'} | {'yes' if energy else 'no'} | "
                   f"{'none' if math.isnan(timeout) else f'{timeout:g} s'} | {'seeded' if models else 'none'} | "

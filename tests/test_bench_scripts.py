@@ -34,7 +34,7 @@ def test_mixed_fleet_step_dispatches_everything_queued() -> None:
 def test_mixed_fleet_step_fallback_places_every_request_as_a_fallback() -> None:
     rows = _run("mixed_fleet_step.py", "--fallback")
     body = rows[1:]  # (after the header; _run drops the separator)
-    assert len(body) == 12
+    assert len(body) == 14
     for r in body:
         cells = [c.strip() for c in r.strip("|").split("|")]
         # (a 1000 s deadline on seeded devices leaves some requests room to fit)

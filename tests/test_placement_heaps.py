@@ -72,24 +72,30 @@ def test_requests_that_fit_no_device_take_the_fallback() -> None:
 
 @needs_capsched
 @pytest.mark.parametrize("wait_for_fit", [False, True])
-@pytest.mark.parametrize("models", ["none", "seeded", "some"])
+@pytest.mark.parametrize("models", ["none", "seeded", "some", "all-prefill"])
 def test_requests_with_a_deadline_that_fit_no_device(models: str, wait_for_fit: bool) -> None:
     # Every device in time (no service models, or deadlines far beyond what the slowest
     # model says): the fallback comes from the spare heaps as without a deadline; with
     # wait_for_fit the request waits, or takes an idle seeded device if it would fit
     # none even idle (the idle one from the heaps, "would fit none" from each
-    # partition's largest capacity). Tight deadlines (some device late) still scan.
+    # partition's largest capacity). Every device late (all seeded, each with a prefill
+    # cost, and a deadline below the fastest estimate): the most spare device with room,
+    # or with wait_for_fit the request waits. Some devices late, others not: the scan.
     seeds = [(1e-4, 0.01, 1e-4), (5e-5, 0.02, 0.0), (0.0, 0.005, 2e-4)]
+    if models == "all-prefill":
+        seeds = [(1e-4, 0.01, 1e-4), (5e-5, 0.02, 0.0), (2e-5, 0.005, 2e-4)]
     fleet = []
     for i, d in enumerate(mixed(52)):
-        if models == "seeded" or (models == "some" and i % 3 == 0):
+        if models in ("seeded", "all-prefill") or (models == "some" and i % 3 == 0):
             p, dstep, dseq = seeds[i % 3]
             d = dict(d, prefill_s_per_token=p, decode_step_s=dstep, decode_s_per_seq=dseq)
         fleet.append(d)
-    # (prompt tokens, deadline): in time everywhere but too much work to fit once the
-    # devices hold a few; the last, late on the slower seeded devices (the scan)
-    kinds = [(2_000_000, 210.0), (2_000_000, 400.0), (500_000, 60.0), (3_000, 2.0)]
-    ops = bursts(3, 60, lambda k: submit(kinds[k % 4][0], 50 + k % 7, 0.5, timing=("deadline", kinds[k % 4][1])))
+    # (prompt tokens, deadline): the first three in time everywhere but too much work to
+    # fit once the devices hold a few; 30 s and 0.3 s: late everywhere with "all-prefill"
+    # (2e-5 s per prompt token at least); 150 s and 2 s: late on some seeded devices only
+    kinds = [(2_000_000, 210.0), (2_000_000, 400.0), (500_000, 60.0), (3_000, 2.0), (2_000_000, 30.0),
+             (2_000_000, 150.0), (20_000, 0.3)]
+    ops = bursts(3, 70, lambda k: submit(kinds[k % 7][0], 50 + k % 7, 0.5, timing=("deadline", kinds[k % 7][1])))
     h = run_scenario(scenario(fleet, ops, config=dict(wait_for_fit=wait_for_fit)), real=True)
     c = h.ref.counters
     assert c["placed_fallback"] + c.get("deferred", 0) > 0

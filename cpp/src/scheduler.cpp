@@ -1509,23 +1509,34 @@ void Scheduler::build_fit_heaps() {
     // Over every device, open or not (could_fit and the scan's in-time test look at all):
     // estimate(p, s, 1) / clock = (m0 s0 p + (m1 s1 + m2 s2) s) / clock.
     fit_time_prompt_ = fit_time_steps_ = 0.0;
+    fit_time_prompt_lo_ = fit_time_steps_lo_ = kInf;
     fit_any_known_ = false;
+    fit_all_known_ = true;
     std::fill(part_max_capacity_.begin(), part_max_capacity_.end(), -kInf);
     for (std::uint32_t dev = 0; dev < devices_.size(); ++dev) {
         const Device& d = devices_[dev];
         double& most = part_max_capacity_[fit_part_[dev]];
         most = std::max(most, d.capacity);
-        if (!d.service.known()) continue;
+        if (!d.service.known()) {
+            fit_all_known_ = false;
+            continue;
+        }
         const ServiceModel& m = d.service;
         fit_any_known_ = true;
-        // (all_in_time's relative margin covers the rounding of normal numbers only: a
-        // term near the subnormal range makes the bound infinite, and the scan decides)
+        // (the bounds' relative margins cover the rounding of normal numbers only: a term
+        // near the subnormal range makes them useless (upper infinite, lower 0), and the
+        // scan decides)
+        bool tiny = false;
         for (int k = 0; k < 3; ++k) {
             const double term = m.m[k] * m.seed[k];
-            if (term != 0.0 && !(term >= std::numeric_limits<double>::min() * 0x1p60)) fit_time_prompt_ = kInf;
+            tiny = tiny || (term != 0.0 && !(term >= std::numeric_limits<double>::min() * 0x1p60));
         }
-        fit_time_prompt_ = std::max(fit_time_prompt_, m.m[0] * m.seed[0] / d.clock_scale);
-        fit_time_steps_ = std::max(fit_time_steps_, (m.m[1] * m.seed[1] + m.m[2] * m.seed[2]) / d.clock_scale);
+        const double per_prompt = m.m[0] * m.seed[0] / d.clock_scale;
+        const double per_step = (m.m[1] * m.seed[1] + m.m[2] * m.seed[2]) / d.clock_scale;
+        fit_time_prompt_ = tiny ? kInf : std::max(fit_time_prompt_, per_prompt);
+        fit_time_steps_ = std::max(fit_time_steps_, per_step);
+        fit_time_prompt_lo_ = tiny ? 0.0 : std::min(fit_time_prompt_lo_, per_prompt);
+        fit_time_steps_lo_ = tiny ? 0.0 : std::min(fit_time_steps_lo_, per_step);
     }
     fit_heaps_on_ = true;
 }
@@ -1539,6 +1550,16 @@ bool Scheduler::all_in_time(const Request& r) const noexcept {
     const double bound = fit_time_prompt_ * static_cast<double>(r.prompt_tokens) +
                          fit_time_steps_ * static_cast<double>(r.max_new_tokens);
     return now_ + bound * (1.0 + 1e-9) <= r.deadline;
+}
+
+bool Scheduler::none_in_time(const Request& r) const noexcept {
+    // Whether no device would end r in time: every device has a seeded model and each
+    // estimate is at least the lower bound (the 1e-9 margin as in all_in_time). May say
+    // no where every device is late (then the scan decides).
+    if (!std::isfinite(r.deadline) || !fit_all_known_ || !fit_any_known_) return false;
+    const double bound = fit_time_prompt_lo_ * static_cast<double>(r.prompt_tokens) +
+                         fit_time_steps_lo_ * static_cast<double>(r.max_new_tokens);
+    return now_ + bound * (1.0 - 1e-9) > r.deadline;
 }
 
 bool Scheduler::could_fit_by_parts(const Request& r, double u, double min_capacity) const noexcept {
@@ -1595,6 +1616,7 @@ std::uint32_t Scheduler::first_in_heap(const FitHeap& heap, Pred pred) noexcept 
 std::uint32_t Scheduler::choose_by_fit_heaps(const Request& r, double u, double min_capacity) noexcept {
     // The fitting device choose_device's scan would choose, from the heaps; kNoIndex if r
     // fits none; kUnsure if a heap could not tell within a few devices (then the scan).
+    if (none_in_time(r)) return kNoIndex;  // (a fitting device must end r in time)
     const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
     const double need = u * cfg_.placement.fit_margin;
     for (std::uint32_t p = 0; p < fit_heaps_.size(); ++p) {
@@ -1619,16 +1641,23 @@ std::uint32_t Scheduler::fallback_by_spare_heaps(const Request& r, double min_ca
         r, [&](std::uint32_t x) { return devices_[x].capacity >= min_capacity && has_room(x, r); });
 }
 
-std::uint32_t Scheduler::unfit_by_heaps(const Request& r, double u, double min_capacity, bool* wait) const noexcept {
+std::uint32_t Scheduler::unfit_by_heaps(const Request& r, double u, double min_capacity, bool* wait,
+                                        bool timely) const noexcept {
     // choose_device's answer for a request that fits no device when every device is in
-    // time (all_in_time), from the heaps; kUnsure: the scan decides. Without a deadline,
-    // or without wait_for_fit: the fallback. With both: none if no device has room; else
-    // an idle device with a seeded model (most spare) if r would fit no device even idle,
-    // else r waits.
+    // time (timely: all_in_time) or none is (none_in_time), from the heaps; kUnsure: the
+    // scan decides. The device with room with the most spare (the scan's fallback, or,
+    // with every device late, its `late`: no device in time, so defer_late has nothing to
+    // wait for); none if no device has room. With a deadline and wait_for_fit, r waits
+    // instead, unless every device is in time and r would fit no device even idle: then
+    // it takes the idle seeded device with the most spare, if there is one.
     const std::uint32_t fallback = fallback_by_spare_heaps(r, min_capacity);
     if (fallback == kUnsure || fallback == kNoIndex || !std::isfinite(r.deadline) || wait == nullptr ||
         !cfg_.placement.wait_for_fit)
         return fallback;
+    if (!timely) {
+        *wait = true;
+        return kNoIndex;
+    }
     const std::uint32_t idle = best_by_spare_heaps(r, [&](std::uint32_t x) {
         const Device& d = devices_[x];
         return d.capacity >= min_capacity && has_room(x, r) && d.inflight_requests == 0 &&
@@ -1695,9 +1724,10 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
         if (fit_heaps_on_) {
             std::uint32_t dev = choose_by_fit_heaps(r, u, min_capacity);
             const bool fits = dev != kNoIndex && dev != kUnsure;
-            if (dev == kNoIndex && all_in_time(r)) {
+            const bool timely = dev == kNoIndex && all_in_time(r);
+            if (dev == kNoIndex && (timely || none_in_time(r))) {
                 bool waits = false;
-                dev = unfit_by_heaps(r, u, min_capacity, wait != nullptr ? &waits : nullptr);
+                dev = unfit_by_heaps(r, u, min_capacity, wait != nullptr ? &waits : nullptr, timely);
                 if (dev != kUnsure) {
                     *fitted = false;
                     if (wait != nullptr) *wait = waits;

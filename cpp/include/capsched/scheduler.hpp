@@ -391,8 +391,9 @@ class Scheduler {
     template <class Pred>
     std::uint32_t best_by_spare_heaps(const Request& r, Pred pred) const noexcept;
     bool all_in_time(const Request& r) const noexcept;
+    bool none_in_time(const Request& r) const noexcept;
     bool could_fit_by_parts(const Request& r, double u, double min_capacity) const noexcept;
-    std::uint32_t unfit_by_heaps(const Request& r, double u, double min_capacity, bool* wait) const noexcept;
+    std::uint32_t unfit_by_heaps(const Request& r, double u, double min_capacity, bool* wait, bool timely) const noexcept;
     void fit_heap_touch(std::uint32_t dev) noexcept;
     void place_by_fitness(double now);
     bool place_background(double now);  // whether it placed any
@@ -538,9 +539,13 @@ class Scheduler {
     // (all_in_time); and by partition, the largest capacity of any of its devices and
     // one of them (could_fit_by_parts). (Kept apart from the members a step touches
     // every time.)
+    // (and the smallest such figures, when every device has a seeded model: none_in_time)
     double fit_time_prompt_ = 0.0;
     double fit_time_steps_ = 0.0;
+    double fit_time_prompt_lo_ = 0.0;
+    double fit_time_steps_lo_ = 0.0;
     bool fit_any_known_ = false;
+    bool fit_all_known_ = false;
     std::vector<double> part_max_capacity_;
     std::vector<std::uint32_t> part_member_;
 };
