@@ -1717,8 +1717,9 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
     }
     // A step's placement that has scanned a long list a few times goes to the heaps
     // (fit_heaps_): the same choice for less. The scan below still runs for a request the
-    // heaps cannot settle, and for one that fits nowhere and has a deadline some device
-    // might miss (all_in_time: its fallback then depends on which devices are in time).
+    // heaps cannot settle, and for one that fits nowhere and has a deadline that some
+    // devices might meet and others miss (all_in_time, none_in_time: its fallback then
+    // depends on which devices are in time).
     if (listed && fit_phase_ && bigger_than == nullptr && !fit_heaps_.empty()) {
         if (!fit_heaps_on_ && ++fit_scans_ > kFitScansFirst && open_devices_.size() >= kFitHeapFrom) build_fit_heaps();
         if (fit_heaps_on_) {
