@@ -73,80 +73,54 @@ py::array_t<T> to_array(const std::vector<T>& v) {
     return a;
 }
 
-// The requests of a snapshot as columns (checkpoint format 2): one numpy array per
-// field, ``waits_on`` flattened with a per-request ``waits_on_count``, ``batchable`` as
-// uint8. A million requests are about 150 MB of arrays instead of a million dicts.
-py::dict request_columns(const std::vector<RequestSnapshot>& rq) {
-    // One pass over the rows filling every column (a pass per column read each row's
-    // cache lines 26 times: at 1e6 requests most of the checkpoint's time under the lock).
-    const std::size_t n = rq.size();
-    py::dict c;
-    const auto column = [&c, n](const char* name, auto zero) {
-        using T = decltype(zero);
-        py::array_t<T> a(static_cast<py::ssize_t>(n));
-        c[name] = a;
-        return a.mutable_data();
+// A vector handed to numpy without a copy: the array owns it (a capsule frees it).
+template <class T>
+py::array_t<T> adopt(std::vector<T>&& v) {
+    if (v.empty()) return py::array_t<T>(0);
+    auto* owned = new std::vector<T>(std::move(v));
+    py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+    return py::array_t<T>(static_cast<py::ssize_t>(owned->size()), owned->data(), owner);
+}
+
+// The requests by column (checkpoint format 2; the core fills them: StateSnapshot::
+// columnar), one numpy array per field, each a view of the core's one buffer, which the
+// arrays keep alive together (a capsule owns it): no copy.
+py::dict request_columns(RequestColumns&& c) {
+    auto* buffer = c.buffer.release();
+    py::capsule owner(buffer, [](void* p) { delete[] static_cast<unsigned char*>(p); });
+    const auto n = static_cast<py::ssize_t>(c.count);
+    const auto view = [&owner](py::ssize_t len, auto* data) {
+        using T = std::remove_pointer_t<decltype(data)>;
+        return py::array_t<T>(len, data, owner);
     };
-    std::uint64_t* id = column("id", std::uint64_t{});
-    std::uint8_t* state = column("state", std::uint8_t{});
-    double* arrival = column("arrival", 0.0);
-    double* deadline = column("deadline", 0.0);
-    double* priority = column("priority", 0.0);
-    std::uint32_t* prompt = column("prompt_tokens", std::uint32_t{});
-    std::uint32_t* max_new = column("max_new_tokens", std::uint32_t{});
-    double* umin = column("uclamp_min", 0.0);
-    double* umax = column("uclamp_max", 0.0);
-    std::uint32_t* tenant = column("tenant", std::uint32_t{});
-    std::uint32_t* rclass = column("request_class", std::uint32_t{});
-    std::uint8_t* sclass = column("sched_class", std::uint8_t{});
-    std::uint8_t* batchable = column("batchable", std::uint8_t{});
-    std::uint32_t* retries = column("retries", std::uint32_t{});
-    std::uint32_t* preemptions = column("preemptions", std::uint32_t{});
-    double* progress = column("progress", 0.0);
-    double* retry_at = column("retry_at", 0.0);
-    std::uint32_t* dl_device = column("dl_device", std::uint32_t{});
-    double* dl_bw = column("dl_bw", 0.0);
-    std::uint32_t* pool = column("pool", std::uint32_t{});
-    std::uint32_t* fallback = column("fallback_pool", std::uint32_t{});
-    std::uint32_t* batch = column("batch", std::uint32_t{});
-    double* util = column("util", 0.0);
-    double* dispatched_at = column("dispatched_at", 0.0);
-    std::uint32_t* counts = column("waits_on_count", std::uint32_t{});
-    std::size_t edges = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-        const RequestSnapshot& q = rq[i];
-        id[i] = q.id;
-        state[i] = q.state;
-        arrival[i] = q.arrival;
-        deadline[i] = q.deadline;
-        priority[i] = q.priority;
-        prompt[i] = q.prompt_tokens;
-        max_new[i] = q.max_new_tokens;
-        umin[i] = q.uclamp_min;
-        umax[i] = q.uclamp_max;
-        tenant[i] = q.tenant;
-        rclass[i] = q.request_class;
-        sclass[i] = q.sched_class;
-        batchable[i] = q.batchable ? 1 : 0;
-        retries[i] = q.retries;
-        preemptions[i] = q.preemptions;
-        progress[i] = q.progress;
-        retry_at[i] = q.retry_at;
-        dl_device[i] = q.dl_device;
-        dl_bw[i] = q.dl_bw;
-        pool[i] = q.pool;
-        fallback[i] = q.fallback_pool;
-        batch[i] = q.batch;
-        util[i] = q.util;
-        dispatched_at[i] = q.dispatched_at;
-        counts[i] = static_cast<std::uint32_t>(q.waits_on.size());
-        edges += q.waits_on.size();
-    }
-    py::array_t<std::uint64_t> flat(static_cast<py::ssize_t>(edges));
-    std::uint64_t* w = flat.mutable_data();
-    for (const RequestSnapshot& q : rq) w = std::copy(q.waits_on.begin(), q.waits_on.end(), w);
-    c["waits_on"] = flat;
-    return c;
+    py::dict d;
+    d["id"] = view(n, c.id);
+    d["state"] = view(n, c.state);
+    d["arrival"] = view(n, c.arrival);
+    d["deadline"] = view(n, c.deadline);
+    d["priority"] = view(n, c.priority);
+    d["prompt_tokens"] = view(n, c.prompt_tokens);
+    d["max_new_tokens"] = view(n, c.max_new_tokens);
+    d["uclamp_min"] = view(n, c.uclamp_min);
+    d["uclamp_max"] = view(n, c.uclamp_max);
+    d["tenant"] = view(n, c.tenant);
+    d["request_class"] = view(n, c.request_class);
+    d["sched_class"] = view(n, c.sched_class);
+    d["batchable"] = view(n, c.batchable);
+    d["retries"] = view(n, c.retries);
+    d["preemptions"] = view(n, c.preemptions);
+    d["progress"] = view(n, c.progress);
+    d["retry_at"] = view(n, c.retry_at);
+    d["dl_device"] = view(n, c.dl_device);
+    d["dl_bw"] = view(n, c.dl_bw);
+    d["pool"] = view(n, c.pool);
+    d["fallback_pool"] = view(n, c.fallback_pool);
+    d["batch"] = view(n, c.batch);
+    d["util"] = view(n, c.util);
+    d["dispatched_at"] = view(n, c.dispatched_at);
+    d["waits_on_count"] = view(n, c.waits_on_count);
+    d["waits_on"] = view(static_cast<py::ssize_t>(c.edges), c.waits_on);
+    return d;
 }
 
 // A one-dimensional contiguous numpy array of exactly T's type, as it is (no conversion:
@@ -241,7 +215,8 @@ std::vector<RequestSnapshot> requests_from_columns(const py::dict& c) {
     return out;
 }
 
-py::dict snapshot_dict(const StateSnapshot& s, bool columnar) {
+py::dict snapshot_dict(StateSnapshot& s) {
+    const bool columnar = s.columnar;
     py::dict out;
     out["version"] = columnar ? 2 : StateSnapshot::kVersion;  // (2: the requests by column)
     out["now"] = s.now;
@@ -249,17 +224,16 @@ py::dict snapshot_dict(const StateSnapshot& s, bool columnar) {
     out["rng"] = s.rng;
     out["counters"] = s.counters;
     if (columnar)
-        out["outcomes"] = to_array(s.outcomes);
+        out["outcomes"] = adopt(std::move(s.outcomes));
     else
         out["outcomes"] = s.outcomes;
     py::list pending;
     for (std::size_t i = 0; i < s.pending_failed.size(); ++i)
         pending.append(py::make_tuple(s.pending_failed[i], s.pending_reasons[i]));
     out["pending_failed"] = pending;
-    if (columnar) out["requests"] = request_columns(s.requests);
+    if (columnar) out["requests"] = request_columns(std::move(s.columns));
     py::list reqs;
-    for (const RequestSnapshot& q : s.requests) {
-        if (columnar) break;
+    for (const RequestSnapshot& q : s.requests) {  // (empty when columnar)
         py::dict d;
         d["id"] = q.id;
         d["state"] = q.state;
@@ -903,9 +877,9 @@ void register_scheduler(py::module_& m) {
                 StateSnapshot snap;
                 {
                     py::gil_scoped_release release;
-                    s.export_state(snap);
+                    s.export_state(snap, columnar);
                 }
-                return snapshot_dict(snap, columnar);
+                return snapshot_dict(snap);
             },
             py::arg("columnar") = false)
         .def("requeue_in_flight", &Scheduler::requeue_in_flight, py::arg("now"),

@@ -2569,9 +2569,10 @@ PeltSnapshot save_pelt(const PeltSignal& p) {
 
 }  // namespace
 
-void Scheduler::export_state(StateSnapshot& out) const {
+void Scheduler::export_state(StateSnapshot& out, bool columnar) const {
     std::lock_guard<std::mutex> lock(mu_);
     out = StateSnapshot{};
+    out.columnar = columnar;
     out.now = now_;
     out.next_id = next_id_;
     out.rng = rng_;
@@ -2582,20 +2583,35 @@ void Scheduler::export_state(StateSnapshot& out) const {
     out.pending_reasons = pending_reasons_;
     // Live dependency edges: for each dependency, its waiting dependents.
     std::vector<std::vector<std::uint64_t>> waits(slab_.size());
+    std::vector<Handle> live;  // in id order: slab order until handles are reused
+    live.reserve(slab_.size() - free_handles_.size());
+    std::size_t n_edges = 0;
     for (Handle h = 0; h < slab_.size(); ++h) {
         const Request& r = slab_[h];
         if (r.state == State::Free) continue;
+        live.push_back(h);
         for (std::uint32_t e = cold(r).dependents; e != kNoIndex; e = edges_[e].next) {
             const Edge& edge = edges_[e];
             const Request& d = slab_[edge.dependent];
-            if (d.id == edge.dependent_id && d.state == State::Waiting) waits[edge.dependent].push_back(r.id);
+            if (d.id == edge.dependent_id && d.state == State::Waiting) {
+                waits[edge.dependent].push_back(r.id);
+                ++n_edges;
+            }
         }
     }
-    out.requests.reserve(slab_.size() - free_handles_.size());
-    for (Handle h = 0; h < slab_.size(); ++h) {
+    const auto by_id = [this](Handle a, Handle b) { return slab_[a].id < slab_[b].id; };
+    if (!std::is_sorted(live.begin(), live.end(), by_id)) std::sort(live.begin(), live.end(), by_id);
+    if (columnar)
+        out.columns.layout(live.size(), n_edges);
+    else
+        out.requests.reserve(live.size());
+    std::size_t at_edge = 0;
+    // Batches are numbered in the order their first member is met, by id.
+    std::vector<std::uint32_t> renumber(batches_.size(), kNoIndex);
+    RequestSnapshot q;
+    for (std::size_t i = 0; i < live.size(); ++i) {
+        const Handle h = live[i];
         const Request& r = slab_[h];
-        if (r.state == State::Free) continue;
-        RequestSnapshot q;
         q.id = r.id;
         q.state = static_cast<std::uint8_t>(r.state);
         q.arrival = r.arrival;
@@ -2619,29 +2635,25 @@ void Scheduler::export_state(StateSnapshot& out) const {
         q.fallback_pool = cold(r).fallback_pool;
         q.waits_on = std::move(waits[h]);
         std::sort(q.waits_on.begin(), q.waits_on.end());
+        q.batch = kNoIndex;
+        q.util = 0.0;
+        q.dispatched_at = 0.0;
         if (r.state == State::InFlight) {
-            // Batches are numbered in the order their first member is met (by id below).
-            q.batch = r.slot;  // slot index for now; renumbered after sorting
+            std::uint32_t& n = renumber[r.slot];
+            if (n == kNoIndex) {
+                const Batch& b = batches_[r.slot];
+                n = static_cast<std::uint32_t>(out.batches.size());
+                out.batches.push_back(BatchSnapshot{b.device, b.size, b.tokens, b.prompt, b.max_new, b.steps, b.work,
+                                                    b.dispatched_at, b.counted, b.clean, b.probe});
+            }
+            q.batch = n;
             q.util = cold(r).util;
             q.dispatched_at = batches_[r.slot].dispatched_at;
         }
-        out.requests.push_back(std::move(q));
-    }
-    // (Slab order is id order until handles are reused: then sorted, by id.)
-    const auto by_id = [](const RequestSnapshot& a, const RequestSnapshot& b) { return a.id < b.id; };
-    if (!std::is_sorted(out.requests.begin(), out.requests.end(), by_id))
-        std::sort(out.requests.begin(), out.requests.end(), by_id);
-    std::vector<std::uint32_t> renumber(batches_.size(), kNoIndex);
-    for (RequestSnapshot& q : out.requests) {
-        if (q.batch == kNoIndex) continue;
-        std::uint32_t& n = renumber[q.batch];
-        if (n == kNoIndex) {
-            const Batch& b = batches_[q.batch];
-            n = static_cast<std::uint32_t>(out.batches.size());
-            out.batches.push_back(BatchSnapshot{b.device, b.size, b.tokens, b.prompt, b.max_new, b.steps, b.work,
-                                                b.dispatched_at, b.counted, b.clean, b.probe});
-        }
-        q.batch = n;
+        if (columnar)
+            out.columns.set(i, q, at_edge);
+        else
+            out.requests.push_back(q);
     }
     for (const Device& d : devices_) {
         DeviceSnapshot ds;

@@ -9,7 +9,8 @@ request, is still read): ``payload.core.requests`` is ``{"count": n, "columns": 
 {"dtype": ..., "base64": ...}}}``, each column the base64 of a little-endian array of n
 values (:data:`REQUEST_COLUMNS` gives the names and types), and ``payload.core.outcomes``
 one such array too. A million queued requests make a file of about 200 MB, written in
-about a second with a few hundred MB of memory at most (format 1: 400 MB, 20 s and 4 GB).
+about half a second with about 100 MB of memory beyond the scheduler's own (format 1:
+400 MB, 20 s and 4 GB).
 The payload holds the scheduler's construction (devices, policy, batch size,
 dynamic batching, every :class:`capsched.Config` field but the tokenizer), the names it
 learned (tenants, request classes) and the core's state (:meth:`capsched._core.Core.export_state`):
