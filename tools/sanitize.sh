@@ -62,7 +62,9 @@ if [ -n "${CAPSCHED_SANITIZE_TESTS:-}" ]; then
 elif [ "$mode" = address ]; then
   tests=(tests/test_heap.py tests/test_scheduling.py tests/test_placement.py tests/test_batching.py
          tests/test_pelt.py tests/test_fast_path.py tests/test_bad_input.py tests/test_reference_properties.py
-         tests/test_threads.py tests/test_stress.py tests/test_fuzz_regressions.py tests/test_fuzz_smoke.py)
+         tests/test_threads.py tests/test_stress.py tests/test_fuzz_regressions.py tests/test_fuzz_smoke.py
+         tests/test_placement_heaps.py tests/test_checkpoint.py tests/test_checkpoint_columns.py
+         tests/test_free_slots_array.py)
 else
   tests=(tests/test_stress.py tests/test_threads.py)
 fi
