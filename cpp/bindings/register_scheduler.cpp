@@ -5,6 +5,7 @@
 #include <cstring>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -77,17 +78,18 @@ py::array_t<T> to_array(const std::vector<T>& v) {
 template <class T>
 py::array_t<T> adopt(std::vector<T>&& v) {
     if (v.empty()) return py::array_t<T>(0);
-    auto* owned = new std::vector<T>(std::move(v));
-    py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-    return py::array_t<T>(static_cast<py::ssize_t>(owned->size()), owned->data(), owner);
+    auto owned = std::make_unique<std::vector<T>>(std::move(v));
+    py::capsule owner(owned.get(), [](void* p) { delete static_cast<std::vector<T>*>(p); });
+    const std::vector<T>& kept = *owned.release();  // (the capsule owns it from here)
+    return py::array_t<T>(static_cast<py::ssize_t>(kept.size()), kept.data(), owner);
 }
 
 // The requests by column (checkpoint format 2; the core fills them: StateSnapshot::
 // columnar), one numpy array per field, each a view of the core's one buffer, which the
 // arrays keep alive together (a capsule owns it): no copy.
 py::dict request_columns(RequestColumns&& c) {
-    auto* buffer = c.buffer.release();
-    py::capsule owner(buffer, [](void* p) { delete[] static_cast<unsigned char*>(p); });
+    py::capsule owner(c.buffer.get(), [](void* p) { delete[] static_cast<unsigned char*>(p); });
+    (void)c.buffer.release();  // (the capsule owns it from here)
     const auto n = static_cast<py::ssize_t>(c.count);
     const auto view = [&owner](py::ssize_t len, auto* data) {
         using T = std::remove_pointer_t<decltype(data)>;
@@ -120,6 +122,7 @@ py::dict request_columns(RequestColumns&& c) {
     d["dispatched_at"] = view(n, c.dispatched_at);
     d["waits_on_count"] = view(n, c.waits_on_count);
     d["waits_on"] = view(static_cast<py::ssize_t>(c.edges), c.waits_on);
+    c = RequestColumns{};  // (its pointers point into what the capsule owns now)
     return d;
 }
 

@@ -2653,7 +2653,7 @@ void Scheduler::export_state(StateSnapshot& out, bool columnar) const {
         if (columnar)
             out.columns.set(i, q, at_edge);
         else
-            out.requests.push_back(q);
+            out.requests.push_back(std::move(q));  // (q.waits_on is assigned afresh above)
     }
     for (const Device& d : devices_) {
         DeviceSnapshot ds;

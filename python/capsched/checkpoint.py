@@ -210,7 +210,7 @@ def _payload_pieces(payload: dict[str, Any]) -> Iterator[bytes]:
     yield parts[0]
     for k, at in enumerate(order):
         yield b'"' + base64.b64encode(arrays[at]) + b'"'
-        arrays[at] = None  # (each column goes once written)
+        arrays[at] = None  # (the request columns share one buffer, freed with the last of them)
         yield parts[2 * k + 2]
 
 
