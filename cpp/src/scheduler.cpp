@@ -1556,7 +1556,7 @@ bool Scheduler::none_in_time(const Request& r) const noexcept {
     // Whether no device would end r in time: every device has a seeded model and each
     // estimate is at least the lower bound (the 1e-9 margin as in all_in_time). May say
     // no where every device is late (then the scan decides).
-    if (!std::isfinite(r.deadline) || !fit_all_known_ || !fit_any_known_) return false;
+    if (!std::isfinite(r.deadline) || !fit_all_known_) return false;
     const double bound = fit_time_prompt_lo_ * static_cast<double>(r.prompt_tokens) +
                          fit_time_steps_lo_ * static_cast<double>(r.max_new_tokens);
     return now_ + bound * (1.0 - 1e-9) > r.deadline;
@@ -1616,7 +1616,6 @@ std::uint32_t Scheduler::first_in_heap(const FitHeap& heap, Pred pred) noexcept 
 std::uint32_t Scheduler::choose_by_fit_heaps(const Request& r, double u, double min_capacity) noexcept {
     // The fitting device choose_device's scan would choose, from the heaps; kNoIndex if r
     // fits none; kUnsure if a heap could not tell within a few devices (then the scan).
-    if (none_in_time(r)) return kNoIndex;  // (a fitting device must end r in time)
     const std::int64_t tokens = static_cast<std::int64_t>(r.prompt_tokens) + static_cast<std::int64_t>(r.max_new_tokens);
     const double need = u * cfg_.placement.fit_margin;
     for (std::uint32_t p = 0; p < fit_heaps_.size(); ++p) {
@@ -1723,10 +1722,12 @@ std::uint32_t Scheduler::choose_device(const Request& r, double u, const Device*
     if (listed && fit_phase_ && bigger_than == nullptr && !fit_heaps_.empty()) {
         if (!fit_heaps_on_ && ++fit_scans_ > kFitScansFirst && open_devices_.size() >= kFitHeapFrom) build_fit_heaps();
         if (fit_heaps_on_) {
-            std::uint32_t dev = choose_by_fit_heaps(r, u, min_capacity);
+            // (no device in time: nothing fits either, a fitting device must end r in time)
+            const bool none_timely = none_in_time(r);
+            std::uint32_t dev = none_timely ? kNoIndex : choose_by_fit_heaps(r, u, min_capacity);
             const bool fits = dev != kNoIndex && dev != kUnsure;
-            const bool timely = dev == kNoIndex && all_in_time(r);
-            if (dev == kNoIndex && (timely || none_in_time(r))) {
+            const bool timely = dev == kNoIndex && !none_timely && all_in_time(r);
+            if (dev == kNoIndex && (timely || none_timely)) {
                 bool waits = false;
                 dev = unfit_by_heaps(r, u, min_capacity, wait != nullptr ? &waits : nullptr, timely);
                 if (dev != kUnsure) {

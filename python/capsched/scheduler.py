@@ -881,7 +881,7 @@ class Scheduler:
                     raise InvalidArgumentError(f"{what}[{name!r}] must be an integer, got {v!r}")
                 n = int(v)
             if not 0 <= n <= hi:
-                raise InvalidArgumentError(f"{what}[{name!r}] must be in 0..{'2**62' if hi == 2**62 else hi}, got {v!r}")
+                raise InvalidArgumentError(f"{what}[{name!r}] must be in 0..{_bound(hi)}, got {v!r}")
             at.append(idx[0])
             got.append(n)
         out = np.full(len(names), default, dtype=np.int64)

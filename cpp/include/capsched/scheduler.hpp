@@ -537,11 +537,11 @@ class Scheduler {
 
     // Set by build_fit_heaps, for requests with a deadline that fit no device: bounds on
     // any device's service-model estimate of a request alone (seconds per prompt token,
-    // per output token, at the device's clock), over every device with a seeded model
-    // (all_in_time); and by partition, the largest capacity of any of its devices and
+    // per output token, at the device's clock), the largest over every device with a
+    // seeded model (all_in_time) and the smallest when every device has one
+    // (none_in_time); and by partition, the largest capacity of any of its devices and
     // one of them (could_fit_by_parts). (Kept apart from the members a step touches
     // every time.)
-    // (and the smallest such figures, when every device has a seeded model: none_in_time)
     double fit_time_prompt_ = 0.0;
     double fit_time_steps_ = 0.0;
     double fit_time_prompt_lo_ = 0.0;
