@@ -41,3 +41,9 @@ def test_mixed_fleet_step_fallback_places_every_request_as_a_fallback() -> None:
         loose = cells[4] == "1000 s" and cells[5] == "seeded"
         assert cells[1] == "10,000" and (0 < int(cells[-1].replace(",", "")) < 10_000 if loose
                                          else cells[-1] == "10,000"), r
+
+
+def test_sim_large_fleet_prints_a_row_per_fleet_size() -> None:
+    rows = _run("sim_large_fleet.py", "16", "64")
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows[1:]]
+    assert [c[0] for c in cells] == ["16", "64"] and all(int(c[2].replace(",", "")) > 0 for c in cells)
